@@ -1,0 +1,55 @@
+"""The subject scheme (DESIGN §2-§6). Every subject moonwire uses is built here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def is_token(text: str) -> bool:
+    """True when ``text`` is usable as one NATS subject token (and as a node name)."""
+    return bool(_TOKEN.match(text))
+
+
+def to_token(text: str) -> str:
+    """Turn arbitrary text (e.g. a host name) into a valid subject token."""
+    token = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
+    return token or "node"
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """Subjects under one prefix, so several tenants can share a broker."""
+
+    prefix: str = "mw"
+
+    def __post_init__(self) -> None:
+        if not all(is_token(part) for part in self.prefix.split(".")):
+            raise ValueError(f"invalid subject prefix {self.prefix!r}: use tokens of [A-Za-z0-9_-] joined by '.'")
+
+    def inbox(self, node: str, uid: str) -> str:
+        return f"{self.prefix}.p.{node}.{uid}"
+
+    def node_inboxes(self, node: str) -> str:
+        """The one wildcard subscription a node holds for all its processes."""
+        return f"{self.prefix}.p.{node}.>"
+
+    def control(self, node: str, verb: str) -> str:
+        return f"{self.prefix}.ctl.{node}.{verb}"
+
+    def spawn(self, host_id: str) -> str:
+        return f"{self.prefix}.spawn.{host_id}"
+
+    def function(self, entry_id: str) -> str:
+        return f"{self.prefix}.fn.{entry_id}"
+
+    def heartbeat(self, node: str) -> str:
+        return f"{self.prefix}.node.{node}.hb"
+
+    def all_heartbeats(self) -> str:
+        return f"{self.prefix}.node.*.hb"
+
+    def dead_letters(self, node: str) -> str:
+        return f"{self.prefix}.dlq.{node}"

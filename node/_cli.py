@@ -1,0 +1,185 @@
+"""The ``moonwire`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from broker import BrokerUnavailable
+
+from ._config import ConfigError, ResolvedConfig, load_config
+from ._embedded import EmbeddedServerError
+from ._logging import setup_logging
+from ._node import Node
+from ._project import Project, ProjectInvalid, load_project
+
+log = logging.getLogger("moonwire")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# flag -> configuration key
+_CONFIG_FLAGS = {
+    "node": "node",
+    "nats": "nats.url",
+    "prefix": "prefix",
+    "state_dir": "state_dir",
+    "shutdown_timeout": "shutdown_timeout",
+    "log_level": "log.level",
+    "log_format": "log.format",
+}
+
+
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("node configuration (overrides moonwire.yaml and MOONWIRE_* variables)")
+    group.add_argument("--node", help="node name (one subject token); default: derived from the host name")
+    group.add_argument("--nats", metavar="URL", help="NATS server URL(s), comma-separated; default: embedded server")
+    group.add_argument("--prefix", help="subject prefix (default mw)")
+    group.add_argument("--state-dir", help="state folder, relative to the project (default .moonwire)")
+    group.add_argument("--shutdown-timeout", metavar="DURATION", help="bound on a graceful stop, e.g. 30s")
+    group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    group.add_argument("--log-format", choices=["console", "json"])
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="set any configuration key, e.g. --set heartbeat.interval=1s")
+
+
+def _flags(args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
+    flags: dict[str, tuple[Any, str]] = {}
+    for attr, key in _CONFIG_FLAGS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            flags[key] = (value, "--" + attr.replace("_", "-"))
+    for item in getattr(args, "set", []):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError([f"--set {item}: expected KEY=VALUE"])
+        flags[key.strip()] = (value, f"--set {key.strip()}")
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moonwire", description="Run Lua functions, processes and workflows on a NATS-connected fleet.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a node for a project until SIGINT/SIGTERM")
+    run.add_argument("project", nargs="?", default=".", type=Path, help="project folder (default: .)")
+    _config_options(run)
+
+    check = commands.add_parser("check", help="validate a project and list every problem")
+    check.add_argument("project", nargs="?", default=".", type=Path)
+
+    config = commands.add_parser("config", help="print the effective node configuration and where each value came from")
+    config.add_argument("project", nargs="?", default=".", type=Path)
+    _config_options(config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    handler = {"run": cmd_run, "check": cmd_check, "config": cmd_config}[args.command]
+    sys.exit(handler(args))
+
+
+def _load(args: argparse.Namespace) -> tuple[ResolvedConfig, Project] | int:
+    """Configuration and project, or an exit status after printing every problem."""
+    if not args.project.is_dir():
+        print(f"error: {args.project} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        resolved = load_config(args.project, flags=_flags(args))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(resolved.config.log.level, resolved.config.log.format)
+    try:
+        project = load_project(args.project)
+    except ProjectInvalid as err:
+        _print_problems(err)
+        return EXIT_USAGE
+    return resolved, project
+
+
+def _print_problems(err: ProjectInvalid) -> None:
+    for problem in err.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(f"{len(err.problems)} problem(s) found; nothing was started.", file=sys.stderr)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    if not args.project.is_dir():
+        print(f"error: {args.project} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging("error")  # warnings are printed below, once
+    try:
+        project = load_project(args.project)
+    except ProjectInvalid as err:
+        for warning in err.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        _print_problems(err)
+        return EXIT_FAILURE
+    for warning in project.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    kinds: dict[str, int] = {}
+    for entry in project.entries.values():
+        kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
+    summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "no entries"
+    print(f"ok: {len(project.entries)} entries ({summary})")
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    try:
+        resolved = load_config(args.project, flags=_flags(args))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    rows = resolved.describe()
+    width = max(len(key) for key, _, _ in rows)
+    value_width = max(len(value) for _, value, _ in rows)
+    for key, value, source in rows:
+        print(f"{key:<{width}}  {value:<{value_width}}  ({source})")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    if isinstance(loaded, int):
+        return loaded
+    node = Node(*loaded)
+    try:
+        asyncio.run(_serve(node))
+    except (BrokerUnavailable, EmbeddedServerError) as err:
+        log.error("%s", err)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+async def _serve(node: Node) -> None:
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("%s received; shutting down (send it again to force an immediate exit)",
+                     signal.Signals(signum).name)
+            node.request_stop()
+        else:
+            log.warning("second signal: exiting now")
+            logging.shutdown()
+            os._exit(EXIT_INTERRUPTED)  # embedded servers follow through the parent-death signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await node.serve()

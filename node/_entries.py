@@ -1,0 +1,254 @@
+"""Pydantic models for the entry kinds the runtime knows (wippy-surface §1).
+
+Entry fields sit at the top level of an entry in YAML; ``name``, ``kind`` and ``meta``
+are reserved and the rest is the kind's data. References to other entries are stored
+fully qualified (``ns:name``) once the loader has resolved them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ._types import Seconds
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Entry(_Model):
+    """Fields every entry has."""
+
+    id: str
+    kind: str
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    # Reference fields, as (dotted field path, accepted kinds); the loader resolves and checks them.
+    references: ClassVar[tuple[tuple[str, tuple[str, ...]], ...]] = ()
+
+    @property
+    def name(self) -> str:
+        return self.id.rpartition(":")[2]
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+class RestartPolicy(_Model):
+    initial_delay: Seconds = 1.0
+    max_delay: Seconds = 90.0
+    backoff_factor: float = Field(2.0, ge=1.0)
+    jitter: float = Field(0.1, ge=0.0, le=1.0)
+    max_attempts: int = Field(0, ge=0, description="0 retries for ever")
+
+
+class SecurityActor(_Model):
+    id: str
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class Security(_Model):
+    actor: SecurityActor | None = None
+    groups: list[str] = Field(default_factory=list)
+    policies: list[str] = Field(default_factory=list)
+
+
+class Lifecycle(_Model):
+    auto_start: bool = False
+    start_timeout: Seconds = 10.0
+    stop_timeout: Seconds = 10.0
+    stable_threshold: Seconds = 5.0
+    requires: list[str] = Field(default_factory=list)
+    depends_on: list[str] = Field(default_factory=list, description="Legacy alias of requires; merged.")
+    restart: RestartPolicy = RestartPolicy()
+    security: Security | None = None
+    startup: Literal["required", "optional"] = "required"
+
+    @property
+    def dependencies(self) -> list[str]:
+        """``requires`` and ``depends_on`` merged, in order, without repeats."""
+        return list(dict.fromkeys([*self.requires, *self.depends_on]))
+
+
+class _HasLifecycle(Entry):
+    lifecycle: Lifecycle = Lifecycle()
+
+
+LIFECYCLE_KINDS = ("process.host", "process.service", "temporal.client", "temporal.worker")
+_LIFECYCLE_REFS = (("lifecycle.requires", LIFECYCLE_KINDS), ("lifecycle.depends_on", LIFECYCLE_KINDS))
+
+
+# ---------------------------------------------------------------- Lua entries
+
+
+class LuaEntry(Entry):
+    """``source``/``method``/``modules``/``imports``, common to the Lua kinds."""
+
+    source: Path = Field(description="Absolute path, resolved from file:// against the YAML file.")
+    method: str | None = None
+    modules: list[str] = Field(default_factory=list)
+    imports: dict[str, str] = Field(default_factory=dict)
+
+    references = (("imports", ("library.lua",)),)
+
+
+class FunctionPool(_Model):
+    type: Literal["inline", "lazy", "static", "adaptive"] | None = None
+    workers: int | None = Field(None, ge=1)
+    size: int | None = Field(None, ge=1)
+    buffer: int | None = Field(None, ge=0)
+    max_size: int = Field(16, ge=1)
+
+    @property
+    def effective_type(self) -> str:
+        if self.type is not None:
+            return self.type
+        return "static" if (self.workers or self.size) else "lazy"
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or self.size or 8
+
+    @property
+    def effective_buffer(self) -> int:
+        return self.buffer if self.buffer is not None else self.effective_workers * 64
+
+
+_ACTIVITY_REF = ("meta.temporal.activity.worker", ("temporal.worker",))
+
+
+class FunctionEntry(LuaEntry):
+    kind: Literal["function.lua"] = "function.lua"
+    pool: FunctionPool = FunctionPool()
+
+    references = (*LuaEntry.references, _ACTIVITY_REF)
+
+
+class ProcessEntry(LuaEntry):
+    kind: Literal["process.lua"] = "process.lua"
+
+    references = (*LuaEntry.references, _ACTIVITY_REF)
+
+
+class WorkflowEntry(LuaEntry):
+    kind: Literal["workflow.lua"] = "workflow.lua"
+
+    references = (*LuaEntry.references, ("meta.temporal.workflow.worker", ("temporal.worker",)))
+
+
+class LibraryEntry(LuaEntry):
+    kind: Literal["library.lua"] = "library.lua"
+
+    @field_validator("method")
+    @classmethod
+    def _no_method(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError("a library.lua entry has no method; its chunk's return value is the module")
+        return value
+
+
+# ---------------------------------------------------------------- hosts and services
+
+
+class HostSettings(_Model):
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    queue_size: int = Field(1024, ge=1)
+    local_queue_size: int = Field(256, ge=1)
+
+
+class ProcessHostEntry(_HasLifecycle):
+    kind: Literal["process.host"] = "process.host"
+    host: HostSettings = HostSettings()
+
+    references = _LIFECYCLE_REFS
+
+
+class ProcessServiceEntry(_HasLifecycle):
+    kind: Literal["process.service"] = "process.service"
+    process: str
+    host: str
+    input: list[Any] = Field(default_factory=list)
+
+    references = (("process", ("process.lua",)), ("host", ("process.host",)), *_LIFECYCLE_REFS)
+
+
+# ---------------------------------------------------------------- Temporal
+
+
+class TemporalAuth(_Model):
+    type: Literal["none", "api_key", "mtls"] = "none"
+    api_key: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> TemporalAuth:
+        if self.type == "api_key" and not self.api_key:
+            raise ValueError("auth.type api_key needs api_key")
+        if self.type == "mtls" and not (self.cert_file and self.key_file):
+            raise ValueError("auth.type mtls needs cert_file and key_file")
+        return self
+
+
+class TemporalTls(_Model):
+    enabled: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+
+EMBEDDED = "embedded"
+
+
+class TemporalClientEntry(_HasLifecycle):
+    kind: Literal["temporal.client"] = "temporal.client"
+    address: str | None = Field(None, description="host:port; none or 'embedded' starts the dev server.")
+    namespace: str = "default"
+    tq_prefix: str = ""
+    connection_timeout: Seconds = 10.0
+    keep_alive_time: Seconds = 30.0
+    keep_alive_timeout: Seconds = 10.0
+    auth: TemporalAuth = TemporalAuth()
+    tls: TemporalTls = TemporalTls()
+    health_check: dict[str, Any] = Field(default_factory=dict)
+
+    references = _LIFECYCLE_REFS
+
+    @property
+    def embedded(self) -> bool:
+        return self.address in (None, "", EMBEDDED)
+
+
+class TemporalWorkerEntry(_HasLifecycle):
+    kind: Literal["temporal.worker"] = "temporal.worker"
+    client: str
+    task_queue: str = Field(min_length=1)
+    worker_options: dict[str, Any] = Field(default_factory=dict)
+
+    references = (("client", ("temporal.client",)), *_LIFECYCLE_REFS)
+
+
+class InertEntry(Entry):
+    """An entry of a kind this runtime does not run; kept so others may reference it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+KNOWN_KINDS: dict[str, type[Entry]] = {
+    model.model_fields["kind"].default: model
+    for model in (
+        FunctionEntry,
+        ProcessEntry,
+        WorkflowEntry,
+        LibraryEntry,
+        ProcessHostEntry,
+        ProcessServiceEntry,
+        TemporalClientEntry,
+        TemporalWorkerEntry,
+    )
+}

@@ -1,0 +1,127 @@
+"""The node: one OS process that owns a broker connection, its embedded servers and
+(as they are added) process hosts, function pools, Temporal workers and services.
+
+Start-up is a list of steps; each step that succeeds registers how to undo it.
+Shutdown undoes them in reverse order under one deadline (the shutdown timeout),
+logging each step and re-raising the first error once everything has been tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NatsClient
+
+from broker import Subjects, connect
+
+from ._config import NodeConfig, ResolvedConfig
+from ._embedded import EmbeddedServers
+from ._entries import TemporalClientEntry
+from ._project import Project
+
+log = logging.getLogger("moonwire.node")
+
+StopStep = Callable[[float], Awaitable[None]]
+"""Undoes one start-up step, given the seconds left before the shutdown deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    name: str
+    stop: StopStep
+
+
+class Node:
+    """A running moonwire node.
+
+    Use :meth:`serve` to run until :meth:`request_stop`, or ``async with node.running():``
+    to run a piece of work on a started node and shut it down afterwards.
+    """
+
+    def __init__(self, resolved: ResolvedConfig, project: Project) -> None:
+        self.resolved = resolved
+        self.config: NodeConfig = resolved.config
+        self.project = project
+        self.subjects = Subjects(self.config.prefix)
+        self.embedded = EmbeddedServers(resolved.state_dir, self.config.node)
+        self.temporal_address: str | None = None
+        self._nats: NatsClient | None = None
+        self._steps: list[_Step] = []
+        self._stop_requested = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.config.node
+
+    @property
+    def nats(self) -> NatsClient:
+        if self._nats is None:
+            raise RuntimeError("the node is not connected")
+        return self._nats
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve` to shut down. Safe to call more than once."""
+        self._stop_requested.set()
+
+    async def serve(self) -> None:
+        """Start, run until :meth:`request_stop`, then shut down."""
+        async with self.running():
+            log.info("node %s running; stop with Ctrl-C or SIGTERM", self.name)
+            await self._stop_requested.wait()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Node]:
+        """Start the node; shut it down when the block exits, however it exits.
+
+        Raises:
+            BrokerUnavailable: NATS did not accept the connection.
+            EmbeddedServerError: an embedded server could not be started.
+        """
+        try:
+            await self._start()
+            yield self
+        finally:
+            await self._shutdown()
+
+    async def _start(self) -> None:
+        # Registered first so it is undone last; stopping owns nothing is a no-op.
+        self._steps.append(_Step("embedded servers", self._stop_embedded))
+        servers = self.config.nats.url or [await self.embedded.nats_url()]
+        if any(isinstance(e, TemporalClientEntry) and e.embedded for e in self.project.entries.values()):
+            self.temporal_address = await self.embedded.temporal_address()
+
+        self._nats = await connect(self.config.connect_options(servers))
+        self._steps.append(_Step("NATS connection", self._close_nats))
+        log.info("node %s connected to NATS at %s", self.name, ", ".join(servers))
+
+    async def _shutdown(self) -> None:
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        first_error: BaseException | None = None
+        while self._steps:
+            step = self._steps.pop()
+            remaining = deadline - time.monotonic()
+            log.info("stopping %s", step.name)
+            try:
+                await asyncio.wait_for(step.stop(max(remaining, 0.0)), max(remaining, 0.0) + 5.0)
+            except Exception as err:  # noqa: BLE001 - every step must get its turn
+                log.error("stopping %s failed: %s", step.name, err)
+                first_error = first_error or err
+        if first_error is not None:
+            raise first_error
+
+    async def _close_nats(self, remaining: float) -> None:
+        nc, self._nats = self._nats, None
+        if nc is None or nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(nc.drain(), min(remaining, 5.0) or 0.1)
+        except (TimeoutError, Exception):  # noqa: BLE001 - a failed drain still ends in close
+            await nc.close()
+
+    async def _stop_embedded(self, remaining: float) -> None:
+        await self.embedded.stop(timeout=min(max(remaining, 0.5), 5.0))

@@ -1,0 +1,149 @@
+"""Helpers shared by the tests: real node OS processes, project folders, and waiting on events."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+MOONWIRE = str(Path(sys.executable).parent / "moonwire")
+
+
+def write_project(root: Path, files: dict[str, str]) -> Path:
+    """Write ``files`` (relative path -> text, dedented) under ``root``; return ``root``."""
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return root
+
+
+def pid_running(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``predicate`` until true; return the seconds it took. For the rare state
+    that offers no event to await (a process disappearing, say)."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+async def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+                  timeout: float = 60.0) -> tuple[int, str, str]:
+    """Run ``moonwire ARGS`` to completion: (exit status, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        MOONWIRE, *args, cwd=cwd, env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+class NodeProcess:
+    """``moonwire run`` as a separate OS process that a test can stop or kill.
+
+    Its output is read line by line as it arrives, so a test can await a line.
+    """
+
+    def __init__(self, project: Path, name: str, *, nats_url: str | None = None,
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        self.project = project
+        self.name = name
+        self.argv = [MOONWIRE, "run", str(project), "--node", name, *(["--nats", nats_url] if nats_url else []), *args]
+        self.env = {**os.environ, **(env or {})}
+        self.lines: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    async def start(self, *, ready: str | None = r"node \S+ running", timeout: float = 60.0) -> NodeProcess:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, env=self.env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        self._reader = asyncio.create_task(self._read(), name=f"output of node {self.name}")
+        if ready is not None:
+            await self.wait_for_line(ready, timeout)
+        return self
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        async for raw in self.process.stdout:
+            async with self._changed:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self._changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for_line(self, pattern: str, timeout: float = 30.0) -> str:
+        """The first output line matching ``pattern``; fails if the node exits first."""
+        regex = re.compile(pattern)
+
+        def found() -> str | None:
+            return next((line for line in self.lines if regex.search(line)), None)
+
+        async def wait() -> str:
+            async with self._changed:
+                while (line := found()) is None:
+                    if self._reader is not None and self._reader.done():
+                        raise AssertionError(f"node {self.name} ended before printing /{pattern}/:\n{self.output}")
+                    await self._changed.wait()
+                return line
+
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"node {self.name} printed no /{pattern}/ within {timeout}s:\n{self.output}") from None
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        if self._reader is not None:
+            await self._reader
+        return code
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait for a clean exit."""
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        return await self.wait(timeout)
+
+    async def kill(self) -> int:
+        """SIGKILL: no chance to clean up."""
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.kill()
+        return await self.wait()
+
+    async def aclose(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            await self.kill()
+        elif self._reader is not None:
+            await self._reader
