@@ -1,8 +1,8 @@
 """The Lua side of moonwire: sandboxed Lua states, the Lua-facing modules and the
 yield protocol between Lua coroutines and the Python scheduler.
 
-This package knows nothing about NATS (that is ``broker``) nor about the node's
-scheduler (that is ``node``); ``node`` drives it.
+This package knows nothing about NATS (that is ``broker``) nor about entries and nodes
+(that is ``node``); ``node`` drives it through :class:`LuaState` and :class:`Unit`.
 """
 
 from ._duration import (
@@ -15,14 +15,33 @@ from ._duration import (
     format_duration,
     parse_duration,
 )
+from ._errors import Kind, MoonwireError, internal, invalid, not_found
+from ._state import LUA_VERSION, Limits, LuaCode, LuaState
+from ._unit import NoServices, Outcome, Services, Unit
+from ._values import to_lua, to_python
 
 __all__ = [
     "HOUR",
+    "LUA_VERSION",
     "MICROSECOND",
     "MILLISECOND",
     "MINUTE",
     "NANOSECOND",
     "SECOND",
+    "Kind",
+    "Limits",
+    "LuaCode",
+    "LuaState",
+    "MoonwireError",
+    "NoServices",
+    "Outcome",
+    "Services",
+    "Unit",
     "format_duration",
+    "internal",
+    "invalid",
+    "not_found",
     "parse_duration",
+    "to_lua",
+    "to_python",
 ]

@@ -1,0 +1,136 @@
+"""Channels between Lua threads of one state, with Go's semantics (wippy-surface §2.3).
+
+Values stay Lua values (they never leave their state). A blocked thread is a
+:class:`Waiter`; a thread in ``select`` registers one waiter on several channels and
+the first channel to fire it wins (the others skip it, being ``done``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+SEND_ON_CLOSED = "send on closed channel"
+
+
+@dataclass(slots=True, eq=False)
+class Waiter:
+    """A thread blocked on one or more channels. ``resume`` gets the resume values."""
+
+    resume: Callable[[tuple[Any, ...]], None]
+    done: bool = False
+
+    def fire(self, values: tuple[Any, ...]) -> None:
+        self.done = True
+        self.resume(values)
+
+
+@dataclass(slots=True, eq=False)
+class _Registration:
+    waiter: Waiter
+    case: int           # 1-based select case, or 0 for a plain send/receive
+    value: Any = None   # for senders: the value offered
+
+
+class Channel:
+    __slots__ = ("capacity", "buffer", "closed", "_receivers", "_senders")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.buffer: deque[Any] = deque()
+        self.closed = False
+        self._receivers: deque[_Registration] = deque()
+        self._senders: deque[_Registration] = deque()
+
+    # Each try_* returns the resume values when the operation completes now, else None.
+
+    def try_send(self, value: Any) -> tuple[Any, ...] | None:
+        """``(True,)`` if delivered or buffered, ``(False, msg)`` if closed, None to block."""
+        if self.closed:
+            return (False, SEND_ON_CLOSED)
+        receiver = self._pop_live(self._receivers)
+        if receiver is not None:
+            receiver.waiter.fire(_received(receiver.case, value, True))
+            return (True,)
+        if len(self.buffer) < self.capacity:
+            self.buffer.append(value)
+            return (True,)
+        return None
+
+    def try_receive(self) -> tuple[Any, bool] | None:
+        """``(value, True)``, ``(nil, False)`` once closed and drained, None to block."""
+        if self.buffer:
+            value = self.buffer.popleft()
+            sender = self._pop_live(self._senders)
+            if sender is not None:  # room now: its value joins the buffer
+                self.buffer.append(sender.value)
+                sender.waiter.fire(_sent(sender.case))
+            return (value, True)
+        sender = self._pop_live(self._senders)
+        if sender is not None:
+            sender.waiter.fire(_sent(sender.case))
+            return (sender.value, True)
+        if self.closed:
+            return (None, False)
+        return None
+
+    def wait_send(self, waiter: Waiter, value: Any, case: int = 0) -> None:
+        self._senders.append(_Registration(waiter, case, value))
+
+    def wait_receive(self, waiter: Waiter, case: int = 0) -> None:
+        self._receivers.append(_Registration(waiter, case))
+
+    def offer(self, value: Any) -> bool:
+        """Deliver without blocking (timers): False when nobody waits and the buffer is full."""
+        return not self.closed and self.try_send(value) == (True,)
+
+    def close(self) -> None:
+        """Idempotent. Blocked receivers get ``nil, false``; blocked senders an error."""
+        if self.closed:
+            return
+        self.closed = True
+        while (receiver := self._pop_live(self._receivers)) is not None:
+            receiver.waiter.fire(_received(receiver.case, None, False))
+        while (sender := self._pop_live(self._senders)) is not None:
+            sender.waiter.fire((-1, None, False) if sender.case else (False, SEND_ON_CLOSED))
+
+    @staticmethod
+    def _pop_live(queue: deque[_Registration]) -> _Registration | None:
+        while queue:
+            registration = queue.popleft()
+            if not registration.waiter.done:
+                return registration
+        return None
+
+
+def _received(case: int, value: Any, ok: bool) -> tuple[Any, ...]:
+    return (case, value, ok) if case else (value, ok)
+
+
+def _sent(case: int) -> tuple[Any, ...]:
+    return (case, None, True) if case else (True,)
+
+
+def select(cases: list[tuple[str, Channel, Any]], has_default: bool, waiter: Waiter) -> tuple[Any, ...] | None:
+    """Complete a ready case now (the first in order), else the default, else register
+    ``waiter`` on every case and return None. Resume values: ``(index, value, ok)``,
+    ``(0,)`` for the default, ``(-1,)`` for a send on a closed channel."""
+    for index, (direction, channel, value) in enumerate(cases, start=1):
+        if direction == "recv":
+            got = channel.try_receive()
+            if got is not None:
+                return (index, got[0], got[1])
+        else:
+            sent = channel.try_send(value)
+            if sent is not None:
+                return (index, None, True) if sent[0] else (-1, None, False)
+    if has_default:
+        return (0, None, True)
+    for index, (direction, channel, value) in enumerate(cases, start=1):
+        if direction == "recv":
+            channel.wait_receive(waiter, index)
+        else:
+            channel.wait_send(waiter, value, index)
+    return None

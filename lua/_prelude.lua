@@ -1,0 +1,558 @@
+-- The moonwire modules, as user code sees them. Trusted: runs once per state after
+-- the core, with `core` and `host` (Python functions) as arguments. Python functions
+-- are only ever upvalues here, never values user code can reach.
+--
+-- Blocking operations yield one kind of request to the scheduler (`core.request`);
+-- everything else calls `host` directly.
+
+local core, host = ...
+local request, readonly = core.request, core.readonly
+local setmetatable, getmetatable, type, error, select, tostring, tonumber, pairs, ipairs, rawget =
+      setmetatable, getmetatable, type, error, select, tostring, tonumber, pairs, ipairs, rawget
+local table_pack, table_unpack, table_concat = table.pack, table.unpack, table.concat
+local getinfo = debug.getinfo
+local math_floor = math.floor
+
+local M = {}          -- what Python gets back
+local modules = {}    -- require()-able modules, by name
+local globals = {}    -- always-present globals
+
+local function argerror(n, fname, expected, got)
+    error("bad argument #" .. n .. " to '" .. fname .. "' (" .. expected .. " expected, got " .. type(got) .. ")", 3)
+end
+
+-- ====================================================================== errors
+
+local ErrorMethods = {}
+local ErrorMT = { __index = ErrorMethods, __name = "error", __metatable = false }
+
+local KINDS = {
+    NOT_FOUND = "NotFound", ALREADY_EXISTS = "AlreadyExists", INVALID = "Invalid",
+    PERMISSION_DENIED = "PermissionDenied", UNAVAILABLE = "Unavailable", INTERNAL = "Internal",
+    CANCELED = "Canceled", CONFLICT = "Conflict", TIMEOUT = "Timeout", RATE_LIMITED = "RateLimited",
+    UNKNOWN = "",
+}
+
+local function capture_frames(level)
+    local frames = {}
+    while #frames < 32 do
+        local info = getinfo(level, "Sln")
+        if info == nil then break end
+        if info.what ~= "C" then
+            frames[#frames + 1] = { source = info.short_src, line = info.currentline, name = info.name }
+        end
+        level = level + 1
+    end
+    return frames
+end
+
+local function new_error(message, kind, retryable, details, frames)
+    return setmetatable({
+        _message = message, _kind = kind or "", _retryable = retryable, _details = details,
+        _frames = frames or {},
+    }, ErrorMT)
+end
+
+function ErrorMethods.kind(e) return e._kind end
+function ErrorMethods.message(e) return e._message end
+function ErrorMethods.retryable(e) return e._retryable end
+function ErrorMethods.details(e) return e._details end
+function ErrorMethods.stack(e)
+    local lines = {}
+    for i, f in ipairs(e._frames) do
+        lines[i] = f.source .. ":" .. tostring(f.line) .. (f.name and (" in " .. f.name) or "")
+    end
+    return table_concat(lines, "\n")
+end
+ErrorMT.__tostring = function(e)
+    if e._kind ~= "" then
+        return e._kind .. ": " .. tostring(e._message)
+    end
+    return tostring(e._message)
+end
+
+local metatable_of = core.metatable_of
+local function is_error(v)
+    return type(v) == "table" and metatable_of(v) == ErrorMT
+end
+
+local errors = {}
+for k, v in pairs(KINDS) do errors[k] = v end
+
+function errors.new(spec, extra)
+    if extra ~= nil then
+        error("errors.new takes one argument: a message or {message=, kind=, retryable=, details=}", 2)
+    end
+    local frames = capture_frames(3)
+    if type(spec) == "string" then
+        return new_error(spec, "", nil, nil, frames)
+    elseif type(spec) == "table" then
+        local kind = spec.kind or ""
+        if type(kind) ~= "string" then argerror(1, "new", "string kind", kind) end
+        if spec.retryable ~= nil and type(spec.retryable) ~= "boolean" then
+            argerror(1, "new", "boolean retryable", spec.retryable)
+        end
+        return new_error(tostring(spec.message or ""), kind, spec.retryable, spec.details, frames)
+    end
+    argerror(1, "new", "string or table", spec)
+end
+
+function errors.wrap(err, message)
+    if err == nil then return nil end
+    local frames = capture_frames(3)
+    if is_error(err) then
+        return new_error(tostring(message) .. ": " .. tostring(err._message), err._kind, err._retryable,
+            err._details, frames)
+    end
+    return new_error(tostring(message) .. ": " .. tostring(err), "", nil, nil, frames)
+end
+
+function errors.is(err, kind)
+    return is_error(err) and err._kind == kind
+end
+
+function errors.call_stack(err)
+    if not is_error(err) then return nil end
+    local frames = {}
+    for i, f in ipairs(err._frames) do frames[i] = { source = f.source, line = f.line, name = f.name } end
+    return { thread = "main", frames = frames }
+end
+
+-- Python's view of error objects.
+function M.error_fields(v)
+    if is_error(v) then
+        return v._message, v._kind, v._retryable, v._details, ErrorMethods.stack(v)
+    end
+    return nil
+end
+function M.make_error(message, kind, retryable, details)
+    return new_error(message, kind, retryable, details, {})
+end
+local function host_error(message, kind, retryable)
+    return new_error(message, kind, retryable, nil, capture_frames(3))
+end
+
+globals.errors = readonly(errors)
+
+-- ====================================================================== payload
+
+local PayloadMethods = {}
+local PayloadMT = { __index = PayloadMethods, __name = "payload", __metatable = false }
+local function new_payload(value, format)
+    return setmetatable({ _value = value, _format = format or "lua" }, PayloadMT)
+end
+function PayloadMethods.data(p) return p._value end
+function PayloadMethods.get_format(p) return p._format end
+function PayloadMethods.transcode(p, format) return new_payload(p._value, format) end
+M.new_payload = new_payload
+globals.payload = readonly({ new = function(v, fmt) return new_payload(v, fmt) end })
+
+-- ====================================================================== channels
+
+local ChannelMethods = {}
+local ChannelMT = { __index = ChannelMethods, __name = "channel", __metatable = false }
+-- Python objects behind user-visible tables live only in these weak maps, never in a
+-- field user code could read.
+local handles = setmetatable({}, { __mode = "k" })  -- channel table -> Python channel
+local private = setmetatable({}, { __mode = "k" })  -- timer or future table -> Python handle
+
+local function wrap_channel(handle)
+    local ch = setmetatable({}, ChannelMT)
+    handles[ch] = handle
+    return ch
+end
+M.wrap_channel = wrap_channel
+
+local function handle_of(ch, fname)
+    local h = type(ch) == "table" and handles[ch]
+    if not h then argerror(1, fname, "channel", ch) end
+    return h
+end
+
+local function raise_if(ok, message)
+    if ok == false then error(message, 3) end
+end
+
+function ChannelMethods.send(ch, value)
+    raise_if(request("chan_send", handle_of(ch, "send"), value))
+    return true
+end
+function ChannelMethods.receive(ch)
+    local value, ok = request("chan_recv", handle_of(ch, "receive"))
+    return value, ok
+end
+function ChannelMethods.close(ch)
+    host.chan_close(handle_of(ch, "close"))
+end
+function ChannelMethods.case_send(ch, value)
+    return { _case = "send", channel = ch, value = value }
+end
+function ChannelMethods.case_receive(ch)
+    return { _case = "recv", channel = ch }
+end
+
+local channel = {}
+function channel.new(size)
+    size = size or 0
+    if type(size) ~= "number" or size < 0 or size ~= math_floor(size) then
+        argerror(1, "new", "non-negative integer", size)
+    end
+    return wrap_channel(host.chan_new(size))
+end
+function channel.select(cases)
+    if type(cases) ~= "table" then argerror(1, "select", "table of cases", cases) end
+    local specs = {}
+    for i, case in ipairs(cases) do
+        if type(case) ~= "table" or (case._case ~= "send" and case._case ~= "recv") then
+            error("channel.select: case " .. i .. " is not a case (use ch:case_send(v) or ch:case_receive())", 2)
+        end
+        specs[i] = { case._case, handle_of(case.channel, "select"), case.value }
+    end
+    if #specs == 0 and not cases.default then
+        error("channel.select: no cases", 2)
+    end
+    local index, value, ok = request("select", specs, cases.default == true)
+    if index == 0 then
+        return { default = true, ok = true }
+    elseif index == -1 then
+        error("send on closed channel", 2)
+    end
+    return { channel = cases[index].channel, value = value, ok = ok }
+end
+globals.channel = readonly(channel)
+
+-- ====================================================================== time
+
+local NS, US, MS, SEC = 1, 1000, 1000000, 1000000000
+local MIN, HOUR = 60 * SEC, 3600 * SEC
+
+local DurationMethods = {}
+local DurationMT = { __index = DurationMethods, __name = "duration", __metatable = false }
+local function new_duration(ns) return setmetatable({ _ns = ns }, DurationMT) end
+function DurationMethods.nanoseconds(d) return d._ns end
+function DurationMethods.microseconds(d) return d._ns // US end
+function DurationMethods.milliseconds(d) return d._ns // MS end
+function DurationMethods.seconds(d) return d._ns / SEC end
+function DurationMethods.minutes(d) return d._ns / MIN end
+function DurationMethods.hours(d) return d._ns / HOUR end
+function DurationMethods.string(d) return host.format_duration(d._ns) end
+DurationMT.__tostring = DurationMethods.string
+DurationMT.__eq = function(a, b) return a._ns == b._ns end
+DurationMT.__lt = function(a, b) return a._ns < b._ns end
+DurationMT.__le = function(a, b) return a._ns <= b._ns end
+DurationMT.__add = function(a, b) return new_duration(a._ns + b._ns) end
+DurationMT.__sub = function(a, b) return new_duration(a._ns - b._ns) end
+
+local function is_duration(v) return type(v) == "table" and metatable_of(v) == DurationMT end
+
+-- A duration argument: nanoseconds, a Go duration string, or a Duration.
+local function to_ns(v, fname)
+    if type(v) == "number" then
+        return math_floor(v)
+    elseif type(v) == "string" then
+        local ns, err = host.parse_duration(v)
+        if ns == nil then return nil, host_error(err, KINDS.INVALID, false) end
+        return ns
+    elseif is_duration(v) then
+        return v._ns
+    end
+    return nil, host_error("bad argument to '" .. fname .. "' (duration expected, got " .. type(v) .. ")",
+        KINDS.INVALID, false)
+end
+
+local TimeMethods = {}
+local TimeMT = { __index = TimeMethods, __name = "time", __metatable = false }
+-- _ns: nanoseconds since the Unix epoch; _zone: a zone name ("UTC", "Local", or an IANA name)
+local function new_time(ns, zone) return setmetatable({ _ns = ns, _zone = zone or "Local" }, TimeMT) end
+M.new_time = new_time
+local function is_time(v) return type(v) == "table" and metatable_of(v) == TimeMT end
+
+function TimeMethods.unix(t) return t._ns // SEC end
+function TimeMethods.unix_nano(t) return t._ns end
+function TimeMethods.unix_milli(t) return t._ns // MS end
+function TimeMethods.add(t, d)
+    local ns, err = to_ns(d, "add")
+    if ns == nil then error(err:message(), 2) end
+    return new_time(t._ns + ns, t._zone)
+end
+function TimeMethods.sub(t, other)
+    if not is_time(other) then argerror(1, "sub", "time", other) end
+    return new_duration(t._ns - other._ns)
+end
+function TimeMethods.add_date(t, years, months, days)
+    return new_time(host.time_add_date(t._ns, t._zone, years or 0, months or 0, days or 0), t._zone)
+end
+function TimeMethods.before(t, o) return t._ns < o._ns end
+function TimeMethods.after(t, o) return t._ns > o._ns end
+function TimeMethods.equal(t, o) return t._ns == o._ns end
+function TimeMethods.utc(t) return new_time(t._ns, "UTC") end
+TimeMethods["local"] = function(t) return new_time(t._ns, "Local") end
+function TimeMethods.in_location(t, loc)
+    if type(loc) ~= "table" or loc._zone == nil then argerror(1, "in_location", "location", loc) end
+    return new_time(t._ns, loc._zone)
+end
+function TimeMethods.location(t) return { _zone = t._zone, string = function() return t._zone end } end
+function TimeMethods.format(t, layout)
+    if type(layout) ~= "string" then argerror(1, "format", "string layout", layout) end
+    return host.time_format(t._ns, t._zone, layout)
+end
+function TimeMethods.string(t) return host.time_format(t._ns, t._zone, "2006-01-02 15:04:05.999999999 -0700 MST") end
+function TimeMethods.truncate(t, d)
+    if not is_duration(d) then argerror(1, "truncate", "Duration", d) end
+    if d._ns <= 0 then return t end
+    return new_time(t._ns - t._ns % d._ns, t._zone)
+end
+function TimeMethods.round(t, d)
+    if not is_duration(d) then argerror(1, "round", "Duration", d) end
+    if d._ns <= 0 then return t end
+    local r = t._ns % d._ns
+    if r + r < d._ns then return new_time(t._ns - r, t._zone) end
+    return new_time(t._ns + d._ns - r, t._zone)
+end
+for _, field in ipairs({ "year", "month", "day", "hour", "minute", "second", "nanosecond", "weekday", "yearday" }) do
+    TimeMethods[field] = function(t) return host.time_field(t._ns, t._zone, field) end
+end
+TimeMT.__tostring = TimeMethods.string
+TimeMT.__eq = function(a, b) return a._ns == b._ns end
+TimeMT.__lt = function(a, b) return a._ns < b._ns end
+TimeMT.__le = function(a, b) return a._ns <= b._ns end
+
+local TimerMethods = {}
+local TimerMT = { __index = TimerMethods, __name = "timer", __metatable = false }
+function TimerMethods.response(t) return t._channel end
+TimerMethods.channel = TimerMethods.response
+function TimerMethods.stop(t) return host.timer_stop(private[t]) end
+function TimerMethods.reset(t, d)
+    local ns, err = to_ns(d, "reset")
+    if ns == nil then return false, err end
+    if ns <= 0 then return false, host_error("duration must be positive", KINDS.INVALID, false) end
+    return host.timer_reset(private[t], ns)
+end
+
+local function start_timer(d, fname, periodic)
+    local ns, err = to_ns(d, fname)
+    if ns == nil then return nil, err end
+    if ns <= 0 then return nil, host_error("duration must be positive", KINDS.INVALID, false) end
+    local ch = channel.new(1)
+    local timer = setmetatable({ _channel = ch }, TimerMT)
+    private[timer] = request("timer", handles[ch], ns, periodic)
+    return timer
+end
+
+local time = {
+    NANOSECOND = NS, MICROSECOND = US, MILLISECOND = MS, SECOND = SEC, MINUTE = MIN, HOUR = HOUR,
+    RFC3339 = "2006-01-02T15:04:05Z07:00", RFC3339NANO = "2006-01-02T15:04:05.999999999Z07:00",
+    RFC1123 = "Mon, 02 Jan 2006 15:04:05 MST", RFC822 = "02 Jan 06 15:04 MST",
+    KITCHEN = "3:04PM", DATE_TIME = "2006-01-02 15:04:05", DATE_ONLY = "2006-01-02", TIME_ONLY = "15:04:05",
+    UTC = { _zone = "UTC" }, LOCAL = { _zone = "Local" },
+}
+time.RFC3339Nano = time.RFC3339NANO
+function time.now() return new_time(host.now_ns(), "Local") end
+function time.unix(sec, nsec) return new_time(math_floor(sec) * SEC + math_floor(nsec or 0), "Local") end
+function time.unix_nano(ns) return new_time(math_floor(ns), "Local") end
+function time.date(year, month, day, hour, min, sec, nsec, loc)
+    local zone = (type(loc) == "table" and loc._zone) or "Local"
+    local ns, err = host.time_date(year, month, day, hour or 0, min or 0, sec or 0, nsec or 0, zone)
+    if ns == nil then return nil, host_error(err, KINDS.INVALID, false) end
+    return new_time(ns, zone)
+end
+function time.parse(layout, value, loc)
+    local zone = (type(loc) == "table" and loc._zone) or "UTC"
+    local ns, zone_or_err = host.time_parse(layout, value, zone)
+    if ns == nil then return nil, host_error(zone_or_err, KINDS.INVALID, false) end
+    return new_time(ns, zone_or_err)
+end
+function time.load_location(name)
+    local ok, err = host.check_zone(name)
+    if not ok then return nil, host_error(err, KINDS.NOT_FOUND, false) end
+    return { _zone = name, string = function() return name end }
+end
+function time.fixed_zone(name, offset_seconds)
+    return { _zone = host.fixed_zone(name, offset_seconds), string = function() return name end }
+end
+function time.parse_duration(v)
+    local ns, err = to_ns(v, "parse_duration")
+    if ns == nil then return nil, err end
+    return new_duration(ns)
+end
+function time.sleep(d)
+    local ns, err = to_ns(d, "sleep")
+    if ns == nil then error(err:message(), 2) end
+    request("sleep", ns)
+end
+function time.after(d)
+    local timer, err = start_timer(d, "after", false)
+    if timer == nil then return nil, err end
+    return timer._channel
+end
+function time.timer(d) return start_timer(d, "timer", false) end
+function time.ticker(d) return start_timer(d, "ticker", true) end
+modules.time = readonly(time)
+
+-- ====================================================================== logger, print
+
+local LoggerMethods = {}
+local LoggerMT = { __index = LoggerMethods, __name = "logger", __metatable = false }
+local function new_logger(name, fields) return setmetatable({ _name = name, _fields = fields }, LoggerMT) end
+local function merge(a, b)
+    local out = {}
+    if a then for k, v in pairs(a) do out[k] = v end end
+    if b then for k, v in pairs(b) do out[k] = v end end
+    return out
+end
+for _, level in ipairs({ "debug", "info", "warn", "error" }) do
+    LoggerMethods[level] = function(l, message, fields)
+        host.log(level, l._name, tostring(message), merge(l._fields, fields))
+    end
+end
+function LoggerMethods.with(l, fields) return new_logger(l._name, merge(l._fields, fields)) end
+function LoggerMethods.named(l, name)
+    return new_logger(l._name ~= "" and (l._name .. "." .. tostring(name)) or tostring(name), l._fields)
+end
+modules.logger = new_logger("", nil)
+
+function globals.print(...)
+    local n = select("#", ...)
+    local parts = {}
+    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    host.log("info", "print", table_concat(parts, "\t"), nil)
+end
+
+-- ====================================================================== json, uuid, ctx
+
+local json = {}
+function json.encode(v)
+    local s, err = host.json_encode(v)
+    if s == nil then return nil, host_error(err, KINDS.INTERNAL, false) end
+    return s
+end
+function json.decode(s)
+    if type(s) ~= "string" then return nil, host_error("json.decode expects a string", KINDS.INVALID, false) end
+    local ok, v_or_err = host.json_decode(s)
+    if not ok then return nil, host_error(v_or_err, KINDS.INVALID, false) end
+    return v_or_err
+end
+modules.json = readonly(json)
+
+local uuid = {}
+for _, name in ipairs({ "v1", "v4", "v7" }) do
+    uuid[name] = function() return host.uuid_new(name) end
+end
+function uuid.v3(ns, name) return host.uuid_named(3, ns, name) end
+function uuid.v5(ns, name) return host.uuid_named(5, ns, name) end
+function uuid.validate(s) return host.uuid_validate(s) end
+function uuid.version(s) return host.uuid_info(s, "version") end
+function uuid.variant(s) return host.uuid_info(s, "variant") end
+function uuid.parse(s) return host.uuid_info(s, "parse") end
+function uuid.format(s, fmt) return host.uuid_info(s, fmt or "standard") end
+modules.uuid = readonly(uuid)
+
+local ctx = {}
+function ctx.get(key)
+    if type(key) ~= "string" or key == "" then return nil, host_error("ctx.get: key must be a non-empty string", KINDS.INVALID, false) end
+    local found, value = host.ctx_get(key)
+    if found == nil then return nil, host_error("no context: not running in a call or process", KINDS.INTERNAL, false) end
+    if not found then return nil, host_error("context key not found: " .. key, KINDS.NOT_FOUND, false) end
+    return value
+end
+function ctx.all()
+    local values = host.ctx_all()
+    if values == nil then return nil, host_error("no context: not running in a call or process", KINDS.INTERNAL, false) end
+    return values
+end
+modules.ctx = readonly(ctx)
+
+-- ====================================================================== funcs and futures
+
+local FutureMethods = {}
+local FutureMT = { __index = FutureMethods, __name = "future", __metatable = false }
+local function new_future(handle, ch)
+    local future = setmetatable({ _channel = ch }, FutureMT)
+    private[future] = handle
+    return future
+end
+M.new_future = new_future
+function FutureMethods.response(f) return f._channel end
+FutureMethods.channel = FutureMethods.response
+function FutureMethods.is_complete(f) return (host.future_state(private[f])) ~= "pending" end
+function FutureMethods.is_canceled(f) return (host.future_state(private[f])) == "canceled" end
+function FutureMethods.result(f)
+    local state, value, err = host.future_state(private[f])
+    if state == "pending" then return nil, nil end
+    if state == "done" then return new_payload(value), nil end
+    return nil, err
+end
+function FutureMethods.error(f)
+    local state, _, err = host.future_state(private[f])
+    if state == "failed" or state == "canceled" then return err, true end
+    return nil, false
+end
+function FutureMethods.cancel(f) return host.future_cancel(private[f]) end
+
+local function check_target(target)
+    if type(target) ~= "string" or not target:find("^[^:]+:[^:]+$") then
+        return host_error("invalid function id " .. tostring(target) .. ": expected namespace:name", KINDS.INVALID, false)
+    end
+end
+
+local ExecutorMethods = {}
+local ExecutorMT = { __index = ExecutorMethods, __name = "executor", __metatable = false }
+local function new_executor(context, options)
+    return setmetatable({ _context = context, _options = options }, ExecutorMT)
+end
+function ExecutorMethods.with_context(e, values)
+    if type(values) ~= "table" then argerror(1, "with_context", "table", values) end
+    return new_executor(merge(e._context, values), e._options)
+end
+function ExecutorMethods.with_options(e, options)
+    if type(options) ~= "table" then argerror(1, "with_options", "table", options) end
+    return new_executor(e._context, merge(e._options, options))
+end
+function ExecutorMethods.with_actor(e, actor) return new_executor(merge(e._context, { ["@actor"] = actor }), e._options) end
+function ExecutorMethods.with_scope(e, scope) return new_executor(merge(e._context, { ["@scope"] = scope }), e._options) end
+function ExecutorMethods.call(e, target, ...)
+    local bad = check_target(target)
+    if bad then return nil, bad end
+    return request("call", target, table_pack(...), e._context, e._options)
+end
+function ExecutorMethods.async(e, target, ...)
+    local bad = check_target(target)
+    if bad then return nil, bad end
+    local ch = channel.new(1)
+    local handle, err = request("async", target, table_pack(...), e._context, e._options, handles[ch])
+    if handle == nil then return nil, err end
+    return new_future(handle, ch)
+end
+
+local plain = new_executor(nil, nil)
+local funcs = {
+    new = function() return plain end,
+    call = function(target, ...) return ExecutorMethods.call(plain, target, ...) end,
+    async = function(target, ...) return ExecutorMethods.async(plain, target, ...) end,
+}
+modules.funcs = readonly(funcs)
+
+-- ====================================================================== require
+
+-- require() for one chunk: its imports (alias -> library value) and the modules its
+-- entry lists. Anything else does not exist, as far as that chunk can tell.
+function M.make_require(allowed, imports)
+    return function(name)
+        if type(name) ~= "string" then argerror(1, "require", "string", name) end
+        local value = imports[name]
+        if value ~= nil then return value end
+        if allowed[name] then
+            value = modules[name]
+            if value ~= nil then return value end
+        end
+        error("module '" .. name .. "' not found", 2)
+    end
+end
+
+-- ====================================================================== exports
+
+M.globals = globals
+M.modules = modules
+M.host_error = host_error
+M.kinds = KINDS
+return M

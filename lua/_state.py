@@ -1,0 +1,225 @@
+"""A Lua state: one lupa runtime, sandboxed, with the trusted core and the moonwire
+modules loaded, and the entry code compiled into it.
+
+Lua never reaches Python (DESIGN §10): no ``python`` global, no eval, no builtins, an
+attribute filter that refuses every attribute, and Python callables only as upvalues of
+trusted Lua code. User code runs in per-chunk environments built by the core.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import lupa.lua55 as lupa
+
+from ._errors import Kind, MoonwireError, internal, invalid
+from ._values import decode_string, to_python
+
+if TYPE_CHECKING:
+    from ._unit import Unit
+
+CORE_SOURCE = resources.files(__package__).joinpath("_core.lua").read_bytes()
+PRELUDE_SOURCE = resources.files(__package__).joinpath("_prelude.lua").read_bytes()
+LUA_VERSION = "Lua 5.5"
+
+# Raised in Lua when a resume runs out of instructions; recognised by identity of text.
+BUDGET_EXCEEDED = b"moonwire: instruction budget exceeded"
+OUT_OF_MEMORY = b"not enough memory"
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Runaway protection for one state.
+
+    ``memory``: bytes the whole state may hold (None: unlimited).
+    ``instructions``: VM instructions one thread may run between two yields (None: unlimited).
+    """
+
+    memory: int | None = 64 * MiB
+    instructions: int | None = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class LuaCode:
+    """Code to load into a state: an entry's source and how to find its export."""
+
+    id: str
+    source: bytes
+    chunkname: str
+    method: str | None = None
+    modules: frozenset[str] = frozenset()
+    imports: tuple[tuple[str, LuaCode], ...] = ()
+    is_library: bool = False
+
+
+def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
+    raise AttributeError("Lua code cannot access Python attributes")
+
+
+@dataclass(slots=True)
+class _Loaded:
+    export: Any
+
+
+class LuaState:
+    """One sandboxed Lua runtime. Not thread-safe; used from the event loop only."""
+
+    def __init__(self, limits: Limits = Limits(), *, log: logging.Logger | None = None) -> None:
+        from ._host import HostFunctions
+
+        self.limits = limits
+        self.log = log or logging.getLogger("moonwire.lua")
+        self.runtime = lupa.LuaRuntime(
+            encoding=None,
+            register_eval=False,
+            register_builtins=False,
+            unpack_returned_tuples=True,
+            attribute_filter=_deny_attributes,
+            max_memory=limits.memory,
+        )
+        self.core = self.runtime.execute(CORE_SOURCE)
+        self.host = HostFunctions(self)
+        self.prelude = self.runtime.execute(PRELUDE_SOURCE, self.core, self.host.table())
+        self.core.set_limits(limits.instructions or 0, BUDGET_EXCEEDED)
+        self.current: Unit | None = None
+        """The unit whose thread is running, for ``ctx`` and friends."""
+        self.poisoned = False
+        """Set after a memory error: the state may hold garbage it cannot free; retire it."""
+        self._loaded: dict[str, _Loaded] = {}
+        self._spawn = self.core.spawn
+        self._resume = self.core.resume
+        self._kill = self.core.kill
+        self._error_fields = self.prelude.error_fields
+
+    # ------------------------------------------------------------ values
+
+    @staticmethod
+    def lua_type(value: Any) -> str:
+        kind = lupa.lua_type(value)
+        return kind or type(value).__name__
+
+    def table_from(self, value: Any) -> Any:
+        return self.runtime.table_from(value)
+
+    def error_fields(self, value: Any) -> MoonwireError | None:
+        fields = self._error_fields(value)
+        if fields is None:
+            return None
+        message, kind, retryable, details, stack = fields
+        return MoonwireError(
+            str(decode_string(message)) if isinstance(message, bytes) else str(message),
+            decode_string(kind) if isinstance(kind, bytes) else str(kind),
+            retryable=retryable,
+            details=to_python(self, details) if details is not None else None,
+            stack=decode_string(stack) if isinstance(stack, bytes) else None,
+        )
+
+    def make_error(self, error: MoonwireError) -> Any:
+        from ._values import to_lua
+
+        details = to_lua(self, error.details) if error.details is not None else None
+        return self.prelude.make_error(error.message.encode(), str(error.kind).encode(), error.retryable, details)
+
+    def to_error(self, value: Any) -> MoonwireError:
+        """A Lua error value (an error object, a string, anything) as a MoonwireError."""
+        if isinstance(value, bytes):
+            if value == BUDGET_EXCEEDED:
+                return internal(f"instruction budget exceeded: more than {self.limits.instructions} "
+                                "instructions without yielding")
+            if value == OUT_OF_MEMORY:
+                self.poisoned = True
+                return internal(f"memory limit exceeded: the Lua state may hold at most "
+                                f"{(self.limits.memory or 0) // MiB} MiB")
+            return MoonwireError(str(decode_string(value)), Kind.UNKNOWN)
+        if isinstance(value, BaseException):  # raised by a Python function Lua called
+            return internal(f"{type(value).__name__}: {value}")
+        if self.lua_type(value) == "table":
+            err = self.error_fields(value)
+            if err is not None:
+                return err
+        try:
+            return MoonwireError(str(to_python(self, value)), Kind.UNKNOWN)
+        except MoonwireError:
+            return MoonwireError(f"a Lua {self.lua_type(value)} was raised", Kind.UNKNOWN)
+
+    # ------------------------------------------------------------ threads
+
+    def spawn(self, fn: Any, *args: Any) -> int:
+        return int(self._spawn(fn, *args))
+
+    def resume(self, tid: int, *values: Any) -> tuple[Any, ...]:
+        """Resume thread ``tid``; see ``core.resume`` for the outcomes."""
+        try:
+            outcome = self._resume(tid, *values)
+        except lupa.LuaMemoryError:
+            self._kill(tid)
+            return (b"error", OUT_OF_MEMORY)
+        return outcome if isinstance(outcome, tuple) else (outcome,)
+
+    def kill(self, tid: int) -> None:
+        self._kill(tid)
+
+    # ------------------------------------------------------------ code
+
+    def load(self, code: LuaCode) -> Any:
+        """The export of ``code`` in this state (its ``method``, or a library's value),
+        compiling and running the chunk on first use.
+
+        Raises:
+            MoonwireError: a syntax error (with file and line), an error while running
+                the chunk, or no such method.
+        """
+        loaded = self._loaded.get(code.id)
+        if loaded is not None:
+            return loaded.export
+        # Libraries load first (once per state, shared by every entry that imports them);
+        # require() then returns them without calling into Python.
+        imports = {alias.encode(): self.load(lib) for alias, lib in code.imports}
+        allowed = {name.encode(): True for name in code.modules}
+        env = self.core.new_env(self.prelude.globals)
+        env[b"require"] = self.prelude.make_require(self.table_from(allowed), self.table_from(imports))
+        compiled = self.core.compile(code.source, code.chunkname.encode(), env)
+        if isinstance(compiled, tuple):  # nil, message
+            raise invalid(f"syntax error in {code.id}: {decode_string(compiled[1])}")
+        chunk = compiled
+        value = self._run_chunk(code, chunk)
+        export = value if code.is_library else self._export(code, value)
+        self._loaded[code.id] = _Loaded(export)
+        return export
+
+    def _run_chunk(self, code: LuaCode, chunk: Any) -> Any:
+        # In a thread, so the instruction budget applies to top-level code too.
+        tid = self.spawn(chunk)
+        outcome = self.resume(tid)
+        tag = outcome[0]
+        if tag == b"return":
+            return outcome[1] if len(outcome) > 1 else None
+        if tag == b"request":
+            self.kill(tid)
+            raise invalid(f"{code.id}: a module cannot block while it loads (it called a yielding function)")
+        if tag == b"error":
+            raise MoonwireError(f"{code.id} failed to load: {self.to_error(outcome[1]).message}", Kind.INTERNAL,
+                                retryable=False)
+        raise invalid(f"{code.id}: yielded outside a coroutine while loading")
+
+    def _export(self, code: LuaCode, value: Any) -> Any:
+        kind = self.lua_type(value)
+        if kind == "function":
+            return value
+        if kind == "table" and code.method:
+            method = value[code.method.encode()]
+            if self.lua_type(method) == "function":
+                return method
+            raise MoonwireError(f"{code.id}: method {code.method!r} not found in the table the chunk returned",
+                                Kind.NOT_FOUND, retryable=False)
+        wanted = f"a function, or a table with method {code.method!r}" if code.method else "a function (no method is set)"
+        raise MoonwireError(f"{code.id}: method not found: the chunk returned a {kind}, expected {wanted}",
+                            Kind.NOT_FOUND, retryable=False)
+
+    def memory_used(self) -> int:
+        return int(self.runtime.get_memory_used())

@@ -1,0 +1,383 @@
+"""A unit: one running function call or process inside a Lua state.
+
+The unit owns its main thread, the threads it spawned (``coroutine.spawn``), its timers
+and the calls it is waiting on. Lua threads yield requests (``core.request``); the unit
+answers each request at once when it can, or parks the thread until a channel, timer or
+call wakes it. One place decides when Lua runs: :meth:`Unit.step`.
+
+A unit ends when its main thread returns or raises; whatever it still owns is stopped
+then (spawned threads are killed, timers cancelled, pending calls cancelled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ._channel import Channel, Waiter, select
+from ._errors import Kind, MoonwireError, internal, invalid
+from ._state import LuaState
+from ._values import to_lua, to_python
+
+_BLOCKED = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a unit ended: ``error`` is None for a normal return of ``value``."""
+
+    value: Any = None
+    error: MoonwireError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Services(Protocol):
+    """What a unit needs from the node it runs on."""
+
+    def call(self, caller: Unit, target: str, args: list[Any], context: dict[str, Any],
+             options: dict[str, Any]) -> Outcome | Awaitable[Outcome]:
+        """Call function ``target``; an Outcome when it finished at once, else an awaitable."""
+        ...
+
+
+class NoServices:
+    """For units that run with no node around them (tests, tools)."""
+
+    def call(self, caller: Unit, target: str, args: list[Any], context: dict[str, Any],
+             options: dict[str, Any]) -> Outcome:
+        return Outcome(error=MoonwireError(f"function {target} not found", Kind.NOT_FOUND, retryable=False))
+
+
+class Timer:
+    """``time.after``/``timer``/``ticker``: delivers the fire time into a channel."""
+
+    def __init__(self, unit: Unit, channel: Channel, ns: int, periodic: bool) -> None:
+        self.unit, self.channel, self.periodic = unit, channel, periodic
+        self.interval = ns / 1e9
+        self.handle: asyncio.TimerHandle | None = None
+        self._schedule()
+
+    def _schedule(self) -> None:
+        self.handle = self.unit.loop.call_later(self.interval, self._fire)
+        self.unit.timers.add(self)
+
+    def _fire(self) -> None:
+        self.handle = None
+        self.unit.timers.discard(self)
+        state = self.unit.state
+        self.channel.offer(state.prelude.new_time(time.time_ns(), b"Local"))
+        if self.periodic:
+            self._schedule()
+        self.unit.kick()
+
+    def stop(self) -> bool:
+        """True when the timer was stopped before it fired."""
+        if self.handle is None:
+            return False
+        self.handle.cancel()
+        self.handle = None
+        self.unit.timers.discard(self)
+        return True
+
+    def reset(self, ns: int) -> None:
+        self.stop()
+        self.interval = ns / 1e9
+        self._schedule()
+
+
+class Future:
+    """``funcs.async``: a call running alongside the unit that started it."""
+
+    def __init__(self, unit: Unit, channel: Channel) -> None:
+        self.unit, self.channel = unit, channel
+        self.outcome: Outcome | None = None
+        self.canceled = False
+        self.task: asyncio.Task[Outcome] | None = None
+
+    def settle(self, outcome: Outcome) -> None:
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        if outcome.ok:
+            state = self.unit.state
+            self.channel.offer(state.prelude.new_payload(to_lua(state, outcome.value)))
+        self.channel.close()
+        self.unit.kick()
+
+    def snapshot(self) -> tuple[str, Any, MoonwireError | None]:
+        if self.outcome is None:
+            return ("pending", None, None)
+        if self.canceled:
+            return ("canceled", None, self.outcome.error)
+        if self.outcome.ok:
+            return ("done", self.outcome.value, None)
+        return ("failed", None, self.outcome.error)
+
+    def cancel(self) -> bool:
+        if self.outcome is not None:
+            return False
+        self.canceled = True
+        if self.task is not None:
+            self.task.cancel()
+        self.settle(Outcome(error=MoonwireError("call canceled", Kind.CANCELED, retryable=False)))
+        return True
+
+
+@dataclass(eq=False)
+class Unit:
+    """One call or process running in ``state``. Create, :meth:`begin`, then :meth:`finish`."""
+
+    state: LuaState
+    label: str
+    context: dict[str, Any] = field(default_factory=dict)
+    services: Services = field(default_factory=NoServices)
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+
+    def __post_init__(self) -> None:
+        self.main: int | None = None
+        self.threads: set[int] = set()
+        self.ready: deque[tuple[int, tuple[Any, ...]]] = deque()
+        self.sleeping: dict[int, asyncio.TimerHandle] = {}
+        self.timers: set[Timer] = set()
+        self.children: set[asyncio.Task[Any]] = set()
+        self.outcome: Outcome | None = None
+        self._wakeup = asyncio.Event()
+        self._ops: dict[bytes, Callable[..., Any]] = {
+            b"spawn": self._op_spawn, b"sleep": self._op_sleep, b"timer": self._op_timer,
+            b"chan_send": self._op_chan_send, b"chan_recv": self._op_chan_recv, b"select": self._op_select,
+            b"call": self._op_call, b"async": self._op_async,
+        }
+
+    # ------------------------------------------------------------ driving
+
+    def begin(self, fn: Any, args: list[Any]) -> Outcome | None:
+        """Start the main thread and run until every thread waits; the outcome if it ended."""
+        lua_args = [to_lua(self.state, a) for a in args]
+        self.main = self.state.spawn(fn, *lua_args)
+        self.threads.add(self.main)
+        self.ready.append((self.main, ()))
+        self.step()
+        return self.outcome
+
+    async def finish(self) -> Outcome:
+        """Run until the main thread ends. Cancelling this cancels the unit."""
+        try:
+            while self.outcome is None:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                self.step()
+            return self.outcome
+        except asyncio.CancelledError:
+            self._end(Outcome(error=MoonwireError("canceled", Kind.CANCELED, retryable=False)))
+            raise
+        finally:
+            await self._await_children()
+
+    async def run(self, fn: Any, args: list[Any]) -> Outcome:
+        self.begin(fn, args)
+        return await self.finish()
+
+    def kick(self) -> None:
+        self._wakeup.set()
+
+    def wake(self, tid: int, values: tuple[Any, ...]) -> None:
+        if tid in self.threads:
+            self.ready.append((tid, values))
+            self._wakeup.set()
+
+    def step(self) -> None:
+        """Resume ready threads until none is ready or the unit ended."""
+        state = self.state
+        previous, state.current = state.current, self
+        try:
+            while self.ready and self.outcome is None:
+                tid, values = self.ready.popleft()
+                outcome = state.resume(tid, *values)
+                tag = outcome[0]
+                if tag == b"request":
+                    op = self._ops.get(outcome[1])
+                    if op is None:
+                        self._thread_failed(tid, internal(f"unknown request {outcome[1]!r}"))
+                        continue
+                    try:
+                        answer = op(tid, *outcome[2:])
+                    except MoonwireError as err:
+                        self._thread_failed(tid, err)
+                        continue
+                    if answer is not _BLOCKED:
+                        self.ready.append((tid, answer))
+                elif tag == b"return":
+                    self.threads.discard(tid)
+                    if tid == self.main:
+                        self._end(self._returned(outcome[1:]))
+                elif tag == b"error":
+                    self.threads.discard(tid)
+                    error = state.to_error(outcome[1])
+                    if len(outcome) > 2 and error.stack is None and isinstance(outcome[2], bytes):
+                        error.stack = outcome[2].decode(errors="replace")
+                    self._thread_failed(tid, error)
+                else:
+                    self.threads.discard(tid)
+                    self._thread_failed(tid, invalid("attempt to yield from outside a coroutine"))
+        finally:
+            state.current = previous
+
+    def _returned(self, values: tuple[Any, ...]) -> Outcome:
+        # wippy-surface §3.5: `return v, err` with a non-nil err is an abnormal exit.
+        try:
+            value = to_python(self.state, values[0]) if values else None
+            err = values[1] if len(values) > 1 else None
+            if err is not None:
+                return Outcome(value=None, error=self.state.to_error(err))
+        except MoonwireError as conversion:
+            return Outcome(error=conversion)
+        return Outcome(value=value)
+
+    def _thread_failed(self, tid: int, error: MoonwireError) -> None:
+        self.threads.discard(tid)
+        self.state.kill(tid)
+        if tid != self.main:  # a spawned coroutine's error takes the unit down: let it crash
+            error = MoonwireError(f"coroutine failed: {error.message}", error.kind, retryable=error.retryable,
+                                  details=error.details, stack=error.stack)
+        self._end(Outcome(error=error))
+
+    def _end(self, outcome: Outcome) -> None:
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        for tid in self.threads:
+            self.state.kill(tid)
+        self.threads.clear()
+        self.ready.clear()
+        for handle in self.sleeping.values():
+            handle.cancel()
+        self.sleeping.clear()
+        for timer in list(self.timers):
+            timer.stop()
+        for task in self.children:
+            task.cancel()
+        self._wakeup.set()
+
+    async def _await_children(self) -> None:
+        children = list(self.children)
+        for task in children:
+            task.cancel()
+        if children:
+            await asyncio.gather(*children, return_exceptions=True)
+
+    def own(self, awaitable: Awaitable[Any], on_done: Callable[[asyncio.Task[Any]], None]) -> asyncio.Task[Any]:
+        """Run ``awaitable`` as a child task of this unit; cancelled when the unit ends."""
+        task = asyncio.ensure_future(awaitable)
+        self.children.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self.children.discard(t)
+            on_done(t)
+
+        task.add_done_callback(done)
+        return task
+
+    # ------------------------------------------------------------ requests
+
+    def _op_spawn(self, tid: int, fn: Any) -> tuple[Any, ...]:
+        child = self.state.spawn(fn)
+        self.threads.add(child)
+        self.ready.append((child, ()))
+        return (True,)
+
+    def _op_sleep(self, tid: int, ns: int) -> object:
+        self.sleeping[tid] = self.loop.call_later(max(ns, 0) / 1e9, self._wake_sleeper, tid)
+        return _BLOCKED
+
+    def _wake_sleeper(self, tid: int) -> None:
+        del self.sleeping[tid]
+        self.wake(tid, ())
+
+    def _op_timer(self, tid: int, channel: Channel, ns: int, periodic: bool) -> tuple[Any, ...]:
+        return (Timer(self, channel, int(ns), bool(periodic)),)
+
+    def _waiter(self, tid: int) -> Waiter:
+        return Waiter(functools.partial(self.wake, tid))
+
+    def _op_chan_send(self, tid: int, channel: Channel, value: Any) -> object:
+        done = channel.try_send(value)
+        if done is not None:
+            return done
+        channel.wait_send(self._waiter(tid), value)
+        return _BLOCKED
+
+    def _op_chan_recv(self, tid: int, channel: Channel) -> object:
+        got = channel.try_receive()
+        if got is not None:
+            return got
+        channel.wait_receive(self._waiter(tid))
+        return _BLOCKED
+
+    def _op_select(self, tid: int, specs: Any, has_default: bool) -> object:
+        cases = []
+        for index in range(1, len(specs) + 1):
+            spec = specs[index]
+            cases.append((spec[1].decode(), spec[2], spec[3]))
+        done = select(cases, bool(has_default), self._waiter(tid))
+        return _BLOCKED if done is None else done
+
+    def _call_args(self, args: Any, context: Any, options: Any) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        n = args[b"n"] or 0
+        py_args = [to_python(self.state, args[i]) for i in range(1, n + 1)]
+        merged = dict(self.context)
+        if context is not None:
+            merged.update(to_python(self.state, context))
+        py_options = to_python(self.state, options) if options is not None else {}
+        return py_args, merged, py_options if isinstance(py_options, dict) else {}
+
+    def _answer(self, outcome: Outcome) -> tuple[Any, ...]:
+        if outcome.ok:
+            return (to_lua(self.state, outcome.value),)
+        assert outcome.error is not None
+        return (None, self.state.make_error(outcome.error))
+
+    def _op_call(self, tid: int, target: bytes, args: Any, context: Any, options: Any) -> object:
+        py_args, merged, py_options = self._call_args(args, context, options)
+        result = self.services.call(self, target.decode(), py_args, merged, py_options)
+        if isinstance(result, Outcome):
+            return self._answer(result)
+
+        def done(task: asyncio.Task[Outcome]) -> None:
+            if task.cancelled() or tid not in self.threads:
+                return
+            error = task.exception()
+            outcome = task.result() if error is None else Outcome(error=_as_error(error))
+            self.wake(tid, self._answer(outcome))
+
+        self.own(result, done)
+        return _BLOCKED
+
+    def _op_async(self, tid: int, target: bytes, args: Any, context: Any, options: Any, channel: Channel) -> object:
+        py_args, merged, py_options = self._call_args(args, context, options)
+        future = Future(self, channel)
+        result = self.services.call(self, target.decode(), py_args, merged, py_options)
+        if isinstance(result, Outcome):
+            future.settle(result)
+        else:
+            def done(task: asyncio.Task[Outcome]) -> None:
+                if task.cancelled():
+                    return
+                error = task.exception()
+                future.settle(task.result() if error is None else Outcome(error=_as_error(error)))
+
+            future.task = self.own(result, done)
+        return (future,)
+
+
+def _as_error(error: BaseException) -> MoonwireError:
+    if isinstance(error, MoonwireError):
+        return error
+    return internal(f"{type(error).__name__}: {error}")

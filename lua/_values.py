@@ -1,0 +1,97 @@
+"""Values crossing between Lua and Python, converted once, strictly.
+
+Lua strings are bytes. The runtime runs with ``encoding=None`` so binary strings survive;
+a Lua string becomes ``str`` when it is valid UTF-8 and ``bytes`` otherwise, and every
+Python ``str`` is encoded before it reaches Lua (lupa would otherwise hand Lua a Python
+object). Tables become lists when their keys are exactly 1..n (an empty table is an
+empty list, as ``json.encode`` writes it), else dicts. Error objects become
+:class:`MoonwireError`; functions, threads and userdata cannot cross.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._errors import Kind, MoonwireError
+
+if TYPE_CHECKING:
+    from ._state import LuaState
+
+MAX_DEPTH = 128
+
+
+def decode_string(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def to_python(state: LuaState, value: Any) -> Any:
+    """A Lua value as plain Python data.
+
+    Raises:
+        MoonwireError: (Invalid) a function, thread or userdata; nesting deeper than
+            128 (which is also how a cycle ends); more than MAX_VALUES values in all
+            (so a table that shares sub-tables cannot make the copy exponential).
+    """
+    budget = [MAX_VALUES]
+    return _to_python(state, value, 0, budget)
+
+
+MAX_VALUES = 1_000_000
+
+
+def _to_python(state: LuaState, value: Any, depth: int, budget: list[int]) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, bytes):
+        return decode_string(value)
+    lua_type = state.lua_type(value)
+    if lua_type != "table":
+        raise MoonwireError(f"cannot pass a Lua {lua_type} outside its Lua state", Kind.INVALID, retryable=False)
+    if depth >= MAX_DEPTH:
+        raise MoonwireError(f"value nested deeper than {MAX_DEPTH} levels (or it contains itself)", Kind.INVALID,
+                            retryable=False)
+    error = state.error_fields(value)
+    if error is not None:
+        return error
+    items = list(value.items())
+    budget[0] -= len(items) + 1
+    if budget[0] < 0:
+        raise MoonwireError(f"value holds more than {MAX_VALUES} items", Kind.INVALID, retryable=False)
+    n = len(items)
+    if all(type(k) is int for k, _ in items) and {k for k, _ in items} == set(range(1, n + 1)):
+        items.sort(key=lambda kv: kv[0])
+        return [_to_python(state, v, depth + 1, budget) for _, v in items]
+    out: dict[Any, Any] = {}
+    for k, v in items:
+        key = decode_string(k) if isinstance(k, bytes) else k
+        if not isinstance(key, (str, int, float, bool)):
+            raise MoonwireError("table keys must be strings or numbers", Kind.INVALID, retryable=False)
+        out[key] = _to_python(state, v, depth + 1, budget)
+    return out
+
+
+def to_lua(state: LuaState, value: Any, _depth: int = 0) -> Any:
+    """Plain Python data as a Lua value in ``state``.
+
+    Raises:
+        MoonwireError: (Invalid) a value Lua cannot hold, or nesting over 128.
+    """
+    if value is None or isinstance(value, (bool, int, float, bytes)):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if _depth >= MAX_DEPTH:
+        raise MoonwireError(f"value nested deeper than {MAX_DEPTH} levels", Kind.INVALID, retryable=False)
+    if isinstance(value, MoonwireError):
+        return state.make_error(value)
+    if isinstance(value, (list, tuple)):
+        return state.table_from([to_lua(state, v, _depth + 1) for v in value])
+    if isinstance(value, dict):
+        return state.table_from({to_lua(state, k, _depth + 1): to_lua(state, v, _depth + 1) for k, v in value.items()})
+    if isinstance(value, Callable):  # type: ignore[arg-type]
+        raise MoonwireError("cannot hand a Python callable to Lua", Kind.INVALID, retryable=False)
+    raise MoonwireError(f"cannot convert {type(value).__name__} to a Lua value", Kind.INVALID, retryable=False)
