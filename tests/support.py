@@ -147,3 +147,16 @@ class NodeProcess:
             await self.kill()
         elif self._reader is not None:
             await self._reader
+
+
+async def run_lua(source: str, *args: object, modules: tuple[str, ...] = ("time", "json", "uuid", "logger", "ctx", "funcs"),
+                  limits: object = None, context: dict[str, object] | None = None, state: object = None,
+                  name: str = "test:fn") -> object:
+    """Run ``source`` (a chunk returning a function) as one unit; returns its Outcome."""
+    from lua import Limits, LuaCode, LuaState, Unit
+
+    lua_state = state if state is not None else LuaState(limits if limits is not None else Limits())
+    code = LuaCode(id=name, source=textwrap.dedent(source).encode(), chunkname=f"{name}.lua", modules=frozenset(modules))
+    fn = lua_state.load(code)  # type: ignore[union-attr]
+    unit = Unit(lua_state, name, context=dict(context or {}))  # type: ignore[arg-type]
+    return await unit.run(fn, list(args))

@@ -1,0 +1,274 @@
+"""The core Lua modules, with the semantics and return conventions of wippy-surface §2."""
+
+from __future__ import annotations
+
+import time as pytime
+import uuid as pyuuid
+
+import pytest
+
+from lua import Kind
+from support import run_lua
+
+
+async def value_of(source: str, *args: object, **kwargs: object) -> object:
+    outcome = await run_lua(source, *args, **kwargs)
+    assert outcome.error is None, outcome.error
+    return outcome.value
+
+
+# ------------------------------------------------------------------ errors
+
+
+async def test_error_kinds_are_camel_case_constants() -> None:
+    kinds = await value_of("""
+        return function()
+          return {errors.NOT_FOUND, errors.ALREADY_EXISTS, errors.INVALID, errors.PERMISSION_DENIED,
+                  errors.UNAVAILABLE, errors.INTERNAL, errors.CANCELED, errors.CONFLICT, errors.TIMEOUT,
+                  errors.RATE_LIMITED, errors.UNKNOWN}
+        end""")
+    assert kinds == [k.value for k in (Kind.NOT_FOUND, Kind.ALREADY_EXISTS, Kind.INVALID, Kind.PERMISSION_DENIED,
+                                       Kind.UNAVAILABLE, Kind.INTERNAL, Kind.CANCELED, Kind.CONFLICT, Kind.TIMEOUT,
+                                       Kind.RATE_LIMITED, Kind.UNKNOWN)]
+
+
+async def test_error_objects_new_wrap_is_and_methods() -> None:
+    assert await value_of("""
+        return function()
+          local e = errors.new({message = "gone", kind = errors.NOT_FOUND, retryable = false, details = {id = 7}})
+          local w = errors.wrap(e, "loading user")
+          local plain = errors.new("boom")
+          return {
+            e:kind(), e:message(), e:retryable(), e:details().id, tostring(e),
+            w:kind(), w:message(), w:retryable(), errors.is(w, errors.NOT_FOUND), errors.is(w, errors.INVALID),
+            plain:kind(), plain:retryable() == nil, #errors.call_stack(e).frames > 0,
+          }
+        end""") == ["NotFound", "gone", False, 7, "NotFound: gone", "NotFound", "loading user: gone", False, True,
+                    False, "", True, True]
+
+
+async def test_two_string_errors_new_is_rejected() -> None:
+    outcome = await run_lua("return function() return errors.new(errors.INVALID, 'bad') end")
+    assert outcome.error is not None and "errors.new takes one argument" in outcome.error.message
+
+
+async def test_returned_error_keeps_kind_and_retryable() -> None:
+    outcome = await run_lua("""
+        return function() return nil, errors.new({message = "later", kind = errors.UNAVAILABLE, retryable = true}) end""")
+    assert outcome.error is not None
+    assert (outcome.error.kind, outcome.error.message, outcome.error.retryable) == ("Unavailable", "later", True)
+
+
+async def test_raised_string_and_returned_string_errors() -> None:
+    raised = await run_lua("return function() error('kaput', 0) end")
+    assert raised.error is not None and raised.error.message == "kaput"
+    returned = await run_lua("return function() return nil, 'plain' end")
+    assert returned.error is not None and returned.error.message == "plain"
+
+
+# ------------------------------------------------------------------ json
+
+
+async def test_json_round_trip_and_edge_cases() -> None:
+    assert await value_of("""
+        local json = require("json")
+        return function()
+          local back = json.decode('{"a":[1,2,{"b":null}],"s":"\\\\u00e9"}')
+          local _, mixed = json.encode({1, 2, x = 3})
+          local _, sparse = json.encode({[1] = 1, [3] = 3})
+          local bad, derr = json.decode("{nope")
+          return {json.encode({}), json.encode({1, "two", true}), json.encode(0/0), back.a[2], back.s,
+                  mixed:kind(), sparse:kind(), bad == nil, derr:kind()}
+        end""") == ["[]", '[1,"two",true]', "null", 2, "é", "Internal", "Internal", True, "Invalid"]
+
+
+async def test_json_cycle_is_an_error_not_a_hang() -> None:
+    assert await value_of("""
+        local json = require("json")
+        return function() local t = {} t.self = t local s, err = json.encode(t) return s == nil and err:kind() end
+    """) == "Internal"
+
+
+# ------------------------------------------------------------------ time
+
+
+async def test_durations_and_constants_are_nanoseconds() -> None:
+    assert await value_of("""
+        local time = require("time")
+        return function()
+          local d = time.parse_duration("1h30m")
+          local bad, err = time.parse_duration("soon")
+          return {time.SECOND, time.MILLISECOND, d:minutes(), d:hours(), d:seconds(), tostring(d),
+                  time.parse_duration(5 * time.SECOND):seconds(), bad == nil, err:kind()}
+        end""") == [1_000_000_000, 1_000_000, 90, 1.5, 5400, "1h30m0s", 5, True, "Invalid"]
+
+
+async def test_time_values_format_parse_and_arithmetic() -> None:
+    assert await value_of("""
+        local time = require("time")
+        return function()
+          local t = time.date(2024, 2, 29, 13, 4, 5, 0, time.UTC)
+          local parsed = time.parse(time.RFC3339, "2024-02-29T13:04:05Z")
+          local later = t:add("36h")
+          local bad, err = time.parse(time.RFC3339, "yesterday")
+          return {t:format(time.RFC3339), t:format("Jan 2, 2006 at 3:04pm (MST)"), parsed:equal(t),
+                  later:format(time.DATE_ONLY), later:sub(t):hours(), t:add_date(0, 1, 0):format(time.DATE_ONLY),
+                  t:year(), t:month(), t:weekday(), t:unix(), bad == nil, err:kind()}
+        end""") == ["2024-02-29T13:04:05Z", "Feb 29, 2024 at 1:04pm (UTC)", True, "2024-03-02", 36,
+                    "2024-03-29", 2024, 2, 4, 1709211845, True, "Invalid"]
+
+
+async def test_now_and_sleep() -> None:
+    before = pytime.time_ns()
+    now, slept = await value_of("""
+        local time = require("time")
+        return function()
+          local a = time.now()
+          time.sleep("20ms")
+          return {a:unix_nano(), time.now():sub(a):milliseconds()}
+        end""")
+    assert before <= now <= pytime.time_ns()
+    assert slept >= 20
+
+
+async def test_after_timer_ticker() -> None:
+    assert await value_of("""
+        local time = require("time")
+        return function()
+          local fired = time.after("5ms"):receive()
+          local t = time.timer("1h")
+          local stopped = t:stop()
+          local t2 = time.timer("1h")
+          t2:reset("5ms")
+          local reset_fired = t2:channel():receive()
+          local ticks = 0
+          local ticker = time.ticker("2ms")
+          for i = 1, 3 do ticker:channel():receive() ticks = ticks + 1 end
+          ticker:stop()
+          local _, err = time.after(0)
+          return {fired:unix() > 0, stopped, t:stop(), reset_fired ~= nil, ticks, err:kind()}
+        end""") == [True, True, False, True, 3, "Invalid"]
+
+
+# ------------------------------------------------------------------ channels, select, coroutines
+
+
+async def test_unbuffered_and_buffered_channels() -> None:
+    assert await value_of("""
+        return function()
+          local ch = channel.new()
+          local got = {}
+          coroutine.spawn(function() for i = 1, 3 do ch:send(i) end ch:close() end)
+          while true do
+            local v, ok = ch:receive()
+            if not ok then break end
+            got[#got + 1] = v
+          end
+          local b = channel.new(2)
+          b:send("x") b:send("y") b:close()
+          local x = b:receive() local y = b:receive() local z, zok = b:receive()
+          local sent_on_closed = pcall(function() b:send(1) end)
+          b:close() -- idempotent
+          return {got, x, y, z == nil, zok, sent_on_closed}
+        end""") == [[1, 2, 3], "x", "y", True, False, False]
+
+
+async def test_close_wakes_blocked_receivers_and_fails_blocked_senders() -> None:
+    assert await value_of("""
+        local time = require("time")
+        return function()
+          local ch = channel.new()
+          local results = {}
+          coroutine.spawn(function() local v, ok = ch:receive() results.recv = ok end)
+          local full = channel.new()
+          coroutine.spawn(function() results.send = pcall(function() full:send(1) end) end)
+          time.sleep("1ms")
+          ch:close() full:close()
+          time.sleep("1ms")
+          return {results.recv, results.send}
+        end""") == [False, False]
+
+
+async def test_select_with_default_and_channel_identity() -> None:
+    assert await value_of("""
+        local time = require("time")
+        return function()
+          local a, b = channel.new(1), channel.new(1)
+          local r0 = channel.select({a:case_receive(), b:case_receive(), default = true})
+          b:send("from b")
+          local r1 = channel.select({a:case_receive(), b:case_receive()})
+          coroutine.spawn(function() time.sleep("2ms") a:send("late") end)
+          local r2 = channel.select({a:case_receive(), time.after("1s"):case_receive()})
+          local out = channel.new(1)
+          local r3 = channel.select({out:case_send("v")})
+          return {r0.default, r0.ok, r1.channel == b, r1.value, r1.ok, r2.channel == a, r2.value, r3.channel == out,
+                  (out:receive())}
+        end""") == [True, True, True, "from b", True, True, "late", True, "v"]
+
+
+async def test_invalid_select_case_raises() -> None:
+    outcome = await run_lua("return function() channel.select({42}) end")
+    assert outcome.error is not None and "is not a case" in outcome.error.message
+
+
+async def test_spawned_coroutines_die_with_main() -> None:
+    state_probe = await run_lua("""
+        local time = require("time")
+        return function()
+          coroutine.spawn(function() while true do time.sleep("1ms") end end)
+          coroutine.spawn(function() channel.new():receive() end)
+          time.sleep("3ms")
+          return "done"
+        end""")
+    assert state_probe.value == "done"
+
+
+async def test_an_error_in_a_spawned_coroutine_fails_the_unit() -> None:
+    outcome = await run_lua("""
+        local time = require("time")
+        return function() coroutine.spawn(function() error("inner", 0) end) time.sleep("1s") end""")
+    assert outcome.error is not None and outcome.error.message == "coroutine failed: inner"
+
+
+# ------------------------------------------------------------------ ctx, uuid, logger
+
+
+async def test_ctx_get_and_all() -> None:
+    assert await value_of("""
+        local ctx = require("ctx")
+        return function()
+          local v = ctx.get("tenant")
+          local missing, err = ctx.get("nope")
+          local empty, eerr = ctx.get("")
+          return {v, missing == nil, err:kind(), eerr:kind(), ctx.all().tenant}
+        end""", context={"tenant": "acme"}) == ["acme", True, "NotFound", "Invalid", "acme"]
+
+
+async def test_uuid_versions_and_helpers() -> None:
+    v4, v7a, v7b, v5, valid, invalid, fmt, parsed = await value_of("""
+        local uuid = require("uuid")
+        return function()
+          local a, b = uuid.v7(), uuid.v7()
+          return {uuid.v4(), a, b, uuid.v5("dns", "example.com"), uuid.validate(uuid.v1()), uuid.validate("nope"),
+                  uuid.format("6ba7b810-9dad-11d1-80b4-00c04fd430c8", "simple"), uuid.parse(a)}
+        end""")
+    assert pyuuid.UUID(v4).version == 4
+    assert pyuuid.UUID(v7a).version == 7 and v7a < v7b  # time-ordered
+    assert v5 == str(pyuuid.uuid5(pyuuid.NAMESPACE_DNS, "example.com"))
+    assert (valid, invalid, fmt) == (True, False, "6ba7b8109dad11d180b400c04fd430c8")
+    assert parsed["version"] == 7 and abs(parsed["timestamp"] - pytime.time()) < 60  # unix seconds
+
+
+async def test_unlisted_module_does_not_exist() -> None:
+    outcome = await run_lua("return function() return require('json') end", modules=("time",))
+    assert outcome.error is not None and "module 'json' not found" in outcome.error.message
+
+
+@pytest.mark.parametrize("call", ["logger:info('hi', {a = 1})", "logger:named('x'):with({b = 2}):warn('w')", "print('p', 1, nil)"])
+async def test_logging_goes_to_the_structured_log(call: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="moonwire.lua")
+    outcome = await run_lua(f"local logger = require('logger') return function() {call} return true end")
+    assert outcome.value is True
+    record = caplog.records[-1]
+    assert record.name.startswith("moonwire.lua")
+    assert getattr(record, "unit") == "test:fn"

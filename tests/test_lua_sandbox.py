@@ -1,0 +1,193 @@
+"""Lua never reaches Python, and cannot change what other code shares (DESIGN §10)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lua import Kind, Limits, LuaCode, LuaState, MoonwireError, Unit
+from support import run_lua
+
+
+async def value_of(source: str, *args: object, **kwargs: object) -> object:
+    outcome = await run_lua(source, *args, **kwargs)
+    assert outcome.error is None, outcome.error
+    return outcome.value
+
+
+REMOVED = ["python", "load", "loadstring", "loadfile", "dofile", "collectgarbage", "rawlen", "io", "debug",
+           "utf8", "package", "warn", "module", "setfenv", "getfenv", "newproxy"]
+
+
+@pytest.mark.parametrize("name", REMOVED)
+async def test_removed_globals_are_absent(name: str) -> None:
+    assert await value_of(f"return function() return {name} == nil and _G.{name} == nil end") is True
+
+
+@pytest.mark.parametrize("name", ["execute", "exit", "remove", "rename", "tmpname", "getenv", "setlocale"])
+async def test_os_keeps_only_time_functions(name: str) -> None:
+    assert await value_of(f"return function() return os.{name} == nil end") is True
+    assert await value_of("return function() return type(os.time()) == 'number' and type(os.clock()) == 'number' end")
+
+
+async def test_require_of_std_io_modules_fails_as_if_absent() -> None:
+    for name in ("io", "os", "debug", "package", "ffi", "python"):
+        outcome = await run_lua(f"return function() return require('{name}') end")
+        assert outcome.error is not None and f"module '{name}' not found" in outcome.error.message
+
+
+async def test_string_metatable_is_hidden_and_dump_is_gone() -> None:
+    assert await value_of("""
+        return function()
+          return getmetatable("") == false and string.dump == nil and ("x").dump == nil
+                 and ("abc"):upper() == "ABC"
+        end""") is True
+
+
+async def test_shared_libraries_are_read_only() -> None:
+    outcome = await run_lua("return function() string.upper = function() return 'pwned' end end")
+    assert outcome.error is not None and "read-only" in outcome.error.message
+    outcome = await run_lua("return function() setmetatable(string, {}) end")
+    assert outcome.error is not None and "protected metatable" in outcome.error.message
+
+
+async def test_rawset_on_a_library_changes_only_that_chunk() -> None:
+    state = LuaState()
+    evil = await run_lua("""
+        return function()
+          rawset(string, "upper", function() return "pwned" end)
+          rawset(table, "concat", nil)
+          return string.upper("a")
+        end""", state=state, name="t:evil")
+    assert evil.value == "pwned"
+    other = await run_lua("return function() return string.upper('a') .. ('b'):upper() end", state=state, name="t:other")
+    assert other.value == "AB"
+
+
+async def test_globals_are_per_chunk() -> None:
+    state = LuaState()
+    await run_lua("return function() secret = 42; _G.also = 1 end", state=state, name="t:a")
+    seen = await run_lua("return function() return secret == nil and also == nil end", state=state, name="t:b")
+    assert seen.value is True
+
+
+async def test_binary_chunks_never_load() -> None:
+    state = LuaState()
+    bytecode = state.runtime.eval("string.dump(function() return 1 end)")
+    with pytest.raises(MoonwireError) as caught:
+        state.load(LuaCode(id="t:bin", source=bytecode, chunkname="bin.lua"))
+    assert caught.value.kind == Kind.INVALID and "binary chunk" in caught.value.message
+
+
+async def test_internal_handles_are_not_reachable() -> None:
+    # Channels, timers and futures keep their Python objects in private weak maps.
+    assert await value_of("""
+        local time = require("time")
+        return function()
+          local found = {}
+          local ch = channel.new(1)
+          local timer = time.timer("1h")
+          for _, obj in ipairs({ch, timer, timer:channel()}) do
+            if getmetatable(obj) ~= false then return "metatable visible" end
+            for k, v in pairs(obj) do
+              local t = type(v)
+              if t == "userdata" then return "userdata in field " .. tostring(k) end
+            end
+          end
+          timer:stop()
+          return "clean"
+        end""") == "clean"
+
+
+async def test_scheduler_threads_cannot_be_resumed_by_user_code() -> None:
+    outcome = await run_lua("""
+        return function()
+          local main = coroutine.running()
+          local sibling
+          coroutine.spawn(function() sibling = coroutine.running(); channel.new():receive() end)
+          require("time").sleep("1ms")
+          return coroutine.resume(sibling, "forged")
+        end""")
+    assert outcome.error is not None and "cannot resume a thread run by the scheduler" in outcome.error.message
+
+
+async def test_deep_recursion_fails_cleanly() -> None:
+    outcome = await run_lua("return function() local function f(n) return 1 + f(n + 1) end return f(1) end")
+    assert outcome.error is not None and "stack overflow" in outcome.error.message
+
+
+async def test_user_coroutines_work_and_can_block_inside() -> None:
+    assert await value_of("""
+        local time = require("time")
+        return function()
+          local gen = coroutine.wrap(function()
+            for i = 1, 3 do time.sleep("1ms"); coroutine.yield(i) end
+          end)
+          return gen() + gen() + gen()
+        end""") == 6
+
+
+# ------------------------------------------------------------------ runaway protection
+
+
+async def test_a_busy_loop_hits_the_instruction_budget() -> None:
+    outcome = await run_lua("return function() while true do end end", limits=Limits(instructions=100_000))
+    assert outcome.error is not None
+    assert outcome.error.kind == Kind.INTERNAL
+    assert "instruction budget exceeded: more than 100000 instructions without yielding" in outcome.error.message
+
+
+async def test_pcall_cannot_outlive_the_budget() -> None:
+    outcome = await run_lua("""
+        return function()
+          while true do pcall(function() while true do end end) end
+        end""", limits=Limits(instructions=100_000))
+    assert outcome.error is not None and "instruction budget exceeded" in outcome.error.message
+
+
+async def test_a_loop_inside_a_user_coroutine_hits_the_budget() -> None:
+    outcome = await run_lua("""
+        return function()
+          local co = coroutine.create(function() while true do end end)
+          return coroutine.resume(co)
+        end""", limits=Limits(instructions=100_000))
+    # resume returns false, err; returned as `v, err` that is an abnormal exit with that error
+    assert outcome.error is not None and "instruction budget exceeded" in outcome.error.message
+
+
+async def test_yielding_resets_the_budget() -> None:
+    assert await value_of("""
+        local time = require("time")
+        return function()
+          local n = 0
+          for i = 1, 20 do
+            for j = 1, 20000 do n = n + 1 end
+            time.sleep(0)
+          end
+          return n
+        end""", limits=Limits(instructions=200_000)) == 400_000
+
+
+async def test_unbounded_allocation_hits_the_memory_limit() -> None:
+    state = LuaState(Limits(memory=8 * 1024 * 1024))
+    outcome = await run_lua("""
+        return function()
+          local t = {}
+          while true do t[#t + 1] = string.rep("x", 1024) .. #t end
+        end""", state=state)
+    assert outcome.error is not None
+    assert outcome.error.message == "memory limit exceeded: the Lua state may hold at most 8 MiB"
+    assert state.poisoned
+
+
+async def test_other_units_carry_on_while_one_runs_away() -> None:
+    healthy_state, runaway_state = LuaState(), LuaState(Limits(instructions=2_000_000, memory=8 * 1024 * 1024))
+    healthy = asyncio.create_task(run_lua("""
+        local time = require("time")
+        return function() local n = 0 for i = 1, 5 do time.sleep("5ms") n = n + i end return n end""",
+        state=healthy_state, name="t:healthy"))
+    loops = [run_lua("return function() while true do end end", state=runaway_state, name=f"t:loop{i}") for i in range(3)]
+    results = await asyncio.gather(*loops)
+    assert all(r.error is not None and "instruction budget" in r.error.message for r in results)
+    assert (await healthy).value == 15
