@@ -235,7 +235,7 @@ class HostFunctions:
         try:
             ns = _UUID_NAMESPACES.get(ns_text.lower()) or uuid.UUID(ns_text)
         except ValueError:
-            return (None, self.state.prelude.host_error(f"invalid namespace UUID {ns_text!r}".encode(), b"Invalid", False))
+            return (None, self.state.host_error(f"invalid namespace UUID {ns_text!r}".encode(), b"Invalid", False))
         make = uuid.uuid3 if int(version) == 3 else uuid.uuid5
         return (str(make(ns, _text(name))).encode(),)
 
@@ -250,7 +250,7 @@ class HostFunctions:
         try:
             value = uuid.UUID(_text(text))
         except ValueError:
-            return (None, self.state.prelude.host_error(f"invalid UUID {_text(text)!r}".encode(), b"Invalid", False))
+            return (None, self.state.host_error(f"invalid UUID {_text(text)!r}".encode(), b"Invalid", False))
         kind = _text(what)
         variant = {uuid.RFC_4122: "RFC4122", uuid.RESERVED_NCS: "NCS", uuid.RESERVED_MICROSOFT: "Microsoft",
                    uuid.RESERVED_FUTURE: "Future"}.get(value.variant, "Unknown")
@@ -272,7 +272,7 @@ class HostFunctions:
             elif value.version == 7:
                 info["timestamp"] = (value.int >> 80) // 1000
             return (to_lua(self.state, info),)
-        return (None, self.state.prelude.host_error(f"unknown uuid format {kind!r}".encode(), b"Invalid", False))
+        return (None, self.state.host_error(f"unknown uuid format {kind!r}".encode(), b"Invalid", False))
 
     # ------------------------------------------------------------ context
 

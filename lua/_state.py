@@ -91,10 +91,21 @@ class LuaState:
         self.poisoned = False
         """Set after a memory error: the state may hold garbage it cannot free; retire it."""
         self._loaded: dict[str, _Loaded] = {}
+        # Looked up once: lupa returns garbage for a table lookup made while Lua is in
+        # the middle of a call into Python (a nested call), but calling a function
+        # fetched beforehand is fine.
         self._spawn = self.core.spawn
         self._resume = self.core.resume
         self._kill = self.core.kill
+        self._compile = self.core.compile
+        self._new_env = self.core.new_env
         self._error_fields = self.prelude.error_fields
+        self._make_error = self.prelude.make_error
+        self.host_error = self.prelude.host_error
+        self.new_payload = self.prelude.new_payload
+        self.new_time = self.prelude.new_time
+        self._make_require = self.prelude.make_require
+        self._globals = self.prelude.globals
 
     # ------------------------------------------------------------ values
 
@@ -123,7 +134,7 @@ class LuaState:
         from ._values import to_lua
 
         details = to_lua(self, error.details) if error.details is not None else None
-        return self.prelude.make_error(error.message.encode(), str(error.kind).encode(), error.retryable, details)
+        return self._make_error(error.message.encode(), str(error.kind).encode(), error.retryable, details)
 
     def to_error(self, value: Any) -> MoonwireError:
         """A Lua error value (an error object, a string, anything) as a MoonwireError."""
@@ -181,9 +192,9 @@ class LuaState:
         # require() then returns them without calling into Python.
         imports = {alias.encode(): self.load(lib) for alias, lib in code.imports}
         allowed = {name.encode(): True for name in code.modules}
-        env = self.core.new_env(self.prelude.globals)
-        env[b"require"] = self.prelude.make_require(self.table_from(allowed), self.table_from(imports))
-        compiled = self.core.compile(code.source, code.chunkname.encode(), env)
+        env = self._new_env(self._globals)
+        env[b"require"] = self._make_require(self.table_from(allowed), self.table_from(imports))
+        compiled = self._compile(code.source, code.chunkname.encode(), env)
         if isinstance(compiled, tuple):  # nil, message
             raise invalid(f"syntax error in {code.id}: {decode_string(compiled[1])}")
         chunk = compiled

@@ -73,7 +73,7 @@ class Timer:
         self.handle = None
         self.unit.timers.discard(self)
         state = self.unit.state
-        self.channel.offer(state.prelude.new_time(time.time_ns(), b"Local"))
+        self.channel.offer(state.new_time(time.time_ns(), b"Local"))
         if self.periodic:
             self._schedule()
         self.unit.kick()
@@ -108,7 +108,7 @@ class Future:
         self.outcome = outcome
         if outcome.ok:
             state = self.unit.state
-            self.channel.offer(state.prelude.new_payload(to_lua(state, outcome.value)))
+            self.channel.offer(state.new_payload(to_lua(state, outcome.value)))
         self.channel.close()
         self.unit.kick()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -11,10 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from broker import BrokerUnavailable
+from broker import BrokerUnavailable, Subjects, connect
+from lua import SECOND, Outcome, parse_duration
 
 from ._config import ConfigError, ResolvedConfig, load_config
-from ._embedded import EmbeddedServerError
+from ._embedded import EmbeddedServerError, recorded_nats_url
+from ._functions import call_function
 from ._logging import setup_logging
 from ._node import Node
 from ._project import Project, ProjectInvalid, load_project
@@ -71,7 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a node for a project until SIGINT/SIGTERM")
     run.add_argument("project", nargs="?", default=".", type=Path, help="project folder (default: .)")
+    run.add_argument("-x", dest="execute", nargs="+", metavar=("ENTRY", "ARG"),
+                     help="run ENTRY to completion with the ARGs (each JSON, or a plain string), print its result "
+                          "as JSON and exit (non-zero on an error result)")
     _config_options(run)
+
+    call = commands.add_parser("call", help="call a function on the running cluster and print its result as JSON")
+    call.add_argument("function", metavar="ns:name")
+    call.add_argument("args", nargs="*", help="arguments, each JSON (or a plain string)")
+    call.add_argument("--project", type=Path, default=Path("."),
+                      help="project whose embedded NATS server to use when no URL is configured (default: .)")
+    call.add_argument("--timeout", default="30s", metavar="DURATION")
+    _config_options(call)
 
     check = commands.add_parser("check", help="validate a project and list every problem")
     check.add_argument("project", nargs="?", default=".", type=Path)
@@ -84,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "check": cmd_check, "config": cmd_config}[args.command]
+    handler = {"run": cmd_run, "check": cmd_check, "config": cmd_config, "call": cmd_call}[args.command]
     sys.exit(handler(args))
 
 
@@ -149,12 +163,35 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _json_args(values: list[str]) -> list[Any]:
+    out = []
+    for value in values:
+        try:
+            out.append(json.loads(value))
+        except ValueError:
+            out.append(value)
+    return out
+
+
+def _print_outcome(outcome: Outcome) -> int:
+    if outcome.ok:
+        print(json.dumps(outcome.value, ensure_ascii=False, default=str))
+        return EXIT_OK
+    assert outcome.error is not None
+    print(json.dumps({"error": outcome.error.to_dict()}, ensure_ascii=False, default=str))
+    print(f"error: {outcome.error.kind or 'Error'}: {outcome.error.message}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
     node = Node(*loaded)
     try:
+        if args.execute:
+            entry, *entry_args = args.execute
+            return _print_outcome(asyncio.run(_execute(node, entry, _json_args(entry_args))))
         asyncio.run(_serve(node))
     except (BrokerUnavailable, EmbeddedServerError) as err:
         log.error("%s", err)
@@ -162,6 +199,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return EXIT_OK
+
+
+async def _execute(node: Node, entry: str, args: list[Any]) -> Outcome:
+    async with node.running():
+        return await node.execute(entry, args)
+
+
+def cluster_servers(resolved: ResolvedConfig) -> list[str]:
+    """NATS for CLI commands: flag, environment, moonwire.yaml, else the project's embedded server."""
+    if resolved.config.nats.url:
+        return list(resolved.config.nats.url)
+    recorded = recorded_nats_url(resolved.state_dir)
+    return [recorded] if recorded else []
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    try:
+        resolved = load_config(args.project, flags=_flags(args))
+        timeout = parse_duration(args.timeout) / SECOND
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging("warning", resolved.config.log.format)
+    servers = cluster_servers(resolved)
+    if not servers:
+        print("error: no NATS server: pass --nats URL, set MOONWIRE_NATS_URL, or run `moonwire run` in the "
+              f"project folder ({resolved.project_dir})", file=sys.stderr)
+        return EXIT_FAILURE
+
+    async def call() -> Outcome:
+        nc = await connect(resolved.config.connect_options(servers))
+        try:
+            return await call_function(nc, Subjects(resolved.config.prefix), args.function, _json_args(args.args),
+                                       {}, timeout)
+        finally:
+            await nc.close()
+
+    try:
+        return _print_outcome(asyncio.run(call()))
+    except BrokerUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 async def _serve(node: Node) -> None:

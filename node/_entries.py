@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ._types import Seconds
+from ._types import ByteSize, Seconds
 
 
 class _Model(BaseModel):
@@ -96,12 +96,25 @@ class LuaEntry(Entry):
     references = (("imports", ("library.lua",)),)
 
 
-class FunctionPool(_Model):
+DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
+DEFAULT_INSTRUCTION_BUDGET = 10_000_000
+
+
+class LuaLimits(_Model):
+    """Runaway protection for the Lua states of a pool or host (moonwire's own fields)."""
+
+    memory_limit: ByteSize = Field(DEFAULT_MEMORY_LIMIT, ge=1024 * 1024, description="per Lua state")
+    instruction_budget: int = Field(DEFAULT_INSTRUCTION_BUDGET, ge=1000,
+                                    description="VM instructions a thread may run between two yields")
+
+
+class FunctionPool(LuaLimits):
     type: Literal["inline", "lazy", "static", "adaptive"] | None = None
     workers: int | None = Field(None, ge=1)
     size: int | None = Field(None, ge=1)
     buffer: int | None = Field(None, ge=0)
     max_size: int = Field(16, ge=1)
+    idle_timeout: Seconds = 30.0
 
     @property
     def effective_type(self) -> str:
@@ -154,7 +167,7 @@ class LibraryEntry(LuaEntry):
 # ---------------------------------------------------------------- hosts and services
 
 
-class HostSettings(_Model):
+class HostSettings(LuaLimits):
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     queue_size: int = Field(1024, ge=1)
     local_queue_size: int = Field(256, ge=1)

@@ -20,8 +20,11 @@ from nats.aio.client import Client as NatsClient
 from broker import Subjects, connect
 
 from ._config import NodeConfig, ResolvedConfig
+from lua import Kind, MoonwireError, Outcome
+
 from ._embedded import EmbeddedServers
-from ._entries import TemporalClientEntry
+from ._entries import FunctionEntry, TemporalClientEntry
+from ._functions import Functions
 from ._project import Project
 
 log = logging.getLogger("moonwire.node")
@@ -51,6 +54,7 @@ class Node:
         self.embedded = EmbeddedServers(resolved.state_dir, self.config.node)
         self.temporal_address: str | None = None
         self._nats: NatsClient | None = None
+        self.functions: Functions | None = None
         self._steps: list[_Step] = []
         self._stop_requested = asyncio.Event()
 
@@ -98,6 +102,27 @@ class Node:
         self._nats = await connect(self.config.connect_options(servers))
         self._steps.append(_Step("NATS connection", self._close_nats))
         log.info("node %s connected to NATS at %s", self.name, ", ".join(servers))
+
+        self.functions = Functions(self.project, self.subjects, self._nats)
+        self._steps.append(_Step("functions", self._stop_functions))
+        await self.functions.serve()
+
+    async def execute(self, entry_id: str, args: list[object]) -> Outcome:
+        """Run one entry to completion on this node (``moonwire run -x``)."""
+        entry = self.project.get(entry_id)
+        if entry is None:
+            return Outcome(error=MoonwireError(f"no entry {entry_id}", Kind.NOT_FOUND, retryable=False))
+        if not isinstance(entry, FunctionEntry):
+            return Outcome(error=MoonwireError(
+                f"{entry_id} is a {entry.kind}; -x runs function.lua entries (process.lua arrives with process hosts)",
+                Kind.INVALID, retryable=False))
+        assert self.functions is not None
+        result = self.functions.call(None, entry_id, list(args), {}, {})
+        return result if isinstance(result, Outcome) else await result
+
+    async def _stop_functions(self, remaining: float) -> None:
+        if self.functions is not None:
+            await self.functions.stop()
 
     async def _shutdown(self) -> None:
         deadline = time.monotonic() + self.config.shutdown_timeout

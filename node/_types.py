@@ -32,3 +32,22 @@ Seconds = Annotated[float, _SECONDS]
 def is_seconds(info: FieldInfo) -> bool:
     """True when a model field is declared as :data:`Seconds`."""
     return _SECONDS in info.metadata
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+               "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def _to_bytes(value: Any) -> Any:
+    if isinstance(value, str):
+        import re
+
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+        if match is None or match.group(2).lower() not in _BYTE_UNITS:
+            raise ValueError(f"invalid size {value!r}: use bytes or a unit such as '64MiB' or '512KB'")
+        return int(float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()])
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(_to_bytes)]
+"""A size in bytes, written as a number or with a unit ("64MiB", "512KB")."""

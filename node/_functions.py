@@ -1,0 +1,419 @@
+"""Functions: pools of Lua states per ``function.lua`` entry, ``funcs.call`` routing, and
+serving every local function to the cluster on its NATS queue group (DESIGN §8).
+
+A call to a function this node defines runs here; any other goes to ``mw.fn.<id>``,
+where one of the nodes that define it answers. Nobody serving it is a NotFound at once
+(NATS no-responders), not a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from broker import Subjects
+from lua import Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Unit, invalid, not_found
+
+from ._entries import FunctionEntry, LibraryEntry, LuaEntry
+from ._payload import CONTENT_TYPE, MSGPACK, pack, to_json, unpack
+from ._project import Project
+
+log = logging.getLogger("moonwire.functions")
+
+DEFAULT_REMOTE_TIMEOUT = 60.0
+_QUEUE_GROUP = "moonwire"
+
+
+class CodeLoader:
+    """Entry code as :class:`LuaCode`, read from disk once per entry."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self._cache: dict[str, LuaCode] = {}
+
+    def code(self, entry: LuaEntry) -> LuaCode:
+        cached = self._cache.get(entry.id)
+        if cached is not None:
+            return cached
+        imports = []
+        for alias, target in entry.imports.items():
+            library = self.project.entries[target]
+            assert isinstance(library, LibraryEntry)
+            imports.append((alias, self.code(library)))
+        code = LuaCode(
+            id=entry.id,
+            source=Path(entry.source).read_bytes(),
+            chunkname=str(Path(entry.source).relative_to(self.project.root)),
+            method=entry.method,
+            modules=frozenset(entry.modules),
+            imports=tuple(imports),
+            is_library=isinstance(entry, LibraryEntry),
+        )
+        self._cache[entry.id] = code
+        return code
+
+
+def _timeout_seconds(options: dict[str, Any]) -> float | None:
+    """``timeout`` in milliseconds (wippy-surface §0: funcs options read numbers as ms)."""
+    value = options.get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return value / 1000
+    if isinstance(value, str):
+        from lua import SECOND, parse_duration
+
+        try:
+            return parse_duration(value) / SECOND
+        except ValueError as err:
+            raise invalid(f"timeout: {err}") from err
+    raise invalid(f"timeout must be a positive number of milliseconds or a duration, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """``meta.options.retry`` (wippy-surface §1.3): retry retryable errors with backoff."""
+
+    max_attempts: int
+    initial_delay: float
+    backoff_factor: float
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], entry_id: str) -> RetryPolicy | None:
+        retry = (meta.get("options") or {}).get("retry")
+        if not retry:
+            return None
+        delay = retry.get("initial_delay", 100)
+        # The unit is unstated upstream; the example uses 100. A number is read as
+        # milliseconds, as funcs options are; a string is a Go duration.
+        seconds = delay / 1000 if isinstance(delay, (int, float)) else _timeout_seconds({"timeout": delay}) or 0.0
+        return cls(max(int(retry.get("max_attempts", 1)), 1), seconds, float(retry.get("backoff_factor", 2.0)))
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    entry: str
+    type: str
+    workers: int
+    idle: int
+    queued: int
+    max_workers: int | None
+    calls: int
+
+
+class FunctionPool:
+    """The Lua states that run one function entry, and the limit on how many run at once.
+
+    ``static`` keeps ``workers`` states; ``lazy`` and ``adaptive`` grow to ``max_size``
+    and retire states idle for ``idle_timeout``; ``inline`` has no limit. Beyond the
+    limit, up to ``buffer`` calls wait; more fail at once with Unavailable (retryable).
+    A state that ran out of memory is retired, not reused.
+    """
+
+    def __init__(self, entry: FunctionEntry, code: LuaCode, functions: Functions) -> None:
+        self.entry = entry
+        self.code = code
+        self.functions = functions
+        pool = entry.pool
+        self.kind = pool.effective_type
+        self.max_workers: int | None = {
+            "static": pool.effective_workers, "lazy": pool.max_size, "adaptive": pool.max_size, "inline": None,
+        }[self.kind]
+        self.queue_limit = pool.effective_buffer
+        self.idle_timeout = pool.idle_timeout
+        self.limits = Limits(memory=pool.memory_limit, instructions=pool.instruction_budget)
+        self.retry = RetryPolicy.from_meta(entry.meta, entry.id)
+        self._idle: list[tuple[LuaState, Any, float]] = []
+        self._total = 0
+        self._waiters: deque[asyncio.Future[tuple[LuaState, Any]]] = deque()
+        self._calls = 0
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(self.entry.id, self.kind, self._total, len(self._idle), len(self._waiters),
+                              self.max_workers, self._calls)
+
+    def prewarm(self) -> None:
+        if self.kind == "static":
+            for _ in range(self.max_workers or 0):
+                state, fn = self._new_worker()
+                self._idle.append((state, fn, time.monotonic()))
+
+    def _new_worker(self) -> tuple[LuaState, Any]:
+        state = LuaState(self.limits, log=log)
+        fn = state.load(self.code)  # a syntax error fails this call, and only calls of this entry
+        self._total += 1
+        return state, fn
+
+    def _try_acquire(self) -> tuple[LuaState, Any] | None:
+        if self._idle:
+            state, fn, _ = self._idle.pop()
+            return state, fn
+        if self.max_workers is None or self._total < self.max_workers:
+            return self._new_worker()
+        return None
+
+    async def _acquire(self) -> tuple[LuaState, Any]:
+        worker = self._try_acquire()
+        if worker is not None:
+            return worker
+        if len(self._waiters) >= self.queue_limit:
+            raise MoonwireError(f"function {self.entry.id} is busy: {self._total} workers running and "
+                                f"{len(self._waiters)} calls queued", Kind.UNAVAILABLE, retryable=True)
+        waiter: asyncio.Future[tuple[LuaState, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release(waiter.result()[0], waiter.result()[1])
+            raise
+
+    def _release(self, state: LuaState, fn: Any) -> None:
+        if state.poisoned:
+            self._total -= 1
+            worker: tuple[LuaState, Any] | None = None
+            if self._waiters:
+                try:
+                    worker = self._new_worker()
+                except MoonwireError as err:
+                    self._fail_next_waiter(err)
+        else:
+            worker = (state, fn)
+        while worker is not None and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(worker)
+                return
+        if worker is not None:
+            now = time.monotonic()
+            self._idle.append((worker[0], worker[1], now))
+            self._reap(now)
+
+    def _fail_next_waiter(self, err: MoonwireError) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(err)
+                return
+
+    def _reap(self, now: float) -> None:
+        if self.kind == "static":
+            return
+        keep = [item for item in self._idle if now - item[2] < self.idle_timeout]
+        self._total -= len(self._idle) - len(keep)
+        self._idle = keep
+
+    def call(self, args: list[Any], context: dict[str, Any], options: dict[str, Any]) -> Outcome | Awaitable[Outcome]:
+        """Run the function: an Outcome when it finished without waiting, else an awaitable."""
+        self._calls += 1
+        try:
+            timeout = _timeout_seconds(options)
+            if self.retry is None and timeout is None:
+                worker = self._try_acquire()
+                if worker is not None:
+                    state, fn = worker
+                    unit = Unit(state, self.entry.id, context=context, services=self.functions)
+                    outcome = unit.begin(fn, args)
+                    if outcome is not None:
+                        self._release(state, fn)
+                        return outcome
+                    return self._finish(unit, state, fn)
+        except MoonwireError as err:
+            return Outcome(error=err)
+        return self._call_with_policy(args, context, timeout)
+
+    async def _finish(self, unit: Unit, state: LuaState, fn: Any) -> Outcome:
+        try:
+            return await unit.finish()
+        finally:
+            self._release(state, fn)
+
+    async def _run_once(self, args: list[Any], context: dict[str, Any]) -> Outcome:
+        state, fn = await self._acquire()
+        unit = Unit(state, self.entry.id, context=context, services=self.functions)
+        if unit.begin(fn, args) is not None:
+            self._release(state, fn)
+            assert unit.outcome is not None
+            return unit.outcome
+        return await self._finish(unit, state, fn)
+
+    async def _call_with_policy(self, args: list[Any], context: dict[str, Any], timeout: float | None) -> Outcome:
+        attempts = self.retry.max_attempts if self.retry else 1
+        delay = self.retry.initial_delay if self.retry else 0.0
+        for attempt in range(1, attempts + 1):
+            try:
+                async with asyncio.timeout(timeout):
+                    outcome = await self._run_once(args, context)
+            except TimeoutError:
+                outcome = Outcome(error=MoonwireError(
+                    f"call to {self.entry.id} timed out after {timeout * 1000:.0f}ms", Kind.TIMEOUT, retryable=True))
+            except MoonwireError as err:
+                outcome = Outcome(error=err)
+            if outcome.ok or attempt == attempts or not outcome.error or not outcome.error.is_retryable():
+                return outcome
+            log.info("%s failed (attempt %d of %d): %s; retrying in %.3fs", self.entry.id, attempt, attempts,
+                     outcome.error.message, delay)
+            await asyncio.sleep(delay)
+            delay *= self.retry.backoff_factor if self.retry else 1.0
+        raise AssertionError("unreachable")
+
+
+class Functions:
+    """Every function this node can call (implements the Lua units' ``Services``)."""
+
+    def __init__(self, project: Project, subjects: Subjects, nats: NatsClient | None = None) -> None:
+        self.project = project
+        self.subjects = subjects
+        self.nats = nats
+        self.code = CodeLoader(project)
+        self.pools: dict[str, FunctionPool] = {}
+        for entry in project.of_kind("function.lua"):
+            assert isinstance(entry, FunctionEntry)
+            self.pools[entry.id] = FunctionPool(entry, self.code.code(entry), self)
+        self._subscriptions: list[Subscription] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ calling
+
+    def call(self, caller: Unit | None, target: str, args: list[Any], context: dict[str, Any],
+             options: dict[str, Any]) -> Outcome | Awaitable[Outcome]:
+        pool = self.pools.get(target)
+        if pool is not None:
+            return pool.call(args, context, options)
+        try:
+            timeout = _timeout_seconds(options)
+        except MoonwireError as err:
+            return Outcome(error=err)
+        return self.call_remote(target, args, context, timeout)
+
+    async def call_remote(self, target: str, args: list[Any], context: dict[str, Any],
+                          timeout: float | None) -> Outcome:
+        if self.nats is None:
+            return Outcome(error=not_found(f"function {target} not found"))
+        return await call_function(self.nats, self.subjects, target, args, context, timeout)
+
+    # ------------------------------------------------------------ serving
+
+    async def serve(self) -> None:
+        """Subscribe each local function to its queue group (and warm static pools)."""
+        for pool in self.pools.values():
+            pool.prewarm()
+        if self.nats is None:
+            return
+        for entry_id, pool in self.pools.items():
+            async def handle(msg: Msg, pool: FunctionPool = pool) -> None:
+                task = asyncio.create_task(self._serve_one(msg, pool), name=f"serve {pool.entry.id}")
+                self._inflight.add(task)
+                task.add_done_callback(self._served)
+
+            self._subscriptions.append(
+                await self.nats.subscribe(self.subjects.function(entry_id), queue=_QUEUE_GROUP, cb=handle))
+        if self.pools:
+            log.info("serving %d function(s): %s", len(self.pools), ", ".join(sorted(self.pools)))
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("serving a call failed: %s", task.exception(), exc_info=task.exception())
+
+    async def _serve_one(self, msg: Msg, pool: FunctionPool) -> None:
+        content_type = (msg.headers or {}).get(CONTENT_TYPE)
+        try:
+            args, context = parse_request(unpack(msg.data, content_type))
+        except MoonwireError as err:
+            log.warning("bad request for %s: %s", pool.entry.id, err.message)
+            outcome = Outcome(error=err)
+        else:
+            result = pool.call(args, context, {})
+            outcome = result if isinstance(result, Outcome) else await result
+        if not msg.reply:
+            if not outcome.ok:
+                log.warning("%s failed (no reply subject): %s", pool.entry.id, outcome.error)
+            return
+        reply: dict[str, Any] = {"result": outcome.value} if outcome.ok else {"error": outcome.error}
+        assert self.nats is not None
+        if content_type == MSGPACK:
+            await self.nats.publish(msg.reply, pack(reply), headers={CONTENT_TYPE: MSGPACK})
+        else:
+            await self.nats.publish(msg.reply, to_json(reply), headers={CONTENT_TYPE: "application/json"})
+
+    async def stop(self) -> None:
+        for subscription in self._subscriptions:
+            await subscription.unsubscribe()
+        self._subscriptions.clear()
+        tasks = list(self._inflight)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def call_function(nats: NatsClient, subjects: Subjects, target: str, args: list[Any],
+                        context: dict[str, Any], timeout: float | None) -> Outcome:
+    """Call ``target`` on whichever node serves it, through its queue group.
+
+    Errors come back in the Outcome: NotFound when no node serves it (at once, from
+    NATS no-responders), Timeout when none answered within ``timeout``.
+    """
+    body = pack({"args": args, "ctx": context})
+    wait = timeout or DEFAULT_REMOTE_TIMEOUT
+    try:
+        reply = await nats.request(subjects.function(target), body, timeout=wait, headers={CONTENT_TYPE: MSGPACK})
+    except NoRespondersError:
+        return Outcome(error=not_found(f"function {target} not found: no node serves it"))
+    except NatsTimeout:
+        return Outcome(error=MoonwireError(f"call to {target} timed out after {wait * 1000:.0f}ms", Kind.TIMEOUT,
+                                           retryable=True))
+    try:
+        data = unpack(reply.data, (reply.headers or {}).get(CONTENT_TYPE))
+    except MoonwireError as err:
+        return Outcome(error=err)
+    return outcome_from_reply(data)
+
+
+def parse_request(data: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Arguments and context from a request body.
+
+    ``{"args": [...], "ctx": {...}}`` is the full form; a JSON array is the argument
+    list; ``null`` or an empty body is no arguments; any other value is one argument.
+
+    Raises:
+        MoonwireError: (Invalid) ``args`` is not a list or ``ctx`` not a mapping.
+    """
+    if data is None:
+        return [], {}
+    if isinstance(data, list):
+        return data, {}
+    if isinstance(data, dict) and "args" in data:
+        args, context = data.get("args"), data.get("ctx") or {}
+        if not isinstance(args, list):
+            raise invalid("request field 'args' must be a list")
+        if not isinstance(context, dict):
+            raise invalid("request field 'ctx' must be a mapping")
+        return args, context
+    return [data], {}
+
+
+def outcome_from_reply(data: Any) -> Outcome:
+    if isinstance(data, dict) and "error" in data:
+        error = data["error"]
+        if isinstance(error, dict):
+            error = MoonwireError.from_dict(error)
+        if not isinstance(error, MoonwireError):
+            error = MoonwireError(str(error), Kind.UNKNOWN)
+        return Outcome(error=error)
+    if isinstance(data, dict) and "result" in data:
+        return Outcome(value=data["result"])
+    return Outcome(error=invalid("malformed reply: expected a mapping with 'result' or 'error'"))
