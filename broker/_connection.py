@@ -95,7 +95,8 @@ async def connect(options: ConnectOptions) -> NatsClient:
             errors.append(err)
 
     async def on_disconnected() -> None:
-        log.warning("disconnected from NATS; reconnecting")
+        if not (client.is_closed or client.is_draining):  # our own close is not an outage
+            log.warning("disconnected from NATS; reconnecting")
 
     async def on_reconnected() -> None:
         log.info("reconnected to NATS at %s", client.connected_url.netloc if client.connected_url else "?")
