@@ -2,11 +2,17 @@
 node membership. This package knows nothing about Lua or the scheduler."""
 
 from ._connection import BrokerUnavailable, ConnectOptions, connect, tls_context
+from ._requests import NoResponders, Outbox, ReplyCallback, Requests, RequestTimeout
 from ._subjects import Subjects, is_token, to_token
 
 __all__ = [
     "BrokerUnavailable",
     "ConnectOptions",
+    "NoResponders",
+    "Outbox",
+    "ReplyCallback",
+    "RequestTimeout",
+    "Requests",
     "Subjects",
     "connect",
     "is_token",

@@ -17,7 +17,7 @@ from ._duration import (
 )
 from ._errors import Kind, MoonwireError, internal, invalid, not_found
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState
-from ._unit import NoServices, Outcome, Services, Unit
+from ._unit import Answer, NoServices, Outcome, Pending, Services, Unit
 from ._values import to_lua, to_python
 
 __all__ = [
@@ -33,8 +33,10 @@ __all__ = [
     "LuaCode",
     "LuaState",
     "MoonwireError",
+    "Answer",
     "NoServices",
     "Outcome",
+    "Pending",
     "Services",
     "Unit",
     "format_duration",

@@ -39,19 +39,60 @@ class Outcome:
         return self.error is None
 
 
+class Pending:
+    """An outcome a service delivers later by calling :meth:`settle`, with no task:
+    for answers that arrive by callback (a reply from the broker, say).
+
+    ``abandon`` is called when nobody waits any more (the unit ended, the future was
+    cancelled); after that ``settle`` is ignored.
+    """
+
+    __slots__ = ("abandon", "_listener", "_outcome", "_done")
+
+    def __init__(self, abandon: Callable[[], None] | None = None) -> None:
+        self.abandon: Callable[[], None] = abandon or (lambda: None)
+        self._listener: Callable[[Outcome], None] | None = None
+        self._outcome: Outcome | None = None
+        self._done = False
+
+    def settle(self, outcome: Outcome) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._listener is not None:
+            self._listener(outcome)
+        else:
+            self._outcome = outcome
+
+    def listen(self, listener: Callable[[Outcome], None]) -> None:
+        if self._outcome is not None:
+            listener(self._outcome)
+        else:
+            self._listener = listener
+
+    def drop(self) -> None:
+        if not self._done:
+            self._done = True
+            self.abandon()
+
+
+Answer = Outcome | Pending | Awaitable[Outcome]
+"""What a service gives back: an Outcome now, a Pending settled by callback, or an awaitable."""
+
+
 class Services(Protocol):
     """What a unit needs from the node it runs on."""
 
-    def call(self, caller: Unit, target: str, args: list[Any], context: dict[str, Any],
-             options: dict[str, Any]) -> Outcome | Awaitable[Outcome]:
-        """Call function ``target``; an Outcome when it finished at once, else an awaitable."""
+    def call(self, caller: Unit | None, target: str, args: list[Any], context: dict[str, Any],
+             options: dict[str, Any]) -> Answer:
+        """Call function ``target``."""
         ...
 
 
 class NoServices:
     """For units that run with no node around them (tests, tools)."""
 
-    def call(self, caller: Unit, target: str, args: list[Any], context: dict[str, Any],
+    def call(self, caller: Unit | None, target: str, args: list[Any], context: dict[str, Any],
              options: dict[str, Any]) -> Outcome:
         return Outcome(error=MoonwireError(f"function {target} not found", Kind.NOT_FOUND, retryable=False))
 
@@ -101,6 +142,7 @@ class Future:
         self.outcome: Outcome | None = None
         self.canceled = False
         self.task: asyncio.Task[Outcome] | None = None
+        self.pending: Pending | None = None
 
     def settle(self, outcome: Outcome) -> None:
         if self.outcome is not None:
@@ -127,6 +169,8 @@ class Future:
         self.canceled = True
         if self.task is not None:
             self.task.cancel()
+        if self.pending is not None:
+            self.pending.drop()
         self.settle(Outcome(error=MoonwireError("call canceled", Kind.CANCELED, retryable=False)))
         return True
 
@@ -148,13 +192,10 @@ class Unit:
         self.sleeping: dict[int, asyncio.TimerHandle] = {}
         self.timers: set[Timer] = set()
         self.children: set[asyncio.Task[Any]] = set()
+        self.pending: set[Pending] = set()
         self.outcome: Outcome | None = None
-        self._wakeup = asyncio.Event()
-        self._ops: dict[bytes, Callable[..., Any]] = {
-            b"spawn": self._op_spawn, b"sleep": self._op_sleep, b"timer": self._op_timer,
-            b"chan_send": self._op_chan_send, b"chan_recv": self._op_chan_recv, b"select": self._op_select,
-            b"call": self._op_call, b"async": self._op_async,
-        }
+        # Most calls finish inside begin() and never wait: create the event on demand.
+        self._wakeup: asyncio.Event | None = None
 
     # ------------------------------------------------------------ driving
 
@@ -171,6 +212,8 @@ class Unit:
         """Run until the main thread ends. Cancelling this cancels the unit."""
         try:
             while self.outcome is None:
+                if self._wakeup is None:
+                    self._wakeup = asyncio.Event()
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 self.step()
@@ -186,12 +229,14 @@ class Unit:
         return await self.finish()
 
     def kick(self) -> None:
-        self._wakeup.set()
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     def wake(self, tid: int, values: tuple[Any, ...]) -> None:
         if tid in self.threads:
             self.ready.append((tid, values))
-            self._wakeup.set()
+            if self._wakeup is not None:
+                self._wakeup.set()
 
     def step(self) -> None:
         """Resume ready threads until none is ready or the unit ended."""
@@ -203,12 +248,12 @@ class Unit:
                 outcome = state.resume(tid, *values)
                 tag = outcome[0]
                 if tag == b"request":
-                    op = self._ops.get(outcome[1])
+                    op = _OPS.get(outcome[1])
                     if op is None:
                         self._thread_failed(tid, internal(f"unknown request {outcome[1]!r}"))
                         continue
                     try:
-                        answer = op(tid, *outcome[2:])
+                        answer = op(self, tid, *outcome[2:])
                     except MoonwireError as err:
                         self._thread_failed(tid, err)
                         continue
@@ -253,18 +298,24 @@ class Unit:
         if self.outcome is not None:
             return
         self.outcome = outcome
-        for tid in self.threads:
-            self.state.kill(tid)
-        self.threads.clear()
+        if self.threads:
+            for tid in self.threads:
+                self.state.kill(tid)
+            self.threads.clear()
         self.ready.clear()
-        for handle in self.sleeping.values():
-            handle.cancel()
-        self.sleeping.clear()
+        if self.sleeping:
+            for handle in self.sleeping.values():
+                handle.cancel()
+            self.sleeping.clear()
         for timer in list(self.timers):
             timer.stop()
         for task in self.children:
             task.cancel()
-        self._wakeup.set()
+        if self.pending:
+            for pending in self.pending:
+                pending.drop()
+            self.pending.clear()
+        self.kick()
 
     async def _await_children(self) -> None:
         children = list(self.children)
@@ -349,6 +400,15 @@ class Unit:
         result = self.services.call(self, target.decode(), py_args, merged, py_options)
         if isinstance(result, Outcome):
             return self._answer(result)
+        if isinstance(result, Pending):
+            self.pending.add(result)
+
+            def settled(outcome: Outcome, pending: Pending = result) -> None:
+                self.pending.discard(pending)
+                self.wake(tid, self._answer(outcome))
+
+            result.listen(settled)
+            return _BLOCKED
 
         def done(task: asyncio.Task[Outcome]) -> None:
             if task.cancelled() or tid not in self.threads:
@@ -366,6 +426,15 @@ class Unit:
         result = self.services.call(self, target.decode(), py_args, merged, py_options)
         if isinstance(result, Outcome):
             future.settle(result)
+        elif isinstance(result, Pending):
+            future.pending = result
+            self.pending.add(result)
+
+            def settled(outcome: Outcome, pending: Pending = result) -> None:
+                self.pending.discard(pending)
+                future.settle(outcome)
+
+            result.listen(settled)
         else:
             def done(task: asyncio.Task[Outcome]) -> None:
                 if task.cancelled():
@@ -375,6 +444,14 @@ class Unit:
 
             future.task = self.own(result, done)
         return (future,)
+
+
+# The requests a Lua thread can make, by name (see `core.request` in _core.lua).
+_OPS: dict[bytes, Callable[..., Any]] = {
+    b"spawn": Unit._op_spawn, b"sleep": Unit._op_sleep, b"timer": Unit._op_timer,
+    b"chan_send": Unit._op_chan_send, b"chan_recv": Unit._op_chan_recv, b"select": Unit._op_select,
+    b"call": Unit._op_call, b"async": Unit._op_async,
+}
 
 
 def _as_error(error: BaseException) -> MoonwireError:

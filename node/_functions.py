@@ -23,8 +23,8 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from broker import Subjects
-from lua import Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Unit, invalid, not_found
+from broker import NoResponders, Outbox, Requests, RequestTimeout, Subjects
+from lua import Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, invalid, not_found
 
 from ._entries import FunctionEntry, LibraryEntry, LuaEntry
 from ._payload import CONTENT_TYPE, MSGPACK, pack, to_json, unpack
@@ -67,7 +67,7 @@ class CodeLoader:
 
 def _timeout_seconds(options: dict[str, Any]) -> float | None:
     """``timeout`` in milliseconds (wippy-surface §0: funcs options read numbers as ms)."""
-    value = options.get("timeout")
+    value = options.get("timeout") if options else None
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
@@ -271,12 +271,18 @@ class FunctionPool:
 
 
 class Functions:
-    """Every function this node can call (implements the Lua units' ``Services``)."""
+    """Every function this node can call (implements the Lua units' ``Services``).
 
-    def __init__(self, project: Project, subjects: Subjects, nats: NatsClient | None = None) -> None:
+    Without a broker (``requests`` None) only local functions exist.
+    """
+
+    def __init__(self, project: Project, subjects: Subjects, nats: NatsClient | None = None,
+                 requests: Requests | None = None, outbox: Outbox | None = None) -> None:
         self.project = project
         self.subjects = subjects
         self.nats = nats
+        self.requests = requests
+        self.outbox = outbox
         self.code = CodeLoader(project)
         self.pools: dict[str, FunctionPool] = {}
         for entry in project.of_kind("function.lua"):
@@ -288,21 +294,23 @@ class Functions:
     # ------------------------------------------------------------ calling
 
     def call(self, caller: Unit | None, target: str, args: list[Any], context: dict[str, Any],
-             options: dict[str, Any]) -> Outcome | Awaitable[Outcome]:
+             options: dict[str, Any]) -> Answer:
         pool = self.pools.get(target)
         if pool is not None:
             return pool.call(args, context, options)
+        if self.requests is None:
+            return Outcome(error=not_found(f"function {target} not found"))
         try:
-            timeout = _timeout_seconds(options)
+            wait = _timeout_seconds(options) or DEFAULT_REMOTE_TIMEOUT
         except MoonwireError as err:
             return Outcome(error=err)
-        return self.call_remote(target, args, context, timeout)
-
-    async def call_remote(self, target: str, args: list[Any], context: dict[str, Any],
-                          timeout: float | None) -> Outcome:
-        if self.nats is None:
-            return Outcome(error=not_found(f"function {target} not found"))
-        return await call_function(self.nats, self.subjects, target, args, context, timeout)
+        pending = Pending()
+        pending.abandon = self.requests.request_nowait(
+            self.subjects.function(target), pack({"args": args, "ctx": context}), timeout=wait,
+            headers={CONTENT_TYPE: MSGPACK},
+            callback=lambda reply: pending.settle(reply_outcome(target, wait, reply)),
+        )
+        return pending
 
     # ------------------------------------------------------------ serving
 
@@ -314,40 +322,51 @@ class Functions:
             return
         for entry_id, pool in self.pools.items():
             async def handle(msg: Msg, pool: FunctionPool = pool) -> None:
-                task = asyncio.create_task(self._serve_one(msg, pool), name=f"serve {pool.entry.id}")
-                self._inflight.add(task)
-                task.add_done_callback(self._served)
+                self._serve_one(msg, pool)
 
             self._subscriptions.append(
                 await self.nats.subscribe(self.subjects.function(entry_id), queue=_QUEUE_GROUP, cb=handle))
         if self.pools:
             log.info("serving %d function(s): %s", len(self.pools), ", ".join(sorted(self.pools)))
 
-    def _served(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("serving a call failed: %s", task.exception(), exc_info=task.exception())
-
-    async def _serve_one(self, msg: Msg, pool: FunctionPool) -> None:
+    def _serve_one(self, msg: Msg, pool: FunctionPool) -> None:
+        # nats-py runs one subscription's callbacks one at a time: answer at once when
+        # the call finishes without waiting, else hand it to a task owned by this service.
         content_type = (msg.headers or {}).get(CONTENT_TYPE)
         try:
             args, context = parse_request(unpack(msg.data, content_type))
         except MoonwireError as err:
             log.warning("bad request for %s: %s", pool.entry.id, err.message)
-            outcome = Outcome(error=err)
-        else:
-            result = pool.call(args, context, {})
-            outcome = result if isinstance(result, Outcome) else await result
+            self._reply(msg, content_type, pool, Outcome(error=err))
+            return
+        result = pool.call(args, context, {})
+        if isinstance(result, Outcome):
+            self._reply(msg, content_type, pool, result)
+            return
+        task = asyncio.ensure_future(self._reply_later(msg, content_type, pool, result))
+        self._inflight.add(task)
+        task.add_done_callback(self._served)
+
+    async def _reply_later(self, msg: Msg, content_type: str | None, pool: FunctionPool,
+                           result: Awaitable[Outcome]) -> None:
+        self._reply(msg, content_type, pool, await result)
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("serving a call failed: %s", task.exception(), exc_info=task.exception())
+
+    def _reply(self, msg: Msg, content_type: str | None, pool: FunctionPool, outcome: Outcome) -> None:
         if not msg.reply:
             if not outcome.ok:
                 log.warning("%s failed (no reply subject): %s", pool.entry.id, outcome.error)
             return
+        assert self.outbox is not None
         reply: dict[str, Any] = {"result": outcome.value} if outcome.ok else {"error": outcome.error}
-        assert self.nats is not None
         if content_type == MSGPACK:
-            await self.nats.publish(msg.reply, pack(reply), headers={CONTENT_TYPE: MSGPACK})
+            self.outbox.publish_nowait(msg.reply, pack(reply), headers={CONTENT_TYPE: MSGPACK})
         else:
-            await self.nats.publish(msg.reply, to_json(reply), headers={CONTENT_TYPE: "application/json"})
+            self.outbox.publish_nowait(msg.reply, to_json(reply), headers={CONTENT_TYPE: "application/json"})
 
     async def stop(self) -> None:
         for subscription in self._subscriptions:
@@ -360,27 +379,36 @@ class Functions:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def call_function(nats: NatsClient, subjects: Subjects, target: str, args: list[Any],
-                        context: dict[str, Any], timeout: float | None) -> Outcome:
-    """Call ``target`` on whichever node serves it, through its queue group.
-
-    Errors come back in the Outcome: NotFound when no node serves it (at once, from
-    NATS no-responders), Timeout when none answered within ``timeout``.
-    """
-    body = pack({"args": args, "ctx": context})
-    wait = timeout or DEFAULT_REMOTE_TIMEOUT
-    try:
-        reply = await nats.request(subjects.function(target), body, timeout=wait, headers={CONTENT_TYPE: MSGPACK})
-    except NoRespondersError:
+def reply_outcome(target: str, wait: float, reply: Msg | BaseException) -> Outcome:
+    """The Outcome of a call to ``target`` from its reply (or what happened instead)."""
+    if isinstance(reply, NoResponders):
         return Outcome(error=not_found(f"function {target} not found: no node serves it"))
-    except NatsTimeout:
+    if isinstance(reply, RequestTimeout):
         return Outcome(error=MoonwireError(f"call to {target} timed out after {wait * 1000:.0f}ms", Kind.TIMEOUT,
+                                           retryable=True))
+    if isinstance(reply, BaseException):
+        return Outcome(error=MoonwireError(f"call to {target} abandoned: the node is stopping", Kind.CANCELED,
                                            retryable=True))
     try:
         data = unpack(reply.data, (reply.headers or {}).get(CONTENT_TYPE))
     except MoonwireError as err:
         return Outcome(error=err)
     return outcome_from_reply(data)
+
+
+async def call_function(nats: NatsClient, subjects: Subjects, target: str, args: list[Any],
+                        context: dict[str, Any], timeout: float | None) -> Outcome:
+    """Call ``target`` once from a plain connection (the CLI), through its queue group."""
+    wait = timeout or DEFAULT_REMOTE_TIMEOUT
+    reply: Msg | BaseException
+    try:
+        reply = await nats.request(subjects.function(target), pack({"args": args, "ctx": context}), timeout=wait,
+                                   headers={CONTENT_TYPE: MSGPACK})
+    except NoRespondersError:
+        reply = NoResponders()
+    except NatsTimeout:
+        reply = RequestTimeout()
+    return reply_outcome(target, wait, reply)
 
 
 def parse_request(data: Any) -> tuple[list[Any], dict[str, Any]]:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client as NatsClient
 
-from broker import Subjects, connect
+from broker import Outbox, Requests, Subjects, connect
 
 from ._config import NodeConfig, ResolvedConfig
-from lua import Kind, MoonwireError, Outcome
+from lua import Answer, Kind, MoonwireError, Outcome, Pending
 
 from ._embedded import EmbeddedServers
 from ._entries import FunctionEntry, TemporalClientEntry
@@ -103,7 +103,14 @@ class Node:
         self._steps.append(_Step("NATS connection", self._close_nats))
         log.info("node %s connected to NATS at %s", self.name, ", ".join(servers))
 
-        self.functions = Functions(self.project, self.subjects, self._nats)
+        outbox = Outbox(self._nats)
+        outbox_task = asyncio.create_task(outbox.run(), name="outbox")
+        self._steps.append(_Step("outbox", lambda remaining: _cancel_and_wait(outbox_task)))
+        requests = Requests(self._nats, outbox)
+        await requests.start()
+        self._steps.append(_Step("requests", lambda remaining: requests.stop()))
+
+        self.functions = Functions(self.project, self.subjects, self._nats, requests, outbox)
         self._steps.append(_Step("functions", self._stop_functions))
         await self.functions.serve()
 
@@ -117,8 +124,7 @@ class Node:
                 f"{entry_id} is a {entry.kind}; -x runs function.lua entries (process.lua arrives with process hosts)",
                 Kind.INVALID, retryable=False))
         assert self.functions is not None
-        result = self.functions.call(None, entry_id, list(args), {}, {})
-        return result if isinstance(result, Outcome) else await result
+        return await settled(self.functions.call(None, entry_id, list(args), {}, {}))
 
     async def _stop_functions(self, remaining: float) -> None:
         if self.functions is not None:
@@ -150,3 +156,24 @@ class Node:
 
     async def _stop_embedded(self, remaining: float) -> None:
         await self.embedded.stop(timeout=min(max(remaining, 0.5), 5.0))
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def settled(answer: Answer) -> Outcome:
+    """Wait for a service's answer, whichever form it took."""
+    if isinstance(answer, Outcome):
+        return answer
+    if isinstance(answer, Pending):
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        answer.listen(future.set_result)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            answer.drop()
+            raise
+    return await answer

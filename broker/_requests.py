@@ -1,0 +1,133 @@
+"""Publishing without awaiting, and request/reply without a task per request.
+
+:class:`Outbox` lets code that must not wait (the scheduler's step) publish: messages
+go into a FIFO drained by one long-lived task, so order per node is kept.
+:class:`Requests` multiplexes replies over one wildcard inbox subscription: a reply is
+matched to its request by token and handed to a callback, so a waiting Lua thread is
+woken straight from the subscription, with no Task, future or ``wait_for`` per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+log = logging.getLogger("moonwire.broker")
+
+NO_RESPONDERS = "503"
+
+
+class Outbox:
+    """A FIFO of messages to publish, drained by :meth:`run` (owned by the node)."""
+
+    def __init__(self, nats: NatsClient) -> None:
+        self._nats = nats
+        self._queue: deque[tuple[str, bytes, str, dict[str, str] | None]] = deque()
+        self._ready = asyncio.Event()
+
+    def publish_nowait(self, subject: str, body: bytes, *, reply: str = "",
+                       headers: dict[str, str] | None = None) -> None:
+        self._queue.append((subject, body, reply, headers))
+        self._ready.set()
+
+    async def run(self) -> None:
+        """Publish queued messages until cancelled; cancelling flushes what is queued first."""
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                await self._drain()
+        except asyncio.CancelledError:
+            await asyncio.shield(self._drain())
+            raise
+
+    async def _drain(self) -> None:
+        publish = self._nats.publish
+        queue = self._queue
+        while queue:
+            subject, body, reply, headers = queue.popleft()
+            try:
+                await publish(subject, body, reply=reply, headers=headers)
+            except Exception as err:  # noqa: BLE001 - a closed connection must not kill the outbox
+                log.warning("could not publish to %s: %s", subject, err)
+
+
+class NoResponders(Exception):
+    """Nobody subscribes to the request subject (NATS status 503)."""
+
+
+class RequestTimeout(Exception):
+    """No reply arrived within the timeout."""
+
+
+ReplyCallback = Callable[[Msg | Exception], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    callback: ReplyCallback
+    timer: asyncio.TimerHandle
+
+
+class Requests:
+    """Request/reply over one wildcard inbox subscription for the whole node."""
+
+    def __init__(self, nats: NatsClient, outbox: Outbox) -> None:
+        self._nats = nats
+        self._outbox = outbox
+        self._prefix = nats.new_inbox()
+        self._tokens = itertools.count(1)
+        self._pending: dict[str, _Pending] = {}
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self._nats.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+        for token in list(self._pending):
+            self._settle(token, asyncio.CancelledError())
+
+    def request_nowait(self, subject: str, body: bytes, *, timeout: float, callback: ReplyCallback,
+                       headers: dict[str, str] | None = None) -> Callable[[], None]:
+        """Send a request; ``callback`` gets the reply ``Msg``, or :class:`NoResponders`,
+        :class:`RequestTimeout`, or ``CancelledError`` when the node stops. Exactly once.
+
+        Returns a function that abandons the request (the callback is then never called).
+        """
+        token = str(next(self._tokens))
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(timeout, self._settle, token, RequestTimeout())
+        self._pending[token] = _Pending(callback, timer)
+        self._outbox.publish_nowait(subject, body, reply=f"{self._prefix}.{token}", headers=headers)
+
+        def abandon() -> None:
+            pending = self._pending.pop(token, None)
+            if pending is not None:
+                pending.timer.cancel()
+
+        return abandon
+
+    def _settle(self, token: str, result: Msg | Exception) -> None:
+        pending = self._pending.pop(token, None)
+        if pending is None:
+            return  # answered already, timed out, or abandoned
+        pending.timer.cancel()
+        pending.callback(result)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        token = msg.subject.rpartition(".")[2]
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS and not msg.data:
+            self._settle(token, NoResponders())
+        else:
+            self._settle(token, msg)
