@@ -199,7 +199,10 @@ class LuaState:
             raise invalid(f"syntax error in {code.id}: {decode_string(compiled[1])}")
         chunk = compiled
         value = self._run_chunk(code, chunk)
-        export = value if code.is_library else self._export(code, value)
+        if code.is_library:
+            export = True if value is None else value  # as Lua's require: a chunk returning nothing loads as true
+        else:
+            export = self._export(code, value)
         self._loaded[code.id] = _Loaded(export)
         return export
 

@@ -24,7 +24,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from broker import NoResponders, Outbox, Requests, RequestTimeout, Subjects
-from lua import Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, invalid, not_found
+from lua import SECOND, Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, invalid, not_found, parse_duration
 
 from ._entries import FunctionEntry, LibraryEntry, LuaEntry
 from ._payload import CONTENT_TYPE, MSGPACK, pack, to_json, unpack
@@ -73,8 +73,6 @@ def _timeout_seconds(options: dict[str, Any]) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return value / 1000
     if isinstance(value, str):
-        from lua import SECOND, parse_duration
-
         try:
             return parse_duration(value) / SECOND
         except ValueError as err:
@@ -91,7 +89,7 @@ class RetryPolicy:
     backoff_factor: float
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any], entry_id: str) -> RetryPolicy | None:
+    def from_meta(cls, meta: dict[str, Any]) -> RetryPolicy | None:
         retry = (meta.get("options") or {}).get("retry")
         if not retry:
             return None
@@ -134,7 +132,7 @@ class FunctionPool:
         self.queue_limit = pool.effective_buffer
         self.idle_timeout = pool.idle_timeout
         self.limits = Limits(memory=pool.memory_limit, instructions=pool.instruction_budget)
-        self.retry = RetryPolicy.from_meta(entry.meta, entry.id)
+        self.retry = RetryPolicy.from_meta(entry.meta)
         self._idle: list[tuple[LuaState, Any, float]] = []
         self._total = 0
         self._waiters: deque[asyncio.Future[tuple[LuaState, Any]]] = deque()

@@ -7,7 +7,7 @@ import uuid as pyuuid
 
 import pytest
 
-from lua import Kind
+from lua import Kind, LuaState
 from support import run_lua
 
 
@@ -212,15 +212,17 @@ async def test_invalid_select_case_raises() -> None:
 
 
 async def test_spawned_coroutines_die_with_main() -> None:
-    state_probe = await run_lua("""
+    state = LuaState()
+    outcome = await run_lua("""
         local time = require("time")
         return function()
           coroutine.spawn(function() while true do time.sleep("1ms") end end)
           coroutine.spawn(function() channel.new():receive() end)
           time.sleep("3ms")
           return "done"
-        end""")
-    assert state_probe.value == "done"
+        end""", state=state)
+    assert outcome.value == "done"
+    assert state.core.thread_count() == 0  # both spawned threads were killed with main
 
 
 async def test_an_error_in_a_spawned_coroutine_fails_the_unit() -> None:
