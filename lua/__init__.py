@@ -17,7 +17,7 @@ from ._duration import (
 )
 from ._errors import Kind, MoonwireError, internal, invalid, not_found
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState
-from ._unit import Answer, NoServices, Outcome, Pending, Services, Unit
+from ._unit import Answer, NoServices, Outcome, Pending, Services, Unit, settled
 from ._values import to_lua, to_python
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "invalid",
     "not_found",
     "parse_duration",
+    "settled",
     "to_lua",
     "to_python",
 ]

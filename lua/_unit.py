@@ -117,7 +117,6 @@ class Timer:
         self.channel.offer(state.new_time(time.time_ns(), b"Local"))
         if self.periodic:
             self._schedule()
-        self.unit.kick()
 
     def stop(self) -> bool:
         """True when the timer was stopped before it fired."""
@@ -141,8 +140,7 @@ class Future:
         self.unit, self.channel = unit, channel
         self.outcome: Outcome | None = None
         self.canceled = False
-        self.task: asyncio.Task[Outcome] | None = None
-        self.pending: Pending | None = None
+        self.abandon: Callable[[], None] = lambda: None
 
     def settle(self, outcome: Outcome) -> None:
         if self.outcome is not None:
@@ -151,8 +149,7 @@ class Future:
         if outcome.ok:
             state = self.unit.state
             self.channel.offer(state.new_payload(to_lua(state, outcome.value)))
-        self.channel.close()
-        self.unit.kick()
+        self.channel.close()  # wakes a thread waiting on the response channel
 
     def snapshot(self) -> tuple[str, Any, MoonwireError | None]:
         if self.outcome is None:
@@ -167,10 +164,7 @@ class Future:
         if self.outcome is not None:
             return False
         self.canceled = True
-        if self.task is not None:
-            self.task.cancel()
-        if self.pending is not None:
-            self.pending.drop()
+        self.abandon()
         self.settle(Outcome(error=MoonwireError("call canceled", Kind.CANCELED, retryable=False)))
         return True
 
@@ -395,55 +389,58 @@ class Unit:
         assert outcome.error is not None
         return (None, self.state.make_error(outcome.error))
 
-    def _op_call(self, tid: int, target: bytes, args: Any, context: Any, options: Any) -> object:
-        py_args, merged, py_options = self._call_args(args, context, options)
-        result = self.services.call(self, target.decode(), py_args, merged, py_options)
-        if isinstance(result, Outcome):
-            return self._answer(result)
-        if isinstance(result, Pending):
-            self.pending.add(result)
+    def _when_answered(self, answer: Answer, callback: Callable[[Outcome], None]) -> Callable[[], None]:
+        """Call ``callback`` with the outcome of a Pending or awaitable answer, unless the
+        unit ends first. Returns a function that stops waiting for it."""
+        if isinstance(answer, Pending):
+            self.pending.add(answer)
 
-            def settled(outcome: Outcome, pending: Pending = result) -> None:
-                self.pending.discard(pending)
-                self.wake(tid, self._answer(outcome))
+            def settled(outcome: Outcome) -> None:
+                self.pending.discard(answer)
+                callback(outcome)
 
-            result.listen(settled)
-            return _BLOCKED
+            answer.listen(settled)
+            return answer.drop
 
         def done(task: asyncio.Task[Outcome]) -> None:
-            if task.cancelled() or tid not in self.threads:
-                return
-            error = task.exception()
-            outcome = task.result() if error is None else Outcome(error=_as_error(error))
-            self.wake(tid, self._answer(outcome))
+            if not task.cancelled():
+                error = task.exception()
+                callback(task.result() if error is None else Outcome(error=_as_error(error)))
 
-        self.own(result, done)
+        return self.own(answer, done).cancel
+
+    def _op_call(self, tid: int, target: bytes, args: Any, context: Any, options: Any) -> object:
+        py_args, merged, py_options = self._call_args(args, context, options)
+        answer = self.services.call(self, target.decode(), py_args, merged, py_options)
+        if isinstance(answer, Outcome):
+            return self._answer(answer)
+        self._when_answered(answer, lambda outcome: self.wake(tid, self._answer(outcome)))
         return _BLOCKED
 
     def _op_async(self, tid: int, target: bytes, args: Any, context: Any, options: Any, channel: Channel) -> object:
         py_args, merged, py_options = self._call_args(args, context, options)
         future = Future(self, channel)
-        result = self.services.call(self, target.decode(), py_args, merged, py_options)
-        if isinstance(result, Outcome):
-            future.settle(result)
-        elif isinstance(result, Pending):
-            future.pending = result
-            self.pending.add(result)
-
-            def settled(outcome: Outcome, pending: Pending = result) -> None:
-                self.pending.discard(pending)
-                future.settle(outcome)
-
-            result.listen(settled)
+        answer = self.services.call(self, target.decode(), py_args, merged, py_options)
+        if isinstance(answer, Outcome):
+            future.settle(answer)
         else:
-            def done(task: asyncio.Task[Outcome]) -> None:
-                if task.cancelled():
-                    return
-                error = task.exception()
-                future.settle(task.result() if error is None else Outcome(error=_as_error(error)))
-
-            future.task = self.own(result, done)
+            future.abandon = self._when_answered(answer, future.settle)
         return (future,)
+
+
+async def settled(answer: Answer) -> Outcome:
+    """Wait for a service's answer, whichever form it took (for callers outside a unit)."""
+    if isinstance(answer, Outcome):
+        return answer
+    if isinstance(answer, Pending):
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        answer.listen(future.set_result)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            answer.drop()
+            raise
+    return await answer
 
 
 # The requests a Lua thread can make, by name (see `core.request` in _core.lua).

@@ -24,7 +24,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from broker import NoResponders, Outbox, Requests, RequestTimeout, Subjects
-from lua import SECOND, Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, invalid, not_found, parse_duration
+from lua import SECOND, Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, invalid, not_found, parse_duration, settled
 
 from ._entries import FunctionEntry, LibraryEntry, LuaEntry
 from ._payload import CONTENT_TYPE, MSGPACK, pack, to_json, unpack
@@ -221,16 +221,20 @@ class FunctionPool:
             if self.retry is None and timeout is None:
                 worker = self._try_acquire()
                 if worker is not None:
-                    state, fn = worker
-                    unit = Unit(state, self.entry.id, context=context, services=self.functions)
-                    outcome = unit.begin(fn, args)
-                    if outcome is not None:
-                        self._release(state, fn)
-                        return outcome
-                    return self._finish(unit, state, fn)
+                    return self._start(*worker, args, context)
         except MoonwireError as err:
             return Outcome(error=err)
         return self._call_with_policy(args, context, timeout)
+
+    def _start(self, state: LuaState, fn: Any, args: list[Any], context: dict[str, Any]) -> Outcome | Awaitable[Outcome]:
+        """Run on an acquired worker: the Outcome when it finished without waiting, else
+        an awaitable that finishes it. The worker goes back to the pool either way."""
+        unit = Unit(state, self.entry.id, context=context, services=self.functions)
+        outcome = unit.begin(fn, args)
+        if outcome is not None:
+            self._release(state, fn)
+            return outcome
+        return self._finish(unit, state, fn)
 
     async def _finish(self, unit: Unit, state: LuaState, fn: Any) -> Outcome:
         try:
@@ -240,12 +244,7 @@ class FunctionPool:
 
     async def _run_once(self, args: list[Any], context: dict[str, Any]) -> Outcome:
         state, fn = await self._acquire()
-        unit = Unit(state, self.entry.id, context=context, services=self.functions)
-        if unit.begin(fn, args) is not None:
-            self._release(state, fn)
-            assert unit.outcome is not None
-            return unit.outcome
-        return await self._finish(unit, state, fn)
+        return await settled(self._start(state, fn, args, context))
 
     async def _call_with_policy(self, args: list[Any], context: dict[str, Any], timeout: float | None) -> Outcome:
         attempts = self.retry.max_attempts if self.retry else 1

@@ -20,7 +20,7 @@ from nats.aio.client import Client as NatsClient
 from broker import Outbox, Requests, Subjects, connect
 
 from ._config import NodeConfig, ResolvedConfig
-from lua import Answer, Kind, MoonwireError, Outcome, Pending
+from lua import Kind, MoonwireError, Outcome, settled
 
 from ._embedded import EmbeddedServers
 from ._entries import FunctionEntry, TemporalClientEntry
@@ -163,17 +163,3 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await task
 
-
-async def settled(answer: Answer) -> Outcome:
-    """Wait for a service's answer, whichever form it took."""
-    if isinstance(answer, Outcome):
-        return answer
-    if isinstance(answer, Pending):
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        answer.listen(future.set_result)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            answer.drop()
-            raise
-    return await answer
