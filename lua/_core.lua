@@ -150,31 +150,44 @@ function core.collect()
     collectgarbage("collect")
 end
 
--- Compile text (never bytecode) with `env` as its globals.
-function core.compile(text, chunkname, env)
-    return load(text, "=" .. chunkname, "t", env)
+-- Compile text (never bytecode) into a chunk that runs with the environment it is
+-- called with: `chunk(env)`. One compiled chunk serves every instance (function
+-- prototypes are shared); the prefix sits on line 1 so line numbers stay true.
+function core.compile(text, chunkname)
+    if text:byte(1) == 27 then
+        return nil, "attempt to load a binary chunk (mode is 't')"
+    end
+    return load("local _ENV = ...; " .. text, "=" .. chunkname, "t", {})
 end
 
 -- ------------------------------------------------------------------ environments
+
+-- Tables user code can see but never change: the library views and everything that
+-- environments share. `rawset` refuses them, `__newindex` refuses them, `__metatable`
+-- hides their metatable, so sharing them between units of one state leaks nothing.
+local protected = setmetatable({}, { __mode = "k" })
 
 local function deny_write(_, key)
     error("attempt to modify read-only table (field '" .. tostring(key) .. "')", 2)
 end
 
--- A read-only view of `lib`, one per environment: rawset on it touches only that view.
-local readonly_meta = {}
-local function readonly(lib)
-    local meta = readonly_meta[lib]
-    if meta == nil then
-        meta = {
-            __index = lib,
-            __newindex = deny_write,
-            __metatable = false,
-            __pairs = function() return next, lib, nil end,
-        }
-        readonly_meta[lib] = meta
+local function guarded_rawset(t, k, v)
+    if protected[t] then
+        error("attempt to modify read-only table (field '" .. tostring(k) .. "')", 2)
     end
-    return setmetatable({}, meta)
+    return rawset(t, k, v)
+end
+
+-- A read-only view of `lib`.
+local function readonly(lib)
+    local view = setmetatable({}, {
+        __index = lib,
+        __newindex = deny_write,
+        __metatable = false,
+        __pairs = function() return next, lib, nil end,
+    })
+    protected[view] = true
+    return view
 end
 core.readonly = readonly
 
@@ -213,7 +226,7 @@ string_meta.__metatable = false
 
 local base = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
-    pcall = pcall, xpcall = xpcall, rawequal = rawequal, rawget = rawget, rawset = rawset,
+    pcall = pcall, xpcall = xpcall, rawequal = rawequal, rawget = rawget, rawset = guarded_rawset,
     select = select, setmetatable = setmetatable, getmetatable = getmetatable,
     tonumber = tonumber, tostring = tostring, type = type, _VERSION = _VERSION,
 }
@@ -221,16 +234,25 @@ local libraries = {
     string = safe_string, table = table, math = math, os = safe_os, coroutine = safe_coroutine,
 }
 
--- A fresh global table for one loaded chunk. `globals` adds (or replaces) entries:
--- the moonwire globals (print, require, errors, channel, process, ...).
-function core.new_env(globals)
-    local env = {}
-    for k, v in pairs(base) do env[k] = v end
-    for k, lib in pairs(libraries) do env[k] = readonly(lib) end
-    if globals ~= nil then
-        for k, v in pairs(globals) do env[k] = v end
-    end
-    env._G = env
+-- What every environment of this state sees: the base functions, read-only views of
+-- the libraries and `globals` (the moonwire modules). Built once; environments reach it
+-- through a hidden __index, so an environment costs one small table.
+local env_meta = { __metatable = false }
+
+function core.set_globals(globals)
+    local shared = {}
+    for k, v in pairs(base) do shared[k] = v end
+    for k, lib in pairs(libraries) do shared[k] = readonly(lib) end
+    for k, v in pairs(globals) do shared[k] = v end
+    protected[shared] = true
+    env_meta.__index = shared
+end
+
+-- A fresh global table for one instance of a chunk: writes stay in it, reads fall
+-- through to the shared globals.
+function core.new_env()
+    local env = setmetatable({}, env_meta)
+    rawset(env, "_G", env)
     return env
 end
 

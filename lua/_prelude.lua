@@ -532,21 +532,46 @@ local funcs = {
 }
 modules.funcs = readonly(funcs)
 
--- ====================================================================== require
+-- ====================================================================== code
 
--- require() for one chunk: its imports (alias -> library value) and the modules its
--- entry lists. Anything else does not exist, as far as that chunk can tell.
-function M.make_require(allowed, imports)
-    return function(name)
+-- Compiled entry code, by entry id: the chunk (called with an environment, see
+-- core.compile), the modules its entry may require and its imports (alias -> id).
+local codes = {}
+local new_env = core.new_env
+
+function M.register_code(id, chunk, allowed, imports)
+    codes[id] = { chunk = chunk, allowed = allowed, imports = imports }
+end
+
+-- Run entry `id`'s chunk in a fresh environment and return what it returns. `loaded`
+-- holds the libraries this instance has required (by entry id): a library is loaded
+-- once per instance, on first require, so instances never share module state.
+local function instantiate(id, loaded)
+    local code = codes[id]
+    local env = new_env()
+    env.require = function(name)
         if type(name) ~= "string" then argerror(1, "require", "string", name) end
-        local value = imports[name]
-        if value ~= nil then return value end
-        if allowed[name] then
-            value = modules[name]
+        local dep = code.imports[name]
+        if dep ~= nil then
+            local value = loaded[dep]
+            if value == nil then
+                value = instantiate(dep, loaded)
+                if value == nil then value = true end  -- as Lua's require
+                loaded[dep] = value
+            end
+            return value
+        end
+        if code.allowed[name] then
+            local value = modules[name]
             if value ~= nil then return value end
         end
         error("module '" .. name .. "' not found", 2)
     end
+    return code.chunk(env)
+end
+
+function M.instantiate(id)
+    return instantiate(id, {})
 end
 
 -- ====================================================================== exports

@@ -98,14 +98,15 @@ class LuaState:
         self._resume = self.core.resume
         self._kill = self.core.kill
         self._compile = self.core.compile
-        self._new_env = self.core.new_env
         self._error_fields = self.prelude.error_fields
         self._make_error = self.prelude.make_error
         self.host_error = self.prelude.host_error
         self.new_payload = self.prelude.new_payload
         self.new_time = self.prelude.new_time
-        self._make_require = self.prelude.make_require
-        self._globals = self.prelude.globals
+        self._register_code = self.prelude.register_code
+        self._instantiate = self.prelude.instantiate
+        self.core.set_globals(self.prelude.globals)
+        self._registered: set[str] = set()
 
     # ------------------------------------------------------------ values
 
@@ -179,36 +180,50 @@ class LuaState:
 
     def load(self, code: LuaCode) -> Any:
         """The export of ``code`` in this state (its ``method``, or a library's value),
-        compiling and running the chunk on first use.
+        instantiating it on first use and reusing that instance afterwards (functions:
+        one instance per state).
+
+        Raises:
+            MoonwireError: see :meth:`instantiate`.
+        """
+        loaded = self._loaded.get(code.id)
+        if loaded is not None:
+            return loaded.export
+        export = self.instantiate(code)
+        self._loaded[code.id] = _Loaded(export)
+        return export
+
+    def instantiate(self, code: LuaCode) -> Any:
+        """A new instance of ``code``: its chunk run in a fresh environment, with its own
+        globals and its own copies of the libraries it requires (processes: one instance
+        each, so no two share module state). Compiles the code on first use.
 
         Raises:
             MoonwireError: a syntax error (with file and line), an error while running
                 the chunk, or no such method.
         """
-        loaded = self._loaded.get(code.id)
-        if loaded is not None:
-            return loaded.export
-        # Libraries load first (once per state, shared by every entry that imports them);
-        # require() then returns them without calling into Python.
-        imports = {alias.encode(): self.load(lib) for alias, lib in code.imports}
-        allowed = {name.encode(): True for name in code.modules}
-        env = self._new_env(self._globals)
-        env[b"require"] = self._make_require(self.table_from(allowed), self.table_from(imports))
-        compiled = self._compile(code.source, code.chunkname.encode(), env)
+        self._register(code)
+        value = self._run_chunk(code, self._instantiate, code.id.encode())
+        if code.is_library:
+            return True if value is None else value  # as Lua's require: a chunk returning nothing loads as true
+        return self._export(code, value)
+
+    def _register(self, code: LuaCode) -> None:
+        if code.id in self._registered:
+            return
+        for _, library in code.imports:
+            self._register(library)
+        compiled = self._compile(code.source, code.chunkname.encode())
         if isinstance(compiled, tuple):  # nil, message
             raise invalid(f"syntax error in {code.id}: {decode_string(compiled[1])}")
-        chunk = compiled
-        value = self._run_chunk(code, chunk)
-        if code.is_library:
-            export = True if value is None else value  # as Lua's require: a chunk returning nothing loads as true
-        else:
-            export = self._export(code, value)
-        self._loaded[code.id] = _Loaded(export)
-        return export
+        allowed = self.table_from({name.encode(): True for name in code.modules})
+        imports = self.table_from({alias.encode(): library.id.encode() for alias, library in code.imports})
+        self._register_code(code.id.encode(), compiled, allowed, imports)
+        self._registered.add(code.id)
 
-    def _run_chunk(self, code: LuaCode, chunk: Any) -> Any:
+    def _run_chunk(self, code: LuaCode, fn: Any, *args: Any) -> Any:
         # In a thread, so the instruction budget applies to top-level code too.
-        tid = self.spawn(chunk)
+        tid = self.spawn(fn, *args)
         outcome = self.resume(tid)
         tag = outcome[0]
         if tag == b"return":

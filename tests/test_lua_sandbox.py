@@ -52,17 +52,33 @@ async def test_shared_libraries_are_read_only() -> None:
     assert outcome.error is not None and "protected metatable" in outcome.error.message
 
 
-async def test_rawset_on_a_library_changes_only_that_chunk() -> None:
+async def test_rawset_cannot_change_a_shared_table() -> None:
     state = LuaState()
-    evil = await run_lua("""
-        return function()
-          rawset(string, "upper", function() return "pwned" end)
-          rawset(table, "concat", nil)
-          return string.upper("a")
-        end""", state=state, name="t:evil")
-    assert evil.value == "pwned"
+    for target in ("string", "table", "errors", "channel"):
+        evil = await run_lua(f"""
+            return function()
+              rawset({target}, "upper", function() return "pwned" end)
+            end""", state=state, name=f"t:evil_{target}")
+        assert evil.error is not None and "read-only" in evil.error.message, target
     other = await run_lua("return function() return string.upper('a') .. ('b'):upper() end", state=state, name="t:other")
     assert other.value == "AB"
+
+
+async def test_instances_of_one_chunk_share_no_globals_or_library_state() -> None:
+    from lua import LuaCode, Unit
+
+    state = LuaState()
+    library = LuaCode(id="t:counter", source=b"local n = 0; return { bump = function() n = n + 1; return n end }",
+                      chunkname="counter.lua", is_library=True)
+    code = LuaCode(id="t:user", chunkname="user.lua", imports=(("counter", library),), source=b"""
+        seen = 0
+        local counter = require("counter")
+        return function() seen = seen + 1; _G.other = true; return {seen, counter.bump(), counter.bump()} end
+    """)
+    first, second = state.instantiate(code), state.instantiate(code)
+    assert (await Unit(state, "a").run(first, [])).value == [1, 1, 2]
+    assert (await Unit(state, "b").run(first, [])).value == [2, 3, 4]
+    assert (await Unit(state, "c").run(second, [])).value == [1, 1, 2]
 
 
 async def test_globals_are_per_chunk() -> None:
