@@ -1,7 +1,8 @@
-"""The wire: subjects, connections, and (as they arrive) PIDs, the envelope codec and
+"""The wire: subjects, connections, PIDs, and (as they arrive) the envelope codec and
 node membership. This package knows nothing about Lua or the scheduler."""
 
 from ._connection import BrokerUnavailable, ConnectOptions, connect, tls_context
+from ._pid import Pid, PidAllocator
 from ._requests import NoResponders, Outbox, ReplyCallback, Requests, RequestTimeout
 from ._subjects import Subjects, is_token, to_token
 
@@ -9,6 +10,8 @@ __all__ = [
     "BrokerUnavailable",
     "ConnectOptions",
     "NoResponders",
+    "Pid",
+    "PidAllocator",
     "Outbox",
     "ReplyCallback",
     "RequestTimeout",

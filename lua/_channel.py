@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SEND_ON_CLOSED = "send on closed channel"
+SEND_ON_RECEIVE_ONLY = "send on a receive-only channel (a process's inbox, events or topic channel)"
 
 
 @dataclass(slots=True, eq=False)
@@ -44,12 +45,16 @@ class Channel:
         self._receivers: deque[_Registration] = deque()
         self._senders: deque[_Registration] = deque()
 
+    receive_only = False
+
     # Each try_* returns the resume values when the operation completes now, else None.
 
     def try_send(self, value: Any) -> tuple[Any, ...] | None:
         """``(True,)`` if delivered or buffered, ``(False, msg)`` if closed, None to block."""
         if self.closed:
             return (False, SEND_ON_CLOSED)
+        if self.receive_only:
+            return (False, SEND_ON_RECEIVE_ONLY)
         receiver = self._pop_live(self._receivers)
         if receiver is not None:
             receiver.waiter.fire(_received(receiver.case, value, True))
@@ -134,3 +139,38 @@ def select(cases: list[tuple[str, Channel, Any]], has_default: bool, waiter: Wai
         else:
             channel.wait_send(waiter, value, index)
     return None
+
+
+class PostChannel(Channel):
+    """A process's inbox, events or topic channel: filled by the node, never by Lua.
+
+    The buffer holds what was posted (Python messages); ``decode`` turns one into a Lua
+    value when a thread takes it, so messages nobody reads cost no Lua memory.
+    """
+
+    __slots__ = ("decode",)
+    receive_only = True
+
+    def __init__(self, decode: Callable[[Any], Any]) -> None:
+        super().__init__(0)
+        self.decode = decode
+
+    def post(self, item: Any) -> None:
+        receiver = self._pop_live(self._receivers)
+        if receiver is not None:
+            receiver.waiter.fire(_received(receiver.case, self.decode(item), True))
+        else:
+            self.buffer.append(item)
+
+    def try_receive(self) -> tuple[Any, bool] | None:
+        if self.buffer:
+            return (self.decode(self.buffer.popleft()), True)
+        if self.closed:
+            return (None, False)
+        return None
+
+    def take_all(self) -> list[Any]:
+        """Empty the buffer (unlisten moves what a topic channel held back to the inbox)."""
+        items = list(self.buffer)
+        self.buffer.clear()
+        return items

@@ -580,4 +580,9 @@ M.globals = globals
 M.modules = modules
 M.host_error = host_error
 M.kinds = KINDS
+-- For the other trusted chunks (_process.lua).
+M.handle_of = handle_of
+M.merge = merge
+M.argerror = argerror
+M.new_payload_value = new_payload
 return M

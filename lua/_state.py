@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 CORE_SOURCE = resources.files(__package__).joinpath("_core.lua").read_bytes()
 PRELUDE_SOURCE = resources.files(__package__).joinpath("_prelude.lua").read_bytes()
+PROCESS_SOURCE = resources.files(__package__).joinpath("_process.lua").read_bytes()
 LUA_VERSION = "Lua 5.5"
 
 # Raised in Lua when a resume runs out of instructions; recognised by identity of text.
@@ -71,6 +72,7 @@ class LuaState:
 
     def __init__(self, limits: Limits = Limits(), *, log: logging.Logger | None = None) -> None:
         from ._host import HostFunctions
+        from ._process import ProcessFunctions
 
         self.limits = limits
         self.log = log or logging.getLogger("moonwire.lua")
@@ -85,6 +87,7 @@ class LuaState:
         self.core = self.runtime.execute(CORE_SOURCE)
         self.host = HostFunctions(self)
         self.prelude = self.runtime.execute(PRELUDE_SOURCE, self.core, self.host.table())
+        self.runtime.execute(PROCESS_SOURCE, self.core, self.table_from(ProcessFunctions(self).table()), self.prelude)
         self.core.set_limits(limits.instructions or 0, BUDGET_EXCEEDED)
         self.current: Unit | None = None
         """The unit whose thread is running, for ``ctx`` and friends."""
@@ -103,6 +106,8 @@ class LuaState:
         self.host_error = self.prelude.host_error
         self.new_payload = self.prelude.new_payload
         self.new_time = self.prelude.new_time
+        self.wrap_channel = self.prelude.wrap_channel
+        self.new_message = self.prelude.new_message
         self._register_code = self.prelude.register_code
         self._instantiate = self.prelude.instantiate
         self.core.set_globals(self.prelude.globals)

@@ -16,11 +16,13 @@ import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._channel import Channel, Waiter, select
 from ._errors import Kind, MoonwireError, internal, invalid
+from ._mailbox import Mailbox
+from ._process import NoProcesses, ProcessServices, SpawnRequest, spawn_request
 from ._state import LuaState
 from ._values import to_lua, to_python
 
@@ -97,6 +99,9 @@ class NoServices:
         return Outcome(error=MoonwireError(f"function {target} not found", Kind.NOT_FOUND, retryable=False))
 
 
+_NO_PROCESSES = NoProcesses()
+
+
 class Timer:
     """``time.after``/``timer``/``ticker``: delivers the fire time into a channel."""
 
@@ -169,17 +174,30 @@ class Future:
         return True
 
 
-@dataclass(eq=False)
 class Unit:
-    """One call or process running in ``state``. Create, :meth:`begin`, then :meth:`finish`."""
+    """One call or process running in ``state``.
 
-    state: LuaState
-    label: str
-    context: dict[str, Any] = field(default_factory=dict)
-    services: Services = field(default_factory=NoServices)
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    A function call: :meth:`begin`, then ``await`` :meth:`finish` (the caller's task
+    drives it). A process: :meth:`start`, after which its host's scheduler drives it:
+    ``notify`` is called whenever the unit has a thread ready to run, and the scheduler
+    calls :meth:`step`. Either way ``on_end`` is called once when the unit ends.
+    """
 
-    def __post_init__(self) -> None:
+    __slots__ = (
+        "state", "label", "context", "services", "processes", "loop", "main", "threads", "ready", "sleeping",
+        "timers", "children", "pending", "outcome", "_wakeup", "notify", "on_end", "scheduled", "pid", "mailbox",
+        "trap_links", "frame_id", "record",
+    )
+
+    def __init__(self, state: LuaState, label: str, *, context: dict[str, Any] | None = None,
+                 services: Services | None = None, processes: ProcessServices | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.state = state
+        self.label = label
+        self.context: dict[str, Any] = context if context is not None else {}
+        self.services: Services = services if services is not None else NoServices()
+        self.processes: ProcessServices = processes if processes is not None else _NO_PROCESSES
+        self.loop = loop or asyncio.get_running_loop()
         self.main: int | None = None
         self.threads: set[int] = set()
         self.ready: deque[tuple[int, tuple[Any, ...]]] = deque()
@@ -190,6 +208,18 @@ class Unit:
         self.outcome: Outcome | None = None
         # Most calls finish inside begin() and never wait: create the event on demand.
         self._wakeup: asyncio.Event | None = None
+        self.notify: Callable[[Unit], None] | None = None
+        """Set by a scheduler: called when a thread of this unit becomes ready."""
+        self.on_end: Callable[[Unit], None] | None = None
+        """Called once, when the unit has ended (``outcome`` is set)."""
+        self.scheduled = False
+        """Owned by the scheduler: the unit is in its run queue."""
+        self.pid: str | None = None
+        self.mailbox: Mailbox | None = None
+        self.trap_links = False
+        self.frame_id: str | None = None
+        self.record: Any = None
+        """The node's record of this unit as a process, if it is one."""
 
     # ------------------------------------------------------------ driving
 
@@ -222,6 +252,21 @@ class Unit:
         self.begin(fn, args)
         return await self.finish()
 
+    def start(self, fn: Any, args: list[Any]) -> None:
+        """Create the main thread and hand the unit to its scheduler (``notify``); it
+        first runs when the scheduler steps it."""
+        lua_args = [to_lua(self.state, a) for a in args]
+        self.main = self.state.spawn(fn, *lua_args)
+        self.threads.add(self.main)
+        self.ready.append((self.main, ()))
+        if self.notify is not None:
+            self.notify(self)
+
+    def abort(self, error: MoonwireError) -> None:
+        """End the unit now with ``error`` (terminate, a linked failure): its threads are
+        killed wherever they wait."""
+        self._end(Outcome(error=error))
+
     def kick(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
@@ -229,7 +274,9 @@ class Unit:
     def wake(self, tid: int, values: tuple[Any, ...]) -> None:
         if tid in self.threads:
             self.ready.append((tid, values))
-            if self._wakeup is not None:
+            if self.notify is not None:
+                self.notify(self)
+            elif self._wakeup is not None:
                 self._wakeup.set()
 
     def step(self) -> None:
@@ -306,10 +353,14 @@ class Unit:
         for task in self.children:
             task.cancel()
         if self.pending:
-            for pending in self.pending:
+            for pending in list(self.pending):
                 pending.drop()
             self.pending.clear()
+        if self.mailbox is not None:
+            self.mailbox.close()
         self.kick()
+        if self.on_end is not None:
+            self.on_end(self)
 
     async def _await_children(self) -> None:
         children = list(self.children)
@@ -428,6 +479,33 @@ class Unit:
         return (future,)
 
 
+    # -------------------------------------------------------- process requests
+
+    def _op_proc_spawn(self, tid: int, *args: Any) -> object:
+        return self._proc_answer(tid, self.processes.spawn, args, pid_answer=True)
+
+    def _op_proc_exec(self, tid: int, *args: Any) -> object:
+        return self._proc_answer(tid, self.processes.exec, args, pid_answer=False)
+
+    def _proc_answer(self, tid: int, start: Callable[[Unit, SpawnRequest], Answer], args: tuple[Any, ...],
+                     pid_answer: bool) -> object:
+        try:
+            answer = start(self, spawn_request(self.state, *args))
+        except MoonwireError as err:
+            return (None, self.state.make_error(err))
+        if isinstance(answer, Outcome):
+            return self._answer(answer)
+        self._when_answered(answer, lambda outcome: self.wake(tid, self._answer(outcome)))
+        return _BLOCKED
+
+    def _op_proc_terminate(self, tid: int, dest: bytes) -> tuple[Any, ...]:
+        try:
+            self.processes.terminate(self, dest.decode("utf-8", "replace"))
+        except MoonwireError as err:
+            return (None, self.state.make_error(err))
+        return (True,)
+
+
 async def settled(answer: Answer) -> Outcome:
     """Wait for a service's answer, whichever form it took (for callers outside a unit)."""
     if isinstance(answer, Outcome):
@@ -448,6 +526,7 @@ _OPS: dict[bytes, Callable[..., Any]] = {
     b"spawn": Unit._op_spawn, b"sleep": Unit._op_sleep, b"timer": Unit._op_timer,
     b"chan_send": Unit._op_chan_send, b"chan_recv": Unit._op_chan_recv, b"select": Unit._op_select,
     b"call": Unit._op_call, b"async": Unit._op_async,
+    b"proc_spawn": Unit._op_proc_spawn, b"proc_exec": Unit._op_proc_exec, b"proc_terminate": Unit._op_proc_terminate,
 }
 
 

@@ -167,10 +167,20 @@ class LibraryEntry(LuaEntry):
 # ---------------------------------------------------------------- hosts and services
 
 
+DEFAULT_HOST_MEMORY_LIMIT = 256 * 1024 * 1024
+
+
 class HostSettings(LuaLimits):
+    """``host:`` of a ``process.host``. ``workers``/``queue_size``/``local_queue_size`` are
+    wippy's and accepted (one event loop runs every host here); the rest are moonwire's."""
+
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     queue_size: int = Field(1024, ge=1)
     local_queue_size: int = Field(256, ge=1)
+    memory_limit: ByteSize = Field(DEFAULT_HOST_MEMORY_LIMIT, ge=1024 * 1024,
+                                   description="per Lua state; a state holds up to processes_per_state processes")
+    processes_per_state: int = Field(1024, ge=1)
+    mailbox_limit: int = Field(4096, ge=1, description="messages a process holds unread before sends to it fail")
 
 
 class ProcessHostEntry(_HasLifecycle):

@@ -24,7 +24,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from broker import NoResponders, Outbox, Requests, RequestTimeout, Subjects
-from lua import SECOND, Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, invalid, not_found, parse_duration, settled
+from lua import SECOND, Answer, ProcessServices, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, invalid, not_found, parse_duration, settled
 
 from ._entries import FunctionEntry, LibraryEntry, LuaEntry
 from ._payload import CONTENT_TYPE, MSGPACK, pack, to_json, unpack
@@ -229,7 +229,8 @@ class FunctionPool:
     def _start(self, state: LuaState, fn: Any, args: list[Any], context: dict[str, Any]) -> Outcome | Awaitable[Outcome]:
         """Run on an acquired worker: the Outcome when it finished without waiting, else
         an awaitable that finishes it. The worker goes back to the pool either way."""
-        unit = Unit(state, self.entry.id, context=context, services=self.functions)
+        unit = Unit(state, self.entry.id, context=context, services=self.functions,
+                    processes=self.functions.processes)
         outcome = unit.begin(fn, args)
         if outcome is not None:
             self._release(state, fn)
@@ -287,6 +288,8 @@ class Functions:
             self.pools[entry.id] = FunctionPool(entry, self.code.code(entry), self)
         self._subscriptions: list[Subscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        self.processes: ProcessServices | None = None
+        """Set by the node once its process table exists: function calls may use the process API."""
 
     # ------------------------------------------------------------ calling
 

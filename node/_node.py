@@ -20,11 +20,11 @@ from nats.aio.client import Client as NatsClient
 from broker import Outbox, Requests, Subjects, connect
 
 from ._config import NodeConfig, ResolvedConfig
-from lua import Kind, MoonwireError, Outcome, settled
+from lua import Outcome
 
 from ._embedded import EmbeddedServers
-from ._entries import FunctionEntry, TemporalClientEntry
-from ._functions import Functions
+from ._entries import TemporalClientEntry
+from ._runtime import Runtime
 from ._project import Project
 
 log = logging.getLogger("moonwire.node")
@@ -54,7 +54,7 @@ class Node:
         self.embedded = EmbeddedServers(resolved.state_dir, self.config.node)
         self.temporal_address: str | None = None
         self._nats: NatsClient | None = None
-        self.functions: Functions | None = None
+        self.runtime: Runtime | None = None
         self._steps: list[_Step] = []
         self._stop_requested = asyncio.Event()
 
@@ -110,25 +110,17 @@ class Node:
         await requests.start()
         self._steps.append(_Step("requests", lambda remaining: requests.stop()))
 
-        self.functions = Functions(self.project, self.subjects, self._nats, requests, outbox)
-        self._steps.append(_Step("functions", self._stop_functions))
-        await self.functions.serve()
+        runtime = self.runtime = Runtime(self.name, self.project, self.subjects, nats=self._nats,
+                                         requests=requests, outbox=outbox)
+        # Processes get the shutdown budget less a second kept for the steps after them.
+        self._steps.append(_Step("runtime", lambda remaining: runtime.stop(max(remaining - 1.0, 0.5))))
+        await runtime.start()
 
     async def execute(self, entry_id: str, args: list[object]) -> Outcome:
         """Run one entry to completion on this node (``moonwire run -x``)."""
-        entry = self.project.get(entry_id)
-        if entry is None:
-            return Outcome(error=MoonwireError(f"no entry {entry_id}", Kind.NOT_FOUND, retryable=False))
-        if not isinstance(entry, FunctionEntry):
-            return Outcome(error=MoonwireError(
-                f"{entry_id} is a {entry.kind}; -x runs function.lua entries (process.lua arrives with process hosts)",
-                Kind.INVALID, retryable=False))
-        assert self.functions is not None
-        return await settled(self.functions.call(None, entry_id, list(args), {}, {}))
-
-    async def _stop_functions(self, remaining: float) -> None:
-        if self.functions is not None:
-            await self.functions.stop()
+        if self.runtime is None:
+            raise RuntimeError("the node is not running")
+        return await self.runtime.execute(entry_id, args)
 
     async def _shutdown(self) -> None:
         deadline = time.monotonic() + self.config.shutdown_timeout

@@ -1,0 +1,55 @@
+"""Process identifiers (DESIGN §1): ``{node@host|uid}``.
+
+``node`` is the node name (one subject token), ``host`` the id of the process host (or
+``funcs`` for a function call that took a PID), ``uid`` unique across restarts of a node
+with the same name: the node's boot time in base 36, a dash, a counter. A PID is a plain
+string wherever it travels (Lua, JSON, msgpack); :class:`Pid` is the parsed view.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from dataclasses import dataclass
+
+_PID = re.compile(r"^\{([A-Za-z0-9_-]+)@([^|{}]+)\|([A-Za-z0-9_-]+)\}$")
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(n: int) -> str:
+    out = ""
+    while True:
+        n, rest = divmod(n, 36)
+        out = _DIGITS[rest] + out
+        if n == 0:
+            return out
+
+
+@dataclass(frozen=True, slots=True)
+class Pid:
+    node: str
+    host: str
+    uid: str
+
+    def __str__(self) -> str:
+        return f"{{{self.node}@{self.host}|{self.uid}}}"
+
+    @classmethod
+    def parse(cls, text: str) -> Pid | None:
+        """The parsed PID, or None when ``text`` is not one (a name, say)."""
+        match = _PID.match(text)
+        return cls(*match.groups()) if match else None
+
+
+class PidAllocator:
+    """Issues PIDs for one node incarnation: the boot epoch (ms, base 36) keeps uids
+    unique across restarts under the same node name."""
+
+    def __init__(self, node: str, boot_ms: int | None = None) -> None:
+        self.node = node
+        self.epoch = _base36(boot_ms if boot_ms is not None else time.time_ns() // 1_000_000)
+        self._counter = itertools.count(1)
+
+    def next(self, host: str) -> str:
+        return f"{{{self.node}@{host}|{self.epoch}-{_base36(next(self._counter))}}}"

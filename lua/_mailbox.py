@@ -1,0 +1,171 @@
+"""A process's mailbox: where the node posts its messages and lifecycle events, and how
+they reach Lua (wippy-surface §3.1-§3.3).
+
+Routing of a message: the channel of a ``listen`` on its topic, else the inbox channel,
+else it is held until the process calls ``inbox()`` or ``listen()`` for it. Nothing is
+converted to a Lua value until a thread receives it. Events go to the events channel,
+or are held until ``events()`` is called.
+
+The bound counts every message not yet received (held or buffered in a channel); past
+it, :meth:`Mailbox.post` refuses the message and the node decides what the sender sees.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._channel import PostChannel
+from ._values import to_lua
+
+if TYPE_CHECKING:
+    from ._state import LuaState
+
+DEFAULT_MAILBOX_LIMIT = 4096
+
+
+@dataclass(slots=True)
+class Message:
+    """A message between processes, in Python values (it may cross states and nodes)."""
+
+    topic: str
+    payloads: list[Any]
+    sender: str = ""  # "" when the sender is not a process (the CLI, a plain NATS client)
+
+
+@dataclass(slots=True)
+class _Topic:
+    channel: PostChannel
+    lua: Any            # the Lua channel object handed out (the same one every time)
+    as_message: bool
+
+
+@dataclass(eq=False)
+class Mailbox:
+    state: LuaState
+    limit: int = DEFAULT_MAILBOX_LIMIT
+    held: deque[Message] = field(default_factory=deque)
+    held_events: deque[dict[str, Any]] = field(default_factory=deque)
+    dropped: int = 0
+    _inbox: _Topic | None = None
+    _events: _Topic | None = None
+    _topics: dict[str, _Topic] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ node side
+
+    def depth(self) -> int:
+        """Messages not yet received."""
+        total = len(self.held)
+        if self._inbox is not None:
+            total += len(self._inbox.channel.buffer)
+        for topic in self._topics.values():
+            total += len(topic.channel.buffer)
+        return total
+
+    def post(self, message: Message) -> bool:
+        """Route ``message``; False (and nothing delivered) when the mailbox is full."""
+        if self.depth() >= self.limit:
+            self.dropped += 1
+            return False
+        self._route(message)
+        return True
+
+    def post_event(self, event: dict[str, Any]) -> None:
+        """Deliver a lifecycle event. Past the bound the event is dropped and counted:
+        events of a process that never reads them cannot grow without limit."""
+        if self._events is not None:
+            if len(self._events.channel.buffer) >= self.limit:
+                self.dropped += 1
+                return
+            self._events.channel.post(event)
+        elif len(self.held_events) >= self.limit:
+            self.dropped += 1
+        else:
+            self.held_events.append(event)
+
+    def close(self) -> None:
+        """The process ended: wake nobody, hold nothing."""
+        self.held.clear()
+        self.held_events.clear()
+        for topic in (self._inbox, self._events, *self._topics.values()):
+            if topic is not None:
+                topic.channel.buffer.clear()
+                topic.channel.close()
+
+    def _route(self, message: Message) -> None:
+        topic = self._topics.get(message.topic)
+        if topic is not None:
+            topic.channel.post(message)
+        elif self._inbox is not None:
+            self._inbox.channel.post(message)
+        else:
+            self.held.append(message)
+
+    # ------------------------------------------------------------ Lua side
+
+    def inbox(self) -> Any:
+        """The inbox channel (created on first use; held messages move into it)."""
+        if self._inbox is None:
+            self._inbox = self._new_topic(True)
+            held, self.held = self.held, deque()
+            for message in held:
+                self._route(message)
+        return self._inbox.lua
+
+    def events(self) -> Any:
+        if self._events is None:
+            self._events = _Topic(PostChannel(self._event_to_lua), None, False)
+            self._events.lua = self.state.wrap_channel(self._events.channel)
+            for event in self.held_events:
+                self._events.channel.post(event)
+            self.held_events.clear()
+        return self._events.lua
+
+    def listen(self, topic: str, as_message: bool) -> Any:
+        """The channel for ``topic`` (the same one if already listening); held messages
+        of that topic move into it, in order."""
+        existing = self._topics.get(topic)
+        if existing is not None:
+            return existing.lua
+        listener = self._new_topic(as_message)
+        self._topics[topic] = listener
+        if self.held:
+            keep: deque[Message] = deque()
+            for message in self.held:
+                (listener.channel.post if message.topic == topic else keep.append)(message)
+            self.held = keep
+        return listener.lua
+
+    def unlisten(self, channel: Any) -> bool:
+        """Stop listening on the topic whose channel is ``channel``. Messages it still
+        buffered go back through routing (to the inbox or held), so none is lost."""
+        for name, topic in self._topics.items():
+            if topic.channel is channel:
+                del self._topics[name]
+                for message in topic.channel.take_all():
+                    self._route(message)
+                topic.channel.close()
+                return True
+        return False
+
+    def _new_topic(self, as_message: bool) -> _Topic:
+        channel = PostChannel(self._message_to_lua if as_message else self._payload_to_lua)
+        return _Topic(channel, self.state.wrap_channel(channel), as_message)
+
+    def _message_to_lua(self, message: Message) -> Any:
+        state = self.state
+        payloads = state.table_from([to_lua(state, p) for p in message.payloads])
+        return state.new_message(message.topic.encode(), message.sender.encode(), payloads, len(message.payloads))
+
+    def _payload_to_lua(self, message: Message) -> Any:
+        # A raw listen hands over the value itself: none is nil, one is the value,
+        # several are a list of them (wippy leaves several undocumented).
+        if not message.payloads:
+            return None
+        if len(message.payloads) == 1:
+            return to_lua(self.state, message.payloads[0])
+        return to_lua(self.state, message.payloads)
+
+    def _event_to_lua(self, event: dict[str, Any]) -> Any:
+        return to_lua(self.state, event)

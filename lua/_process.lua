@@ -1,0 +1,218 @@
+-- The `process` global (wippy-surface §2.1, §2.2). Trusted: runs once per state after
+-- the prelude, with `core`, `host` (Python functions, see _process.py) and the
+-- prelude's exports. Calls that never wait go straight to `host`; spawn, exec and
+-- terminate are requests to the scheduler.
+
+local core, host, P = ...
+local request, readonly = core.request, core.readonly
+local setmetatable, type, error, tostring, pairs = setmetatable, type, error, tostring, pairs
+local table_pack = table.pack
+local host_error, KINDS, merge, argerror = P.host_error, P.kinds, P.merge, P.argerror
+local new_payload, handle_of = P.new_payload_value, P.handle_of
+
+local process = {}
+
+-- ---------------------------------------------------------------- messages
+
+local MessageMethods = {}
+local MessageMT = { __index = MessageMethods, __name = "message", __metatable = false }
+
+-- `payloads` is a list of `n` values (n counts trailing nils).
+function P.new_message(topic, from, payloads, n)
+    return setmetatable({ _topic = topic, _from = from, _payloads = payloads, _n = n }, MessageMT)
+end
+function MessageMethods.topic(m) return m._topic end
+function MessageMethods.from(m) return m._from end
+-- None: nil; one: a Payload; several: a list of Payloads (wippy's message.go).
+function MessageMethods.payload(m)
+    if m._n == 0 then return nil end
+    if m._n == 1 then return new_payload(m._payloads[1]) end
+    local out = {}
+    for i = 1, m._n do out[i] = new_payload(m._payloads[i]) end
+    return out
+end
+
+-- ---------------------------------------------------------------- checks
+
+local function bad_topic(topic)
+    if type(topic) ~= "string" or topic == "" then
+        return host_error("topic must be a non-empty string, got " .. type(topic), KINDS.INVALID, false)
+    end
+    if topic:sub(1, 1) == "@" then
+        return host_error("topic '" .. topic .. "' is reserved: topics starting with @ are system topics",
+                          KINDS.INVALID, false)
+    end
+end
+
+local function bad_dest(dest)
+    if type(dest) ~= "string" or dest == "" then
+        return host_error("destination must be a PID or a registered name, got " .. type(dest), KINDS.INVALID, false)
+    end
+end
+
+local function bad_entry(id, host_id)
+    if type(id) ~= "string" or not id:find("^[^:]+:[^:]+$") then
+        return host_error("invalid entry id " .. tostring(id) .. ": expected namespace:name", KINDS.INVALID, false)
+    end
+    if type(host_id) ~= "string" or host_id == "" then
+        return host_error("host must be a process host id, got " .. type(host_id), KINDS.INVALID, false)
+    end
+end
+
+-- ---------------------------------------------------------------- identity, sending
+
+function process.pid() return host.proc_pid() end
+function process.id() return host.proc_id() end
+
+function process.send(dest, topic, ...)
+    local bad = bad_dest(dest) or bad_topic(topic)
+    if bad then return nil, bad end
+    return host.proc_send(dest, topic, table_pack(...))
+end
+
+-- ---------------------------------------------------------------- spawning
+
+local SpawnerMethods = {}
+local SpawnerMT = { __index = SpawnerMethods, __name = "spawner", __metatable = false }
+local function new_spawner(context, options, name, messages)
+    return setmetatable({ _context = context, _options = options, _name = name, _messages = messages }, SpawnerMT)
+end
+
+function SpawnerMethods.with_context(s, values)
+    if type(values) ~= "table" then argerror(1, "with_context", "table", values) end
+    return new_spawner(merge(s._context, values), s._options, s._name, s._messages)
+end
+function SpawnerMethods.with_options(s, options)
+    if type(options) ~= "table" then argerror(1, "with_options", "table", options) end
+    return new_spawner(s._context, merge(s._options, options), s._name, s._messages)
+end
+function SpawnerMethods.with_name(s, name)
+    if type(name) ~= "string" or name == "" then argerror(1, "with_name", "non-empty string", name) end
+    return new_spawner(s._context, s._options, name, s._messages)
+end
+function SpawnerMethods.with_actor(s, actor)
+    return new_spawner(merge(s._context, { ["@actor"] = actor }), s._options, s._name, s._messages)
+end
+function SpawnerMethods.with_scope(s, scope)
+    return new_spawner(merge(s._context, { ["@scope"] = scope }), s._options, s._name, s._messages)
+end
+function SpawnerMethods.with_message(s, topic, ...)
+    local bad = bad_topic(topic)
+    if bad then error(bad, 2) end
+    local messages = {}
+    if s._messages then for i, m in ipairs(s._messages) do messages[i] = m end end
+    messages[#messages + 1] = { topic, table_pack(...) }
+    return new_spawner(s._context, s._options, s._name, messages)
+end
+
+local function spawn(s, op, monitor, link, id, host_id, ...)
+    local bad = bad_entry(id, host_id)
+    if bad then return nil, bad end
+    return request(op, id, host_id, table_pack(...), monitor, link, s._context, s._options, s._name, s._messages)
+end
+function SpawnerMethods.spawn(s, id, h, ...) return spawn(s, "proc_spawn", false, false, id, h, ...) end
+function SpawnerMethods.spawn_monitored(s, id, h, ...) return spawn(s, "proc_spawn", true, false, id, h, ...) end
+function SpawnerMethods.spawn_linked(s, id, h, ...) return spawn(s, "proc_spawn", false, true, id, h, ...) end
+function SpawnerMethods.spawn_linked_monitored(s, id, h, ...) return spawn(s, "proc_spawn", true, true, id, h, ...) end
+function SpawnerMethods.exec(s, id, h, ...) return spawn(s, "proc_exec", false, false, id, h, ...) end
+
+local plain = new_spawner(nil, nil, nil, nil)
+for _, name in ipairs({ "spawn", "spawn_monitored", "spawn_linked", "spawn_linked_monitored", "exec" }) do
+    local method = SpawnerMethods[name]
+    process[name] = function(id, h, ...) return method(plain, id, h, ...) end
+end
+for _, name in ipairs({ "with_context", "with_options", "with_name", "with_actor", "with_scope", "with_message" }) do
+    local method = SpawnerMethods[name]
+    process[name] = function(...) return method(plain, ...) end
+end
+
+-- ---------------------------------------------------------------- control
+
+function process.terminate(dest)
+    local bad = bad_dest(dest)
+    if bad then return nil, bad end
+    return request("proc_terminate", dest)
+end
+
+function process.cancel(dest, reason)
+    local bad = bad_dest(dest)
+    if bad then return nil, bad end
+    if reason ~= nil and type(reason) ~= "string" then
+        return nil, host_error("cancel reason must be a string", KINDS.INVALID, false)
+    end
+    return host.proc_cancel(dest, reason)
+end
+
+for _, verb in ipairs({ "monitor", "unmonitor", "link", "unlink" }) do
+    process[verb] = function(dest)
+        local bad = bad_dest(dest)
+        if bad then return nil, bad end
+        return host.proc_watch(verb, dest)
+    end
+end
+
+function process.get_options() return host.proc_options() end
+
+function process.set_options(options)
+    if type(options) ~= "table" then
+        return false, host_error("set_options expects a table", KINDS.INVALID, false)
+    end
+    for k, v in pairs(options) do
+        if k ~= "trap_links" and k ~= "upgradable" then
+            return false, host_error("unknown process option '" .. tostring(k) .. "'", KINDS.INVALID, false)
+        end
+        if type(v) ~= "boolean" then
+            return false, host_error("process option '" .. k .. "' must be a boolean", KINDS.INVALID, false)
+        end
+    end
+    return host.proc_set_options(options.trap_links)
+end
+
+-- ---------------------------------------------------------------- receiving
+
+function process.inbox() return host.proc_inbox() end
+function process.events() return host.proc_events() end
+
+function process.listen(topic, options)
+    local bad = bad_topic(topic)
+    if bad then error(bad, 2) end
+    if options ~= nil and type(options) ~= "table" then argerror(2, "listen", "table", options) end
+    return host.proc_listen(topic, options ~= nil and options.message == true)
+end
+
+function process.unlisten(ch)
+    host.proc_unlisten(handle_of(ch, "unlisten"))
+end
+
+process.event = readonly({
+    CANCEL = "pid.cancel", EXIT = "pid.exit", LINK_DOWN = "pid.link.down", OUTDATED = "pid.outdated",
+})
+
+-- ---------------------------------------------------------------- name registry
+
+local registry = {
+    LOCAL = "local", EVENTUAL = "eventual", CONSISTENT = "consistent", STRONG = "strong",
+}
+function registry.register(name, pid, scope)
+    if type(name) ~= "string" or name == "" then
+        return nil, host_error("name must be a non-empty string", KINDS.INVALID, false)
+    end
+    if pid ~= nil and type(pid) ~= "string" then
+        return nil, host_error("pid must be a string", KINDS.INVALID, false)
+    end
+    return host.proc_register(name, pid, scope)
+end
+function registry.lookup(name)
+    if type(name) ~= "string" or name == "" then
+        return nil, host_error("name must be a non-empty string", KINDS.INVALID, false)
+    end
+    return host.proc_lookup(name)
+end
+function registry.unregister(name, scope)
+    if type(name) ~= "string" then return false end
+    local removed = host.proc_unregister(name, scope)
+    return removed == true
+end
+process.registry = readonly(registry)
+
+P.globals.process = readonly(process)

@@ -1,0 +1,234 @@
+"""The ``process`` module's bridge between Lua and the node (wippy-surface §2.1-§2.2).
+
+Lua calls that never wait (send, monitor, link, cancel, the registry, options, inbox,
+listen) are direct calls into :class:`ProcessFunctions`; calls that wait or can end a
+process (spawn, exec, terminate) are requests the unit answers (see ``Unit._op_proc_*``).
+Either way, Lua values are converted here, once, and the node's
+:class:`ProcessServices` sees Python values and raises :class:`MoonwireError`, which
+becomes the Lua ``nil, err`` here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._errors import Kind, MoonwireError, invalid
+from ._values import to_python
+
+if TYPE_CHECKING:
+    from ._state import LuaState
+    from ._unit import Answer, Unit
+
+
+@dataclass(slots=True)
+class SpawnRequest:
+    """One ``spawn*``/``exec``: the entry, where, its arguments and the spawner's settings."""
+
+    entry: str
+    host: str
+    args: list[Any]
+    monitor: bool = False
+    link: bool = False
+    context: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    messages: list[tuple[str, list[Any]]] = field(default_factory=list)
+
+
+class ProcessServices(Protocol):
+    """What the ``process`` module needs from the node. Each method raises
+    :class:`MoonwireError` on failure; ``dest`` is a PID or a registered name."""
+
+    def pid_of(self, unit: Unit) -> str:
+        """The unit's PID, giving it one first if it has none (a function call)."""
+        ...
+
+    def send(self, unit: Unit, dest: str, topic: str, payloads: list[Any]) -> None: ...
+
+    def spawn(self, unit: Unit | None, request: SpawnRequest) -> Answer:
+        """Start a process; the answer's value is its PID."""
+        ...
+
+    def exec(self, unit: Unit | None, request: SpawnRequest) -> Answer:
+        """Start a process and answer with its result when it exits."""
+        ...
+
+    def terminate(self, unit: Unit, dest: str) -> None: ...
+
+    def cancel(self, unit: Unit, dest: str, reason: str) -> None: ...
+
+    def watch(self, unit: Unit, verb: str, dest: str) -> None:
+        """``monitor``, ``unmonitor``, ``link`` or ``unlink``."""
+        ...
+
+    def register(self, unit: Unit, name: str, pid: str | None) -> None: ...
+
+    def lookup(self, unit: Unit, name: str) -> str: ...
+
+    def unregister(self, unit: Unit, name: str) -> bool: ...
+
+
+class NoProcesses:
+    """For units that run with no node around them: every process call fails clearly."""
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise MoonwireError("the process API needs a node (this unit runs without one)", Kind.UNAVAILABLE,
+                            retryable=False)
+
+    pid_of = send = spawn = exec = terminate = cancel = watch = register = lookup = unregister = _fail
+
+
+REGISTRY_SCOPES = {"local"}
+_WATCH_VERBS = {b"monitor": "monitor", b"unmonitor": "unmonitor", b"link": "link", b"unlink": "unlink"}
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, bytes):
+        raise invalid(f"{what} must be a string")
+    return value.decode("utf-8", "replace")
+
+
+class ProcessFunctions:
+    """The direct (non-waiting) calls behind the ``process`` module of one state."""
+
+    def __init__(self, state: LuaState) -> None:
+        self.state = state
+
+    def table(self) -> dict[bytes, Any]:
+        names = ["proc_pid", "proc_id", "proc_send", "proc_cancel", "proc_watch", "proc_options",
+                 "proc_set_options", "proc_inbox", "proc_events", "proc_listen", "proc_unlisten",
+                 "proc_register", "proc_lookup", "proc_unregister"]
+        return {name.encode(): getattr(self, name) for name in names}
+
+    def _unit(self) -> Unit:
+        unit = self.state.current
+        if unit is None:
+            raise MoonwireError("not running in a process or call", Kind.INTERNAL, retryable=False)
+        return unit
+
+    def _fail(self, err: MoonwireError) -> tuple[Any, ...]:
+        return (None, self.state.make_error(err))
+
+    def proc_pid(self) -> Any:
+        try:
+            unit = self._unit()
+            return unit.processes.pid_of(unit).encode()
+        except MoonwireError as err:
+            return self._fail(err)
+
+    def proc_id(self) -> bytes:
+        unit = self._unit()
+        if unit.frame_id is None:
+            unit.frame_id = unit.pid or uuid.uuid4().hex
+        return unit.frame_id.encode()
+
+    def proc_send(self, dest: bytes, topic: bytes, packed: Any) -> tuple[Any, ...]:
+        try:
+            unit = self._unit()
+            n = packed[b"n"] or 0
+            payloads = [to_python(self.state, packed[i]) for i in range(1, n + 1)]
+            unit.processes.send(unit, _text(dest, "destination"), _text(topic, "topic"), payloads)
+            return (True,)
+        except MoonwireError as err:
+            return self._fail(err)
+
+    def proc_cancel(self, dest: bytes, reason: Any) -> tuple[Any, ...]:
+        try:
+            unit = self._unit()
+            text = "" if reason is None else _text(reason, "reason")
+            unit.processes.cancel(unit, _text(dest, "destination"), text)
+            return (True,)
+        except MoonwireError as err:
+            return self._fail(err)
+
+    def proc_watch(self, verb: bytes, dest: bytes) -> tuple[Any, ...]:
+        try:
+            unit = self._unit()
+            unit.processes.watch(unit, _WATCH_VERBS[verb], _text(dest, "destination"))
+            return (True,)
+        except MoonwireError as err:
+            return self._fail(err)
+
+    def proc_options(self) -> Any:
+        unit = self._unit()
+        return self.state.table_from({b"trap_links": unit.trap_links, b"upgradable": False})
+
+    def proc_set_options(self, trap_links: Any) -> bool:
+        unit = self._unit()
+        if trap_links is not None:
+            unit.trap_links = bool(trap_links)
+        return True
+
+    def _mailbox(self) -> Any:
+        unit = self._unit()
+        unit.processes.pid_of(unit)  # a function gets its PID (and mailbox) on first use
+        assert unit.mailbox is not None
+        return unit.mailbox
+
+    def proc_inbox(self) -> Any:
+        return self._mailbox().inbox()
+
+    def proc_events(self) -> Any:
+        return self._mailbox().events()
+
+    def proc_listen(self, topic: bytes, as_message: Any) -> Any:
+        return self._mailbox().listen(_text(topic, "topic"), bool(as_message))
+
+    def proc_unlisten(self, channel: Any) -> bool:
+        return self._mailbox().unlisten(channel)
+
+    def proc_register(self, name: bytes, pid: Any, scope: Any) -> tuple[Any, ...]:
+        try:
+            unit = self._unit()
+            _check_scope(scope)
+            unit.processes.register(unit, _text(name, "name"), None if pid is None else _text(pid, "pid"))
+            return (True,)
+        except MoonwireError as err:
+            return self._fail(err)
+
+    def proc_lookup(self, name: bytes) -> tuple[Any, ...]:
+        try:
+            unit = self._unit()
+            return (unit.processes.lookup(unit, _text(name, "name")).encode(),)
+        except MoonwireError as err:
+            return self._fail(err)
+
+    def proc_unregister(self, name: bytes, scope: Any) -> tuple[Any, ...]:
+        try:
+            unit = self._unit()
+            _check_scope(scope)
+            return (unit.processes.unregister(unit, _text(name, "name")),)
+        except MoonwireError as err:
+            return self._fail(err)
+
+
+def _check_scope(scope: Any) -> None:
+    if scope is None:
+        return
+    name = scope.decode() if isinstance(scope, bytes) else str(scope)
+    if name not in REGISTRY_SCOPES:
+        raise MoonwireError(f"registry scope {name!r} is not supported yet: only LOCAL names exist on this node",
+                            Kind.INVALID, retryable=False)
+
+
+def spawn_request(state: LuaState, entry: bytes, host: bytes, packed: Any, monitor: Any, link: Any, context: Any,
+                  options: Any, name: Any, messages: Any) -> SpawnRequest:
+    """A :class:`SpawnRequest` from the Lua arguments of ``proc_spawn``/``proc_exec``."""
+    n = packed[b"n"] or 0
+    args = [to_python(state, packed[i]) for i in range(1, n + 1)]
+    py_context = to_python(state, context) if context is not None else {}
+    py_options = to_python(state, options) if options is not None else {}
+    queued: list[tuple[str, list[Any]]] = []
+    if messages is not None:
+        for i in range(1, len(messages) + 1):
+            topic, payloads = messages[i][1], messages[i][2]
+            count = payloads[b"n"] or 0
+            queued.append((_text(topic, "topic"), [to_python(state, payloads[j]) for j in range(1, count + 1)]))
+    return SpawnRequest(
+        entry=_text(entry, "entry id"), host=_text(host, "host"), args=args, monitor=bool(monitor), link=bool(link),
+        context=py_context if isinstance(py_context, dict) else {},
+        name=None if name is None else _text(name, "name"),
+        options=py_options if isinstance(py_options, dict) else {}, messages=queued,
+    )

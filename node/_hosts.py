@@ -1,0 +1,128 @@
+"""Process hosts: the scheduler that runs ``process.lua`` processes (wippy-surface §1.7).
+
+A host keeps its processes in a few shared Lua states ("shards"), each holding up to
+``processes_per_state`` processes. A process is one instance of its entry's chunk (its
+own globals and library copies, see :meth:`LuaState.instantiate`) and one Lua thread;
+it is a :class:`Unit` in the host's table, not an asyncio task. A unit that has a thread
+ready asks the host to run it (``Unit.notify``); the host runs ready units in batches
+from one ``call_soon`` callback, so a process blocked on its inbox costs no CPU.
+
+Why shards rather than one state per process: an empty Lua state costs about 25 KiB,
+an instance in a shared state well under 1 KiB (docs/architecture.md has the figures).
+Why not one state for all: a memory limit is per state, so a process that allocates
+without bound can only disturb the processes of its own shard, and a shard that ran
+out of memory takes no new processes and is dropped when its last process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from lua import Limits, LuaCode, LuaState, MoonwireError, Unit, internal
+
+from ._entries import HostSettings
+
+log = logging.getLogger("moonwire.hosts")
+
+_BATCH = 256  # units stepped per callback before the loop gets a turn
+
+
+@dataclass(eq=False, slots=True)
+class Shard:
+    state: LuaState
+    live: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatistics:
+    host: str
+    processes: int
+    states: int
+    memory_bytes: int
+    ready: int
+    steps: int
+
+
+class ProcessHost:
+    """One ``process.host`` entry: where its processes' Lua runs and when."""
+
+    def __init__(self, host_id: str, settings: HostSettings, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.id = host_id
+        self.settings = settings
+        self.limits = Limits(memory=settings.memory_limit, instructions=settings.instruction_budget)
+        self.loop = loop or asyncio.get_running_loop()
+        self._shards: list[Shard] = []
+        self._run_queue: deque[Unit] = deque()
+        self._drain_pending = False
+        self._steps = 0
+        self.processes = 0
+
+    def statistics(self) -> HostStatistics:
+        return HostStatistics(self.id, self.processes, len(self._shards),
+                              sum(shard.state.memory_used() for shard in self._shards), len(self._run_queue),
+                              self._steps)
+
+    # ------------------------------------------------------------ placing processes
+
+    def instantiate(self, code: LuaCode) -> tuple[Shard, Any]:
+        """A new instance of ``code``'s export in a shard with room.
+
+        Raises:
+            MoonwireError: the code does not compile or load (nothing is placed then).
+        """
+        shard = self._shard_with_room()
+        export = shard.state.instantiate(code)
+        shard.live += 1
+        self.processes += 1
+        return shard, export
+
+    def _shard_with_room(self) -> Shard:
+        for shard in reversed(self._shards):
+            if shard.live < self.settings.processes_per_state and not shard.state.poisoned:
+                return shard
+        shard = Shard(LuaState(self.limits, log=log))
+        self._shards.append(shard)
+        return shard
+
+    def release(self, shard: Shard) -> None:
+        """A process of ``shard`` ended; an empty shard other than the newest is dropped."""
+        shard.live -= 1
+        self.processes -= 1
+        if shard.live == 0 and (shard.state.poisoned or shard is not self._shards[-1]):
+            self._shards.remove(shard)
+
+    # ------------------------------------------------------------ scheduling
+
+    def ready(self, unit: Unit) -> None:
+        """``Unit.notify``: queue ``unit`` to run (once, however often it is woken)."""
+        if unit.scheduled:
+            return
+        unit.scheduled = True
+        self._run_queue.append(unit)
+        if not self._drain_pending:
+            self._drain_pending = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        queue = self._run_queue
+        for _ in range(_BATCH):
+            if not queue:
+                break
+            unit = queue.popleft()
+            unit.scheduled = False
+            self._steps += 1
+            try:
+                unit.step()
+            except MoonwireError as err:
+                unit.abort(err)
+            except Exception as err:  # noqa: BLE001 - a bug must end one process, not the scheduler
+                log.exception("%s: scheduler error in %s", self.id, unit.pid)
+                unit.abort(internal(f"scheduler error: {type(err).__name__}: {err}"))
+        if queue:
+            self.loop.call_soon(self._drain)
+        else:
+            self._drain_pending = False

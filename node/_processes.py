@@ -1,0 +1,390 @@
+"""The node's processes: PIDs, the local name registry, monitors and links, message
+delivery, and what happens when a process exits (wippy-surface §3.1-§3.7).
+
+Every unit that has a PID is a :class:`ProcessRecord` here: processes on this node's
+hosts, and function calls that used the process API (they get a PID for the length of
+the call). Delivery between local processes is synchronous: ``send`` puts the message in
+the receiver's mailbox before it returns, so messages from one sender arrive in send
+order, and an EXIT (posted when the sender has exited) arrives after all of them.
+
+Exit outcomes (``_exit``), for the process P that ended:
+
+* every monitor of P gets EXIT ``{kind, from, at, result = {value, error}}``;
+* on an abnormal exit (an error of any kind, terminate included), every process linked
+  to P gets LINK_DOWN when it traps links, and otherwise dies with "linked process
+  failed", which is itself abnormal and cascades along its own links;
+* on a normal exit (a return without error), links fire nothing;
+* P's names are released and the monitors and links it held are forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker import Pid, PidAllocator
+from lua import Answer, Kind, Mailbox, Message, MoonwireError, Outcome, Pending, SpawnRequest, Unit, invalid, not_found
+
+from ._entries import HostSettings, ProcessEntry
+from ._functions import CodeLoader, Functions
+from ._hosts import ProcessHost, Shard
+from ._project import Project
+
+log = logging.getLogger("moonwire.processes")
+
+EXIT, LINK_DOWN, CANCEL = "pid.exit", "pid.link.down", "pid.cancel"
+FUNCTION_HOST = "funcs"
+TERMINAL_HOST = "terminal"
+LINKED_FAILURE = "linked process failed"
+
+ExitHook = Callable[[Outcome], None]
+
+
+@dataclass(eq=False, slots=True)
+class ProcessRecord:
+    pid: str
+    unit: Unit
+    entry: str
+    host: str
+    shard: Shard | None
+    started: float = field(default_factory=time.monotonic)
+    names: list[str] | None = None
+    watchers: set[str] | None = None      # PIDs monitoring this process
+    watching: set[str] | None = None      # PIDs this process monitors
+    links: set[str] | None = None
+    exit_hooks: list[ExitHook] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """One row of ``moonwire ps``."""
+
+    pid: str
+    entry: str
+    host: str
+    state: str
+    inbox_depth: int
+    uptime: float
+
+
+class ProcessTable:
+    """Implements :class:`lua.ProcessServices` for every unit on this node."""
+
+    def __init__(self, node: str, project: Project, functions: Functions, hosts: dict[str, ProcessHost]) -> None:
+        self.node = node
+        self.project = project
+        self.functions = functions
+        self.code: CodeLoader = functions.code
+        self.hosts = hosts
+        self.pids = PidAllocator(node)
+        self.records: dict[str, ProcessRecord] = {}
+        self.names: dict[str, str] = {}
+        self._exits: deque[ProcessRecord] = deque()
+        self._exiting = False
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.mailbox_limit = HostSettings().mailbox_limit
+
+    # ------------------------------------------------------------ lookups
+
+    def _resolve(self, dest: str) -> ProcessRecord:
+        """The live local process ``dest`` names (a PID or a registered name).
+
+        Raises:
+            MoonwireError: NotFound for an exited or unknown PID or an unknown name;
+                Unavailable for a PID of another node (not reachable from here yet).
+        """
+        record = self.records.get(dest)
+        if record is not None:
+            return record
+        pid = Pid.parse(dest)
+        if pid is None:
+            registered = self.names.get(dest)
+            if registered is not None:
+                return self.records[registered]
+            raise not_found(f"no process registered as {dest!r}")
+        if pid.node != self.node:
+            raise MoonwireError(f"process {dest} is on node {pid.node}, which this node cannot reach",
+                                Kind.UNAVAILABLE, retryable=True)
+        raise not_found(f"process {dest} not found: it has exited or never existed")
+
+    def pid_of(self, unit: Unit) -> str:
+        if unit.pid is None:  # a function call using the process API: a PID for the call
+            pid = self.pids.next(FUNCTION_HOST)
+            unit.pid = pid
+            unit.mailbox = Mailbox(unit.state, self.mailbox_limit)
+            self._add(ProcessRecord(pid, unit, unit.label, FUNCTION_HOST, None))
+        return unit.pid
+
+    def _add(self, record: ProcessRecord) -> None:
+        record.unit.record = record
+        record.unit.on_end = self._ended
+        self.records[record.pid] = record
+        self._empty.clear()
+
+    def info(self) -> list[ProcessInfo]:
+        now = time.monotonic()
+        return [ProcessInfo(r.pid, r.entry, r.host, "running" if r.unit.outcome is None else "exiting",
+                            r.unit.mailbox.depth() if r.unit.mailbox else 0, now - r.started)
+                for r in self.records.values()]
+
+    # ------------------------------------------------------------ messages
+
+    def send(self, unit: Unit | None, dest: str, topic: str, payloads: list[Any]) -> None:
+        sender = self.pid_of(unit) if unit is not None else ""
+        target = self._resolve(dest)
+        assert target.unit.mailbox is not None
+        if not target.unit.mailbox.post(Message(topic, payloads, sender)):
+            raise MoonwireError(f"mailbox of {target.pid} is full ({target.unit.mailbox.limit} unread messages)",
+                                Kind.UNAVAILABLE, retryable=True)
+
+    def cancel(self, unit: Unit | None, dest: str, reason: str) -> None:
+        target = self._resolve(dest)
+        assert target.unit.mailbox is not None
+        target.unit.mailbox.post_event({"kind": CANCEL, "from": self.pid_of(unit) if unit else "",
+                                        "reason": reason, "at": time.time()})
+
+    def terminate(self, unit: Unit | None, dest: str) -> None:
+        target = self._resolve(dest)
+        by = self.pid_of(unit) if unit is not None else ""
+        target.unit.abort(MoonwireError("process terminated", Kind.CANCELED, retryable=False,
+                                        details={"by": by} if by else None))
+
+    # ------------------------------------------------------------ spawning
+
+    def spawn(self, unit: Unit | None, request: SpawnRequest) -> Outcome:
+        try:
+            return Outcome(value=self.start(unit, request))
+        except MoonwireError as err:
+            return Outcome(error=err)
+
+    def exec(self, unit: Unit | None, request: SpawnRequest) -> Answer:
+        pending = Pending()
+        try:
+            self.start(unit, request, on_exit=pending.settle)
+        except MoonwireError as err:
+            return Outcome(error=err)
+        return pending
+
+    def start(self, unit: Unit | None, request: SpawnRequest, on_exit: ExitHook | None = None) -> str:
+        """Start a process for ``request`` and return its PID. Monitor, link, name and
+        queued messages are in place before its first instruction runs; ``on_exit`` is
+        called with its outcome when it exits.
+
+        Raises:
+            MoonwireError: NotFound (no such entry or host), Invalid (not a process.lua
+                entry), AlreadyExists (``with_name`` taken), or the entry's load error.
+        """
+        entry = self.project.get(request.entry)
+        if entry is None:
+            raise not_found(f"no entry {request.entry}")
+        if not isinstance(entry, ProcessEntry):
+            raise invalid(f"{request.entry} is a {entry.kind}, not a process.lua entry")
+        host = self.hosts.get(request.host)
+        if host is None:
+            raise not_found(f"no process host {request.host} on node {self.node}")
+        if request.name is not None and request.name in self.names:
+            raise MoonwireError(f"name {request.name!r} is already registered to {self.names[request.name]}",
+                                Kind.ALREADY_EXISTS, retryable=False)
+        if request.name is not None and Pid.parse(request.name) is not None:
+            raise invalid(f"name {request.name!r} looks like a PID")
+        parent = self.pid_of(unit) if unit is not None and (request.monitor or request.link or request.messages) else ""
+        shard, export = host.instantiate(self.code.code(entry))
+
+        pid = self.pids.next(host.id)
+        child = Unit(shard.state, entry.id, context=dict(request.context), services=self.functions,
+                     processes=self, loop=host.loop)
+        child.pid = pid
+        child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit)
+        child.notify = host.ready
+        record = ProcessRecord(pid, child, entry.id, host.id, shard)
+        self._add(record)
+        if request.name is not None:
+            self._name(request.name, record)
+        if request.monitor:
+            self._monitor(self.records[parent], record)
+        if request.link:
+            self._link(self.records[parent], record)
+        if on_exit is not None:
+            record.exit_hooks = [on_exit]
+        for topic, payloads in request.messages:
+            child.mailbox.post(Message(topic, payloads, parent))
+        child.start(export, request.args)
+        return pid
+
+    # ------------------------------------------------------------ monitors and links
+
+    def watch(self, unit: Unit, verb: str, dest: str) -> None:
+        me = self.records[self.pid_of(unit)]
+        if verb == "monitor":
+            target = self._resolve(dest)
+            if target.watchers and me.pid in target.watchers:
+                raise MoonwireError(f"already monitoring {target.pid}", Kind.ALREADY_EXISTS, retryable=False)
+            self._monitor(me, target)
+        elif verb == "unmonitor":
+            target_pid = self._pid_for(dest)
+            target = self.records.get(target_pid)
+            if target is not None and target.watchers:
+                target.watchers.discard(me.pid)
+            if me.watching:
+                me.watching.discard(target_pid)
+        elif verb == "link":
+            target = self._resolve(dest)
+            if target is me:
+                raise invalid("a process cannot link to itself")
+            self._link(me, target)
+        else:
+            target_pid = self._pid_for(dest)
+            target = self.records.get(target_pid)
+            if target is not None and target.links:
+                target.links.discard(me.pid)
+            if me.links:
+                me.links.discard(target_pid)
+
+    def _pid_for(self, dest: str) -> str:
+        return self.names.get(dest, dest) if Pid.parse(dest) is None else dest
+
+    @staticmethod
+    def _monitor(watcher: ProcessRecord, target: ProcessRecord) -> None:
+        if target.watchers is None:
+            target.watchers = set()
+        target.watchers.add(watcher.pid)
+        if watcher.watching is None:
+            watcher.watching = set()
+        watcher.watching.add(target.pid)
+
+    @staticmethod
+    def _link(a: ProcessRecord, b: ProcessRecord) -> None:
+        if a.links is None:
+            a.links = set()
+        if b.links is None:
+            b.links = set()
+        a.links.add(b.pid)
+        b.links.add(a.pid)
+
+    # ------------------------------------------------------------ names
+
+    def register(self, unit: Unit, name: str, pid: str | None) -> None:
+        if Pid.parse(name) is not None:
+            raise invalid(f"name {name!r} looks like a PID")
+        target = self._resolve(pid) if pid is not None else self.records[self.pid_of(unit)]
+        holder = self.names.get(name)
+        if holder == target.pid:
+            return
+        if holder is not None:
+            raise MoonwireError(f"name {name!r} is already registered to {holder}", Kind.ALREADY_EXISTS,
+                                retryable=False)
+        self._name(name, target)
+
+    def _name(self, name: str, record: ProcessRecord) -> None:
+        self.names[name] = record.pid
+        if record.names is None:
+            record.names = []
+        record.names.append(name)
+
+    def lookup(self, unit: Unit | None, name: str) -> str:
+        pid = self.names.get(name)
+        if pid is None:
+            raise not_found(f"no process registered as {name!r}")
+        return pid
+
+    def unregister(self, unit: Unit | None, name: str) -> bool:
+        pid = self.names.pop(name, None)
+        if pid is None:
+            return False
+        record = self.records.get(pid)
+        if record is not None and record.names:
+            record.names.remove(name)
+        return True
+
+    # ------------------------------------------------------------ exits
+
+    def _ended(self, unit: Unit) -> None:
+        """``Unit.on_end``. Exits are handled one at a time, in order, even when one
+        exit kills linked processes (no recursion however long the chain)."""
+        self._exits.append(unit.record)
+        if self._exiting:
+            return
+        self._exiting = True
+        try:
+            while self._exits:
+                self._exit(self._exits.popleft())
+        finally:
+            self._exiting = False
+
+    def _exit(self, record: ProcessRecord) -> None:
+        pid = record.pid
+        del self.records[pid]
+        outcome = record.unit.outcome
+        assert outcome is not None
+        if record.shard is not None:
+            self.hosts[record.host].release(record.shard)
+        for name in record.names or ():
+            if self.names.get(name) == pid:
+                del self.names[name]
+        if record.watching:
+            for target_pid in record.watching:
+                target = self.records.get(target_pid)
+                if target is not None and target.watchers:
+                    target.watchers.discard(pid)
+        now = time.time()
+        result = {"value": outcome.value} if outcome.ok else {"error": outcome.error}
+        if record.watchers:
+            for watcher_pid in record.watchers:
+                watcher = self.records.get(watcher_pid)
+                if watcher is None:
+                    continue
+                if watcher.watching:
+                    watcher.watching.discard(pid)
+                assert watcher.unit.mailbox is not None
+                watcher.unit.mailbox.post_event({"kind": EXIT, "from": pid, "at": now, "result": result})
+        if record.links:
+            for peer_pid in record.links:
+                peer = self.records.get(peer_pid)
+                if peer is None:
+                    continue
+                if peer.links:
+                    peer.links.discard(pid)
+                if outcome.ok:
+                    continue
+                if peer.unit.trap_links:
+                    assert peer.unit.mailbox is not None
+                    peer.unit.mailbox.post_event({"kind": LINK_DOWN, "from": pid, "at": now, "result": result})
+                else:
+                    peer.unit.abort(MoonwireError(LINKED_FAILURE, Kind.INTERNAL,
+                                                  details={"from": pid, "error": outcome.error}))
+        for hook in record.exit_hooks or ():
+            try:
+                hook(outcome)
+            except Exception:  # noqa: BLE001 - one watcher's bug must not stop the others
+                log.exception("exit hook of %s failed", pid)
+        if not self.records:
+            self._empty.set()
+
+    # ------------------------------------------------------------ shutdown
+
+    async def shutdown(self, timeout: float) -> None:
+        """Send CANCEL to every process, wait up to ``timeout`` for them to exit, then
+        terminate the rest."""
+        if not self.records:
+            return
+        count = len(self.records)
+        for record in list(self.records.values()):
+            if record.unit.mailbox is not None:
+                record.unit.mailbox.post_event({"kind": CANCEL, "from": "", "reason": "node shutting down",
+                                                "at": time.time()})
+        log.info("cancelled %d process(es); waiting up to %.1fs for them to exit", count, timeout)
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+        except TimeoutError:
+            remaining = list(self.records.values())
+            log.warning("terminating %d process(es) still running after %.1fs", len(remaining), timeout)
+            for record in remaining:
+                if record.unit.outcome is None:
+                    record.unit.abort(MoonwireError("process terminated: node shutting down", Kind.CANCELED,
+                                                    retryable=False))

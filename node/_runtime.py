@@ -1,0 +1,62 @@
+"""Everything that runs Lua on a node, composed once: function pools, process hosts,
+the process table and the supervisor. The node adds the broker around it; tests of
+local semantics run it with no broker at all (functions are then local only)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client as NatsClient
+
+from broker import Outbox, Requests, Subjects
+from lua import Kind, MoonwireError, Outcome, SpawnRequest, settled
+
+from ._entries import FunctionEntry, HostSettings, ProcessEntry, ProcessHostEntry
+from ._functions import Functions
+from ._hosts import ProcessHost
+from ._processes import TERMINAL_HOST, ProcessTable
+from ._project import Project
+from ._services import Supervisor
+
+
+class Runtime:
+    def __init__(self, node: str, project: Project, subjects: Subjects, *, nats: NatsClient | None = None,
+                 requests: Requests | None = None, outbox: Outbox | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.project = project
+        self.functions = Functions(project, subjects, nats, requests, outbox)
+        self.hosts = {entry.id: ProcessHost(entry.id, entry.host, loop)
+                      for entry in project.of_kind("process.host") if isinstance(entry, ProcessHostEntry)}
+        # `run -x` of a process.lua needs a host that every node has (wippy's terminal.host).
+        self.hosts.setdefault(TERMINAL_HOST, ProcessHost(TERMINAL_HOST, HostSettings(), loop))
+        self.processes = ProcessTable(node, project, self.functions, self.hosts)
+        self.functions.processes = self.processes
+        self.supervisor = Supervisor(project, self.processes)
+
+    async def start(self) -> None:
+        """Serve functions, then start the auto-start services."""
+        await self.functions.serve()
+        await self.supervisor.start()
+
+    async def stop(self, timeout: float) -> None:
+        """Services in reverse order, then every other process (CANCEL, then terminate
+        after ``timeout``), then functions."""
+        try:
+            await self.supervisor.stop()
+            await self.processes.shutdown(timeout)
+        finally:
+            await self.functions.stop()
+
+    async def execute(self, entry_id: str, args: list[object]) -> Outcome:
+        """Run one entry to completion (``moonwire run -x``): a function is called, a
+        process is spawned on the terminal host and awaited."""
+        entry = self.project.get(entry_id)
+        if entry is None:
+            return Outcome(error=MoonwireError(f"no entry {entry_id}", Kind.NOT_FOUND, retryable=False))
+        if isinstance(entry, FunctionEntry):
+            return await settled(self.functions.call(None, entry_id, list(args), {}, {}))
+        if isinstance(entry, ProcessEntry):
+            return await settled(self.processes.exec(None, SpawnRequest(entry_id, TERMINAL_HOST, list(args))))
+        return Outcome(error=MoonwireError(
+            f"{entry_id} is a {entry.kind}; -x runs function.lua and process.lua entries", Kind.INVALID,
+            retryable=False))
