@@ -236,10 +236,13 @@ class Unit:
         """Run until the main thread ends. Cancelling this cancels the unit."""
         try:
             while self.outcome is None:
-                if self._wakeup is None:
-                    self._wakeup = asyncio.Event()
-                await self._wakeup.wait()
-                self._wakeup.clear()
+                # A thread may have been woken before this task first ran (the event
+                # did not exist then): only wait when nothing is ready.
+                if not self.ready:
+                    if self._wakeup is None:
+                        self._wakeup = asyncio.Event()
+                    await self._wakeup.wait()
+                    self._wakeup.clear()
                 self.step()
             return self.outcome
         except asyncio.CancelledError:

@@ -322,6 +322,8 @@ class ProcessTable:
         del self.records[pid]
         outcome = record.unit.outcome
         assert outcome is not None
+        if outcome.error is not None and outcome.error.kind != Kind.CANCELED:
+            log.warning("process %s (%s) exited with an error: %s", pid, record.entry, outcome.error)
         if record.shard is not None:
             self.hosts[record.host].release(record.shard)
         for name in record.names or ():

@@ -160,3 +160,38 @@ async def run_lua(source: str, *args: object, modules: tuple[str, ...] = ("time"
     fn = lua_state.load(code)  # type: ignore[union-attr]
     unit = Unit(lua_state, name, context=dict(context or {}))  # type: ignore[arg-type]
     return await unit.run(fn, list(args))
+
+
+class LocalRuntime:
+    """A node's runtime (functions, hosts, processes, services) in this test's event loop,
+    with no broker: for the local semantics of processes, which never touch NATS."""
+
+    def __init__(self, root: Path, files: dict[str, str], node: str = "t1") -> None:
+        self.root, self.files, self.node = root, files, node
+        self.runtime: object = None
+
+    async def __aenter__(self) -> object:
+        from broker import Subjects
+        from node import load_project
+        from node._runtime import Runtime
+
+        project = load_project(write_project(self.root, self.files))
+        self.runtime = Runtime(self.node, project, Subjects())
+        await self.runtime.start()  # type: ignore[attr-defined]
+        return self.runtime
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runtime.stop(2.0)  # type: ignore[attr-defined]
+
+
+def process_project(sources: dict[str, str], *, extra_yaml: str = "") -> dict[str, str]:
+    """Files for a project with one ``process.host`` (``app:host``) and a ``process.lua``
+    entry ``app:<name>`` (method ``main``) for each Lua source given."""
+    entries = ["  - name: host\n    kind: process.host\n"]
+    files: dict[str, str] = {}
+    for name, source in sources.items():
+        entries.append(f"  - name: {name}\n    kind: process.lua\n    source: file://{name}.lua\n    method: main\n"
+                       "    modules: [time, json, funcs, ctx]\n")
+        files[f"{name}.lua"] = source
+    files["_index.yaml"] = "namespace: app\nentries:\n" + "".join(entries) + textwrap.indent(textwrap.dedent(extra_yaml).strip("\n") + "\n", "  ")
+    return files
