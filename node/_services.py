@@ -66,6 +66,8 @@ class Service:
     pid: str | None = None
     attempts: int = 0
     last_error: MoonwireError | None = None
+    last_outcome: Outcome | None = None
+    """How the service's latest process ended (stops included)."""
     restarts: list[Restart] = field(default_factory=list)
     running: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the service's process has been started (dependents wait for it)."""
@@ -195,7 +197,9 @@ class Supervisor:
         service.running.set()
         service.decided.set()
         try:
-            return await exit_future
+            outcome = await exit_future
+            service.last_outcome = outcome
+            return outcome
         finally:
             service.pid = None
 
@@ -233,6 +237,7 @@ class Supervisor:
             service.state = ServiceState.STOPPING
             with contextlib.suppress(MoonwireError):
                 self.processes.cancel(None, pid, STOP_REASON)
+            exit_future.add_done_callback(lambda done: setattr(service, "last_outcome", done.result()))
             try:
                 await asyncio.wait_for(asyncio.shield(exit_future), service.lifecycle.stop_timeout)
             except TimeoutError:
