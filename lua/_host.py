@@ -89,7 +89,7 @@ class HostFunctions:
 
     def table(self) -> Any:
         names = [
-            "chan_new", "chan_close", "format_duration", "parse_duration", "now_ns", "time_add_date",
+            "chan_new", "chan_close", "chan_poll", "format_duration", "parse_duration", "now_ns", "time_add_date",
             "time_format", "time_field", "time_date", "time_parse", "check_zone", "fixed_zone", "log",
             "json_encode", "json_decode", "uuid_new", "uuid_named", "uuid_validate", "uuid_info",
             "ctx_get", "ctx_all", "timer_stop", "timer_reset", "future_state", "future_cancel",
@@ -104,6 +104,11 @@ class HostFunctions:
 
     def chan_close(self, channel: Channel) -> None:
         channel.close()
+
+    def chan_poll(self, channel: Channel) -> tuple[Any, ...]:
+        """A receive that completes now: ``(True, value, ok)``, else ``(False,)``."""
+        got = channel.try_receive()
+        return (False,) if got is None else (True, got[0], got[1])
 
     def timer_stop(self, timer: Any) -> bool:
         return bool(timer.stop())

@@ -59,8 +59,8 @@ class Mailbox:
         total = len(self.held)
         if self._inbox is not None:
             total += len(self._inbox.channel.buffer)
-        for topic in self._topics.values():
-            total += len(topic.channel.buffer)
+        if self._topics:
+            total += sum(len(topic.channel.buffer) for topic in self._topics.values())
         return total
 
     def post(self, message: Message) -> bool:
@@ -155,8 +155,8 @@ class Mailbox:
 
     def _message_to_lua(self, message: Message) -> Any:
         state = self.state
-        payloads = state.table_from([to_lua(state, p) for p in message.payloads])
-        return state.new_message(message.topic.encode(), message.sender.encode(), payloads, len(message.payloads))
+        return state.new_message(message.topic.encode(), message.sender.encode(),
+                                 *[to_lua(state, p) for p in message.payloads])
 
     def _payload_to_lua(self, message: Message) -> Any:
         # A raw listen hands over the value itself: none is nil, one is the value,

@@ -8,7 +8,8 @@ local request, readonly = core.request, core.readonly
 local setmetatable, type, error, tostring, pairs = setmetatable, type, error, tostring, pairs
 local table_pack = table.pack
 local host_error, KINDS, merge, argerror = P.host_error, P.kinds, P.merge, P.argerror
-local new_payload, handle_of = P.new_payload_value, P.handle_of
+local new_payload, handle_of, preempt = P.new_payload_value, P.handle_of, P.preempt
+local select = select
 
 local process = {}
 
@@ -17,9 +18,8 @@ local process = {}
 local MessageMethods = {}
 local MessageMT = { __index = MessageMethods, __name = "message", __metatable = false }
 
--- `payloads` is a list of `n` values (n counts trailing nils).
-function P.new_message(topic, from, payloads, n)
-    return setmetatable({ _topic = topic, _from = from, _payloads = payloads, _n = n }, MessageMT)
+function P.new_message(topic, from, ...)
+    return setmetatable({ _topic = topic, _from = from, _payloads = { ... }, _n = select("#", ...) }, MessageMT)
 end
 function MessageMethods.topic(m) return m._topic end
 function MessageMethods.from(m) return m._from end
@@ -67,7 +67,8 @@ function process.id() return host.proc_id() end
 function process.send(dest, topic, ...)
     local bad = bad_dest(dest) or bad_topic(topic)
     if bad then return nil, bad end
-    return host.proc_send(dest, topic, table_pack(...))
+    preempt()
+    return host.proc_send(dest, topic, ...)
 end
 
 -- ---------------------------------------------------------------- spawning

@@ -124,12 +124,12 @@ class ProcessFunctions:
             unit.frame_id = unit.pid or uuid.uuid4().hex
         return unit.frame_id.encode()
 
-    def proc_send(self, dest: bytes, topic: bytes, packed: Any) -> tuple[Any, ...]:
+    def proc_send(self, dest: bytes, topic: bytes, *payloads: Any) -> tuple[Any, ...]:
         try:
             unit = self._unit()
-            n = packed[b"n"] or 0
-            payloads = [to_python(self.state, packed[i]) for i in range(1, n + 1)]
-            unit.processes.send(unit, _text(dest, "destination"), _text(topic, "topic"), payloads)
+            values = [to_python(self.state, p) for p in payloads]
+            # The Lua side has checked that both are strings.
+            unit.processes.send(unit, dest.decode("utf-8", "replace"), topic.decode("utf-8", "replace"), values)
             return (True,)
         except MoonwireError as err:
             return self._fail(err)

@@ -392,6 +392,11 @@ class Unit:
         self.ready.append((child, ()))
         return (True,)
 
+    def _op_yield(self, tid: int) -> object:
+        # To the back of the queue: the thread runs again after whatever else is ready.
+        self.loop.call_soon(self.wake, tid, ())
+        return _BLOCKED
+
     def _op_sleep(self, tid: int, ns: int) -> object:
         self.sleeping[tid] = self.loop.call_later(max(ns, 0) / 1e9, self._wake_sleeper, tid)
         return _BLOCKED
@@ -526,7 +531,7 @@ async def settled(answer: Answer) -> Outcome:
 
 # The requests a Lua thread can make, by name (see `core.request` in _core.lua).
 _OPS: dict[bytes, Callable[..., Any]] = {
-    b"spawn": Unit._op_spawn, b"sleep": Unit._op_sleep, b"timer": Unit._op_timer,
+    b"spawn": Unit._op_spawn, b"yield": Unit._op_yield, b"sleep": Unit._op_sleep, b"timer": Unit._op_timer,
     b"chan_send": Unit._op_chan_send, b"chan_recv": Unit._op_chan_recv, b"select": Unit._op_select,
     b"call": Unit._op_call, b"async": Unit._op_async,
     b"proc_spawn": Unit._op_proc_spawn, b"proc_exec": Unit._op_proc_exec, b"proc_terminate": Unit._op_proc_terminate,

@@ -1,0 +1,227 @@
+"""Process benchmarks on one node, each beside a raw baseline measured in the same run.
+
+(a) message throughput between two Lua processes, beside an ``asyncio.Queue`` between
+    two tasks (target: at least 0.1 of it);
+(b) request/reply round trip between two Lua processes, p50 and p99, beside a ping-pong
+    over two ``asyncio.Queue``s;
+(c) spawn-and-exit rate of a trivial monitored process (target: 20,000/s), beside
+    creating and awaiting trivial asyncio tasks;
+(d) memory per idle process with 100,000 processes blocked on their inbox (target:
+    10 KiB each; Erlang's is 2.6 KiB), beside asyncio tasks blocked on a queue.
+
+The processes run on a real scheduler with no broker (local messages never touch NATS).
+
+    python bench/processes.py [--messages 200000] [--rounds 20000] [--spawns 50000] [--idle 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from broker import Subjects
+from node import load_project
+from node._runtime import Runtime
+
+PROJECT = {
+    "_index.yaml": """
+        namespace: b
+        entries:
+          - {name: host, kind: process.host, host: {mailbox_limit: 10000000}}
+          - {name: consumer, kind: process.lua, source: file://consumer.lua}
+          - {name: producer, kind: process.lua, source: file://producer.lua}
+          - {name: server, kind: process.lua, source: file://server.lua}
+          - {name: client, kind: process.lua, source: file://client.lua, modules: [time]}
+          - {name: trivial, kind: process.lua, source: file://trivial.lua}
+          - {name: spawner, kind: process.lua, source: file://spawner.lua}
+          - {name: idle, kind: process.lua, source: file://idle.lua}
+    """,
+    "consumer.lua": """
+        return function(n)
+          local inbox = process.inbox()
+          for _ = 1, n do inbox:receive() end
+          return n
+        end""",
+    "producer.lua": """
+        return function(n)
+          local consumer = process.spawn_monitored("b:consumer", "b:host", n)
+          local t0 = os.clock()
+          for i = 1, n do process.send(consumer, "m", i) end
+          process.events():receive()
+          return os.clock() - t0
+        end""",
+    "server.lua": """
+        return function()
+          local inbox = process.inbox()
+          while true do
+            local msg = inbox:receive()
+            if msg:topic() == "stop" then return end
+            process.send(msg:from(), "pong", msg:payload():data())
+          end
+        end""",
+    "client.lua": """
+        local time = require("time")
+        return function(rounds)
+          local server = process.spawn("b:server", "b:host")
+          local inbox, samples = process.inbox(), {}
+          for i = 1, rounds do
+            local t0 = time.now():unix_nano()
+            process.send(server, "ping", i)
+            inbox:receive()
+            samples[i] = time.now():unix_nano() - t0
+          end
+          process.send(server, "stop")
+          return samples
+        end""",
+    "trivial.lua": "return function() return true end",
+    "spawner.lua": """
+        return function(n)
+          local events = process.events()
+          local t0 = os.clock()
+          for i = 1, n do process.spawn_monitored("b:trivial", "b:host") end
+          for i = 1, n do events:receive() end
+          return os.clock() - t0
+        end""",
+    "idle.lua": "return function() process.inbox():receive() end",
+}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def raw_queue_throughput(n: int) -> float:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+
+    async def consume() -> None:
+        for _ in range(n):
+            await queue.get()
+
+    start = time.perf_counter()
+    consumer = asyncio.create_task(consume())
+    for i in range(n):
+        queue.put_nowait(i)
+        if i % 256 == 0:
+            await asyncio.sleep(0)
+    await consumer
+    return n / (time.perf_counter() - start)
+
+
+async def raw_ping_pong(rounds: int) -> list[float]:
+    ping: asyncio.Queue[int] = asyncio.Queue()
+    pong: asyncio.Queue[int] = asyncio.Queue()
+
+    async def server() -> None:
+        while (value := await ping.get()) >= 0:
+            pong.put_nowait(value)
+
+    task = asyncio.create_task(server())
+    samples = []
+    for i in range(rounds):
+        t0 = time.perf_counter_ns()
+        ping.put_nowait(i)
+        await pong.get()
+        samples.append(time.perf_counter_ns() - t0)
+    ping.put_nowait(-1)
+    await task
+    return samples
+
+
+async def raw_task_rate(n: int) -> float:
+    async def trivial() -> bool:
+        return True
+
+    start = time.perf_counter()
+    await asyncio.gather(*(asyncio.create_task(trivial()) for _ in range(n)))
+    return n / (time.perf_counter() - start)
+
+
+async def raw_idle_tasks(n: int) -> float:
+    gc.collect()
+    before = rss_bytes()
+    queues = [asyncio.Queue() for _ in range(n)]
+    tasks = [asyncio.create_task(q.get()) for q in queues]
+    await asyncio.sleep(0)
+    per = (rss_bytes() - before) / n
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return per
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=20_000)
+    parser.add_argument("--spawns", type=int, default=50_000)
+    parser.add_argument("--idle", type=int, default=100_000)
+    opts = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="mw-bench-"))
+    for rel, text in PROJECT.items():
+        (root / rel).write_text(textwrap.dedent(text).lstrip())
+    runtime = Runtime("bench", load_project(root), Subjects())
+    await runtime.start()
+    try:
+        # (a) throughput
+        raw = await raw_queue_throughput(opts.messages)
+        start = time.perf_counter()
+        outcome = await runtime.execute("b:producer", [opts.messages])
+        assert outcome.error is None, outcome.error
+        lua = opts.messages / (time.perf_counter() - start)
+        print(f"(a) throughput     moonwire {lua:>10,.0f} msg/s   raw asyncio.Queue {raw:>10,.0f} msg/s   "
+              f"ratio {lua / raw:.3f}  (target >= 0.1)")
+
+        # (b) round trip
+        raw_rt = await raw_ping_pong(opts.rounds)
+        outcome = await runtime.execute("b:client", [opts.rounds])
+        assert outcome.error is None, outcome.error
+        rt = [float(s) for s in outcome.value]
+        print(f"(b) round trip     moonwire p50 {pct(rt, .5) / 1e3:6.1f} us p99 {pct(rt, .99) / 1e3:6.1f} us   "
+              f"raw queues p50 {pct(raw_rt, .5) / 1e3:6.1f} us p99 {pct(raw_rt, .99) / 1e3:6.1f} us")
+
+        # (c) spawn and exit
+        raw_rate = await raw_task_rate(opts.spawns)
+        start = time.perf_counter()
+        outcome = await runtime.execute("b:spawner", [opts.spawns])
+        assert outcome.error is None, outcome.error
+        rate = opts.spawns / (time.perf_counter() - start)
+        print(f"(c) spawn+exit     moonwire {rate:>10,.0f} /s      raw asyncio tasks {raw_rate:>10,.0f} /s   "
+              f"(target >= 20,000/s)")
+
+        # (d) idle memory
+        raw_per = await raw_idle_tasks(opts.idle)
+        gc.collect()
+        before = rss_bytes()
+        from lua import SpawnRequest
+        start = time.perf_counter()
+        for _ in range(opts.idle):
+            runtime.processes.start(None, SpawnRequest("b:idle", "b:host", []))
+        while runtime.hosts["b:host"].statistics().ready:
+            await asyncio.sleep(0.01)
+        took = time.perf_counter() - start
+        gc.collect()
+        per = (rss_bytes() - before) / opts.idle
+        stats = runtime.hosts["b:host"].statistics()
+        print(f"(d) idle memory    moonwire {per / 1024:6.2f} KiB/process ({opts.idle:,} alive, {stats.states} Lua "
+              f"states, Lua heap {stats.memory_bytes / opts.idle / 1024:.2f} KiB each, started in {took:.1f}s)   "
+              f"raw asyncio task {raw_per / 1024:.2f} KiB   (target <= 10 KiB; Erlang 2.6 KiB)")
+    finally:
+        await runtime.stop(5.0)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
