@@ -16,7 +16,7 @@ from ._duration import (
     parse_duration,
 )
 from ._errors import Kind, MoonwireError, internal, invalid, not_found
-from ._mailbox import DEFAULT_MAILBOX_LIMIT, Mailbox, Message
+from ._mailbox import DEFAULT_MAILBOX_LIMIT, Event, Mailbox, Message
 from ._process import NoProcesses, ProcessServices, SpawnRequest
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState
 from ._unit import Answer, NoServices, Outcome, Pending, Services, Unit, settled
@@ -24,6 +24,7 @@ from ._values import to_lua, to_python
 
 __all__ = [
     "DEFAULT_MAILBOX_LIMIT",
+    "Event",
     "Mailbox",
     "Message",
     "NoProcesses",

@@ -13,10 +13,11 @@ it, :meth:`Mailbox.post` refuses the message and the node decides what the sende
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._channel import PostChannel
+from ._errors import MoonwireError
 from ._values import to_lua
 
 if TYPE_CHECKING:
@@ -35,28 +36,49 @@ class Message:
 
 
 @dataclass(slots=True)
+class Event:
+    """A lifecycle event (wippy-surface §3.3). EXIT and LINK_DOWN carry the exited
+    process's result (``value`` on a normal exit, ``error`` otherwise); CANCEL a reason."""
+
+    kind: str
+    sender: str
+    at: float
+    value: Any = None
+    error: MoonwireError | None = None
+    reason: str | None = None
+
+    @property
+    def has_result(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(slots=True)
 class _Topic:
     channel: PostChannel
     lua: Any            # the Lua channel object handed out (the same one every time)
     as_message: bool
 
 
-@dataclass(eq=False)
 class Mailbox:
-    state: LuaState
-    limit: int = DEFAULT_MAILBOX_LIMIT
-    held: deque[Message] = field(default_factory=deque)
-    held_events: deque[dict[str, Any]] = field(default_factory=deque)
-    dropped: int = 0
-    _inbox: _Topic | None = None
-    _events: _Topic | None = None
-    _topics: dict[str, _Topic] = field(default_factory=dict)
+    __slots__ = ("state", "limit", "held", "held_events", "dropped", "_inbox", "_events", "_topics")
+
+    def __init__(self, state: LuaState, limit: int = DEFAULT_MAILBOX_LIMIT) -> None:
+        self.state = state
+        self.limit = limit
+        # Most processes subscribe before anything arrives: the queues for held
+        # messages and events exist only once something is held.
+        self.held: deque[Message] | None = None
+        self.held_events: deque[Event] | None = None
+        self.dropped = 0
+        self._inbox: _Topic | None = None
+        self._events: _Topic | None = None
+        self._topics: dict[str, _Topic] = {}
 
     # ------------------------------------------------------------ node side
 
     def depth(self) -> int:
         """Messages not yet received."""
-        total = len(self.held)
+        total = len(self.held) if self.held else 0
         if self._inbox is not None:
             total += len(self._inbox.channel.buffer)
         if self._topics:
@@ -71,7 +93,7 @@ class Mailbox:
         self._route(message)
         return True
 
-    def post_event(self, event: dict[str, Any]) -> None:
+    def post_event(self, event: Event) -> None:
         """Deliver a lifecycle event. Past the bound the event is dropped and counted:
         events of a process that never reads them cannot grow without limit."""
         if self._events is not None:
@@ -79,6 +101,8 @@ class Mailbox:
                 self.dropped += 1
                 return
             self._events.channel.post(event)
+        elif self.held_events is None:
+            self.held_events = deque((event,))
         elif len(self.held_events) >= self.limit:
             self.dropped += 1
         else:
@@ -86,8 +110,7 @@ class Mailbox:
 
     def close(self) -> None:
         """The process ended: wake nobody, hold nothing."""
-        self.held.clear()
-        self.held_events.clear()
+        self.held = self.held_events = None
         for topic in (self._inbox, self._events, *self._topics.values()):
             if topic is not None:
                 topic.channel.buffer.clear()
@@ -99,6 +122,8 @@ class Mailbox:
             topic.channel.post(message)
         elif self._inbox is not None:
             self._inbox.channel.post(message)
+        elif self.held is None:
+            self.held = deque((message,))
         else:
             self.held.append(message)
 
@@ -108,8 +133,8 @@ class Mailbox:
         """The inbox channel (created on first use; held messages move into it)."""
         if self._inbox is None:
             self._inbox = self._new_topic(True)
-            held, self.held = self.held, deque()
-            for message in held:
+            held, self.held = self.held, None
+            for message in held or ():
                 self._route(message)
         return self._inbox.lua
 
@@ -117,9 +142,9 @@ class Mailbox:
         if self._events is None:
             self._events = _Topic(PostChannel(self._event_to_lua), None, False)
             self._events.lua = self.state.wrap_channel(self._events.channel)
-            for event in self.held_events:
+            for event in self.held_events or ():
                 self._events.channel.post(event)
-            self.held_events.clear()
+            self.held_events = None
         return self._events.lua
 
     def listen(self, topic: str, as_message: bool) -> Any:
@@ -134,7 +159,7 @@ class Mailbox:
             keep: deque[Message] = deque()
             for message in self.held:
                 (listener.channel.post if message.topic == topic else keep.append)(message)
-            self.held = keep
+            self.held = keep or None
         return listener.lua
 
     def unlisten(self, channel: Any) -> bool:
@@ -167,5 +192,11 @@ class Mailbox:
             return to_lua(self.state, message.payloads[0])
         return to_lua(self.state, message.payloads)
 
-    def _event_to_lua(self, event: dict[str, Any]) -> Any:
-        return to_lua(self.state, event)
+    def _event_to_lua(self, event: Event) -> Any:
+        state = self.state
+        if not event.has_result:
+            return state.new_event(event.kind.encode(), event.sender.encode(), event.at, False, None, None,
+                                   (event.reason or "").encode())
+        error = state.make_error(event.error) if event.error is not None else None
+        return state.new_event(event.kind.encode(), event.sender.encode(), event.at, True,
+                               to_lua(state, event.value), error, None)

@@ -21,6 +21,13 @@ local MessageMT = { __index = MessageMethods, __name = "message", __metatable = 
 function P.new_message(topic, from, ...)
     return setmetatable({ _topic = topic, _from = from, _payloads = { ... }, _n = select("#", ...) }, MessageMT)
 end
+function P.new_event(kind, from, at, has_result, value, err, reason)
+    local event = { kind = kind, from = from, at = at }
+    if has_result then event.result = { value = value, error = err } end
+    if reason ~= nil then event.reason = reason end
+    return event
+end
+
 function MessageMethods.topic(m) return m._topic end
 function MessageMethods.from(m) return m._from end
 -- None: nil; one: a Payload; several: a list of Payloads (wippy's message.go).

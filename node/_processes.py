@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker import Pid, PidAllocator
-from lua import Answer, Kind, Mailbox, Message, MoonwireError, Outcome, Pending, SpawnRequest, Unit, invalid, not_found
+from lua import Answer, Event, Kind, Mailbox, Message, MoonwireError, Outcome, Pending, SpawnRequest, Unit, invalid, not_found
 
 from ._entries import HostSettings, ProcessEntry
 from ._functions import CodeLoader, Functions
@@ -146,8 +146,7 @@ class ProcessTable:
     def cancel(self, unit: Unit | None, dest: str, reason: str) -> None:
         target = self._resolve(dest)
         assert target.unit.mailbox is not None
-        target.unit.mailbox.post_event({"kind": CANCEL, "from": self.pid_of(unit) if unit else "",
-                                        "reason": reason, "at": time.time()})
+        target.unit.mailbox.post_event(Event(CANCEL, self.pid_of(unit) if unit else "", time.time(), reason=reason))
 
     def terminate(self, unit: Unit | None, dest: str) -> None:
         target = self._resolve(dest)
@@ -335,7 +334,7 @@ class ProcessTable:
                 if target is not None and target.watchers:
                     target.watchers.discard(pid)
         now = time.time()
-        result = {"value": outcome.value} if outcome.ok else {"error": outcome.error}
+        exit_event = Event(EXIT, pid, now, outcome.value, outcome.error)
         if record.watchers:
             for watcher_pid in record.watchers:
                 watcher = self.records.get(watcher_pid)
@@ -344,7 +343,7 @@ class ProcessTable:
                 if watcher.watching:
                     watcher.watching.discard(pid)
                 assert watcher.unit.mailbox is not None
-                watcher.unit.mailbox.post_event({"kind": EXIT, "from": pid, "at": now, "result": result})
+                watcher.unit.mailbox.post_event(exit_event)
         if record.links:
             for peer_pid in record.links:
                 peer = self.records.get(peer_pid)
@@ -356,7 +355,7 @@ class ProcessTable:
                     continue
                 if peer.unit.trap_links:
                     assert peer.unit.mailbox is not None
-                    peer.unit.mailbox.post_event({"kind": LINK_DOWN, "from": pid, "at": now, "result": result})
+                    peer.unit.mailbox.post_event(Event(LINK_DOWN, pid, now, None, outcome.error))
                 else:
                     peer.unit.abort(MoonwireError(LINKED_FAILURE, Kind.INTERNAL,
                                                   details={"from": pid, "error": outcome.error}))
@@ -378,8 +377,7 @@ class ProcessTable:
         count = len(self.records)
         for record in list(self.records.values()):
             if record.unit.mailbox is not None:
-                record.unit.mailbox.post_event({"kind": CANCEL, "from": "", "reason": "node shutting down",
-                                                "at": time.time()})
+                record.unit.mailbox.post_event(Event(CANCEL, "", time.time(), reason="node shutting down"))
         log.info("cancelled %d process(es); waiting up to %.1fs for them to exit", count, timeout)
         try:
             await asyncio.wait_for(self._empty.wait(), timeout)
