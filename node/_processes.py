@@ -205,15 +205,19 @@ class ProcessTable:
         self._add(record)
         if request.name is not None:
             self._name(request.name, record)
-        if request.monitor:
+        if parent and request.monitor:
             self._monitor(self.records[parent], record)
-        if request.link:
+        if parent and request.link:
             self._link(self.records[parent], record)
         if on_exit is not None:
             record.exit_hooks = [on_exit]
         for topic, payloads in request.messages:
             child.mailbox.post(Message(topic, payloads, parent))
-        child.start(export, request.args)
+        try:
+            child.start(export, request.args)
+        except MoonwireError as err:  # arguments Lua cannot hold: it exits before it ran
+            child.abort(err)
+            raise
         return pid
 
     # ------------------------------------------------------------ monitors and links
