@@ -5,8 +5,8 @@ after an abnormal exit with exponential backoff. One asyncio task per service (t
 few) runs its loop: start, wait for the exit, decide, sleep, start again.
 
 States: Unknown -> Starting -> Running -> (Failed -> Starting ...) and at the end
-Stopping -> Stopped (the node stops it), Exited (it returned normally, was terminated,
-or failed with an error marked not retryable) or Failed (restarts exhausted).
+Stopping -> Stopped (the node stops it), Exited (it returned normally or was
+terminated) or Failed (an error marked not retryable, or restarts exhausted).
 """
 
 from __future__ import annotations
@@ -158,9 +158,13 @@ class Supervisor:
             error = outcome.error
             assert error is not None
             service.last_error = error
-            if error.retryable is False:
-                log.warning("service %s failed with a non-retryable error; not restarting: %s", service.id, error)
+            if error.kind == Kind.CANCELED:  # terminated from outside: an end, not a failure
+                log.warning("service %s was terminated; not restarting", service.id)
                 self._settle(service, ServiceState.EXITED, error)
+                return
+            if error.retryable is False:
+                log.error("service %s failed with a non-retryable error; not restarting: %s", service.id, error)
+                self._settle(service, ServiceState.FAILED, error)
                 return
             service.state = ServiceState.FAILED
             if time.monotonic() - started >= lifecycle.stable_threshold:

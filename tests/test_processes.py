@@ -330,3 +330,36 @@ async def test_a_function_has_a_pid_for_the_call(tmp_path: Path) -> None:
     assert outcome.error is None, outcome.error
     assert outcome.value == {"child_value": 99, "kind": "pid.exit", "from_child": True, "reply": "from child",
                              "gone": "NotFound"}
+
+
+async def test_process_objects_hold_no_python(tmp_path: Path) -> None:
+    # Lua never reaches Python: a Python object would show up as userdata somewhere.
+    value = await run(tmp_path, """
+        local function walk(v, path, seen)
+          if type(v) == "userdata" then return path end
+          if type(v) == "function" then return nil end
+          if type(v) ~= "table" or seen[v] then return nil end
+          seen[v] = true
+          if getmetatable(v) ~= nil and getmetatable(v) ~= false then return path .. " (metatable)" end
+          for k, x in pairs(v) do
+            local found = walk(x, path .. "." .. tostring(k), seen)
+            if found then return found end
+          end
+        end
+        return { main = function()
+          local me = process.pid()
+          local child = process.spawn_monitored("app:quick", "app:host")
+          process.send(me, "t", { a = 1 }, "b")
+          local msg = process.inbox():receive()
+          local ev = process.events():receive()
+          local objects = { process = process, registry = process.registry, msg = msg, event = ev,
+                            inbox = process.inbox(), events = process.events(), topic = process.listen("x"),
+                            spawner = process.with_context({ a = 1 }):with_message("m", 1),
+                            payloads = msg:payload(), options = process.get_options() }
+          for name, obj in pairs(objects) do
+            local found = walk(obj, name, {})
+            if found then return found end
+          end
+          return "clean"
+        end }""", quick="return { main = function() return 1 end }")
+    assert value == "clean"

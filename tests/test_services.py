@@ -98,7 +98,7 @@ async def test_a_non_retryable_error_is_terminal(tmp_path: Path) -> None:
     async with LocalRuntime(tmp_path, files) as runtime:
         svc = runtime.supervisor.status("app:svc")
         await svc.settled.wait()
-    assert svc.state == ServiceState.EXITED and svc.restarts == [] and svc.last_error.message == "bad config"
+    assert svc.state == ServiceState.FAILED and svc.restarts == [] and svc.last_error.message == "bad config"
 
 
 async def test_stable_uptime_resets_the_attempt_counter(tmp_path: Path) -> None:
@@ -170,3 +170,27 @@ async def test_node_shutdown_cancels_then_terminates(tmp_path: Path) -> None:
     assert outcomes["polite"].value == "node shutting down"
     assert outcomes["stubborn"].error.message == "process terminated: node shutting down"
     assert runtime.processes.records == {}
+
+
+async def test_a_service_whose_requirement_never_runs_fails_after_start_timeout(tmp_path: Path) -> None:
+    files = process_project({"broken": "return { main = function( end }",
+                             "api": "return { main = function() process.inbox():receive() end }"},
+                            extra_yaml=service("db.svc", "broken", "restart: {initial_delay: 10s}")
+                            + service("api.svc", "api", "auto_start: true\nstart_timeout: 200ms\nrequires: [db.svc]"))
+    async with LocalRuntime(tmp_path, files) as runtime:
+        api, db = runtime.supervisor.status("app:api.svc"), runtime.supervisor.status("app:db.svc")
+        await api.settled.wait()
+        assert db.state == ServiceState.FAILED and "syntax error" in db.last_error.message
+    assert api.state == ServiceState.FAILED and api.last_error.kind == Kind.TIMEOUT
+    assert "waiting for app:db.svc" in api.last_error.message
+
+
+async def test_terminating_a_service_process_ends_the_service(tmp_path: Path) -> None:
+    files = process_project({"idle": "return { main = function() process.inbox():receive() end }"},
+                            extra_yaml=service("svc", "idle", "auto_start: true"))
+    async with LocalRuntime(tmp_path, files) as runtime:
+        svc = runtime.supervisor.status("app:svc")
+        runtime.processes.terminate(None, svc.pid)
+        await svc.settled.wait()
+    assert svc.state == ServiceState.EXITED and svc.restarts == []
+    assert svc.last_outcome.error.message == "process terminated"
