@@ -251,7 +251,11 @@ class Supervisor:
                     self.processes.terminate(None, pid)
         if service.task is not None:
             service.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await service.task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # noqa: BLE001 - a bug in one service's loop must not stop the others' stop
+                log.exception("supervising %s failed", service.id)
         if not service.settled.is_set():
             self._settle(service, ServiceState.STOPPED, None)
