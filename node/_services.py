@@ -251,11 +251,9 @@ class Supervisor:
                     self.processes.terminate(None, pid)
         if service.task is not None:
             service.task.cancel()
-            try:
-                await service.task
-            except asyncio.CancelledError:
-                pass
-            except Exception:  # noqa: BLE001 - a bug in one service's loop must not stop the others' stop
-                log.exception("supervising %s failed", service.id)
+            # asyncio.wait: our own cancellation still propagates; the task's outcome does not.
+            await asyncio.wait([service.task])
+            if not service.task.cancelled() and service.task.exception() is not None:
+                log.error("supervising %s failed", service.id, exc_info=service.task.exception())
         if not service.settled.is_set():
             self._settle(service, ServiceState.STOPPED, None)
