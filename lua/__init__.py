@@ -20,7 +20,7 @@ from ._mailbox import DEFAULT_MAILBOX_LIMIT, Event, Mailbox, Message
 from ._process import NoProcesses, ProcessServices, SpawnRequest
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState
 from ._unit import Answer, NoServices, Outcome, Pending, Services, Unit, settled
-from ._values import to_lua, to_python
+from ._values import check_portable, to_lua, to_python
 
 __all__ = [
     "DEFAULT_MAILBOX_LIMIT",
@@ -48,6 +48,7 @@ __all__ = [
     "Pending",
     "Services",
     "Unit",
+    "check_portable",
     "format_duration",
     "internal",
     "invalid",

@@ -95,3 +95,33 @@ def to_lua(state: LuaState, value: Any, _depth: int = 0) -> Any:
     if isinstance(value, Callable):  # type: ignore[arg-type]
         raise MoonwireError("cannot hand a Python callable to Lua", Kind.INVALID, retryable=False)
     raise MoonwireError(f"cannot convert {type(value).__name__} to a Lua value", Kind.INVALID, retryable=False)
+
+
+def check_portable(value: Any) -> None:
+    """Check that ``value`` (decoded from the wire) is data a Lua state can hold:
+    None, booleans, numbers, strings, bytes, error objects, lists and dicts with string
+    or number keys, nested at most MAX_DEPTH deep and MAX_VALUES in all.
+
+    Raises:
+        MoonwireError: (Invalid) naming what is wrong.
+    """
+    budget = MAX_VALUES
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise MoonwireError(f"value holds more than {MAX_VALUES} items", Kind.INVALID, retryable=False)
+        if item is None or isinstance(item, (bool, int, float, str, bytes, MoonwireError)):
+            continue
+        if depth >= MAX_DEPTH:
+            raise MoonwireError(f"value nested deeper than {MAX_DEPTH} levels", Kind.INVALID, retryable=False)
+        if isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, (str, int, float)) or isinstance(k, bool):
+                    raise MoonwireError("table keys must be strings or numbers", Kind.INVALID, retryable=False)
+                stack.append((v, depth + 1))
+        else:
+            raise MoonwireError(f"cannot hold a {type(item).__name__} value", Kind.INVALID, retryable=False)

@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from broker import BrokerUnavailable, Subjects, connect
-from lua import SECOND, Outcome, parse_duration
+from broker import BrokerUnavailable, Pid, Subjects, connect
+from lua import SECOND, Message, Outcome, parse_duration
 
 from ._config import ConfigError, ResolvedConfig, load_config
 from ._embedded import EmbeddedServerError, recorded_nats_url
 from ._functions import call_function
+from ._inboxes import encode as encode_message
 from ._logging import setup_logging
 from ._node import Node
 from ._project import Project, ProjectInvalid, load_project
@@ -87,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--timeout", default="30s", metavar="DURATION")
     _config_options(call)
 
+    send = commands.add_parser("send", help="send a message to a process (from outside: msg:from() is empty)")
+    send.add_argument("pid", metavar="PID", help="the process, e.g. '{n1@app:host|mx1f2k-3}'")
+    send.add_argument("topic")
+    send.add_argument("payloads", nargs="*", metavar="PAYLOAD", help="payloads, each JSON (or a plain string)")
+    send.add_argument("--project", type=Path, default=Path("."),
+                      help="project whose embedded NATS server to use when no URL is configured (default: .)")
+    _config_options(send)
+
     check = commands.add_parser("check", help="validate a project and list every problem")
     check.add_argument("project", nargs="?", default=".", type=Path)
 
@@ -98,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "check": cmd_check, "config": cmd_config, "call": cmd_call}[args.command]
+    handler = {"run": cmd_run, "check": cmd_check, "config": cmd_config, "call": cmd_call,
+               "send": cmd_send}[args.command]
     sys.exit(handler(args))
 
 
@@ -214,11 +224,11 @@ def cluster_servers(resolved: ResolvedConfig) -> list[str]:
     return [recorded] if recorded else []
 
 
-def cmd_call(args: argparse.Namespace) -> int:
+def _cluster(args: argparse.Namespace) -> tuple[ResolvedConfig, list[str]] | int:
+    """Configuration and NATS servers for a command that talks to a running cluster."""
     try:
         resolved = load_config(args.project, flags=_flags(args))
-        timeout = parse_duration(args.timeout) / SECOND
-    except (ConfigError, ValueError) as err:
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging("warning", resolved.config.log.format)
@@ -227,6 +237,19 @@ def cmd_call(args: argparse.Namespace) -> int:
         print("error: no NATS server: pass --nats URL, set MOONWIRE_NATS_URL, or run `moonwire run` in the "
               f"project folder ({resolved.project_dir})", file=sys.stderr)
         return EXIT_FAILURE
+    return resolved, servers
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    try:
+        timeout = parse_duration(args.timeout) / SECOND
+    except ValueError as err:
+        print(f"error: --timeout: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    cluster = _cluster(args)
+    if isinstance(cluster, int):
+        return cluster
+    resolved, servers = cluster
 
     async def call() -> Outcome:
         nc = await connect(resolved.config.connect_options(servers))
@@ -241,6 +264,36 @@ def cmd_call(args: argparse.Namespace) -> int:
     except BrokerUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    pid = Pid.parse(args.pid)
+    if pid is None:
+        print(f"error: {args.pid!r} is not a PID (expected {{node@host|uid}})", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.topic or args.topic.startswith("@"):
+        print("error: the topic must be non-empty and must not start with @", file=sys.stderr)
+        return EXIT_USAGE
+    cluster = _cluster(args)
+    if isinstance(cluster, int):
+        return cluster
+    resolved, servers = cluster
+    body, headers = encode_message(Message(args.topic, _json_args(args.payloads)))
+
+    async def send() -> None:
+        nc = await connect(resolved.config.connect_options(servers))
+        try:
+            await nc.publish(Subjects(resolved.config.prefix).inbox(pid.node, pid.uid), body, headers=headers)
+            await nc.flush()
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(send())
+    except BrokerUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 async def _serve(node: Node) -> None:

@@ -17,7 +17,7 @@ from broker import ConnectOptions, is_token, to_token
 
 from lua import SECOND, format_duration
 
-from ._types import Seconds, is_seconds
+from ._types import ByteSize, Seconds, is_seconds
 from ._yaml import LocatedMap, YamlError, load_yaml
 
 CONFIG_FILE = "moonwire.yaml"
@@ -83,6 +83,7 @@ class NodeConfig(_Strict):
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     state_dir: Path = Path(".moonwire")
     shutdown_timeout: Seconds = 30.0
+    max_message_bytes: ByteSize = Field(1024 * 1024, ge=64, description="largest message body a process accepts")
     log: LogConfig = LogConfig()
 
     @field_validator("node")

@@ -24,6 +24,7 @@ from lua import Outcome
 
 from ._embedded import EmbeddedServers
 from ._entries import TemporalClientEntry
+from ._inboxes import NodeInboxes
 from ._runtime import Runtime
 from ._project import Project
 
@@ -114,6 +115,11 @@ class Node:
                                          requests=requests, outbox=outbox)
         # Processes get the shutdown budget less a second kept for the steps after them.
         self._steps.append(_Step("runtime", lambda remaining: runtime.stop(max(remaining - 1.0, 0.5))))
+        inboxes = NodeInboxes(self._nats, outbox, self.subjects, self.name, runtime.processes.deliver,
+                               max_body=self.config.max_message_bytes)
+        runtime.processes.remote = inboxes.send
+        await inboxes.start()
+        self._steps.append(_Step("process inboxes", lambda remaining: inboxes.stop()))
         await runtime.start()
 
     async def execute(self, entry_id: str, args: list[object]) -> Outcome:

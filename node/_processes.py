@@ -84,6 +84,9 @@ class ProcessTable:
         self.pids = PidAllocator(node)
         self.records: dict[str, ProcessRecord] = {}
         self.names: dict[str, str] = {}
+        self.uids: dict[str, ProcessRecord] = {}
+        self.remote: Callable[[Pid, Message], None] | None = None
+        """Sends a message to a process on another node (set once the node has a broker)."""
         self._exits: deque[ProcessRecord] = deque()
         self._exiting = False
         self._empty = asyncio.Event()
@@ -125,6 +128,7 @@ class ProcessTable:
         record.unit.record = record
         record.unit.on_end = self._ended
         self.records[record.pid] = record
+        self.uids[record.pid[record.pid.index("|") + 1:-1]] = record
         self._empty.clear()
 
     def info(self) -> list[ProcessInfo]:
@@ -137,9 +141,28 @@ class ProcessTable:
 
     def send(self, unit: Unit | None, dest: str, topic: str, payloads: list[Any]) -> None:
         sender = self.pid_of(unit) if unit is not None else ""
-        target = self._resolve(dest)
+        remote = Pid.parse(dest) if dest.startswith("{") else None
+        if remote is not None and remote.node != self.node and self.remote is not None:
+            # No acknowledgement across nodes (wippy-surface §3.1): a send is a publish.
+            self.remote(remote, Message(topic, payloads, sender))
+            return
+        self._post(self._resolve(dest), Message(topic, payloads, sender))
+
+    def deliver(self, uid: str, message: Message) -> None:
+        """A message from the wire for the process with ``uid``.
+
+        Raises:
+            MoonwireError: no such process on this node, or its mailbox is full.
+        """
+        record = self.uids.get(uid)
+        if record is None:
+            raise not_found(f"no process with uid {uid} on node {self.node}")
+        self._post(record, message)
+
+    @staticmethod
+    def _post(target: ProcessRecord, message: Message) -> None:
         assert target.unit.mailbox is not None
-        if not target.unit.mailbox.post(Message(topic, payloads, sender)):
+        if not target.unit.mailbox.post(message):
             raise MoonwireError(f"mailbox of {target.pid} is full ({target.unit.mailbox.limit} unread messages)",
                                 Kind.UNAVAILABLE, retryable=True)
 
@@ -323,6 +346,7 @@ class ProcessTable:
     def _exit(self, record: ProcessRecord) -> None:
         pid = record.pid
         del self.records[pid]
+        del self.uids[pid[pid.index("|") + 1:-1]]
         outcome = record.unit.outcome
         assert outcome is not None
         if outcome.error is not None and outcome.error.kind != Kind.CANCELED:
