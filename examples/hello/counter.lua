@@ -17,6 +17,7 @@ local function main(start)
         local topic = msg:topic()
         if topic == "add" then
             count = count + msg:payload():data()
+            logger:info("added", { from = msg:from(), count = count })
         elseif topic == "get" then
             process.send(msg:from(), "count", count)
         elseif topic == "crash" then
