@@ -2,6 +2,7 @@
 node membership. This package knows nothing about Lua or the scheduler."""
 
 from ._connection import BrokerUnavailable, ConnectOptions, connect, tls_context
+from ._membership import Membership, Peer
 from ._pid import Pid, PidAllocator
 from ._requests import NoResponders, Outbox, ReplyCallback, Requests, RequestTimeout
 from ._subjects import Subjects, is_token, to_token
@@ -9,7 +10,9 @@ from ._subjects import Subjects, is_token, to_token
 __all__ = [
     "BrokerUnavailable",
     "ConnectOptions",
+    "Membership",
     "NoResponders",
+    "Peer",
     "Pid",
     "PidAllocator",
     "Outbox",

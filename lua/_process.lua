@@ -151,11 +151,12 @@ function process.cancel(dest, reason)
     return host.proc_cancel(dest, reason)
 end
 
+-- Requests: a watch on another node's process returns once that node has it in place.
 for _, verb in ipairs({ "monitor", "unmonitor", "link", "unlink" }) do
     process[verb] = function(dest)
         local bad = bad_dest(dest)
         if bad then return nil, bad end
-        return host.proc_watch(verb, dest)
+        return request("proc_watch", verb, dest)
     end
 end
 

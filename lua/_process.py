@@ -1,8 +1,9 @@
 """The ``process`` module's bridge between Lua and the node (wippy-surface §2.1-§2.2).
 
-Lua calls that never wait (send, monitor, link, cancel, the registry, options, inbox,
-listen) are direct calls into :class:`ProcessFunctions`; calls that wait or can end a
-process (spawn, exec, terminate) are requests the unit answers (see ``Unit._op_proc_*``).
+Lua calls that never wait (send, cancel, the registry, options, inbox, listen) are
+direct calls into :class:`ProcessFunctions`; calls that may wait or can end a process
+(spawn, exec, terminate, monitor/link and their undoing, which wait for another node)
+are requests the unit answers (see ``Unit._op_proc_*``).
 Either way, Lua values are converted here, once, and the node's
 :class:`ProcessServices` sees Python values and raises :class:`MoonwireError`, which
 becomes the Lua ``nil, err`` here.
@@ -59,8 +60,9 @@ class ProcessServices(Protocol):
 
     def cancel(self, unit: Unit, dest: str, reason: str) -> None: ...
 
-    def watch(self, unit: Unit, verb: str, dest: str) -> None:
-        """``monitor``, ``unmonitor``, ``link`` or ``unlink``."""
+    def watch(self, unit: Unit, verb: str, dest: str) -> Answer | None:
+        """``monitor``, ``unmonitor``, ``link`` or ``unlink``: None when done at once, else
+        an answer settled when the target's node has done it."""
         ...
 
     def register(self, unit: Unit, name: str, pid: str | None) -> None: ...
@@ -81,7 +83,7 @@ class NoProcesses:
 
 
 REGISTRY_SCOPES = {"local"}
-_WATCH_VERBS = {b"monitor": "monitor", b"unmonitor": "unmonitor", b"link": "link", b"unlink": "unlink"}
+WATCH_VERBS = {b"monitor": "monitor", b"unmonitor": "unmonitor", b"link": "link", b"unlink": "unlink"}
 
 
 def _text(value: Any, what: str) -> str:
@@ -97,7 +99,7 @@ class ProcessFunctions:
         self.state = state
 
     def table(self) -> dict[bytes, Any]:
-        names = ["proc_pid", "proc_id", "proc_send", "proc_cancel", "proc_watch", "proc_options",
+        names = ["proc_pid", "proc_id", "proc_send", "proc_cancel", "proc_options",
                  "proc_set_options", "proc_inbox", "proc_events", "proc_listen", "proc_unlisten",
                  "proc_register", "proc_lookup", "proc_unregister"]
         return {name.encode(): getattr(self, name) for name in names}
@@ -139,14 +141,6 @@ class ProcessFunctions:
             unit = self._unit()
             text = "" if reason is None else _text(reason, "reason")
             unit.processes.cancel(unit, _text(dest, "destination"), text)
-            return (True,)
-        except MoonwireError as err:
-            return self._fail(err)
-
-    def proc_watch(self, verb: bytes, dest: bytes) -> tuple[Any, ...]:
-        try:
-            unit = self._unit()
-            unit.processes.watch(unit, _WATCH_VERBS[verb], _text(dest, "destination"))
             return (True,)
         except MoonwireError as err:
             return self._fail(err)

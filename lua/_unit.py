@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from ._channel import Channel, Waiter, select
 from ._errors import Kind, MoonwireError, internal, invalid
 from ._mailbox import Mailbox
-from ._process import NoProcesses, ProcessServices, SpawnRequest, spawn_request
+from ._process import WATCH_VERBS, NoProcesses, ProcessServices, SpawnRequest, spawn_request
 from ._state import LuaState
 from ._values import to_lua, to_python
 
@@ -506,6 +506,18 @@ class Unit:
         self._when_answered(answer, lambda outcome: self.wake(tid, self._answer(outcome)))
         return _BLOCKED
 
+    def _op_proc_watch(self, tid: int, verb: bytes, dest: bytes) -> object:
+        try:
+            answer = self.processes.watch(self, WATCH_VERBS[verb], dest.decode("utf-8", "replace"))
+        except MoonwireError as err:
+            return (None, self.state.make_error(err))
+        if answer is None:
+            return (True,)
+        if isinstance(answer, Outcome):
+            return self._answer(answer)
+        self._when_answered(answer, lambda outcome: self.wake(tid, self._answer(outcome)))
+        return _BLOCKED
+
     def _op_proc_terminate(self, tid: int, dest: bytes) -> tuple[Any, ...]:
         try:
             self.processes.terminate(self, dest.decode("utf-8", "replace"))
@@ -535,6 +547,7 @@ _OPS: dict[bytes, Callable[..., Any]] = {
     b"chan_send": Unit._op_chan_send, b"chan_recv": Unit._op_chan_recv, b"select": Unit._op_select,
     b"call": Unit._op_call, b"async": Unit._op_async,
     b"proc_spawn": Unit._op_proc_spawn, b"proc_exec": Unit._op_proc_exec, b"proc_terminate": Unit._op_proc_terminate,
+    b"proc_watch": Unit._op_proc_watch,
 }
 
 

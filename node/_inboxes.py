@@ -32,9 +32,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from broker import Outbox, Pid, Subjects
-from lua import Message, MoonwireError, check_portable
+from lua import Event, Message, MoonwireError, check_portable
 
 from ._payload import CONTENT_TYPE, JSON, MSGPACK, pack, unpack
+from ._remote import EVENT_HEADER, decode_event
 
 log = logging.getLogger("moonwire.inboxes")
 
@@ -115,13 +116,14 @@ class NodeInboxes:
     """
 
     def __init__(self, nats: NatsClient, outbox: Outbox, subjects: Subjects, node: str,
-                 deliver: Callable[[str, Message], None],
+                 deliver: Callable[[str, Message], None], deliver_event: Callable[[str, Event], None],
                  max_body: int = DEFAULT_MAX_BODY) -> None:
         self.nats = nats
         self.outbox = outbox
         self.subjects = subjects
         self.node = node
         self.deliver = deliver
+        self.deliver_event = deliver_event
         self.max_body = max_body
         self.stats = InboxStatistics()
         self._prefix = subjects.inbox(node, "")  # "<prefix>.p.<node>."
@@ -145,6 +147,13 @@ class NodeInboxes:
         rest = msg.subject[len(self._prefix):]
         uid, _, topic = rest.partition(".")
         headers = msg.headers or {}
+        event_kind = headers.get(EVENT_HEADER)
+        if event_kind is not None:  # an EXIT or LINK_DOWN from another node (see _remote.py)
+            try:
+                self.deliver_event(uid, decode_event(event_kind, msg.data))
+            except MoonwireError as err:
+                self._dead_letter(msg, f"bad event: {err.message}")
+            return
         try:
             self.deliver(uid, decode(topic, headers, msg.data, self.max_body))
             self.stats.delivered += 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client as NatsClient
 
-from broker import Outbox, Requests, Subjects, connect
+from broker import Membership, Outbox, Requests, Subjects, connect
 
 from ._config import NodeConfig, ResolvedConfig
 from lua import Outcome
@@ -25,6 +25,7 @@ from lua import Outcome
 from ._embedded import EmbeddedServers
 from ._entries import TemporalClientEntry
 from ._inboxes import NodeInboxes
+from ._remote import Cluster
 from ._runtime import Runtime
 from ._project import Project
 
@@ -113,13 +114,27 @@ class Node:
 
         runtime = self.runtime = Runtime(self.name, self.project, self.subjects, nats=self._nats,
                                          requests=requests, outbox=outbox)
-        # Processes get the shutdown budget less a second kept for the steps after them.
-        self._steps.append(_Step("runtime", lambda remaining: runtime.stop(max(remaining - 1.0, 0.5))))
-        inboxes = NodeInboxes(self._nats, outbox, self.subjects, self.name, runtime.processes.deliver,
-                               max_body=self.config.max_message_bytes)
-        runtime.processes.remote = inboxes.send
+        processes = runtime.processes
+        inboxes = NodeInboxes(self._nats, outbox, self.subjects, self.name, processes.deliver,
+                              processes.deliver_event, max_body=self.config.max_message_bytes)
+        processes.remote = inboxes.send
         await inboxes.start()
         self._steps.append(_Step("process inboxes", lambda remaining: inboxes.stop()))
+        cluster = processes.cluster = Cluster(self._nats, outbox, requests, self.subjects, self.name, processes)
+        await cluster.start()
+        self._steps.append(_Step("control plane", lambda remaining: cluster.stop()))
+
+        heartbeat = self.config.heartbeat
+        membership = processes.membership = Membership(
+            self._nats, outbox, self.subjects, self.name, processes.pids.epoch, sorted(runtime.hosts),
+            interval=heartbeat.interval, down_after=heartbeat.down_after, on_down=processes.node_down)
+        await membership.start()
+        beating = asyncio.create_task(membership.run(), name="heartbeat")
+        self._steps.append(_Step("heartbeat", lambda remaining: _stop_beating(beating, membership)))
+        # Stopped first: processes exit while the node still delivers their EXITs to
+        # watchers elsewhere; the goodbye follows. They get the shutdown budget less a
+        # second kept for the steps after them.
+        self._steps.append(_Step("runtime", lambda remaining: runtime.stop(max(remaining - 1.0, 0.5))))
         await runtime.start()
 
     async def execute(self, entry_id: str, args: list[object]) -> Outcome:
@@ -161,3 +176,8 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await task
 
+
+
+async def _stop_beating(task: asyncio.Task[None], membership: Membership) -> None:
+    await _cancel_and_wait(task)
+    await membership.stop()  # the goodbye: others see this node down at once

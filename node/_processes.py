@@ -27,13 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker import Pid, PidAllocator
+from broker import Membership, Pid, PidAllocator
 from lua import Answer, Event, Kind, Mailbox, Message, MoonwireError, Outcome, Pending, SpawnRequest, Unit, invalid, not_found
 
 from ._entries import HostSettings, ProcessEntry
 from ._functions import CodeLoader, Functions
 from ._hosts import ProcessHost, Shard
 from ._project import Project
+from ._remote import Cluster, noproc
+from ._remote import node_down as node_down_error
 
 log = logging.getLogger("moonwire.processes")
 
@@ -72,6 +74,11 @@ class ProcessInfo:
     uptime: float
 
 
+def _epoch(uid: str) -> str:
+    """The incarnation part of a uid (``<epoch>-<counter>``)."""
+    return uid.partition("-")[0]
+
+
 class ProcessTable:
     """Implements :class:`lua.ProcessServices` for every unit on this node."""
 
@@ -87,6 +94,10 @@ class ProcessTable:
         self.uids: dict[str, ProcessRecord] = {}
         self.remote: Callable[[Pid, Message], None] | None = None
         """Sends a message to a process on another node (set once the node has a broker)."""
+        self.cluster: Cluster | None = None
+        """Monitor, link, cancel and terminate across nodes (set once the node has a broker)."""
+        self.membership: Membership | None = None
+        self.dropped_to_down_nodes = 0
         self._exits: deque[ProcessRecord] = deque()
         self._exiting = False
         self._empty = asyncio.Event()
@@ -141,9 +152,12 @@ class ProcessTable:
 
     def send(self, unit: Unit | None, dest: str, topic: str, payloads: list[Any]) -> None:
         sender = self.pid_of(unit) if unit is not None else ""
-        remote = Pid.parse(dest) if dest.startswith("{") else None
-        if remote is not None and remote.node != self.node and self.remote is not None:
+        remote = self._remote_pid(dest)
+        if remote is not None and self.remote is not None:
             # No acknowledgement across nodes (wippy-surface §3.1): a send is a publish.
+            if self.membership is not None and self.membership.known_down(remote.node, _epoch(remote.uid)):
+                self.dropped_to_down_nodes += 1  # dropped and counted; the sender is not blocked
+                return
             self.remote(remote, Message(topic, payloads, sender))
             return
         self._post(self._resolve(dest), Message(topic, payloads, sender))
@@ -166,14 +180,30 @@ class ProcessTable:
             raise MoonwireError(f"mailbox of {target.pid} is full ({target.unit.mailbox.limit} unread messages)",
                                 Kind.UNAVAILABLE, retryable=True)
 
+    def _remote_pid(self, dest: str) -> Pid | None:
+        """``dest`` parsed, when it is a PID of another node."""
+        if not dest.startswith("{"):
+            return None
+        pid = Pid.parse(dest)
+        return pid if pid is not None and pid.node != self.node else None
+
     def cancel(self, unit: Unit | None, dest: str, reason: str) -> None:
+        remote = self._remote_pid(dest)
+        if remote is not None and self.cluster is not None:
+            self.cluster.notify("cancel", remote, {"target": dest, "by": self.pid_of(unit) if unit else "",
+                                                   "reason": reason})
+            return
         target = self._resolve(dest)
         assert target.unit.mailbox is not None
         target.unit.mailbox.post_event(Event(CANCEL, self.pid_of(unit) if unit else "", time.time(), reason=reason))
 
     def terminate(self, unit: Unit | None, dest: str) -> None:
-        target = self._resolve(dest)
         by = self.pid_of(unit) if unit is not None else ""
+        remote = self._remote_pid(dest)
+        if remote is not None and self.cluster is not None:
+            self.cluster.notify("terminate", remote, {"target": dest, "by": by})
+            return
+        target = self._resolve(dest)
         target.unit.abort(MoonwireError("process terminated", Kind.CANCELED, retryable=False,
                                         details={"by": by} if by else None))
 
@@ -245,8 +275,11 @@ class ProcessTable:
 
     # ------------------------------------------------------------ monitors and links
 
-    def watch(self, unit: Unit, verb: str, dest: str) -> None:
+    def watch(self, unit: Unit, verb: str, dest: str) -> Answer | None:
         me = self.records[self.pid_of(unit)]
+        remote = self._remote_pid(dest)
+        if remote is not None and self.cluster is not None:
+            return self._watch_remote(me, verb, dest, remote, self.cluster)
         if verb == "monitor":
             target = self._resolve(dest)
             if target.watchers and me.pid in target.watchers:
@@ -271,6 +304,128 @@ class ProcessTable:
                 target.links.discard(me.pid)
             if me.links:
                 me.links.discard(target_pid)
+        return None
+
+    def _watch_remote(self, me: ProcessRecord, verb: str, target: str, remote: Pid, cluster: Cluster) -> Pending:
+        """Ask ``remote``'s node to add or drop the watch; the answer settles once it has.
+        The pair is recorded here first, and what arrives for a pair this side no longer
+        holds is dropped, so nothing is delivered after unmonitor/unlink returns."""
+        if verb == "monitor":
+            if me.watching and target in me.watching:
+                raise MoonwireError(f"already monitoring {target}", Kind.ALREADY_EXISTS, retryable=False)
+            me.watching = me.watching or set()
+            me.watching.add(target)
+        elif verb == "link":
+            me.links = me.links or set()
+            me.links.add(target)
+        elif verb == "unmonitor" and me.watching:
+            me.watching.discard(target)
+        elif verb == "unlink" and me.links:
+            me.links.discard(target)
+        if self.membership is not None and verb in ("monitor", "link"):
+            self.membership.expect(remote.node, _epoch(remote.uid))
+        pending = Pending()
+
+        def done(error: MoonwireError | None) -> None:
+            # A target that does not exist, or a node that does not answer, fires the
+            # monitor or link at once; the call itself succeeded.
+            if error is not None and verb in ("monitor", "link"):
+                self._remote_gone(me.pid, target, EXIT if verb == "monitor" else LINK_DOWN, error)
+            pending.settle(Outcome(value=True))
+
+        pending.abandon = cluster.request(verb, remote, {"watcher": me.pid, "target": target}, done)
+        return pending
+
+    def _remote_gone(self, local: str, remote: str, kind: str, error: MoonwireError) -> None:
+        """The remote process ``remote`` does not exist or its node is gone: fire the
+        monitor (EXIT) or link (LINK_DOWN) that ``local`` holds on it, once."""
+        record = self.records.get(local)
+        if record is None or record.unit.outcome is not None:
+            return
+        if kind == EXIT:
+            if record.watching and remote in record.watching:
+                record.watching.discard(remote)
+                assert record.unit.mailbox is not None
+                record.unit.mailbox.post_event(Event(EXIT, remote, time.time(), None, error))
+        elif record.links and remote in record.links:
+            record.links.discard(remote)
+            self._link_failed(record, remote, error)
+
+    def _link_failed(self, record: ProcessRecord, peer: str, error: MoonwireError | None) -> None:
+        """A process linked to ``record`` exited abnormally (or is gone)."""
+        if record.unit.trap_links:
+            assert record.unit.mailbox is not None
+            record.unit.mailbox.post_event(Event(LINK_DOWN, peer, time.time(), None, error))
+        else:
+            record.unit.abort(MoonwireError(LINKED_FAILURE, Kind.INTERNAL, details={"from": peer, "error": error}))
+
+    def deliver_event(self, uid: str, event: Event) -> None:
+        """An EXIT or LINK_DOWN from another node for the local process ``uid``; dropped
+        when that process no longer monitors or links the sender."""
+        record = self.uids.get(uid)
+        if record is None or record.unit.outcome is not None:
+            return
+        if event.kind == EXIT:
+            if record.watching and event.sender in record.watching:
+                record.watching.discard(event.sender)
+                assert record.unit.mailbox is not None
+                record.unit.mailbox.post_event(event)
+        elif event.kind == LINK_DOWN and record.links and event.sender in record.links:
+            record.links.discard(event.sender)
+            if event.error is not None:  # a normal exit only ends the link
+                self._link_failed(record, event.sender, event.error)
+
+    def control(self, verb: str, data: dict[str, Any]) -> None:
+        """A control request from another node (see :class:`Cluster`).
+
+        Raises:
+            MoonwireError: NotFound (noproc) when the target does not exist.
+        """
+        target = data.get("target")
+        if not isinstance(target, str):
+            raise invalid("control request without a target")
+        record = self.records.get(target)
+        if verb in ("unmonitor", "unlink"):
+            if record is not None:
+                held = record.watchers if verb == "unmonitor" else record.links
+                if held:
+                    held.discard(str(data.get("watcher")))
+            return
+        if record is None or record.unit.outcome is not None:
+            raise noproc(target)
+        if verb == "monitor":
+            record.watchers = (record.watchers or set()) | {str(data["watcher"])}
+        elif verb == "link":
+            record.links = (record.links or set()) | {str(data["watcher"])}
+        elif verb == "cancel":
+            assert record.unit.mailbox is not None
+            record.unit.mailbox.post_event(Event(CANCEL, str(data.get("by", "")), time.time(),
+                                                 reason=str(data.get("reason", ""))))
+        elif verb == "terminate":
+            by = str(data.get("by", ""))
+            record.unit.abort(MoonwireError("process terminated", Kind.CANCELED, retryable=False,
+                                            details={"by": by} if by else None))
+
+    def node_down(self, node: str, incarnation: str, reason: str) -> None:
+        """Every monitor and link held here on a process of that incarnation of ``node``
+        fires once (EXIT, LINK_DOWN or death) with a node-down error; watchers and
+        links from there are forgotten."""
+        error = node_down_error(node, reason)
+        prefix = f"{incarnation}-"
+
+        def there(pid: str) -> bool:
+            parsed = Pid.parse(pid)
+            return parsed is not None and parsed.node == node and parsed.uid.startswith(prefix)
+
+        for record in list(self.records.values()):
+            if record.unit.outcome is not None:
+                continue
+            if record.watchers:
+                record.watchers = {w for w in record.watchers if not there(w)}
+            for target in [t for t in record.watching or () if there(t)]:
+                self._remote_gone(record.pid, target, EXIT, error)
+            for peer in [p for p in record.links or () if there(p)]:
+                self._remote_gone(record.pid, peer, LINK_DOWN, error)
 
     def _pid_for(self, dest: str) -> str:
         return self.names.get(dest, dest) if Pid.parse(dest) is None else dest
@@ -361,12 +516,16 @@ class ProcessTable:
                 target = self.records.get(target_pid)
                 if target is not None and target.watchers:
                     target.watchers.discard(pid)
+                elif target is None and self.cluster is not None and (remote := self._remote_pid(target_pid)):
+                    self.cluster.notify("unmonitor", remote, {"watcher": pid, "target": target_pid})
         now = time.time()
         exit_event = Event(EXIT, pid, now, outcome.value, outcome.error)
         if record.watchers:
             for watcher_pid in record.watchers:
                 watcher = self.records.get(watcher_pid)
                 if watcher is None:
+                    if self.cluster is not None and (remote := self._remote_pid(watcher_pid)):
+                        self.cluster.event(remote, exit_event)
                     continue
                 if watcher.watching:
                     watcher.watching.discard(pid)
@@ -376,17 +535,14 @@ class ProcessTable:
             for peer_pid in record.links:
                 peer = self.records.get(peer_pid)
                 if peer is None:
+                    # The remote side learns either way: a normal exit only ends the link.
+                    if self.cluster is not None and (remote := self._remote_pid(peer_pid)):
+                        self.cluster.event(remote, Event(LINK_DOWN, pid, now, outcome.value, outcome.error))
                     continue
                 if peer.links:
                     peer.links.discard(pid)
-                if outcome.ok:
-                    continue
-                if peer.unit.trap_links:
-                    assert peer.unit.mailbox is not None
-                    peer.unit.mailbox.post_event(Event(LINK_DOWN, pid, now, None, outcome.error))
-                else:
-                    peer.unit.abort(MoonwireError(LINKED_FAILURE, Kind.INTERNAL,
-                                                  details={"from": pid, "error": outcome.error}))
+                if not outcome.ok:
+                    self._link_failed(peer, pid, outcome.error)
         for hook in record.exit_hooks or ():
             try:
                 hook(outcome)
