@@ -18,7 +18,6 @@ process table. Everything here is callbacks; no task per operation.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -34,8 +33,6 @@ from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
 
 if TYPE_CHECKING:
     from ._processes import ProcessTable
-
-log = logging.getLogger("moonwire.remote")
 
 EVENT_HEADER = "Mw-Event"
 CONTROL_TIMEOUT = 5.0
