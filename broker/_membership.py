@@ -54,19 +54,15 @@ class Membership:
         self.departed: set[tuple[str, str]] = set()  # (node, incarnation) reported down
         self._subscription: Subscription | None = None
 
-    def alive(self, node: str) -> bool:
-        return node == self.node or node in self.peers
-
-    def known_down(self, node: str, epoch: str | None = None) -> bool:
-        """True when ``node`` (or its incarnation ``epoch``) is known to be gone."""
+    def known_down(self, node: str, incarnation: str) -> bool:
+        """True when that incarnation of ``node`` is known to be gone (reported down, or
+        replaced by a newer one)."""
         if node == self.node:
             return False
-        if epoch is not None:
-            if (node, epoch) in self.departed:
-                return True
-            peer = self.peers.get(node)
-            return peer is not None and peer.incarnation != epoch
-        return node not in self.peers and any(n == node for n, _ in self.departed)
+        if (node, incarnation) in self.departed:
+            return True
+        peer = self.peers.get(node)
+        return peer is not None and peer.incarnation != incarnation
 
     def expect(self, node: str, incarnation: str) -> None:
         """Watch ``node`` (of ``incarnation``) from now on even if no heartbeat of it has

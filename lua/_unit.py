@@ -225,10 +225,7 @@ class Unit:
 
     def begin(self, fn: Any, args: list[Any]) -> Outcome | None:
         """Start the main thread and run until every thread waits; the outcome if it ended."""
-        lua_args = [to_lua(self.state, a) for a in args]
-        self.main = self.state.spawn(fn, *lua_args)
-        self.threads.add(self.main)
-        self.ready.append((self.main, ()))
+        self._spawn_main(fn, args)
         self.step()
         return self.outcome
 
@@ -258,12 +255,15 @@ class Unit:
     def start(self, fn: Any, args: list[Any]) -> None:
         """Create the main thread and hand the unit to its scheduler (``notify``); it
         first runs when the scheduler steps it."""
+        self._spawn_main(fn, args)
+        if self.notify is not None:
+            self.notify(self)
+
+    def _spawn_main(self, fn: Any, args: list[Any]) -> None:
         lua_args = [to_lua(self.state, a) for a in args]
         self.main = self.state.spawn(fn, *lua_args)
         self.threads.add(self.main)
         self.ready.append((self.main, ()))
-        if self.notify is not None:
-            self.notify(self)
 
     def abort(self, error: MoonwireError) -> None:
         """End the unit now with ``error`` (terminate, a linked failure): its threads are
@@ -468,13 +468,16 @@ class Unit:
 
         return self.own(answer, done).cancel
 
-    def _op_call(self, tid: int, target: bytes, args: Any, context: Any, options: Any) -> object:
-        py_args, merged, py_options = self._call_args(args, context, options)
-        answer = self.services.call(self, target.decode(), py_args, merged, py_options)
+    def _reply(self, tid: int, answer: Answer) -> object:
+        """Resume values now for an Outcome; else park ``tid`` until the answer settles."""
         if isinstance(answer, Outcome):
             return self._answer(answer)
         self._when_answered(answer, lambda outcome: self.wake(tid, self._answer(outcome)))
         return _BLOCKED
+
+    def _op_call(self, tid: int, target: bytes, args: Any, context: Any, options: Any) -> object:
+        py_args, merged, py_options = self._call_args(args, context, options)
+        return self._reply(tid, self.services.call(self, target.decode(), py_args, merged, py_options))
 
     def _op_async(self, tid: int, target: bytes, args: Any, context: Any, options: Any, channel: Channel) -> object:
         py_args, merged, py_options = self._call_args(args, context, options)
@@ -490,33 +493,24 @@ class Unit:
     # -------------------------------------------------------- process requests
 
     def _op_proc_spawn(self, tid: int, *args: Any) -> object:
-        return self._proc_answer(tid, self.processes.spawn, args, pid_answer=True)
+        return self._proc_start(tid, self.processes.spawn, args)
 
     def _op_proc_exec(self, tid: int, *args: Any) -> object:
-        return self._proc_answer(tid, self.processes.exec, args, pid_answer=False)
+        return self._proc_start(tid, self.processes.exec, args)
 
-    def _proc_answer(self, tid: int, start: Callable[[Unit, SpawnRequest], Answer], args: tuple[Any, ...],
-                     pid_answer: bool) -> object:
+    def _proc_start(self, tid: int, start: Callable[[Unit, SpawnRequest], Answer], args: tuple[Any, ...]) -> object:
         try:
             answer = start(self, spawn_request(self.state, *args))
         except MoonwireError as err:
             return (None, self.state.make_error(err))
-        if isinstance(answer, Outcome):
-            return self._answer(answer)
-        self._when_answered(answer, lambda outcome: self.wake(tid, self._answer(outcome)))
-        return _BLOCKED
+        return self._reply(tid, answer)
 
     def _op_proc_watch(self, tid: int, verb: bytes, dest: bytes) -> object:
         try:
             answer = self.processes.watch(self, WATCH_VERBS[verb], dest.decode("utf-8", "replace"))
         except MoonwireError as err:
             return (None, self.state.make_error(err))
-        if answer is None:
-            return (True,)
-        if isinstance(answer, Outcome):
-            return self._answer(answer)
-        self._when_answered(answer, lambda outcome: self.wake(tid, self._answer(outcome)))
-        return _BLOCKED
+        return (True,) if answer is None else self._reply(tid, answer)
 
     def _op_proc_terminate(self, tid: int, dest: bytes) -> tuple[Any, ...]:
         try:

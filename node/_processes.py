@@ -62,18 +62,6 @@ class ProcessRecord:
     exit_hooks: list[ExitHook] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessInfo:
-    """One row of ``moonwire ps``."""
-
-    pid: str
-    entry: str
-    host: str
-    state: str
-    inbox_depth: int
-    uptime: float
-
-
 def _epoch(uid: str) -> str:
     """The incarnation part of a uid (``<epoch>-<counter>``)."""
     return uid.partition("-")[0]
@@ -142,16 +130,14 @@ class ProcessTable:
         self.uids[record.pid[record.pid.index("|") + 1:-1]] = record
         self._empty.clear()
 
-    def info(self) -> list[ProcessInfo]:
-        now = time.monotonic()
-        return [ProcessInfo(r.pid, r.entry, r.host, "running" if r.unit.outcome is None else "exiting",
-                            r.unit.mailbox.depth() if r.unit.mailbox else 0, now - r.started)
-                for r in self.records.values()]
-
     # ------------------------------------------------------------ messages
 
     def send(self, unit: Unit | None, dest: str, topic: str, payloads: list[Any]) -> None:
         sender = self.pid_of(unit) if unit is not None else ""
+        local = self.records.get(dest)
+        if local is not None:  # the common case, without parsing the PID
+            self._post(local, Message(topic, payloads, sender))
+            return
         remote = self._remote_pid(dest)
         if remote is not None and self.remote is not None:
             # No acknowledgement across nodes (wippy-surface §3.1): a send is a publish.
@@ -285,25 +271,20 @@ class ProcessTable:
             if target.watchers and me.pid in target.watchers:
                 raise MoonwireError(f"already monitoring {target.pid}", Kind.ALREADY_EXISTS, retryable=False)
             self._monitor(me, target)
-        elif verb == "unmonitor":
-            target_pid = self._pid_for(dest)
-            target = self.records.get(target_pid)
-            if target is not None and target.watchers:
-                target.watchers.discard(me.pid)
-            if me.watching:
-                me.watching.discard(target_pid)
         elif verb == "link":
             target = self._resolve(dest)
             if target is me:
                 raise invalid("a process cannot link to itself")
             self._link(me, target)
-        else:
+        else:  # unmonitor, unlink: idempotent, also for a target already gone
             target_pid = self._pid_for(dest)
             target = self.records.get(target_pid)
-            if target is not None and target.links:
-                target.links.discard(me.pid)
-            if me.links:
-                me.links.discard(target_pid)
+            theirs = (target.watchers if verb == "unmonitor" else target.links) if target is not None else None
+            if theirs:
+                theirs.discard(me.pid)
+            mine = me.watching if verb == "unmonitor" else me.links
+            if mine:
+                mine.discard(target_pid)
         return None
 
     def _watch_remote(self, me: ProcessRecord, verb: str, target: str, remote: Pid, cluster: Cluster) -> Pending:
@@ -340,30 +321,14 @@ class ProcessTable:
         """The remote process ``remote`` does not exist or its node is gone: fire the
         monitor (EXIT) or link (LINK_DOWN) that ``local`` holds on it, once."""
         record = self.records.get(local)
-        if record is None or record.unit.outcome is not None:
-            return
-        if kind == EXIT:
-            if record.watching and remote in record.watching:
-                record.watching.discard(remote)
-                assert record.unit.mailbox is not None
-                record.unit.mailbox.post_event(Event(EXIT, remote, time.time(), None, error))
-        elif record.links and remote in record.links:
-            record.links.discard(remote)
-            self._link_failed(record, remote, error)
+        if record is not None:
+            self._fire(record, Event(kind, remote, time.time(), None, error))
 
-    def _link_failed(self, record: ProcessRecord, peer: str, error: MoonwireError | None) -> None:
-        """A process linked to ``record`` exited abnormally (or is gone)."""
-        if record.unit.trap_links:
-            assert record.unit.mailbox is not None
-            record.unit.mailbox.post_event(Event(LINK_DOWN, peer, time.time(), None, error))
-        else:
-            record.unit.abort(MoonwireError(LINKED_FAILURE, Kind.INTERNAL, details={"from": peer, "error": error}))
-
-    def deliver_event(self, uid: str, event: Event) -> None:
-        """An EXIT or LINK_DOWN from another node for the local process ``uid``; dropped
-        when that process no longer monitors or links the sender."""
-        record = self.uids.get(uid)
-        if record is None or record.unit.outcome is not None:
+    def _fire(self, record: ProcessRecord, event: Event) -> None:
+        """An EXIT or LINK_DOWN about ``event.sender`` from another node (or about its
+        node): acted on only while ``record`` still holds that monitor or link, which it
+        drops, so each fires once and nothing follows unmonitor/unlink."""
+        if record.unit.outcome is not None:
             return
         if event.kind == EXIT:
             if record.watching and event.sender in record.watching:
@@ -374,6 +339,20 @@ class ProcessTable:
             record.links.discard(event.sender)
             if event.error is not None:  # a normal exit only ends the link
                 self._link_failed(record, event.sender, event.error)
+
+    def _link_failed(self, record: ProcessRecord, peer: str, error: MoonwireError | None) -> None:
+        """A process linked to ``record`` exited abnormally (or is gone)."""
+        if record.unit.trap_links:
+            assert record.unit.mailbox is not None
+            record.unit.mailbox.post_event(Event(LINK_DOWN, peer, time.time(), None, error))
+        else:
+            record.unit.abort(MoonwireError(LINKED_FAILURE, Kind.INTERNAL, details={"from": peer, "error": error}))
+
+    def deliver_event(self, uid: str, event: Event) -> None:
+        """An EXIT or LINK_DOWN from another node for the local process ``uid``."""
+        record = self.uids.get(uid)
+        if record is not None:
+            self._fire(record, event)
 
     def control(self, verb: str, data: dict[str, Any]) -> None:
         """A control request from another node (see :class:`Cluster`).
