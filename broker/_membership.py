@@ -64,6 +64,12 @@ class Membership:
         peer = self.peers.get(node)
         return peer is not None and peer.incarnation != incarnation
 
+    def view(self) -> list[dict[str, object]]:
+        """The nodes this one believes alive: name, incarnation, hosts, heartbeat age (s)."""
+        now = time.monotonic()
+        return [{"node": p.node, "incarnation": p.incarnation, "hosts": p.hosts, "age": now - p.last_seen}
+                for p in sorted(self.peers.values(), key=lambda p: p.node)]
+
     def expect(self, node: str, incarnation: str) -> None:
         """Watch ``node`` (of ``incarnation``) from now on even if no heartbeat of it has
         arrived yet: a process here depends on it, and a node that dies before its first

@@ -42,6 +42,10 @@ class Subjects:
     def spawn(self, host_id: str) -> str:
         return f"{self.prefix}.spawn.{host_id}"
 
+    def survey(self, verb: str) -> str:
+        """Asked of every node at once (``moonwire ps``, ``moonwire nodes``)."""
+        return f"{self.prefix}.nodes.{verb}"
+
     def function(self, entry_id: str) -> str:
         return f"{self.prefix}.fn.{entry_id}"
 

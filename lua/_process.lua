@@ -148,7 +148,7 @@ function process.cancel(dest, reason)
     if reason ~= nil and type(reason) ~= "string" then
         return nil, host_error("cancel reason must be a string", KINDS.INVALID, false)
     end
-    return host.proc_cancel(dest, reason)
+    return request("proc_cancel", dest, reason)
 end
 
 -- Requests: a watch on another node's process returns once that node has it in place.
@@ -211,11 +211,15 @@ function registry.register(name, pid, scope)
     end
     return host.proc_register(name, pid, scope)
 end
-function registry.lookup(name)
+-- `node` (a moonwire extension) looks the name up in that node's LOCAL registry.
+function registry.lookup(name, node)
     if type(name) ~= "string" or name == "" then
         return nil, host_error("name must be a non-empty string", KINDS.INVALID, false)
     end
-    return host.proc_lookup(name)
+    if node ~= nil and (type(node) ~= "string" or node == "") then
+        return nil, host_error("node must be a node name", KINDS.INVALID, false)
+    end
+    return request("proc_lookup", name, node)
 end
 function registry.unregister(name, scope)
     if type(name) ~= "string" then return false end

@@ -1,9 +1,9 @@
 """The ``process`` module's bridge between Lua and the node (wippy-surface §2.1-§2.2).
 
-Lua calls that never wait (send, cancel, the registry, options, inbox, listen) are
-direct calls into :class:`ProcessFunctions`; calls that may wait or can end a process
-(spawn, exec, terminate, monitor/link and their undoing, which wait for another node)
-are requests the unit answers (see ``Unit._op_proc_*``).
+Lua calls that never wait (send, registering names, options, inbox, listen) are direct
+calls into :class:`ProcessFunctions`; calls that may wait for another node or can end a
+process (spawn, exec, cancel, terminate, monitor/link and their undoing, lookup) are
+requests the unit answers (see ``Unit._op_proc_*``).
 Either way, Lua values are converted here, once, and the node's
 :class:`ProcessServices` sees Python values and raises :class:`MoonwireError`, which
 becomes the Lua ``nil, err`` here.
@@ -56,9 +56,13 @@ class ProcessServices(Protocol):
         """Start a process and answer with its result when it exits."""
         ...
 
-    def terminate(self, unit: Unit, dest: str) -> None: ...
+    def terminate(self, unit: Unit, dest: str) -> Answer | None:
+        """None when done at once, else an answer settled when the target's node has done it."""
+        ...
 
-    def cancel(self, unit: Unit, dest: str, reason: str) -> None: ...
+    def cancel(self, unit: Unit, dest: str, reason: str) -> Answer | None:
+        """As :meth:`terminate`."""
+        ...
 
     def watch(self, unit: Unit, verb: str, dest: str) -> Answer | None:
         """``monitor``, ``unmonitor``, ``link`` or ``unlink``: None when done at once, else
@@ -67,7 +71,9 @@ class ProcessServices(Protocol):
 
     def register(self, unit: Unit, name: str, pid: str | None) -> None: ...
 
-    def lookup(self, unit: Unit, name: str) -> str: ...
+    def lookup(self, unit: Unit, name: str, node: str | None) -> Answer:
+        """The PID registered as ``name`` on this node, or on ``node``."""
+        ...
 
     def unregister(self, unit: Unit, name: str) -> bool: ...
 
@@ -86,7 +92,8 @@ REGISTRY_SCOPES = {"local"}
 WATCH_VERBS = {b"monitor": "monitor", b"unmonitor": "unmonitor", b"link": "link", b"unlink": "unlink"}
 
 
-def _text(value: Any, what: str) -> str:
+def text(value: Any, what: str) -> str:
+    """A Lua string argument as text (Invalid when it is not a string)."""
     if not isinstance(value, bytes):
         raise invalid(f"{what} must be a string")
     return value.decode("utf-8", "replace")
@@ -99,9 +106,8 @@ class ProcessFunctions:
         self.state = state
 
     def table(self) -> dict[bytes, Any]:
-        names = ["proc_pid", "proc_id", "proc_send", "proc_cancel", "proc_options",
-                 "proc_set_options", "proc_inbox", "proc_events", "proc_listen", "proc_unlisten",
-                 "proc_register", "proc_lookup", "proc_unregister"]
+        names = ["proc_pid", "proc_id", "proc_send", "proc_options", "proc_set_options", "proc_inbox",
+                 "proc_events", "proc_listen", "proc_unlisten", "proc_register", "proc_unregister"]
         return {name.encode(): getattr(self, name) for name in names}
 
     def _unit(self) -> Unit:
@@ -136,15 +142,6 @@ class ProcessFunctions:
         except MoonwireError as err:
             return self._fail(err)
 
-    def proc_cancel(self, dest: bytes, reason: Any) -> tuple[Any, ...]:
-        try:
-            unit = self._unit()
-            text = "" if reason is None else _text(reason, "reason")
-            unit.processes.cancel(unit, _text(dest, "destination"), text)
-            return (True,)
-        except MoonwireError as err:
-            return self._fail(err)
-
     def proc_options(self) -> Any:
         unit = self._unit()
         return self.state.table_from({b"trap_links": unit.trap_links, b"upgradable": False})
@@ -168,7 +165,7 @@ class ProcessFunctions:
         return self._mailbox().events()
 
     def proc_listen(self, topic: bytes, as_message: Any) -> Any:
-        return self._mailbox().listen(_text(topic, "topic"), bool(as_message))
+        return self._mailbox().listen(text(topic, "topic"), bool(as_message))
 
     def proc_unlisten(self, channel: Any) -> bool:
         return self._mailbox().unlisten(channel)
@@ -177,15 +174,8 @@ class ProcessFunctions:
         try:
             unit = self._unit()
             _check_scope(scope)
-            unit.processes.register(unit, _text(name, "name"), None if pid is None else _text(pid, "pid"))
+            unit.processes.register(unit, text(name, "name"), None if pid is None else text(pid, "pid"))
             return (True,)
-        except MoonwireError as err:
-            return self._fail(err)
-
-    def proc_lookup(self, name: bytes) -> tuple[Any, ...]:
-        try:
-            unit = self._unit()
-            return (unit.processes.lookup(unit, _text(name, "name")).encode(),)
         except MoonwireError as err:
             return self._fail(err)
 
@@ -193,7 +183,7 @@ class ProcessFunctions:
         try:
             unit = self._unit()
             _check_scope(scope)
-            return (unit.processes.unregister(unit, _text(name, "name")),)
+            return (unit.processes.unregister(unit, text(name, "name")),)
         except MoonwireError as err:
             return self._fail(err)
 
@@ -219,10 +209,10 @@ def spawn_request(state: LuaState, entry: bytes, host: bytes, packed: Any, monit
         for i in range(1, len(messages) + 1):
             topic, payloads = messages[i][1], messages[i][2]
             count = payloads[b"n"] or 0
-            queued.append((_text(topic, "topic"), [to_python(state, payloads[j]) for j in range(1, count + 1)]))
+            queued.append((text(topic, "topic"), [to_python(state, payloads[j]) for j in range(1, count + 1)]))
     return SpawnRequest(
-        entry=_text(entry, "entry id"), host=_text(host, "host"), args=args, monitor=bool(monitor), link=bool(link),
+        entry=text(entry, "entry id"), host=text(host, "host"), args=args, monitor=bool(monitor), link=bool(link),
         context=py_context if isinstance(py_context, dict) else {},
-        name=None if name is None else _text(name, "name"),
+        name=None if name is None else text(name, "name"),
         options=py_options if isinstance(py_options, dict) else {}, messages=queued,
     )

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from ._channel import Channel, Waiter, select
 from ._errors import Kind, MoonwireError, internal, invalid
 from ._mailbox import Mailbox
-from ._process import WATCH_VERBS, NoProcesses, ProcessServices, SpawnRequest, spawn_request
+from ._process import WATCH_VERBS, NoProcesses, ProcessServices, SpawnRequest, spawn_request, text
 from ._state import LuaState
 from ._values import to_lua, to_python
 
@@ -506,18 +506,26 @@ class Unit:
         return self._reply(tid, answer)
 
     def _op_proc_watch(self, tid: int, verb: bytes, dest: bytes) -> object:
+        return self._proc(tid, lambda: self.processes.watch(self, WATCH_VERBS[verb], text(dest, "destination")))
+
+    def _op_proc_terminate(self, tid: int, dest: bytes) -> object:
+        return self._proc(tid, lambda: self.processes.terminate(self, text(dest, "destination")))
+
+    def _op_proc_cancel(self, tid: int, dest: bytes, reason: Any) -> object:
+        return self._proc(tid, lambda: self.processes.cancel(
+            self, text(dest, "destination"), "" if reason is None else text(reason, "reason")))
+
+    def _op_proc_lookup(self, tid: int, name: bytes, node: Any) -> object:
+        return self._proc(tid, lambda: self.processes.lookup(
+            self, text(name, "name"), None if node is None else text(node, "node")))
+
+    def _proc(self, tid: int, call: Callable[[], Answer | None]) -> object:
+        """A process request: ``true`` when done at once (None), else its answer."""
         try:
-            answer = self.processes.watch(self, WATCH_VERBS[verb], dest.decode("utf-8", "replace"))
+            answer = call()
         except MoonwireError as err:
             return (None, self.state.make_error(err))
         return (True,) if answer is None else self._reply(tid, answer)
-
-    def _op_proc_terminate(self, tid: int, dest: bytes) -> tuple[Any, ...]:
-        try:
-            self.processes.terminate(self, dest.decode("utf-8", "replace"))
-        except MoonwireError as err:
-            return (None, self.state.make_error(err))
-        return (True,)
 
 
 async def settled(answer: Answer) -> Outcome:
@@ -541,7 +549,7 @@ _OPS: dict[bytes, Callable[..., Any]] = {
     b"chan_send": Unit._op_chan_send, b"chan_recv": Unit._op_chan_recv, b"select": Unit._op_select,
     b"call": Unit._op_call, b"async": Unit._op_async,
     b"proc_spawn": Unit._op_proc_spawn, b"proc_exec": Unit._op_proc_exec, b"proc_terminate": Unit._op_proc_terminate,
-    b"proc_watch": Unit._op_proc_watch,
+    b"proc_watch": Unit._op_proc_watch, b"proc_cancel": Unit._op_proc_cancel, b"proc_lookup": Unit._op_proc_lookup,
 }
 
 

@@ -9,11 +9,14 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from nats.aio.client import Client as NatsClient
 
 from broker import BrokerUnavailable, Pid, Subjects, connect
-from lua import SECOND, Message, Outcome, parse_duration
+from lua import SECOND, Message, Outcome, SpawnRequest, parse_duration
 
 from ._config import ConfigError, ResolvedConfig, load_config
 from ._embedded import EmbeddedServerError, recorded_nats_url
@@ -22,6 +25,7 @@ from ._inboxes import encode as encode_message
 from ._logging import setup_logging
 from ._node import Node
 from ._project import Project, ProjectInvalid, load_project
+from ._remote import Survey, spawn_from_outside, survey
 
 log = logging.getLogger("moonwire")
 
@@ -42,17 +46,28 @@ _CONFIG_FLAGS = {
 }
 
 
-def _config_options(parser: argparse.ArgumentParser) -> None:
+def _config_options(parser: argparse.ArgumentParser, *, node: bool = True) -> None:
     group = parser.add_argument_group("node configuration (overrides moonwire.yaml and MOONWIRE_* variables)")
-    group.add_argument("--node", help="node name (one subject token); default: derived from the host name")
+    if node:
+        group.add_argument("--node", help="node name (one subject token); default: derived from the host name")
+        group.add_argument("--shutdown-timeout", metavar="DURATION", help="bound on a graceful stop, e.g. 30s")
     group.add_argument("--nats", metavar="URL", help="NATS server URL(s), comma-separated; default: embedded server")
     group.add_argument("--prefix", help="subject prefix (default mw)")
     group.add_argument("--state-dir", help="state folder, relative to the project (default .moonwire)")
-    group.add_argument("--shutdown-timeout", metavar="DURATION", help="bound on a graceful stop, e.g. 30s")
     group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     group.add_argument("--log-format", choices=["console", "json"])
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="set any configuration key, e.g. --set heartbeat.interval=1s")
+
+
+def _cluster_options(parser: argparse.ArgumentParser, target_node: str | None = None) -> None:
+    """Options of a command that talks to a running cluster (it is not a node itself):
+    ``--node`` here names a target node."""
+    if target_node is not None:
+        parser.add_argument("--node", dest="target_node", metavar="NODE", help=target_node)
+    parser.add_argument("--project", type=Path, default=Path("."),
+                        help="project whose embedded NATS server to use when no URL is configured (default: .)")
+    _config_options(parser, node=False)
 
 
 def _flags(args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
@@ -83,18 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
     call = commands.add_parser("call", help="call a function on the running cluster and print its result as JSON")
     call.add_argument("function", metavar="ns:name")
     call.add_argument("args", nargs="*", help="arguments, each JSON (or a plain string)")
-    call.add_argument("--project", type=Path, default=Path("."),
-                      help="project whose embedded NATS server to use when no URL is configured (default: .)")
     call.add_argument("--timeout", default="30s", metavar="DURATION")
-    _config_options(call)
+    _cluster_options(call)
 
     send = commands.add_parser("send", help="send a message to a process (from outside: msg:from() is empty)")
     send.add_argument("pid", metavar="PID", help="the process, e.g. '{n1@app:host|mx1f2k-3}'")
     send.add_argument("topic")
     send.add_argument("payloads", nargs="*", metavar="PAYLOAD", help="payloads, each JSON (or a plain string)")
-    send.add_argument("--project", type=Path, default=Path("."),
-                      help="project whose embedded NATS server to use when no URL is configured (default: .)")
-    _config_options(send)
+    _cluster_options(send)
+
+    spawn = commands.add_parser("spawn", help="spawn a process on a node that runs its host and print its PID")
+    spawn.add_argument("entry", metavar="ns:entry")
+    spawn.add_argument("args", nargs="*", metavar="ARG", help="arguments, each JSON (or a plain string)")
+    spawn.add_argument("--host", required=True, help="the process host, e.g. app:workers")
+    _cluster_options(spawn, target_node="spawn on this node (default: any node that runs the host)")
+
+    ps = commands.add_parser("ps", help="list the processes of every node (or of one)")
+    ps.add_argument("--limit", type=int, default=1000, help="at most this many processes per node (default 1000)")
+    ps.add_argument("--json", action="store_true", help="print the answers as JSON")
+    _cluster_options(ps, target_node="only this node")
+
+    nodes = commands.add_parser("nodes", help="list the live nodes, their hosts and heartbeat age")
+    nodes.add_argument("--json", action="store_true", help="print the answers as JSON")
+    _cluster_options(nodes)
 
     check = commands.add_parser("check", help="validate a project and list every problem")
     check.add_argument("project", nargs="?", default=".", type=Path)
@@ -108,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "check": cmd_check, "config": cmd_config, "call": cmd_call,
-               "send": cmd_send}[args.command]
+               "send": cmd_send, "spawn": cmd_spawn, "ps": cmd_ps, "nodes": cmd_nodes}[args.command]
     sys.exit(handler(args))
 
 
@@ -240,30 +266,39 @@ def _cluster(args: argparse.Namespace) -> tuple[ResolvedConfig, list[str]] | int
     return resolved, servers
 
 
+T = TypeVar("T")
+
+
+def _talk(args: argparse.Namespace, work: Callable[[NatsClient, Subjects], Awaitable[T]]) -> T | int:
+    """Connect to the cluster, run ``work``, disconnect: its result, or an exit status."""
+    cluster = _cluster(args)
+    if isinstance(cluster, int):
+        return cluster
+    resolved, servers = cluster
+
+    async def talk() -> T:
+        nc = await connect(resolved.config.connect_options(servers))
+        try:
+            return await work(nc, Subjects(resolved.config.prefix))
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(talk())
+    except BrokerUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     try:
         timeout = parse_duration(args.timeout) / SECOND
     except ValueError as err:
         print(f"error: --timeout: {err}", file=sys.stderr)
         return EXIT_USAGE
-    cluster = _cluster(args)
-    if isinstance(cluster, int):
-        return cluster
-    resolved, servers = cluster
-
-    async def call() -> Outcome:
-        nc = await connect(resolved.config.connect_options(servers))
-        try:
-            return await call_function(nc, Subjects(resolved.config.prefix), args.function, _json_args(args.args),
-                                       {}, timeout)
-        finally:
-            await nc.close()
-
-    try:
-        return _print_outcome(asyncio.run(call()))
-    except BrokerUnavailable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILURE
+    outcome = _talk(args, lambda nc, subjects: call_function(nc, subjects, args.function, _json_args(args.args),
+                                                             {}, timeout))
+    return outcome if isinstance(outcome, int) else _print_outcome(outcome)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -274,26 +309,96 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not args.topic or args.topic.startswith("@"):
         print("error: the topic must be non-empty and must not start with @", file=sys.stderr)
         return EXIT_USAGE
-    cluster = _cluster(args)
-    if isinstance(cluster, int):
-        return cluster
-    resolved, servers = cluster
     body, headers = encode_message(Message(args.topic, _json_args(args.payloads)))
 
-    async def send() -> None:
-        nc = await connect(resolved.config.connect_options(servers))
-        try:
-            await nc.publish(Subjects(resolved.config.prefix).inbox(pid.node, pid.uid), body, headers=headers)
-            await nc.flush()
-        finally:
-            await nc.close()
+    async def send(nc: NatsClient, subjects: Subjects) -> int:
+        await nc.publish(subjects.inbox(pid.node, pid.uid), body, headers=headers)
+        await nc.flush()
+        return EXIT_OK
 
-    try:
-        asyncio.run(send())
-    except BrokerUnavailable as err:
-        print(f"error: {err}", file=sys.stderr)
+    return _talk(args, send)
+
+
+def cmd_spawn(args: argparse.Namespace) -> int:
+    request = SpawnRequest(args.entry, args.host, _json_args(args.args))
+    outcome = _talk(args, lambda nc, subjects: spawn_from_outside(nc, subjects, request, args.target_node))
+    if isinstance(outcome, int):
+        return outcome
+    if not outcome.ok:
+        return _print_outcome(outcome)
+    print(outcome.value)
+    return EXIT_OK
+
+
+def _print_missing(result: Survey) -> int:
+    """Name the nodes that did not answer; the exit status."""
+    if not result.answers:
+        print("error: no node answered within a second", file=sys.stderr)
+        return EXIT_FAILURE
+    if result.missing:
+        print(f"error: no answer from node(s): {', '.join(result.missing)}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _age(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    result = _talk(args, lambda nc, subjects: survey(nc, subjects, "ps", {"limit": args.limit},
+                                                     node=args.target_node))
+    if isinstance(result, int):
+        return result
+    if args.json:
+        print(json.dumps({"nodes": result.answers, "missing": result.missing}, default=str))
+        return _print_missing(result)
+    rows = [["PID", "ENTRY", "HOST", "STATE", "INBOX", "UPTIME"]]
+    for node in sorted(result.answers):
+        answer = result.answers[node]
+        for p in answer.get("list", []):
+            rows.append([p["pid"], p["entry"], p["host"], p["state"], str(p["inbox"]), _age(p["uptime"])])
+        if answer.get("processes", 0) > len(answer.get("list", [])):
+            rows.append([f"({answer['processes'] - len(answer['list'])} more on {node})", "", "", "", "", ""])
+    _table(rows)
+    return _print_missing(result)
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    result = _talk(args, lambda nc, subjects: survey(nc, subjects, "info"))
+    if isinstance(result, int):
+        return result
+    # A node's heartbeat age is the freshest any other answering node has seen.
+    ages: dict[str, float] = {}
+    for answer in result.answers.values():
+        for peer in answer.get("peers", []):
+            ages[peer["node"]] = min(ages.get(peer["node"], float("inf")), float(peer["age"]))
+    if args.json:
+        for node, answer in result.answers.items():
+            answer["heartbeat_age"] = ages.get(node)
+        print(json.dumps({"nodes": result.answers, "missing": result.missing}, default=str))
+        return _print_missing(result)
+    rows = [["NODE", "INCARNATION", "HOSTS", "PROCESSES", "UPTIME", "HEARTBEAT"]]
+    for node in sorted(result.answers):
+        answer = result.answers[node]
+        rows.append([node, answer["incarnation"], ",".join(answer["hosts"]) or "-", str(answer["processes"]),
+                     _age(answer["uptime"]), _age(ages[node]) if node in ages else "-"])
+    for node in result.missing:
+        rows.append([node, "?", "?", "?", "?", f"{_age(ages[node])} (no answer)" if node in ages else "(no answer)"])
+    _table(rows)
+    return _print_missing(result)
 
 
 async def _serve(node: Node) -> None:

@@ -20,11 +20,12 @@ Exit outcomes (``_exit``), for the process P that ended:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker import Membership, Pid, PidAllocator
@@ -34,7 +35,7 @@ from ._entries import HostSettings, ProcessEntry
 from ._functions import CodeLoader, Functions
 from ._hosts import ProcessHost, Shard
 from ._project import Project
-from ._remote import Cluster, noproc
+from ._remote import Cluster, decode_spawn, noproc
 from ._remote import node_down as node_down_error
 
 log = logging.getLogger("moonwire.processes")
@@ -60,6 +61,9 @@ class ProcessRecord:
     watching: set[str] | None = None      # PIDs this process monitors
     links: set[str] | None = None
     exit_hooks: list[ExitHook] | None = None
+    exec_waits: dict[str, Pending] | None = None  # remote children this process execs
+    spawning: int = 0  # remote spawns with a monitor, link or exec awaiting the child's PID
+    early: list[Event] | None = None  # events from other nodes that arrived before that PID
 
 
 def _epoch(uid: str) -> str:
@@ -91,6 +95,7 @@ class ProcessTable:
         self._empty = asyncio.Event()
         self._empty.set()
         self.mailbox_limit = HostSettings().mailbox_limit
+        self.started = time.monotonic()
 
     # ------------------------------------------------------------ lookups
 
@@ -173,46 +178,122 @@ class ProcessTable:
         pid = Pid.parse(dest)
         return pid if pid is not None and pid.node != self.node else None
 
-    def cancel(self, unit: Unit | None, dest: str, reason: str) -> None:
-        remote = self._remote_pid(dest)
-        if remote is not None and self.cluster is not None:
-            self.cluster.notify("cancel", remote, {"target": dest, "by": self.pid_of(unit) if unit else "",
-                                                   "reason": reason})
-            return
-        target = self._resolve(dest)
-        assert target.unit.mailbox is not None
-        target.unit.mailbox.post_event(Event(CANCEL, self.pid_of(unit) if unit else "", time.time(), reason=reason))
+    def cancel(self, unit: Unit | None, dest: str, reason: str) -> Answer | None:
+        return self._signal(unit, "cancel", dest, {"reason": reason})
 
-    def terminate(self, unit: Unit | None, dest: str) -> None:
+    def terminate(self, unit: Unit | None, dest: str) -> Answer | None:
+        return self._signal(unit, "terminate", dest, {})
+
+    def _signal(self, unit: Unit | None, verb: str, dest: str, body: dict[str, Any]) -> Answer | None:
+        """``cancel`` or ``terminate``: done here for a local target (None), else an answer
+        settled once the target's node has done it (NotFound when it does not exist)."""
         by = self.pid_of(unit) if unit is not None else ""
         remote = self._remote_pid(dest)
         if remote is not None and self.cluster is not None:
-            self.cluster.notify("terminate", remote, {"target": dest, "by": by})
-            return
-        target = self._resolve(dest)
-        target.unit.abort(MoonwireError("process terminated", Kind.CANCELED, retryable=False,
-                                        details={"by": by} if by else None))
+            pending = Pending()
+            pending.abandon = self.cluster.request(verb, remote.node, {**body, "target": dest, "by": by},
+                                                   pending.settle)
+            return pending
+        self.control(verb, {**body, "target": self._resolve(dest).pid, "by": by})
+        return None
 
     # ------------------------------------------------------------ spawning
 
-    def spawn(self, unit: Unit | None, request: SpawnRequest) -> Outcome:
-        try:
-            return Outcome(value=self.start(unit, request))
-        except MoonwireError as err:
-            return Outcome(error=err)
+    def spawn_hosts(self) -> list[str]:
+        """The hosts other nodes may spawn on here (all but the built-in terminal host)."""
+        return sorted(h for h in self.hosts if h != TERMINAL_HOST)
+
+    def spawn(self, unit: Unit | None, request: SpawnRequest) -> Answer:
+        return self._spawn(unit, request, wait_exit=False)
 
     def exec(self, unit: Unit | None, request: SpawnRequest) -> Answer:
-        pending = Pending()
+        return self._spawn(unit, request, wait_exit=True)
+
+    def _spawn(self, unit: Unit | None, request: SpawnRequest, wait_exit: bool) -> Answer:
+        """Spawn here when this node runs the host (and the spawner pins no other node),
+        else on another node. With ``wait_exit``, the answer is the child's result."""
         try:
-            self.start(unit, request, on_exit=pending.settle)
+            node = request.options.get("node")
+            if node is not None and not isinstance(node, str):
+                raise invalid("spawn option 'node' must be a node name")
+            parent = self.pid_of(unit) if unit is not None and (
+                wait_exit or request.monitor or request.link or request.messages) else ""
+            if node not in (None, self.node) or (request.host not in self.hosts and node is None
+                                                 and self.cluster is not None):
+                if wait_exit and not parent:
+                    raise invalid("exec on another node needs a calling process")
+                return self._spawn_remote(parent, request, node, wait_exit)
+            if not wait_exit:
+                return Outcome(value=self.start(request, parent))
+            pending = Pending()
+            self.start(request, parent, on_exit=pending.settle)
+            return pending
         except MoonwireError as err:
             return Outcome(error=err)
+
+    def _spawn_remote(self, parent: str, request: SpawnRequest, node: str | None, wait_exit: bool) -> Pending:
+        """Spawn through another node. The monitor and link are recorded on the child's
+        node before it starts (they travel in the request); events about the child that
+        arrive here before its PID does are held until then (see :meth:`deliver_event`)."""
+        assert self.cluster is not None
+        me = self.records.get(parent)
+        watched = request.monitor or request.link or wait_exit
+        if wait_exit:
+            request = replace(request, monitor=True)  # the child's EXIT carries the result
+        if me is not None and watched:
+            me.spawning += 1
+        pending = Pending()
+
+        def spawned(outcome: Outcome) -> None:
+            if me is None or not watched:
+                pending.settle(outcome)
+                return
+            me.spawning -= 1
+            child = outcome.value
+            if outcome.ok and isinstance(child, str) and me.unit.outcome is not None:
+                self._orphaned(me, child, request)
+            elif outcome.ok and isinstance(child, str):
+                if request.monitor:
+                    me.watching = me.watching or set()
+                    me.watching.add(child)
+                if request.link:
+                    me.links = me.links or set()
+                    me.links.add(child)
+                if self.membership is not None and (remote := Pid.parse(child)) is not None:
+                    self.membership.expect(remote.node, _epoch(remote.uid))
+            if wait_exit and outcome.ok:
+                me.exec_waits = me.exec_waits or {}
+                me.exec_waits[str(child)] = pending
+            else:
+                pending.settle(outcome)
+            early = me.early or []
+            me.early = [e for e in early if e.sender != child] if me.spawning else None
+            for event in early:
+                if event.sender == child:
+                    self._fire(me, event)
+
+        pending.abandon = self.cluster.spawn(request, parent, node, spawned)
         return pending
 
-    def start(self, unit: Unit | None, request: SpawnRequest, on_exit: ExitHook | None = None) -> str:
-        """Start a process for ``request`` and return its PID. Monitor, link, name and
-        queued messages are in place before its first instruction runs; ``on_exit`` is
-        called with its outcome when it exits.
+    def _orphaned(self, parent: ProcessRecord, child: str, request: SpawnRequest) -> None:
+        """The parent exited while its remote spawn was on the way: tell the child's node
+        what the parent's exit would have told it."""
+        remote = Pid.parse(child)
+        outcome = parent.unit.outcome
+        if remote is None or outcome is None or self.cluster is None:
+            return
+        if request.monitor:
+            self.cluster.notify("unmonitor", remote.node, {"watcher": parent.pid, "target": child})
+        if request.link:
+            self.cluster.event(remote.node, remote.uid, Event(LINK_DOWN, parent.pid, time.time(), outcome.value,
+                                                              outcome.error))
+
+    def start(self, request: SpawnRequest, parent: str = "", on_exit: ExitHook | None = None) -> str:
+        """Start a process for ``request`` here and return its PID. ``parent`` (a PID here
+        or on another node) gets the monitor and link the request asks for and is the
+        sender of its queued messages. Monitor, link, name and queued messages are in
+        place before the child's first instruction runs; ``on_exit`` is called with its
+        outcome when it exits.
 
         Raises:
             MoonwireError: NotFound (no such entry or host), Invalid (not a process.lua
@@ -231,7 +312,10 @@ class ProcessTable:
                                 Kind.ALREADY_EXISTS, retryable=False)
         if request.name is not None and Pid.parse(request.name) is not None:
             raise invalid(f"name {request.name!r} looks like a PID")
-        parent = self.pid_of(unit) if unit is not None and (request.monitor or request.link or request.messages) else ""
+        local_parent = self.records.get(parent) if parent else None
+        remote_parent = Pid.parse(parent) if parent and local_parent is None else None
+        if parent and local_parent is None and remote_parent is None:
+            raise invalid(f"parent {parent!r} is not a PID")
         shard, export = host.instantiate(self.code.code(entry))
 
         pid = self.pids.next(host.id)
@@ -244,10 +328,18 @@ class ProcessTable:
         self._add(record)
         if request.name is not None:
             self._name(request.name, record)
-        if parent and request.monitor:
-            self._monitor(self.records[parent], record)
-        if parent and request.link:
-            self._link(self.records[parent], record)
+        if local_parent is not None:
+            if request.monitor:
+                self._monitor(local_parent, record)
+            if request.link:
+                self._link(local_parent, record)
+        elif remote_parent is not None and (request.monitor or request.link):
+            if request.monitor:
+                record.watchers = {parent}
+            if request.link:
+                record.links = {parent}
+            if self.membership is not None:
+                self.membership.expect(remote_parent.node, _epoch(remote_parent.uid))
         if on_exit is not None:
             record.exit_hooks = [on_exit]
         for topic, payloads in request.messages:
@@ -307,14 +399,14 @@ class ProcessTable:
             self.membership.expect(remote.node, _epoch(remote.uid))
         pending = Pending()
 
-        def done(error: MoonwireError | None) -> None:
+        def done(outcome: Outcome) -> None:
             # A target that does not exist, or a node that does not answer, fires the
             # monitor or link at once; the call itself succeeded.
-            if error is not None and verb in ("monitor", "link"):
-                self._remote_gone(me.pid, target, EXIT if verb == "monitor" else LINK_DOWN, error)
+            if outcome.error is not None and verb in ("monitor", "link"):
+                self._remote_gone(me.pid, target, EXIT if verb == "monitor" else LINK_DOWN, outcome.error)
             pending.settle(Outcome(value=True))
 
-        pending.abandon = cluster.request(verb, remote, {"watcher": me.pid, "target": target}, done)
+        pending.abandon = cluster.request(verb, remote.node, {"watcher": me.pid, "target": target}, done)
         return pending
 
     def _remote_gone(self, local: str, remote: str, kind: str, error: MoonwireError) -> None:
@@ -333,6 +425,10 @@ class ProcessTable:
         if event.kind == EXIT:
             if record.watching and event.sender in record.watching:
                 record.watching.discard(event.sender)
+                waiting = record.exec_waits.pop(event.sender, None) if record.exec_waits else None
+                if waiting is not None:  # an exec on another node: its result, not an event
+                    waiting.settle(Outcome(event.value, event.error))
+                    return
                 assert record.unit.mailbox is not None
                 record.unit.mailbox.post_event(event)
         elif event.kind == LINK_DOWN and record.links and event.sender in record.links:
@@ -351,15 +447,29 @@ class ProcessTable:
     def deliver_event(self, uid: str, event: Event) -> None:
         """An EXIT or LINK_DOWN from another node for the local process ``uid``."""
         record = self.uids.get(uid)
-        if record is not None:
-            self._fire(record, event)
+        if record is None:
+            return
+        if record.spawning and event.sender not in ((record.watching if event.kind == EXIT else record.links) or ()):
+            # Perhaps about a child whose PID is still on its way (see _spawn_remote).
+            record.early = record.early or []
+            record.early.append(event)
+            return
+        self._fire(record, event)
 
-    def control(self, verb: str, data: dict[str, Any]) -> None:
-        """A control request from another node (see :class:`Cluster`).
+    def control(self, verb: str, data: dict[str, Any]) -> Any:
+        """A control request from another node (see :class:`Cluster`); returns the answer.
 
         Raises:
-            MoonwireError: NotFound (noproc) when the target does not exist.
+            MoonwireError: NotFound (noproc) when the target does not exist; what
+                :meth:`start` raises for ``spawn``.
         """
+        if verb == "spawn":
+            return self.start(*decode_spawn(data))
+        if verb == "lookup":
+            return self._registered(str(data.get("name")))
+        if verb in ("info", "ps"):
+            limit = data.get("limit")
+            return self.describe(processes=verb == "ps", limit=limit if isinstance(limit, int) else 1000)
         target = data.get("target")
         if not isinstance(target, str):
             raise invalid("control request without a target")
@@ -384,6 +494,24 @@ class ProcessTable:
             by = str(data.get("by", ""))
             record.unit.abort(MoonwireError("process terminated", Kind.CANCELED, retryable=False,
                                             details={"by": by} if by else None))
+        return True
+
+    def describe(self, *, processes: bool, limit: int) -> dict[str, Any]:
+        """This node for ``moonwire nodes`` and (with ``processes``) ``moonwire ps``."""
+        now = time.monotonic()
+        info: dict[str, Any] = {
+            "node": self.node, "incarnation": self.pids.epoch, "hosts": self.spawn_hosts(),
+            "uptime": now - self.started, "processes": len(self.records),
+            "peers": self.membership.view() if self.membership is not None else [],
+        }
+        if processes:
+            info["list"] = [
+                {"pid": r.pid, "entry": r.entry, "host": r.host,
+                 "state": "running" if r.unit.scheduled or r.unit.ready else "waiting",
+                 "inbox": r.unit.mailbox.depth() if r.unit.mailbox is not None else 0,
+                 "uptime": now - r.started}
+                for r in itertools.islice(self.records.values(), max(limit, 0))]
+        return info
 
     def node_down(self, node: str, incarnation: str, reason: str) -> None:
         """Every monitor and link held here on a process of that incarnation of ``node``
@@ -447,10 +575,21 @@ class ProcessTable:
             record.names = []
         record.names.append(name)
 
-    def lookup(self, unit: Unit | None, name: str) -> str:
+    def lookup(self, unit: Unit | None, name: str, node: str | None = None) -> Answer:
+        """The PID registered as ``name`` on this node, or on ``node`` (NotFound: none)."""
+        if node is not None and node != self.node and self.cluster is not None:
+            pending = Pending()
+            pending.abandon = self.cluster.request("lookup", node, {"name": name}, pending.settle)
+            return pending
+        try:
+            return Outcome(value=self._registered(name))
+        except MoonwireError as err:
+            return Outcome(error=err)
+
+    def _registered(self, name: str) -> str:
         pid = self.names.get(name)
         if pid is None:
-            raise not_found(f"no process registered as {name!r}")
+            raise not_found(f"no process registered as {name!r} on node {self.node}")
         return pid
 
     def unregister(self, unit: Unit | None, name: str) -> bool:
@@ -496,7 +635,7 @@ class ProcessTable:
                 if target is not None and target.watchers:
                     target.watchers.discard(pid)
                 elif target is None and self.cluster is not None and (remote := self._remote_pid(target_pid)):
-                    self.cluster.notify("unmonitor", remote, {"watcher": pid, "target": target_pid})
+                    self.cluster.notify("unmonitor", remote.node, {"watcher": pid, "target": target_pid})
         now = time.time()
         exit_event = Event(EXIT, pid, now, outcome.value, outcome.error)
         if record.watchers:
@@ -504,7 +643,7 @@ class ProcessTable:
                 watcher = self.records.get(watcher_pid)
                 if watcher is None:
                     if self.cluster is not None and (remote := self._remote_pid(watcher_pid)):
-                        self.cluster.event(remote, exit_event)
+                        self.cluster.event(remote.node, remote.uid, exit_event)
                     continue
                 if watcher.watching:
                     watcher.watching.discard(pid)
@@ -516,7 +655,8 @@ class ProcessTable:
                 if peer is None:
                     # The remote side learns either way: a normal exit only ends the link.
                     if self.cluster is not None and (remote := self._remote_pid(peer_pid)):
-                        self.cluster.event(remote, Event(LINK_DOWN, pid, now, outcome.value, outcome.error))
+                        self.cluster.event(remote.node, remote.uid,
+                                           Event(LINK_DOWN, pid, now, outcome.value, outcome.error))
                     continue
                 if peer.links:
                     peer.links.discard(pid)

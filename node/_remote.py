@@ -1,33 +1,45 @@
 """Process operations across nodes (DESIGN §5-§6): the control plane and remote events.
 
 Outbound, for a local process acting on a PID of another node: ``monitor``, ``link``,
-``unmonitor`` and ``unlink`` are requests to ``<prefix>.ctl.<node>.<verb>`` that the
-calling Lua thread waits for, so the watch is in place (or gone) on the target's node
-before the call returns, and messages sent after it are ordered after it. When the
-target no longer exists the monitor or link fires at once (a NoProc-style NotFound
-error); when nobody answers for its node, with a node-down error. ``cancel`` and
-``terminate`` are one-way notices.
+``unmonitor``, ``unlink`` and ``lookup`` are requests to ``<prefix>.ctl.<node>.<verb>``
+that the calling Lua thread waits for, so the watch is in place (or gone) on the
+target's node before the call returns, and messages sent after it are ordered after
+it. When the target no longer exists the monitor or link fires at once (a NoProc-style
+NotFound error); when nobody answers for its node, with a node-down error. ``cancel``
+and ``terminate`` are one-way notices.
+
+Spawning on a host this node does not run is a request to the queue group
+``<prefix>.spawn.<host id>`` (one node that runs the host answers with the PID), or to
+``<prefix>.ctl.<node>.spawn`` when the spawner pins a node. The parent's monitor and
+link travel in the request and are in place on the child's node before it starts.
 
 Exit events for watchers and linked processes on other nodes travel to the watcher's
 inbox subject with an ``Mw-Event`` header, on the same subscription as messages, so an
 EXIT arrives after every message the exited process sent (DESIGN §4).
 
-Inbound, this node's one subscription ``<prefix>.ctl.<node>.*`` runs the verbs on its
-process table. Everything here is callbacks; no task per operation.
+For the CLI, every node answers ``<prefix>.nodes.info`` and ``<prefix>.nodes.ps``
+(broadcast) and the same verbs on its control subject; :func:`survey` gathers them.
+
+Inbound, this node's subscriptions run the verbs on its process table. Everything here
+is callbacks; no task per operation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError as NatsNoResponders
+from nats.errors import TimeoutError as NatsTimeout
 
-from broker import NoResponders, Outbox, Pid, Requests, RequestTimeout, Subjects
-from lua import Event, Kind, MoonwireError
+from broker import NoResponders, Outbox, Requests, RequestTimeout, Subjects
+from lua import Event, Kind, MoonwireError, Outcome, SpawnRequest, invalid, not_found
 
 from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
 
@@ -36,7 +48,11 @@ if TYPE_CHECKING:
 
 EVENT_HEADER = "Mw-Event"
 CONTROL_TIMEOUT = 5.0
-_VERBS = ("monitor", "link", "unmonitor", "unlink", "cancel", "terminate")
+SPAWN_QUEUE = "mw.spawn"
+WATCH_VERBS = ("monitor", "link", "unmonitor", "unlink")
+NOTICE_VERBS = ("cancel", "terminate")
+QUERY_VERBS = ("spawn", "lookup", "info", "ps")
+SURVEY_VERBS = ("info", "ps")
 
 
 def noproc(pid: str) -> MoonwireError:
@@ -72,6 +88,27 @@ def decode_event(kind: str, body: bytes) -> Event:
                  data.get("reason"))
 
 
+def encode_spawn(request: SpawnRequest, parent: str) -> dict[str, Any]:
+    return {"request": asdict(request), "parent": parent}
+
+
+def decode_spawn(data: dict[str, Any]) -> tuple[SpawnRequest, str]:
+    """Raises MoonwireError (Invalid) for a body that is not a spawn request."""
+    fields = data.get("request")
+    parent = data.get("parent", "")
+    try:
+        if not isinstance(fields, dict) or not isinstance(parent, str):
+            raise TypeError("expected {request, parent}")
+        request = SpawnRequest(**fields)
+        request.messages = [(str(topic), list(payloads)) for topic, payloads in request.messages]
+        if not (isinstance(request.entry, str) and isinstance(request.host, str) and isinstance(request.args, list)
+                and isinstance(request.context, dict) and isinstance(request.options, dict)):
+            raise TypeError("field of the wrong type")
+    except (TypeError, ValueError) as err:
+        raise invalid(f"malformed spawn request: {err}") from err
+    return request, parent
+
+
 class Cluster:
     """This node's side of remote process operations."""
 
@@ -83,62 +120,177 @@ class Cluster:
         self.subjects = subjects
         self.node = node
         self.table = table
-        self._subscription: Subscription | None = None
+        self._subscriptions: list[Subscription] = []
 
     async def start(self) -> None:
-        self._subscription = await self.nats.subscribe(self.subjects.control(self.node, "*"), cb=self._on_control)
+        """Serve this node's control subject, the survey subjects, and the spawn queue
+        group of every host it runs (``spawn_hosts``)."""
+        subscribe = self.nats.subscribe
+        self._subscriptions.append(await subscribe(self.subjects.control(self.node, "*"), cb=self._on_control))
+        self._subscriptions.append(await subscribe(self.subjects.survey("*"), cb=self._on_control))
+        for host in self.table.spawn_hosts():
+            self._subscriptions.append(await subscribe(self.subjects.spawn(host), queue=SPAWN_QUEUE,
+                                                       cb=self._on_spawn))
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-            self._subscription = None
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
 
     # ------------------------------------------------------------ outbound
 
-    def request(self, verb: str, target: Pid, body: dict[str, Any],
-                on_reply: Callable[[MoonwireError | None], None]) -> Callable[[], None]:
-        """Ask ``target``'s node to run ``verb``. ``on_reply`` gets None once it is done,
-        or the error: NotFound (noproc) when the target does not exist, Unavailable
-        (node down) when no node answers for it or none answers in time. Returns a
-        function that abandons the request."""
+    def request(self, verb: str, node: str, body: dict[str, Any],
+                on_reply: Callable[[Outcome], None]) -> Callable[[], None]:
+        """Ask ``node`` to run ``verb``. ``on_reply`` gets the answer's value, or its
+        error: NotFound (noproc) when the target does not exist, Unavailable (node down)
+        when no node answers for it or none answers in time. Returns a function that
+        abandons the request."""
+        return self._ask(self.subjects.control(node, verb), body, on_reply,
+                         lambda why: node_down(node, why))
+
+    def spawn(self, request: SpawnRequest, parent: str, node: str | None,
+              on_reply: Callable[[Outcome], None]) -> Callable[[], None]:
+        """Start ``request`` on ``node``, or on whichever node runs its host; the answer
+        is the child's PID."""
+        subject, nobody = _spawn_route(self.subjects, request, node)
+        return self._ask(subject, encode_spawn(request, parent), on_reply, nobody)
+
+    def _ask(self, subject: str, body: dict[str, Any], on_reply: Callable[[Outcome], None],
+             nobody: Callable[[str], MoonwireError]) -> Callable[[], None]:
         def answered(reply: Msg | BaseException) -> None:
             if isinstance(reply, NoResponders):
-                on_reply(node_down(target.node, "no node answers for it"))
+                on_reply(Outcome(error=nobody(_NO_RESPONDERS)))
             elif isinstance(reply, RequestTimeout):
-                on_reply(node_down(target.node, f"no answer within {CONTROL_TIMEOUT:.0f}s"))
+                on_reply(Outcome(error=nobody(f"no answer within {CONTROL_TIMEOUT:.0f}s")))
             elif isinstance(reply, Msg):
-                try:
-                    data = unpack(reply.data, (reply.headers or {}).get(CONTENT_TYPE))
-                except MoonwireError as err:
-                    on_reply(err)
-                    return
-                error = data.get("error") if isinstance(data, dict) else None
-                on_reply(error if isinstance(error, MoonwireError) else None)
+                on_reply(_reply_outcome(reply))
             # else: the node is stopping; whoever waited is being stopped too
 
-        return self.requests.request_nowait(self.subjects.control(target.node, verb), pack(body),
-                                            timeout=CONTROL_TIMEOUT, callback=answered,
+        return self.requests.request_nowait(subject, pack(body), timeout=CONTROL_TIMEOUT, callback=answered,
                                             headers={CONTENT_TYPE: MSGPACK})
 
-    def notify(self, verb: str, target: Pid, body: dict[str, Any]) -> None:
-        self.outbox.publish_nowait(self.subjects.control(target.node, verb), pack(body),
-                                   headers={CONTENT_TYPE: MSGPACK})
+    def notify(self, verb: str, node: str, body: dict[str, Any]) -> None:
+        self.outbox.publish_nowait(self.subjects.control(node, verb), pack(body), headers={CONTENT_TYPE: MSGPACK})
 
-    def event(self, to: Pid, event: Event) -> None:
+    def event(self, node: str, uid: str, event: Event) -> None:
         body, headers = encode_event(event)
-        self.outbox.publish_nowait(self.subjects.inbox(to.node, to.uid), body, headers=headers)
+        self.outbox.publish_nowait(self.subjects.inbox(node, uid), body, headers=headers)
 
     # ------------------------------------------------------------ inbound
 
     async def _on_control(self, msg: Msg) -> None:
         verb = msg.subject.rpartition(".")[2]
+        self._answer(msg, lambda data: self.table.control(verb, data)
+                     if verb in WATCH_VERBS + NOTICE_VERBS + QUERY_VERBS else _unknown(verb))
+
+    async def _on_spawn(self, msg: Msg) -> None:
+        self._answer(msg, lambda data: self.table.control("spawn", data))
+
+    def _answer(self, msg: Msg, run: Callable[[dict[str, Any]], Any]) -> None:
         try:
             data = unpack(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
-            if verb not in _VERBS or not isinstance(data, dict):
-                raise MoonwireError(f"unknown control request {verb!r}", Kind.INVALID, retryable=False)
-            self.table.control(verb, data)
-            reply: dict[str, Any] = {"ok": True}
+            if not isinstance(data, dict):
+                raise invalid("a control request body must be a map")
+            reply: dict[str, Any] = {"value": run(data)}
         except MoonwireError as err:
             reply = {"error": err}
         if msg.reply:
             self.outbox.publish_nowait(msg.reply, pack(reply), headers={CONTENT_TYPE: MSGPACK})
+
+
+_NO_RESPONDERS = "nobody serves it"
+
+
+def _spawn_route(subjects: Subjects, request: SpawnRequest,
+                 node: str | None) -> tuple[str, Callable[[str], MoonwireError]]:
+    """Where a spawn request goes, and the error when nobody answers there."""
+    if node is not None:
+        return subjects.control(node, "spawn"), lambda why: node_down(node, why)
+
+    def nobody(why: str) -> MoonwireError:
+        if why == _NO_RESPONDERS:
+            return not_found(f"no node runs process host {request.host}")
+        return MoonwireError(f"no node running process host {request.host} answered ({why})",
+                             Kind.UNAVAILABLE, retryable=True)
+
+    return subjects.spawn(request.host), nobody
+
+
+async def spawn_from_outside(nc: NatsClient, subjects: Subjects, request: SpawnRequest, node: str | None,
+                             timeout: float = CONTROL_TIMEOUT) -> Outcome:
+    """Spawn with no parent (``moonwire spawn``); the outcome's value is the PID."""
+    subject, nobody = _spawn_route(subjects, request, node)
+    try:
+        reply = await nc.request(subject, pack(encode_spawn(request, "")), timeout=timeout,
+                                 headers={CONTENT_TYPE: MSGPACK})
+    except NatsNoResponders:
+        return Outcome(error=nobody(_NO_RESPONDERS))
+    except NatsTimeout:
+        return Outcome(error=nobody(f"no answer within {timeout:.0f}s"))
+    return _reply_outcome(reply)
+
+
+def _unknown(verb: str) -> Any:
+    raise invalid(f"unknown control request {verb!r}")
+
+
+def _reply_outcome(reply: Msg) -> Outcome:
+    try:
+        data = unpack(reply.data, (reply.headers or {}).get(CONTENT_TYPE))
+    except MoonwireError as err:
+        return Outcome(error=err)
+    if not isinstance(data, dict):
+        return Outcome(error=invalid("malformed control reply"))
+    error = data.get("error")
+    if isinstance(error, MoonwireError):
+        return Outcome(error=error)
+    return Outcome(value=data.get("value"))
+
+
+# ---------------------------------------------------------------- surveys (CLI)
+
+
+@dataclass
+class Survey:
+    """What the nodes answered to a survey, and which known nodes did not."""
+
+    answers: dict[str, Any] = field(default_factory=dict)
+    """Node name -> its answer."""
+    missing: list[str] = field(default_factory=list)
+
+
+async def survey(nc: NatsClient, subjects: Subjects, verb: str, body: dict[str, Any] | None = None, *,
+                 node: str | None = None, timeout: float = 0.8) -> Survey:
+    """Ask every node (or only ``node``) for ``verb`` (``info`` or ``ps``).
+
+    Every answer names the nodes its sender knows to be alive; the survey ends as soon as
+    each of those has answered, or at ``timeout``. Known nodes that stayed silent are
+    listed in ``missing``."""
+    result = Survey()
+    expected: set[str] = {node} if node is not None else set()
+    complete = asyncio.Event()
+    inbox = nc.new_inbox()
+
+    async def on_answer(msg: Msg) -> None:
+        answer = _reply_outcome(msg).value
+        if not isinstance(answer, dict) or not isinstance(answer.get("node"), str):
+            return
+        result.answers[answer["node"]] = answer
+        if node is None:
+            expected.update(str(peer["node"]) for peer in answer.get("peers", ()) if isinstance(peer, dict))
+        if expected <= set(result.answers):
+            complete.set()
+
+    subscription = await nc.subscribe(inbox, cb=on_answer)
+    try:
+        subject = subjects.control(node, verb) if node is not None else subjects.survey(verb)
+        await nc.publish(subject, pack(body or {}), reply=inbox, headers={CONTENT_TYPE: MSGPACK})
+        await nc.flush()
+        try:
+            await asyncio.wait_for(complete.wait(), timeout)
+        except TimeoutError:
+            pass
+    finally:
+        await subscription.unsubscribe()
+    result.missing = sorted(expected - set(result.answers))
+    return result

@@ -192,7 +192,7 @@ class Supervisor:
 
         entry = service.entry
         try:
-            service.pid = self.processes.start(None, SpawnRequest(entry.process, entry.host, list(entry.input)),
+            service.pid = self.processes.start(SpawnRequest(entry.process, entry.host, list(entry.input)),
                                                on_exit=exited)
         except MoonwireError as err:
             log.error("service %s could not start: %s", service.id, err)

@@ -164,7 +164,7 @@ async def test_node_shutdown_cancels_then_terminates(tmp_path: Path) -> None:
     local = LocalRuntime(tmp_path, files)
     runtime = await local.__aenter__()
     for name in ("polite", "stubborn"):
-        runtime.processes.start(None, SpawnRequest(f"app:{name}", "app:host", []),
+        runtime.processes.start(SpawnRequest(f"app:{name}", "app:host", []),
                                 on_exit=lambda outcome, name=name: outcomes.__setitem__(name, outcome))
     await runtime.stop(0.3)
     assert outcomes["polite"].value == "node shutting down"
