@@ -24,7 +24,7 @@ import socket
 import sys
 import sysconfig
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,11 +141,13 @@ class ServerProcess:
         log.info("%s stopped", self.name)
 
 
-async def _spawn(name: str, argv: Sequence[str], log_path: Path) -> asyncio.subprocess.Process:
+async def _spawn(name: str, argv: Sequence[str], log_path: Path,
+                 env: Mapping[str, str] | None = None) -> asyncio.subprocess.Process:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         return await asyncio.create_subprocess_exec(
             *argv,
+            env={**os.environ, **env} if env else None,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
@@ -177,12 +179,14 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 async def start_nats(data_dir: Path, *, port: int | None = None, monitor_port: int | None = None,
-                     args: Sequence[str] = (), timeout: float = 15.0) -> ServerProcess:
+                     args: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                     timeout: float = 15.0) -> ServerProcess:
     """Start ``nats-server`` with JetStream, its store in ``data_dir``, on 127.0.0.1.
 
     ``port`` None picks 4222 if free, else a free port. ``monitor_port`` enables the HTTP
-    monitoring endpoint. ``args`` are extra server flags (e.g. cluster routes). Returns
-    once the server accepts connections.
+    monitoring endpoint. ``args`` are extra server flags (e.g. ``-c`` and a cluster
+    configuration, whose ``$VARIABLES`` come from ``env``). Returns once the server
+    accepts connections.
 
     Raises:
         EmbeddedServerError: the binary is missing, or the server exited or hung at start.
@@ -193,7 +197,7 @@ async def start_nats(data_dir: Path, *, port: int | None = None, monitor_port: i
     argv = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data_dir / "jetstream"), *args]
     if monitor_port:
         argv += ["-m", str(monitor_port)]
-    process = await _spawn("nats-server", argv, log_path)
+    process = await _spawn("nats-server", argv, log_path, env)
     await _wait_listening("nats-server", process, port, log_path, timeout)
     monitor_url = f"http://127.0.0.1:{monitor_port}" if monitor_port else None
     return ServerProcess("nats-server", f"nats://127.0.0.1:{port}", port, process, log_path, monitor_url)

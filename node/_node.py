@@ -126,7 +126,7 @@ class Node:
 
         heartbeat = self.config.heartbeat
         membership = processes.membership = Membership(
-            self._nats, outbox, self.subjects, self.name, processes.pids.epoch, sorted(runtime.hosts),
+            self._nats, outbox, self.subjects, self.name, processes.pids.epoch, processes.spawn_hosts(),
             interval=heartbeat.interval, down_after=heartbeat.down_after, on_down=processes.node_down)
         await membership.start()
         beating = asyncio.create_task(membership.run(), name="heartbeat")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,9 @@ from typing import Any
 import pytest
 
 from node import ServerProcess, free_port, start_nats, start_temporal
-from support import NodeProcess
+from support import NodeProcess, wait_until
+
+CLUSTER_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nats-cluster.conf"
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +30,46 @@ async def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
     server = await start_temporal(tmp_path_factory.mktemp("temporal"), port=free_port())
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def nats_cluster(tmp_path: Path) -> AsyncIterator[list[ServerProcess]]:
+    """Three real nats-servers routed into one cluster by ``deploy/nats-cluster.conf``,
+    each with its monitoring endpoint; returned once every server has both routes."""
+    ports = [(free_port(), free_port(), free_port()) for _ in range(3)]  # client, route, monitor
+    servers: list[ServerProcess] = []
+    try:
+        for i, (client, route, monitor) in enumerate(ports):
+            routes = [f"nats://127.0.0.1:{other[1]}" for j, other in enumerate(ports) if j != i]
+            env = {"MW_NATS_NAME": f"s{i + 1}", "MW_NATS_PORT": str(client), "MW_NATS_CLUSTER_PORT": str(route),
+                   "MW_NATS_ROUTES": json.dumps(routes)}
+            servers.append(await start_nats(tmp_path / f"nats-s{i + 1}", port=client, monitor_port=monitor,
+                                            args=("-c", str(CLUSTER_CONF)), env=env))
+
+        def routed() -> bool:
+            return all(len(monitor_json(s, "routez")["routes"]) >= 2 for s in servers)
+
+        await wait_until(routed, 30, "the NATS servers to route to each other")  # no event to await
+        yield servers
+    finally:
+        for server in servers:
+            await server.stop()
+
+
+@pytest.fixture(params=["one-server", "three-server-cluster"])
+def nats_urls(request: pytest.FixtureRequest) -> str:
+    """The client URLs of a single NATS server, then of a three-server cluster: for tests
+    that must hold on both."""
+    if request.param == "one-server":
+        return request.getfixturevalue("nats_server").address
+    return ",".join(server.address for server in request.getfixturevalue("nats_cluster"))
+
+
+def monitor_json(server: ServerProcess, endpoint: str) -> dict[str, Any]:
+    """A nats-server monitoring endpoint (``routez``, ``connz``...) as JSON."""
+    assert server.monitor_url is not None
+    with urllib.request.urlopen(f"{server.monitor_url}/{endpoint}", timeout=5) as response:
+        return json.loads(response.read())
 
 
 SpawnNode = Callable[..., Awaitable[NodeProcess]]

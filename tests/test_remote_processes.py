@@ -4,11 +4,12 @@ and node-down detection when a node is killed or stops (DESIGN §5-§6)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from support import write_project
+from support import run_cli, write_project
 
 FAST_LIVENESS = ("--set", "heartbeat.interval=200ms", "--set", "heartbeat.down_after=1s")
 
@@ -75,13 +76,13 @@ NODE_B = {
 }
 
 
-async def start_a(tmp_path: Path, nats_server, spawn_node, *extra: str):
-    return await spawn_node(write_project(tmp_path / "a", NODE_A), "na", nats_url=nats_server.address,
+async def start_a(tmp_path: Path, urls: str, spawn_node, *extra: str):
+    return await spawn_node(write_project(tmp_path / "a", NODE_A), "na", nats_url=urls,
                             args=(*FAST_LIVENESS, *extra))
 
 
-async def run_b(tmp_path: Path, nats_server, spawn_node, *args: str) -> list[dict]:
-    node = await spawn_node(write_project(tmp_path / "b", NODE_B), "nb", nats_url=nats_server.address,
+async def run_b(tmp_path: Path, urls: str, spawn_node, *args: str) -> list[dict]:
+    node = await spawn_node(write_project(tmp_path / "b", NODE_B), "nb", nats_url=urls,
                             ready=None, args=(*FAST_LIVENESS, "-x", "b:watch", *args))
     assert await node.wait(60) == 0, node.output
     return json.loads(next(line for line in reversed(node.lines) if line.startswith("[")))
@@ -98,8 +99,8 @@ async def run_b(tmp_path: Path, nats_server, spawn_node, *args: str) -> list[dic
 ])
 async def test_remote_monitor_and_link_for_each_exit(tmp_path: Path, nats_server, spawn_node, how: str, act: str,
                                                     expected: list[dict]) -> None:
-    await start_a(tmp_path, nats_server, spawn_node)
-    seen = await run_b(tmp_path, nats_server, spawn_node, how, act)
+    await start_a(tmp_path, nats_server.address, spawn_node)
+    seen = await run_b(tmp_path, nats_server.address, spawn_node, how, act)
     for event in seen:
         assert event.pop("from_child") is True
         if how == "raise":
@@ -109,16 +110,16 @@ async def test_remote_monitor_and_link_for_each_exit(tmp_path: Path, nats_server
 
 async def test_monitoring_a_process_that_is_gone_exits_at_once_with_noproc(tmp_path: Path, nats_server,
                                                                           spawn_node) -> None:
-    await start_a(tmp_path, nats_server, spawn_node)
-    seen = await run_b(tmp_path, nats_server, spawn_node, "return", "noproc")
+    await start_a(tmp_path, nats_server.address, spawn_node)
+    seen = await run_b(tmp_path, nats_server.address, spawn_node, "return", "noproc")
     assert [(e["kind"], e["error_kind"]) for e in seen] == [("pid.exit", "NotFound"), ("pid.link.down", "NotFound")]
     assert all(e["message"].startswith("noproc:") for e in seen)
 
 
-async def test_kill_9_fires_monitors_and_links_once_within_the_window(tmp_path: Path, nats_server,
+async def test_kill_9_fires_monitors_and_links_once_within_the_window(tmp_path: Path, nats_urls: str,
                                                                      spawn_node) -> None:
-    a = await start_a(tmp_path, nats_server, spawn_node)
-    b = await spawn_node(write_project(tmp_path / "b", NODE_B), "nb", nats_url=nats_server.address,
+    a = await start_a(tmp_path, nats_urls, spawn_node)
+    b = await spawn_node(write_project(tmp_path / "b", NODE_B), "nb", nats_url=nats_urls,
                          ready=r"watching \{na@", args=(*FAST_LIVENESS, "-x", "b:watch", "wait", "wait", "2s"))
     await a.kill()
     assert await b.wait(60) == 0, b.output
@@ -130,7 +131,7 @@ async def test_kill_9_fires_monitors_and_links_once_within_the_window(tmp_path: 
 
 
 async def test_clean_shutdown_delivers_the_real_exit_once(tmp_path: Path, nats_server, spawn_node) -> None:
-    a = await start_a(tmp_path, nats_server, spawn_node)
+    a = await start_a(tmp_path, nats_server.address, spawn_node)
     b = await spawn_node(write_project(tmp_path / "b", NODE_B), "nb", nats_url=nats_server.address,
                          ready=r"watching \{na@", args=(*FAST_LIVENESS, "-x", "b:watch", "wait", "wait", "2s"))
     await a.stop()  # the child gets CANCEL and returns normally; then node na says goodbye
@@ -139,3 +140,76 @@ async def test_clean_shutdown_delivers_the_real_exit_once(tmp_path: Path, nats_s
     # The real EXIT, once; a normal exit fires no link; the goodbye adds nothing.
     assert seen == [{"kind": "pid.exit", "from_child": True, "value": "cleaned: node shutting down"}]
     assert "node na is down: left the cluster" in b.output
+
+
+RESTARTING = {
+    "_index.yaml": """
+        namespace: a
+        entries:
+          - {name: host, kind: process.host}
+          - {name: child, kind: process.lua, source: file://child.lua}
+          - {name: start, kind: function.lua, source: file://start.lua}
+    """,
+    # Returns its first message.
+    "child.lua": """
+        return function()
+          local msg = process.inbox():receive()
+          return msg:topic() .. "=" .. tostring(msg:payload():data())
+        end""",
+    "start.lua": "return function() return process.spawn('a:child', 'a:host') end",
+}
+
+WATCH_RESTART = {
+    "_index.yaml": """
+        namespace: b
+        entries:
+          - {name: main, kind: process.lua, source: file://main.lua, modules: [funcs, time]}
+    """,
+    # Watches a child on na through na's death; once na is back (a:start answers
+    # again), sends to the old PID and the new one and reports what the new one got.
+    "main.lua": """
+        local funcs, time = require("funcs"), require("time")
+        return function()
+          local old = assert(funcs.call("a:start"))
+          assert(process.monitor(old))
+          print("watching " .. old)
+          local events = process.events()
+          local down = events:receive()
+          local new
+          repeat
+            new = funcs.call("a:start")  -- NotFound while no node serves it
+            if not new then time.sleep("100ms") end
+          until new
+          assert(process.send(old, "stale", 1))
+          assert(process.monitor(new))
+          assert(process.send(new, "fresh", 2))
+          local exit = events:receive()
+          local again = channel.select({ events:case_receive(), time.after("500ms"):case_receive() })
+          return { old = old, new = new, down = { down.kind, down.from == old, down.result.error:kind() },
+                   got = exit.result.value, from_new = exit.from == new, more_events = again.channel == events }
+        end""",
+}
+
+
+async def test_a_node_restarting_under_the_same_name_is_a_new_incarnation(tmp_path: Path, nats_server,
+                                                                         spawn_node) -> None:
+    project = write_project(tmp_path / "a", RESTARTING)
+    a = await spawn_node(project, "na", nats_url=nats_server.address, args=FAST_LIVENESS)
+    b = await spawn_node(write_project(tmp_path / "b", WATCH_RESTART), "nb", nats_url=nats_server.address,
+                         ready=r"watching \{na@", args=(*FAST_LIVENESS, "-x", "b:main"))
+    await a.kill()
+    again = await spawn_node(project, "na", nats_url=nats_server.address, args=FAST_LIVENESS)
+    assert await b.wait(60) == 0, b.output
+    out = json.loads(b.lines[-1])
+    old_uid, new_uid = (out[k].split("|")[1].rstrip("}") for k in ("old", "new"))
+    assert out["old"].startswith("{na@a:host|") and out["new"].startswith("{na@a:host|")
+    assert old_uid.split("-")[0] != new_uid.split("-")[0]  # a new incarnation's uids
+    assert out["down"] == ["pid.exit", True, "Unavailable"]  # once, as node down
+    assert out["got"] == "fresh=2" and out["from_new"] is True and out["more_events"] is False
+
+    # The old PID from outside (the CLI knows nothing of incarnations): the new node
+    # has no such process; the message goes to the dead-letter queue, to nobody.
+    code, _, err = await run_cli("send", out["old"], "stale", "3", "--nats", nats_server.address, cwd=tmp_path)
+    assert code == 0, err
+    line = await again.wait_for_line(r"undeliverable message on mw\.p\.na\." + re.escape(old_uid))
+    assert "no process with uid" in line

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support import LocalRuntime, process_project, write_project
+from support import LocalRuntime, process_project, run_cli, write_project
 
 FAST_LIVENESS = ("--set", "heartbeat.interval=200ms", "--set", "heartbeat.down_after=1s")
 
@@ -117,11 +119,10 @@ SPAWNER = {
 }
 
 
-async def test_spawn_on_other_nodes(tmp_path: Path, nats_server, spawn_node) -> None:
+async def test_spawn_on_other_nodes(tmp_path: Path, nats_urls: str, spawn_node) -> None:
     for name in ("na", "nc"):
-        await spawn_node(write_project(tmp_path / name, WORKERS), name, nats_url=nats_server.address,
-                         args=FAST_LIVENESS)
-    b = await spawn_node(write_project(tmp_path / "b", SPAWNER), "nb", nats_url=nats_server.address, ready=None,
+        await spawn_node(write_project(tmp_path / name, WORKERS), name, nats_url=nats_urls, args=FAST_LIVENESS)
+    b = await spawn_node(write_project(tmp_path / "b", SPAWNER), "nb", nats_url=nats_urls, ready=None,
                          args=(*FAST_LIVENESS, "-x", "b:main"))
     assert await b.wait(60) == 0, b.output
     out = json.loads(b.lines[-1])
@@ -197,3 +198,58 @@ async def test_a_childs_exit_that_overtakes_its_pid_is_held_until_the_pid_arrive
         assert outcome.value == {"value": "result"}
     else:
         assert outcome.value == {"pid": child, "kind": "pid.exit", "from_child": True, "value": "result"}
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+async def test_cli_spawn_ps_and_nodes(tmp_path: Path, nats_server, spawn_node) -> None:
+    nodes = {name: await spawn_node(write_project(tmp_path / name, WORKERS), name, nats_url=nats_server.address,
+                                    args=("--set", "heartbeat.interval=200ms", "--set", "heartbeat.down_after=30s"))
+             for name in ("na", "nc")}
+    cli = ("--nats", nats_server.address)
+    # Each node has seen the other's heartbeat, so each answer names both.
+    for node in nodes.values():
+        await node.wait_for_line(r"node n[ac] is up")
+
+    code, out, err = await run_cli("spawn", "w:child", "wait", "--host", "w:pool", "--node", "nc", *cli, cwd=tmp_path)
+    assert code == 0, err
+    on_c = out.strip()
+    assert on_c.startswith("{nc@w:pool|")
+    code, out, err = await run_cli("spawn", "w:child", "wait", "--host", "w:pool", *cli, cwd=tmp_path)
+    assert code == 0, err
+    anywhere = out.strip()
+    code, out, err = await run_cli("spawn", "w:child", "--host", "w:nowhere", *cli, cwd=tmp_path)
+    assert code == 1 and "no node runs process host w:nowhere" in err
+
+    code, out, err = await run_cli("ps", "--json", *cli, cwd=tmp_path)
+    assert code == 0, err
+    listed = json.loads(out)
+    assert sorted(listed["nodes"]) == ["na", "nc"] and listed["missing"] == []
+    rows = {p["pid"]: p for answer in listed["nodes"].values() for p in answer["list"]}
+    assert {on_c, anywhere} <= set(rows)
+    assert rows[on_c]["entry"] == "w:child" and rows[on_c]["host"] == "w:pool"
+    assert rows[on_c]["state"] == "waiting" and rows[on_c]["inbox"] == 0
+
+    code, out, err = await run_cli("ps", "--node", "nc", *cli, cwd=tmp_path)
+    assert code == 0, err
+    assert on_c in out and "na@" not in out
+    assert out.splitlines()[0].split() == ["PID", "ENTRY", "HOST", "STATE", "INBOX", "UPTIME"]
+
+    code, out, err = await run_cli("nodes", *cli, cwd=tmp_path)
+    assert code == 0, err
+    table = [line.split() for line in out.splitlines()]
+    assert table[0] == ["NODE", "INCARNATION", "HOSTS", "PROCESSES", "UPTIME", "HEARTBEAT"]
+    assert [row[0] for row in table[1:]] == ["na", "nc"] and all(row[2] == "w:pool" for row in table[1:])
+
+    # A node that is alive to its peers but does not answer (stopped) is named.
+    os.kill(nodes["nc"].pid, signal.SIGSTOP)
+    try:
+        code, out, err = await run_cli("nodes", *cli, cwd=tmp_path)
+        assert code == 1 and "no answer from node(s): nc" in err
+        assert "(no answer)" in out
+        code, out, err = await run_cli("ps", *cli, cwd=tmp_path)
+        assert code == 1 and "no answer from node(s): nc" in err
+        assert on_c not in out  # nc's processes are not listed: nc did not answer
+    finally:
+        os.kill(nodes["nc"].pid, signal.SIGCONT)
