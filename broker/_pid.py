@@ -8,6 +8,7 @@ string wherever it travels (Lua, JSON, msgpack); :class:`Pid` is the parsed view
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import time
@@ -35,11 +36,16 @@ class Pid:
     def __str__(self) -> str:
         return f"{{{self.node}@{self.host}|{self.uid}}}"
 
-    @classmethod
-    def parse(cls, text: str) -> Pid | None:
+    @staticmethod
+    def parse(text: str) -> Pid | None:
         """The parsed PID, or None when ``text`` is not one (a name, say)."""
-        match = _PID.match(text)
-        return cls(*match.groups()) if match else None
+        return _parse(text)
+
+
+@functools.lru_cache(maxsize=4096)  # a sender sends to the same few PIDs again and again
+def _parse(text: str) -> Pid | None:
+    match = _PID.match(text)
+    return Pid(*match.groups()) if match else None
 
 
 class PidAllocator:

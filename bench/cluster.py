@@ -1,0 +1,328 @@
+"""Process benchmarks across nodes, each beside raw nats-py measured in the same run.
+
+(a) message throughput from a Lua process on one node to a Lua process on another,
+    beside raw nats-py publish -> subscribe between two OS processes (target: at least
+    0.6 of it);
+(b) request/reply round trip between Lua processes on two nodes, p50 and p99, beside
+    raw nats-py request/reply between two OS processes (target: p50 at most 1.5x);
+(c) node-down detection after ``kill -9`` at the default liveness settings: from the
+    kill to the EXIT a monitor on another node receives, p50 and max over the trials
+    (target: at most 3 s).
+
+All on one real nats-server started here.
+
+    python bench/cluster.py [--messages 100000] [--rounds 5000] [--trials 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import nats
+
+from node import free_port, start_nats
+
+MOONWIRE = str(Path(sys.executable).parent / "moonwire")
+
+SERVING = {
+    "_index.yaml": """
+        namespace: a
+        entries:
+          - {name: host, kind: process.host, host: {mailbox_limit: 10000000}}
+          - {name: sink, kind: process.lua, source: file://sink.lua, modules: [time]}
+          - {name: echo, kind: process.lua, source: file://echo.lua}
+          - {name: idle, kind: process.lua, source: file://idle.lua}
+          - {name: start, kind: function.lua, source: file://start.lua}
+    """,
+    # Receives n messages, then tells the sender when the last one arrived.
+    "sink.lua": """
+        local time = require("time")
+        return function(n)
+          local inbox = process.inbox()
+          local first = inbox:receive()
+          for _ = 2, n do inbox:receive() end
+          process.send(first:from(), "done", time.now():unix_nano())
+        end""",
+    "echo.lua": """
+        return function()
+          local inbox = process.inbox()
+          while true do
+            local msg = inbox:receive()
+            if msg:topic() == "stop" then return end
+            process.send(msg:from(), "pong", msg:payload():data())
+          end
+        end""",
+    "idle.lua": "return function() process.inbox():receive() end",
+    "start.lua": "return function(what, ...) return process.spawn('a:' .. what, 'a:host', ...) end",
+}
+
+DRIVER = {
+    "_index.yaml": """
+        namespace: d
+        entries:
+          - {name: throughput, kind: process.lua, source: file://throughput.lua, modules: [funcs, time]}
+          - {name: latency, kind: process.lua, source: file://latency.lua, modules: [funcs, time]}
+          - {name: watch, kind: process.lua, source: file://watch.lua, modules: [funcs, time]}
+    """,
+    "throughput.lua": """
+        local funcs, time = require("funcs"), require("time")
+        return function(n)
+          local sink = assert(funcs.call("a:start", "sink", n))
+          local t0 = time.now():unix_nano()
+          for i = 1, n do process.send(sink, "m", i) end
+          local done = process.inbox():receive()
+          return { seconds = (time.now():unix_nano() - t0) / 1e9, messages = n }
+        end""",
+    "latency.lua": """
+        local funcs, time = require("funcs"), require("time")
+        return function(rounds)
+          local echo = assert(funcs.call("a:start", "echo"))
+          local inbox, samples = process.inbox(), {}
+          for i = 1, 200 do process.send(echo, "ping", i); inbox:receive() end  -- warm up
+          for i = 1, rounds do
+            local t0 = time.now():unix_nano()
+            process.send(echo, "ping", i)
+            inbox:receive()
+            samples[i] = (time.now():unix_nano() - t0) / 1e3
+          end
+          process.send(echo, "stop")
+          return samples
+        end""",
+    "watch.lua": """
+        local funcs, time = require("funcs"), require("time")
+        return function()
+          local victim = assert(funcs.call("a:start", "idle"))
+          assert(process.monitor(victim))
+          print("watching " .. victim)
+          local ev = process.events():receive()
+          return { at = time.now():unix_nano() / 1e9, error = ev.result.error:message() }
+        end""",
+}
+
+RAW_SINK = """
+import asyncio, sys, time, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    n, seen = int(sys.argv[2]), 0
+    done = asyncio.Event()
+    async def on_msg(msg):
+        nonlocal seen
+        seen += 1
+        if seen == n:
+            await nc.publish("raw.done", str(time.time_ns()).encode())
+            done.set()
+    await nc.subscribe("raw.sink", cb=on_msg)
+    await nc.flush()
+    print("ready", flush=True)
+    await done.wait()
+    await nc.flush()
+asyncio.run(main())
+"""
+
+RAW_ECHO = """
+import asyncio, sys, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    async def handle(msg):
+        await msg.respond(msg.data)
+    await nc.subscribe("raw.echo", cb=handle)
+    await nc.flush()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(textwrap.dedent(text).lstrip())
+    return root
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+async def python_child(script: str, *args: str) -> asyncio.subprocess.Process:
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", script, *args, stdout=asyncio.subprocess.PIPE)
+    assert child.stdout is not None
+    await child.stdout.readline()  # ready
+    return child
+
+
+# What a moonwire message between nodes carries besides its body (node/_inboxes.py).
+MOONWIRE_HEADERS = {"Content-Type": "application/msgpack", "Mw-Topic": "m", "Mw-From": "{nd@terminal|mwq3snax-1}"}
+
+
+async def raw_throughput(url: str, n: int, headers: dict[str, str] | None = None) -> float:
+    sink = await python_child(RAW_SINK, url, str(n))
+    try:
+        nc = await nats.connect(url)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def on_done(msg: object) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        await nc.subscribe("raw.done", cb=on_done)
+        await nc.flush()
+        started = time.perf_counter()
+        for i in range(n):
+            await nc.publish("raw.sink", str(i).encode(), headers=headers)
+        await done
+        elapsed = time.perf_counter() - started
+        await nc.close()
+        return n / elapsed
+    finally:
+        sink.kill()
+        await sink.wait()
+
+
+async def raw_latency(url: str, rounds: int) -> list[float]:
+    echo = await python_child(RAW_ECHO, url)
+    try:
+        nc = await nats.connect(url)
+        for i in range(200):
+            await nc.request("raw.echo", b"%d" % i, timeout=10)
+        samples = []
+        for i in range(rounds):
+            t0 = time.perf_counter()
+            await nc.request("raw.echo", b"%d" % i, timeout=10)
+            samples.append((time.perf_counter() - t0) * 1e6)
+        await nc.close()
+        return samples
+    finally:
+        echo.kill()
+        await echo.wait()
+
+
+class Node:
+    """A ``moonwire run`` OS process; its output lines are kept."""
+
+    def __init__(self, project: Path, name: str, url: str, *args: str) -> None:
+        self.argv = [MOONWIRE, "run", str(project), "--node", name, "--nats", url, *args]
+        self.lines: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, ready: str | None) -> Node:
+        self.process = await asyncio.create_subprocess_exec(*self.argv, stdout=asyncio.subprocess.PIPE,
+                                                            stderr=asyncio.subprocess.STDOUT)
+        if ready is not None:
+            await self.wait_for(ready)
+        return self
+
+    async def wait_for(self, pattern: str) -> str:
+        assert self.process is not None and self.process.stdout is not None
+        while True:
+            raw = await self.process.stdout.readline()
+            if not raw:
+                raise RuntimeError(f"{self.argv} ended:\n" + "\n".join(self.lines))
+            line = raw.decode().rstrip()
+            self.lines.append(line)
+            if re.search(pattern, line):
+                return line
+
+    async def result(self) -> object:
+        assert self.process is not None and self.process.stdout is not None
+        out = await self.process.stdout.read()
+        self.lines += out.decode().splitlines()
+        await self.process.wait()
+        return json.loads(next(line for line in reversed(self.lines) if line[:1] in "[{"))
+
+    async def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(sig)
+            await self.process.wait()
+
+
+async def moonwire_throughput(root: Path, url: str, n: int) -> float:
+    serving = await Node(write(root / "a", SERVING), "na", url).start(r"node na running")
+    try:
+        best = 0.0
+        for _ in range(2):  # the first run warms both nodes
+            driver = await Node(write(root / "d", DRIVER), "nd", url, "--log-level", "warning",
+                                "-x", "d:throughput", str(n)).start(None)
+            data = await driver.result()
+            assert isinstance(data, dict)
+            best = max(best, data["messages"] / data["seconds"])
+        return best
+    finally:
+        await serving.stop()
+
+
+async def moonwire_latency(root: Path, url: str, rounds: int) -> list[float]:
+    serving = await Node(write(root / "a", SERVING), "na", url).start(r"node na running")
+    try:
+        driver = await Node(write(root / "d", DRIVER), "nd", url, "--log-level", "warning",
+                            "-x", "d:latency", str(rounds)).start(None)
+        samples = await driver.result()
+        assert isinstance(samples, list)
+        return [float(s) for s in samples]
+    finally:
+        await serving.stop()
+
+
+async def detection(root: Path, url: str) -> float:
+    victim = await Node(write(root / "a", SERVING), "nv", url).start(r"node nv running")
+    try:
+        watcher = await Node(write(root / "d", DRIVER), "nw", url, "-x", "d:watch").start(r"watching \{nv@")
+        killed_at = time.time()
+        await victim.stop(signal.SIGKILL)
+        data = await watcher.result()
+        assert isinstance(data, dict) and data["error"].startswith("node down"), data
+        return data["at"] - killed_at
+    finally:
+        await victim.stop(signal.SIGKILL)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=5000)
+    parser.add_argument("--trials", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        server = await start_nats(root / "nats", port=free_port())
+        try:
+            raw = await raw_throughput(server.address, args.messages)
+            raw_headed = await raw_throughput(server.address, args.messages, MOONWIRE_HEADERS)
+            ours = await moonwire_throughput(root, server.address, args.messages)
+            print(f"(a) Lua process -> Lua process, two nodes {ours:>10.0f} msg/s")
+            print(f"    raw nats-py publish -> subscribe      {raw:>10.0f} msg/s   (baseline, two processes)")
+            print(f"    ratio                                  {ours / raw:>10.2f}   (target 0.6)")
+            print(f"    raw nats-py with moonwire's headers   {raw_headed:>10.0f} msg/s   "
+                  f"(ratio {raw_headed / raw:.2f}; ours to it {ours / raw_headed:.2f})")
+
+            raw_rtt = await raw_latency(server.address, args.rounds)
+            our_rtt = await moonwire_latency(root, server.address, args.rounds)
+            print(f"(b) request/reply, Lua processes on two nodes  p50 {pct(our_rtt, 0.5):7.1f} us"
+                  f"   p99 {pct(our_rtt, 0.99):7.1f} us")
+            print(f"    raw nats-py request/reply                  p50 {pct(raw_rtt, 0.5):7.1f} us"
+                  f"   p99 {pct(raw_rtt, 0.99):7.1f} us   (baseline, two processes)")
+            print(f"    p50 ratio                                  {pct(our_rtt, 0.5) / pct(raw_rtt, 0.5):7.2f}"
+                  "   (target at most 1.5)")
+
+            times = [await detection(root, server.address) for _ in range(args.trials)]
+            print(f"(c) node down after kill -9 (defaults: heartbeat 500ms, down after 2.5s), {args.trials} trials:"
+                  f" p50 {statistics.median(times):.2f} s   max {max(times):.2f} s   (target at most 3 s)")
+        finally:
+            await server.stop()
+        print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
