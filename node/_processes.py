@@ -272,7 +272,9 @@ class ProcessTable:
                 if event.sender == child:
                     self._fire(me, event)
 
-        pending.abandon = self.cluster.spawn(request, parent, node, spawned)
+        # Never abandoned: if the parent ends while this is on the way, the reply still
+        # comes back here so the child's node learns of it (_orphaned).
+        self.cluster.spawn(request, parent, node, spawned)
         return pending
 
     def _orphaned(self, parent: ProcessRecord, child: str, request: SpawnRequest) -> None:

@@ -148,6 +148,7 @@ async def test_spawn_on_other_nodes(tmp_path: Path, nats_urls: str, spawn_node) 
 
 PARENT = """
 return { main = function(how)
+  if how == "link" then return process.spawn_linked("app:child", "x:elsewhere") end
   if how == "exec" then
     local value, err = process.exec("app:child", "x:elsewhere")
     return { value = value }
@@ -165,6 +166,7 @@ class HeldSpawns:
     def __init__(self) -> None:
         self.replies: list[Any] = []
         self.arrived = asyncio.Event()
+        self.events: list[tuple[str, str, Any]] = []
 
     def spawn(self, request: Any, parent: str, node: str | None, on_reply: Any) -> Any:
         self.replies.append((parent, on_reply))
@@ -173,6 +175,9 @@ class HeldSpawns:
 
     def notify(self, *args: Any) -> None:
         pass
+
+    def event(self, node: str, uid: str, event: Any) -> None:
+        self.events.append((node, uid, event))
 
 
 @pytest.mark.parametrize("how", ["monitor", "exec"])
@@ -253,3 +258,22 @@ async def test_cli_spawn_ps_and_nodes(tmp_path: Path, nats_server, spawn_node) -
         assert on_c not in out  # nc's processes are not listed: nc did not answer
     finally:
         os.kill(nodes["nc"].pid, signal.SIGCONT)
+
+
+async def test_a_parent_that_dies_before_its_remote_childs_pid_arrives_still_takes_the_link_down(
+        tmp_path: Path) -> None:
+    from lua import Outcome, SpawnRequest
+
+    async with LocalRuntime(tmp_path, process_project({"parent": PARENT, "child": "return {main = print}"})) as runtime:
+        table = runtime.processes
+        held = table.cluster = HeldSpawns()
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        table.start(SpawnRequest("app:parent", "app:host", ["link"]), on_exit=done.set_result)
+        await held.arrived.wait()
+        parent, reply = held.replies[0]
+        assert table.terminate(None, parent) is None
+        assert (await asyncio.wait_for(done, 10)).error is not None
+        reply(Outcome(value="{nz@x:elsewhere|abc-1}"))
+    [(node, uid, event)] = held.events
+    assert (node, uid, event.kind, event.sender) == ("nz", "abc-1", "pid.link.down", parent)
+    assert event.error.message == "process terminated"
