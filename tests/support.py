@@ -123,7 +123,10 @@ class NodeProcess:
 
     async def wait(self, timeout: float = 30.0) -> int:
         assert self.process is not None
-        code = await asyncio.wait_for(self.process.wait(), timeout)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"node {self.name} still running after {timeout}s:\n{self.output}") from None
         if self._reader is not None:
             await self._reader
         return code

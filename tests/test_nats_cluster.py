@@ -92,12 +92,19 @@ async def test_nodes_keep_working_when_their_nats_server_dies(tmp_path: Path, na
                               args=("-x", "d:main"))
     pid = re.search(r"ready (\{\S+\})", driver.output).group(1)  # type: ignore[union-attr]
 
-    # Kill the server nb is connected to (nodes pick one of the URLs at random).
-    home = next(s for s in nats_cluster
-                if any(c.get("name") == "moonwire-nb" for c in monitor_json(s, "connz")["connections"]))
+    # Kill the server nb is connected to (nodes pick one of the URLs at random), and
+    # wait until every node that was on it is back through another.
+    nodes = {"na": workers["na"], "nb": workers["nb"], "nd": driver}
+
+    def clients(server) -> set[str]:
+        return {c.get("name", "") for c in monitor_json(server, "connz")["connections"]}
+
+    home = next(s for s in nats_cluster if "moonwire-nb" in clients(s))
+    moved = [name for name in nodes if f"moonwire-{name}" in clients(home)]
     home.process.kill()
     await home.process.wait()
-    await workers["nb"].wait_for_line(r"reconnected to NATS")
+    for name in moved:
+        await nodes[name].wait_for_line(r"reconnected to NATS")
     survivor = next(s for s in nats_cluster if s is not home)
     code, _, err = await run_cli("send", pid, "go", "--nats", survivor.address, cwd=tmp_path)
     assert code == 0, err
