@@ -6,7 +6,8 @@ that the calling Lua thread waits for, so the watch is in place (or gone) on the
 target's node before the call returns, and messages sent after it are ordered after
 it. When the target no longer exists the monitor or link fires at once (a NoProc-style
 NotFound error); when nobody answers for its node, with a node-down error. ``cancel``
-and ``terminate`` are one-way notices.
+and ``terminate`` are requests too (an unknown target answers NotFound); what a process
+tells other nodes when it exits (``unmonitor`` of what it watched) is a one-way notice.
 
 Spawning on a host this node does not run is a request to the queue group
 ``<prefix>.spawn.<host id>`` (one node that runs the host answers with the PID), or to
@@ -49,10 +50,9 @@ if TYPE_CHECKING:
 EVENT_HEADER = "Mw-Event"
 CONTROL_TIMEOUT = 5.0
 SPAWN_QUEUE = "mw.spawn"
-WATCH_VERBS = ("monitor", "link", "unmonitor", "unlink")
-NOTICE_VERBS = ("cancel", "terminate")
-QUERY_VERBS = ("spawn", "lookup", "info", "ps")
-SURVEY_VERBS = ("info", "ps")
+SURVEY_VERBS = frozenset({"info", "ps"})
+CONTROL_VERBS = frozenset({"monitor", "link", "unmonitor", "unlink", "cancel", "terminate", "spawn", "lookup"}
+                          ) | SURVEY_VERBS
 
 
 def noproc(pid: str) -> MoonwireError:
@@ -127,7 +127,7 @@ class Cluster:
         group of every host it runs (``spawn_hosts``)."""
         subscribe = self.nats.subscribe
         self._subscriptions.append(await subscribe(self.subjects.control(self.node, "*"), cb=self._on_control))
-        self._subscriptions.append(await subscribe(self.subjects.survey("*"), cb=self._on_control))
+        self._subscriptions.append(await subscribe(self.subjects.survey("*"), cb=self._on_survey))
         for host in self.table.spawn_hosts():
             self._subscriptions.append(await subscribe(self.subjects.spawn(host), queue=SPAWN_QUEUE,
                                                        cb=self._on_spawn))
@@ -179,9 +179,14 @@ class Cluster:
     # ------------------------------------------------------------ inbound
 
     async def _on_control(self, msg: Msg) -> None:
+        self._run_verb(msg, CONTROL_VERBS)
+
+    async def _on_survey(self, msg: Msg) -> None:
+        self._run_verb(msg, SURVEY_VERBS)  # asked of every node: nothing that acts
+
+    def _run_verb(self, msg: Msg, allowed: frozenset[str]) -> None:
         verb = msg.subject.rpartition(".")[2]
-        self._answer(msg, lambda data: self.table.control(verb, data)
-                     if verb in WATCH_VERBS + NOTICE_VERBS + QUERY_VERBS else _unknown(verb))
+        self._answer(msg, lambda data: self.table.control(verb, data) if verb in allowed else _unknown(verb))
 
     async def _on_spawn(self, msg: Msg) -> None:
         self._answer(msg, lambda data: self.table.control("spawn", data))

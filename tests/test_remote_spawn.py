@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
 from support import LocalRuntime, process_project, run_cli, write_project
@@ -246,6 +247,20 @@ async def test_cli_spawn_ps_and_nodes(tmp_path: Path, nats_server, spawn_node) -
     table = [line.split() for line in out.splitlines()]
     assert table[0] == ["NODE", "INCARNATION", "HOSTS", "PROCESSES", "UPTIME", "HEARTBEAT"]
     assert [row[0] for row in table[1:]] == ["na", "nc"] and all(row[2] == "w:pool" for row in table[1:])
+
+    # The broadcast subject answers questions only: a spawn asked of every node is refused.
+    from node._payload import CONTENT_TYPE, MSGPACK, pack, unpack
+    from node._remote import encode_spawn
+    from lua import SpawnRequest
+    nc = await nats.connect(nats_server.address)
+    try:
+        reply = await nc.request("mw.nodes.spawn", pack(encode_spawn(SpawnRequest("w:child", "w:pool", ["wait"]), "")),
+                                 headers={CONTENT_TYPE: MSGPACK}, timeout=5)
+    finally:
+        await nc.close()
+    assert "unknown control request 'spawn'" in unpack(reply.data, MSGPACK)["error"].message
+    code, out, _ = await run_cli("ps", "--json", *cli, cwd=tmp_path)
+    assert sum(len(a["list"]) for a in json.loads(out)["nodes"].values()) == 2
 
     # A node that is alive to its peers but does not answer (stopped) is named.
     os.kill(nodes["nc"].pid, signal.SIGSTOP)
