@@ -28,6 +28,7 @@ is callbacks; no task per operation.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,8 @@ from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
 
 if TYPE_CHECKING:
     from ._processes import ProcessTable
+
+log = logging.getLogger("moonwire.remote")
 
 EVENT_HEADER = "Mw-Event"
 CONTROL_TIMEOUT = 5.0
@@ -199,6 +202,9 @@ class Cluster:
             reply: dict[str, Any] = {"value": run(data)}
         except MoonwireError as err:
             reply = {"error": err}
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # a field missing or of the wrong type
+            log.warning("malformed control request on %s: %s: %s", msg.subject, type(err).__name__, err)
+            reply = {"error": invalid(f"malformed control request on {msg.subject}: {type(err).__name__}: {err}")}
         if msg.reply:
             self.outbox.publish_nowait(msg.reply, pack(reply), headers={CONTENT_TYPE: MSGPACK})
 

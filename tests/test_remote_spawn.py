@@ -256,9 +256,16 @@ async def test_cli_spawn_ps_and_nodes(tmp_path: Path, nats_server, spawn_node) -
     try:
         reply = await nc.request("mw.nodes.spawn", pack(encode_spawn(SpawnRequest("w:child", "w:pool", ["wait"]), "")),
                                  headers={CONTENT_TYPE: MSGPACK}, timeout=5)
+        assert "unknown control request 'spawn'" in unpack(reply.data, MSGPACK)["error"].message
+        # Malformed control requests get an error reply naming the problem.
+        bad = {"mw.ctl.nc.monitor": pack({"target": on_c}), "mw.ctl.nc.spawn": b"\xc1",
+               "mw.spawn.w:pool": pack({"request": {"entry": "w:child", "bogus": 1}})}
+        for subject, body in bad.items():
+            reply = await nc.request(subject, body, headers={CONTENT_TYPE: MSGPACK}, timeout=5)
+            error = unpack(reply.data, MSGPACK)["error"]
+            assert error.kind == "Invalid" and "malformed" in error.message, (subject, error)
     finally:
         await nc.close()
-    assert "unknown control request 'spawn'" in unpack(reply.data, MSGPACK)["error"].message
     code, out, _ = await run_cli("ps", "--json", *cli, cwd=tmp_path)
     assert sum(len(a["list"]) for a in json.loads(out)["nodes"].values()) == 2
 
