@@ -25,13 +25,14 @@ import signal
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import nats
 
 from node import free_port, start_nats
+
+from _support import pct, write
 
 MOONWIRE = str(Path(sys.executable).parent / "moonwire")
 
@@ -142,18 +143,6 @@ async def main():
     await asyncio.Event().wait()
 asyncio.run(main())
 """
-
-
-def write(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(textwrap.dedent(text).lstrip())
-    return root
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
 async def python_child(script: str, *args: str) -> asyncio.subprocess.Process:

@@ -18,7 +18,6 @@ import os
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -28,6 +27,8 @@ from broker import Subjects
 from lua import Outcome
 from node import free_port, load_project, start_nats
 from node._functions import Functions
+
+from _support import pct, write
 
 MOONWIRE = str(Path(sys.executable).parent / "moonwire")
 
@@ -109,18 +110,6 @@ async def main():
     await asyncio.Event().wait()
 asyncio.run(main())
 """
-
-
-def write(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(textwrap.dedent(text).lstrip())
-    return root
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
 async def bench_local(root: Path, calls: int) -> dict[str, float]:

@@ -22,13 +22,14 @@ import gc
 import os
 import statistics
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 from broker import Subjects
 from node import load_project
 from node._runtime import Runtime
+
+from _support import pct, write
 
 PROJECT = {
     "_index.yaml": """
@@ -98,11 +99,6 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def raw_queue_throughput(n: int) -> float:
     queue: asyncio.Queue[int] = asyncio.Queue()
 
@@ -170,9 +166,7 @@ async def main() -> None:
     parser.add_argument("--idle", type=int, default=100_000)
     opts = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="mw-bench-"))
-    for rel, text in PROJECT.items():
-        (root / rel).write_text(textwrap.dedent(text).lstrip())
+    root = write(Path(tempfile.mkdtemp(prefix="mw-bench-")), PROJECT)
     runtime = Runtime("bench", load_project(root), Subjects())
     await runtime.start()
     try:
@@ -211,7 +205,7 @@ async def main() -> None:
         from lua import SpawnRequest
         start = time.perf_counter()
         for _ in range(opts.idle):
-            runtime.processes.start(None, SpawnRequest("b:idle", "b:host", []))
+            runtime.processes.start(SpawnRequest("b:idle", "b:host", []))
         while runtime.hosts["b:host"].statistics().ready:
             await asyncio.sleep(0.01)
         took = time.perf_counter() - start

@@ -216,10 +216,12 @@ class ProcessTable:
             node = request.options.get("node")
             if node is not None and not isinstance(node, str):
                 raise invalid("spawn option 'node' must be a node name")
+            remote = node not in (None, self.node) or (
+                node is None and request.host not in self.hosts and self.cluster is not None)
+            # A parent PID only when something refers to it (a remote exec waits on its EXIT).
             parent = self.pid_of(unit) if unit is not None and (
-                wait_exit or request.monitor or request.link or request.messages) else ""
-            if node not in (None, self.node) or (request.host not in self.hosts and node is None
-                                                 and self.cluster is not None):
+                request.monitor or request.link or request.messages or (remote and wait_exit)) else ""
+            if remote:
                 if wait_exit and not parent:
                     raise invalid("exec on another node needs a calling process")
                 return self._spawn_remote(parent, request, node, wait_exit)
@@ -250,9 +252,11 @@ class ProcessTable:
                 return
             me.spawning -= 1
             child = outcome.value
-            if outcome.ok and isinstance(child, str) and me.unit.outcome is not None:
-                self._orphaned(me, child, request)
-            elif outcome.ok and isinstance(child, str):
+            if not (outcome.ok and isinstance(child, str)):
+                pending.settle(outcome)
+            elif me.unit.outcome is not None:
+                self._orphaned(me, child, request)  # nobody waits on ``pending`` any more
+            else:
                 if request.monitor:
                     me.watching = me.watching or set()
                     me.watching.add(child)
@@ -261,11 +265,11 @@ class ProcessTable:
                     me.links.add(child)
                 if self.membership is not None and (remote := Pid.parse(child)) is not None:
                     self.membership.expect(remote.node, _epoch(remote.uid))
-            if wait_exit and outcome.ok:
-                me.exec_waits = me.exec_waits or {}
-                me.exec_waits[str(child)] = pending
-            else:
-                pending.settle(outcome)
+                if wait_exit:
+                    me.exec_waits = me.exec_waits or {}
+                    me.exec_waits[child] = pending
+                else:
+                    pending.settle(outcome)
             early = me.early or []
             me.early = [e for e in early if e.sender != child] if me.spawning else None
             for event in early:

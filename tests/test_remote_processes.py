@@ -143,20 +143,13 @@ async def test_clean_shutdown_delivers_the_real_exit_once(tmp_path: Path, nats_s
 
 
 RESTARTING = {
-    "_index.yaml": """
-        namespace: a
-        entries:
-          - {name: host, kind: process.host}
-          - {name: child, kind: process.lua, source: file://child.lua}
-          - {name: start, kind: function.lua, source: file://start.lua}
-    """,
+    **NODE_A,
     # Returns its first message.
     "child.lua": """
         return function()
           local msg = process.inbox():receive()
           return msg:topic() .. "=" .. tostring(msg:payload():data())
         end""",
-    "start.lua": "return function() return process.spawn('a:child', 'a:host') end",
 }
 
 WATCH_RESTART = {
