@@ -136,6 +136,9 @@ class Node:
         # second kept for the steps after them.
         self._steps.append(_Step("runtime", lambda remaining: runtime.stop(max(remaining - 1.0, 0.5))))
         await runtime.start()
+        # nats-py buffers SUBs: a round trip here means that once the node says it is
+        # running, the server routes to every inbox, queue group and control subject.
+        await self._nats.flush()
 
     async def execute(self, entry_id: str, args: list[object]) -> Outcome:
         """Run one entry to completion on this node (``moonwire run -x``)."""
