@@ -1,5 +1,8 @@
 """Process identifiers (DESIGN §1): ``{node@host|uid}``.
 
+A workflow's PID names no node: ``{@worker|workflow id}`` (DESIGN §7), where ``worker``
+is its ``temporal.worker`` entry id and the workflow id may also hold ``:``.
+
 ``node`` is the node name (one subject token), ``host`` the id of the process host (or
 ``funcs`` for a function call that took a PID), ``uid`` unique across restarts of a node
 with the same name: the node's boot time in base 36, a dash, a counter. A PID is a plain
@@ -14,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass
 
-_PID = re.compile(r"^\{([A-Za-z0-9_-]+)@([^|{}]+)\|([A-Za-z0-9_-]+)\}$")
+_PID = re.compile(r"^\{([A-Za-z0-9_-]*)@([^|{}]+)\|([A-Za-z0-9_:-]+)\}$")
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -32,6 +35,10 @@ class Pid:
     node: str
     host: str
     uid: str
+
+    @property
+    def is_workflow(self) -> bool:
+        return not self.node
 
     def __str__(self) -> str:
         return f"{{{self.node}@{self.host}|{self.uid}}}"

@@ -46,6 +46,14 @@ class Subjects:
         """Asked of every node at once (``moonwire ps``, ``moonwire nodes``)."""
         return f"{self.prefix}.nodes.{verb}"
 
+    def workflow(self, worker: str, workflow_id: str) -> str:
+        """A workflow's inbox from outside: the nodes running ``worker`` turn what arrives
+        here (with the topic as the next token, or in ``Mw-Topic``) into a signal."""
+        return f"{self.prefix}.wf.{worker}.{workflow_id}"
+
+    def workflows(self, worker: str) -> str:
+        return f"{self.prefix}.wf.{worker}.>"
+
     def function(self, entry_id: str) -> str:
         return f"{self.prefix}.fn.{entry_id}"
 

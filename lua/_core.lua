@@ -201,6 +201,26 @@ end
 
 local safe_string = copy(string, { dump = true })
 local safe_os = { clock = os.clock, date = os.date, difftime = os.difftime, time = os.time }
+
+-- For a workflow's state (DESIGN §11): what would differ on replay reads the workflow's
+-- clock and seed instead, and what cannot be replayed is refused. `now_seconds` and
+-- `refuse(what)` are Python functions; refuse records the violation so the run fails
+-- its workflow task even if user code catches the error.
+function core.make_deterministic(seed, now_seconds, refuse)
+    math.randomseed(seed)
+    local os_time, os_date = os.time, os.date
+    safe_os.time = function(t)
+        if t == nil then return now_seconds() end
+        return os_time(t)
+    end
+    safe_os.date = function(format, t)
+        return os_date(format, t or now_seconds())
+    end
+    safe_os.clock = function()
+        refuse("os.clock")
+        error("os.clock is not deterministic inside a workflow: use time.now()", 2)
+    end
+end
 local safe_coroutine = {
     create = coroutine_create,
     resume = user_resume,

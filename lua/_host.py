@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import random
 import threading
 import time
 import uuid
@@ -60,6 +61,21 @@ class _UuidV7:
 
 
 uuid7 = _UuidV7()
+
+
+def replayable_uuid(version: str, now_ns: int, source: random.Random) -> uuid.UUID:
+    """A v1, v4 or v7 UUID whose every bit comes from ``now_ns`` and ``source`` (a
+    workflow's clock and seeded random source), so a replay makes the same one."""
+    bits = source.getrandbits(128)
+    if version == "v7":
+        rand_a, rand_b = (bits >> 64) & 0xFFF, bits & ((1 << 62) - 1)
+        return uuid.UUID(int=((now_ns // 1_000_000) << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b)
+    if version == "v1":
+        ticks = now_ns // 100 + 0x01B21DD213814000  # 100 ns since 1582-10-15
+        return uuid.UUID(fields=(ticks & 0xFFFFFFFF, (ticks >> 32) & 0xFFFF, (ticks >> 48) & 0x0FFF,
+                                 (bits >> 56) & 0xFF, (bits >> 48) & 0xFF, (bits & 0xFFFFFFFFFFFF) | (1 << 40)),
+                         version=1)
+    return uuid.UUID(int=bits, version=4)
 _UUID_NAMESPACES = {"dns": uuid.NAMESPACE_DNS, "url": uuid.NAMESPACE_URL, "oid": uuid.NAMESPACE_OID,
                     "x500": uuid.NAMESPACE_X500}
 
@@ -128,7 +144,7 @@ class HostFunctions:
     # ------------------------------------------------------------ time
 
     def now_ns(self) -> int:
-        return time.time_ns()
+        return self.state.clock()
 
     def format_duration(self, ns: int) -> bytes:
         return format_duration(int(ns)).encode()
@@ -232,6 +248,8 @@ class HostFunctions:
 
     def uuid_new(self, version: bytes) -> bytes:
         name = _text(version)
+        if self.state.random is not None:  # a workflow: from its clock and seeded source
+            return str(replayable_uuid(name, self.state.clock(), self.state.random)).encode()
         value = uuid.uuid1() if name == "v1" else uuid7() if name == "v7" else uuid.uuid4()
         return str(value).encode()
 

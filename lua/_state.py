@@ -9,6 +9,9 @@ trusted Lua code. User code runs in per-chunk environments built by the core.
 from __future__ import annotations
 
 import logging
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
 CORE_SOURCE = resources.files(__package__).joinpath("_core.lua").read_bytes()
 PRELUDE_SOURCE = resources.files(__package__).joinpath("_prelude.lua").read_bytes()
 PROCESS_SOURCE = resources.files(__package__).joinpath("_process.lua").read_bytes()
+WORKFLOW_SOURCE = resources.files(__package__).joinpath("_workflow.lua").read_bytes()
 LUA_VERSION = "Lua 5.5"
 
 # Raised in Lua when a resume runs out of instructions; recognised by identity of text.
@@ -58,6 +62,16 @@ class LuaCode:
     is_library: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What a workflow's state reads instead of the machine (DESIGN §11): the workflow's
+    clock, and a random source seeded from its history. Such a state also hashes
+    strings with a fixed seed, so ``pairs()`` visits keys in the same order on every node."""
+
+    now_ns: Callable[[], int]
+    random: random.Random
+
+
 def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
     raise AttributeError("Lua code cannot access Python attributes")
 
@@ -70,12 +84,16 @@ class _Loaded:
 class LuaState:
     """One sandboxed Lua runtime. Not thread-safe; used from the event loop only."""
 
-    def __init__(self, limits: Limits = Limits(), *, log: logging.Logger | None = None) -> None:
+    def __init__(self, limits: Limits = Limits(), *, log: logging.Logger | None = None,
+                 replay: Replay | None = None) -> None:
         from ._host import HostFunctions
         from ._process import ProcessFunctions
 
         self.limits = limits
         self.log = log or logging.getLogger("moonwire.lua")
+        # A random hash seed per state (the default) keeps crafted keys from degrading
+        # tables; a workflow gives that up for an iteration order that replays.
+        seeding = {"string_hash_seed": 0} if replay is not None else {}
         self.runtime = lupa.LuaRuntime(
             encoding=None,
             register_eval=False,
@@ -83,8 +101,18 @@ class LuaState:
             unpack_returned_tuples=True,
             attribute_filter=_deny_attributes,
             max_memory=limits.memory,
+            **seeding,
         )
         self.core = self.runtime.execute(CORE_SOURCE)
+        self.clock: Callable[[], int] = time.time_ns if replay is None else replay.now_ns
+        """Nanoseconds since the epoch: the machine's, or a workflow's recorded clock."""
+        self.random: random.Random | None = None if replay is None else replay.random
+        """A workflow's seeded random source (uuids); None: the machine's."""
+        self.violation: str | None = None
+        """What non-deterministic call a workflow made, once it made one."""
+        if replay is not None:
+            self.core.make_deterministic(replay.random.getrandbits(62), lambda: self.clock() // 1_000_000_000,
+                                         self._refuse)
         self.host = HostFunctions(self)
         self.prelude = self.runtime.execute(PRELUDE_SOURCE, self.core, self.host.table())
         self.runtime.execute(PROCESS_SOURCE, self.core, self.table_from(ProcessFunctions(self).table()), self.prelude)
@@ -113,6 +141,16 @@ class LuaState:
         self._instantiate = self.prelude.instantiate
         self.core.set_globals(self.prelude.globals)
         self._registered: set[str] = set()
+
+    def add_workflow_module(self, functions: dict[str, Callable[..., Any]]) -> None:
+        """Make ``require("workflow")`` available, backed by ``functions`` (``info``,
+        ``history_length``, ``history_size``, ``version``, ``worker``): the running
+        workflow's, supplied by the node."""
+        table = self.table_from({name.encode(): fn for name, fn in functions.items()})
+        self.runtime.execute(WORKFLOW_SOURCE, self.core, table, self.prelude)
+
+    def _refuse(self, what: bytes) -> None:
+        self.violation = self.violation or decode_string(what)
 
     # ------------------------------------------------------------ values
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -119,7 +118,7 @@ class Timer:
         self.handle = None
         self.unit.timers.discard(self)
         state = self.unit.state
-        self.channel.offer(state.new_time(time.time_ns(), b"Local"))
+        self.channel.offer(state.new_time(state.clock(), b"Local"))
         if self.periodic:
             self._schedule()
 

@@ -24,6 +24,7 @@ from lua import Outcome
 
 from ._embedded import EmbeddedServers
 from ._entries import TemporalClientEntry
+from ._workflows import Workflows
 from ._inboxes import NodeInboxes
 from ._remote import Cluster
 from ._runtime import Runtime
@@ -120,6 +121,12 @@ class Node:
         processes.remote = inboxes.send
         await inboxes.start()
         self._steps.append(_Step("process inboxes", lambda remaining: inboxes.stop()))
+        workflows = processes.workflows = Workflows(
+            self.name, self.project, self.subjects, runtime.functions, runtime.functions.code,
+            processes.workflow_event, nats=self._nats, outbox=outbox)
+        workflows.on_send = processes.route
+        self._steps.append(_Step("temporal workers", lambda remaining: workflows.stop()))
+        await workflows.start(self.temporal_address)
         cluster = processes.cluster = Cluster(self._nats, outbox, requests, self.subjects, self.name, processes)
         await cluster.start()
         self._steps.append(_Step("control plane", lambda remaining: cluster.stop()))

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker import Membership, Pid, PidAllocator
 from lua import Answer, Event, Kind, Mailbox, Message, MoonwireError, Outcome, Pending, SpawnRequest, Unit, invalid, not_found
@@ -37,6 +37,9 @@ from ._hosts import ProcessHost, Shard
 from ._project import Project
 from ._remote import Cluster, decode_spawn, noproc
 from ._remote import node_down as node_down_error
+
+if TYPE_CHECKING:
+    from ._workflows import Workflows
 
 log = logging.getLogger("moonwire.processes")
 
@@ -89,6 +92,8 @@ class ProcessTable:
         self.cluster: Cluster | None = None
         """Monitor, link, cancel and terminate across nodes (set once the node has a broker)."""
         self.membership: Membership | None = None
+        self.workflows: Workflows | None = None
+        """Workflows as processes: spawn on a temporal.worker, send, watch (set by the node)."""
         self.dropped_to_down_nodes = 0
         self._exits: deque[ProcessRecord] = deque()
         self._exiting = False
@@ -138,10 +143,18 @@ class ProcessTable:
     # ------------------------------------------------------------ messages
 
     def send(self, unit: Unit | None, dest: str, topic: str, payloads: list[Any]) -> None:
-        sender = self.pid_of(unit) if unit is not None else ""
+        self.route(dest, Message(topic, payloads, self.pid_of(unit) if unit is not None else ""))
+
+    def route(self, dest: str, message: Message) -> None:
+        """Deliver ``message`` to ``dest``: a local process, a process on another node,
+        or a workflow (a signal)."""
         local = self.records.get(dest)
         if local is not None:  # the common case, without parsing the PID
-            self._post(local, Message(topic, payloads, sender))
+            self._post(local, message)
+            return
+        workflow = self._workflow_pid(dest)
+        if workflow is not None:
+            self._workflows().send(workflow, message)
             return
         remote = self._remote_pid(dest)
         if remote is not None and self.remote is not None:
@@ -149,9 +162,9 @@ class ProcessTable:
             if self.membership is not None and self.membership.known_down(remote.node, _epoch(remote.uid)):
                 self.dropped_to_down_nodes += 1  # dropped and counted; the sender is not blocked
                 return
-            self.remote(remote, Message(topic, payloads, sender))
+            self.remote(remote, message)
             return
-        self._post(self._resolve(dest), Message(topic, payloads, sender))
+        self._post(self._resolve(dest), message)
 
     def deliver(self, uid: str, message: Message) -> None:
         """A message from the wire for the process with ``uid``.
@@ -172,11 +185,25 @@ class ProcessTable:
                                 Kind.UNAVAILABLE, retryable=True)
 
     def _remote_pid(self, dest: str) -> Pid | None:
-        """``dest`` parsed, when it is a PID of another node."""
+        """``dest`` parsed, when it is a PID of a process on another node."""
         if not dest.startswith("{"):
             return None
         pid = Pid.parse(dest)
-        return pid if pid is not None and pid.node != self.node else None
+        return pid if pid is not None and pid.node != self.node and not pid.is_workflow else None
+
+    @staticmethod
+    def _workflow_pid(dest: str) -> Pid | None:
+        """``dest`` parsed, when it is a workflow's PID (``{@worker|id}``)."""
+        if not dest.startswith("{@"):
+            return None
+        pid = Pid.parse(dest)
+        return pid if pid is not None and pid.is_workflow else None
+
+    def _workflows(self) -> Workflows:
+        if self.workflows is None:
+            raise MoonwireError("this node does not talk to Temporal (it has no broker)", Kind.UNAVAILABLE,
+                                retryable=False)
+        return self.workflows
 
     def cancel(self, unit: Unit | None, dest: str, reason: str) -> Answer | None:
         return self._signal(unit, "cancel", dest, {"reason": reason})
@@ -188,6 +215,10 @@ class ProcessTable:
         """``cancel`` or ``terminate``: done here for a local target (None), else an answer
         settled once the target's node has done it (NotFound when it does not exist)."""
         by = self.pid_of(unit) if unit is not None else ""
+        workflow = self._workflow_pid(dest)
+        if workflow is not None:
+            workflows = self._workflows()
+            return workflows.cancel(workflow) if verb == "cancel" else workflows.terminate(workflow)
         remote = self._remote_pid(dest)
         if remote is not None and self.cluster is not None:
             pending = Pending()
@@ -200,8 +231,10 @@ class ProcessTable:
     # ------------------------------------------------------------ spawning
 
     def spawn_hosts(self) -> list[str]:
-        """The hosts other nodes may spawn on here (all but the built-in terminal host)."""
-        return sorted(h for h in self.hosts if h != TERMINAL_HOST)
+        """The hosts other nodes may spawn on here: process hosts (all but the built-in
+        terminal host) and Temporal workers."""
+        workers = list(self.workflows.hosts) if self.workflows is not None else []
+        return sorted([h for h in self.hosts if h != TERMINAL_HOST] + workers)
 
     def spawn(self, unit: Unit | None, request: SpawnRequest) -> Answer:
         return self._spawn(unit, request, wait_exit=False)
@@ -216,6 +249,8 @@ class ProcessTable:
             node = request.options.get("node")
             if node is not None and not isinstance(node, str):
                 raise invalid("spawn option 'node' must be a node name")
+            if self.workflows is not None and self.workflows.serves(request.host):
+                return self._spawn_workflow(unit, request, wait_exit)
             remote = node not in (None, self.node) or (
                 node is None and request.host not in self.hosts and self.cluster is not None)
             # A parent PID only when something refers to it (a remote exec waits on its EXIT).
@@ -232,6 +267,39 @@ class ProcessTable:
             return pending
         except MoonwireError as err:
             return Outcome(error=err)
+
+    def _spawn_workflow(self, unit: Unit | None, request: SpawnRequest, wait_exit: bool) -> Answer:
+        """Start a workflow: a Temporal client call from this node, wherever its workers run."""
+        assert self.workflows is not None
+        parent = self.pid_of(unit) if unit is not None and (request.monitor or request.link or request.messages) \
+            else ""
+        me = self.records.get(parent)
+        pending = Pending()
+
+        def started(outcome: Outcome) -> None:
+            child = outcome.value
+            if me is not None and outcome.ok and not wait_exit and isinstance(child, str):
+                if me.unit.outcome is not None:
+                    self.workflows.forget(me.pid)  # type: ignore[union-attr]
+                if request.monitor:
+                    me.watching = (me.watching or set()) | {child}
+                if request.link:
+                    me.links = (me.links or set()) | {child}
+            pending.settle(outcome)
+
+        answer = self.workflows.spawn(request, parent, wait_exit)
+        answer.listen(started)
+        pending.abandon = answer.drop
+        return pending
+
+    def workflow_event(self, watcher: str, event: Event) -> None:
+        """An EXIT or LINK_DOWN about a workflow for ``watcher`` (here, or on the node
+        that asked for it in a spawn request)."""
+        record = self.records.get(watcher)
+        if record is not None:
+            self._fire(record, event)
+        elif self.cluster is not None and (remote := self._remote_pid(watcher)) is not None:
+            self.cluster.event(remote.node, remote.uid, event)
 
     def _spawn_remote(self, parent: str, request: SpawnRequest, node: str | None, wait_exit: bool) -> Pending:
         """Spawn through another node. The monitor and link are recorded on the child's
@@ -263,7 +331,8 @@ class ProcessTable:
                 if request.link:
                     me.links = me.links or set()
                     me.links.add(child)
-                if self.membership is not None and (remote := Pid.parse(child)) is not None:
+                if self.membership is not None and (remote := Pid.parse(child)) is not None and \
+                        not remote.is_workflow:
                     self.membership.expect(remote.node, _epoch(remote.uid))
                 if wait_exit:
                     me.exec_waits = me.exec_waits or {}
@@ -361,6 +430,9 @@ class ProcessTable:
 
     def watch(self, unit: Unit, verb: str, dest: str) -> Answer | None:
         me = self.records[self.pid_of(unit)]
+        if self._workflow_pid(dest) is not None:
+            self._watch_workflow(me, verb, dest)
+            return None
         remote = self._remote_pid(dest)
         if remote is not None and self.cluster is not None:
             return self._watch_remote(me, verb, dest, remote, self.cluster)
@@ -384,6 +456,24 @@ class ProcessTable:
             if mine:
                 mine.discard(target_pid)
         return None
+
+    def _watch_workflow(self, me: ProcessRecord, verb: str, target: str) -> None:
+        """Monitor or link a workflow: its end is watched from this node. A link goes
+        one way (a workflow cannot be killed by a process); the rules are a process's."""
+        workflows = self._workflows()
+        if verb == "monitor":
+            if me.watching and target in me.watching:
+                raise MoonwireError(f"already monitoring {target}", Kind.ALREADY_EXISTS, retryable=False)
+            workflows.watch(me.pid, target, link=False)
+            me.watching = (me.watching or set()) | {target}
+        elif verb == "link":
+            workflows.watch(me.pid, target, link=True)
+            me.links = (me.links or set()) | {target}
+        else:
+            workflows.unwatch(me.pid, target, link=verb == "unlink")
+            mine = me.watching if verb == "unmonitor" else me.links
+            if mine:
+                mine.discard(target)
 
     def _watch_remote(self, me: ProcessRecord, verb: str, target: str, remote: Pid, cluster: Cluster) -> Pending:
         """Ask ``remote``'s node to add or drop the watch; the answer settles once it has.
@@ -470,7 +560,10 @@ class ProcessTable:
                 :meth:`start` raises for ``spawn``.
         """
         if verb == "spawn":
-            return self.start(*decode_spawn(data))
+            request, parent = decode_spawn(data)
+            if self.workflows is not None and self.workflows.serves(request.host):
+                return self.workflows.spawn(request, parent, wait_exit=False)
+            return self.start(request, parent)
         if verb == "lookup":
             return self._registered(str(data.get("name")))
         if verb in ("info", "ps"):
@@ -632,6 +725,8 @@ class ProcessTable:
             log.warning("process %s (%s) exited with an error: %s", pid, record.entry, outcome.error)
         if record.shard is not None:
             self.hosts[record.host].release(record.shard)
+        if self.workflows is not None:
+            self.workflows.forget(pid)
         for name in record.names or ():
             if self.names.get(name) == pid:
                 del self.names[name]

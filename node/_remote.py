@@ -41,7 +41,7 @@ from nats.errors import NoRespondersError as NatsNoResponders
 from nats.errors import TimeoutError as NatsTimeout
 
 from broker import NoResponders, Outbox, Requests, RequestTimeout, Subjects
-from lua import Event, Kind, MoonwireError, Outcome, SpawnRequest, invalid, not_found
+from lua import Event, Kind, MoonwireError, Outcome, Pending, SpawnRequest, invalid, not_found
 
 from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
 
@@ -199,12 +199,20 @@ class Cluster:
             data = unpack(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
             if not isinstance(data, dict):
                 raise invalid("a control request body must be a map")
-            reply: dict[str, Any] = {"value": run(data)}
+            value = run(data)
+            if isinstance(value, Pending):  # answered later (a workflow start, say)
+                value.listen(lambda outcome: self._reply(msg, {"value": outcome.value} if outcome.ok
+                                                         else {"error": outcome.error}))
+                return
+            reply: dict[str, Any] = {"value": value}
         except MoonwireError as err:
             reply = {"error": err}
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # a field missing or of the wrong type
             log.warning("malformed control request on %s: %s: %s", msg.subject, type(err).__name__, err)
             reply = {"error": invalid(f"malformed control request on {msg.subject}: {type(err).__name__}: {err}")}
+        self._reply(msg, reply)
+
+    def _reply(self, msg: Msg, reply: dict[str, Any]) -> None:
         if msg.reply:
             self.outbox.publish_nowait(msg.reply, pack(reply), headers={CONTENT_TYPE: MSGPACK})
 

@@ -1,0 +1,498 @@
+"""The node's side of workflows (DESIGN §7): Temporal clients and workers in the node's
+process and event loop, and workflows as members of the one PID space.
+
+* Every ``temporal.worker`` entry of the project runs as a Temporal worker on its task
+  queue (``tq_prefix`` + ``task_queue``) with the dynamic Lua workflow
+  (``_workflow_run.py``) and one dynamic activity that runs any function by entry id
+  (locally, or through its queue group when this node does not define it).
+* ``process.spawn*(wf, "<worker id>", ...)`` starts a workflow and answers its PID
+  ``{@<worker>|<workflow id>}``; ``exec`` answers its result.
+* ``process.send`` to a workflow PID is a signal named by the topic. Signals leave this
+  node in the order they were sent, one RPC at a time. A node without a client for the
+  worker, the CLI and plain NATS clients publish to ``<prefix>.wf.<worker>.<id>[.<topic>]``
+  instead, which the nodes running that worker turn into signals (queue group).
+* ``monitor``/``link`` of a workflow PID watch its result (a task per watch, owned
+  here): EXIT with its result or error for a monitor, LINK_DOWN on failure only for a
+  link. A transport error while watching is retried, never reported as a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from temporalio import activity
+from temporalio.client import Client, TLSConfig, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.common import RawValue, WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
+
+from broker import Outbox, Pid, Subjects
+from lua import Event, Kind, Limits, Message, MoonwireError, Outcome, Pending, SpawnRequest, invalid, not_found, settled
+
+from ._entries import TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
+from ._functions import CodeLoader, Functions
+from ._inboxes import Undeliverable, decode, encode
+from ._payload import MSGPACK, pack, unpack
+from ._project import Project
+from ._workflow_run import (
+    SEND_ACTIVITY,
+    WorkerContext,
+    WorkflowInput,
+    encode_signal,
+    from_failure,
+    register_worker,
+    unregister_worker,
+    to_failure,
+    workflow_pid,
+)
+
+log = logging.getLogger("moonwire.workflows")
+
+EXIT, LINK_DOWN = "pid.exit", "pid.link.down"
+GATEWAY_QUEUE = "mw.wf"
+WATCH_RETRY = (0.5, 10.0)  # first and longest wait between attempts to watch a workflow
+
+# Go SDK names (what Wippy's worker_options use) -> Python SDK keyword and converter.
+_WORKER_OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "max_concurrent_activity_execution_size": ("max_concurrent_activities", int),
+    "max_concurrent_workflow_task_execution_size": ("max_concurrent_workflow_tasks", int),
+    "max_concurrent_local_activity_execution_size": ("max_concurrent_local_activities", int),
+    "max_concurrent_workflow_task_pollers": ("max_concurrent_workflow_task_polls", int),
+    "max_concurrent_activity_task_pollers": ("max_concurrent_activity_task_polls", int),
+    "worker_activities_per_second": ("max_activities_per_second", float),
+    "task_queue_activities_per_second": ("max_task_queue_activities_per_second", float),
+    "sticky_schedule_to_start_timeout": ("sticky_queue_schedule_to_start_timeout", lambda v: _seconds(v)),
+    "max_cached_workflows": ("max_cached_workflows", int),
+    "graceful_shutdown_timeout": ("graceful_shutdown_timeout", lambda v: _seconds(v)),
+    "identity": ("identity", str),
+    "build_id": ("build_id", str),
+    "use_versioning": ("use_worker_versioning", bool),
+}
+
+
+def _seconds(value: Any) -> timedelta:
+    from ._workflow_run import _duration
+
+    return _duration(value, "duration")
+
+
+def worker_options(entry: TemporalWorkerEntry) -> dict[str, Any]:
+    """``worker_options`` as Python SDK keywords.
+
+    Raises:
+        MoonwireError: (Invalid) an option the Python SDK has no equivalent for, naming it.
+    """
+    out: dict[str, Any] = {}
+    for name, value in entry.worker_options.items():
+        mapped = _WORKER_OPTIONS.get(name)
+        if mapped is None:
+            raise invalid(f"{entry.id}: worker option {name!r} is not supported "
+                          f"(supported: {', '.join(sorted(_WORKER_OPTIONS))})")
+        keyword, convert = mapped
+        out[keyword] = convert(value)
+    return out
+
+
+async def connect_client(entry: TemporalClientEntry, embedded_address: str | None, project_root: Path) -> Client:
+    """A Temporal client for a ``temporal.client`` entry (the embedded server when it
+    names no address)."""
+    address = embedded_address if entry.embedded else entry.address
+    if address is None:
+        raise invalid(f"{entry.id}: no address and no embedded Temporal server")
+
+    def read(path: str | None) -> bytes | None:
+        return (project_root / path).read_bytes() if path else None
+
+    tls: bool | TLSConfig = False
+    if entry.tls.enabled or entry.auth.type == "mtls":
+        tls = TLSConfig(server_root_ca_cert=read(entry.tls.ca_file), domain=entry.tls.server_name,
+                        client_cert=read(entry.auth.cert_file or entry.tls.cert_file),
+                        client_private_key=read(entry.auth.key_file or entry.tls.key_file))
+    elif entry.auth.type == "api_key":
+        tls = True  # API keys travel over TLS only
+    return await Client.connect(address, namespace=entry.namespace,
+                                api_key=entry.auth.api_key if entry.auth.type == "api_key" else None,
+                                tls=tls, connect_timeout=timedelta(seconds=entry.connection_timeout))
+
+
+@dataclass(slots=True)
+class _Host:
+    """A worker entry this node runs: its client and task queue."""
+
+    entry: TemporalWorkerEntry
+    client: Client
+    task_queue: str
+    worker: Worker | None = None
+    running: asyncio.Task[None] | None = None
+    context: WorkerContext | None = None
+
+
+class Workflows:
+    """Temporal workers in this node, and workflows seen from its processes."""
+
+    def __init__(self, node: str, project: Project, subjects: Subjects, functions: Functions, code: CodeLoader,
+                 deliver: Callable[[str, Event], None], *, nats: NatsClient | None = None,
+                 outbox: Outbox | None = None, limits: Limits = Limits(), mailbox_limit: int = 4096) -> None:
+        self.node = node
+        self.project = project
+        self.subjects = subjects
+        self.functions = functions
+        self.code = code
+        self.deliver = deliver
+        """The process table's: an EXIT or LINK_DOWN for a watcher PID, here or elsewhere."""
+        self.nats = nats
+        self.outbox = outbox
+        self.limits = limits
+        self.mailbox_limit = mailbox_limit
+        self.hosts: dict[str, _Host] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watches: dict[str, dict[tuple[str, bool], asyncio.Task[None]]] = {}  # by watcher
+        self._signals: asyncio.Queue[tuple[Pid, Message]] = asyncio.Queue()
+        self._subscriptions: list[Subscription] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, embedded_address: str | None) -> None:
+        """Connect the clients and start a worker for every ``temporal.worker`` entry."""
+        clients: dict[str, Client] = {}
+        for entry in self.project.of_kind("temporal.worker"):
+            assert isinstance(entry, TemporalWorkerEntry)
+            client_entry = self.project.get(entry.client)
+            assert isinstance(client_entry, TemporalClientEntry)
+            if entry.client not in clients:
+                clients[entry.client] = await connect_client(client_entry, embedded_address, self.project.root)
+            self.hosts[entry.id] = _Host(entry, clients[entry.client], client_entry.tq_prefix + entry.task_queue)
+        for host in self.hosts.values():
+            context = WorkerContext(worker=host.entry.id, task_queue=host.task_queue, code=self._code_for(host),
+                                    task_queues=self.task_queue, limits=self.limits,
+                                    mailbox_limit=self.mailbox_limit)
+            host.context = context
+            host.worker = Worker(host.client, task_queue=host.task_queue, workflows=[register_worker(context)],
+                                 activities=[self._activity()], **worker_options(host.entry))
+            host.running = asyncio.create_task(host.worker.run(), name=f"worker {host.entry.id}")
+            log.info("temporal worker %s on task queue %s", host.entry.id, host.task_queue)
+        self._own(self._send_signals(), "signals")
+        if self.nats is not None:
+            for worker in self.hosts:
+                self._subscriptions.append(await self.nats.subscribe(
+                    self.subjects.workflows(worker), queue=GATEWAY_QUEUE, cb=self._on_gateway))
+
+    async def stop(self) -> None:
+        for subscription in self._subscriptions:
+            await subscription.unsubscribe()
+        self._subscriptions.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for host in self.hosts.values():
+            if host.worker is not None and host.running is not None and not host.running.done():
+                await host.worker.shutdown()
+            if host.running is not None:
+                await asyncio.gather(host.running, return_exceptions=True)
+            if host.context is not None:
+                unregister_worker(host.context)
+
+    def _own(self, work: Any, what: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s failed: %s", what, t.exception(), exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    # ------------------------------------------------------------ what runs here
+
+    def serves(self, host: str) -> bool:
+        return host in self.hosts
+
+    def task_queue(self, worker: str) -> str | None:
+        host = self.hosts.get(worker)
+        return host.task_queue if host is not None else None
+
+    def _code_for(self, host: _Host) -> Callable[[str], Any]:
+        def code(workflow_type: str) -> Any:
+            entry = self.project.get(workflow_type)
+            if not isinstance(entry, WorkflowEntry):
+                raise not_found(f"no workflow.lua entry {workflow_type}")
+            if registered_worker(entry) not in (None, host.entry.id):
+                raise not_found(f"{workflow_type} is registered with worker {registered_worker(entry)}, "
+                                f"not {host.entry.id}")
+            return self.code.code(entry)
+
+        return code
+
+    def _activity(self) -> Callable[..., Any]:
+        functions = self.functions
+
+        @activity.defn(dynamic=True)
+        async def run_function(args: Sequence[RawValue]) -> bytes:
+            name = activity.info().activity_type
+            body = activity.payload_converter().from_payload(args[0].payload, bytes) if args else b""
+            try:
+                data = unpack(body, MSGPACK)
+                if name == SEND_ACTIVITY:
+                    self._send_from_workflow(data)
+                    return pack(True)
+                if not isinstance(data, dict) or not isinstance(data.get("args", []), list):
+                    raise invalid("an activity input must be a map with a list of args")
+                outcome = await settled(functions.call(None, name, list(data.get("args") or []),
+                                                       dict(data.get("ctx") or {}), {}))
+            except MoonwireError as err:
+                raise to_failure(err) from None
+            if outcome.ok:
+                return pack(outcome.value)
+            assert outcome.error is not None
+            raise to_failure(outcome.error)
+
+        return run_function
+
+    def _send_from_workflow(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise invalid("a send activity input must be a map")
+        self.on_send(str(data["dest"]), Message(str(data["topic"]), list(data["payloads"]), str(data["from"])))
+
+    on_send: Callable[[str, Message], None] = staticmethod(lambda dest, message: None)  # type: ignore[assignment]
+    """Set by the node: delivers a message from a workflow to a plain process."""
+
+    def _handle(self, pid: Pid) -> WorkflowHandle[Any, Any]:
+        host = self.hosts.get(pid.host)
+        if host is None:
+            raise MoonwireError(f"this node has no temporal.client for worker {pid.host}", Kind.UNAVAILABLE,
+                                retryable=False)
+        return host.client.get_workflow_handle(pid.uid, result_type=bytes)
+
+    # ------------------------------------------------------------ starting
+
+    def spawn(self, request: SpawnRequest, parent: str, wait_exit: bool) -> Pending:
+        """Start workflow ``request.entry`` on worker ``request.host``: the answer is its
+        PID, or with ``wait_exit`` its result. ``parent`` (a PID or "") sends the startup
+        messages and gets the monitor and link the request asks for."""
+        pending = Pending()
+
+        async def start() -> None:
+            try:
+                pid = await self._start(request, parent)
+            except MoonwireError as err:
+                pending.settle(Outcome(error=err))
+                return
+            except RPCError as err:
+                pending.settle(Outcome(error=MoonwireError(f"workflow {request.entry} did not start: {err}",
+                                                           Kind.UNAVAILABLE, retryable=True)))
+                return
+            if parent and request.monitor:
+                self.watch(parent, pid, link=False)
+            if parent and request.link:
+                self.watch(parent, pid, link=True)
+            if not wait_exit:
+                pending.settle(Outcome(value=pid))
+                return
+            pending.settle(await self._result(Pid.parse(pid)))  # type: ignore[arg-type]
+
+        task = self._own(start(), f"starting {request.entry}")
+        pending.abandon = task.cancel
+        return pending
+
+    async def _start(self, request: SpawnRequest, parent: str) -> str:
+        host = self.hosts.get(request.host)
+        if host is None:
+            raise not_found(f"no temporal.worker {request.host} on node {self.node}")
+        entry = self.project.get(request.entry)
+        if not isinstance(entry, WorkflowEntry):
+            raise invalid(f"{request.entry} is not a workflow.lua entry" if entry is not None
+                          else f"no entry {request.entry}")
+        worker = registered_worker(entry)
+        if worker not in (None, request.host):
+            raise invalid(f"{request.entry} is registered with worker {worker}, not {request.host}")
+        explicit = request.name or request.options.get("temporal.workflow.id")
+        workflow_id = str(explicit) if explicit else f"{request.entry}-{uuid.uuid4().hex[:16]}"
+        pid = workflow_pid(request.host, workflow_id)
+        if Pid.parse(pid) is None:
+            raise invalid(f"workflow id {workflow_id!r} may only hold letters, digits, '_', '-' and ':'")
+        messages = [Message(topic, payloads, parent) for topic, payloads in request.messages]
+        body = WorkflowInput(request.args, request.context, messages, parent).encode()
+        if explicit and await self._running(host, workflow_id):
+            # Dedupe (wippy-surface §3.9): the running one's PID; the new input is
+            # ignored, the startup messages are still delivered.
+            handle = host.client.get_workflow_handle(workflow_id)
+            for message in messages:
+                await handle.signal(message.topic, encode_signal(parent, message.payloads))
+            return pid
+        await host.client.start_workflow(
+            request.entry, body, id=workflow_id, task_queue=host.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, **start_options(request.options))
+        return pid
+
+    # ------------------------------------------------------------ results and watches
+
+    @staticmethod
+    async def _running(host: _Host, workflow_id: str) -> bool:
+        try:
+            description = await host.client.get_workflow_handle(workflow_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return description.status == WorkflowExecutionStatus.RUNNING
+
+    async def _result(self, pid: Pid) -> Outcome:
+        """The workflow's result or error, once it ends; transport errors are retried."""
+        delay = WATCH_RETRY[0]
+        while True:
+            try:
+                handle = self._handle(pid)
+                return Outcome(value=unpack(await handle.result(), MSGPACK))
+            except WorkflowFailureError as err:
+                return Outcome(error=from_failure(err))
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    return Outcome(error=not_found(f"noproc: workflow {pid} not found"))
+                log.warning("watching %s: %s; retrying in %.1fs", pid, err, delay)
+            except MoonwireError as err:
+                return Outcome(error=err)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WATCH_RETRY[1])
+
+    def watch(self, watcher: str, target: str, *, link: bool) -> None:
+        """Deliver EXIT (a monitor) or LINK_DOWN (a link) to ``watcher`` when workflow
+        ``target`` ends; the process table applies the rules (a link fires on failure only).
+
+        Raises:
+            MoonwireError: Unavailable when this node has no client for its worker.
+        """
+        held = self._watches.setdefault(watcher, {})
+        key = (target, link)
+        if key in held:
+            return
+        pid = Pid.parse(target)
+        assert pid is not None
+        self._handle(pid)  # no client for its worker: raise now, not later
+
+        async def watching() -> None:
+            outcome = await self._result(pid)
+            mine = self._watches.get(watcher)
+            if mine is not None:
+                mine.pop(key, None)
+                if not mine:
+                    del self._watches[watcher]
+            event = Event(LINK_DOWN if link else EXIT, target, time.time(), outcome.value, outcome.error)
+            self.deliver(watcher, event)
+
+        held[key] = self._own(watching(), f"watching {target}")
+
+    def unwatch(self, watcher: str, target: str, *, link: bool) -> None:
+        held = self._watches.get(watcher)
+        task = held.pop((target, link), None) if held else None
+        if task is not None:
+            task.cancel()
+
+    def forget(self, watcher: str) -> None:
+        """``watcher`` exited: stop every watch it held."""
+        for task in self._watches.pop(watcher, {}).values():
+            task.cancel()
+
+    # ------------------------------------------------------------ signals, cancel, terminate
+
+    def send(self, target: Pid, message: Message) -> None:
+        """Signal workflow ``target`` (in order with this node's other signals), or hand
+        the message to the nodes that run its worker when this one does not."""
+        if target.host in self.hosts:
+            self._signals.put_nowait((target, message))
+        elif self.outbox is not None:
+            body, headers = encode(message)
+            self.outbox.publish_nowait(self.subjects.workflow(target.host, target.uid), body, headers=headers)
+        else:
+            raise MoonwireError(f"no temporal.client for worker {target.host} on this node", Kind.UNAVAILABLE,
+                                retryable=False)
+
+    async def _send_signals(self) -> None:
+        while True:
+            target, message = await self._signals.get()
+            try:
+                await self._handle(target).signal(message.topic, encode_signal(message.sender, message.payloads))
+            except (RPCError, MoonwireError) as err:
+                log.warning("signal %r to %s not delivered: %s", message.topic, target, err)
+
+    async def _on_gateway(self, msg: Msg) -> None:
+        """A message for a workflow from outside: ``<prefix>.wf.<worker>.<id>[.<topic>]``."""
+        for worker in self.hosts:
+            prefix = self.subjects.workflow(worker, "")
+            if msg.subject.startswith(prefix):
+                workflow_id, _, topic = msg.subject[len(prefix):].partition(".")
+                break
+        else:
+            return
+        try:
+            message = decode(topic, msg.headers or {}, msg.data, 1024 * 1024)
+        except Undeliverable as err:
+            log.warning("undeliverable message on %s: %s", msg.subject, err)
+            return
+        self._signals.put_nowait((Pid("", worker, workflow_id), message))
+
+    def cancel(self, target: Pid) -> Pending:
+        return self._act(target, "cancel")
+
+    def terminate(self, target: Pid) -> Pending:
+        return self._act(target, "terminate")
+
+    def _act(self, target: Pid, verb: str) -> Pending:
+        pending = Pending()
+
+        async def act() -> None:
+            try:
+                handle = self._handle(target)
+                await (handle.cancel() if verb == "cancel" else handle.terminate("terminated by a process"))
+                pending.settle(Outcome(value=True))
+            except RPCError as err:
+                error = (not_found(f"noproc: workflow {target} not found") if err.status == RPCStatusCode.NOT_FOUND
+                         else MoonwireError(f"{verb} {target}: {err}", Kind.UNAVAILABLE, retryable=True))
+                pending.settle(Outcome(error=error))
+            except MoonwireError as err:
+                pending.settle(Outcome(error=err))
+
+        pending.abandon = self._own(act(), f"{verb} {target}").cancel
+        return pending
+
+
+def registered_worker(entry: WorkflowEntry) -> str | None:
+    """The worker ``meta.temporal.workflow.worker`` names, if any."""
+    temporal = entry.meta.get("temporal") if isinstance(entry.meta, dict) else None
+    found = temporal.get("workflow", {}).get("worker") if isinstance(temporal, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def start_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``temporal.workflow.*`` spawner options start_workflow takes."""
+    from ._workflow_run import _duration, retry_policy
+
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if not isinstance(key, str) or not key.startswith("temporal.workflow.") or key == "temporal.workflow.id":
+            continue
+        name = key[len("temporal.workflow."):]
+        if name in ("execution_timeout", "run_timeout", "task_timeout", "start_delay"):
+            out[name] = _duration(value, key)
+        elif name == "retry_policy":
+            out[name] = retry_policy(value, key)
+        elif name == "cron_schedule":
+            out[name] = str(value)
+        elif name == "memo":
+            out[name] = dict(value)
+        else:
+            raise invalid(f"unknown workflow start option {key!r}")
+    return out
