@@ -31,6 +31,7 @@ from ._entries import (
 )
 from ._node import Node
 from ._project import Problem, Project, ProjectInvalid, load_project
+from ._workflows import workflow_replayer
 
 __all__ = [
     "KNOWN_KINDS",
@@ -65,4 +66,5 @@ __all__ = [
     "recorded_nats_url",
     "start_nats",
     "start_temporal",
+    "workflow_replayer",
 ]

@@ -84,6 +84,8 @@ class NodeConfig(_Strict):
     state_dir: Path = Path(".moonwire")
     shutdown_timeout: Seconds = 30.0
     max_message_bytes: ByteSize = Field(1024 * 1024, ge=64, description="largest message body a process accepts")
+    workers: bool = Field(True, description="run the project's temporal.worker entries; false: this node "
+                                            "only starts, signals and watches workflows")
     log: LogConfig = LogConfig()
 
     @field_validator("node")

@@ -126,7 +126,7 @@ class Node:
             processes.workflow_event, nats=self._nats, outbox=outbox)
         workflows.on_send = processes.route
         self._steps.append(_Step("temporal workers", lambda remaining: workflows.stop()))
-        await workflows.start(self.temporal_address)
+        await workflows.start(self.temporal_address, run_workers=self.config.workers)
         cluster = processes.cluster = Cluster(self._nats, outbox, requests, self.subjects, self.name, processes)
         await cluster.start()
         self._steps.append(_Step("control plane", lambda remaining: cluster.stop()))

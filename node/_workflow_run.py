@@ -286,7 +286,13 @@ class WorkflowRun:
     async def execute(self) -> bytes:
         """Run the Lua code to its end: its result, or a failure for Temporal."""
         try:
-            export = self.state.instantiate(self.context.code(self.info.workflow_type))
+            code = self.context.code(self.info.workflow_type)
+        except MoonwireError as err:
+            # As the SDK does for an unregistered type: fail the task, so a worker that
+            # has the entry (or this one, redeployed) can take it.
+            raise RuntimeError(err.message) from None
+        try:
+            export = self.state.instantiate(code)
             driver = asyncio.ensure_future(self.unit.run(export, self.started.args))
         except MoonwireError as err:
             raise to_failure(MoonwireError(err.message, err.kind or Kind.INTERNAL, retryable=False)) from None
@@ -472,6 +478,17 @@ def register_worker(context: WorkerContext) -> type:
     return LuaWorkflow
 
 
+def register_replay(context: WorkerContext) -> type:
+    """Make :class:`LuaWorkflow` replay histories from any task queue with ``context``
+    (a Replayer runs on a task queue of its own)."""
+    global _REPLAY
+    _REPLAY = context
+    return LuaWorkflow
+
+
+_REPLAY: WorkerContext | None = None
+
+
 def unregister_worker(context: WorkerContext) -> None:
     if _CONTEXTS.get(context.task_queue) is context:
         del _CONTEXTS[context.task_queue]
@@ -500,7 +517,7 @@ class LuaWorkflow:
 
     @workflow.run
     async def run(self, args: Sequence[RawValue]) -> bytes:
-        context = _CONTEXTS.get(workflow.info().task_queue)
+        context = _CONTEXTS.get(workflow.info().task_queue, _REPLAY)
         if context is None:  # the worker is stopping: let another take the task
             raise RuntimeError(f"no moonwire worker for task queue {workflow.info().task_queue}")
         try:

@@ -35,7 +35,7 @@ from temporalio import activity
 from temporalio.client import Client, TLSConfig, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.common import RawValue, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
 from broker import Outbox, Pid, Subjects
 from lua import Event, Kind, Limits, Message, MoonwireError, Outcome, Pending, SpawnRequest, invalid, not_found, settled
@@ -51,6 +51,7 @@ from ._workflow_run import (
     WorkflowInput,
     encode_signal,
     from_failure,
+    register_replay,
     register_worker,
     unregister_worker,
     to_failure,
@@ -163,8 +164,9 @@ class Workflows:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self, embedded_address: str | None) -> None:
-        """Connect the clients and start a worker for every ``temporal.worker`` entry."""
+    async def start(self, embedded_address: str | None, *, run_workers: bool = True) -> None:
+        """Connect the clients and (``run_workers``) start a worker for every
+        ``temporal.worker`` entry."""
         clients: dict[str, Client] = {}
         for entry in self.project.of_kind("temporal.worker"):
             assert isinstance(entry, TemporalWorkerEntry)
@@ -172,11 +174,10 @@ class Workflows:
             assert isinstance(client_entry, TemporalClientEntry)
             if entry.client not in clients:
                 clients[entry.client] = await connect_client(client_entry, embedded_address, self.project.root)
-            self.hosts[entry.id] = _Host(entry, clients[entry.client], client_entry.tq_prefix + entry.task_queue)
-        for host in self.hosts.values():
-            context = WorkerContext(worker=host.entry.id, task_queue=host.task_queue, code=self._code_for(host),
-                                    task_queues=self.task_queue, limits=self.limits,
-                                    mailbox_limit=self.mailbox_limit)
+            self.hosts[entry.id] = _Host(entry, clients[entry.client], task_queue_of(self.project, entry))
+        for host in self.hosts.values() if run_workers else ():
+            context = worker_context(self.project, self.code, host.entry, self.task_queue,
+                                     limits=self.limits, mailbox_limit=self.mailbox_limit)
             host.context = context
             host.worker = Worker(host.client, task_queue=host.task_queue, workflows=[register_worker(context)],
                                  activities=[self._activity()], **worker_options(host.entry))
@@ -224,18 +225,6 @@ class Workflows:
     def task_queue(self, worker: str) -> str | None:
         host = self.hosts.get(worker)
         return host.task_queue if host is not None else None
-
-    def _code_for(self, host: _Host) -> Callable[[str], Any]:
-        def code(workflow_type: str) -> Any:
-            entry = self.project.get(workflow_type)
-            if not isinstance(entry, WorkflowEntry):
-                raise not_found(f"no workflow.lua entry {workflow_type}")
-            if registered_worker(entry) not in (None, host.entry.id):
-                raise not_found(f"{workflow_type} is registered with worker {registered_worker(entry)}, "
-                                f"not {host.entry.id}")
-            return self.code.code(entry)
-
-        return code
 
     def _activity(self) -> Callable[..., Any]:
         functions = self.functions
@@ -467,6 +456,50 @@ class Workflows:
 
         pending.abandon = self._own(act(), f"{verb} {target}").cancel
         return pending
+
+
+def task_queue_of(project: Project, worker: TemporalWorkerEntry) -> str:
+    client = project.get(worker.client)
+    assert isinstance(client, TemporalClientEntry)
+    return client.tq_prefix + worker.task_queue
+
+
+def worker_context(project: Project, code: CodeLoader, worker: TemporalWorkerEntry,
+                   task_queues: Callable[[str], str | None], *, limits: Limits = Limits(),
+                   mailbox_limit: int = 4096) -> WorkerContext:
+    """What the Lua workflows of ``worker`` need: the code of the entries registered
+    with it (an entry naming no worker runs on any), and the task queue of every worker."""
+
+    def code_of(workflow_type: str) -> Any:
+        entry = project.get(workflow_type)
+        if not isinstance(entry, WorkflowEntry):
+            raise not_found(f"no workflow.lua entry {workflow_type}")
+        if registered_worker(entry) not in (None, worker.id):
+            raise not_found(f"{workflow_type} is registered with worker {registered_worker(entry)}, not {worker.id}")
+        return code.code(entry)
+
+    return WorkerContext(worker=worker.id, task_queue=task_queue_of(project, worker), code=code_of,
+                         task_queues=task_queues, limits=limits, mailbox_limit=mailbox_limit)
+
+
+def workflow_replayer(project: Project) -> Replayer:
+    """A Temporal replayer for this project's Lua workflows: replay recorded histories
+    against the current code to find non-determinism before deploying it."""
+    workers = [e for e in project.of_kind("temporal.worker") if isinstance(e, TemporalWorkerEntry)]
+    if not workers:
+        raise invalid("the project has no temporal.worker entry")
+    queues = {w.id: task_queue_of(project, w) for w in workers}
+    code = CodeLoader(project)
+
+    def any_workflow(workflow_type: str) -> Any:
+        entry = project.get(workflow_type)
+        if not isinstance(entry, WorkflowEntry):
+            raise not_found(f"no workflow.lua entry {workflow_type}")
+        return code.code(entry)
+
+    context = WorkerContext(worker=workers[0].id, task_queue=queues[workers[0].id], code=any_workflow,
+                            task_queues=queues.get, limits=Limits(), mailbox_limit=4096)
+    return Replayer(workflows=[register_replay(context)])
 
 
 def registered_worker(entry: WorkflowEntry) -> str | None:
