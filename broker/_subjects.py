@@ -54,6 +54,11 @@ class Subjects:
     def workflows(self, worker: str) -> str:
         return f"{self.prefix}.wf.{worker}.>"
 
+    def workflow_status(self, worker: str) -> str:
+        """Requests for a workflow's status (``moonwire workflow show``), answered by a
+        node that has a client for ``worker``."""
+        return f"{self.prefix}.wfq.{worker}"
+
     def function(self, entry_id: str) -> str:
         return f"{self.prefix}.fn.{entry_id}"
 

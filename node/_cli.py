@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from nats.aio.client import Client as NatsClient
 
 from broker import BrokerUnavailable, Pid, Subjects, connect
-from lua import SECOND, Message, Outcome, SpawnRequest, parse_duration
+from lua import SECOND, Message, MoonwireError, Outcome, SpawnRequest, parse_duration
 
 from ._config import ConfigError, ResolvedConfig, load_config
 from ._embedded import EmbeddedServerError, recorded_nats_url
@@ -26,6 +26,7 @@ from ._logging import setup_logging
 from ._node import Node
 from ._project import Project, ProjectInvalid, load_project
 from ._remote import Survey, spawn_from_outside, survey
+from ._workflows import workflow_status
 
 log = logging.getLogger("moonwire")
 
@@ -118,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--json", action="store_true", help="print the answers as JSON")
     _cluster_options(ps, target_node="only this node")
 
+    show = commands.add_parser("workflow", help="inspect workflows").add_subparsers(
+        dest="workflow_command", required=True, metavar="COMMAND").add_parser(
+        "show", help="print a workflow's status, and its result or error once it has closed")
+    show.add_argument("pid", metavar="PID", help="the workflow, e.g. '{@app:worker|app:order-1}'")
+    show.add_argument("--json", action="store_true", help="print the answer as JSON")
+    _cluster_options(show)
+
     nodes = commands.add_parser("nodes", help="list the live nodes, their hosts and heartbeat age")
     nodes.add_argument("--json", action="store_true", help="print the answers as JSON")
     _cluster_options(nodes)
@@ -134,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "check": cmd_check, "config": cmd_config, "call": cmd_call,
-               "send": cmd_send, "spawn": cmd_spawn, "ps": cmd_ps, "nodes": cmd_nodes}[args.command]
+               "send": cmd_send, "spawn": cmd_spawn, "ps": cmd_ps, "nodes": cmd_nodes,
+               "workflow": cmd_workflow}[args.command]
     sys.exit(handler(args))
 
 
@@ -312,7 +321,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     body, headers = encode_message(Message(args.topic, _json_args(args.payloads)))
 
     async def send(nc: NatsClient, subjects: Subjects) -> int:
-        await nc.publish(subjects.inbox(pid.node, pid.uid), body, headers=headers)
+        subject = subjects.workflow(pid.host, pid.uid) if pid.is_workflow else subjects.inbox(pid.node, pid.uid)
+        await nc.publish(subject, body, headers=headers)
         await nc.flush()
         return EXIT_OK
 
@@ -374,6 +384,22 @@ def cmd_ps(args: argparse.Namespace) -> int:
             rows.append([f"({answer['processes'] - len(answer['list'])} more on {node})", "", "", "", "", ""])
     _table(rows)
     return _print_missing(result)
+
+
+def cmd_workflow(args: argparse.Namespace) -> int:
+    pid = Pid.parse(args.pid)
+    if pid is None or not pid.is_workflow:
+        print(f"error: {args.pid!r} is not a workflow PID (expected {{@worker|workflow id}})", file=sys.stderr)
+        return EXIT_USAGE
+    outcome = _talk(args, lambda nc, subjects: workflow_status(nc, subjects, pid))
+    if isinstance(outcome, int):
+        return outcome
+    if args.json or not outcome.ok:
+        return _print_outcome(outcome)
+    for key, value in outcome.value.items():
+        shown = value.to_dict() if isinstance(value, MoonwireError) else value
+        print(f"{key + ':':<16}{json.dumps(shown, ensure_ascii=False) if not isinstance(shown, str) else shown}")
+    return EXIT_OK
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:

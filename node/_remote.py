@@ -166,7 +166,7 @@ class Cluster:
             elif isinstance(reply, RequestTimeout):
                 on_reply(Outcome(error=nobody(f"no answer within {CONTROL_TIMEOUT:.0f}s")))
             elif isinstance(reply, Msg):
-                on_reply(_reply_outcome(reply))
+                on_reply(reply_outcome(reply))
             # else: the node is stopping; whoever waited is being stopped too
 
         return self.requests.request_nowait(subject, pack(body), timeout=CONTROL_TIMEOUT, callback=answered,
@@ -246,14 +246,15 @@ async def spawn_from_outside(nc: NatsClient, subjects: Subjects, request: SpawnR
         return Outcome(error=nobody(_NO_RESPONDERS))
     except NatsTimeout:
         return Outcome(error=nobody(f"no answer within {timeout:.0f}s"))
-    return _reply_outcome(reply)
+    return reply_outcome(reply)
 
 
 def _unknown(verb: str) -> Any:
     raise invalid(f"unknown control request {verb!r}")
 
 
-def _reply_outcome(reply: Msg) -> Outcome:
+def reply_outcome(reply: Msg) -> Outcome:
+    """The outcome a control reply (``{"value"}`` or ``{"error"}``) carries."""
     try:
         data = unpack(reply.data, (reply.headers or {}).get(CONTENT_TYPE))
     except MoonwireError as err:
@@ -291,7 +292,7 @@ async def survey(nc: NatsClient, subjects: Subjects, verb: str, body: dict[str, 
     inbox = nc.new_inbox()
 
     async def on_answer(msg: Msg) -> None:
-        answer = _reply_outcome(msg).value
+        answer = reply_outcome(msg).value
         if not isinstance(answer, dict) or not isinstance(answer.get("node"), str):
             return
         result.answers[answer["node"]] = answer

@@ -30,6 +30,8 @@ from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError as NatsNoResponders
+from nats.errors import TimeoutError as NatsTimeout
 from nats.aio.subscription import Subscription
 from temporalio import activity
 from temporalio.client import Client, TLSConfig, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
@@ -43,8 +45,9 @@ from lua import Event, Kind, Limits, Message, MoonwireError, Outcome, Pending, S
 from ._entries import TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
 from ._functions import CodeLoader, Functions
 from ._inboxes import Undeliverable, decode, encode
-from ._payload import MSGPACK, pack, unpack
+from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
 from ._project import Project
+from ._remote import reply_outcome
 from ._workflow_run import (
     SEND_ACTIVITY,
     WorkerContext,
@@ -188,6 +191,8 @@ class Workflows:
             for worker in self.hosts:
                 self._subscriptions.append(await self.nats.subscribe(
                     self.subjects.workflows(worker), queue=GATEWAY_QUEUE, cb=self._on_gateway))
+                self._subscriptions.append(await self.nats.subscribe(
+                    self.subjects.workflow_status(worker), queue=GATEWAY_QUEUE, cb=self._on_status))
 
     async def stop(self) -> None:
         for subscription in self._subscriptions:
@@ -433,6 +438,52 @@ class Workflows:
             return
         self._signals.put_nowait((Pid("", worker, workflow_id), message))
 
+    async def _on_status(self, msg: Msg) -> None:
+        """``{"pid": ...}``: the workflow's status, and its result or error once closed."""
+        self._own(self._answer_status(msg), "a status request")
+
+    async def _answer_status(self, msg: Msg) -> None:
+        try:
+            data = unpack(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
+            pid = Pid.parse(str(data.get("pid"))) if isinstance(data, dict) else None
+            if pid is None or not pid.is_workflow:
+                raise invalid("a status request is {\"pid\": <workflow PID>}")
+            reply: dict[str, Any] = {"value": await self.status(pid)}
+        except MoonwireError as err:
+            reply = {"error": err}
+        if msg.reply and self.outbox is not None:
+            self.outbox.publish_nowait(msg.reply, pack(reply), headers={CONTENT_TYPE: MSGPACK})
+
+    async def status(self, pid: Pid) -> dict[str, Any]:
+        """What ``moonwire workflow show`` prints.
+
+        Raises:
+            MoonwireError: NotFound for an unknown workflow, Unavailable when Temporal
+                does not answer.
+        """
+        handle = self._handle(pid)
+        try:
+            described = await handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise not_found(f"workflow {pid} not found") from None
+            raise MoonwireError(f"temporal: {err}", Kind.UNAVAILABLE, retryable=True) from None
+        status = described.status.name.lower() if described.status is not None else "unknown"
+        out: dict[str, Any] = {
+            "pid": str(pid), "workflow_id": described.id, "run_id": described.run_id,
+            "type": described.workflow_type, "task_queue": described.task_queue, "status": status,
+            "started": described.start_time.isoformat() if described.start_time else None,
+            "closed": described.close_time.isoformat() if described.close_time else None,
+            "history_length": described.history_length,
+        }
+        if described.close_time is not None:
+            outcome = await self._result(pid)
+            if outcome.ok:
+                out["result"] = outcome.value
+            else:
+                out["error"] = outcome.error
+        return out
+
     def cancel(self, target: Pid) -> Pending:
         return self._act(target, "cancel")
 
@@ -529,3 +580,16 @@ def start_options(options: dict[str, Any]) -> dict[str, Any]:
         else:
             raise invalid(f"unknown workflow start option {key!r}")
     return out
+
+
+async def workflow_status(nc: NatsClient, subjects: Subjects, pid: Pid, timeout: float = 5.0) -> Outcome:
+    """Ask a node that has a client for ``pid``'s worker for its status (the CLI)."""
+    try:
+        reply = await nc.request(subjects.workflow_status(pid.host), pack({"pid": str(pid)}), timeout=timeout,
+                                 headers={CONTENT_TYPE: MSGPACK})
+    except NatsNoResponders:
+        return Outcome(error=not_found(f"no node has a temporal.client for worker {pid.host}"))
+    except NatsTimeout:
+        return Outcome(error=MoonwireError(f"no answer about {pid} within {timeout:.0f}s", Kind.UNAVAILABLE,
+                                           retryable=True))
+    return reply_outcome(reply)
