@@ -36,6 +36,8 @@ from nats.aio.subscription import Subscription
 from temporalio import activity
 from temporalio.client import Client, TLSConfig, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.common import RawValue, WorkflowIDConflictPolicy
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, TelemetryConfig, TelemetryFilter
+from temporalio.runtime import Runtime as TemporalRuntime
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, Worker
 
@@ -108,9 +110,26 @@ def worker_options(entry: TemporalWorkerEntry) -> dict[str, Any]:
     return out
 
 
+def _route_core_logs() -> None:
+    """The SDK's core (Rust) logs to stdout by default, which is where ``run -x``
+    prints its result: forward them to Python logging (stderr) instead, once."""
+    global _core_logs_routed
+    if _core_logs_routed:
+        return
+    _core_logs_routed = True
+    telemetry = TelemetryConfig(logging=LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core"))))
+    TemporalRuntime.set_default(TemporalRuntime(telemetry=telemetry), error_if_already_set=False)
+
+
+_core_logs_routed = False
+
+
 async def connect_client(entry: TemporalClientEntry, embedded_address: str | None, project_root: Path) -> Client:
     """A Temporal client for a ``temporal.client`` entry (the embedded server when it
     names no address)."""
+    _route_core_logs()
     address = embedded_address if entry.embedded else entry.address
     if address is None:
         raise invalid(f"{entry.id}: no address and no embedded Temporal server")

@@ -29,6 +29,7 @@ def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
                 modules: [funcs, time, uuid, workflow]
                 meta: {{temporal: {{workflow: {{worker: worker}}}}}}
               - {{name: failing, kind: workflow.lua, source: file://failing.lua, modules: [funcs]}}
+              - {{name: waiter, kind: workflow.lua, source: file://waiter.lua}}
               - {{name: starter, kind: process.lua, source: file://starter.lua, method: main, modules: [time]}}
         """,
         "double.lua": "return function(n) return n * 2 end",
@@ -67,15 +68,46 @@ def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
               return nil, err
             end
         """,
+        "waiter.lua": """
+            return function()
+              local _, refused = process.monitor(process.pid())
+              local got = {}
+              local inbox, events = process.inbox(), process.events()
+              while true do
+                local r = channel.select({ inbox:case_receive(), events:case_receive() })
+                if r.channel == events then
+                  return { got = got, event = r.value.kind, refused = refused:kind() }
+                end
+                got[#got + 1] = r.value:topic()
+                process.send(r.value:from(), "seen", r.value:topic())
+              end
+            end
+        """,
         "starter.lua": """
             local time = require("time")
-            return { main = function(mode)
+            return { main = function(mode, suffix)
               if mode == "exec" then
                 return process.exec("app:order", "app:worker", "by-exec", 4)
               end
               if mode == "fail" then
                 local _, err = process.exec("app:failing", "app:worker")
                 return { kind = err:kind(), message = err:message(), retryable = err:retryable() }
+              end
+              if mode == "control" then
+                local name = "waiter-" .. suffix
+                local seen = process.listen("seen")
+                local a = process.with_name(name):with_message("first"):spawn_monitored("app:waiter", "app:worker")
+                local b = process.with_name(name):with_message("second"):spawn("app:waiter", "app:worker")
+                process.send(a, "third")
+                local order = { (seen:receive()), (seen:receive()), (seen:receive()) }
+                process.cancel(a)
+                local canceled = process.events():receive()
+                local c = process.spawn_monitored("app:waiter", "app:worker")
+                process.terminate(c)
+                local terminated = process.events():receive()
+                return { same = a == b, order = order, canceled = canceled.result.value,
+                         terminated = { from = terminated.from == c, kind = terminated.result.error:kind(),
+                                        message = terminated.result.error:message() } }
               end
               local pid, err = process.spawn_monitored("app:order", "app:worker", "o-1", 21)
               if not pid then return nil, err end
@@ -113,3 +145,14 @@ async def test_exec_returns_the_result_and_errors_keep_their_kind(project: Path,
                                    "-x", "app:starter", "fail")
     assert code == 0, err
     assert json.loads(out) == {"kind": "Conflict", "message": "card declined", "retryable": False}
+
+
+async def test_dedupe_startup_messages_cancel_and_terminate(project: Path, nats_server) -> None:
+    code, out, err = await run_cli("run", str(project), "--node", "w3", "--nats", nats_server.address,
+                                   "-x", "app:starter", "control", str(time.monotonic_ns()))
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["same"] is True  # with_name: the running workflow's PID
+    assert got["order"] == ["first", "second", "third"]  # startup messages (both spawns) before a send
+    assert got["canceled"] == {"got": ["first", "second", "third"], "event": "pid.cancel", "refused": "Invalid"}
+    assert got["terminated"] == {"from": True, "kind": "Canceled", "message": "workflow terminated"}
