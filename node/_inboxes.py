@@ -164,9 +164,13 @@ class NodeInboxes:
 
     def _dead_letter(self, msg: Msg, reason: str) -> None:
         self.stats.dead_lettered += 1
-        log.warning("undeliverable message on %s: %s (republished to %s)", msg.subject, reason,
-                    self.subjects.dead_letters(self.node))
-        headers = dict(msg.headers or {})
-        headers[REASON_HEADER] = reason
-        headers[SUBJECT_HEADER] = msg.subject
-        self.outbox.publish_nowait(self.subjects.dead_letters(self.node), msg.data, headers=headers)
+        dead_letter(self.outbox, self.subjects.dead_letters(self.node), msg, reason)
+
+
+def dead_letter(outbox: Outbox, subject: str, msg: Msg, reason: str) -> None:
+    """Log ``msg`` as undeliverable and republish it, with the reason, to ``subject``."""
+    log.warning("undeliverable message on %s: %s (republished to %s)", msg.subject, reason, subject)
+    headers = dict(msg.headers or {})
+    headers[REASON_HEADER] = reason
+    headers[SUBJECT_HEADER] = msg.subject
+    outbox.publish_nowait(subject, msg.data, headers=headers)

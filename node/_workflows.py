@@ -46,7 +46,7 @@ from lua import Event, Kind, Limits, Message, MoonwireError, Outcome, Pending, S
 
 from ._entries import TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
 from ._functions import CodeLoader, Functions
-from ._inboxes import Undeliverable, decode, encode
+from ._inboxes import DEFAULT_MAX_BODY, Undeliverable, dead_letter, decode, encode
 from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
 from ._project import Project
 from ._remote import reply_outcome
@@ -166,7 +166,8 @@ class Workflows:
 
     def __init__(self, node: str, project: Project, subjects: Subjects, functions: Functions, code: CodeLoader,
                  deliver: Callable[[str, Event], None], *, nats: NatsClient | None = None,
-                 outbox: Outbox | None = None, limits: Limits = Limits(), mailbox_limit: int = 4096) -> None:
+                 outbox: Outbox | None = None, limits: Limits = Limits(), mailbox_limit: int = 4096,
+                 max_body: int = DEFAULT_MAX_BODY) -> None:
         self.node = node
         self.project = project
         self.subjects = subjects
@@ -178,6 +179,7 @@ class Workflows:
         self.outbox = outbox
         self.limits = limits
         self.mailbox_limit = mailbox_limit
+        self.max_body = max_body
         self.hosts: dict[str, _Host] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watches: dict[str, dict[tuple[str, bool], asyncio.Task[None]]] = {}  # by watcher
@@ -451,9 +453,10 @@ class Workflows:
         else:
             return
         try:
-            message = decode(topic, msg.headers or {}, msg.data, 1024 * 1024)
+            message = decode(topic, msg.headers or {}, msg.data, self.max_body)
         except Undeliverable as err:
-            log.warning("undeliverable message on %s: %s", msg.subject, err)
+            if self.outbox is not None:
+                dead_letter(self.outbox, self.subjects.dead_letters(self.node), msg, str(err))
             return
         self._signals.put_nowait((Pid("", worker, workflow_id), message))
 

@@ -70,6 +70,12 @@ async def test_approval_by_moonwire_send_and_by_nats_pub(example: Path, nats_ser
     workflow_id = second[second.index("|") + 1:-1]
     nc = await nats.connect(nats_server.address)  # what `nats pub` does
     try:
+        dead = await nc.subscribe("mw.dlq.ap")
+        # A body that does not decode goes to the dead-letter queue, and nothing else is lost.
+        await nc.publish(f"mw.wf.shop:worker.{workflow_id}.approve", b"\xc1 not msgpack",
+                         headers={"Content-Type": "application/msgpack"})
+        lost = await dead.next_msg(timeout=10)
+        assert "malformed msgpack body" in lost.headers["Mw-Dlq-Reason"]
         await nc.publish(f"mw.wf.shop:worker.{workflow_id}.reject", b'{"by": "carol"}')
         await nc.flush()
     finally:
