@@ -16,14 +16,17 @@ from ._duration import (
     parse_duration,
 )
 from ._errors import Kind, MoonwireError, internal, invalid, not_found
-from ._mailbox import DEFAULT_MAILBOX_LIMIT, Event, Mailbox, Message
+from ._mailbox import CANCEL, DEFAULT_MAILBOX_LIMIT, EXIT, LINK_DOWN, Event, Mailbox, Message
 from ._process import NoProcesses, ProcessServices, SpawnRequest
-from ._state import LUA_VERSION, Limits, LuaCode, LuaState
+from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay
 from ._unit import Answer, NoServices, Outcome, Pending, Services, Unit, settled
 from ._values import check_portable, to_lua, to_python
 
 __all__ = [
+    "CANCEL",
     "DEFAULT_MAILBOX_LIMIT",
+    "EXIT",
+    "LINK_DOWN",
     "Event",
     "Mailbox",
     "Message",
@@ -46,6 +49,7 @@ __all__ = [
     "NoServices",
     "Outcome",
     "Pending",
+    "Replay",
     "Services",
     "Unit",
     "check_portable",

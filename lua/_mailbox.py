@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 DEFAULT_MAILBOX_LIMIT = 4096
 
+# Event kinds, as `process.event` spells them in Lua (_process.lua).
+EXIT, LINK_DOWN, CANCEL = "pid.exit", "pid.link.down", "pid.cancel"
+
 
 @dataclass(slots=True)
 class Message:

@@ -65,19 +65,27 @@ class CodeLoader:
         return code
 
 
-def _timeout_seconds(options: dict[str, Any]) -> float | None:
-    """``timeout`` in milliseconds (wippy-surface §0: funcs options read numbers as ms)."""
-    value = options.get("timeout") if options else None
-    if value is None:
-        return None
+def millis_or_duration(value: Any, what: str) -> float:
+    """Seconds from an option that is a number of milliseconds or a duration string
+    (wippy-surface §0: funcs and Temporal options read bare numbers as ms).
+
+    Raises:
+        MoonwireError: (Invalid) naming ``what``.
+    """
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return value / 1000
     if isinstance(value, str):
         try:
             return parse_duration(value) / SECOND
         except ValueError as err:
-            raise invalid(f"timeout: {err}") from err
-    raise invalid(f"timeout must be a positive number of milliseconds or a duration, got {value!r}")
+            raise invalid(f"{what}: {err}") from err
+    raise invalid(f"{what} must be a positive number of milliseconds or a duration, got {value!r}")
+
+
+def _timeout_seconds(options: dict[str, Any]) -> float | None:
+    """The ``timeout`` option, in seconds."""
+    value = options.get("timeout") if options else None
+    return None if value is None else millis_or_duration(value, "timeout")
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,9 +123,8 @@ class Node:
         self._steps.append(_Step("process inboxes", lambda remaining: inboxes.stop()))
         workflows = processes.workflows = Workflows(
             self.name, self.project, self.subjects, runtime.functions, runtime.functions.code,
-            processes.workflow_event, nats=self._nats, outbox=outbox,
+            processes.workflow_event, processes.route, nats=self._nats, outbox=outbox,
             max_body=self.config.max_message_bytes)
-        workflows.on_send = processes.route
         self._steps.append(_Step("temporal workers", lambda remaining: workflows.stop()))
         await workflows.start(self.temporal_address, run_workers=self.config.workers)
         cluster = processes.cluster = Cluster(self._nats, outbox, requests, self.subjects, self.name, processes)

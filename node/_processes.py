@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from broker import Membership, Pid, PidAllocator
-from lua import Answer, Event, Kind, Mailbox, Message, MoonwireError, Outcome, Pending, SpawnRequest, Unit, invalid, not_found
+from lua import CANCEL, EXIT, LINK_DOWN, Answer, Event, Kind, Mailbox, Message, MoonwireError, Outcome, Pending, SpawnRequest, Unit, invalid, not_found
 
 from ._entries import HostSettings, ProcessEntry
 from ._functions import CodeLoader, Functions
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("moonwire.processes")
 
-EXIT, LINK_DOWN, CANCEL = "pid.exit", "pid.link.down", "pid.cancel"
 FUNCTION_HOST = "funcs"
 TERMINAL_HOST = "terminal"
 LINKED_FAILURE = "linked process failed"
@@ -277,14 +276,13 @@ class ProcessTable:
         pending = Pending()
 
         def started(outcome: Outcome) -> None:
-            child = outcome.value
-            if me is not None and outcome.ok and not wait_exit and isinstance(child, str):
-                if me.unit.outcome is not None:
-                    self.workflows.forget(me.pid)  # type: ignore[union-attr]
+            # Not called once the parent has ended: its end drops ``pending``, which
+            # cancels the start, and its exit stops the watches it held.
+            if me is not None and outcome.ok and not wait_exit:
                 if request.monitor:
-                    me.watching = (me.watching or set()) | {child}
+                    me.watching = (me.watching or set()) | {outcome.value}
                 if request.link:
-                    me.links = (me.links or set()) | {child}
+                    me.links = (me.links or set()) | {outcome.value}
             pending.settle(outcome)
 
         answer = self.workflows.spawn(request, parent, wait_exit)

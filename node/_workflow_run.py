@@ -46,6 +46,8 @@ from temporalio.exceptions import (
 
 from broker import Pid
 from lua import (
+    CANCEL,
+    EXIT,
     Answer,
     Event,
     Kind,
@@ -56,20 +58,19 @@ from lua import (
     Message,
     MoonwireError,
     Outcome,
+    Replay,
     SpawnRequest,
     Unit,
     internal,
     invalid,
-    parse_duration,
     to_lua,
 )
-from lua._state import Replay
 
+from ._functions import millis_or_duration
 from ._payload import MSGPACK, pack, unpack
 
 log = logging.getLogger("moonwire.workflows")
 
-EXIT, CANCEL = "pid.exit", "pid.cancel"
 SEND_ACTIVITY = "moonwire.send"
 """The activity behind ``process.send`` from a workflow to a plain process (no entry
 id has no colon, so it cannot clash with a function's activity)."""
@@ -88,7 +89,7 @@ _NOT_RETRYABLE = frozenset({Kind.INVALID, Kind.NOT_FOUND, Kind.PERMISSION_DENIED
 
 def workflow_pid(worker: str, workflow_id: str) -> str:
     """A workflow's PID: its worker in place of the host and no node (DESIGN §7)."""
-    return f"{{@{worker}|{workflow_id}}}"
+    return str(Pid("", worker, workflow_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,18 +168,9 @@ def from_failure(failure: BaseException) -> MoonwireError:
 # ---------------------------------------------------------------- options
 
 
-def _duration(value: Any, what: str) -> timedelta:
+def duration_option(value: Any, what: str) -> timedelta:
     """Milliseconds (a number, as Wippy's Temporal options) or a duration string."""
-    if isinstance(value, bool):
-        raise invalid(f"{what} must be a duration")
-    if isinstance(value, (int, float)):
-        return timedelta(milliseconds=value)
-    if isinstance(value, str):
-        try:
-            return timedelta(microseconds=parse_duration(value) / 1000)
-        except ValueError as err:
-            raise invalid(f"{what}: {err}") from None
-    raise invalid(f"{what} must be milliseconds or a duration string")
+    return timedelta(seconds=millis_or_duration(value, what))
 
 
 def retry_policy(spec: Any, what: str) -> RetryPolicy:
@@ -190,9 +182,9 @@ def retry_policy(spec: Any, what: str) -> RetryPolicy:
     if unknown:
         raise invalid(f"{what}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     return RetryPolicy(
-        initial_interval=_duration(spec.get("initial_interval", 1000), f"{what}.initial_interval"),
+        initial_interval=duration_option(spec.get("initial_interval", 1000), f"{what}.initial_interval"),
         backoff_coefficient=float(spec.get("backoff_coefficient", 2.0)),
-        maximum_interval=(_duration(spec["maximum_interval"], f"{what}.maximum_interval")
+        maximum_interval=(duration_option(spec["maximum_interval"], f"{what}.maximum_interval")
                           if "maximum_interval" in spec else None),
         maximum_attempts=int(spec.get("maximum_attempts", DEFAULT_RETRY.maximum_attempts)),
         non_retryable_error_types=[str(t) for t in spec.get("non_retryable_error_types") or []],
@@ -210,7 +202,7 @@ def activity_options(options: dict[str, Any], task_queue: str) -> dict[str, Any]
         name = key[len("activity."):]
         if name in ("start_to_close_timeout", "schedule_to_close_timeout", "schedule_to_start_timeout",
                     "heartbeat_timeout"):
-            out[name] = _duration(value, key)
+            out[name] = duration_option(value, key)
         elif name == "task_queue":
             out[name] = str(value)
         elif name == "retry_policy":

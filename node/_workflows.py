@@ -42,7 +42,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, Worker
 
 from broker import Outbox, Pid, Subjects
-from lua import Event, Kind, Limits, Message, MoonwireError, Outcome, Pending, SpawnRequest, invalid, not_found, settled
+from lua import EXIT, LINK_DOWN, Event, Kind, Limits, Message, MoonwireError, Outcome, Pending, SpawnRequest, invalid, not_found, settled
 
 from ._entries import TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
 from ._functions import CodeLoader, Functions
@@ -54,18 +54,19 @@ from ._workflow_run import (
     SEND_ACTIVITY,
     WorkerContext,
     WorkflowInput,
+    duration_option,
     encode_signal,
     from_failure,
     register_replay,
     register_worker,
-    unregister_worker,
+    retry_policy,
     to_failure,
+    unregister_worker,
     workflow_pid,
 )
 
 log = logging.getLogger("moonwire.workflows")
 
-EXIT, LINK_DOWN = "pid.exit", "pid.link.down"
 GATEWAY_QUEUE = "mw.wf"
 WATCH_RETRY = (0.5, 10.0)  # first and longest wait between attempts to watch a workflow
 
@@ -78,19 +79,13 @@ _WORKER_OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "max_concurrent_activity_task_pollers": ("max_concurrent_activity_task_polls", int),
     "worker_activities_per_second": ("max_activities_per_second", float),
     "task_queue_activities_per_second": ("max_task_queue_activities_per_second", float),
-    "sticky_schedule_to_start_timeout": ("sticky_queue_schedule_to_start_timeout", lambda v: _seconds(v)),
+    "sticky_schedule_to_start_timeout": ("sticky_queue_schedule_to_start_timeout", lambda v: duration_option(v, "value")),
     "max_cached_workflows": ("max_cached_workflows", int),
-    "graceful_shutdown_timeout": ("graceful_shutdown_timeout", lambda v: _seconds(v)),
+    "graceful_shutdown_timeout": ("graceful_shutdown_timeout", lambda v: duration_option(v, "value")),
     "identity": ("identity", str),
     "build_id": ("build_id", str),
     "use_versioning": ("use_worker_versioning", bool),
 }
-
-
-def _seconds(value: Any) -> timedelta:
-    from ._workflow_run import _duration
-
-    return _duration(value, "duration")
 
 
 def worker_options(entry: TemporalWorkerEntry) -> dict[str, Any]:
@@ -106,7 +101,11 @@ def worker_options(entry: TemporalWorkerEntry) -> dict[str, Any]:
             raise invalid(f"{entry.id}: worker option {name!r} is not supported "
                           f"(supported: {', '.join(sorted(_WORKER_OPTIONS))})")
         keyword, convert = mapped
-        out[keyword] = convert(value)
+        try:
+            out[keyword] = convert(value)
+        except (TypeError, ValueError, MoonwireError) as err:
+            reason = err.message if isinstance(err, MoonwireError) else str(err)
+            raise invalid(f"{entry.id}: worker option {name}: {reason}") from None
     return out
 
 
@@ -165,7 +164,8 @@ class Workflows:
     """Temporal workers in this node, and workflows seen from its processes."""
 
     def __init__(self, node: str, project: Project, subjects: Subjects, functions: Functions, code: CodeLoader,
-                 deliver: Callable[[str, Event], None], *, nats: NatsClient | None = None,
+                 deliver: Callable[[str, Event], None], route: Callable[[str, Message], None], *,
+                 nats: NatsClient | None = None,
                  outbox: Outbox | None = None, limits: Limits = Limits(), mailbox_limit: int = 4096,
                  max_body: int = DEFAULT_MAX_BODY) -> None:
         self.node = node
@@ -175,6 +175,8 @@ class Workflows:
         self.code = code
         self.deliver = deliver
         """The process table's: an EXIT or LINK_DOWN for a watcher PID, here or elsewhere."""
+        self.route = route
+        """The process table's: a message from a workflow (the send activity) to a process."""
         self.nats = nats
         self.outbox = outbox
         self.limits = limits
@@ -253,8 +255,6 @@ class Workflows:
         return host.task_queue if host is not None else None
 
     def _activity(self) -> Callable[..., Any]:
-        functions = self.functions
-
         @activity.defn(dynamic=True)
         async def run_function(args: Sequence[RawValue]) -> bytes:
             name = activity.info().activity_type
@@ -266,7 +266,7 @@ class Workflows:
                     return pack(True)
                 if not isinstance(data, dict) or not isinstance(data.get("args", []), list):
                     raise invalid("an activity input must be a map with a list of args")
-                outcome = await settled(functions.call(None, name, list(data.get("args") or []),
+                outcome = await settled(self.functions.call(None, name, list(data.get("args") or []),
                                                        dict(data.get("ctx") or {}), {}))
             except MoonwireError as err:
                 raise to_failure(err) from None
@@ -280,10 +280,7 @@ class Workflows:
     def _send_from_workflow(self, data: Any) -> None:
         if not isinstance(data, dict):
             raise invalid("a send activity input must be a map")
-        self.on_send(str(data["dest"]), Message(str(data["topic"]), list(data["payloads"]), str(data["from"])))
-
-    on_send: Callable[[str, Message], None] = staticmethod(lambda dest, message: None)  # type: ignore[assignment]
-    """Set by the node: delivers a message from a workflow to a plain process."""
+        self.route(str(data["dest"]), Message(str(data["topic"]), list(data["payloads"]), str(data["from"])))
 
     def _handle(self, pid: Pid) -> WorkflowHandle[Any, Any]:
         host = self.hosts.get(pid.host)
@@ -584,15 +581,13 @@ def registered_worker(entry: WorkflowEntry) -> str | None:
 
 def start_options(options: dict[str, Any]) -> dict[str, Any]:
     """The ``temporal.workflow.*`` spawner options start_workflow takes."""
-    from ._workflow_run import _duration, retry_policy
-
     out: dict[str, Any] = {}
     for key, value in options.items():
         if not isinstance(key, str) or not key.startswith("temporal.workflow.") or key == "temporal.workflow.id":
             continue
         name = key[len("temporal.workflow."):]
         if name in ("execution_timeout", "run_timeout", "task_timeout", "start_delay"):
-            out[name] = _duration(value, key)
+            out[name] = duration_option(value, key)
         elif name == "retry_policy":
             out[name] = retry_policy(value, key)
         elif name == "cron_schedule":

@@ -26,7 +26,7 @@ def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
               - name: order
                 kind: workflow.lua
                 source: file://order.lua
-                modules: [funcs, time, uuid, workflow]
+                modules: [funcs, time, workflow]
                 meta: {{temporal: {{workflow: {{worker: worker}}}}}}
               - {{name: failing, kind: workflow.lua, source: file://failing.lua, modules: [funcs]}}
               - {{name: waiter, kind: workflow.lua, source: file://waiter.lua}}
@@ -41,7 +41,6 @@ def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
         "order.lua": """
             local funcs = require("funcs")
             local time = require("time")
-            local uuid = require("uuid")
             local workflow = require("workflow")
             return function(id, n)
               local doubled, err = funcs.call("app:double", n)
@@ -50,13 +49,10 @@ def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
               time.sleep("300ms")
               local slept = time.now():sub(before):milliseconds()
               local msg = process.inbox():receive()
-              local keys = {}
-              for k in pairs({alpha = 1, beta = 2, gamma = 3, delta = 4, epsilon = 5}) do keys[#keys + 1] = k end
               local info = workflow.info()
               return {
                 id = id, doubled = doubled, slept = slept, topic = msg:topic(), by = msg:payload():data().by,
                 from = msg:from(), type = info.workflow_type, pid = process.pid(), year = time.now():year(),
-                uuid = uuid.v4(), random = math.random(1, 1000000), keys = table.concat(keys, ","),
                 version = workflow.version("v2", 1, 2), history = workflow.history_length() > 0,
               }
             end
