@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ from ._logging import setup_logging
 from ._node import Node
 from ._project import Project, ProjectInvalid, load_project
 from ._remote import Survey, spawn_from_outside, survey
-from ._workflows import workflow_status
+from ._workflows import running_workflows, workflow_status
 
 log = logging.getLogger("moonwire")
 
@@ -114,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     spawn.add_argument("--host", required=True, help="the process host, e.g. app:workers")
     _cluster_options(spawn, target_node="spawn on this node (default: any node that runs the host)")
 
-    ps = commands.add_parser("ps", help="list the processes of every node (or of one)")
-    ps.add_argument("--limit", type=int, default=1000, help="at most this many processes per node (default 1000)")
+    ps = commands.add_parser("ps", help="list the processes of every node (or of one) and the running workflows")
+    ps.add_argument("--limit", type=int, default=1000,
+                    help="at most this many processes per node and workflows per worker (default 1000)")
     ps.add_argument("--json", action="store_true", help="print the answers as JSON")
     _cluster_options(ps, target_node="only this node")
 
@@ -340,15 +342,18 @@ def cmd_spawn(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_missing(result: Survey) -> int:
-    """Name the nodes that did not answer; the exit status."""
+def _print_missing(result: Survey, workers: dict[str, MoonwireError] | None = None) -> int:
+    """Name the nodes that did not answer (and the workers whose workflows could not be
+    listed); the exit status."""
     if not result.answers:
         print("error: no node answered within a second", file=sys.stderr)
         return EXIT_FAILURE
+    for worker, error in (workers or {}).items():
+        print(f"error: workflows of worker {worker} not listed: {error.message}", file=sys.stderr)
     if result.missing:
         print(f"error: no answer from node(s): {', '.join(result.missing)}", file=sys.stderr)
         return EXIT_FAILURE
-    return EXIT_OK
+    return EXIT_FAILURE if workers else EXIT_OK
 
 
 def _table(rows: list[list[str]]) -> None:
@@ -367,23 +372,51 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+@dataclass
+class _Listing:
+    """What ``moonwire ps`` gathers: the nodes' processes and the workers' running workflows."""
+
+    nodes: Survey
+    workflows: dict[str, Outcome]
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
-    result = _talk(args, lambda nc, subjects: survey(nc, subjects, "ps", {"limit": args.limit},
-                                                     node=args.target_node))
+    async def gather(nc: NatsClient, subjects: Subjects) -> _Listing:
+        nodes = await survey(nc, subjects, "ps", {"limit": args.limit}, node=args.target_node)
+        # Workflows belong to no node: listed when the whole cluster is, once per worker.
+        workers = sorted({w for a in nodes.answers.values() for w in a.get("workers", ())}
+                         if args.target_node is None else ())
+        answers = await asyncio.gather(*(running_workflows(nc, subjects, w, args.limit) for w in workers))
+        return _Listing(nodes, dict(zip(workers, answers)))
+
+    result = _talk(args, gather)
     if isinstance(result, int):
         return result
+    nodes, workflows = result.nodes, result.workflows
+    failed = {w: o.error for w, o in workflows.items() if o.error is not None}
     if args.json:
-        print(json.dumps({"nodes": result.answers, "missing": result.missing}, default=str))
-        return _print_missing(result)
+        print(json.dumps({"nodes": nodes.answers, "missing": nodes.missing,
+                          "workflows": {w: o.value for w, o in workflows.items() if o.ok},
+                          "workflow_errors": {w: e.to_dict() for w, e in failed.items()}},
+                         default=str))
+        return _print_missing(nodes, failed)
     rows = [["PID", "ENTRY", "HOST", "STATE", "INBOX", "UPTIME"]]
-    for node in sorted(result.answers):
-        answer = result.answers[node]
+    for node in sorted(nodes.answers):
+        answer = nodes.answers[node]
         for p in answer.get("list", []):
             rows.append([p["pid"], p["entry"], p["host"], p["state"], str(p["inbox"]), _age(p["uptime"])])
         if answer.get("processes", 0) > len(answer.get("list", [])):
             rows.append([f"({answer['processes'] - len(answer['list'])} more on {node})", "", "", "", "", ""])
+    for worker, outcome in workflows.items():
+        if not outcome.ok:
+            continue
+        for w in outcome.value["list"]:
+            rows.append([w["pid"], w["type"], worker, "workflow", "-", _age(w["uptime"])])
+        if outcome.value["workflows"] > len(outcome.value["list"]):
+            rows.append([f"({outcome.value['workflows'] - len(outcome.value['list'])} more on {worker})",
+                         "", "", "", "", ""])
     _table(rows)
-    return _print_missing(result)
+    return _print_missing(nodes, failed)
 
 
 def cmd_workflow(args: argparse.Namespace) -> int:

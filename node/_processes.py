@@ -598,6 +598,7 @@ class ProcessTable:
         now = time.monotonic()
         info: dict[str, Any] = {
             "node": self.node, "incarnation": self.pids.epoch, "hosts": self.spawn_hosts(),
+            "workers": sorted(self.workflows.hosts) if self.workflows is not None else [],
             "uptime": now - self.started, "processes": len(self.records),
             "peers": self.membership.view() if self.membership is not None else [],
         }

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -458,20 +458,53 @@ class Workflows:
         self._signals.put_nowait((Pid("", worker, workflow_id), message))
 
     async def _on_status(self, msg: Msg) -> None:
-        """``{"pid": ...}``: the workflow's status, and its result or error once closed."""
+        """``{"pid": ...}``: the workflow's status, and its result or error once closed.
+        ``{"running": <worker>, "limit": n}``: the worker's running workflows."""
         self._own(self._answer_status(msg), "a status request")
 
     async def _answer_status(self, msg: Msg) -> None:
         try:
             data = unpack(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
-            pid = Pid.parse(str(data.get("pid"))) if isinstance(data, dict) else None
-            if pid is None or not pid.is_workflow:
-                raise invalid("a status request is {\"pid\": <workflow PID>}")
-            reply: dict[str, Any] = {"value": await self.status(pid)}
+            if isinstance(data, dict) and "running" in data:
+                limit = data.get("limit", 1000)
+                reply: dict[str, Any] = {"value": await self.running(str(data["running"]),
+                                                                     limit if isinstance(limit, int) else 1000)}
+            else:
+                pid = Pid.parse(str(data.get("pid"))) if isinstance(data, dict) else None
+                if pid is None or not pid.is_workflow:
+                    raise invalid("a status request is {\"pid\": <workflow PID>} or {\"running\": <worker>}")
+                reply = {"value": await self.status(pid)}
         except MoonwireError as err:
             reply = {"error": err}
         if msg.reply and self.outbox is not None:
             self.outbox.publish_nowait(msg.reply, pack(reply), headers={CONTENT_TYPE: MSGPACK})
+
+    async def running(self, worker: str, limit: int = 1000) -> dict[str, Any]:
+        """The running workflows on ``worker``'s task queue, as Temporal's visibility
+        lists them (``moonwire ps``): at most ``limit`` of them, and how many in all.
+
+        Raises:
+            MoonwireError: NotFound for a worker this node has no client for,
+                Unavailable when Temporal does not answer.
+        """
+        host = self.hosts.get(worker)
+        if host is None:
+            raise not_found(f"this node has no temporal.client for worker {worker}")
+        query = f"TaskQueue = {_quoted(host.task_queue)} AND ExecutionStatus = 'Running'"
+        now = datetime.now(timezone.utc)
+        listed: list[dict[str, Any]] = []
+        try:
+            async for execution in host.client.list_workflows(query, limit=max(limit, 0) or None):
+                if len(listed) >= limit:
+                    break
+                listed.append({"pid": str(workflow_pid(worker, execution.id)), "type": execution.workflow_type,
+                               "worker": worker, "status": "running",
+                               "uptime": (now - execution.start_time).total_seconds(),
+                               "history_length": execution.history_length})
+            total = (await host.client.count_workflows(query)).count if len(listed) >= limit else len(listed)
+        except RPCError as err:
+            raise MoonwireError(f"temporal: {err}", Kind.UNAVAILABLE, retryable=True) from None
+        return {"worker": worker, "task_queue": host.task_queue, "workflows": total, "list": listed}
 
     async def status(self, pid: Pid) -> dict[str, Any]:
         """What ``moonwire workflow show`` prints.
@@ -526,6 +559,11 @@ class Workflows:
 
         pending.abandon = self._own(act(), f"{verb} {target}").cancel
         return pending
+
+
+def _quoted(text: str) -> str:
+    """A string literal of Temporal's list filter."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def task_queue_of(project: Project, worker: TemporalWorkerEntry) -> str:
@@ -601,12 +639,23 @@ def start_options(options: dict[str, Any]) -> dict[str, Any]:
 
 async def workflow_status(nc: NatsClient, subjects: Subjects, pid: Pid, timeout: float = 5.0) -> Outcome:
     """Ask a node that has a client for ``pid``'s worker for its status (the CLI)."""
+    return await _ask_worker(nc, subjects, pid.host, {"pid": str(pid)}, timeout)
+
+
+async def running_workflows(nc: NatsClient, subjects: Subjects, worker: str, limit: int = 1000,
+                            timeout: float = 2.0) -> Outcome:
+    """Ask a node that has a client for ``worker`` for its running workflows (the CLI)."""
+    return await _ask_worker(nc, subjects, worker, {"running": worker, "limit": limit}, timeout)
+
+
+async def _ask_worker(nc: NatsClient, subjects: Subjects, worker: str, body: dict[str, Any],
+                      timeout: float) -> Outcome:
     try:
-        reply = await nc.request(subjects.workflow_status(pid.host), pack({"pid": str(pid)}), timeout=timeout,
+        reply = await nc.request(subjects.workflow_status(worker), pack(body), timeout=timeout,
                                  headers={CONTENT_TYPE: MSGPACK})
     except NatsNoResponders:
-        return Outcome(error=not_found(f"no node has a temporal.client for worker {pid.host}"))
+        return Outcome(error=not_found(f"no node has a temporal.client for worker {worker}"))
     except NatsTimeout:
-        return Outcome(error=MoonwireError(f"no answer about {pid} within {timeout:.0f}s", Kind.UNAVAILABLE,
-                                           retryable=True))
+        return Outcome(error=MoonwireError(f"no answer about worker {worker} within {timeout:.0f}s",
+                                           Kind.UNAVAILABLE, retryable=True))
     return reply_outcome(reply)

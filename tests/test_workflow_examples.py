@@ -4,6 +4,7 @@ status check (two seconds here) and the approval flow, signalled from a process,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,20 @@ from node import ServerProcess
 from support import run_cli
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "workflows"
+
+
+async def listed_by_ps(cli: tuple[str, ...], running: set[str], closed: set[str] = set()) -> bool:
+    """Whether `moonwire ps` comes to list the ``running`` workflows and none of the
+    ``closed`` ones (Temporal's visibility store is updated shortly after the fact)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        code, out, err = await run_cli("ps", "--json", *cli)
+        assert code == 0, err
+        listed = {w["pid"] for w in json.loads(out)["workflows"]["shop:worker"]["list"]}
+        if running <= listed and not closed & listed:
+            return True
+        if asyncio.get_running_loop().time() > deadline:
+            return False
 
 
 @pytest.fixture
@@ -68,6 +83,7 @@ async def test_approval_by_moonwire_send_and_by_nats_pub(example: Path, nats_ser
     assert code == 0, err
     second = out.strip()
     workflow_id = second[second.index("|") + 1:-1]
+    assert await listed_by_ps(cli, running={second}, closed={first}), "ps lists running workflows only"
     nc = await nats.connect(nats_server.address)  # what `nats pub` does
     try:
         dead = await nc.subscribe("mw.dlq.ap")
