@@ -27,7 +27,7 @@ from ._logging import setup_logging
 from ._node import Node
 from ._project import Project, ProjectInvalid, load_project
 from ._remote import Survey, spawn_from_outside, survey
-from ._workflows import running_workflows, workflow_status
+from ._workflows import TemporalUnavailable, running_workflows, workflow_status
 
 log = logging.getLogger("moonwire")
 
@@ -240,8 +240,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             entry, *entry_args = args.execute
             return _print_outcome(asyncio.run(_execute(node, entry, _json_args(entry_args))))
         asyncio.run(_serve(node))
-    except (BrokerUnavailable, EmbeddedServerError) as err:
+    except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable) as err:
         log.error("%s", err)
+        return EXIT_FAILURE
+    except MoonwireError as err:  # e.g. a worker option the SDK has no equivalent for
+        log.error("%s", err.message)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -25,6 +25,7 @@ user's code is Lua, whose non-determinism the state above removes.
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,7 +35,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.client import WorkflowFailureError
-from temporalio.common import RawValue, RetryPolicy
+from temporalio.common import RawValue, RetryPolicy, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -42,6 +43,7 @@ from temporalio.exceptions import (
     ChildWorkflowError,
     TerminatedError,
     TimeoutError as TemporalTimeout,
+    WorkflowAlreadyStartedError,
 )
 
 from broker import Pid
@@ -181,14 +183,17 @@ def retry_policy(spec: Any, what: str) -> RetryPolicy:
     unknown = set(spec) - known
     if unknown:
         raise invalid(f"{what}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
-    return RetryPolicy(
-        initial_interval=duration_option(spec.get("initial_interval", 1000), f"{what}.initial_interval"),
-        backoff_coefficient=float(spec.get("backoff_coefficient", 2.0)),
-        maximum_interval=(duration_option(spec["maximum_interval"], f"{what}.maximum_interval")
-                          if "maximum_interval" in spec else None),
-        maximum_attempts=int(spec.get("maximum_attempts", DEFAULT_RETRY.maximum_attempts)),
-        non_retryable_error_types=[str(t) for t in spec.get("non_retryable_error_types") or []],
-    )
+    try:
+        return RetryPolicy(
+            initial_interval=duration_option(spec.get("initial_interval", 1000), f"{what}.initial_interval"),
+            backoff_coefficient=float(spec.get("backoff_coefficient", 2.0)),
+            maximum_interval=(duration_option(spec["maximum_interval"], f"{what}.maximum_interval")
+                              if "maximum_interval" in spec else None),
+            maximum_attempts=int(spec.get("maximum_attempts", DEFAULT_RETRY.maximum_attempts)),
+            non_retryable_error_types=[str(t) for t in spec.get("non_retryable_error_types") or []],
+        )
+    except (TypeError, ValueError) as err:
+        raise invalid(f"{what}: {err}") from None
 
 
 def activity_options(options: dict[str, Any], task_queue: str) -> dict[str, Any]:
@@ -210,6 +215,60 @@ def activity_options(options: dict[str, Any], task_queue: str) -> dict[str, Any]
         else:
             raise invalid(f"unknown activity option {key!r}")
     return out
+
+
+_BOTH = frozenset({"execution_timeout", "run_timeout", "task_timeout", "retry_policy", "cron_schedule", "memo",
+                   "id_reuse_policy"})
+_TOP_LEVEL = frozenset({"start_delay", "id_conflict_policy"})
+_CHILD = frozenset({"parent_close_policy"})
+
+
+def start_options(options: dict[str, Any], *, child: bool) -> dict[str, Any]:
+    """The ``temporal.workflow.*`` spawner options (except ``id``) as keyword arguments
+    of start_workflow or, for a ``child``, start_child_workflow.
+
+    Raises:
+        MoonwireError: (Invalid) an unknown option, one that does not apply to this kind
+            of start, or a bad value; the message names it.
+    """
+    out: dict[str, Any] = {}
+    allowed = _BOTH | (_CHILD if child else _TOP_LEVEL)
+    for key, value in options.items():
+        if not isinstance(key, str) or not key.startswith("temporal.workflow.") or key == "temporal.workflow.id":
+            continue
+        name = key[len("temporal.workflow."):]
+        if name not in allowed:
+            if name in _CHILD:
+                raise invalid(f"{key} applies to child workflows (spawned inside a workflow) only")
+            if name in _TOP_LEVEL:
+                raise invalid(f"{key} does not apply to child workflows")
+            raise invalid(f"unknown workflow start option {key!r} (known: "
+                          f"{', '.join(sorted('temporal.workflow.' + n for n in _BOTH | _CHILD | _TOP_LEVEL))})")
+        if name in ("execution_timeout", "run_timeout", "task_timeout", "start_delay"):
+            out[name] = duration_option(value, key)
+        elif name == "retry_policy":
+            out[name] = retry_policy(value, key)
+        elif name == "cron_schedule":
+            out[name] = str(value)
+        elif name == "memo":
+            if not isinstance(value, dict):
+                raise invalid(f"{key} must be a table")
+            out[name] = dict(value)
+        elif name == "id_reuse_policy":
+            out[name] = _choice(value, key, WorkflowIDReusePolicy)
+        elif name == "id_conflict_policy":
+            out[name] = _choice(value, key, WorkflowIDConflictPolicy)
+        else:
+            out[name] = _choice(value, key, workflow.ParentClosePolicy)
+    return out
+
+
+def _choice(value: Any, what: str, choices: type[enum.Enum]) -> Any:
+    """An enum member named in snake_case (``use_existing``)."""
+    names = [n.lower() for n in choices.__members__ if n != "UNSPECIFIED"]
+    if not isinstance(value, str) or value.lower() not in names:
+        raise invalid(f"{what} must be one of {', '.join(names)}, not {value!r}")
+    return choices[value.upper()]
 
 
 # ---------------------------------------------------------------- the run
@@ -395,19 +454,20 @@ class WorkflowProcesses:
         if task_queue is None:
             return Outcome(error=invalid(
                 f"inside a workflow, process.spawn starts child workflows: {request.host} is not a temporal.worker"))
+        options = start_options(request.options, child=True)
         workflow_id = request.name or request.options.get("temporal.workflow.id") or self.run.child_id()
         child_pid = workflow_pid(request.host, str(workflow_id))
         body = WorkflowInput(request.args, request.context,
                              [Message(t, p, self.run.pid) for t, p in request.messages], self.run.pid).encode()
-        return self._start_child(request.entry, str(workflow_id), task_queue, body, child_pid, wait_exit)
+        return self._start_child(request.entry, str(workflow_id), task_queue, body, child_pid, wait_exit, options)
 
     async def _start_child(self, entry: str, workflow_id: str, task_queue: str, body: bytes, child_pid: str,
-                           wait_exit: bool) -> Outcome:
+                           wait_exit: bool, options: dict[str, Any]) -> Outcome:
         try:
             handle = await workflow.start_child_workflow(entry, body, id=workflow_id, task_queue=task_queue,
-                                                         result_type=bytes)
-        except Exception as err:  # noqa: BLE001 - e.g. an id already started: an error value for Lua
-            return Outcome(error=MoonwireError(f"child workflow {entry} did not start: {err}", Kind.INTERNAL,
+                                                         result_type=bytes, **options)
+        except WorkflowAlreadyStartedError:
+            return Outcome(error=MoonwireError(f"workflow {child_pid} already exists", Kind.ALREADY_EXISTS,
                                                retryable=False))
 
         async def outcome() -> Outcome:

@@ -38,6 +38,7 @@ from temporalio.client import Client, TLSConfig, WorkflowExecutionStatus, Workfl
 from temporalio.common import RawValue, WorkflowIDConflictPolicy
 from temporalio.runtime import LogForwardingConfig, LoggingConfig, TelemetryConfig, TelemetryFilter
 from temporalio.runtime import Runtime as TemporalRuntime
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, Worker
 
@@ -59,7 +60,7 @@ from ._workflow_run import (
     from_failure,
     register_replay,
     register_worker,
-    retry_policy,
+    start_options,
     to_failure,
     unregister_worker,
     workflow_pid,
@@ -143,9 +144,16 @@ async def connect_client(entry: TemporalClientEntry, embedded_address: str | Non
                         client_private_key=read(entry.auth.key_file or entry.tls.key_file))
     elif entry.auth.type == "api_key":
         tls = True  # API keys travel over TLS only
-    return await Client.connect(address, namespace=entry.namespace,
-                                api_key=entry.auth.api_key if entry.auth.type == "api_key" else None,
-                                tls=tls, connect_timeout=timedelta(seconds=entry.connection_timeout))
+    try:
+        return await Client.connect(address, namespace=entry.namespace,
+                                    api_key=entry.auth.api_key if entry.auth.type == "api_key" else None,
+                                    tls=tls, connect_timeout=timedelta(seconds=entry.connection_timeout))
+    except RuntimeError as err:  # what the SDK's core raises for a failed connect
+        raise TemporalUnavailable(f"{entry.id}: cannot connect to Temporal at {address}: {err}") from None
+
+
+class TemporalUnavailable(Exception):
+    """A ``temporal.client`` could not connect (the node does not start)."""
 
 
 @dataclass(slots=True)
@@ -338,16 +346,20 @@ class Workflows:
             raise invalid(f"workflow id {workflow_id!r} may only hold letters, digits, '_', '-' and ':'")
         messages = [Message(topic, payloads, parent) for topic, payloads in request.messages]
         body = WorkflowInput(request.args, request.context, messages, parent).encode()
-        if explicit and await self._running(host, workflow_id):
+        options = start_options(request.options, child=False)
+        conflict = options.setdefault("id_conflict_policy", WorkflowIDConflictPolicy.USE_EXISTING)
+        if explicit and conflict == WorkflowIDConflictPolicy.USE_EXISTING and await self._running(host, workflow_id):
             # Dedupe (wippy-surface §3.9): the running one's PID; the new input is
             # ignored, the startup messages are still delivered.
             handle = host.client.get_workflow_handle(workflow_id)
             for message in messages:
                 await handle.signal(message.topic, encode_signal(parent, message.payloads))
             return pid
-        await host.client.start_workflow(
-            request.entry, body, id=workflow_id, task_queue=host.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, **start_options(request.options))
+        try:
+            await host.client.start_workflow(request.entry, body, id=workflow_id, task_queue=host.task_queue,
+                                             **options)
+        except WorkflowAlreadyStartedError:
+            raise MoonwireError(f"workflow {pid} already exists", Kind.ALREADY_EXISTS, retryable=False) from None
         return pid
 
     # ------------------------------------------------------------ results and watches
@@ -615,26 +627,6 @@ def registered_worker(entry: WorkflowEntry) -> str | None:
     temporal = entry.meta.get("temporal") if isinstance(entry.meta, dict) else None
     found = temporal.get("workflow", {}).get("worker") if isinstance(temporal, dict) else None
     return found if isinstance(found, str) else None
-
-
-def start_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The ``temporal.workflow.*`` spawner options start_workflow takes."""
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        if not isinstance(key, str) or not key.startswith("temporal.workflow.") or key == "temporal.workflow.id":
-            continue
-        name = key[len("temporal.workflow."):]
-        if name in ("execution_timeout", "run_timeout", "task_timeout", "start_delay"):
-            out[name] = duration_option(value, key)
-        elif name == "retry_policy":
-            out[name] = retry_policy(value, key)
-        elif name == "cron_schedule":
-            out[name] = str(value)
-        elif name == "memo":
-            out[name] = dict(value)
-        else:
-            raise invalid(f"unknown workflow start option {key!r}")
-    return out
 
 
 async def workflow_status(nc: NatsClient, subjects: Subjects, pid: Pid, timeout: float = 5.0) -> Outcome:

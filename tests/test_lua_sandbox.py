@@ -65,8 +65,6 @@ async def test_rawset_cannot_change_a_shared_table() -> None:
 
 
 async def test_instances_of_one_chunk_share_no_globals_or_library_state() -> None:
-    from lua import LuaCode, Unit
-
     state = LuaState()
     library = LuaCode(id="t:counter", source=b"local n = 0; return { bump = function() n = n + 1; return n end }",
                       chunkname="counter.lua", is_library=True)
