@@ -1,6 +1,7 @@
-"""The wire: subjects, connections, PIDs, and (as they arrive) the envelope codec and
-node membership. This package knows nothing about Lua or the scheduler."""
+"""The wire: subjects, connections, PIDs, the envelope of process messages and node
+membership. This package knows nothing about Lua or the scheduler."""
 
+from ._envelope import BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Envelope, batch_items
 from ._connection import BrokerUnavailable, ConnectOptions, connect, tls_context
 from ._membership import Membership, Peer
 from ._pid import Pid, PidAllocator
@@ -8,6 +9,13 @@ from ._requests import NoResponders, Outbox, ReplyCallback, Requests, RequestTim
 from ._subjects import Subjects, is_token, to_token
 
 __all__ = [
+    "BATCH_HEADER",
+    "CONTENT_TYPE",
+    "Envelope",
+    "FROM_HEADER",
+    "MSGPACK",
+    "TOPIC_HEADER",
+    "batch_items",
     "BrokerUnavailable",
     "ConnectOptions",
     "Membership",

@@ -20,22 +20,33 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from ._envelope import BATCH_BYTES, Envelope, batch
+
 log = logging.getLogger("moonwire.broker")
 
 NO_RESPONDERS = "503"
 
 
 class Outbox:
-    """A FIFO of messages to publish, drained by :meth:`run` (owned by the node)."""
+    """A FIFO of messages to publish, drained by :meth:`run` (owned by the node).
+
+    Process messages (:meth:`send_nowait`) that stand in a row for the same inbox
+    subject leave as one batch (``_envelope.py``); everything keeps its order.
+    """
 
     def __init__(self, nats: NatsClient) -> None:
         self._nats = nats
-        self._queue: deque[tuple[str, bytes, str, dict[str, str] | None]] = deque()
+        self._queue: deque[tuple[str, bytes, str, dict[str, str] | None, Envelope | None]] = deque()
         self._ready = asyncio.Event()
 
     def publish_nowait(self, subject: str, body: bytes, *, reply: str = "",
                        headers: dict[str, str] | None = None) -> None:
-        self._queue.append((subject, body, reply, headers))
+        self._queue.append((subject, body, reply, headers, None))
+        self._ready.set()
+
+    def send_nowait(self, subject: str, envelope: Envelope) -> None:
+        """Queue a process message for an inbox subject."""
+        self._queue.append((subject, b"", "", None, envelope))
         self._ready.set()
 
     async def run(self) -> None:
@@ -53,11 +64,30 @@ class Outbox:
         publish = self._nats.publish
         queue = self._queue
         while queue:
-            subject, body, reply, headers = queue.popleft()
+            subject, body, reply, headers, envelope = queue.popleft()
+            if envelope is not None:
+                body, headers = self._coalesce(subject, envelope)
             try:
                 await publish(subject, body, reply=reply, headers=headers)
             except Exception as err:  # noqa: BLE001 - a closed connection must not kill the outbox
                 log.warning("could not publish to %s: %s", subject, err)
+
+    def _coalesce(self, subject: str, first: Envelope) -> tuple[bytes, dict[str, str]]:
+        """``first`` alone, or in a batch with the process messages queued right behind
+        it for the same subject (up to BATCH_BYTES and the server's max payload)."""
+        queue = self._queue
+        if not queue or queue[0][4] is None or queue[0][0] != subject:
+            return first.alone()
+        limit = min(BATCH_BYTES, self._nats.max_payload or BATCH_BYTES)
+        run, size = [first], first.size()
+        while queue:
+            subject_, _, _, _, envelope = queue[0]
+            if envelope is None or subject_ != subject or size + envelope.size() > limit:
+                break
+            queue.popleft()
+            run.append(envelope)
+            size += envelope.size()
+        return batch(run) if len(run) > 1 else first.alone()
 
 
 class NoResponders(Exception):

@@ -97,6 +97,9 @@ def to_lua(state: LuaState, value: Any, _depth: int = 0) -> Any:
     raise MoonwireError(f"cannot convert {type(value).__name__} to a Lua value", Kind.INVALID, retryable=False)
 
 
+_SCALARS = frozenset({bool, int, float, str, bytes})
+
+
 def check_portable(value: Any) -> None:
     """Check that ``value`` (decoded from the wire) is data a Lua state can hold:
     None, booleans, numbers, strings, bytes, error objects, lists and dicts with string
@@ -105,6 +108,12 @@ def check_portable(value: Any) -> None:
     Raises:
         MoonwireError: (Invalid) naming what is wrong.
     """
+    if value.__class__ is list and len(value) < MAX_VALUES:  # the common case: a few scalars
+        for item in value:
+            if item is not None and item.__class__ not in _SCALARS:
+                break
+        else:
+            return
     budget = MAX_VALUES
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:

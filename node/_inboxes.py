@@ -1,13 +1,11 @@
 """Process messages on the wire (DESIGN §2-§3): this node's one inbox subscription,
-the envelope of a message between nodes, and the dead-letter queue.
+decoding what arrives, and the dead-letter queue.
 
 A process's inbox is ``<prefix>.p.<node>.<uid>``; the node holds one wildcard
 subscription, ``<prefix>.p.<node>.>``, and dispatches by uid. Inside the cluster a
-message is published to the bare inbox subject with::
-
-    Content-Type: application/msgpack     body: msgpack list of payloads
-    Mw-Topic: <topic>                     (any text; subjects cannot carry every topic)
-    Mw-From: <sender PID>
+message travels in the envelope of ``broker/_envelope.py``: alone (msgpack payloads,
+topic and sender in the ``Mw-Topic`` and ``Mw-From`` headers) or in a batch with the
+messages queued behind it for the same inbox.
 
 From outside (the NATS CLI, any client) the topic may instead follow the uid in the
 subject (``mw.p.n1.<uid>.orders.new`` is topic ``orders.new``); a body without a content
@@ -17,7 +15,8 @@ A message that cannot be delivered whole (malformed msgpack, an unsupported cont
 type, a bad ``Mw-From``, no topic or a reserved one, an oversize body, a value Lua
 cannot hold, an unknown process, a full mailbox) is never half-delivered: it is logged
 with the reason and republished, body and headers unchanged plus ``Mw-Dlq-Reason`` and
-``Mw-Dlq-Subject``, to ``<prefix>.dlq.<node>``.
+``Mw-Dlq-Subject``, to ``<prefix>.dlq.<node>``. A message of a batch that cannot be
+delivered is republished alone; the others are delivered.
 """
 
 from __future__ import annotations
@@ -31,16 +30,14 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from broker import Outbox, Pid, Subjects
+from broker import BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Envelope, Outbox, Pid, Subjects, batch_items
 from lua import Event, Message, MoonwireError, check_portable
 
-from ._payload import CONTENT_TYPE, JSON, MSGPACK, pack, unpack
+from ._payload import JSON, pack, unpack
 from ._remote import EVENT_HEADER, decode_event
 
 log = logging.getLogger("moonwire.inboxes")
 
-TOPIC_HEADER = "Mw-Topic"
-FROM_HEADER = "Mw-From"
 REASON_HEADER = "Mw-Dlq-Reason"
 SUBJECT_HEADER = "Mw-Dlq-Subject"
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -58,15 +55,16 @@ class InboxStatistics:
 
 
 def encode(message: Message) -> tuple[bytes, dict[str, str]]:
-    """The body and headers of ``message`` for another node."""
-    headers = {CONTENT_TYPE: MSGPACK, TOPIC_HEADER: message.topic}
-    if message.sender:
-        headers[FROM_HEADER] = message.sender
-    return pack(message.payloads), headers
+    """The body and headers of ``message`` published alone."""
+    return envelope(message).alone()
+
+
+def envelope(message: Message) -> Envelope:
+    return Envelope(message.topic, message.sender, pack(message.payloads))
 
 
 def decode(topic_from_subject: str, headers: dict[str, str], body: bytes, max_body: int) -> Message:
-    """The message a wire message carries.
+    """The message a wire message (not a batch) carries.
 
     Raises:
         Undeliverable: naming what is wrong with it.
@@ -74,19 +72,10 @@ def decode(topic_from_subject: str, headers: dict[str, str], body: bytes, max_bo
     if len(body) > max_body:
         raise Undeliverable(f"body of {len(body)} bytes is over the limit of {max_body}")
     topic = topic_from_subject or headers.get(TOPIC_HEADER, "")
-    if not topic:
-        raise Undeliverable(f"no topic: put it after the uid in the subject or in the {TOPIC_HEADER} header")
-    if topic.startswith("@"):
-        raise Undeliverable(f"topic {topic!r} is reserved (topics starting with @ are system topics)")
-    sender = headers.get(FROM_HEADER, "")
-    if sender and Pid.parse(sender) is None:
-        raise Undeliverable(f"{FROM_HEADER} {sender!r} is not a PID")
     content_type = headers.get(CONTENT_TYPE)
     try:
         if content_type == MSGPACK:
             payloads = unpack(body, MSGPACK)
-            if not isinstance(payloads, list):
-                raise Undeliverable(f"a msgpack body must be a list of payloads, got {type(payloads).__name__}")
         elif content_type == JSON:
             try:
                 payloads = [json.loads(body)] if body.strip() else []
@@ -100,11 +89,44 @@ def decode(topic_from_subject: str, headers: dict[str, str], body: bytes, max_bo
         else:
             raise Undeliverable(f"unsupported Content-Type {content_type!r} "
                                 f"(use {MSGPACK}, {JSON}, {_TEXT} or none)")
-        check_portable(payloads)
     except MoonwireError as err:
         raise Undeliverable(err.message) from None
     except UnicodeDecodeError:
         raise Undeliverable("a text body is not UTF-8") from None
+    return _checked(topic, headers.get(FROM_HEADER, ""), payloads)
+
+
+def decode_item(item: bytes, max_body: int, known_sender: str = "") -> Message:
+    """The message an item of a batch carries (``known_sender``: one already checked).
+
+    Raises:
+        Undeliverable: naming what is wrong with it.
+    """
+    if len(item) > max_body:
+        raise Undeliverable(f"message of {len(item)} bytes is over the limit of {max_body}")
+    try:
+        fields = unpack(item, MSGPACK)
+    except MoonwireError as err:
+        raise Undeliverable(err.message) from None
+    if not (isinstance(fields, list) and len(fields) == 3 and isinstance(fields[0], str)
+            and isinstance(fields[1], str)):
+        raise Undeliverable("a batch item must be [topic, sender, payloads]")
+    return _checked(fields[0], fields[1], fields[2], fields[1] == known_sender)
+
+
+def _checked(topic: str, sender: str, payloads: object, sender_known: bool = False) -> Message:
+    if not topic:
+        raise Undeliverable(f"no topic: put it after the uid in the subject or in the {TOPIC_HEADER} header")
+    if topic.startswith("@"):
+        raise Undeliverable(f"topic {topic!r} is reserved (topics starting with @ are system topics)")
+    if sender and not sender_known and Pid.parse(sender) is None:
+        raise Undeliverable(f"{FROM_HEADER} {sender!r} is not a PID")
+    if not isinstance(payloads, list):
+        raise Undeliverable(f"a msgpack body must be a list of payloads, got {type(payloads).__name__}")
+    try:
+        check_portable(payloads)
+    except MoonwireError as err:
+        raise Undeliverable(err.message) from None
     return Message(topic, payloads, sender)
 
 
@@ -140,8 +162,7 @@ class NodeInboxes:
     def send(self, pid: Pid, message: Message) -> None:
         """Publish ``message`` to ``pid``'s inbox on its node (in order with every other
         message this node publishes)."""
-        body, headers = encode(message)
-        self.outbox.publish_nowait(self.subjects.inbox(pid.node, pid.uid), body, headers=headers)
+        self.outbox.send_nowait(self.subjects.inbox(pid.node, pid.uid), envelope(message))
 
     async def _on_message(self, msg: Msg) -> None:
         rest = msg.subject[len(self._prefix):]
@@ -154,6 +175,9 @@ class NodeInboxes:
             except MoonwireError as err:
                 self._dead_letter(msg, f"bad event: {err.message}")
             return
+        if BATCH_HEADER in headers:
+            self._on_batch(uid, msg)
+            return
         try:
             self.deliver(uid, decode(topic, headers, msg.data, self.max_body))
             self.stats.delivered += 1
@@ -161,6 +185,29 @@ class NodeInboxes:
             self._dead_letter(msg, str(err))
         except MoonwireError as err:
             self._dead_letter(msg, err.message)
+
+    def _on_batch(self, uid: str, msg: Msg) -> None:
+        try:
+            items = batch_items(msg.data)
+        except ValueError as err:
+            self._dead_letter(msg, str(err))
+            return
+        sender = ""
+        for item in items:
+            try:
+                message = decode_item(item, self.max_body, sender)
+                sender = message.sender
+                self.deliver(uid, message)
+                self.stats.delivered += 1
+            except (Undeliverable, MoonwireError) as err:
+                # Alone, as it would have come without a batch (or as the item it is).
+                try:
+                    fields = unpack(item, MSGPACK)
+                    body, headers = Envelope(fields[0], fields[1], pack(fields[2])).alone()
+                except (MoonwireError, TypeError, IndexError, KeyError):
+                    body, headers = item, {CONTENT_TYPE: MSGPACK}
+                self._dead_letter(Msg(self.nats, subject=msg.subject, data=body, headers=headers),
+                                  err.message if isinstance(err, MoonwireError) else str(err))
 
     def _dead_letter(self, msg: Msg, reason: str) -> None:
         self.stats.dead_lettered += 1

@@ -11,11 +11,10 @@ from typing import Any
 
 import msgpack
 
+from broker import CONTENT_TYPE, MSGPACK
 from lua import MoonwireError, invalid
 
-MSGPACK = "application/msgpack"
 JSON = "application/json"
-CONTENT_TYPE = "Content-Type"
 _ERROR_EXT = 1
 
 

@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 from urllib.parse import urlparse
 
+import msgpack
 import nats
+from nats.aio.msg import Msg
 
 from support import run_cli, write_project
 
@@ -86,11 +88,36 @@ NODE_B = {
 async def test_cross_node_send_keeps_order_under_load(tmp_path: Path, nats_server, spawn_node) -> None:
     await spawn_node(write_project(tmp_path / "a", NODE_A), "na", nats_url=nats_server.address,
                      ready=r"started 1 service")
-    code, out, err = await run_cli("run", str(write_project(tmp_path / "b", NODE_B)), "--node", "nb",
-                                   "--nats", nats_server.address, "-x", "b:main", "3000")
+    observer = await nats.connect(nats_server.address)
+    seen = {"alone": 0, "batches": 0, "in_batches": 0}
+
+    async def observe(msg: Msg) -> None:
+        if msg.headers and "Mw-Batch" in msg.headers:
+            seen["batches"] += 1
+            seen["in_batches"] += len(msgpack.unpackb(msg.data))
+            assert int(msg.headers["Mw-Batch"]) == len(msgpack.unpackb(msg.data))
+        elif msg.headers and msg.headers.get("Mw-Topic") in ("seq", "done"):
+            seen["alone"] += 1
+
+    await observer.subscribe("mw.p.na.>", cb=observe)
+    await observer.flush()
+    try:
+        code, out, err = await run_cli("run", str(write_project(tmp_path / "b", NODE_B)), "--node", "nb",
+                                       "--nats", nats_server.address, "-x", "b:main", "3000")
+        await observer.flush()
+    finally:
+        await observer.close()
     assert code == 0, err
     assert json.loads(out) == {"result": {"received": 3000, "in_order": True}, "from_receiver": True,
                                "receiver_node": "na"}
+    # A burst leaves in batches (one NATS message for the sends queued in a row), and
+    # every send went out exactly once.
+    assert seen["batches"] > 0 and seen["in_batches"] > seen["batches"]
+    assert seen["alone"] + seen["in_batches"] == 3001
+
+
+def packed(value: object) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
 
 
 class RawNats:
@@ -176,27 +203,49 @@ async def test_outside_messages_and_dead_letters(tmp_path: Path, nats_server, sp
         for subject, body, headers, _ in bad:
             raw.pub(subject, body, headers)
         raw.pub(inbox, b"plain words, not JSON", {"Mw-Topic": "note"})
+        # A batch as another node sends it (broker/_envelope.py): the good items are
+        # delivered in order; each bad one goes to the dead-letter queue alone.
+        me = "{nb@host|x-1}"
+        items = [  # (the good ones name no sender: the receiver reports what came from outside)
+            (packed(["batched", "", ["one"]]), None),
+            (packed(["batched", "not-a-pid", [2]]), "Mw-From 'not-a-pid' is not a PID"),
+            (packed(["@exit", me, [3]]), "topic '@exit' is reserved"),
+            (b"\xc1", "malformed msgpack"),
+            (packed(["batched", me, 4]), "must be a list of payloads"),
+            (packed(["batched", me, ["y" * 1100]]), "over the limit of 1024"),
+            (packed(["batched", "", ["two"]]), None),
+        ]
+        raw.pub(inbox, packed([item for item, _ in items]), {"Content-Type": "application/msgpack", "Mw-Batch": "7"})
+        raw.pub(inbox, b"\x93\x01", {"Content-Type": "application/msgpack", "Mw-Batch": "3"})
         await raw.ping()
 
         dead = []
-        for _ in bad:
+        for _ in range(len(bad) + 6):
             subject, headers, body = await asyncio.wait_for(raw.next_message(), 10)
             assert subject == "mw.dlq.na"
-            dead.append((headers["Mw-Dlq-Subject"], body, headers["Mw-Dlq-Reason"]))
+            dead.append((headers["Mw-Dlq-Subject"], body, headers["Mw-Dlq-Reason"], headers))
         await raw.close()
 
         report = json.loads((await nc.request("mw.fn.a:report", b"[]", timeout=10)).data)["result"]
     finally:
         await nc.close()
 
-    # Only the two good messages reached the process, whole and in order.
+    # Only the good messages reached the process, whole and in order.
     assert report == [{"topic": "greet.en", "data": {"hello": "world", "n": [1, 2]}},
-                      {"topic": "note", "data": "plain words, not JSON"}]
+                      {"topic": "note", "data": "plain words, not JSON"},
+                      {"topic": "batched", "data": "one"}, {"topic": "batched", "data": "two"}]
     # Every bad one is in the dead-letter queue, in order, with its body and the reason.
-    assert len(dead) == len(bad)
-    for (subject, body, _, reason), (dead_subject, dead_body, dead_reason) in zip(bad, dead):
+    assert len(dead) == len(bad) + 6
+    for (subject, body, _, reason), (dead_subject, dead_body, dead_reason, _) in zip(bad, dead):
         assert (dead_subject, dead_body) == (subject, body)
         assert reason in dead_reason, (reason, dead_reason)
+    # A bad item of a batch is republished alone, as it would have come without one.
+    from_batch = dead[len(bad):]
+    assert [reason in got[2] for got, (_, reason) in zip(from_batch, [i for i in items if i[1]])] == [True] * 5
+    assert from_batch[0][3]["Mw-From"] == "not-a-pid" and from_batch[0][3]["Mw-Topic"] == "batched"
+    assert msgpack.unpackb(from_batch[0][1]) == [2]
+    assert from_batch[2][1] == b"\xc1"
+    assert "malformed batch body" in from_batch[5][2] and from_batch[5][1] == b"\x93\x01"
     await node.wait_for_line(r"undeliverable message on mw\.p\.na\.nosuchuid\.t: no process with uid")
     assert node.process is not None and node.process.returncode is None  # the node carries on
 

@@ -1,0 +1,79 @@
+"""The envelope of a process message between nodes (DESIGN §3), alone or in a batch.
+
+A message alone is published to the receiver's inbox subject as::
+
+    Content-Type: application/msgpack     body: msgpack list of payloads
+    Mw-Topic: <topic>
+    Mw-From: <sender PID>                 (absent when there is no sender)
+
+When the outbox holds several messages in a row for the same inbox, they leave as one
+NATS message (a *batch*; nothing waits to form one, so a batch never adds latency)::
+
+    Content-Type: application/msgpack     body: msgpack array of bin items
+    Mw-Batch: <number of items>
+
+where each item is the msgpack array ``[topic, sender, [payloads...]]``. An item is a
+separate bin so that the receiver can size it and dead-letter it alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+
+CONTENT_TYPE = "Content-Type"
+MSGPACK = "application/msgpack"
+TOPIC_HEADER = "Mw-Topic"
+FROM_HEADER = "Mw-From"
+BATCH_HEADER = "Mw-Batch"
+
+BATCH_BYTES = 64 * 1024
+"""A batch stops growing at this many body bytes (past it, the per-message costs it
+saves are negligible beside the bytes themselves)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One process message on its way to another node; ``payloads`` is the msgpack
+    encoding of its list of payloads."""
+
+    topic: str
+    sender: str
+    payloads: bytes
+
+    def alone(self) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of this message published by itself."""
+        headers = {CONTENT_TYPE: MSGPACK, TOPIC_HEADER: self.topic}
+        if self.sender:
+            headers[FROM_HEADER] = self.sender
+        return self.payloads, headers
+
+    def size(self) -> int:
+        """About its size in a batch (the strings' lengths in characters)."""
+        return len(self.payloads) + len(self.topic) + len(self.sender) + 8
+
+    def item(self) -> bytes:
+        """This message as an item of a batch."""
+        return b"\x93" + msgpack.packb(self.topic) + msgpack.packb(self.sender) + self.payloads
+
+
+def batch(envelopes: list[Envelope]) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one NATS message carrying ``envelopes`` in order."""
+    return (msgpack.packb([e.item() for e in envelopes], use_bin_type=True),
+            {CONTENT_TYPE: MSGPACK, BATCH_HEADER: str(len(envelopes))})
+
+
+def batch_items(body: bytes) -> list[bytes]:
+    """The items of a batch body, each still encoded.
+
+    Raises:
+        ValueError: the body is not a msgpack array of bin items, naming why.
+    """
+    try:
+        items = msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.UnpackException, TypeError) as err:
+        raise ValueError(f"malformed batch body: {err}") from None
+    if not isinstance(items, list) or not all(isinstance(item, bytes) for item in items):
+        raise ValueError("a batch body must be a msgpack array of bin items")
+    return items
