@@ -506,13 +506,12 @@ class Workflows:
         now = datetime.now(timezone.utc)
         listed: list[dict[str, Any]] = []
         try:
-            async for execution in host.client.list_workflows(query, limit=max(limit, 0) or None):
-                if len(listed) >= limit:
-                    break
-                listed.append({"pid": str(workflow_pid(worker, execution.id)), "type": execution.workflow_type,
-                               "worker": worker, "status": "running",
-                               "uptime": (now - execution.start_time).total_seconds(),
-                               "history_length": execution.history_length})
+            if limit > 0:
+                async for execution in host.client.list_workflows(query, limit=limit):
+                    listed.append({"pid": str(workflow_pid(worker, execution.id)), "type": execution.workflow_type,
+                                   "worker": worker, "status": "running",
+                                   "uptime": (now - execution.start_time).total_seconds(),
+                                   "history_length": execution.history_length})
             total = (await host.client.count_workflows(query)).count if len(listed) >= limit else len(listed)
         except RPCError as err:
             raise MoonwireError(f"temporal: {err}", Kind.UNAVAILABLE, retryable=True) from None
