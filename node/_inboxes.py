@@ -72,6 +72,8 @@ def decode(topic_from_subject: str, headers: dict[str, str], body: bytes, max_bo
     if len(body) > max_body:
         raise Undeliverable(f"body of {len(body)} bytes is over the limit of {max_body}")
     topic = topic_from_subject or headers.get(TOPIC_HEADER, "")
+    sender = headers.get(FROM_HEADER, "")
+    _check_address(topic, sender)  # before decoding a body that would be thrown away
     content_type = headers.get(CONTENT_TYPE)
     try:
         if content_type == MSGPACK:
@@ -93,7 +95,7 @@ def decode(topic_from_subject: str, headers: dict[str, str], body: bytes, max_bo
         raise Undeliverable(err.message) from None
     except UnicodeDecodeError:
         raise Undeliverable("a text body is not UTF-8") from None
-    return _checked(topic, headers.get(FROM_HEADER, ""), payloads)
+    return _checked_payloads(topic, sender, payloads)
 
 
 def decode_item(item: bytes, max_body: int, known_sender: str = "") -> Message:
@@ -111,16 +113,21 @@ def decode_item(item: bytes, max_body: int, known_sender: str = "") -> Message:
     if not (isinstance(fields, list) and len(fields) == 3 and isinstance(fields[0], str)
             and isinstance(fields[1], str)):
         raise Undeliverable("a batch item must be [topic, sender, payloads]")
-    return _checked(fields[0], fields[1], fields[2], fields[1] == known_sender)
+    topic, sender, payloads = fields
+    _check_address(topic, "" if sender == known_sender else sender)
+    return _checked_payloads(topic, sender, payloads)
 
 
-def _checked(topic: str, sender: str, payloads: object, sender_known: bool = False) -> Message:
+def _check_address(topic: str, sender: str) -> None:
     if not topic:
         raise Undeliverable(f"no topic: put it after the uid in the subject or in the {TOPIC_HEADER} header")
     if topic.startswith("@"):
         raise Undeliverable(f"topic {topic!r} is reserved (topics starting with @ are system topics)")
-    if sender and not sender_known and Pid.parse(sender) is None:
+    if sender and Pid.parse(sender) is None:
         raise Undeliverable(f"{FROM_HEADER} {sender!r} is not a PID")
+
+
+def _checked_payloads(topic: str, sender: str, payloads: object) -> Message:
     if not isinstance(payloads, list):
         raise Undeliverable(f"a msgpack body must be a list of payloads, got {type(payloads).__name__}")
     try:
@@ -206,18 +213,21 @@ class NodeInboxes:
                     body, headers = Envelope(fields[0], fields[1], pack(fields[2])).alone()
                 except (MoonwireError, TypeError, IndexError, KeyError):
                     body, headers = item, {CONTENT_TYPE: MSGPACK}
-                self._dead_letter(Msg(self.nats, subject=msg.subject, data=body, headers=headers),
-                                  err.message if isinstance(err, MoonwireError) else str(err))
+                self.stats.dead_lettered += 1
+                dead_letter(self.outbox, self.subjects.dead_letters(self.node), msg.subject, body, headers,
+                            err.message if isinstance(err, MoonwireError) else str(err))
 
     def _dead_letter(self, msg: Msg, reason: str) -> None:
         self.stats.dead_lettered += 1
-        dead_letter(self.outbox, self.subjects.dead_letters(self.node), msg, reason)
+        dead_letter(self.outbox, self.subjects.dead_letters(self.node), msg.subject, msg.data, msg.headers, reason)
 
 
-def dead_letter(outbox: Outbox, subject: str, msg: Msg, reason: str) -> None:
-    """Log ``msg`` as undeliverable and republish it, with the reason, to ``subject``."""
-    log.warning("undeliverable message on %s: %s (republished to %s)", msg.subject, reason, subject)
-    headers = dict(msg.headers or {})
+def dead_letter(outbox: Outbox, dlq: str, subject: str, body: bytes, headers: dict[str, str] | None,
+                reason: str) -> None:
+    """Log a message that came on ``subject`` as undeliverable and republish it, with
+    the reason, to the dead-letter subject ``dlq``."""
+    log.warning("undeliverable message on %s: %s (republished to %s)", subject, reason, dlq)
+    headers = dict(headers or {})
     headers[REASON_HEADER] = reason
-    headers[SUBJECT_HEADER] = msg.subject
-    outbox.publish_nowait(subject, msg.data, headers=headers)
+    headers[SUBJECT_HEADER] = subject
+    outbox.publish_nowait(dlq, body, headers=headers)

@@ -465,7 +465,8 @@ class Workflows:
             message = decode(topic, msg.headers or {}, msg.data, self.max_body)
         except Undeliverable as err:
             if self.outbox is not None:
-                dead_letter(self.outbox, self.subjects.dead_letters(self.node), msg, str(err))
+                dead_letter(self.outbox, self.subjects.dead_letters(self.node), msg.subject, msg.data, msg.headers,
+                            str(err))
             return
         self._signals.put_nowait((Pid("", worker, workflow_id), message))
 
