@@ -10,11 +10,12 @@ woken straight from the subscription, with no Task, future or ``wait_for`` per r
 from __future__ import annotations
 
 import asyncio
+import functools
+import heapq
 import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -101,21 +102,24 @@ class RequestTimeout(Exception):
 ReplyCallback = Callable[[Msg | Exception], None]
 
 
-@dataclass(slots=True)
-class _Pending:
-    callback: ReplyCallback
-    timer: asyncio.TimerHandle
-
-
 class Requests:
-    """Request/reply over one wildcard inbox subscription for the whole node."""
+    """Request/reply over one wildcard inbox subscription for the whole node.
+
+    Timeouts share one timer armed for the earliest deadline, over a heap of
+    ``(deadline, token)``: a loop timer per request cost more than the rest of the
+    request's bookkeeping together. Answered requests leave their heap entry behind; the
+    heap is rebuilt from what is still pending once stale entries outnumber live ones.
+    """
 
     def __init__(self, nats: NatsClient, outbox: Outbox) -> None:
         self._nats = nats
         self._outbox = outbox
         self._prefix = nats.new_inbox()
         self._tokens = itertools.count(1)
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, tuple[ReplyCallback, float]] = {}
+        """Token -> (callback, deadline)."""
+        self._deadlines: list[tuple[float, str]] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:
@@ -125,6 +129,10 @@ class Requests:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
             self._subscription = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadlines.clear()
         for token in list(self._pending):
             self._settle(token, asyncio.CancelledError())
 
@@ -137,23 +145,45 @@ class Requests:
         """
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(timeout, self._settle, token, RequestTimeout())
-        self._pending[token] = _Pending(callback, timer)
+        deadline = loop.time() + timeout
+        pending = self._pending
+        pending[token] = (callback, deadline)
+        if len(self._deadlines) > 2 * len(pending) + 64:
+            self._deadlines = [(d, t) for t, (_, d) in pending.items()]
+            heapq.heapify(self._deadlines)
+        else:
+            heapq.heappush(self._deadlines, (deadline, token))
+        if self._timer is None or deadline < self._timer.when():
+            self._arm(loop, deadline)
         self._outbox.publish_nowait(subject, body, reply=f"{self._prefix}.{token}", headers=headers)
+        return functools.partial(pending.pop, token, None)
 
-        def abandon() -> None:
-            pending = self._pending.pop(token, None)
-            if pending is not None:
-                pending.timer.cancel()
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(deadline, self._expire)
 
-        return abandon
+    def _expire(self) -> None:
+        """Time out every request past its deadline; re-arm for the next one."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadlines = self._deadlines
+        while deadlines:
+            deadline, token = deadlines[0]
+            if token not in self._pending:
+                heapq.heappop(deadlines)  # answered or abandoned
+            elif deadline <= now:
+                heapq.heappop(deadlines)
+                self._settle(token, RequestTimeout())
+            else:
+                self._arm(loop, deadline)
+                return
 
     def _settle(self, token: str, result: Msg | Exception) -> None:
         pending = self._pending.pop(token, None)
-        if pending is None:
-            return  # answered already, timed out, or abandoned
-        pending.timer.cancel()
-        pending.callback(result)
+        if pending is not None:  # else answered already, timed out, or abandoned
+            pending[0](result)
 
     async def _on_reply(self, msg: Msg) -> None:
         token = msg.subject.rpartition(".")[2]

@@ -90,12 +90,10 @@ function core.set_limits(instructions, err)
     budget_error = err
 end
 
--- Create a thread running fn(...); returns its id.
-function core.spawn(fn, ...)
-    local args = table_pack(...)
-    local co = coroutine_create(function()
-        return fn(table_unpack(args, 1, args.n))
-    end)
+-- Create a thread that will run fn; its first resume passes fn's arguments. Returns
+-- the thread's id.
+function core.spawn(fn)
+    local co = coroutine_create(fn)
     next_thread_id = next_thread_id + 1
     threads[next_thread_id] = co
     managed[co] = true
@@ -129,6 +127,14 @@ function core.resume(id, ...)
     end
     threads[id] = nil
     return "yield"
+end
+
+-- Create a thread running fn(...) and resume it at once: returns the thread's id, then
+-- what core.resume returns. One call from Python, where spawn and resume would be two,
+-- for the common case of a function call that never waits.
+function core.start(fn, ...)
+    local id = core.spawn(fn)
+    return id, core.resume(id, ...)
 end
 
 -- Stop a thread for good (its pending request is abandoned).

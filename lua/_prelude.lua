@@ -534,13 +534,13 @@ function ExecutorMethods.with_scope(e, scope) return new_executor(merge(e._conte
 function ExecutorMethods.call(e, target, ...)
     local bad = check_target(target)
     if bad then return nil, bad end
-    return request("call", target, table_pack(...), e._context, e._options)
+    return request("call", target, e._context, e._options, ...)
 end
 function ExecutorMethods.async(e, target, ...)
     local bad = check_target(target)
     if bad then return nil, bad end
     local ch = channel.new(1)
-    local handle, err = request("async", target, table_pack(...), e._context, e._options, handles[ch])
+    local handle, err = request("async", target, e._context, e._options, handles[ch], ...)
     if handle == nil then return nil, err end
     return new_future(handle, ch)
 end

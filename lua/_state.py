@@ -126,6 +126,7 @@ class LuaState:
         # the middle of a call into Python (a nested call), but calling a function
         # fetched beforehand is fine.
         self._spawn = self.core.spawn
+        self._start = self.core.start
         self._resume = self.core.resume
         self._kill = self.core.kill
         self._compile = self.core.compile
@@ -205,8 +206,19 @@ class LuaState:
 
     # ------------------------------------------------------------ threads
 
-    def spawn(self, fn: Any, *args: Any) -> int:
-        return int(self._spawn(fn, *args))
+    def spawn(self, fn: Any) -> int:
+        """A new thread that runs ``fn``: its first :meth:`resume` passes the arguments."""
+        return int(self._spawn(fn))
+
+    def start(self, fn: Any, *args: Any) -> tuple[int, tuple[Any, ...]]:
+        """A new thread running ``fn(*args)``, resumed at once: its id and the outcome
+        of that first resume (as :meth:`resume`)."""
+        try:
+            outcome = self._start(fn, *args)
+        except lupa.LuaMemoryError:
+            # No id to kill: a state out of memory is retired (``poisoned``) anyway.
+            return 0, (b"error", OUT_OF_MEMORY)
+        return int(outcome[0]), outcome[1:]
 
     def resume(self, tid: int, *values: Any) -> tuple[Any, ...]:
         """Resume thread ``tid``; see ``core.resume`` for the outcomes."""
@@ -267,8 +279,7 @@ class LuaState:
 
     def _run_chunk(self, code: LuaCode, fn: Any, *args: Any) -> Any:
         # In a thread, so the instruction budget applies to top-level code too.
-        tid = self.spawn(fn, *args)
-        outcome = self.resume(tid)
+        tid, outcome = self.start(fn, *args)
         tag = outcome[0]
         if tag == b"return":
             return outcome[1] if len(outcome) > 1 else None

@@ -40,6 +40,10 @@ class Outcome:
         return self.error is None
 
 
+def _nothing() -> None:
+    pass
+
+
 class Pending:
     """An outcome a service delivers later by calling :meth:`settle`, with no task:
     for answers that arrive by callback (a reply from the broker, say).
@@ -51,7 +55,7 @@ class Pending:
     __slots__ = ("abandon", "_listener", "_outcome", "_done")
 
     def __init__(self, abandon: Callable[[], None] | None = None) -> None:
-        self.abandon: Callable[[], None] = abandon or (lambda: None)
+        self.abandon: Callable[[], None] = abandon or _nothing
         self._listener: Callable[[Outcome], None] | None = None
         self._outcome: Outcome | None = None
         self._done = False
@@ -224,8 +228,7 @@ class Unit:
 
     def begin(self, fn: Any, args: list[Any]) -> Outcome | None:
         """Start the main thread and run until every thread waits; the outcome if it ended."""
-        self._spawn_main(fn, args)
-        self.step()
+        self._step((fn, tuple([to_lua(self.state, a) for a in args])))
         return self.outcome
 
     async def finish(self) -> Outcome:
@@ -254,15 +257,13 @@ class Unit:
     def start(self, fn: Any, args: list[Any]) -> None:
         """Create the main thread and hand the unit to its scheduler (``notify``); it
         first runs when the scheduler steps it."""
-        self._spawn_main(fn, args)
+        state = self.state
+        lua_args = tuple([to_lua(state, a) for a in args])
+        self.main = state.spawn(fn)
+        self.threads.add(self.main)
+        self.ready.append((self.main, lua_args))  # the first resume passes the arguments
         if self.notify is not None:
             self.notify(self)
-
-    def _spawn_main(self, fn: Any, args: list[Any]) -> None:
-        lua_args = [to_lua(self.state, a) for a in args]
-        self.main = self.state.spawn(fn, *lua_args)
-        self.threads.add(self.main)
-        self.ready.append((self.main, ()))
 
     def abort(self, error: MoonwireError) -> None:
         """End the unit now with ``error`` (terminate, a linked failure): its threads are
@@ -283,40 +284,51 @@ class Unit:
 
     def step(self) -> None:
         """Resume ready threads until none is ready or the unit ended."""
+        self._step(None)
+
+    def _step(self, main: tuple[Any, tuple[Any, ...]] | None) -> None:
+        """:meth:`step`, first starting the main thread ``(fn, args)`` when given."""
         state = self.state
         previous, state.current = state.current, self
         try:
+            if main is not None:
+                self.main, outcome = state.start(main[0], *main[1])
+                self.threads.add(self.main)
+                self._handle(self.main, outcome)
             while self.ready and self.outcome is None:
                 tid, values = self.ready.popleft()
-                outcome = state.resume(tid, *values)
-                tag = outcome[0]
-                if tag == b"request":
-                    op = _OPS.get(outcome[1])
-                    if op is None:
-                        self._thread_failed(tid, internal(f"unknown request {outcome[1]!r}"))
-                        continue
-                    try:
-                        answer = op(self, tid, *outcome[2:])
-                    except MoonwireError as err:
-                        self._thread_failed(tid, err)
-                        continue
-                    if answer is not _BLOCKED:
-                        self.ready.append((tid, answer))
-                elif tag == b"return":
-                    self.threads.discard(tid)
-                    if tid == self.main:
-                        self._end(self._returned(outcome[1:]))
-                elif tag == b"error":
-                    self.threads.discard(tid)
-                    error = state.to_error(outcome[1])
-                    if len(outcome) > 2 and error.stack is None and isinstance(outcome[2], bytes):
-                        error.stack = outcome[2].decode(errors="replace")
-                    self._thread_failed(tid, error)
-                else:
-                    self.threads.discard(tid)
-                    self._thread_failed(tid, invalid("attempt to yield from outside a coroutine"))
+                self._handle(tid, state.resume(tid, *values))
         finally:
             state.current = previous
+
+    def _handle(self, tid: int, outcome: tuple[Any, ...]) -> None:
+        """Act on what thread ``tid`` did when it last ran (see ``core.resume``)."""
+        tag = outcome[0]
+        if tag == b"request":
+            op = _OPS.get(outcome[1])
+            if op is None:
+                self._thread_failed(tid, internal(f"unknown request {outcome[1]!r}"))
+                return
+            try:
+                answer = op(self, tid, *outcome[2:])
+            except MoonwireError as err:
+                self._thread_failed(tid, err)
+                return
+            if answer is not _BLOCKED:
+                self.ready.append((tid, answer))
+        elif tag == b"return":
+            self.threads.discard(tid)
+            if tid == self.main:
+                self._end(self._returned(outcome[1:]))
+        elif tag == b"error":
+            self.threads.discard(tid)
+            error = self.state.to_error(outcome[1])
+            if len(outcome) > 2 and error.stack is None and isinstance(outcome[2], bytes):
+                error.stack = outcome[2].decode(errors="replace")
+            self._thread_failed(tid, error)
+        else:
+            self.threads.discard(tid)
+            self._thread_failed(tid, invalid("attempt to yield from outside a coroutine"))
 
     def _returned(self, values: tuple[Any, ...]) -> Outcome:
         # wippy-surface §3.5: `return v, err` with a non-nil err is an abnormal exit.
@@ -432,13 +444,14 @@ class Unit:
         done = select(cases, bool(has_default), self._waiter(tid))
         return _BLOCKED if done is None else done
 
-    def _call_args(self, args: Any, context: Any, options: Any) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-        n = args[b"n"] or 0
-        py_args = [to_python(self.state, args[i]) for i in range(1, n + 1)]
+    def _call_args(self, args: tuple[Any, ...], context: Any,
+                   options: Any) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        state = self.state
+        py_args = [to_python(state, a) for a in args]
         merged = dict(self.context)
         if context is not None:
-            merged.update(to_python(self.state, context))
-        py_options = to_python(self.state, options) if options is not None else {}
+            merged.update(to_python(state, context))
+        py_options = to_python(state, options) if options is not None else {}
         return py_args, merged, py_options if isinstance(py_options, dict) else {}
 
     def _answer(self, outcome: Outcome) -> tuple[Any, ...]:
@@ -474,11 +487,11 @@ class Unit:
         self._when_answered(answer, lambda outcome: self.wake(tid, self._answer(outcome)))
         return _BLOCKED
 
-    def _op_call(self, tid: int, target: bytes, args: Any, context: Any, options: Any) -> object:
+    def _op_call(self, tid: int, target: bytes, context: Any, options: Any, *args: Any) -> object:
         py_args, merged, py_options = self._call_args(args, context, options)
         return self._reply(tid, self.services.call(self, target.decode(), py_args, merged, py_options))
 
-    def _op_async(self, tid: int, target: bytes, args: Any, context: Any, options: Any, channel: Channel) -> object:
+    def _op_async(self, tid: int, target: bytes, context: Any, options: Any, channel: Channel, *args: Any) -> object:
         py_args, merged, py_options = self._call_args(args, context, options)
         future = Future(self, channel)
         answer = self.services.call(self, target.decode(), py_args, merged, py_options)

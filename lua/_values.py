@@ -36,8 +36,11 @@ def to_python(state: LuaState, value: Any) -> Any:
             128 (which is also how a cycle ends); more than MAX_VALUES values in all
             (so a table that shares sub-tables cannot make the copy exponential).
     """
-    budget = [MAX_VALUES]
-    return _to_python(state, value, 0, budget)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, bytes):
+        return decode_string(value)
+    return _to_python(state, value, 0, [MAX_VALUES])
 
 
 MAX_VALUES = 1_000_000

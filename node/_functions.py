@@ -215,7 +215,8 @@ class FunctionPool:
                 return
 
     def _reap(self, now: float) -> None:
-        if self.kind == "static":
+        # Idle workers are taken from the end, so the longest idle is first.
+        if self.kind == "static" or now - self._idle[0][2] < self.idle_timeout:
             return
         keep = [item for item in self._idle if now - item[2] < self.idle_timeout]
         self._total -= len(self._idle) - len(keep)

@@ -28,6 +28,7 @@ entries:
     pool: {workers: 1}
     meta: {options: {retry: {max_attempts: 3, initial_delay: 1, backoff_factor: 2}}}
   - {name: broken, kind: function.lua, source: file://broken.lua}
+  - {name: arity, kind: function.lua, source: file://arity.lua}
   - {name: lib, kind: library.lua, source: file://lib.lua}
   - {name: uses_lib, kind: function.lua, source: file://uses_lib.lua, imports: {helpers: lib}}
 """
@@ -49,6 +50,7 @@ FILES = {
           return calls
         end""",
     "broken.lua": "return function()\n  local x = = 1\nend",
+    "arity.lua": "return function(...) local a, b, c = ... return select('#', ...) .. ' ' .. tostring(a) .. ' ' .. tostring(b) .. ' ' .. tostring(c) end",
     "lib.lua": "return { double = function(x) return 2 * x end }",
     "uses_lib.lua": "local helpers = require('helpers') return function(x) return helpers.double(x) end",
     "caller.lua": "",  # each test writes its own
@@ -77,6 +79,18 @@ async def test_call_returns_value_and_inherits_context(project_dir: Path) -> Non
         end }""")
     outcome = await call(functions, "app:caller", context={"user": "alice"})
     assert outcome.value == [5, True, "alice", "bob"]
+
+
+async def test_arguments_keep_their_positions_including_nils(project_dir: Path) -> None:
+    functions = make_functions(project_dir, """
+        local funcs = require("funcs")
+        return { main = function()
+          local called = funcs.call("app:arity", 1, nil, "c", nil)
+          local future = funcs.async("app:arity", nil, nil, 3)
+          local payload = future:response():receive()
+          return {called, payload:data(), funcs.call("app:arity")}
+        end }""")
+    assert (await call(functions, "app:caller")).value == ["4 1 nil c", "3 nil nil 3", "0 nil nil nil"]
 
 
 async def test_errors_keep_kind_retryable_and_details_across_the_call(project_dir: Path) -> None:
