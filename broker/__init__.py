@@ -1,7 +1,9 @@
 """The wire: subjects, connections, PIDs, the envelope of process messages and node
 membership. This package knows nothing about Lua or the scheduler."""
 
-from ._envelope import BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Envelope, batch_items
+from ._client import FAST_PATH, Client, Headers
+from ._envelope import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, MSGPACK_HEADERS, TOPIC_HEADER, Envelope,
+                        batch_items)
 from ._connection import BrokerUnavailable, ConnectOptions, connect, tls_context
 from ._membership import Membership, Peer
 from ._pid import Pid, PidAllocator
@@ -11,6 +13,10 @@ from ._subjects import Subjects, is_token, to_token
 __all__ = [
     "BATCH_HEADER",
     "CONTENT_TYPE",
+    "Client",
+    "FAST_PATH",
+    "Headers",
+    "MSGPACK_HEADERS",
     "Envelope",
     "FROM_HEADER",
     "MSGPACK",

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import nats
 from nats.aio.client import Client as NatsClient
 
+from ._client import Client
+
 log = logging.getLogger("moonwire.broker")
 
 
@@ -103,7 +105,8 @@ async def connect(options: ConnectOptions) -> NatsClient:
 
     try:
         # The error callback keeps the real cause for the message.
-        client = await nats.connect(  # type: ignore[arg-type]
+        client = Client()
+        await client.connect(  # type: ignore[arg-type]
             **kwargs, error_cb=on_error, disconnected_cb=on_disconnected, reconnected_cb=on_reconnected
         )
         connected = True

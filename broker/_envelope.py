@@ -22,11 +22,16 @@ from dataclasses import dataclass
 
 import msgpack
 
+from ._client import Headers
+
 CONTENT_TYPE = "Content-Type"
 MSGPACK = "application/msgpack"
 TOPIC_HEADER = "Mw-Topic"
 FROM_HEADER = "Mw-From"
 BATCH_HEADER = "Mw-Batch"
+
+MSGPACK_HEADERS = Headers({CONTENT_TYPE: MSGPACK})
+"""The headers of every msgpack body that needs no others (requests, replies)."""
 
 BATCH_BYTES = 64 * 1024
 """A batch stops growing at this many body bytes (past it, the per-message costs it

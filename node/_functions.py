@@ -23,7 +23,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from broker import NoResponders, Outbox, Requests, RequestTimeout, Subjects
+from broker import MSGPACK_HEADERS, NoResponders, Outbox, Requests, RequestTimeout, Subjects
 from lua import SECOND, Answer, ProcessServices, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, invalid, not_found, parse_duration, settled
 
 from ._entries import FunctionEntry, LibraryEntry, LuaEntry
@@ -316,7 +316,7 @@ class Functions:
         pending = Pending()
         pending.abandon = self.requests.request_nowait(
             self.subjects.function(target), pack({"args": args, "ctx": context}), timeout=wait,
-            headers={CONTENT_TYPE: MSGPACK},
+            headers=MSGPACK_HEADERS,
             callback=lambda reply: pending.settle(reply_outcome(target, wait, reply)),
         )
         return pending
@@ -373,7 +373,7 @@ class Functions:
         assert self.outbox is not None
         reply: dict[str, Any] = {"result": outcome.value} if outcome.ok else {"error": outcome.error}
         if content_type == MSGPACK:
-            self.outbox.publish_nowait(msg.reply, pack(reply), headers={CONTENT_TYPE: MSGPACK})
+            self.outbox.publish_nowait(msg.reply, pack(reply), headers=MSGPACK_HEADERS)
         else:
             self.outbox.publish_nowait(msg.reply, to_json(reply), headers={CONTENT_TYPE: "application/json"})
 
@@ -412,7 +412,7 @@ async def call_function(nats: NatsClient, subjects: Subjects, target: str, args:
     reply: Msg | BaseException
     try:
         reply = await nats.request(subjects.function(target), pack({"args": args, "ctx": context}), timeout=wait,
-                                   headers={CONTENT_TYPE: MSGPACK})
+                                   headers=MSGPACK_HEADERS)
     except NoRespondersError:
         reply = NoResponders()
     except NatsTimeout:

@@ -40,7 +40,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError as NatsNoResponders
 from nats.errors import TimeoutError as NatsTimeout
 
-from broker import NoResponders, Outbox, Requests, RequestTimeout, Subjects
+from broker import MSGPACK_HEADERS, NoResponders, Outbox, Requests, RequestTimeout, Subjects
 from lua import Event, Kind, MoonwireError, Outcome, Pending, SpawnRequest, invalid, not_found
 
 from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
@@ -170,10 +170,10 @@ class Cluster:
             # else: the node is stopping; whoever waited is being stopped too
 
         return self.requests.request_nowait(subject, pack(body), timeout=CONTROL_TIMEOUT, callback=answered,
-                                            headers={CONTENT_TYPE: MSGPACK})
+                                            headers=MSGPACK_HEADERS)
 
     def notify(self, verb: str, node: str, body: dict[str, Any]) -> None:
-        self.outbox.publish_nowait(self.subjects.control(node, verb), pack(body), headers={CONTENT_TYPE: MSGPACK})
+        self.outbox.publish_nowait(self.subjects.control(node, verb), pack(body), headers=MSGPACK_HEADERS)
 
     def event(self, node: str, uid: str, event: Event) -> None:
         body, headers = encode_event(event)
@@ -214,7 +214,7 @@ class Cluster:
 
     def _reply(self, msg: Msg, reply: dict[str, Any]) -> None:
         if msg.reply:
-            self.outbox.publish_nowait(msg.reply, pack(reply), headers={CONTENT_TYPE: MSGPACK})
+            self.outbox.publish_nowait(msg.reply, pack(reply), headers=MSGPACK_HEADERS)
 
 
 _NO_RESPONDERS = "nobody serves it"
@@ -241,7 +241,7 @@ async def spawn_from_outside(nc: NatsClient, subjects: Subjects, request: SpawnR
     subject, nobody = _spawn_route(subjects, request, node)
     try:
         reply = await nc.request(subject, pack(encode_spawn(request, "")), timeout=timeout,
-                                 headers={CONTENT_TYPE: MSGPACK})
+                                 headers=MSGPACK_HEADERS)
     except NatsNoResponders:
         return Outcome(error=nobody(_NO_RESPONDERS))
     except NatsTimeout:
@@ -304,7 +304,7 @@ async def survey(nc: NatsClient, subjects: Subjects, verb: str, body: dict[str, 
     subscription = await nc.subscribe(inbox, cb=on_answer)
     try:
         subject = subjects.control(node, verb) if node is not None else subjects.survey(verb)
-        await nc.publish(subject, pack(body or {}), reply=inbox, headers={CONTENT_TYPE: MSGPACK})
+        await nc.publish(subject, pack(body or {}), reply=inbox, headers=MSGPACK_HEADERS)
         await nc.flush()
         try:
             await asyncio.wait_for(complete.wait(), timeout)

@@ -42,7 +42,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, Worker
 
-from broker import Outbox, Pid, Subjects
+from broker import MSGPACK_HEADERS, Outbox, Pid, Subjects
 from lua import EXIT, LINK_DOWN, Event, Kind, Limits, Message, MoonwireError, Outcome, Pending, SpawnRequest, invalid, not_found, settled
 
 from ._entries import TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
@@ -490,7 +490,7 @@ class Workflows:
         except MoonwireError as err:
             reply = {"error": err}
         if msg.reply and self.outbox is not None:
-            self.outbox.publish_nowait(msg.reply, pack(reply), headers={CONTENT_TYPE: MSGPACK})
+            self.outbox.publish_nowait(msg.reply, pack(reply), headers=MSGPACK_HEADERS)
 
     async def running(self, worker: str, limit: int = 1000) -> dict[str, Any]:
         """The running workflows on ``worker``'s task queue, as Temporal's visibility
@@ -644,7 +644,7 @@ async def _ask_worker(nc: NatsClient, subjects: Subjects, worker: str, body: dic
                       timeout: float) -> Outcome:
     try:
         reply = await nc.request(subjects.workflow_status(worker), pack(body), timeout=timeout,
-                                 headers={CONTENT_TYPE: MSGPACK})
+                                 headers=MSGPACK_HEADERS)
     except NatsNoResponders:
         return Outcome(error=not_found(f"no node has a temporal.client for worker {worker}"))
     except NatsTimeout:

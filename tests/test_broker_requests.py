@@ -10,14 +10,13 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from broker import NoResponders, Outbox, Requests, RequestTimeout
+from broker import ConnectOptions, NoResponders, Outbox, Requests, RequestTimeout, connect
 from node import ServerProcess
 
 
 @pytest.fixture
 async def requests(nats_server: ServerProcess) -> AsyncIterator[tuple[NatsClient, Requests]]:
-    nc = NatsClient()
-    await nc.connect(nats_server.address)
+    nc = await connect(ConnectOptions(servers=[nats_server.address]))  # the node's own client
     outbox = Outbox(nc)
     drain = asyncio.create_task(outbox.run())
     requests = Requests(nc, outbox)
