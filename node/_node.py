@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -146,6 +147,11 @@ class Node:
         # nats-py buffers SUBs: a round trip here means that once the node says it is
         # running, the server routes to every inbox, queue group and control subject.
         await self._nats.flush()
+        # What exists now (modules, the project, Lua states, connections) lives as long
+        # as the node. Frozen, the cyclic collector stops re-scanning it in every older-
+        # generation collection: ~4 us of CPU per remote call on a calling node.
+        gc.collect()
+        gc.freeze()
 
     async def execute(self, entry_id: str, args: list[object]) -> Outcome:
         """Run one entry to completion on this node (``moonwire run -x``)."""
