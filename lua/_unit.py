@@ -52,10 +52,12 @@ class Pending:
     cancelled); after that ``settle`` is ignored.
     """
 
-    __slots__ = ("abandon", "_listener", "_outcome", "_done")
+    __slots__ = ("abandon", "owner", "_listener", "_outcome", "_done")
 
     def __init__(self, abandon: Callable[[], None] | None = None) -> None:
         self.abandon: Callable[[], None] = abandon or _nothing
+        self.owner: set[Pending] | None = None
+        """The waiting unit's set of pending answers, which this leaves when settled."""
         self._listener: Callable[[Outcome], None] | None = None
         self._outcome: Outcome | None = None
         self._done = False
@@ -64,6 +66,8 @@ class Pending:
         if self._done:
             return
         self._done = True
+        if self.owner is not None:
+            self.owner.discard(self)
         if self._listener is not None:
             self._listener(outcome)
         else:
@@ -78,6 +82,8 @@ class Pending:
     def drop(self) -> None:
         if not self._done:
             self._done = True
+            if self.owner is not None:
+                self.owner.discard(self)
             self.abandon()
 
 
@@ -465,12 +471,8 @@ class Unit:
         unit ends first. Returns a function that stops waiting for it."""
         if isinstance(answer, Pending):
             self.pending.add(answer)
-
-            def settled(outcome: Outcome) -> None:
-                self.pending.discard(answer)
-                callback(outcome)
-
-            answer.listen(settled)
+            answer.owner = self.pending
+            answer.listen(callback)
             return answer.drop
 
         def done(task: asyncio.Task[Outcome]) -> None:

@@ -313,13 +313,11 @@ class Functions:
             wait = _timeout_seconds(options) or DEFAULT_REMOTE_TIMEOUT
         except MoonwireError as err:
             return Outcome(error=err)
-        pending = Pending()
-        pending.abandon = self.requests.request_nowait(
+        call = _RemoteCall(target, wait)
+        call.abandon = self.requests.request_nowait(
             self.subjects.function(target), pack({"args": args, "ctx": context}), timeout=wait,
-            headers=MSGPACK_HEADERS,
-            callback=lambda reply: pending.settle(reply_outcome(target, wait, reply)),
-        )
-        return pending
+            headers=MSGPACK_HEADERS, callback=call.on_reply)
+        return call
 
     # ------------------------------------------------------------ serving
 
@@ -386,6 +384,19 @@ class Functions:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _RemoteCall(Pending):
+    """A call answered by another node: settled with the outcome its reply carries."""
+
+    __slots__ = ("target", "wait")
+
+    def __init__(self, target: str, wait: float) -> None:
+        super().__init__()
+        self.target, self.wait = target, wait
+
+    def on_reply(self, reply: Msg | BaseException) -> None:
+        self.settle(reply_outcome(self.target, self.wait, reply))
 
 
 def reply_outcome(target: str, wait: float, reply: Msg | BaseException) -> Outcome:
