@@ -234,7 +234,7 @@ class Unit:
 
     def begin(self, fn: Any, args: list[Any]) -> Outcome | None:
         """Start the main thread and run until every thread waits; the outcome if it ended."""
-        self._step((fn, tuple([to_lua(self.state, a) for a in args])))
+        self._step((fn, self._lua_args(args)))
         return self.outcome
 
     async def finish(self) -> Outcome:
@@ -263,13 +263,15 @@ class Unit:
     def start(self, fn: Any, args: list[Any]) -> None:
         """Create the main thread and hand the unit to its scheduler (``notify``); it
         first runs when the scheduler steps it."""
-        state = self.state
-        lua_args = tuple([to_lua(state, a) for a in args])
-        self.main = state.spawn(fn)
+        lua_args = self._lua_args(args)
+        self.main = self.state.spawn(fn)
         self.threads.add(self.main)
         self.ready.append((self.main, lua_args))  # the first resume passes the arguments
         if self.notify is not None:
             self.notify(self)
+
+    def _lua_args(self, args: list[Any]) -> tuple[Any, ...]:
+        return tuple([to_lua(self.state, a) for a in args])
 
     def abort(self, error: MoonwireError) -> None:
         """End the unit now with ``error`` (terminate, a linked failure): its threads are

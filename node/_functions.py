@@ -28,7 +28,7 @@ from lua import SECOND, Answer, ProcessServices, Kind, Limits, LuaCode, LuaState
 
 from ._entries import FunctionEntry, LibraryEntry, LuaEntry
 from ._payload import CONTENT_TYPE, MSGPACK, pack, to_json, unpack
-from ._project import Project
+from ._project import Project, is_entry_id
 
 log = logging.getLogger("moonwire.functions")
 
@@ -307,6 +307,8 @@ class Functions:
         pool = self.pools.get(target)
         if pool is not None:
             return pool.call(args, context, options)
+        if not is_entry_id(target):  # it names no entry anywhere, and must not reach a subject
+            return Outcome(error=invalid(f"invalid function id {target!r}: expected namespace:name"))
         if self.requests is None:
             return Outcome(error=not_found(f"function {target} not found"))
         try:

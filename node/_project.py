@@ -75,6 +75,12 @@ class Project:
         return self.entries.get(entry_id)
 
 
+def is_entry_id(text: str) -> bool:
+    """Whether ``text`` is shaped like an entry id (``namespace:name``) the loader accepts."""
+    namespace, colon, name = text.partition(":")
+    return bool(colon and _NAMESPACE.match(namespace) and _NAME.match(name))
+
+
 def qualify(reference: str, namespace: str) -> str:
     """A bare name refers to an entry in the referring file's namespace."""
     return reference if ":" in reference else f"{namespace}:{reference}"

@@ -103,7 +103,7 @@ async def test_errors_keep_kind_retryable_and_details_across_the_call(project_di
     assert (await call(functions, "app:caller")).value == [True, "Conflict", "failed on purpose", False, 1]
 
 
-@pytest.mark.parametrize("target", ["", "nocolon", "a:b:c"])
+@pytest.mark.parametrize("target", ["", "nocolon", "a:b:c", "app:with space", "app:crlf\\r\\nPUB x 0", "app:wild*"])
 async def test_invalid_target_is_invalid(project_dir: Path, target: str) -> None:
     functions = make_functions(project_dir, f"""
         local funcs = require("funcs")
