@@ -421,6 +421,8 @@ def reply_outcome(target: str, wait: float, reply: Msg | BaseException) -> Outco
 async def call_function(nats: NatsClient, subjects: Subjects, target: str, args: list[Any],
                         context: dict[str, Any], timeout: float | None) -> Outcome:
     """Call ``target`` once from a plain connection (the CLI), through its queue group."""
+    if not is_entry_id(target):
+        return Outcome(error=invalid(f"invalid function id {target!r}: expected namespace:name"))
     wait = timeout or DEFAULT_REMOTE_TIMEOUT
     reply: Msg | BaseException
     try:

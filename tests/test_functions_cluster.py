@@ -120,6 +120,12 @@ async def test_nobody_serving_is_not_found_at_once(nats_server: ServerProcess, t
     assert time.monotonic() - started < 10  # no-responders, not the 30 s timeout
 
 
+async def test_a_malformed_function_id_is_invalid(nats_server: ServerProcess, tmp_path: Path) -> None:
+    code, out, err = await run_cli("call", "app:two words", "--nats", nats_server.address, cwd=tmp_path)
+    assert code == 1 and json.loads(out)["error"]["kind"] == "Invalid"
+    assert "invalid function id 'app:two words'" in err
+
+
 async def test_load_spreads_over_the_nodes_serving_a_function(tmp_path: Path, nats_server, spawn_node) -> None:
     projects = []
     for name in ("w1", "w2"):
