@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from nats.aio.client import Client as NatsClient
 
@@ -141,12 +142,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> NoReturn:
+    # A crash in native code (lupa, Temporal's core) prints every thread's Python stack
+    # instead of dying silently with SIGSEGV.
+    faulthandler.enable()
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "check": cmd_check, "config": cmd_config, "call": cmd_call,
                "send": cmd_send, "spawn": cmd_spawn, "ps": cmd_ps, "nodes": cmd_nodes,
                "workflow": cmd_workflow}[args.command]
-    sys.exit(handler(args))
+    _exit(handler(args))
+
+
+def _exit(code: int) -> NoReturn:
+    """End the process without interpreter teardown, once a command has stopped what it
+    started, in order.
+
+    Temporal's core (Rust) keeps threads that take the GIL to release Python objects as
+    they wind down. One doing so while the interpreter finalizes aborts the process
+    ("PyGILState_Release: thread state ... must be current", runtime state: finalizing)
+    after a clean shutdown: 6 exits in 240 for four workflow nodes at once, with and
+    without core log forwarding. Nothing is left for teardown to do but that.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`moonwire ps | head`) has nothing to flush to
+            pass
+    os._exit(code)
 
 
 def _load(args: argparse.Namespace) -> tuple[ResolvedConfig, Project] | int:

@@ -171,9 +171,8 @@ class Node:
             except Exception as err:  # noqa: BLE001 - every step must get its turn
                 log.error("stopping %s failed: %s", step.name, err)
                 first_error = first_error or err
-        # Hand startup's objects back to the collector, so interpreter teardown meets
-        # the heap it would have without the freeze (one CI run died with SIGSEGV at
-        # exit after this change; lupa objects outliving their state is the suspect).
+        # The freeze was for the node's lifetime: hand its objects back to the collector
+        # (a program may run nodes in-process one after another).
         gc.unfreeze()
         if first_error is not None:
             raise first_error
