@@ -15,7 +15,7 @@ import asyncio
 import functools
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._channel import Channel, Waiter, select
@@ -122,11 +122,11 @@ class Timer:
 
     def _schedule(self) -> None:
         self.handle = self.unit.loop.call_later(self.interval, self._fire)
-        self.unit.timers.add(self)
+        self.unit.holdings().timers.add(self)
 
     def _fire(self) -> None:
         self.handle = None
-        self.unit.timers.discard(self)
+        self.unit.holdings().timers.discard(self)
         state = self.unit.state
         self.channel.offer(state.new_time(state.clock(), b"Local"))
         if self.periodic:
@@ -138,7 +138,7 @@ class Timer:
             return False
         self.handle.cancel()
         self.handle = None
-        self.unit.timers.discard(self)
+        self.unit.holdings().timers.discard(self)
         return True
 
     def reset(self, ns: int) -> None:
@@ -183,6 +183,32 @@ class Future:
         return True
 
 
+@dataclass(slots=True)
+class Holdings:
+    """What a unit owns besides its threads, made the first time it owns any of it: most
+    function calls return without waiting and never do (one object, not four, per call)."""
+
+    sleeping: dict[int, asyncio.TimerHandle] = field(default_factory=dict)
+    """Thread id -> the timer that wakes it from ``time.sleep``."""
+    timers: set[Timer] = field(default_factory=set)
+    children: set[asyncio.Task[Any]] = field(default_factory=set)
+    pending: set[Pending] = field(default_factory=set)
+    """Answers a thread waits for (a Pending leaves by itself when settled)."""
+
+    def release(self) -> None:
+        """Stop everything: the unit has ended."""
+        for handle in self.sleeping.values():
+            handle.cancel()
+        self.sleeping.clear()
+        for timer in list(self.timers):
+            timer.stop()
+        for task in self.children:
+            task.cancel()
+        for pending in list(self.pending):
+            pending.drop()
+        self.pending.clear()
+
+
 class Unit:
     """One call or process running in ``state``.
 
@@ -193,8 +219,8 @@ class Unit:
     """
 
     __slots__ = (
-        "state", "label", "context", "services", "processes", "loop", "main", "threads", "ready", "sleeping",
-        "timers", "children", "pending", "outcome", "_wakeup", "notify", "on_end", "scheduled", "pid", "mailbox",
+        "state", "label", "context", "services", "processes", "loop", "main", "threads", "ready", "_holdings",
+        "outcome", "_wakeup", "notify", "on_end", "scheduled", "pid", "mailbox",
         "trap_links", "frame_id", "record",
     )
 
@@ -210,10 +236,7 @@ class Unit:
         self.main: int | None = None
         self.threads: set[int] = set()
         self.ready: deque[tuple[int, tuple[Any, ...]]] = deque()
-        self.sleeping: dict[int, asyncio.TimerHandle] = {}
-        self.timers: set[Timer] = set()
-        self.children: set[asyncio.Task[Any]] = set()
-        self.pending: set[Pending] = set()
+        self._holdings: Holdings | None = None
         self.outcome: Outcome | None = None
         # Most calls finish inside begin() and never wait: create the event on demand.
         self._wakeup: asyncio.Event | None = None
@@ -366,26 +389,23 @@ class Unit:
                 self.state.kill(tid)
             self.threads.clear()
         self.ready.clear()
-        if self.sleeping:
-            for handle in self.sleeping.values():
-                handle.cancel()
-            self.sleeping.clear()
-        for timer in list(self.timers):
-            timer.stop()
-        for task in self.children:
-            task.cancel()
-        if self.pending:
-            for pending in list(self.pending):
-                pending.drop()
-            self.pending.clear()
+        if self._holdings is not None:
+            self._holdings.release()
         if self.mailbox is not None:
             self.mailbox.close()
         self.kick()
         if self.on_end is not None:
             self.on_end(self)
 
+    def holdings(self) -> Holdings:
+        if self._holdings is None:
+            self._holdings = Holdings()
+        return self._holdings
+
     async def _await_children(self) -> None:
-        children = list(self.children)
+        if self._holdings is None:
+            return
+        children = list(self._holdings.children)
         for task in children:
             task.cancel()
         if children:
@@ -394,10 +414,11 @@ class Unit:
     def own(self, awaitable: Awaitable[Any], on_done: Callable[[asyncio.Task[Any]], None]) -> asyncio.Task[Any]:
         """Run ``awaitable`` as a child task of this unit; cancelled when the unit ends."""
         task = asyncio.ensure_future(awaitable)
-        self.children.add(task)
+        children = self.holdings().children
+        children.add(task)
 
         def done(t: asyncio.Task[Any]) -> None:
-            self.children.discard(t)
+            children.discard(t)
             on_done(t)
 
         task.add_done_callback(done)
@@ -417,11 +438,11 @@ class Unit:
         return _BLOCKED
 
     def _op_sleep(self, tid: int, ns: int) -> object:
-        self.sleeping[tid] = self.loop.call_later(max(ns, 0) / 1e9, self._wake_sleeper, tid)
+        self.holdings().sleeping[tid] = self.loop.call_later(max(ns, 0) / 1e9, self._wake_sleeper, tid)
         return _BLOCKED
 
     def _wake_sleeper(self, tid: int) -> None:
-        del self.sleeping[tid]
+        del self.holdings().sleeping[tid]
         self.wake(tid, ())
 
     def _op_timer(self, tid: int, channel: Channel, ns: int, periodic: bool) -> tuple[Any, ...]:
@@ -472,8 +493,9 @@ class Unit:
         """Call ``callback`` with the outcome of a Pending or awaitable answer, unless the
         unit ends first. Returns a function that stops waiting for it."""
         if isinstance(answer, Pending):
-            self.pending.add(answer)
-            answer.owner = self.pending
+            pending = self.holdings().pending
+            pending.add(answer)
+            answer.owner = pending
             answer.listen(callback)
             return answer.drop
 
