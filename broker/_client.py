@@ -11,21 +11,40 @@ On a remote function call that was about 7 µs of CPU across the two nodes, out 
 * a received block is parsed by nats-py the first time and served from a small cache
   after that (a copy each time, so a receiver may change its dict).
 
-Both hook private methods of nats-py's Client. :data:`FAST_PATH` says whether the
+Three more paths skip nats-py's per-message work, for the node's busiest traffic
+(function requests and replies):
+
+* :meth:`Client.try_publish` puts a message on the connection's write buffer at once,
+  as ``publish`` does when it would not wait, without its four coroutines;
+* :meth:`Client.subscribe_direct` hands each message to a plain callback straight from
+  the read loop, without the subscription's queue, task and coroutine per message;
+* received frames are read by :class:`~broker._parser.FastParser`.
+
+All of this hooks private parts of nats-py's Client. :data:`FAST_PATH` says whether the
 installed nats-py has them in the shape this was written against; when it does not,
 :class:`Client` behaves exactly as nats-py's, only slower.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
+import nats.aio.client
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import BadSubjectError
-from nats.protocol.command import hpub_cmd
+from nats.protocol.command import hpub_cmd, pub_cmd
+from nats.protocol.parser import Parser
+
+from ._parser import FastParser
+
+log = logging.getLogger("moonwire.broker")
 
 _HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 7230 token, as nats-py checks
 
@@ -34,20 +53,40 @@ CACHE_BLOCKS = 1024
 CACHE_BLOCK_BYTES = 512
 """Longer blocks are parsed every time."""
 
+_NOT_CACHED = object()
+
 
 def _fast_path_available() -> bool:
     try:
         send = inspect.signature(NatsClient._send_publish)
         receive = inspect.signature(NatsClient._process_headers)
+        deliver = inspect.signature(NatsClient._process_msg)
+        parse = inspect.signature(Parser.parse)
     except AttributeError:
         return False
+    fresh = vars(NatsClient())
+    parser = vars(fresh.get("_ps"))
     return (list(send.parameters) == ["self", "subject", "reply", "payload", "payload_size", "headers"]
             and list(receive.parameters) == ["self", "headers"]
+            and list(deliver.parameters) == ["self", "sid", "subject", "reply", "data", "headers"]
+            and callable(getattr(NatsClient, "_build_message", None))
             and inspect.iscoroutinefunction(NatsClient._send_command)
-            and inspect.iscoroutinefunction(NatsClient._flush_pending))
+            and inspect.iscoroutinefunction(NatsClient._flush_pending)
+            and callable(getattr(nats.aio.client, "_validate_subject", None))
+            and list(parse.parameters) == ["self", "data"]
+            and inspect.iscoroutinefunction(Parser.parse)
+            and type(fresh.get("_ps")) is Parser
+            and all(name in parser for name in ("buf", "state", "nc"))
+            and all(name in fresh for name in _PUBLISH_STATE))
+
+
+_PUBLISH_STATE = ("_status", "_max_payload", "_skip_subject_validation", "_pending", "_pending_data_size",
+                  "_max_pending_size", "_flush_queue", "_flusher_task", "stats", "_subs")
+"""The Client attributes the fast paths read and write, as nats-py's own methods do."""
 
 
 FAST_PATH = _fast_path_available()
+_validate_subject = getattr(nats.aio.client, "_validate_subject", None)
 
 
 class Headers(dict[str, str]):
@@ -80,11 +119,32 @@ class Headers(dict[str, str]):
 
 
 class Client(NatsClient):
-    """nats-py's client with the header fast paths above (when :data:`FAST_PATH`)."""
+    """nats-py's client with the fast paths above (when :data:`FAST_PATH`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._parsed_blocks: dict[bytes, dict[str, str] | None] = {}
+        self._direct: dict[int, tuple[Subscription, Callable[[Msg], None]]] = {}
+        """Subscription id -> the subscription and its direct callback."""
+        if FAST_PATH:
+            self._ps = FastParser(self)
+
+    async def subscribe_direct(self, subject: str, callback: Callable[[Msg], None], *,
+                               queue: str = "") -> Subscription:
+        """Subscribe with a plain callback, called for each message straight from the
+        connection's read loop, in order.
+
+        For handlers that never wait: the read loop waits while one runs. An exception
+        from ``callback`` is logged and the next message is delivered. nats-py's
+        slow-consumer limits do not apply: no messages pile up in front of a callback.
+        """
+        async def deliver(msg: Msg) -> None:  # how messages arrive without FAST_PATH
+            _call(callback, msg)
+
+        subscription = await self.subscribe(subject, queue=queue, cb=deliver)
+        if FAST_PATH:
+            self._direct[subscription._id] = (subscription, callback)
+        return subscription
 
     if FAST_PATH:
         async def _send_publish(self, subject: str, reply: str, payload: bytes, payload_size: int,
@@ -101,6 +161,14 @@ class Client(NatsClient):
             if self._flush_queue is not None and self._flush_queue.empty():
                 await self._flush_pending()
 
+        async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes,  # type: ignore[override]
+                               headers: bytes | None) -> None:
+            direct = self._direct.get(sid)
+            if direct is None:
+                await super()._process_msg(sid, subject, reply, data, headers)
+            else:
+                self._deliver(sid, direct, subject, reply, data, await self._process_headers(headers))
+
         async def _process_headers(self, headers: bytes) -> dict[str, str] | None:  # type: ignore[override]
             if not headers or len(headers) > CACHE_BLOCK_BYTES:
                 return await super()._process_headers(headers)
@@ -115,3 +183,75 @@ class Client(NatsClient):
                     cache.clear()
                 cache[headers] = None if parsed is None else dict(parsed)
             return None if parsed is None else dict(parsed)
+
+    def _deliver_now(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        """Deliver a frame to a direct subscription without awaiting anything. False,
+        having done nothing, when ``sid`` is not one or its header block is not in the
+        cache yet: ``_process_msg`` then takes the frame."""
+        direct = self._direct.get(sid)
+        if direct is None:
+            return False
+        parsed = None
+        if headers:
+            cached = self._parsed_blocks.get(headers, _NOT_CACHED)
+            if cached is _NOT_CACHED:
+                return False
+            parsed = None if cached is None else dict(cached)
+        self._deliver(sid, direct, subject, reply, data, parsed)
+        return True
+
+    def _deliver(self, sid: int, direct: tuple[Subscription, Callable[[Msg], None]], subject: bytes, reply: bytes,
+                 data: bytes, headers: dict[str, str] | None) -> None:
+        subscription, callback = direct
+        if self._subs.get(sid) is not subscription:  # unsubscribed
+            del self._direct[sid]
+            return
+        # nats-py's own steps for a plain subscription, up to its queue.
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        subscription._received += 1
+        msg = self._build_message(sid, subject, reply, data, headers)
+        if msg:
+            _call(callback, msg)
+
+    def try_publish(self, subject: str, payload: bytes, reply: str = "",
+                    headers: dict[str, str] | None = None) -> bool:
+        """Publish without awaiting: put the message on the connection's write buffer
+        now and kick the flusher, as ``publish`` does when it does not have to wait.
+
+        Returns False, having done nothing, when only ``publish`` can take the message:
+        not connected, the write buffer full, a message nats-py refuses (``publish``
+        then raises the error), headers that are not :class:`Headers`, or no :data:`FAST_PATH`.
+        """
+        if not FAST_PATH or self._status != NatsClient.CONNECTED or len(payload) > self._max_payload or not subject:
+            return False
+        if headers is not None and type(headers) is not Headers:
+            return False
+        if not self._skip_subject_validation:
+            try:
+                _validate_subject(subject)
+                if reply:
+                    _validate_subject(reply)
+            except BadSubjectError:
+                return False
+        flush_queue, flusher = self._flush_queue, self._flusher_task
+        if flush_queue is None or flusher is None or flusher.done() or flush_queue.full():
+            return False
+        command = (pub_cmd(subject, reply, payload) if headers is None
+                   else hpub_cmd(subject, reply, headers.block, payload))
+        if self._max_pending_size > 0 and self._pending_data_size + len(command) > self._max_pending_size:
+            return False  # publish flushes first, waiting for the socket
+        self._pending.append(command)
+        self._pending_data_size += len(command)
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += len(payload)
+        if flush_queue.empty():
+            flush_queue.put_nowait(asyncio.get_running_loop().create_future())
+        return True
+
+
+def _call(callback: Callable[[Msg], None], msg: Msg) -> None:
+    try:
+        callback(msg)
+    except Exception:  # noqa: BLE001 - one message's handler must not stop the connection
+        log.exception("handling a message on %s failed", msg.subject)
