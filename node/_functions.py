@@ -9,6 +9,7 @@ where one of the nodes that define it answers. Nobody serving it is a NotFound a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -23,11 +24,11 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from broker import MSGPACK_HEADERS, NoResponders, Outbox, Requests, RequestTimeout, Subjects
+from broker import MSGPACK_HEADERS, Client, NoResponders, Outbox, Requests, RequestTimeout, Subjects
 from lua import SECOND, Answer, ProcessServices, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, invalid, not_found, parse_duration, settled
 
 from ._entries import FunctionEntry, LibraryEntry, LuaEntry
-from ._payload import CONTENT_TYPE, MSGPACK, pack, to_json, unpack
+from ._payload import CONTENT_TYPE, JSON_HEADERS, MSGPACK, pack, to_json, unpack
 from ._project import Project, is_entry_id
 
 log = logging.getLogger("moonwire.functions")
@@ -283,7 +284,7 @@ class Functions:
     Without a broker (``requests`` None) only local functions exist.
     """
 
-    def __init__(self, project: Project, subjects: Subjects, nats: NatsClient | None = None,
+    def __init__(self, project: Project, subjects: Subjects, nats: Client | None = None,
                  requests: Requests | None = None, outbox: Outbox | None = None) -> None:
         self.project = project
         self.subjects = subjects
@@ -330,17 +331,14 @@ class Functions:
         if self.nats is None:
             return
         for entry_id, pool in self.pools.items():
-            async def handle(msg: Msg, pool: FunctionPool = pool) -> None:
-                self._serve_one(msg, pool)
-
-            self._subscriptions.append(
-                await self.nats.subscribe(self.subjects.function(entry_id), queue=_QUEUE_GROUP, cb=handle))
+            self._subscriptions.append(await self.nats.subscribe_direct(
+                self.subjects.function(entry_id), functools.partial(self._serve_one, pool=pool), queue=_QUEUE_GROUP))
         if self.pools:
             log.info("serving %d function(s): %s", len(self.pools), ", ".join(sorted(self.pools)))
 
     def _serve_one(self, msg: Msg, pool: FunctionPool) -> None:
-        # nats-py runs one subscription's callbacks one at a time: answer at once when
-        # the call finishes without waiting, else hand it to a task owned by this service.
+        # Called from the connection's read loop: answer at once when the call finishes
+        # without waiting, else hand it to a task owned by this service.
         content_type = (msg.headers or {}).get(CONTENT_TYPE)
         try:
             args, context = parse_request(unpack(msg.data, content_type))
@@ -375,7 +373,7 @@ class Functions:
         if content_type == MSGPACK:
             self.outbox.publish_nowait(msg.reply, pack(reply), headers=MSGPACK_HEADERS)
         else:
-            self.outbox.publish_nowait(msg.reply, to_json(reply), headers={CONTENT_TYPE: "application/json"})
+            self.outbox.publish_nowait(msg.reply, to_json(reply), headers=JSON_HEADERS)
 
     async def stop(self) -> None:
         for subscription in self._subscriptions:

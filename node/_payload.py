@@ -11,10 +11,11 @@ from typing import Any
 
 import msgpack
 
-from broker import CONTENT_TYPE, MSGPACK
+from broker import CONTENT_TYPE, MSGPACK, Headers
 from lua import MoonwireError, invalid
 
 JSON = "application/json"
+JSON_HEADERS = Headers({CONTENT_TYPE: JSON})
 _ERROR_EXT = 1
 
 
