@@ -65,7 +65,7 @@ def _fast_path_available() -> bool:
     except AttributeError:
         return False
     fresh = vars(NatsClient())
-    parser = vars(fresh.get("_ps"))
+    parser = vars(fresh["_ps"]) if type(fresh.get("_ps")) is Parser else {}
     return (list(send.parameters) == ["self", "subject", "reply", "payload", "payload_size", "headers"]
             and list(receive.parameters) == ["self", "headers"]
             and list(deliver.parameters) == ["self", "sid", "subject", "reply", "data", "headers"]
@@ -75,7 +75,6 @@ def _fast_path_available() -> bool:
             and callable(getattr(nats.aio.client, "_validate_subject", None))
             and list(parse.parameters) == ["self", "data"]
             and inspect.iscoroutinefunction(Parser.parse)
-            and type(fresh.get("_ps")) is Parser
             and all(name in parser for name in ("buf", "state", "nc"))
             and all(name in fresh for name in _PUBLISH_STATE))
 

@@ -27,13 +27,8 @@ async def client(nats_server: ServerProcess) -> AsyncIterator[Client]:
         await nc.close()
 
 
-def test_the_installed_nats_py_has_what_the_fast_path_hooks() -> None:
-    # When this fails after a nats-py upgrade, moonwire still works, at nats-py's speed:
-    # read broker/_client.py against the new nats-py before changing anything.
-    assert FAST_PATH
-
-
-async def test_pre_encoded_headers_go_on_the_wire_as_nats_py_encodes_them(client: Client) -> None:
+def record_commands(client: Client) -> list[bytes]:
+    """What nats-py's publish queues for the wire from now on, command by command."""
     sent: list[bytes] = []
     send_command = client._send_command
 
@@ -42,6 +37,17 @@ async def test_pre_encoded_headers_go_on_the_wire_as_nats_py_encodes_them(client
         await send_command(cmd, priority)
 
     client._send_command = record  # type: ignore[method-assign]
+    return sent
+
+
+def test_the_installed_nats_py_has_what_the_fast_path_hooks() -> None:
+    # When this fails after a nats-py upgrade, moonwire still works, at nats-py's speed:
+    # read broker/_client.py against the new nats-py before changing anything.
+    assert FAST_PATH
+
+
+async def test_pre_encoded_headers_go_on_the_wire_as_nats_py_encodes_them(client: Client) -> None:
+    sent = record_commands(client)
     fields = {"Content-Type": "application/msgpack", "Mw-Topic": " status ", "Mw-From": "{a@b|c}"}
     await client.publish("t.wire", b"body", reply="t.reply", headers=dict(fields))  # nats-py encodes
     await client.publish("t.wire", b"body", reply="t.reply", headers=Headers(fields))  # pre-encoded
@@ -103,14 +109,7 @@ def test_headers_are_read_only_and_checked() -> None:
 
 
 async def test_try_publish_puts_on_the_wire_what_publish_would(client: Client) -> None:
-    sent: list[bytes] = []
-    send_command = client._send_command
-
-    async def record(cmd: bytes, priority: bool = False) -> None:
-        sent.append(bytes(cmd))
-        await send_command(cmd, priority)
-
-    client._send_command = record  # type: ignore[method-assign]
+    sent = record_commands(client)
     subscription = await client.subscribe("t.now")
     await client.flush()
     sent.clear()
