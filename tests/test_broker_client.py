@@ -156,7 +156,10 @@ async def test_direct_subscriptions_deliver_in_order_past_a_failing_handler(
     got: list[Msg] = []
     enough = asyncio.Event()
 
+    callers: list[asyncio.Task[object] | None] = []
+
     def handle(msg: Msg) -> None:
+        callers.append(asyncio.current_task())
         if msg.data == b"boom":
             raise ValueError("handler bug")
         got.append(msg)
@@ -171,6 +174,8 @@ async def test_direct_subscriptions_deliver_in_order_past_a_failing_handler(
         await client.publish("t.direct", b"c")
         await asyncio.wait_for(enough.wait(), 5)
     assert [m.data for m in got] == [b"a", b"b", b"c"]
+    # Straight from the connection's read loop, not from the subscription's own task.
+    assert callers and all(task is client._reading_task for task in callers)
     assert got[0].headers == {"Content-Type": "application/msgpack"} and got[2].headers is None
     assert any(r.exc_info and "handler bug" in str(r.exc_info[1]) for r in caplog.records)
     got[0].headers["K"] = "a receiver may change its copy"
