@@ -184,13 +184,25 @@ local function guarded_rawset(t, k, v)
     return rawset(t, k, v)
 end
 
--- A read-only view of `lib`.
+-- A read-only view of `lib`. Reads fall through to `lib`, which stays live for trusted
+-- code (make_deterministic swaps functions in `safe_os` after views exist); iteration
+-- goes through a closure, so `pairs(view)` hands out lib's values but never lib itself
+-- (handing out `next, lib` let any unit rewrite what all units share). Plain tables
+-- nested in `lib` (`time.UTC`, `process.registry`) become views of their own, in place:
+-- `lib` is private, and trusted code keeps its own references to the nested tables.
 local function readonly(lib)
+    protected[lib] = true  -- also ends the recursion on a cycle of nested tables
+    for k, v in next, lib do
+        if type(v) == "table" and getmetatable(v) == nil and not protected[v] then
+            lib[k] = readonly(v)
+        end
+    end
+    local function iterate(_, key) return next(lib, key) end
     local view = setmetatable({}, {
         __index = lib,
         __newindex = deny_write,
         __metatable = false,
-        __pairs = function() return next, lib, nil end,
+        __pairs = function(t) return iterate, t, nil end,
     })
     protected[view] = true
     return view
@@ -235,7 +247,15 @@ local safe_coroutine = {
     status = coroutine_status,
     running = coroutine_running,
     isyieldable = coroutine_isyieldable,
-    close = coroutine_close,
+    -- Closing the unit's own thread would end it with no error and no result; closing
+    -- another unit's is refused like resuming it.
+    close = function(co)
+        if managed[co] then
+            error("coroutine.close: cannot close a thread run by the scheduler "
+                  .. "(return from it, or raise an error)", 2)
+        end
+        return coroutine_close(co)
+    end,
     spawn = function(fn)
         if type(fn) ~= "function" then
             error("bad argument #1 to 'spawn' (function expected, got " .. type(fn) .. ")", 2)

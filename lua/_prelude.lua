@@ -430,7 +430,11 @@ function LoggerMethods.with(l, fields) return new_logger(l._name, merge(l._field
 function LoggerMethods.named(l, name)
     return new_logger(l._name ~= "" and (l._name .. "." .. tostring(name)) or tostring(name), l._fields)
 end
-modules.logger = new_logger("", nil)
+-- The module is the root logger. Every unit shares it, so it is a read-only view with
+-- the methods copied in, not a logger object whose `_name`/`_fields` a unit could set.
+local root_logger = { _name = "" }
+for k, method in pairs(LoggerMethods) do root_logger[k] = method end
+modules.logger = readonly(root_logger)
 
 function globals.print(...)
     local n = select("#", ...)
@@ -545,9 +549,9 @@ function ExecutorMethods.async(e, target, ...)
     return new_future(handle, ch)
 end
 
-local plain = new_executor(nil, nil)
+local plain = new_executor(nil, nil)  -- never handed out: a caller could change its fields
 local funcs = {
-    new = function() return plain end,
+    new = function() return new_executor(nil, nil) end,
     call = function(target, ...) return ExecutorMethods.call(plain, target, ...) end,
     async = function(target, ...) return ExecutorMethods.async(plain, target, ...) end,
 }
