@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print the answer as JSON")
     _cluster_options(show)
 
-    nodes = commands.add_parser("nodes", help="list the live nodes, their hosts and heartbeat age")
+    nodes = commands.add_parser("nodes", help="list the live nodes, their hosts and heartbeat age, how often each flapped "
+                                   "(declared down, then heard again), sends dropped towards nodes believed down")
     nodes.add_argument("--json", action="store_true", help="print the answers as JSON")
     _cluster_options(nodes)
 
@@ -465,23 +466,52 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     result = _talk(args, lambda nc, subjects: survey(nc, subjects, "info"))
     if isinstance(result, int):
         return result
-    # A node's heartbeat age is the freshest any other answering node has seen.
+    # What the answering nodes say of each node: its freshest heartbeat age, its flaps
+    # (the most any one peer counted; when the latest was), and who believes it down.
     ages: dict[str, float] = {}
-    for answer in result.answers.values():
+    flaps: dict[str, tuple[int, float | None]] = {}
+    down: dict[str, list[dict[str, Any]]] = {}
+    for observer, answer in result.answers.items():
         for peer in answer.get("peers", []):
             ages[peer["node"]] = min(ages.get(peer["node"], float("inf")), float(peer["age"]))
+        for peer in [*answer.get("peers", []), *answer.get("down", [])]:
+            count, last = flaps.get(peer["node"], (0, None))
+            age = peer.get("last_flap_age")
+            flaps[peer["node"]] = (max(count, int(peer.get("flaps", 0))),
+                                   age if last is None or (age is not None and age < last) else last)
+        for peer in answer.get("down", []):
+            down.setdefault(peer["node"], []).append({"by": observer, "since": peer["since"],
+                                                      "reason": peer["reason"]})
     if args.json:
         for node, answer in result.answers.items():
             answer["heartbeat_age"] = ages.get(node)
-        print(json.dumps({"nodes": result.answers, "missing": result.missing}, default=str))
+            answer["flaps"], answer["last_flap_age"] = flaps.get(node, (0, None))
+            answer["believed_down_by"] = down.get(node, [])
+        believed_down = {node: {"believed_down_by": by, "flaps": flaps.get(node, (0, None))[0]}
+                         for node, by in down.items() if node not in result.answers}
+        print(json.dumps({"nodes": result.answers, "missing": result.missing, "down": believed_down}, default=str))
         return _print_missing(result)
-    rows = [["NODE", "INCARNATION", "HOSTS", "PROCESSES", "UPTIME", "HEARTBEAT"]]
+
+    def flapped(node: str) -> str:
+        count, last = flaps.get(node, (0, None))
+        return "-" if not count else f"{count} (last {_age(last)} ago)" if last is not None else str(count)
+
+    def believed_down(node: str) -> str:
+        return "; ".join(f"down to {d['by']} for {_age(d['since'])}: {d['reason']}" for d in down.get(node, []))
+
+    rows = [["NODE", "INCARNATION", "HOSTS", "PROCESSES", "UPTIME", "HEARTBEAT", "FLAPS", "DROPPED"]]
     for node in sorted(result.answers):
         answer = result.answers[node]
+        heartbeat = _age(ages[node]) if node in ages else "-"
+        if node in down:
+            heartbeat = f"{heartbeat} ({believed_down(node)})"
         rows.append([node, answer["incarnation"], ",".join(answer["hosts"]) or "-", str(answer["processes"]),
-                     _age(answer["uptime"]), _age(ages[node]) if node in ages else "-"])
+                     _age(answer["uptime"]), heartbeat, flapped(node), str(answer.get("dropped_to_down_nodes", 0))])
     for node in result.missing:
-        rows.append([node, "?", "?", "?", "?", f"{_age(ages[node])} (no answer)" if node in ages else "(no answer)"])
+        heartbeat = f"{_age(ages[node])} (no answer)" if node in ages else "(no answer)"
+        rows.append([node, "?", "?", "?", "?", heartbeat, flapped(node), "?"])
+    for node in sorted(set(down) - set(result.answers) - set(result.missing)):
+        rows.append([node, "?", "?", "?", "?", believed_down(node), flapped(node), "?"])
     _table(rows)
     return _print_missing(result)
 

@@ -160,6 +160,7 @@ class ProcessTable:
             # No acknowledgement across nodes (wippy-surface §3.1): a send is a publish.
             if self.membership is not None and self.membership.known_down(remote.node, _epoch(remote.uid)):
                 self.dropped_to_down_nodes += 1  # dropped and counted; the sender is not blocked
+                self.membership.note_dropped(remote.node)
                 return
             self.remote(remote, message)
             return
@@ -601,6 +602,11 @@ class ProcessTable:
             "workers": sorted(self.workflows.hosts) if self.workflows is not None else [],
             "uptime": now - self.started, "processes": len(self.records),
             "peers": self.membership.view() if self.membership is not None else [],
+            # Liveness as this node judges it (broker/_membership.py): peers believed down
+            # until heard again, whether it can hear the broker, and sends dropped meanwhile.
+            "down": self.membership.down_view() if self.membership is not None else [],
+            "hearing_for": self.membership.hearing_for() if self.membership is not None else 0.0,
+            "dropped_to_down_nodes": self.dropped_to_down_nodes,
         }
         if processes:
             info["list"] = [
