@@ -245,7 +245,7 @@ async def test_cli_spawn_ps_and_nodes(tmp_path: Path, nats_server, spawn_node) -
     code, out, err = await run_cli("nodes", *cli, cwd=tmp_path)
     assert code == 0, err
     table = [line.split() for line in out.splitlines()]
-    assert table[0] == ["NODE", "INCARNATION", "HOSTS", "PROCESSES", "UPTIME", "HEARTBEAT"]
+    assert table[0] == ["NODE", "INCARNATION", "HOSTS", "PROCESSES", "UPTIME", "HEARTBEAT", "FLAPS", "DROPPED"]
     assert [row[0] for row in table[1:]] == ["na", "nc"] and all(row[2] == "w:pool" for row in table[1:])
 
     # The broadcast subject answers questions only: a spawn asked of every node is refused.
