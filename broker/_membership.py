@@ -134,6 +134,8 @@ class Membership:
         self._heard_self: float | None = None  # when our own last heartbeat came back
         self._hearing_since: float | None = None  # start of the current unbroken run of echoes
         self._was_deaf = False  # for logging the transitions once
+        self._started = clock()
+        self._warned_no_echo = False
         self._subscription: Subscription | None = None
 
     # ------------------------------------------------------------ queries
@@ -301,8 +303,8 @@ class Membership:
     def _heard_echo(self, now: float) -> None:
         if self._heard_self is None or self._hearing_since is None or now - self._heard_self > self.echo_gap:
             if self._was_deaf:
-                log.warning("hearing the broker again; peers get %.1fs to be heard before any is declared down",
-                            self.down_after)
+                log.info("hearing the broker again; peers get %.1fs to be heard before any is declared down",
+                         self.down_after)
             self._hearing_since = now
             self._was_deaf = False
         self._heard_self = now
@@ -318,6 +320,13 @@ class Membership:
                 self._was_deaf = True
             if not self.nats.is_connected:
                 self._hearing_since = None  # a reconnect starts a new window however soon echoes come
+            elif self._heard_self is None and now - self._started > self.down_after and not self._warned_no_echo:
+                # Connected for a window and never heard ourselves: a client with no_echo
+                # set, or no permission to receive our own subject. Say so, or no peer
+                # would ever be declared down without anyone knowing why.
+                log.warning("no echo of this node's own heartbeat after %.1fs; judging no peer until one arrives",
+                            now - self._started)
+                self._warned_no_echo = True
             return
         assert self._heard_self is not None and self._hearing_since is not None
         for peer in list(self.peers.values()):

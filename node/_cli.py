@@ -129,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print the answer as JSON")
     _cluster_options(show)
 
-    nodes = commands.add_parser("nodes", help="list the live nodes, their hosts and heartbeat age, how often each flapped "
-                                   "(declared down, then heard again), sends dropped towards nodes believed down")
+    nodes = commands.add_parser("nodes", help="list the live nodes, their hosts and heartbeat age, how often each "
+                                "flapped (declared down, then heard again), sends dropped towards nodes believed down")
     nodes.add_argument("--json", action="store_true", help="print the answers as JSON")
     _cluster_options(nodes)
 

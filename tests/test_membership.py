@@ -50,8 +50,8 @@ class Harness:
         self.outbox = FakeOutbox()
         self.downs: list[tuple[str, str, str]] = []
         self.down_at: list[float] = []
-        self.m = Membership(self.nats, self.outbox, Subjects(), "me", "inc1", [], interval=INTERVAL,  # type: ignore[arg-type]
-                            down_after=WINDOW, on_down=self.on_down, clock=lambda: self.now)
+        self.m = Membership(self.nats, self.outbox, Subjects(), "me", "inc1", [],  # type: ignore[arg-type]
+                            interval=INTERVAL, down_after=WINDOW, on_down=self.on_down, clock=lambda: self.now)
 
     def on_down(self, node: str, incarnation: str, reason: str) -> None:
         self.downs.append((node, incarnation, reason))
@@ -167,6 +167,24 @@ def test_our_beat_names_the_peers_we_declared_down() -> None:
     h.m._beat()
     body = json.loads(h.outbox.published[-1][1])
     assert body["cut"] == {"peer": ["p1", 1]}
+
+
+def test_a_peer_expected_but_never_heard_is_down_after_a_window_of_hearing() -> None:
+    h = Harness()
+    h.run(1.0, beating=("me",))
+    h.m.expect("peer", "p1")
+    h.run(WINDOW - 0.2, beating=("me",))
+    assert h.downs == []
+    h.run(INTERVAL + 0.3, beating=("me",))
+    assert [d[0] for d in h.downs] == ["peer"]
+
+
+def test_never_hearing_our_own_heartbeat_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    h.run(WINDOW * 2, beating=("peer",))  # connected, but our own beats never come back
+    assert h.downs == []
+    assert [r.message for r in caplog.records if "no echo" in r.message] == [
+        "no echo of this node's own heartbeat after 2.6s; judging no peer until one arrives"]
 
 
 # ---------------------------------------------------------------- real nodes
