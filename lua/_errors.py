@@ -53,7 +53,9 @@ class MoonwireError(Exception):
         return self.kind in RETRYABLE_KINDS
 
     def to_dict(self) -> dict[str, Any]:
-        """The wire form (msgpack and JSON): PIDs and errors must survive the trip."""
+        """The fields, ``details`` as they are (errors in them stay errors). What goes on
+        the wire is written by ``node/_payload.py``'s one encoder, which also encodes the
+        errors nested in ``details`` and bounds their depth."""
         out: dict[str, Any] = {"message": self.message, "kind": self.kind}
         if self.retryable is not None:
             out["retryable"] = self.retryable
@@ -63,8 +65,11 @@ class MoonwireError(Exception):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MoonwireError:
+        """An error from its fields as they came (a JSON reply, say): anything but a
+        boolean ``retryable`` reads as not saying."""
+        retryable = data.get("retryable")
         return cls(str(data.get("message", "")), str(data.get("kind", "")),
-                   retryable=data.get("retryable"), details=data.get("details"))
+                   retryable=retryable if isinstance(retryable, bool) else None, details=data.get("details"))
 
     def __repr__(self) -> str:
         return f"MoonwireError({self.message!r}, kind={self.kind!r}, retryable={self.retryable!r})"

@@ -10,6 +10,8 @@ empty list, as ``json.encode`` writes it), else dicts. Error objects become
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,12 @@ if TYPE_CHECKING:
     from ._state import LuaState
 
 MAX_DEPTH = 128
+WIRE_DEPTH = 2 * MAX_DEPTH + 8
+"""How deep a body from the wire may nest: a value (MAX_DEPTH) that holds an error whose
+details are a value again (MAX_DEPTH), plus the envelopes around it (a request's args,
+an event's error). Decoders refuse deeper bodies before anything recurses over them."""
+INT_MIN, INT_MAX = -(2 ** 63), 2 ** 63 - 1
+"""Lua 5.4 integers; a Python int outside them cannot cross (lupa raises OverflowError)."""
 
 
 def decode_string(raw: bytes) -> str | bytes:
@@ -83,8 +91,12 @@ def to_lua(state: LuaState, value: Any, _depth: int = 0) -> Any:
     Raises:
         MoonwireError: (Invalid) a value Lua cannot hold, or nesting over 128.
     """
-    if value is None or isinstance(value, (bool, int, float, bytes)):
+    if value is None or isinstance(value, (bool, float, bytes)):
         return value
+    if isinstance(value, int):
+        if INT_MIN <= value <= INT_MAX:
+            return value
+        raise _out_of_range(value)
     if isinstance(value, str):
         return value.encode("utf-8")
     if _depth >= MAX_DEPTH:
@@ -103,17 +115,24 @@ def to_lua(state: LuaState, value: Any, _depth: int = 0) -> Any:
 _SCALARS = frozenset({bool, int, float, str, bytes})
 
 
+def _out_of_range(value: int) -> MoonwireError:
+    return MoonwireError(f"integer {str(value)[:40]} is outside Lua's 64-bit integer range", Kind.INVALID,
+                         retryable=False)
+
+
 def check_portable(value: Any) -> None:
     """Check that ``value`` (decoded from the wire) is data a Lua state can hold:
-    None, booleans, numbers, strings, bytes, error objects, lists and dicts with string
-    or number keys, nested at most MAX_DEPTH deep and MAX_VALUES in all.
+    None, booleans, 64-bit integers, floats, strings, bytes, error objects (whose details
+    are checked too), lists and dicts with string or number keys, nested at most
+    MAX_DEPTH deep and MAX_VALUES in all.
 
     Raises:
         MoonwireError: (Invalid) naming what is wrong.
     """
     if value.__class__ is list and len(value) < MAX_VALUES:  # the common case: a few scalars
         for item in value:
-            if item is not None and item.__class__ not in _SCALARS:
+            if item is not None and (item.__class__ not in _SCALARS
+                                     or item.__class__ is int and not INT_MIN <= item <= INT_MAX):
                 break
         else:
             return
@@ -124,7 +143,15 @@ def check_portable(value: Any) -> None:
         budget -= 1
         if budget < 0:
             raise MoonwireError(f"value holds more than {MAX_VALUES} items", Kind.INVALID, retryable=False)
-        if item is None or isinstance(item, (bool, int, float, str, bytes, MoonwireError)):
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not INT_MIN <= item <= INT_MAX:
+                raise _out_of_range(item)
+            continue
+        if item is None or isinstance(item, (bool, float, str, bytes)):
+            continue
+        if isinstance(item, MoonwireError):  # its details become a Lua value too (depth restarts there)
+            if item.details is not None:
+                stack.append((item.details, 0))
             continue
         if depth >= MAX_DEPTH:
             raise MoonwireError(f"value nested deeper than {MAX_DEPTH} levels", Kind.INVALID, retryable=False)
@@ -137,3 +164,44 @@ def check_portable(value: Any) -> None:
                 stack.append((v, depth + 1))
         else:
             raise MoonwireError(f"cannot hold a {type(item).__name__} value", Kind.INVALID, retryable=False)
+
+
+# ---------------------------------------------------------------- JSON with a depth limit
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether JSON ``text`` opens more than ``limit`` arrays or objects inside each other,
+    found without recursing (json.loads recurses in C per level and raises RecursionError
+    around 1000 levels, whatever the caller's own stack holds).
+
+    Cheap for the common case: text with at most ``limit`` brackets in all cannot nest
+    deeper, and is not scanned. Otherwise strings are cut out and the brackets counted.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for char in _NOT_BRACKETS.sub("", _JSON_STRING.sub("", text)):
+        if char == "[" or char == "{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def loads_json(text: str | bytes, max_depth: int = WIRE_DEPTH) -> Any:
+    """JSON text (UTF-8 when bytes) as Python data, refusing deep nesting before decoding.
+
+    Raises:
+        MoonwireError: (Invalid) nested deeper than ``max_depth``.
+        ValueError: not JSON (UnicodeDecodeError for bytes that are not UTF-8).
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if json_depth_exceeds(text, max_depth):
+        raise MoonwireError(f"JSON nested deeper than {max_depth} levels", Kind.INVALID, retryable=False)
+    return json.loads(text)

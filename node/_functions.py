@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from broker import MSGPACK_HEADERS, Client, NoResponders, Outbox, Requests, RequestTimeout, Subjects
-from lua import SECOND, Answer, ProcessServices, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, invalid, not_found, parse_duration, settled
+from lua import SECOND, Answer, ProcessServices, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, check_portable, internal, invalid, not_found, parse_duration, settled
 
 from ._entries import FunctionEntry, LibraryEntry, LuaEntry
 from ._payload import CONTENT_TYPE, JSON_HEADERS, MSGPACK, pack, to_json, unpack
@@ -298,6 +298,8 @@ class Functions:
             self.pools[entry.id] = FunctionPool(entry, self.code.code(entry), self)
         self._subscriptions: list[Subscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        self.dead_letter: Callable[[str, bytes, dict[str, str] | None, str], None] | None = None
+        """Where a call without a reply subject that cannot be served goes (set by the node)."""
         self.processes: ProcessServices | None = None
         """Set by the node once its process table exists: function calls may use the process API."""
 
@@ -338,15 +340,24 @@ class Functions:
 
     def _serve_one(self, msg: Msg, pool: FunctionPool) -> None:
         # Called from the connection's read loop: answer at once when the call finishes
-        # without waiting, else hand it to a task owned by this service.
+        # without waiting, else hand it to a task owned by this service. Its one body:
+        # nothing raises into the read loop; every call ends in a reply (or, without a
+        # reply subject, a dead letter when it cannot run).
         content_type = (msg.headers or {}).get(CONTENT_TYPE)
         try:
             args, context = parse_request(unpack(msg.data, content_type))
+            check_portable(args)
+            if context:
+                check_portable(context)
         except MoonwireError as err:
             log.warning("bad request for %s: %s", pool.entry.id, err.message)
-            self._reply(msg, content_type, pool, Outcome(error=err))
+            self._reply(msg, content_type, pool, Outcome(error=err), bad_request=True)
             return
-        result = pool.call(args, context, {})
+        try:
+            result = pool.call(args, context, {})
+        except Exception as err:  # noqa: BLE001 - a bug must not reach the read loop; the caller is told
+            log.exception("serving a call to %s failed", pool.entry.id)
+            result = Outcome(error=internal(f"serving the call failed: {type(err).__name__}: {err}"))
         if isinstance(result, Outcome):
             self._reply(msg, content_type, pool, result)
             return
@@ -356,24 +367,40 @@ class Functions:
 
     async def _reply_later(self, msg: Msg, content_type: str | None, pool: FunctionPool,
                            result: Awaitable[Outcome]) -> None:
-        self._reply(msg, content_type, pool, await result)
+        try:
+            outcome = await result
+        except MoonwireError as err:
+            outcome = Outcome(error=err)
+        except Exception as err:  # noqa: BLE001 - the caller is told, not left to time out
+            log.exception("serving a call to %s failed", pool.entry.id)
+            outcome = Outcome(error=internal(f"serving the call failed: {type(err).__name__}: {err}"))
+        self._reply(msg, content_type, pool, outcome)
 
     def _served(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("serving a call failed: %s", task.exception(), exc_info=task.exception())
 
-    def _reply(self, msg: Msg, content_type: str | None, pool: FunctionPool, outcome: Outcome) -> None:
+    def _reply(self, msg: Msg, content_type: str | None, pool: FunctionPool, outcome: Outcome,
+               bad_request: bool = False) -> None:
         if not msg.reply:
-            if not outcome.ok:
+            if bad_request and self.dead_letter is not None:
+                assert outcome.error is not None
+                self.dead_letter(msg.subject, msg.data, msg.headers, outcome.error.message)
+            elif not outcome.ok:
                 log.warning("%s failed (no reply subject): %s", pool.entry.id, outcome.error)
             return
         assert self.outbox is not None
         reply: dict[str, Any] = {"result": outcome.value} if outcome.ok else {"error": outcome.error}
-        if content_type == MSGPACK:
-            self.outbox.publish_nowait(msg.reply, pack(reply), headers=MSGPACK_HEADERS)
-        else:
-            self.outbox.publish_nowait(msg.reply, to_json(reply), headers=JSON_HEADERS)
+        try:
+            if content_type == MSGPACK:
+                self.outbox.publish_nowait(msg.reply, pack(reply), headers=MSGPACK_HEADERS)
+            else:
+                self.outbox.publish_nowait(msg.reply, to_json(reply), headers=JSON_HEADERS)
+        except (TypeError, ValueError, OverflowError) as err:  # a result the wire cannot hold
+            error = {"error": internal(f"cannot encode the result of {pool.entry.id}: {type(err).__name__}: {err}")}
+            self.outbox.publish_nowait(msg.reply, pack(error) if content_type == MSGPACK else to_json(error),
+                                       headers=MSGPACK_HEADERS if content_type == MSGPACK else JSON_HEADERS)
 
     async def stop(self) -> None:
         for subscription in self._subscriptions:
@@ -460,7 +487,7 @@ def outcome_from_reply(data: Any) -> Outcome:
     if isinstance(data, dict) and "error" in data:
         error = data["error"]
         if isinstance(error, dict):
-            error = MoonwireError.from_dict(error)
+            error = MoonwireError.from_dict(error)  # a JSON reply
         if not isinstance(error, MoonwireError):
             error = MoonwireError(str(error), Kind.UNKNOWN)
         return Outcome(error=error)

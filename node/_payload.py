@@ -2,52 +2,165 @@
 
 Error objects survive the trip as a msgpack extension (and as ``{"error": {...}}`` in
 JSON replies); PIDs are strings and need nothing.
+
+Encoding: one encoder for errors (:func:`error_fields`) serves every path that puts
+an error on the wire (EXIT and LINK_DOWN events, function and control replies, status
+replies, workflow failures). It handles errors nested in details, in lists, in maps,
+and bounds the nesting it writes: what would nest past :data:`WRITE_DEPTH` levels is
+dropped (a marker string says so), so what it writes always decodes.
+
+Decoding (:func:`unpack`) is the one gate for bodies from outside, with the limits of
+:data:`LIMITS`, checked before or while decoding, never after recursing:
+
+* size: a body over ``max_bytes`` is refused unread; msgpack strings, bins and
+  extensions are bounded by it, arrays and maps by ``max_values``;
+* depth: JSON is scanned for bracket depth first (``lua.loads_json``); msgpack nesting is
+  bounded by the number of container bytes in the body, and only a body that could
+  exceed ``max_depth`` is walked (iteratively) after decoding;
+* types: the only msgpack extension is the error (:data:`ERROR_EXT`), checked field by
+  field; any other extension, msgpack's timestamp included, is Invalid.
+
+Every failure is a ``MoonwireError`` (Invalid) naming the reason; nothing else escapes.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from broker import CONTENT_TYPE, MSGPACK, Headers
-from lua import MoonwireError, invalid
+from lua import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, MoonwireError, invalid, loads_json
 
 JSON = "application/json"
 JSON_HEADERS = Headers({CONTENT_TYPE: JSON})
-_ERROR_EXT = 1
+ERROR_EXT = 1
+"""The one msgpack extension type moonwire defines: an error, its fields a msgpack map."""
+WRITE_DEPTH = WIRE_DEPTH - 8
+"""How deep the encoder nests an error's details (room left for the envelope around it).
+A chain of linked processes nests two levels per link (``{from, error}``)."""
+ERROR_VALUES = 10_000
+"""How many values the encoder writes into one error's details, nested errors included:
+an error explains, it does not carry data (and a chain of them must stay small)."""
+_ELIDED = "(nested deeper than the wire allows: dropped)"
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """The limits every decoder of a body from the wire applies."""
+
+    max_bytes: int = 8 * 1024 * 1024
+    """Largest body decoded at all (the inbox keeps its own, smaller, configured limit).
+    Above NATS's default max_payload (1 MiB) and Temporal's payload limit (2 MiB)."""
+    max_depth: int = WIRE_DEPTH
+    max_values: int = MAX_VALUES
+
+
+LIMITS = DecodeLimits()
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def error_fields(error: MoonwireError, wrap: Any, depth: int = MAX_DEPTH,
+                 budget: list[int] | None = None) -> dict[str, Any]:
+    """The wire fields of ``error``: errors nested in its details (in lists, in maps, in
+    other errors' details) become ``wrap(fields)``, a msgpack extension or, for JSON, the
+    map itself. ``depth`` is how deep ``error`` may already sit (by default as deep as a
+    Lua value may nest); what would nest past WRITE_DEPTH, or come after ERROR_VALUES values
+    (details that share parts could otherwise expand without bound), is dropped with a
+    marker saying so, so the result always decodes within the limits."""
+    fields: dict[str, Any] = {"message": error.message, "kind": error.kind}
+    if error.retryable is not None:
+        fields["retryable"] = error.retryable
+    if error.details is not None:
+        budget = [ERROR_VALUES] if budget is None else budget
+        fields["details"] = _nested(error.details, wrap, depth + 1, budget) if depth < WRITE_DEPTH else _ELIDED
+    return fields
+
+
+def _nested(value: Any, wrap: Any, depth: int, budget: list[int]) -> Any:
+    budget[0] -= 1
+    if isinstance(value, MoonwireError):
+        if budget[0] < 0:
+            return _ELIDED
+        return wrap(error_fields(value, wrap, depth, budget))
+    if isinstance(value, (list, tuple, dict)) and (depth >= WRITE_DEPTH or budget[0] < 0):
+        return _ELIDED
+    if isinstance(value, (list, tuple)):
+        return [_nested(v, wrap, depth + 1, budget) for v in value]
+    if isinstance(value, dict):
+        return {k: _nested(v, wrap, depth + 1, budget) for k, v in value.items()}
+    return value
+
+
+def _error_ext(fields: dict[str, Any]) -> msgpack.ExtType:
+    return msgpack.ExtType(ERROR_EXT, msgpack.packb(fields, default=_default, use_bin_type=True))
 
 
 def _default(value: Any) -> Any:
     if isinstance(value, MoonwireError):
-        return msgpack.ExtType(_ERROR_EXT, msgpack.packb(value.to_dict(), use_bin_type=True))
+        return _error_ext(error_fields(value, _error_ext))  # nested anywhere: assume Lua's deepest
     if isinstance(value, tuple):
         return list(value)
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
-    if code == _ERROR_EXT:
-        return MoonwireError.from_dict(msgpack.unpackb(data, raw=False))
-    return msgpack.ExtType(code, data)
-
-
 def pack(value: Any) -> bytes:
+    """``value`` as msgpack; errors anywhere in it as the error extension.
+
+    Raises:
+        TypeError: a value msgpack cannot hold (a callable, an object).
+        ValueError: nesting over msgpack's own limit, an integer over 64 bits.
+    """
     return msgpack.packb(value, default=_default, use_bin_type=True)
 
 
-def unpack(body: bytes, content_type: str | None) -> Any:
+def to_json(value: Any) -> bytes:
+    """``value`` as JSON (errors as their fields, bytes as text).
+
+    Raises:
+        TypeError: a value JSON cannot hold. ValueError: nesting JSON refuses.
+    """
+    def default(v: Any) -> Any:
+        if isinstance(v, MoonwireError):
+            return error_fields(v, _same)
+        if isinstance(v, bytes):
+            return v.decode("utf-8", errors="replace")
+        raise TypeError(f"cannot encode {type(v).__name__} as JSON")
+
+    return json.dumps(value, default=default, ensure_ascii=False).encode()
+
+
+def _same(fields: dict[str, Any]) -> dict[str, Any]:
+    return fields
+
+
+# ---------------------------------------------------------------- decoding
+
+# Every byte that can start a msgpack container or extension. A body with fewer of them
+# than the depth limit cannot nest deeper (each level needs its own header byte, and an
+# error extension's fields are bytes of the same body).
+_STRUCTURE = bytes([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF, 0xC7, 0xC8, 0xC9, *range(0xD4, 0xD9)])
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in _STRUCTURE)
+# msgpack decodes its timestamp extension (-1) itself, without calling ext_hook.
+_TIMESTAMPS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+
+
+def unpack(body: bytes, content_type: str | None, limits: DecodeLimits = LIMITS) -> Any:
     """Decode a body by its content type: msgpack, else JSON, else the text itself.
 
     Raises:
-        MoonwireError: (Invalid) a msgpack body that does not decode, naming the reason.
+        MoonwireError: (Invalid) a body over the limits, a msgpack body that does not
+            decode, an extension value that is not a well-formed error, or JSON nested
+            too deep; each naming the reason.
     """
+    if len(body) > limits.max_bytes:
+        raise invalid(f"body of {len(body)} bytes is over the limit of {limits.max_bytes}")
     if content_type == MSGPACK:
-        try:
-            return msgpack.unpackb(body, raw=False, ext_hook=_ext_hook, strict_map_key=False)
-        except (ValueError, msgpack.UnpackException, TypeError) as err:
-            raise invalid(f"malformed msgpack body: {err}") from err
+        return unpack_msgpack(body, limits)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -55,17 +168,89 @@ def unpack(body: bytes, content_type: str | None) -> Any:
     if not text.strip():
         return None
     try:
-        return json.loads(text)
+        return loads_json(text, limits.max_depth)
     except ValueError:
         return text
 
 
-def to_json(value: Any) -> bytes:
-    def default(v: Any) -> Any:
-        if isinstance(v, MoonwireError):
-            return v.to_dict()
-        if isinstance(v, bytes):
-            return v.decode("utf-8", errors="replace")
-        raise TypeError(f"cannot encode {type(v).__name__} as JSON")
+def unpack_msgpack(body: bytes, limits: DecodeLimits = LIMITS) -> Any:
+    """A msgpack body (see :func:`unpack` for what is checked).
 
-    return json.dumps(value, default=default, ensure_ascii=False).encode()
+    Raises:
+        MoonwireError: (Invalid) naming the reason.
+    """
+    nesting = [0]  # error extensions inside each other, while decoding
+
+    def ext_hook(code: int, data: bytes) -> MoonwireError:
+        if code != ERROR_EXT:
+            raise invalid(f"msgpack extension type {code} is not one moonwire defines "
+                          f"(only {ERROR_EXT}, an error)")
+        if nesting[0] >= limits.max_depth:
+            raise invalid(f"errors nested deeper than {limits.max_depth} levels")
+        nesting[0] += 1
+        try:
+            fields = _unpackb(data, ext_hook, limits)
+        finally:
+            nesting[0] -= 1
+        return error_from_fields(fields)
+
+    value = _unpackb(body, ext_hook, limits)
+    if len(body) - len(body.translate(None, _NOT_STRUCTURE)) > limits.max_depth or any(
+            t in body for t in _TIMESTAMPS):
+        check_decoded(value, limits)
+    return value
+
+
+def _unpackb(data: bytes, ext_hook: Any, limits: DecodeLimits) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, ext_hook=ext_hook, strict_map_key=False,
+                               max_str_len=limits.max_bytes, max_bin_len=limits.max_bytes,
+                               max_ext_len=limits.max_bytes, max_array_len=limits.max_values,
+                               max_map_len=limits.max_values)
+    except MoonwireError:
+        raise
+    except (ValueError, msgpack.UnpackException, TypeError, OverflowError) as err:
+        raise invalid(f"malformed msgpack body: {type(err).__name__}: {err}") from None
+
+
+def error_from_fields(fields: Any) -> MoonwireError:
+    """An error from its wire fields (the error extension's map, checked).
+
+    Raises:
+        MoonwireError: (Invalid) fields that are not an error's.
+    """
+    if not isinstance(fields, dict):
+        raise invalid(f"an error extension value must hold a map, not {type(fields).__name__}")
+    message, kind, retryable = fields.get("message", ""), fields.get("kind", ""), fields.get("retryable")
+    if not isinstance(message, str) or not isinstance(kind, str) or not (retryable is None or
+                                                                          isinstance(retryable, bool)):
+        raise invalid("an error extension value needs a string message and kind and a boolean retryable")
+    return MoonwireError(message, kind, retryable=retryable, details=fields.get("details"))
+
+
+def check_decoded(value: Any, limits: DecodeLimits = LIMITS) -> None:
+    """Walk a decoded value without recursing: at most ``max_depth`` deep (an error's
+    details one level below it) and ``max_values`` values, and only plain data.
+
+    Raises:
+        MoonwireError: (Invalid) naming what is wrong.
+    """
+    budget = limits.max_values
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise invalid(f"body holds more than {limits.max_values} values")
+        if item is None or isinstance(item, (bool, int, float, str, bytes)):
+            continue
+        if depth >= limits.max_depth:
+            raise invalid(f"body nested deeper than {limits.max_depth} levels")
+        if isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, MoonwireError):
+            stack.append((item.details, depth + 1))
+        else:
+            raise invalid(f"a {type(item).__name__} value cannot come from the wire")

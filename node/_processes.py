@@ -628,15 +628,24 @@ class ProcessTable:
             parsed = Pid.parse(pid)
             return parsed is not None and parsed.node == node and parsed.uid.startswith(prefix)
 
+        failed: list[str] = []
         for record in list(self.records.values()):
             if record.unit.outcome is not None:
                 continue
             if record.watchers:
                 record.watchers = {w for w in record.watchers if not there(w)}
-            for target in [t for t in record.watching or () if there(t)]:
-                self._remote_gone(record.pid, target, EXIT, error)
-            for peer in [p for p in record.links or () if there(p)]:
-                self._remote_gone(record.pid, peer, LINK_DOWN, error)
+            gone = [(t, EXIT) for t in record.watching or () if there(t)] + [
+                (p, LINK_DOWN) for p in record.links or () if there(p)]
+            # Each is told on its own: one that cannot be (its death, say, fails to
+            # notify its own watchers elsewhere) never stops the others being told.
+            for remote, kind in gone:
+                try:
+                    self._remote_gone(record.pid, remote, kind, error)
+                except Exception as err:  # noqa: BLE001 - logged once below
+                    failed.append(f"{kind} of {remote} to {record.pid}: {type(err).__name__}: {err}")
+        if failed:
+            log.error("node %s down: %d watcher(s) here could not be told (the others were): %s", node,
+                      len(failed), "; ".join(failed[:5]))
 
     def _pid_for(self, dest: str) -> str:
         return self.names.get(dest, dest) if Pid.parse(dest) is None else dest
@@ -735,39 +744,34 @@ class ProcessTable:
         for name in record.names or ():
             if self.names.get(name) == pid:
                 del self.names[name]
+        # Each watcher and linked process is told on its own: one that cannot be told
+        # (a notice that fails to encode or publish) never stops the others.
+        failed: list[str] = []
         if record.watching:
             for target_pid in record.watching:
                 target = self.records.get(target_pid)
                 if target is not None and target.watchers:
                     target.watchers.discard(pid)
                 elif target is None and self.cluster is not None and (remote := self._remote_pid(target_pid)):
-                    self.cluster.notify("unmonitor", remote.node, {"watcher": pid, "target": target_pid})
+                    try:
+                        self.cluster.notify("unmonitor", remote.node, {"watcher": pid, "target": target_pid})
+                    except Exception as err:  # noqa: BLE001 - logged once below
+                        failed.append(f"unmonitor {target_pid}: {type(err).__name__}: {err}")
         now = time.time()
         exit_event = Event(EXIT, pid, now, outcome.value, outcome.error)
-        if record.watchers:
-            for watcher_pid in record.watchers:
-                watcher = self.records.get(watcher_pid)
-                if watcher is None:
-                    if self.cluster is not None and (remote := self._remote_pid(watcher_pid)):
-                        self.cluster.event(remote.node, remote.uid, exit_event)
-                    continue
-                if watcher.watching:
-                    watcher.watching.discard(pid)
-                assert watcher.unit.mailbox is not None
-                watcher.unit.mailbox.post_event(exit_event)
-        if record.links:
-            for peer_pid in record.links:
-                peer = self.records.get(peer_pid)
-                if peer is None:
-                    # The remote side learns either way: a normal exit only ends the link.
-                    if self.cluster is not None and (remote := self._remote_pid(peer_pid)):
-                        self.cluster.event(remote.node, remote.uid,
-                                           Event(LINK_DOWN, pid, now, outcome.value, outcome.error))
-                    continue
-                if peer.links:
-                    peer.links.discard(pid)
-                if not outcome.ok:
-                    self._link_failed(peer, pid, outcome.error)
+        for watcher_pid in record.watchers or ():
+            try:
+                self._tell_watcher(pid, watcher_pid, exit_event)
+            except Exception as err:  # noqa: BLE001 - logged once below
+                failed.append(f"EXIT to {watcher_pid}: {type(err).__name__}: {err}")
+        for peer_pid in record.links or ():
+            try:
+                self._tell_linked(pid, peer_pid, outcome, now)
+            except Exception as err:  # noqa: BLE001 - logged once below
+                failed.append(f"LINK_DOWN to {peer_pid}: {type(err).__name__}: {err}")
+        if failed:
+            log.error("process %s exited; %d of its exit notices failed (the others were sent): %s", pid,
+                      len(failed), "; ".join(failed[:5]))
         for hook in record.exit_hooks or ():
             try:
                 hook(outcome)
@@ -775,6 +779,31 @@ class ProcessTable:
                 log.exception("exit hook of %s failed", pid)
         if not self.records:
             self._empty.set()
+
+    def _tell_watcher(self, pid: str, watcher_pid: str, exit_event: Event) -> None:
+        """EXIT of ``pid`` for one of its monitors, here or on another node."""
+        watcher = self.records.get(watcher_pid)
+        if watcher is None:
+            if self.cluster is not None and (remote := self._remote_pid(watcher_pid)):
+                self.cluster.event(remote.node, remote.uid, exit_event)
+            return
+        if watcher.watching:
+            watcher.watching.discard(pid)
+        assert watcher.unit.mailbox is not None
+        watcher.unit.mailbox.post_event(exit_event)
+
+    def _tell_linked(self, pid: str, peer_pid: str, outcome: Outcome, now: float) -> None:
+        """``pid`` ended with ``outcome``: its link to ``peer_pid`` fires (or just ends)."""
+        peer = self.records.get(peer_pid)
+        if peer is None:
+            # The remote side learns either way: a normal exit only ends the link.
+            if self.cluster is not None and (remote := self._remote_pid(peer_pid)):
+                self.cluster.event(remote.node, remote.uid, Event(LINK_DOWN, pid, now, outcome.value, outcome.error))
+            return
+        if peer.links:
+            peer.links.discard(pid)
+        if not outcome.ok:
+            self._link_failed(peer, pid, outcome.error)
 
     # ------------------------------------------------------------ shutdown
 

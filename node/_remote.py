@@ -41,7 +41,7 @@ from nats.errors import NoRespondersError as NatsNoResponders
 from nats.errors import TimeoutError as NatsTimeout
 
 from broker import MSGPACK_HEADERS, NoResponders, Outbox, Requests, RequestTimeout, Subjects
-from lua import Event, Kind, MoonwireError, Outcome, Pending, SpawnRequest, invalid, not_found
+from lua import Event, Kind, MoonwireError, Outcome, Pending, SpawnRequest, check_portable, internal, invalid, not_found
 
 from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
 
@@ -54,6 +54,8 @@ EVENT_HEADER = "Mw-Event"
 CONTROL_TIMEOUT = 5.0
 SPAWN_QUEUE = "mw.spawn"
 SURVEY_VERBS = frozenset({"info", "ps"})
+DeadLetter = Callable[[str, bytes, "dict[str, str] | None", str], None]
+"""Republishes a message (subject, body, headers) with a reason to the dead-letter queue."""
 CONTROL_VERBS = frozenset({"monitor", "link", "unmonitor", "unlink", "cancel", "terminate", "spawn", "lookup"}
                           ) | SURVEY_VERBS
 
@@ -84,11 +86,17 @@ def decode_event(kind: str, body: bytes) -> Event:
     data = unpack(body, MSGPACK)
     if not isinstance(data, dict) or not isinstance(data.get("from"), str):
         raise MoonwireError("malformed event body", Kind.INVALID, retryable=False)
-    error = data.get("error")
+    error, at, reason = data.get("error"), data.get("at"), data.get("reason")
     if error is not None and not isinstance(error, MoonwireError):
         raise MoonwireError("malformed event error", Kind.INVALID, retryable=False)
-    return Event(kind, data["from"], float(data.get("at") or time.time()), data.get("value"), error,
-                 data.get("reason"))
+    if not (at is None or isinstance(at, (int, float)) and not isinstance(at, bool)) or not (
+            reason is None or isinstance(reason, str)):
+        raise MoonwireError("malformed event: 'at' must be a number and 'reason' a string", Kind.INVALID,
+                            retryable=False)
+    check_portable(data.get("value"))
+    if error is not None:
+        check_portable(error)
+    return Event(kind, data["from"], float(at or time.time()), data.get("value"), error, reason)
 
 
 def encode_spawn(request: SpawnRequest, parent: str) -> dict[str, Any]:
@@ -123,6 +131,8 @@ class Cluster:
         self.subjects = subjects
         self.node = node
         self.table = table
+        self.dead_letter: DeadLetter | None = None
+        """Where a request without a reply subject that cannot be served goes (set by the node)."""
         self._subscriptions: list[Subscription] = []
 
     async def start(self) -> None:
@@ -195,6 +205,9 @@ class Cluster:
         self._answer(msg, lambda data: self.table.control("spawn", data))
 
     def _answer(self, msg: Msg, run: Callable[[dict[str, Any]], Any]) -> None:
+        """The one body of every inbound handler: decode, run, answer. Exactly one exit:
+        the answer (a value or an error) to the reply subject; without one, an error
+        goes to the dead-letter queue. Nothing raises into the client's read loop."""
         try:
             data = unpack(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
             if not isinstance(data, dict):
@@ -208,13 +221,29 @@ class Cluster:
         except MoonwireError as err:
             reply = {"error": err}
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # a field missing or of the wrong type
-            log.warning("malformed control request on %s: %s: %s", msg.subject, type(err).__name__, err)
             reply = {"error": invalid(f"malformed control request on {msg.subject}: {type(err).__name__}: {err}")}
+        except Exception as err:  # noqa: BLE001 - a bug here must not reach the read loop; it is answered
+            log.exception("control request on %s failed", msg.subject)
+            reply = {"error": internal(f"control request on {msg.subject} failed: {type(err).__name__}: {err}")}
         self._reply(msg, reply)
 
     def _reply(self, msg: Msg, reply: dict[str, Any]) -> None:
-        if msg.reply:
-            self.outbox.publish_nowait(msg.reply, pack(reply), headers=MSGPACK_HEADERS)
+        error = reply.get("error")
+        if not msg.reply:
+            if error is not None:
+                self._dead_letter(msg, error.message if isinstance(error, MoonwireError) else str(error))
+            return
+        try:
+            body = pack(reply)
+        except (TypeError, ValueError, OverflowError) as err:  # a value the wire cannot hold
+            body = pack({"error": internal(f"cannot encode the answer: {type(err).__name__}: {err}")})
+        self.outbox.publish_nowait(msg.reply, body, headers=MSGPACK_HEADERS)
+
+    def _dead_letter(self, msg: Msg, reason: str) -> None:
+        if self.dead_letter is not None:
+            self.dead_letter(msg.subject, msg.data, msg.headers, reason)
+        else:
+            log.warning("request on %s without a reply subject failed: %s", msg.subject, reason)
 
 
 _NO_RESPONDERS = "nobody serves it"
@@ -264,6 +293,8 @@ def reply_outcome(reply: Msg) -> Outcome:
     error = data.get("error")
     if isinstance(error, MoonwireError):
         return Outcome(error=error)
+    if error is not None:
+        return Outcome(error=invalid("malformed control reply: its error is not an error value"))
     return Outcome(value=data.get("value"))
 
 
