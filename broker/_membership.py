@@ -53,6 +53,7 @@ from ._subjects import Subjects
 log = logging.getLogger("moonwire.membership")
 
 CHECK_EVERY = 0.1
+MAX_HEARTBEAT_BYTES = 256 * 1024  # a beat is ~100 bytes plus ~40 per peer it cut off
 
 
 @dataclass(slots=True)
@@ -84,8 +85,16 @@ class Heartbeat:
 
     @staticmethod
     def parse(body: bytes) -> Heartbeat:
-        """Raises: ValueError, KeyError or TypeError for a malformed body."""
-        data = json.loads(body)
+        """Raises: ValueError (including too large or too deep), KeyError or TypeError for
+        a malformed body."""
+        if len(body) > MAX_HEARTBEAT_BYTES:
+            raise ValueError(f"{len(body)} bytes, more than {MAX_HEARTBEAT_BYTES}")
+        try:
+            data = json.loads(body)
+        except RecursionError:
+            raise ValueError("nested too deep") from None
+        if not isinstance(data, dict) or not isinstance(data.get("cut") or {}, dict):
+            raise TypeError("not a heartbeat object")
         cut: dict[str, tuple[str, int]] = {}
         for node, entry in (data.get("cut") or {}).items():
             incarnation, times = entry

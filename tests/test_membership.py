@@ -187,6 +187,14 @@ def test_never_hearing_our_own_heartbeat_is_logged(caplog: pytest.LogCaptureFixt
         "no echo of this node's own heartbeat after 2.6s; judging no peer until one arrives"]
 
 
+@pytest.mark.parametrize("body", [b"[]", b'{"node": "x"}', b'{"node": "x", "incarnation": "1", "cut": [1]}',
+                                  b'{"node": "x", "incarnation": "1", "cut": {"me": 5}}', b"[" * 100_000,
+                                  b"\xff", b'{"node": "x", "incarnation": "1", "hosts": 3}', b" " * 300_000])
+def test_a_malformed_heartbeat_is_refused_with_a_value_error(body: bytes) -> None:
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        Heartbeat.parse(body)
+
+
 # ---------------------------------------------------------------- real nodes
 
 FAST = ("--set", "heartbeat.interval=100ms", "--set", "heartbeat.down_after=1s")
