@@ -43,8 +43,10 @@ nodes (SIGTERM) and checks the logs:
    receiver's node must have got that EXIT;
 3. no false node-down: every "node X is down" line follows a kill of X, and no
    monitor fired "node down" for a process whose node was not killed;
-4. memory: every RSS sample of every node is under ``--max-rss-mb``;
-5. no process of the chaos project crashed (they loop for ever: a service restart
+4. streams flow again: within 30 s of the end of the chaos, every sender sends to
+   every other node's current receiver;
+5. memory: every RSS sample of every node is under ``--max-rss-mb``;
+6. no process of the chaos project crashed (they loop for ever: a service restart
    before the shutdown means one raised).
 
 Also printed, not judged: node-down detection times, stream latency (with the harness
@@ -650,16 +652,16 @@ class EndWatch:
             await asyncio.sleep(0.1)
 
 
-async def settle_and_drain(timeline: Timeline, nodes: Nodes, control: nats.NATS) -> float:
+async def settle_and_drain(timeline: Timeline, nodes: Nodes, control: nats.NATS) -> tuple[float, list[str]]:
     """Wait until every current sender sends to every other node's current receiver,
     then tell the senders to stop and wait until the receivers caught up. Returns the
-    time the stop was sent."""
+    time the stop was sent and the (sender -> receiver) pairs that never flowed."""
     watch = EndWatch(nodes)
     since = time.time()
-    left = await watch.until(lambda: watch.unsent(since), 30.0)
-    timeline.log("settled" if not left else "not-settled",
-                 "every sender sends to every other node's receiver" if not left else
-                 f"no send within 30s: {'; '.join(left)}")
+    unsettled = await watch.until(lambda: watch.unsent(since), 30.0)
+    timeline.log("settled" if not unsettled else "not-settled",
+                 "every sender sends to every other node's receiver" if not unsettled else
+                 f"no send within 30s: {'; '.join(unsettled)}")
     stop_sent = timeline.log("stop-senders", ", ".join(sorted(nodes.senders.values())))
     for node, sender in nodes.senders.items():
         uid = sender.rstrip("}").rpartition("|")[2]
@@ -668,7 +670,7 @@ async def settle_and_drain(timeline: Timeline, nodes: Nodes, control: nats.NATS)
     left = await watch.until(watch.behind, 20.0)
     timeline.log("drained" if not left else "drain-timeout",
                  "senders stopped, receivers caught up" if not left else "; ".join(left))
-    return stop_sent
+    return stop_sent, unsettled
 
 
 # ---------------------------------------------------------------- checks
@@ -961,6 +963,7 @@ class RunFacts:
     dead_letters: DeadLetters
     stop_sent: float
     shutdown_at: float
+    unsettled: list[str]  # (sender -> receiver) pairs that did not flow again after the chaos
 
     def save(self, path: Path) -> None:
         dl = self.dead_letters
@@ -968,7 +971,7 @@ class RunFacts:
             "t0": self.timeline.t0, "events": self.timeline.events,
             "incarnations": [{**dataclasses.asdict(inc), "log_path": inc.log_path.name} for inc in self.incarnations],
             "node_kills": self.node_kills, "floods": self.floods, "stop_sent": self.stop_sent,
-            "shutdown_at": self.shutdown_at,
+            "shutdown_at": self.shutdown_at, "unsettled": self.unsettled,
             "dead_letters": {"by_node_reason": [[n, r, c] for (n, r), c in dl.by_node_reason.items()],
                              "floods": dl.floods, "stream": dl.stream},
         }, default=str))
@@ -984,7 +987,7 @@ class RunFacts:
         dl.floods.update(data["dead_letters"]["floods"])
         dl.stream = [tuple(x) for x in data["dead_letters"]["stream"]]
         return cls(timeline, incarnations, data["node_kills"], [tuple(f) for f in data["floods"]], dl,
-                   data["stop_sent"], data["shutdown_at"])
+                   data["stop_sent"], data["shutdown_at"], data.get("unsettled", []))
 
 
 def summarize(facts: RunFacts, max_rss: int) -> bool:
@@ -996,11 +999,13 @@ def summarize(facts: RunFacts, max_rss: int) -> bool:
     downs, detection, monitor_latency = check_node_downs(timeline, records, incarnations, procs, facts.node_kills, facts.shutdown_at)
     memory = check_memory(incarnations, max_rss)
     crashes = check_crashes(timeline, records, facts.shutdown_at)
+    flowing = Verdict("after the chaos, every sender sends to every other node's receiver again",
+                      not facts.unsettled, [f"no send within 30 s: {pair}" for pair in facts.unsettled])
     print("\n==== chaos run: results ====")
     kinds = Counter(kind for _, kind, _ in timeline.events)
     print(f"events: {kinds['kill-node']} node kills, {kinds['kill-nats']} NATS server kills, "
           f"{kinds['flood']} floods ({sum(n for _, _, n in facts.floods)} messages published)")
-    verdicts = (alive, explained, downs, memory, crashes)
+    verdicts = (alive, explained, downs, flowing, memory, crashes)
     for verdict in verdicts:
         print(f"[{'PASS' if verdict.ok else 'FAIL'}] {verdict.name}")
         for line in verdict.lines[:60]:
@@ -1015,7 +1020,7 @@ def summarize(facts: RunFacts, max_rss: int) -> bool:
         print(f"stream message latency (sender's print to receiver's, ms): p50 {pct(values, 0.5) * 1e3:.1f}, "
               f"p99 {pct(values, 0.99) * 1e3:.1f}, max {max(values) * 1e3:.0f}; the slowest:")
         for value, rx in sorted(latencies, key=lambda x: -x[0])[:3]:
-            events = "; ".join(timeline.around(rx.at, 10.0, 0.0)[-2:]) or "no harness event in the 10 s before"
+            events = "; ".join(timeline.around(rx.at, 10.0, 0.0)[-3:]) or "no harness event in the 10 s before"
             print(f"    {value * 1e3:.0f} ms, received at {timeline.rel(rx.at)} ({rx.where}); before it: {events}")
     if monitor_latency:
         print(f"kill -9 to the EXIT a Lua monitor on another node got: p50 {pct(monitor_latency, 0.5):.2f} s, "
@@ -1087,12 +1092,12 @@ async def run(args: argparse.Namespace, root: Path) -> bool:
             sampler = group.create_task(sample_memory(nodes), name="rss-sampler")
             await chaos_loop(chaos, timeline, cluster, nodes, flooder, until)
             timeline.log("chaos", "over; waiting for every stream to flow")
-            stop_sent = await settle_and_drain(timeline, nodes, watcher)
+            stop_sent, unsettled = await settle_and_drain(timeline, nodes, watcher)
             sampler.cancel()
         shutdown_at = timeline.log("shutdown", "SIGTERM to every node")
         await nodes.stop_all()
         facts = RunFacts(timeline, nodes.incarnations, chaos.node_kills, chaos.floods, dead_letters,
-                         stop_sent, shutdown_at)
+                         stop_sent, shutdown_at, unsettled)
         facts.save(root / "run.json")
         return summarize(facts, args.max_rss_mb * 2**20)
     finally:
@@ -1146,6 +1151,8 @@ def main() -> None:
                         help="start nothing: check the logs of a kept run again and print the results")
     args = parser.parse_args()
     if args.analyze is not None:
+        if not (args.analyze / "run.json").is_file():
+            parser.error(f"{args.analyze} has no run.json: not the work dir of a finished run")
         ok = summarize(RunFacts.load(args.analyze), args.max_rss_mb * 2**20)
         print(f"chaos run {'PASSED' if ok else 'FAILED'}")
         sys.exit(0 if ok else 1)
