@@ -9,6 +9,7 @@ from ._membership import Membership, Peer
 from ._pid import Pid, PidAllocator
 from ._requests import NoResponders, Outbox, ReplyCallback, Requests, RequestTimeout
 from ._subjects import Subjects, is_token, to_token
+from ._tally import Tally, reason_key
 
 __all__ = [
     "BATCH_HEADER",
@@ -34,8 +35,10 @@ __all__ = [
     "RequestTimeout",
     "Requests",
     "Subjects",
+    "Tally",
     "connect",
     "is_token",
+    "reason_key",
     "tls_context",
     "to_token",
 ]

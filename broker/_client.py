@@ -31,7 +31,7 @@ import asyncio
 import inspect
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 import nats.aio.client
@@ -43,6 +43,7 @@ from nats.protocol.command import hpub_cmd, pub_cmd
 from nats.protocol.parser import Parser
 
 from ._parser import FastParser
+from ._tally import Tally
 
 log = logging.getLogger("moonwire.broker")
 
@@ -125,6 +126,17 @@ class Client(NatsClient):
         self._parsed_blocks: dict[bytes, dict[str, str] | None] = {}
         self._direct: dict[int, tuple[Subscription, Callable[[Msg], None]]] = {}
         """Subscription id -> the subscription and its direct callback."""
+        self.after_read: Callable[[], Awaitable[None]] | None = None
+        """Awaited by the read loop after it has handled each chunk it read (at most
+        nats-py's 32 KiB read size), and every :attr:`read_turn` seconds within one, when
+        :data:`FAST_PATH`: the place to yield the event loop to others, or to hold
+        reading while what the frames caused is written out."""
+        self.read_turn = 0.0
+        """Seconds of handling frames after which the read loop awaits :attr:`after_read`
+        before the next frame (0: only after each chunk)."""
+        self.slow_consumer_drops = Tally(log, "messages dropped by nats-py (slow consumer)")
+        """Messages nats-py dropped because a subscription's pending queue was full, by
+        subject (counted by :func:`broker.connect`'s error callback)."""
         if FAST_PATH:
             self._ps = FastParser(self)
 

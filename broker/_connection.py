@@ -8,7 +8,6 @@ import ssl
 from dataclasses import dataclass, field
 
 import nats
-from nats.aio.client import Client as NatsClient
 
 from ._client import Client
 
@@ -53,7 +52,7 @@ def tls_context(options: ConnectOptions) -> ssl.SSLContext | None:
     return context
 
 
-async def connect(options: ConnectOptions) -> NatsClient:
+async def connect(options: ConnectOptions) -> Client:
     """Connect, or raise :class:`BrokerUnavailable` naming the URLs.
 
     The first connection is not retried: a node that cannot reach its broker at start
@@ -91,8 +90,14 @@ async def connect(options: ConnectOptions) -> NatsClient:
     connected = False
 
     async def on_error(err: Exception) -> None:
-        if connected:
-            log.warning("NATS error: %s", err)
+        if isinstance(err, nats.errors.SlowConsumerError):
+            # nats-py dropped a message: its subscription's pending queue was full. A
+            # loss, so counted (and logged once per subject per interval, not per message).
+            subject = err.sub.subject if err.sub is not None else err.subject
+            client.slow_consumer_drops.note(subject, "%s: dropped a message on %s (subscription %s): its pending "
+                                            "queue is full (slow consumer)", options.name, err.subject, subject)
+        elif connected:
+            log.warning("NATS error on %s: %s", options.name, err)
         else:
             errors.append(err)
 
