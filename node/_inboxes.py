@@ -13,24 +13,35 @@ type is one payload: JSON when it parses, else the text itself; ``msg:from()`` i
 
 A message that cannot be delivered whole (malformed msgpack, an unsupported content
 type, a bad ``Mw-From``, no topic or a reserved one, an oversize body, a value Lua
-cannot hold, an unknown process, a full mailbox) is never half-delivered: it is logged
-with the reason and republished, body and headers unchanged plus ``Mw-Dlq-Reason`` and
-``Mw-Dlq-Subject``, to ``<prefix>.dlq.<node>``. A message of a batch that cannot be
-delivered is republished alone; the others are delivered.
+cannot hold, an unknown process, a full mailbox) is never half-delivered: it is
+republished, body and headers unchanged plus ``Mw-Dlq-Reason`` and ``Mw-Dlq-Subject``,
+to ``<prefix>.dlq.<node>`` by :class:`DeadLetters`, the node's one dead-letter path
+(the workflow gateway uses it too), which logs the first of each reason per interval
+and counts the rest. A message of a batch that cannot be delivered is republished
+alone; the others are delivered.
+
+The inbox subscription is on the node's *data* connection, not the one that carries
+heartbeats, control requests and function calls, and its handler runs straight from
+that connection's read loop, which yields the event loop after each chunk it reads
+and holds reading while dead letters wait to be written (:meth:`DeadLetters.make_room`):
+a flood at an inbox waits in the kernel and the server, not in this process, and does
+not delay the rest (``docs/architecture.md``, *Floods*).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections import deque
 from dataclasses import dataclass
 from collections.abc import Callable
 
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from broker import BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Envelope, Outbox, Pid, Subjects, batch_items
+from broker import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Client, Envelope, Headers, Outbox,
+                    Pid, Subjects, Tally, batch_items, reason_key)
 from lua import Event, Message, MoonwireError, check_portable
 
 from ._payload import JSON, pack, unpack
@@ -41,6 +52,14 @@ log = logging.getLogger("moonwire.inboxes")
 REASON_HEADER = "Mw-Dlq-Reason"
 SUBJECT_HEADER = "Mw-Dlq-Subject"
 DEFAULT_MAX_BODY = 1024 * 1024
+DEAD_LETTERS_WAITING = 4096
+"""Dead letters that may wait for the data connection's write buffer; past it one is
+dropped and counted. The inbox reader holds reading at half of it, so only dead letters
+made outside it (failed workflow signals) can meet the limit."""
+DEAD_LETTER_LOG_INTERVAL = 10.0
+READ_TURN = 0.002
+"""Seconds the data connection's reader handles frames before it yields the event loop
+(``broker.Client.read_turn``): what a flood adds to each turn of everything else."""
 _TEXT = "text/plain"
 
 
@@ -140,26 +159,32 @@ def _checked_payloads(topic: str, sender: str, payloads: object) -> Message:
 class NodeInboxes:
     """The node's inbox subscription and its remote sends.
 
+    ``nats`` is the node's data connection (the subscription); sends leave through
+    ``outbox``, the control connection's, in order with this node's other messages.
     ``deliver(uid, message)`` is the process table's: it raises :class:`MoonwireError`
     when no process has that uid or its mailbox is full.
     """
 
-    def __init__(self, nats: NatsClient, outbox: Outbox, subjects: Subjects, node: str,
+    def __init__(self, nats: Client, outbox: Outbox, subjects: Subjects, node: str,
                  deliver: Callable[[str, Message], None], deliver_event: Callable[[str, Event], None],
-                 max_body: int = DEFAULT_MAX_BODY) -> None:
+                 dead_letters: DeadLetters, max_body: int = DEFAULT_MAX_BODY) -> None:
         self.nats = nats
         self.outbox = outbox
         self.subjects = subjects
         self.node = node
         self.deliver = deliver
         self.deliver_event = deliver_event
+        self.dead_letters = dead_letters
         self.max_body = max_body
         self.stats = InboxStatistics()
         self._prefix = subjects.inbox(node, "")  # "<prefix>.p.<node>."
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:
-        self._subscription = await self.nats.subscribe(self.subjects.node_inboxes(self.node), cb=self._on_message)
+        # Direct: handled in the read loop, so nothing queues in this process in front of
+        # the handler (nats-py's per-subscription queue would hold a flood in memory and
+        # its task would run the whole backlog without yielding the event loop).
+        self._subscription = await self.nats.subscribe_direct(self.subjects.node_inboxes(self.node), self._on_message)
 
     async def stop(self) -> None:
         if self._subscription is not None:
@@ -171,7 +196,7 @@ class NodeInboxes:
         message this node publishes)."""
         self.outbox.send_nowait(self.subjects.inbox(pid.node, pid.uid), envelope(message))
 
-    async def _on_message(self, msg: Msg) -> None:
+    def _on_message(self, msg: Msg) -> None:
         rest = msg.subject[len(self._prefix):]
         uid, _, topic = rest.partition(".")
         headers = msg.headers or {}
@@ -214,20 +239,124 @@ class NodeInboxes:
                 except (MoonwireError, TypeError, IndexError, KeyError):
                     body, headers = item, {CONTENT_TYPE: MSGPACK}
                 self.stats.dead_lettered += 1
-                dead_letter(self.outbox, self.subjects.dead_letters(self.node), msg.subject, body, headers,
-                            err.message if isinstance(err, MoonwireError) else str(err))
+                self.dead_letters.publish(msg.subject, body, headers,
+                                          err.message if isinstance(err, MoonwireError) else str(err))
 
     def _dead_letter(self, msg: Msg, reason: str) -> None:
         self.stats.dead_lettered += 1
-        dead_letter(self.outbox, self.subjects.dead_letters(self.node), msg.subject, msg.data, msg.headers, reason)
+        self.dead_letters.publish(msg.subject, msg.data, msg.headers, reason)
 
 
-def dead_letter(outbox: Outbox, dlq: str, subject: str, body: bytes, headers: dict[str, str] | None,
-                reason: str) -> None:
-    """Log a message that came on ``subject`` as undeliverable and republish it, with
-    the reason, to the dead-letter subject ``dlq``."""
-    log.warning("undeliverable message on %s: %s (republished to %s)", subject, reason, dlq)
-    headers = dict(headers or {})
-    headers[REASON_HEADER] = reason
-    headers[SUBJECT_HEADER] = subject
-    outbox.publish_nowait(dlq, body, headers=headers)
+@dataclass(frozen=True, slots=True)
+class DeadLetterStatistics:
+    published: int
+    """Republished to the dead-letter subject."""
+    dropped: int
+    """Lost: the waiting dead letters were at their limit, or the publish failed."""
+    waiting: int
+    """Waiting for the connection's write buffer now."""
+    by_reason: dict[str, int]
+    """Every dead letter so far by reason (numbers, PIDs and quoted values blanked) and
+    subject prefix; a bounded number of keys, the rest under ``(other)``."""
+
+
+class DeadLetters:
+    """Everything this node cannot deliver goes out here, in the order it failed: to
+    the dead-letter subject ``dlq``, on the data connection ``nats``.
+
+    A dead letter goes on the connection's write buffer at once when nothing waits
+    before it, else waits in a FIFO (at most ``limit``, then dropped and counted)
+    that :meth:`run` (a task owned by the node) publishes. Logging goes through a
+    :class:`broker.Tally`: the first dead letter of a reason per interval is logged in
+    full, the others are counted into one summary line per interval.
+    """
+
+    def __init__(self, nats: Client, dlq: str, *, limit: int = DEAD_LETTERS_WAITING,
+                 log_interval: float = DEAD_LETTER_LOG_INTERVAL) -> None:
+        self.nats = nats
+        self.dlq = dlq
+        self.limit = limit
+        self.tally = Tally(log, f"undeliverable messages republished to {dlq}", interval=log_interval, max_keys=64)
+        self.published = 0
+        self.dropped = 0
+        self._waiting: deque[tuple[bytes, dict[str, str]]] = deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._made: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
+
+    def statistics(self) -> DeadLetterStatistics:
+        return DeadLetterStatistics(self.published, self.dropped, len(self._waiting), dict(self.tally.totals))
+
+    def publish(self, subject: str, body: bytes, headers: dict[str, str] | None, reason: str) -> None:
+        """Republish a message that came on ``subject`` (with ``body`` and ``headers``)
+        to the dead-letter subject, with ``reason``."""
+        # A flood repeats one subject and reason: their key and header block are made once.
+        made = self._made.get((subject, reason)) if not headers else None
+        if made is None:
+            key = f"{reason_key(reason)} [{'.'.join(subject.split('.', 3)[:3])}]"
+            made = key, _dead_letter_headers(headers, subject, reason)
+            if not headers:
+                if len(self._made) >= 256:
+                    self._made.clear()
+                self._made[(subject, reason)] = made
+        key, block = made
+        self.tally.note(key, "undeliverable message on %s: %s (republished to %s)", subject, reason, self.dlq)
+        if not self._waiting and self.nats.try_publish(self.dlq, body, headers=block):
+            self.published += 1
+            return
+        if len(self._waiting) >= self.limit:
+            self.dropped += 1
+            self.tally.note("dropped", "dropped a dead letter from %s: %d are waiting to be published already",
+                            subject, len(self._waiting))
+            return
+        self._waiting.append((body, block))
+        self._ready.set()
+
+    async def make_room(self) -> None:
+        """The data connection's read hook (``broker.Client.after_read``): yield the
+        event loop once per chunk read, so a flood takes turns with everything else,
+        and hold reading while more than half the limit of dead letters wait."""
+        await asyncio.sleep(0)
+        while len(self._waiting) > self.limit // 2:
+            self._room.clear()
+            await self._room.wait()
+
+    async def run(self) -> None:
+        """Publish waiting dead letters until cancelled; cancelling publishes what is
+        waiting first."""
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                await self._drain()
+        except asyncio.CancelledError:
+            await asyncio.shield(self._drain())
+            raise
+        finally:
+            self.tally.close()
+
+    async def _drain(self) -> None:
+        waiting, low = self._waiting, self.limit // 4
+        while waiting:
+            body, headers = waiting.popleft()
+            try:
+                await self.nats.publish(self.dlq, body, headers=headers)
+                self.published += 1
+            except Exception as err:  # noqa: BLE001 - a failed publish is counted, never fatal
+                self.dropped += 1
+                self.tally.note("publish failed", "could not publish a dead letter to %s: %s", self.dlq, err)
+            if len(waiting) <= low:
+                self._room.set()
+        self._room.set()
+
+
+def _dead_letter_headers(headers: dict[str, str] | None, subject: str, reason: str) -> dict[str, str]:
+    """The message's headers plus the reason and subject: a :class:`broker.Headers` (the
+    fast publish path) when every header is one it can encode, else a plain dict."""
+    merged = dict(headers or {})
+    merged[REASON_HEADER] = " ".join(reason.splitlines())  # a header value holds no line break
+    merged[SUBJECT_HEADER] = subject
+    try:
+        return Headers(merged)
+    except ValueError:
+        return merged

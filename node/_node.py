@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client as NatsClient
 
-from broker import Membership, Outbox, Requests, Subjects, connect
+from broker import Client, Membership, Outbox, Requests, Subjects, connect
 
 from ._config import NodeConfig, ResolvedConfig
 from lua import Outcome
@@ -26,7 +27,7 @@ from lua import Outcome
 from ._embedded import EmbeddedServers
 from ._entries import TemporalClientEntry
 from ._workflows import Workflows
-from ._inboxes import NodeInboxes
+from ._inboxes import READ_TURN, DeadLetters, NodeInboxes
 from ._remote import Cluster
 from ._runtime import Runtime
 from ._project import Project
@@ -58,6 +59,7 @@ class Node:
         self.embedded = EmbeddedServers(resolved.state_dir, self.config.node)
         self.temporal_address: str | None = None
         self._nats: NatsClient | None = None
+        self._data: Client | None = None
         self.runtime: Runtime | None = None
         self._steps: list[_Step] = []
         self._stop_requested = asyncio.Event()
@@ -103,9 +105,21 @@ class Node:
         if any(isinstance(e, TemporalClientEntry) and e.embedded for e in self.project.entries.values()):
             self.temporal_address = await self.embedded.temporal_address()
 
-        self._nats = await connect(self.config.connect_options(servers))
+        options = self.config.connect_options(servers)
+        self._nats = await connect(options)
         self._steps.append(_Step("NATS connection", self._close_nats))
+        # The data plane (process inboxes, the workflow gateway, their dead letters) has
+        # a connection of its own: a flood there waits in its socket and the server, not
+        # in front of heartbeats, control requests and function calls in one byte stream
+        # and one write buffer (docs/architecture.md, Floods).
+        self._data = await connect(dataclasses.replace(options, name=f"{options.name}-data"))
+        self._steps.append(_Step("NATS data connection", self._close_data))
         log.info("node %s connected to NATS at %s", self.name, ", ".join(servers))
+        dead_letters = DeadLetters(self._data, self.subjects.dead_letters(self.name))
+        self._data.after_read = dead_letters.make_room
+        self._data.read_turn = READ_TURN
+        dead_letters_task = asyncio.create_task(dead_letters.run(), name="dead letters")
+        self._steps.append(_Step("dead letters", lambda remaining: _cancel_and_wait(dead_letters_task)))
 
         outbox = Outbox(self._nats)
         outbox_task = asyncio.create_task(outbox.run(), name="outbox")
@@ -117,18 +131,20 @@ class Node:
         runtime = self.runtime = Runtime(self.name, self.project, self.subjects, nats=self._nats,
                                          requests=requests, outbox=outbox)
         processes = runtime.processes
-        inboxes = NodeInboxes(self._nats, outbox, self.subjects, self.name, processes.deliver,
-                              processes.deliver_event, max_body=self.config.max_message_bytes)
+        runtime.functions.dead_letter = dead_letters.publish  # a call without a reply subject that cannot run
+        inboxes = NodeInboxes(self._data, outbox, self.subjects, self.name, processes.deliver,
+                              processes.deliver_event, dead_letters, max_body=self.config.max_message_bytes)
         processes.remote = inboxes.send
         await inboxes.start()
         self._steps.append(_Step("process inboxes", lambda remaining: inboxes.stop()))
         workflows = processes.workflows = Workflows(
             self.name, self.project, self.subjects, runtime.functions, runtime.functions.code,
             processes.workflow_event, processes.route, nats=self._nats, outbox=outbox,
-            max_body=self.config.max_message_bytes)
+            max_body=self.config.max_message_bytes, gateway=self._data, dead_letters=dead_letters)
         self._steps.append(_Step("temporal workers", lambda remaining: workflows.stop()))
         await workflows.start(self.temporal_address, run_workers=self.config.workers)
         cluster = processes.cluster = Cluster(self._nats, outbox, requests, self.subjects, self.name, processes)
+        cluster.dead_letter = dead_letters.publish  # a control request without a reply subject that failed
         await cluster.start()
         self._steps.append(_Step("control plane", lambda remaining: cluster.stop()))
 
@@ -147,6 +163,7 @@ class Node:
         # nats-py buffers SUBs: a round trip here means that once the node says it is
         # running, the server routes to every inbox, queue group and control subject.
         await self._nats.flush()
+        await self._data.flush()
         # What exists now (modules, the project, Lua states, connections) lives as long
         # as the node. Frozen, the cyclic collector stops re-scanning it in every older-
         # generation collection: ~4 us of CPU per remote call on a calling node.
@@ -179,15 +196,23 @@ class Node:
 
     async def _close_nats(self, remaining: float) -> None:
         nc, self._nats = self._nats, None
-        if nc is None or nc.is_closed:
-            return
-        try:
-            await asyncio.wait_for(nc.drain(), min(remaining, 5.0) or 0.1)
-        except Exception:  # noqa: BLE001 - a timed-out or failed drain still ends in close
-            await nc.close()
+        await _drain_or_close(nc, remaining)
+
+    async def _close_data(self, remaining: float) -> None:
+        nc, self._data = self._data, None
+        await _drain_or_close(nc, remaining)
 
     async def _stop_embedded(self, remaining: float) -> None:
         await self.embedded.stop(timeout=min(max(remaining, 0.5), 5.0))
+
+
+async def _drain_or_close(nc: NatsClient | None, remaining: float) -> None:
+    if nc is None or nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.drain(), min(remaining, 5.0) or 0.1)
+    except Exception:  # noqa: BLE001 - a timed-out or failed drain still ends in close
+        await nc.close()
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:

@@ -43,11 +43,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, Worker
 
 from broker import MSGPACK_HEADERS, Outbox, Pid, Subjects
+from broker import Client as BrokerClient
 from lua import EXIT, LINK_DOWN, Event, Kind, Limits, Message, MoonwireError, Outcome, Pending, SpawnRequest, invalid, not_found, settled
 
 from ._entries import TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
 from ._functions import CodeLoader, Functions
-from ._inboxes import DEFAULT_MAX_BODY, Undeliverable, dead_letter, decode, encode
+from ._inboxes import DEFAULT_MAX_BODY, DeadLetters, Undeliverable, decode, encode
 from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
 from ._project import Project
 from ._remote import reply_outcome
@@ -69,6 +70,9 @@ from ._workflow_run import (
 log = logging.getLogger("moonwire.workflows")
 
 GATEWAY_QUEUE = "mw.wf"
+SIGNALS_WAITING = 1024
+"""Signals that may wait for this node's signal sender (one Temporal RPC at a time);
+past it a signal from the gateway is dead-lettered and a process's send fails."""
 WATCH_RETRY = (0.5, 10.0)  # first and longest wait between attempts to watch a workflow
 
 # Go SDK names (what Wippy's worker_options use) -> Python SDK keyword and converter.
@@ -156,6 +160,18 @@ class TemporalUnavailable(Exception):
     """A ``temporal.client`` could not connect (the node does not start)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Signal:
+    """A signal waiting to be sent; one from the gateway keeps the message as it came,
+    for the dead-letter queue."""
+
+    target: Pid
+    message: Message
+    subject: str = ""
+    body: bytes = b""
+    headers: dict[str, str] | None = None
+
+
 @dataclass(slots=True)
 class _Host:
     """A worker entry this node runs: its client and task queue."""
@@ -175,7 +191,8 @@ class Workflows:
                  deliver: Callable[[str, Event], None], route: Callable[[str, Message], None], *,
                  nats: NatsClient | None = None,
                  outbox: Outbox | None = None, limits: Limits = Limits(), mailbox_limit: int = 4096,
-                 max_body: int = DEFAULT_MAX_BODY) -> None:
+                 max_body: int = DEFAULT_MAX_BODY, gateway: BrokerClient | None = None,
+                 dead_letters: DeadLetters | None = None, signals_waiting: int = SIGNALS_WAITING) -> None:
         self.node = node
         self.project = project
         self.subjects = subjects
@@ -193,7 +210,11 @@ class Workflows:
         self.hosts: dict[str, _Host] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watches: dict[str, dict[tuple[str, bool], asyncio.Task[None]]] = {}  # by watcher
-        self._signals: asyncio.Queue[tuple[Pid, Message]] = asyncio.Queue()
+        self.gateway = gateway
+        """The connection the gateway subscribes on (the node's data connection)."""
+        self.dead_letters = dead_letters
+        # Bounded: what waits here waits for one RPC at a time (~700/s measured).
+        self._signals: asyncio.Queue[_Signal] = asyncio.Queue(signals_waiting)
         self._subscriptions: list[Subscription] = []
 
     # ------------------------------------------------------------ lifecycle
@@ -220,8 +241,12 @@ class Workflows:
         self._own(self._send_signals(), "signals")
         if self.nats is not None:
             for worker in self.hosts:
-                self._subscriptions.append(await self.nats.subscribe(
-                    self.subjects.workflows(worker), queue=GATEWAY_QUEUE, cb=self._on_gateway))
+                if self.gateway is not None:  # handled in its read loop, like process inboxes
+                    self._subscriptions.append(await self.gateway.subscribe_direct(
+                        self.subjects.workflows(worker), self._on_gateway, queue=GATEWAY_QUEUE))
+                else:
+                    self._subscriptions.append(await self.nats.subscribe(
+                        self.subjects.workflows(worker), queue=GATEWAY_QUEUE, cb=self._on_gateway_async))
                 self._subscriptions.append(await self.nats.subscribe(
                     self.subjects.workflow_status(worker), queue=GATEWAY_QUEUE, cb=self._on_status))
 
@@ -436,7 +461,11 @@ class Workflows:
         """Signal workflow ``target`` (in order with this node's other signals), or hand
         the message to the nodes that run its worker when this one does not."""
         if target.host in self.hosts:
-            self._signals.put_nowait((target, message))
+            try:
+                self._signals.put_nowait(_Signal(target, message))
+            except asyncio.QueueFull:
+                raise MoonwireError(f"cannot signal {target} now: {self._signals.maxsize} signals are waiting to be "
+                                    "sent to Temporal from this node", Kind.UNAVAILABLE, retryable=True) from None
         elif self.outbox is not None:
             body, headers = encode(message)
             self.outbox.publish_nowait(self.subjects.workflow(target.host, target.uid), body, headers=headers)
@@ -446,13 +475,31 @@ class Workflows:
 
     async def _send_signals(self) -> None:
         while True:
-            target, message = await self._signals.get()
+            signal = await self._signals.get()
+            target, message = signal.target, signal.message
             try:
                 await self._handle(target).signal(message.topic, encode_signal(message.sender, message.payloads))
             except (RPCError, MoonwireError) as err:
-                log.warning("signal %r to %s not delivered: %s", message.topic, target, err)
+                if isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND:
+                    reason = f"no running workflow {target.uid} on worker {target.host}: {err}"
+                else:
+                    reason = f"signal {message.topic!r} to {target} failed: {err}"
+                if signal.subject:  # from the gateway: the message as it came
+                    self._dead_letter(signal.subject, signal.body, signal.headers, reason)
+                else:
+                    body, headers = encode(message)
+                    self._dead_letter(self.subjects.workflow(target.host, target.uid), body, headers, reason)
 
-    async def _on_gateway(self, msg: Msg) -> None:
+    def _dead_letter(self, subject: str, body: bytes, headers: dict[str, str] | None, reason: str) -> None:
+        if self.dead_letters is not None:
+            self.dead_letters.publish(subject, body, headers, reason)
+        else:  # no broker (a bench): nowhere to republish
+            log.warning("undeliverable message on %s: %s", subject, reason)
+
+    async def _on_gateway_async(self, msg: Msg) -> None:
+        self._on_gateway(msg)
+
+    def _on_gateway(self, msg: Msg) -> None:
         """A message for a workflow from outside: ``<prefix>.wf.<worker>.<id>[.<topic>]``."""
         for worker in self.hosts:
             prefix = self.subjects.workflow(worker, "")
@@ -464,11 +511,15 @@ class Workflows:
         try:
             message = decode(topic, msg.headers or {}, msg.data, self.max_body)
         except Undeliverable as err:
-            if self.outbox is not None:
-                dead_letter(self.outbox, self.subjects.dead_letters(self.node), msg.subject, msg.data, msg.headers,
-                            str(err))
+            self._dead_letter(msg.subject, msg.data, msg.headers, str(err))
             return
-        self._signals.put_nowait((Pid("", worker, workflow_id), message))
+        try:
+            self._signals.put_nowait(_Signal(Pid("", worker, workflow_id), message, msg.subject, msg.data,
+                                             msg.headers))
+        except asyncio.QueueFull:
+            self._dead_letter(msg.subject, msg.data, msg.headers,
+                              f"{self._signals.maxsize} signals are waiting to be sent to Temporal from node "
+                              f"{self.node} already")
 
     async def _on_status(self, msg: Msg) -> None:
         """``{"pid": ...}``: the workflow's status, and its result or error once closed.

@@ -1,0 +1,289 @@
+"""A flood at one process's inbox, and what it does to everything else on its node.
+
+Two node processes (``fa``, flooded, and ``fb``) on a real nats-server. In each trial an
+outside nats-py client (its own OS process) publishes ``--messages`` messages as fast as
+it can at one process on ``fa``, while this script calls a function served by ``fa``
+(``mw.fn.app:ping``, one call in flight, nats-py request/reply) and a raw nats-py
+responder (its own OS process) in turn. Printed per trial and overall:
+
+* function-call latency p50/p99 while flooded, beside the same calls with no flood and
+  beside raw nats-py request/reply measured in the same run (flooded and not);
+* node-down lines either node logged (target: none);
+* whether every flood message was delivered or dead-lettered (process count + dead
+  letters == messages) and how long that took.
+
+    python bench/flood.py [--messages 200000] [--trials 10] [--calls 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+
+from node import free_port, start_nats
+
+from _support import pct, write
+
+MOONWIRE = str(Path(sys.executable).parent / "moonwire")
+
+FLOODED = {
+    "_index.yaml": """
+        namespace: app
+        entries:
+          - {name: host, kind: process.host}
+          - {name: sink, kind: process.lua, source: file://sink.lua, modules: [time]}
+          - name: sink.service
+            kind: process.service
+            process: sink
+            host: host
+            lifecycle: {auto_start: true}
+          - {name: where, kind: function.lua, source: file://where.lua}
+          - {name: report, kind: function.lua, source: file://report.lua}
+          - {name: ping, kind: function.lua, source: file://ping.lua}
+    """,
+    # Counts what arrives on topic "flood", slower than a flood comes (a pause per 100
+    # messages), so its mailbox fills and the rest is dead-lettered; answers "report"
+    # with the count and starts again from 0.
+    "sink.lua": """
+        local time = require("time")
+        return function()
+          process.registry.register("sink")
+          local inbox, count = process.inbox(), 0
+          while true do
+            local msg = inbox:receive()
+            if msg:topic() == "report" then
+              process.send(msg:from(), "count", count)
+              count = 0
+            else
+              count = count + 1
+              if count % 100 == 0 then time.sleep("5ms") end
+            end
+          end
+        end""",
+    "where.lua": "return function() return process.registry.lookup('sink') end",
+    "report.lua": """
+        return function()
+          local ok, err = process.send("sink", "report")
+          if not ok then return nil, err end
+          return process.inbox():receive():payload():data()
+        end""",
+    "ping.lua": "return function(x) return x end",
+}
+
+OTHER = {
+    "_index.yaml": """
+        namespace: other
+        entries:
+          - {name: noop, kind: function.lua, source: file://noop.lua}
+    """,
+    "noop.lua": "return function(x) return x end",
+}
+
+FLOODER = """
+import asyncio, sys, nats
+async def main(url, subject, n):
+    nc = await nats.connect(url)
+    body = b'"x"'
+    for _ in range(n):
+        await nc.publish(subject, body)
+    await nc.flush(timeout=120)
+    await nc.close()
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+RAW_RESPONDER = """
+import asyncio, sys, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    async def handle(msg):
+        await msg.respond(msg.data)
+    await nc.subscribe("raw.ping", cb=handle)
+    await nc.flush()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+COUNTER = """
+import asyncio, sys, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    count = 0
+    async def handle(msg):
+        nonlocal count
+        count += 1
+    await nc.subscribe(sys.argv[2], cb=handle, pending_msgs_limit=-1, pending_bytes_limit=-1)
+    await nc.flush()
+    print("ready", flush=True)
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while await reader.readline():
+        print(count, flush=True)
+asyncio.run(main())
+"""
+"""Counts the messages on a subject (in its own process, so that reading them costs the
+measuring client nothing); prints the count for each line it reads."""
+
+DOWN = re.compile(r"node \S+ is down")
+ECHO = bool(os.environ.get("FLOOD_ECHO"))
+"""FLOOD_ECHO=1: print the nodes' output as it comes."""
+
+
+class Node:
+    """``moonwire run`` as an OS process, its output in a list."""
+
+    def __init__(self, project: Path, name: str, url: str) -> None:
+        self.argv = [MOONWIRE, "run", str(project), "--node", name, "--nats", url]
+        self.lines: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self.reader: asyncio.Task[None] | None = None
+
+    async def start(self, ready: str) -> None:
+        self.process = await asyncio.create_subprocess_exec(*self.argv, stdout=asyncio.subprocess.PIPE,
+                                                            stderr=asyncio.subprocess.STDOUT)
+        self.reader = asyncio.create_task(self._read())
+        await self.wait_for(ready)
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        async for line in self.process.stdout:
+            self.lines.append(line.decode(errors="replace").rstrip())
+            if ECHO:
+                print(self.argv[4], self.lines[-1], flush=True)
+
+    async def wait_for(self, pattern: str, timeout: float = 60.0) -> None:
+        regex, deadline = re.compile(pattern), time.monotonic() + timeout
+        while not any(regex.search(line) for line in self.lines):
+            if time.monotonic() > deadline or (self.reader is not None and self.reader.done()):
+                raise RuntimeError(f"no /{pattern}/ from {self.argv}:\n" + "\n".join(self.lines[-30:]))
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await self.process.wait()
+        if self.reader is not None:
+            await self.reader
+
+
+async def sequential_calls(nc: nats.NATS, subject: str, until: asyncio.Event | None, count: int) -> list[float]:
+    """Latencies (s) of requests made one after another: ``count`` of them, or until
+    ``until`` is set (at least one)."""
+    samples: list[float] = []
+    while (len(samples) < count) if until is None else (not until.is_set() or not samples):
+        started = time.perf_counter()
+        reply = await nc.request(subject, b"[1]", timeout=30)
+        samples.append(time.perf_counter() - started)
+        assert reply.data == b"[1]" or json.loads(reply.data).get("result") == 1, reply.data
+    return samples
+
+
+async def trial(nc: nats.NATS, url: str, sink: str, messages: int, nodes: list[Node]) -> dict[str, float]:
+    counter = await asyncio.create_subprocess_exec(sys.executable, "-c", COUNTER, url, "mw.dlq.fa",
+                                                   stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert counter.stdin is not None and counter.stdout is not None
+    await counter.stdout.readline()
+
+    async def dead_letters() -> int:
+        assert counter.stdin is not None and counter.stdout is not None
+        counter.stdin.write(b"?\n")
+        return int(await counter.stdout.readline())
+    lines_before = [len(n.lines) for n in nodes]
+    accounted = asyncio.Event()
+    uid = sink[sink.index("|") + 1:-1]
+    ours = asyncio.create_task(sequential_calls(nc, "mw.fn.app:ping", accounted, 0))
+    raw = asyncio.create_task(sequential_calls(nc, "raw.ping", accounted, 0))
+    started = time.perf_counter()
+    flooder = await asyncio.create_subprocess_exec(sys.executable, "-c", FLOODER, url, f"mw.p.fa.{uid}.flood",
+                                                   str(messages))
+    await flooder.wait()
+    published = time.perf_counter() - started
+    received = 0
+    while True:  # no event says "the flood is all handled": poll the sink's count
+        reply = json.loads((await nc.request("mw.fn.app:report", b"[]", timeout=30)).data)
+        received += reply.get("result", 0)  # an error while its mailbox is full
+        dead = await dead_letters()
+        if received + dead >= messages:
+            break
+        await asyncio.sleep(0.2)
+    handled = time.perf_counter() - started
+    accounted.set()
+    ours_samples, raw_samples = await ours, await raw
+    counter.kill()
+    await counter.wait()
+    downs = sum(1 for n, before in zip(nodes, lines_before) for line in n.lines[before:] if DOWN.search(line))
+    dead_log = sum(1 for line in nodes[0].lines[lines_before[0]:] if "undeliverable message" in line)
+    return {"p50": pct(ours_samples, 0.5), "p99": pct(ours_samples, 0.99), "max": max(ours_samples),
+            "calls": len(ours_samples), "raw_p50": pct(raw_samples, 0.5), "raw_p99": pct(raw_samples, 0.99),
+            "received": received, "dead": dead, "downs": downs, "published_s": published, "handled_s": handled,
+            "dead_log_lines": dead_log}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=300, help="calls of each kind with no flood")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        server = await start_nats(root / "nats", port=free_port())
+        fa = Node(write(root / "fa", FLOODED), "fa", server.address)
+        fb = Node(write(root / "fb", OTHER), "fb", server.address)
+        responder = None
+        nc = None
+        try:
+            await fa.start(r"node fa running")
+            await fb.start(r"node fb running")
+            await fa.wait_for(r"node fb is up")
+            await fb.wait_for(r"node fa is up")
+            responder = await asyncio.create_subprocess_exec(sys.executable, "-c", RAW_RESPONDER, server.address,
+                                                             stdout=asyncio.subprocess.PIPE)
+            assert responder.stdout is not None
+            await responder.stdout.readline()
+            nc = await nats.connect(server.address)
+            sink = json.loads((await nc.request("mw.fn.app:where", b"[]", timeout=10)).data)["result"]
+            await sequential_calls(nc, "mw.fn.app:ping", None, 100)  # warm up
+            quiet = await sequential_calls(nc, "mw.fn.app:ping", None, args.calls)
+            quiet_raw = await sequential_calls(nc, "raw.ping", None, args.calls)
+            print(f"no flood      funcs.call p50 {pct(quiet, 0.5) * 1e3:6.2f} ms  p99 {pct(quiet, 0.99) * 1e3:6.2f} ms"
+                  f"   raw nats-py req/reply p50 {pct(quiet_raw, 0.5) * 1e3:6.2f} ms  p99 "
+                  f"{pct(quiet_raw, 0.99) * 1e3:6.2f} ms   ({args.calls} calls each, one in flight)")
+            results = []
+            for n in range(args.trials):
+                r = await trial(nc, server.address, sink, args.messages, [fa, fb])
+                results.append(r)
+                print(f"trial {n + 1:2}     funcs.call p50 {r['p50'] * 1e3:6.2f} ms  p99 {r['p99'] * 1e3:6.2f} ms"
+                      f"  max {r['max'] * 1e3:7.2f} ms ({r['calls']:4} calls)   raw p50 {r['raw_p50'] * 1e3:6.2f} ms"
+                      f"  p99 {r['raw_p99'] * 1e3:6.2f} ms   node-down {r['downs']}   delivered {r['received']}"
+                      f" + dead-lettered {r['dead']} = {r['received'] + r['dead']}"
+                      f"   published in {r['published_s']:.1f} s, handled in {r['handled_s']:.1f} s"
+                      f"   dead-letter log lines {r['dead_log_lines']}")
+            all_p99 = sorted(r["p99"] for r in results)
+            print(f"over {args.trials} trials of {args.messages} messages: funcs.call p99 median "
+                  f"{all_p99[len(all_p99) // 2] * 1e3:.2f} ms, worst {all_p99[-1] * 1e3:.2f} ms; node-down lines "
+                  f"{sum(r['downs'] for r in results)}; all accounted: "
+                  f"{all(r['received'] + r['dead'] == args.messages for r in results)}")
+            print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+        finally:
+            if nc is not None:
+                await nc.close()
+            if responder is not None:
+                responder.kill()
+                await responder.wait()
+            await fb.stop()
+            await fa.stop()
+            await server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
