@@ -98,7 +98,8 @@ def to_lua(state: LuaState, value: Any, _depth: int = 0) -> Any:
             return value
         raise _out_of_range(value)
     if isinstance(value, str):
-        return value.encode("utf-8")
+        # surrogatepass: JSON may escape a lone surrogate ("\ud800"); Lua holds the bytes.
+        return value.encode("utf-8", "surrogatepass")
     if _depth >= MAX_DEPTH:
         raise MoonwireError(f"value nested deeper than {MAX_DEPTH} levels", Kind.INVALID, retryable=False)
     if isinstance(value, MoonwireError):

@@ -241,7 +241,11 @@ class FunctionPool:
         an awaitable that finishes it. The worker goes back to the pool either way."""
         unit = Unit(state, self.entry.id, context=context, services=self.functions,
                     processes=self.functions.processes)
-        outcome = unit.begin(fn, args)
+        try:
+            outcome = unit.begin(fn, args)
+        except BaseException:  # arguments Lua cannot hold: the worker goes back, not lost
+            self._release(state, fn)
+            raise
         if outcome is not None:
             self._release(state, fn)
             return outcome

@@ -42,7 +42,7 @@ from nats.aio.subscription import Subscription
 
 from broker import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Client, Envelope, Headers, Outbox,
                     Pid, Subjects, Tally, batch_items, reason_key)
-from lua import Event, Message, MoonwireError, check_portable
+from lua import Event, Message, MoonwireError, check_portable, loads_json
 
 from ._payload import JSON, pack, unpack
 from ._remote import EVENT_HEADER, decode_event
@@ -99,7 +99,7 @@ def decode(topic_from_subject: str, headers: dict[str, str], body: bytes, max_bo
             payloads = unpack(body, MSGPACK)
         elif content_type == JSON:
             try:
-                payloads = [json.loads(body)] if body.strip() else []
+                payloads = [loads_json(body)] if body.strip() else []  # depth-limited before decoding
             except ValueError as err:
                 raise Undeliverable(f"Content-Type is {JSON} but the body is not JSON: {err}") from None
         elif not content_type:
@@ -197,6 +197,13 @@ class NodeInboxes:
         self.outbox.send_nowait(self.subjects.inbox(pid.node, pid.uid), envelope(message))
 
     def _on_message(self, msg: Msg) -> None:
+        try:
+            self._handle_message(msg)
+        except Exception as err:  # noqa: BLE001 - STYLE §16: nothing raises into the read loop
+            log.exception("handling a message on %s failed", msg.subject)
+            self._dead_letter(msg, f"internal error while delivering: {type(err).__name__}: {err}")
+
+    def _handle_message(self, msg: Msg) -> None:
         rest = msg.subject[len(self._prefix):]
         uid, _, topic = rest.partition(".")
         headers = msg.headers or {}
@@ -235,8 +242,11 @@ class NodeInboxes:
                 # Alone, as it would have come without a batch (or as the item it is).
                 try:
                     fields = unpack(item, MSGPACK)
+                    if not (isinstance(fields, list) and len(fields) == 3 and isinstance(fields[0], str)
+                            and isinstance(fields[1], str)):  # header values must be strings
+                        raise TypeError("not an item")
                     body, headers = Envelope(fields[0], fields[1], pack(fields[2])).alone()
-                except (MoonwireError, TypeError, IndexError, KeyError):
+                except (MoonwireError, TypeError, ValueError):
                     body, headers = item, {CONTENT_TYPE: MSGPACK}
                 self.stats.dead_lettered += 1
                 self.dead_letters.publish(msg.subject, body, headers,

@@ -44,7 +44,7 @@ from temporalio.worker import Replayer, Worker
 
 from broker import MSGPACK_HEADERS, Outbox, Pid, Subjects
 from broker import Client as BrokerClient
-from lua import EXIT, LINK_DOWN, Event, Kind, Limits, Message, MoonwireError, Outcome, Pending, SpawnRequest, invalid, not_found, settled
+from lua import EXIT, LINK_DOWN, Event, Kind, Limits, Message, MoonwireError, Outcome, Pending, SpawnRequest, internal, invalid, not_found, settled
 
 from ._entries import TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
 from ._functions import CodeLoader, Functions
@@ -73,6 +73,8 @@ GATEWAY_QUEUE = "mw.wf"
 SIGNALS_WAITING = 1024
 """Signals that may wait for this node's signal sender (one Temporal RPC at a time);
 past it a signal from the gateway is dead-lettered and a process's send fails."""
+STATUS_REQUESTS = 64
+"""Status requests (``mw.wfq``) answered at once; each holds a task waiting for Temporal."""
 WATCH_RETRY = (0.5, 10.0)  # first and longest wait between attempts to watch a workflow
 
 # Go SDK names (what Wippy's worker_options use) -> Python SDK keyword and converter.
@@ -216,6 +218,7 @@ class Workflows:
         # Bounded: what waits here waits for one RPC at a time (~700/s measured).
         self._signals: asyncio.Queue[_Signal] = asyncio.Queue(signals_waiting)
         self._subscriptions: list[Subscription] = []
+        self._status_requests = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -523,7 +526,17 @@ class Workflows:
 
     async def _on_status(self, msg: Msg) -> None:
         """``{"pid": ...}``: the workflow's status, and its result or error once closed.
-        ``{"running": <worker>, "limit": n}``: the worker's running workflows."""
+        ``{"running": <worker>, "limit": n}``: the worker's running workflows.
+
+        Each request ends in its answer (a value or an error), or without a reply subject
+        in nothing when it was served and in a dead letter when it was not. At most
+        STATUS_REQUESTS are answered at once (each waits for Temporal); past that, at once
+        with Unavailable."""
+        if self._status_requests >= STATUS_REQUESTS:
+            self._answer(msg, {"error": MoonwireError(f"node {self.node} is answering {STATUS_REQUESTS} status "
+                                                      "requests already", Kind.UNAVAILABLE, retryable=True)})
+            return
+        self._status_requests += 1
         self._own(self._answer_status(msg), "a status request")
 
     async def _answer_status(self, msg: Msg) -> None:
@@ -531,8 +544,9 @@ class Workflows:
             data = unpack(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
             if isinstance(data, dict) and "running" in data:
                 limit = data.get("limit", 1000)
-                reply: dict[str, Any] = {"value": await self.running(str(data["running"]),
-                                                                     limit if isinstance(limit, int) else 1000)}
+                if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= 100_000:
+                    limit = 1000
+                reply: dict[str, Any] = {"value": await self.running(str(data["running"]), limit)}
             else:
                 pid = Pid.parse(str(data.get("pid"))) if isinstance(data, dict) else None
                 if pid is None or not pid.is_workflow:
@@ -540,8 +554,27 @@ class Workflows:
                 reply = {"value": await self.status(pid)}
         except MoonwireError as err:
             reply = {"error": err}
-        if msg.reply and self.outbox is not None:
-            self.outbox.publish_nowait(msg.reply, pack(reply), headers=MSGPACK_HEADERS)
+        except Exception as err:  # noqa: BLE001 - the asker is told; a bug is logged once here
+            log.exception("a status request on %s failed", msg.subject)
+            reply = {"error": internal(f"status request failed: {type(err).__name__}: {err}")}
+        finally:
+            self._status_requests -= 1
+        self._answer(msg, reply)
+
+    def _answer(self, msg: Msg, reply: dict[str, Any]) -> None:
+        error = reply.get("error")
+        if not msg.reply:
+            if error is not None:
+                self._dead_letter(msg.subject, msg.data, msg.headers,
+                                  error.message if isinstance(error, MoonwireError) else str(error))
+            return
+        if self.outbox is None:
+            return
+        try:
+            body = pack(reply)
+        except (TypeError, ValueError, OverflowError) as err:  # a value the wire cannot hold
+            body = pack({"error": internal(f"cannot encode the answer: {type(err).__name__}: {err}")})
+        self.outbox.publish_nowait(msg.reply, body, headers=MSGPACK_HEADERS)
 
     async def running(self, worker: str, limit: int = 1000) -> dict[str, Any]:
         """The running workflows on ``worker``'s task queue, as Temporal's visibility
