@@ -8,10 +8,12 @@ from ._connection import BrokerUnavailable, ConnectOptions, connect, tls_context
 from ._membership import Membership, Peer
 from ._pid import Pid, PidAllocator
 from ._requests import NoResponders, Outbox, ReplyCallback, Requests, RequestTimeout
+from ._streams import ACK_EVERY, SEQ_HEADER, StreamStatistics, Streams
 from ._subjects import Subjects, is_token, to_token
 from ._tally import Tally, reason_key
 
 __all__ = [
+    "ACK_EVERY",
     "BATCH_HEADER",
     "CONTENT_TYPE",
     "Client",
@@ -34,6 +36,9 @@ __all__ = [
     "ReplyCallback",
     "RequestTimeout",
     "Requests",
+    "SEQ_HEADER",
+    "StreamStatistics",
+    "Streams",
     "Subjects",
     "Tally",
     "connect",

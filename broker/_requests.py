@@ -16,12 +16,14 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._client import Client
 from ._envelope import BATCH_BYTES, Envelope, batch
+from ._streams import Streams
 
 log = logging.getLogger("moonwire.broker")
 
@@ -38,22 +40,39 @@ class Outbox:
     through the task.
     """
 
-    def __init__(self, nats: Client) -> None:
+    def __init__(self, nats: Client, streams: Streams[Any] | None = None) -> None:
         self._nats = nats
         self._try_publish = nats.try_publish
-        self._queue: deque[tuple[str, bytes, str, dict[str, str] | None, Envelope | None]] = deque()
+        self._streams = streams
+        self._queue: deque[tuple[str, bytes, str, dict[str, str] | None, Envelope | None, str]] = deque()
         self._ready = asyncio.Event()
 
     def publish_nowait(self, subject: str, body: bytes, *, reply: str = "",
-                       headers: dict[str, str] | None = None) -> None:
+                       headers: dict[str, str] | None = None, stream: str = "", after: str = "") -> None:
+        """Publish in order with everything else queued here. ``stream``: the node whose
+        inbox ``subject`` is, for traffic that must arrive exactly once and in order with
+        this node's process messages to it; ``after``: a node whose receipt of this
+        node's stream so far this (control) message must not overtake (``_streams.py``)."""
+        if not self._queue and self._streams is not None:
+            headers = self._stamp(subject, body, headers, stream, after)
+            stream = after = ""
         if not self._queue and self._try_publish(subject, body, reply, headers):
             return
-        self._queue.append((subject, body, reply, headers, None))
+        self._queue.append((subject, body, reply, headers, None, stream or after and "@" + after))
         self._ready.set()
 
-    def send_nowait(self, subject: str, envelope: Envelope) -> None:
-        """Queue a process message for an inbox subject."""
-        self._queue.append((subject, b"", "", None, envelope))
+    def _stamp(self, subject: str, body: bytes, headers: dict[str, str] | None, stream: str,
+               after: str) -> dict[str, str] | None:
+        assert self._streams is not None
+        if stream:
+            return self._streams.stamp(stream, subject, body, headers or {})
+        if after:
+            return self._streams.after(after, headers)
+        return headers
+
+    def send_nowait(self, subject: str, envelope: Envelope, stream: str = "") -> None:
+        """Queue a process message for an inbox subject (of node ``stream``)."""
+        self._queue.append((subject, b"", "", None, envelope, stream))
         self._ready.set()
 
     async def run(self) -> None:
@@ -70,16 +89,22 @@ class Outbox:
     async def _drain(self) -> None:
         publish = self._nats.publish
         queue = self._queue
+        streams = self._streams
         while queue:
-            subject, body, reply, headers, envelope = queue.popleft()
+            subject, body, reply, headers, envelope, stream = queue.popleft()
             if envelope is not None:
-                body, headers = self._coalesce(subject, envelope)
+                body, headers = self._coalesce(subject, envelope, stream)
+            if stream and streams is not None:
+                if stream[0] == "@":  # ordered after the stream, not in it
+                    headers = streams.after(stream[1:], headers)
+                else:
+                    headers = streams.stamp(stream, subject, body, headers or {})
             try:
                 await publish(subject, body, reply=reply, headers=headers)
             except Exception as err:  # noqa: BLE001 - a closed connection must not kill the outbox
                 log.warning("could not publish to %s: %s", subject, err)
 
-    def _coalesce(self, subject: str, first: Envelope) -> tuple[bytes, dict[str, str]]:
+    def _coalesce(self, subject: str, first: Envelope, stream: str) -> tuple[bytes, dict[str, str]]:
         """``first`` alone, or in a batch with the process messages queued right behind
         it for the same subject (up to BATCH_BYTES and the server's max payload)."""
         queue = self._queue
@@ -88,8 +113,8 @@ class Outbox:
         limit = min(BATCH_BYTES, self._nats.max_payload or BATCH_BYTES)
         run, size = [first], first.size()
         while queue:
-            subject_, _, _, _, envelope = queue[0]
-            if envelope is None or subject_ != subject or size + envelope.size() > limit:
+            subject_, _, _, _, envelope, stream_ = queue[0]
+            if envelope is None or subject_ != subject or stream_ != stream or size + envelope.size() > limit:
                 break
             queue.popleft()
             run.append(envelope)
@@ -143,9 +168,10 @@ class Requests:
             self._settle(token, asyncio.CancelledError())
 
     def request_nowait(self, subject: str, body: bytes, *, timeout: float, callback: ReplyCallback,
-                       headers: dict[str, str] | None = None) -> Callable[[], None]:
+                       headers: dict[str, str] | None = None, after: str = "") -> Callable[[], None]:
         """Send a request; ``callback`` gets the reply ``Msg``, or :class:`NoResponders`,
         :class:`RequestTimeout`, or ``CancelledError`` when the node stops. Exactly once.
+        ``after``: see :meth:`Outbox.publish_nowait`.
 
         Returns a function that abandons the request (the callback is then never called).
         """
@@ -161,7 +187,7 @@ class Requests:
             heapq.heappush(self._deadlines, (deadline, token))
         if self._timer is None or deadline < self._timer.when():
             self._arm(loop, deadline)
-        self._outbox.publish_nowait(subject, body, reply=f"{self._prefix}.{token}", headers=headers)
+        self._outbox.publish_nowait(subject, body, reply=f"{self._prefix}.{token}", headers=headers, after=after)
         return functools.partial(pending.pop, token, None)
 
     def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:

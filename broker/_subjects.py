@@ -68,5 +68,9 @@ class Subjects:
     def all_heartbeats(self) -> str:
         return f"{self.prefix}.node.*.hb"
 
+    def stream_acks(self, node: str) -> str:
+        """Where ``node`` hears which of its process messages other nodes received (``_streams.py``)."""
+        return f"{self.prefix}.ack.{node}"
+
     def dead_letters(self, node: str) -> str:
         return f"{self.prefix}.dlq.{node}"

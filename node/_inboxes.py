@@ -41,7 +41,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from broker import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Client, Envelope, Headers, Outbox,
-                    Pid, Subjects, Tally, batch_items, reason_key)
+                    Pid, Streams, Subjects, Tally, batch_items, reason_key)
 from lua import Event, Message, MoonwireError, check_portable, loads_json
 
 from ._payload import JSON, pack, unpack
@@ -167,7 +167,8 @@ class NodeInboxes:
 
     def __init__(self, nats: Client, outbox: Outbox, subjects: Subjects, node: str,
                  deliver: Callable[[str, Message], None], deliver_event: Callable[[str, Event], None],
-                 dead_letters: DeadLetters, max_body: int = DEFAULT_MAX_BODY) -> None:
+                 dead_letters: DeadLetters, max_body: int = DEFAULT_MAX_BODY,
+                 streams: Streams[Msg] | None = None) -> None:
         self.nats = nats
         self.outbox = outbox
         self.subjects = subjects
@@ -176,6 +177,7 @@ class NodeInboxes:
         self.deliver_event = deliver_event
         self.dead_letters = dead_letters
         self.max_body = max_body
+        self.streams = streams
         self.stats = InboxStatistics()
         self._prefix = subjects.inbox(node, "")  # "<prefix>.p.<node>."
         self._subscription: Subscription | None = None
@@ -194,9 +196,20 @@ class NodeInboxes:
     def send(self, pid: Pid, message: Message) -> None:
         """Publish ``message`` to ``pid``'s inbox on its node (in order with every other
         message this node publishes)."""
-        self.outbox.send_nowait(self.subjects.inbox(pid.node, pid.uid), envelope(message))
+        self.outbox.send_nowait(self.subjects.inbox(pid.node, pid.uid), envelope(message), pid.node)
 
     def _on_message(self, msg: Msg) -> None:
+        # A message of another node's stream is handled in its stream's order, once: a
+        # resend already handled is dropped, one that came early waits for the gap.
+        if self.streams is None:
+            self._handle_safely(msg)
+            return
+        try:
+            self.streams.receive(msg.headers, msg, self._handle_safely)
+        except ValueError as err:
+            self._dead_letter(msg, str(err))
+
+    def _handle_safely(self, msg: Msg) -> None:
         try:
             self._handle_message(msg)
         except Exception as err:  # noqa: BLE001 - STYLE §16: nothing raises into the read loop

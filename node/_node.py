@@ -16,10 +16,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 
-from broker import Client, Membership, Outbox, Requests, Subjects, connect
+from nats.aio.msg import Msg
+
+from broker import ACK_EVERY, Client, Membership, Outbox, Requests, Streams, Subjects, connect
 
 from ._config import NodeConfig, ResolvedConfig
 from lua import Outcome
@@ -121,7 +124,12 @@ class Node:
         dead_letters_task = asyncio.create_task(dead_letters.run(), name="dead letters")
         self._steps.append(_Step("dead letters", lambda remaining: _cancel_and_wait(dead_letters_task)))
 
-        outbox = Outbox(self._nats)
+        # Process traffic to each other node travels in a stream: numbered, acknowledged
+        # and sent again until it is, so a NATS server dying under it loses nothing.
+        streams: Streams[Msg] = Streams(
+            self.name, f"{time.time_ns():x}", ack_subject=self.subjects.stream_acks,
+            publish=lambda subject, body, headers: outbox.publish_nowait(subject, body, headers=headers or None))
+        outbox = Outbox(self._nats, streams)
         outbox_task = asyncio.create_task(outbox.run(), name="outbox")
         self._steps.append(_Step("outbox", lambda remaining: _cancel_and_wait(outbox_task)))
         requests = Requests(self._nats, outbox)
@@ -133,17 +141,28 @@ class Node:
         processes = runtime.processes
         runtime.functions.dead_letter = dead_letters.publish  # a call without a reply subject that cannot run
         inboxes = NodeInboxes(self._data, outbox, self.subjects, self.name, processes.deliver,
-                              processes.deliver_event, dead_letters, max_body=self.config.max_message_bytes)
+                              processes.deliver_event, dead_letters, max_body=self.config.max_message_bytes,
+                              streams=streams)
         processes.remote = inboxes.send
         await inboxes.start()
         self._steps.append(_Step("process inboxes", lambda remaining: inboxes.stop()))
+        def on_ack(msg: Msg) -> None:
+            try:
+                streams.on_ack(msg.data)
+            except ValueError as err:  # from outside: accounted for, never raised into the read loop
+                dead_letters.publish(msg.subject, msg.data, msg.headers, f"malformed stream ack: {err}")
+
+        acks = await self._nats.subscribe_direct(self.subjects.stream_acks(self.name), on_ack)
+        streams_task = asyncio.create_task(_keep_streams(streams), name="streams")
+        self._steps.append(_Step("streams", lambda remaining: _stop_streams(streams_task, acks)))
         workflows = processes.workflows = Workflows(
             self.name, self.project, self.subjects, runtime.functions, runtime.functions.code,
             processes.workflow_event, processes.route, nats=self._nats, outbox=outbox,
             max_body=self.config.max_message_bytes, gateway=self._data, dead_letters=dead_letters)
         self._steps.append(_Step("temporal workers", lambda remaining: workflows.stop()))
         await workflows.start(self.temporal_address, run_workers=self.config.workers)
-        cluster = processes.cluster = Cluster(self._nats, outbox, requests, self.subjects, self.name, processes)
+        cluster = processes.cluster = Cluster(self._nats, outbox, requests, self.subjects, self.name, processes,
+                                              streams)
         cluster.dead_letter = dead_letters.publish  # a control request without a reply subject that failed
         await cluster.start()
         self._steps.append(_Step("control plane", lambda remaining: cluster.stop()))
@@ -151,7 +170,9 @@ class Node:
         heartbeat = self.config.heartbeat
         membership = processes.membership = Membership(
             self._nats, outbox, self.subjects, self.name, processes.pids.epoch, processes.spawn_hosts(),
-            interval=heartbeat.interval, down_after=heartbeat.down_after, on_down=processes.node_down)
+            interval=heartbeat.interval, down_after=heartbeat.down_after,
+            on_down=lambda node, incarnation, reason: (streams.forget(node),
+                                                       processes.node_down(node, incarnation, reason)))
         await membership.start()
         beating = asyncio.create_task(membership.run(), name="heartbeat")
         self._steps.append(_Step("heartbeat", lambda remaining: _stop_beating(beating, membership)))
@@ -213,6 +234,18 @@ async def _drain_or_close(nc: NatsClient | None, remaining: float) -> None:
         await asyncio.wait_for(nc.drain(), min(remaining, 5.0) or 0.1)
     except Exception:  # noqa: BLE001 - a timed-out or failed drain still ends in close
         await nc.close()
+
+
+async def _keep_streams(streams: Streams[Msg]) -> None:
+    """Acknowledge, ask again and send again for the node's streams until cancelled."""
+    while True:
+        await asyncio.sleep(ACK_EVERY)
+        streams.tick()
+
+
+async def _stop_streams(task: asyncio.Task[None], acks: Any) -> None:
+    await _cancel_and_wait(task)
+    await acks.unsubscribe()
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:

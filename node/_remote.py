@@ -40,7 +40,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError as NatsNoResponders
 from nats.errors import TimeoutError as NatsTimeout
 
-from broker import MSGPACK_HEADERS, NoResponders, Outbox, Requests, RequestTimeout, Subjects
+from broker import MSGPACK_HEADERS, NoResponders, Outbox, Requests, RequestTimeout, Streams, Subjects
 from lua import Event, Kind, MoonwireError, Outcome, Pending, SpawnRequest, check_portable, internal, invalid, not_found
 
 from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
@@ -56,6 +56,8 @@ SPAWN_QUEUE = "mw.spawn"
 SURVEY_VERBS = frozenset({"info", "ps"})
 DeadLetter = Callable[[str, bytes, "dict[str, str] | None", str], None]
 """Republishes a message (subject, body, headers) with a reason to the dead-letter queue."""
+ORDERED_VERBS = frozenset({"cancel", "terminate"})
+"""Control verbs that must not overtake the messages their sender sent the target before."""
 CONTROL_VERBS = frozenset({"monitor", "link", "unmonitor", "unlink", "cancel", "terminate", "spawn", "lookup"}
                           ) | SURVEY_VERBS
 
@@ -124,8 +126,10 @@ class Cluster:
     """This node's side of remote process operations."""
 
     def __init__(self, nats: NatsClient, outbox: Outbox, requests: Requests, subjects: Subjects, node: str,
-                 table: ProcessTable) -> None:
+                 table: ProcessTable, streams: Streams[Any] | None = None) -> None:
         self.nats = nats
+        self.streams = streams
+        """Where a cancel or terminate waits for the messages its sender sent before it."""
         self.outbox = outbox
         self.requests = requests
         self.subjects = subjects
@@ -158,8 +162,11 @@ class Cluster:
         error: NotFound (noproc) when the target does not exist, Unavailable (node down)
         when no node answers for it or none answers in time. Returns a function that
         abandons the request."""
+        # A cancel or terminate travels on the control connection, the messages sent before
+        # it on the stream to that node (the data connection there): it carries how far
+        # that stream had got, and the target's node runs it only once it got that far.
         return self._ask(self.subjects.control(node, verb), body, on_reply,
-                         lambda why: node_down(node, why))
+                         lambda why: node_down(node, why), after=node if verb in ORDERED_VERBS else "")
 
     def spawn(self, request: SpawnRequest, parent: str, node: str | None,
               on_reply: Callable[[Outcome], None]) -> Callable[[], None]:
@@ -169,7 +176,7 @@ class Cluster:
         return self._ask(subject, encode_spawn(request, parent), on_reply, nobody)
 
     def _ask(self, subject: str, body: dict[str, Any], on_reply: Callable[[Outcome], None],
-             nobody: Callable[[str], MoonwireError]) -> Callable[[], None]:
+             nobody: Callable[[str], MoonwireError], after: str = "") -> Callable[[], None]:
         def answered(reply: Msg | BaseException) -> None:
             if isinstance(reply, NoResponders):
                 on_reply(Outcome(error=nobody(_NO_RESPONDERS)))
@@ -180,14 +187,15 @@ class Cluster:
             # else: the node is stopping; whoever waited is being stopped too
 
         return self.requests.request_nowait(subject, pack(body), timeout=CONTROL_TIMEOUT, callback=answered,
-                                            headers=MSGPACK_HEADERS)
+                                            headers=MSGPACK_HEADERS, after=after)
 
     def notify(self, verb: str, node: str, body: dict[str, Any]) -> None:
         self.outbox.publish_nowait(self.subjects.control(node, verb), pack(body), headers=MSGPACK_HEADERS)
 
     def event(self, node: str, uid: str, event: Event) -> None:
         body, headers = encode_event(event)
-        self.outbox.publish_nowait(self.subjects.inbox(node, uid), body, headers=headers)
+        # In the stream to that node, so it arrives once, after the messages sent before it.
+        self.outbox.publish_nowait(self.subjects.inbox(node, uid), body, headers=headers, stream=node)
 
     # ------------------------------------------------------------ inbound
 
@@ -199,7 +207,17 @@ class Cluster:
 
     def _run_verb(self, msg: Msg, allowed: frozenset[str]) -> None:
         verb = msg.subject.rpartition(".")[2]
-        self._answer(msg, lambda data: self.table.control(verb, data) if verb in allowed else _unknown(verb))
+
+        def answer() -> None:
+            self._answer(msg, lambda data: self.table.control(verb, data) if verb in allowed else _unknown(verb))
+
+        if self.streams is None or verb not in ORDERED_VERBS:
+            answer()
+            return
+        try:
+            self.streams.when_delivered(msg.headers, answer)
+        except ValueError as err:
+            self._reply(msg, {"error": invalid(f"control request on {msg.subject}: {err}")})
 
     async def _on_spawn(self, msg: Msg) -> None:
         self._answer(msg, lambda data: self.table.control("spawn", data))

@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 
 from node import ServerProcess, free_port, start_nats, start_temporal
-from support import NodeProcess, wait_until
-
-CLUSTER_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nats-cluster.conf"
+from support import CLUSTER_CONF, NodeProcess, wait_until
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 MOONWIRE = str(Path(sys.executable).parent / "moonwire")
+CLUSTER_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nats-cluster.conf"
+"""The NATS cluster configuration of ``deploy/``, which the cluster tests use."""
 
 
 def write_project(root: Path, files: dict[str, str]) -> Path:
