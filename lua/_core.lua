@@ -12,7 +12,7 @@ local coroutine_create, coroutine_resume = coroutine.create, coroutine.resume
 local coroutine_status, coroutine_yield = coroutine.status, coroutine.yield
 local coroutine_running, coroutine_close = coroutine.running, coroutine.close
 local coroutine_isyieldable = coroutine.isyieldable
-local sethook, traceback = debug.sethook, debug.traceback
+local sethook, gethook, traceback = debug.sethook, debug.gethook, debug.traceback
 local load, collectgarbage = load, collectgarbage
 local setmetatable, getmetatable, rawget, rawset = setmetatable, getmetatable, rawget, rawset
 local pairs, next, type, error, select, tostring, pcall = pairs, next, type, error, select, tostring, pcall
@@ -29,6 +29,18 @@ local budget = 0          -- instructions allowed per resume; 0 = unlimited
 local budget_error = nil  -- set by Python: the error value raised when a budget runs out
 
 -- ------------------------------------------------------------------ runaway protection
+--
+local patterns = ...      -- lua/_patterns.lua: the matcher that can be interrupted
+
+-- The budget is a count per scheduler resume, shared by the unit's thread and every
+-- user coroutine it resumes. A count hook adds TICK every TICK instructions, and
+-- library functions whose cost grows with their input (one C call, one instruction to
+-- the hook) add their cost with `charge` before they run; see docs/architecture.md,
+-- "How C functions are bounded".
+
+local TICK = 1000          -- instructions between two hook calls (bench/hostile.py: overhead)
+local used = 0             -- instructions run and costs charged during this resume
+local metering = false     -- inside a resume with a budget: `used` counts
 
 local function always_fail()
     error(budget_error, 0)
@@ -40,11 +52,40 @@ local function over_budget()
     error(budget_error, 0)
 end
 
+local function tick()
+    used = used + TICK
+    if used > budget then over_budget() end
+end
+
+-- Account `cost` instructions' worth of work about to be done by C; fails with the
+-- budget's error, before the work, when it does not fit.
+local function charge(cost)
+    if metering and cost > 0 then
+        used = used + cost
+        if used > budget then over_budget() end
+    end
+end
+
+-- Instructions this resume may still run (math.huge: no budget, or not in a resume).
+local function remaining()
+    if not metering then return math.huge end
+    return budget - used
+end
+
+-- A thread keeps its hook (and its partial count) across resumes: setting it afresh on
+-- every resume would forget up to TICK instructions each time.
+local function meter(co)
+    if gethook(co) ~= tick then sethook(co, tick, "", TICK) end
+end
+
 -- ------------------------------------------------------------------ requests
 
 -- Suspend the calling Lua thread until Python answers `op`. Works from inside user
 -- coroutines too: their resume forwards requests outwards (see `user_resume`).
+local charge_values  -- the cost of converting values for Python; defined with the bounded C functions
+
 local function request(op, ...)
+    if metering then charge_values(...) end
     return coroutine_yield(REQUEST, op, ...)
 end
 
@@ -58,10 +99,11 @@ local function user_resume(co, ...)
     if managed[co] then
         error("cannot resume a thread run by the scheduler", 2)
     end
-    if budget > 0 then
-        -- Every thread has its own instruction count; without this a loop inside a
-        -- user coroutine would escape the budget.
-        sethook(co, over_budget, "", budget)
+    if metering then
+        -- User coroutines count into the same budget; without this a loop inside one
+        -- would escape it.
+        if used > budget then over_budget() end
+        meter(co)
     end
     local result = table_pack(coroutine_resume(co, ...))
     while result[1] and result[2] == REQUEST and coroutine_status(co) == "suspended" do
@@ -107,10 +149,13 @@ end
 --   "yield"                  the thread yielded outside any user coroutine (a misuse)
 function core.resume(id, ...)
     local co = threads[id]
-    if budget > 0 then
-        sethook(co, over_budget, "", budget)
+    local outer_used, outer_metering = used, metering  -- a resume nested in a call from Lua
+    used, metering = 0, budget > 0
+    if metering then
+        sethook(co, tick, "", TICK)
     end
     local result = table_pack(coroutine_resume(co, ...))
+    used, metering = outer_used, outer_metering
     if coroutine_status(co) == "dead" then
         threads[id] = nil
         if result[1] then
@@ -217,7 +262,275 @@ local function copy(lib, except)
     return out
 end
 
+-- ------------------------------------------------------------------ bounded C functions
+--
+-- What a C library function costs, in instructions: its input (or output) in bytes
+-- divided by BYTES_PER_INSTRUCTION (copying and scanning), its elements times
+-- ELEMENT_COST (table traversal), a sort's n*log2(n) comparisons times ELEMENT_COST,
+-- and the pattern matcher's steps divided by STEPS_PER_INSTRUCTION. Measured in
+-- bench/hostile.py so that a charge takes about as long as that many instructions.
+local BYTES_PER_INSTRUCTION = 16  -- copying (memcpy)
+local CHARS_PER_INSTRUCTION = 4   -- a C loop over characters (upper, lower, reverse)
+local ELEMENT_COST = 3
+local STEPS_PER_INSTRUCTION = 0.5
+local TEST_COST = 20  -- extra per character test of the Lua matcher, for its C calls
+local SHORT = 256  -- strings this short cost too little to be worth the arithmetic
+
+local raw_metatable = debug.getmetatable
+local function typename(v)  -- as luaL_typeerror names a value
+    local mt = raw_metatable(v)
+    local name = mt and rawget(mt, "__name")
+    if type(name) == "string" then return name end
+    return type(v)
+end
+
+local bounded = patterns.bounded(charge, remaining, typename, STEPS_PER_INSTRUCTION, BYTES_PER_INSTRUCTION,
+                                 TEST_COST)
+local math_huge, math_tointeger, math_log = math.huge, math.tointeger, math.log
+
+local function charge_bytes(n)
+    if n > SHORT then charge(n // BYTES_PER_INSTRUCTION) end
+end
+
+-- The length of a string argument (numbers convert), or 0 for anything else: the C
+-- function then raises its own argument error.
+local function strlen(v)
+    local t = type(v)
+    if t == "string" then return #v end
+    if t == "number" then return #tostring(v) end
+    return 0
+end
+
+-- An integer argument, or nil (absent or not an integer: C decides what that means).
+local function int(v)
+    if type(v) == "number" then return math_tointeger(v) end
+    return nil
+end
+
+-- How many items a range [i, j] of a length-n sequence holds, relative positions as
+-- string.sub reads them.
+local function span(n, i, j)
+    if i < 0 then i = n + i + 1 end
+    if i < 1 then i = 1 end
+    if j < 0 then j = n + j + 1 elseif j > n then j = n end
+    return j >= i and j - i + 1 or 0
+end
+
+local string_gmatch, string_find = string.gmatch, string.find
+
 local safe_string = copy(string, { dump = true })
+safe_string.find, safe_string.match = bounded.find, bounded.match
+safe_string.gmatch, safe_string.gsub = bounded.gmatch, bounded.gsub
+
+-- Each wrapper takes `...` and hands it on whole, so the C function sees the same
+-- arguments (a missing one stays "no value"); the C function's local is named as Lua
+-- names it, for its argument errors.
+do
+    local rep = string.rep
+    function safe_string.rep(...)
+        local s, n, sep = ...
+        local count = int(n)
+        if metering and count and count > 0 then
+            -- a copy per repetition, however short
+            charge(count // 2 + ((strlen(s) + strlen(sep)) * count) // BYTES_PER_INSTRUCTION)
+        end
+        return rep(...)
+    end
+end
+
+do
+    local format = string.format
+    function safe_string.format(...)
+        local fmt = ...
+        if metering and type(fmt) == "string" then
+            -- An item prints at most a few hundred bytes (widths stop at 99), plus its
+            -- string argument, which %q walks character by character.
+            local bytes = #fmt * 256
+            for i = 2, select("#", ...) do
+                bytes = bytes + strlen((select(i, ...))) * BYTES_PER_INSTRUCTION // CHARS_PER_INSTRUCTION
+            end
+            charge_bytes(bytes)
+        end
+        return format(...)
+    end
+end
+
+do
+    local byte = string.byte
+    function safe_string.byte(...)
+        local s, i, j = ...
+        if metering and j ~= nil and type(s) == "string" and int(i or 1) and int(j) then
+            charge_bytes(span(#s, i or 1, j) * BYTES_PER_INSTRUCTION // 4)  -- a value pushed per byte
+        end
+        return byte(...)
+    end
+end
+
+do
+    local sub = string.sub
+    function safe_string.sub(...)
+        local s, i, j = ...
+        if metering and type(s) == "string" and #s > SHORT and int(i) and (j == nil or int(j)) then
+            charge_bytes(span(#s, i, j or -1))
+        end
+        return sub(...)
+    end
+end
+
+do
+    local upper, lower, reverse = string.upper, string.lower, string.reverse
+    function safe_string.upper(...)
+        if metering then charge(strlen((...)) // CHARS_PER_INSTRUCTION) end
+        return upper(...)
+    end
+    function safe_string.lower(...)
+        if metering then charge(strlen((...)) // CHARS_PER_INSTRUCTION) end
+        return lower(...)
+    end
+    function safe_string.reverse(...)
+        if metering then charge(strlen((...)) // CHARS_PER_INSTRUCTION) end
+        return reverse(...)
+    end
+end
+
+-- Sizes written in a pack format ("c1000000", "s4", "!8"): at most what it pads or copies.
+local function format_bytes(fmt)
+    local bytes = #fmt
+    if #fmt > SHORT then charge_bytes(#fmt) end
+    for digits in string_gmatch(fmt, "%d+") do bytes = bytes + (math_tointeger(tonumber(digits)) or math_huge) end
+    return bytes
+end
+
+do
+    local pack, unpack = string.pack, string.unpack
+    function safe_string.pack(...)
+        local fmt = ...
+        if metering and type(fmt) == "string" then
+            local bytes = format_bytes(fmt)
+            for i = 2, select("#", ...) do bytes = bytes + strlen((select(i, ...))) end
+            charge_bytes(bytes)
+        end
+        return pack(...)
+    end
+    function safe_string.unpack(...)
+        local fmt, s = ...
+        if metering and type(fmt) == "string" then
+            -- It reads what the format says, except strings ("s", "z"), which may be all of s.
+            local bytes = format_bytes(fmt)
+            if string_find(fmt, "[sz]") then bytes = bytes + strlen(s) end
+            charge_bytes(bytes)
+        end
+        return unpack(...)
+    end
+end
+
+-- The table library, with the functions whose cost grows with the table charged.
+local safe_table = copy(table)
+
+do
+    local sort = table.sort
+    function safe_table.sort(...)
+        local t = ...
+        if metering and type(t) == "table" then
+            local n = #t
+            if n > 1 then charge((n * math_log(n, 2) * ELEMENT_COST) // 1) end
+        end
+        return sort(...)
+    end
+end
+
+do
+    local concat = table.concat
+    function safe_table.concat(...)
+        local t, sep, i, j = ...
+        if not (metering and type(t) == "table") then return concat(...) end
+        local first, last = int(i or 1), int(j or #t)
+        if not (first and last) then return concat(...) end
+        if last >= first then charge((last - first + 1) * ELEMENT_COST) end
+        local result = concat(t, sep, first, last)
+        charge_bytes(#result)  -- the copy, known once done; a single call is bounded by memory
+        return result
+    end
+end
+
+do
+    local unpack = table.unpack
+    function safe_table.unpack(...)
+        local t, i, j = ...
+        if metering and type(t) == "table" then
+            local first, last = int(i or 1), int(j or #t)
+            if first and last and last >= first then charge((last - first + 1) * ELEMENT_COST) end
+        end
+        return unpack(...)
+    end
+end
+
+-- insert/remove at a position shift the elements after it.
+do
+    local insert, remove = table.insert, table.remove
+    function safe_table.insert(...)
+        local t, pos = ...
+        if metering and select("#", ...) == 3 and type(t) == "table" and int(pos) then
+            charge((#t - int(pos) + 1) * ELEMENT_COST)
+        end
+        return insert(...)
+    end
+    function safe_table.remove(...)
+        local t, pos = ...
+        if metering and type(t) == "table" and int(pos) then
+            charge((#t - int(pos) + 1) * ELEMENT_COST)
+        end
+        return remove(...)
+    end
+end
+
+do
+    local move = table.move
+    function safe_table.move(...)
+        local _, f, e = ...
+        local first, last = int(f), int(e)
+        if metering and first and last and last >= first then charge((last - first + 1) * ELEMENT_COST) end
+        return move(...)
+    end
+end
+
+-- Values crossing to Python (json.encode, process.send, request arguments): lupa
+-- converts them item by item, measured at about 1.2 us per value and 5 us per table on
+-- this machine (bench/hostile.py), so a table of a million values would hold the loop for
+-- seconds. The walk below runs under the count hook and charges the conversion ahead.
+local ITEM_COST, TABLE_COST, MAX_DEPTH = 500, 2000, 128
+local function charge_value(v, depth)
+    local t = type(v)
+    if t == "string" then
+        charge_bytes(#v)
+    elseif t == "table" and depth <= MAX_DEPTH then  -- deeper is refused by the conversion
+        local n, bytes = 0, 0
+        for _, item in next, v do
+            n = n + 1
+            local kind = type(item)
+            if kind == "table" then
+                charge_value(item, depth + 1)
+            elseif kind == "string" then
+                bytes = bytes + #item
+            end
+        end
+        charge(TABLE_COST + n * ITEM_COST + bytes // BYTES_PER_INSTRUCTION)
+    end
+end
+
+charge_values = function(...)
+    if metering then
+        for i = 1, select("#", ...) do charge_value((select(i, ...)), 1) end
+    end
+end
+
+-- JSON text decoded in Python: parsing and building the Lua value, per byte of text.
+local DECODE_BYTE_COST = 8
+local function charge_decode(text)
+    if metering and type(text) == "string" then charge(#text * DECODE_BYTE_COST) end
+end
+
+core.charge, core.remaining, core.charge_values, core.charge_decode = charge, remaining, charge_values, charge_decode
 local safe_os = { clock = os.clock, date = os.date, difftime = os.difftime, time = os.time }
 
 -- For a workflow's state (DESIGN §11): what would differ on replay reads the workflow's
@@ -277,7 +590,7 @@ local base = {
     tonumber = tonumber, tostring = tostring, type = type, _VERSION = _VERSION,
 }
 local libraries = {
-    string = safe_string, table = table, math = math, os = safe_os, coroutine = safe_coroutine,
+    string = safe_string, table = safe_table, math = math, os = safe_os, coroutine = safe_coroutine,
 }
 
 -- What every environment of this state sees: the base functions, read-only views of

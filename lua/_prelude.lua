@@ -446,13 +446,16 @@ end
 -- ====================================================================== json, uuid, ctx
 
 local json = {}
+local charge_values, charge_decode = core.charge_values, core.charge_decode
 function json.encode(v)
+    charge_values(v)  -- the conversion holds the event loop: paid from the budget first
     local s, err = host.json_encode(v)
     if s == nil then return nil, host_error(err, KINDS.INTERNAL, false) end
     return s
 end
 function json.decode(s)
     if type(s) ~= "string" then return nil, host_error("json.decode expects a string", KINDS.INVALID, false) end
+    charge_decode(s)
     local ok, v_or_err = host.json_decode(s)
     if not ok then return nil, host_error(v_or_err, KINDS.INVALID, false) end
     return v_or_err

@@ -10,6 +10,7 @@ local table_pack = table.pack
 local host_error, KINDS, merge, argerror = P.host_error, P.kinds, P.merge, P.argerror
 local new_payload, handle_of, preempt = P.new_payload_value, P.handle_of, P.preempt
 local select = select
+local charge_values = core.charge_values
 
 local process = {}
 
@@ -75,6 +76,7 @@ function process.send(dest, topic, ...)
     local bad = bad_dest(dest) or bad_topic(topic)
     if bad then return nil, bad end
     preempt()
+    charge_values(...)  -- converting the payloads holds the event loop: paid from the budget first
     return host.proc_send(dest, topic, ...)
 end
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ._unit import Unit
 
 CORE_SOURCE = resources.files(__package__).joinpath("_core.lua").read_bytes()
+PATTERNS_SOURCE = resources.files(__package__).joinpath("_patterns.lua").read_bytes()
 PRELUDE_SOURCE = resources.files(__package__).joinpath("_prelude.lua").read_bytes()
 PROCESS_SOURCE = resources.files(__package__).joinpath("_process.lua").read_bytes()
 WORKFLOW_SOURCE = resources.files(__package__).joinpath("_workflow.lua").read_bytes()
@@ -103,7 +104,7 @@ class LuaState:
             max_memory=limits.memory,
             **seeding,
         )
-        self.core = self.runtime.execute(CORE_SOURCE)
+        self.core = self.runtime.execute(CORE_SOURCE, self.runtime.execute(PATTERNS_SOURCE))
         self.clock: Callable[[], int] = time.time_ns if replay is None else replay.now_ns
         """Nanoseconds since the epoch: the machine's, or a workflow's recorded clock."""
         self.random: random.Random | None = None if replay is None else replay.random

@@ -25,8 +25,8 @@ async def test_runaway_loop_and_allocation_end_only_that_process(tmp_path: Path)
           return out
         end }""", "looper": "return { main = function() while true do end end }", "hog": """
         return { main = function()
-          local t = {}
-          for i = 1, 1e9 do t[i] = string.rep("x", 1024) .. i end
+          local t, s = {}, "x"
+          for i = 1, 1e9 do s = s .. s; t[i] = s end  -- string.rep is charged by size now
         end }""", "echo": """
         return { main = function()
           local msg = process.inbox():receive()
