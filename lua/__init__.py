@@ -20,7 +20,7 @@ from ._mailbox import CANCEL, DEFAULT_MAILBOX_LIMIT, EXIT, LINK_DOWN, Event, Mai
 from ._process import NoProcesses, ProcessServices, SpawnRequest
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay
 from ._unit import Answer, NoServices, Outcome, Pending, Services, Unit, settled
-from ._values import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, check_portable, loads_json, to_lua, to_python
+from ._values import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, check_portable, json_depth_exceeds, loads_json, to_lua, to_python
 
 __all__ = [
     "CANCEL",
@@ -56,6 +56,7 @@ __all__ = [
     "MAX_VALUES",
     "WIRE_DEPTH",
     "check_portable",
+    "json_depth_exceeds",
     "loads_json",
     "format_duration",
     "internal",

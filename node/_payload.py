@@ -14,9 +14,13 @@ Decoding (:func:`unpack`) is the one gate for bodies from outside, with the limi
 
 * size: a body over ``max_bytes`` is refused unread; msgpack strings, bins and
   extensions are bounded by it, arrays and maps by ``max_values``;
-* depth: JSON is scanned for bracket depth first (``lua.loads_json``); msgpack nesting is
-  bounded by the number of container bytes in the body, and only a body that could
-  exceed ``max_depth`` is walked (iteratively) after decoding;
+* depth: JSON is scanned for bracket depth first (``lua.json_depth_exceeds``); msgpack nesting is
+  bounded by the number of container bytes in the body, and only a body with more of
+  them than ``max_depth``, or with an extension, is walked (iteratively) after decoding
+  (msgpack's decoder is C with its own stack limit; only error extensions recurse
+  through Python, counted). Measured (interleaved, this machine): +0.4 us on a 24-byte
+  request, +140 us on a 4.4 KB body of 600 containers (the walk), +0.3 us on small JSON,
+  +1.5 ms on 52 KB of JSON holding 12,000 brackets (the scan);
 * types: the only msgpack extension is the error (:data:`ERROR_EXT`), checked field by
   field; any other extension, msgpack's timestamp included, is Invalid.
 
@@ -32,7 +36,7 @@ from typing import Any
 import msgpack
 
 from broker import CONTENT_TYPE, MSGPACK, Headers
-from lua import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, MoonwireError, invalid, loads_json
+from lua import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, MoonwireError, invalid, json_depth_exceeds
 
 JSON = "application/json"
 JSON_HEADERS = Headers({CONTENT_TYPE: JSON})
@@ -145,8 +149,7 @@ def _same(fields: dict[str, Any]) -> dict[str, Any]:
 # error extension's fields are bytes of the same body).
 _STRUCTURE = bytes([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF, 0xC7, 0xC8, 0xC9, *range(0xD4, 0xD9)])
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in _STRUCTURE)
-# msgpack decodes its timestamp extension (-1) itself, without calling ext_hook.
-_TIMESTAMPS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+_NOT_EXT = bytes(b for b in range(256) if b not in (0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8))
 
 
 def unpack(body: bytes, content_type: str | None, limits: DecodeLimits = LIMITS) -> Any:
@@ -167,8 +170,10 @@ def unpack(body: bytes, content_type: str | None, limits: DecodeLimits = LIMITS)
         raise invalid(f"body is neither msgpack (no {CONTENT_TYPE}: {MSGPACK} header) nor UTF-8 text") from err
     if not text.strip():
         return None
+    if json_depth_exceeds(body, limits.max_depth):
+        raise invalid(f"JSON nested deeper than {limits.max_depth} levels")
     try:
-        return loads_json(text, limits.max_depth)
+        return json.loads(text)
     except ValueError:
         return text
 
@@ -179,26 +184,35 @@ def unpack_msgpack(body: bytes, limits: DecodeLimits = LIMITS) -> Any:
     Raises:
         MoonwireError: (Invalid) naming the reason.
     """
+    # The fast path: so few container bytes that nothing in it can nest deep, and no
+    # extension header byte (an error, or msgpack's own timestamp, which msgpack decodes
+    # without asking ext_hook) anywhere. msgpack bounds every length by the body's own.
+    structure = body.translate(None, _NOT_STRUCTURE) if len(body) > limits.max_depth else body
+    if len(structure) <= limits.max_depth and not structure.translate(None, _NOT_EXT):
+        return _unpackb_fast(body)
     nesting = [0]  # error extensions inside each other, while decoding
 
     def ext_hook(code: int, data: bytes) -> MoonwireError:
         if code != ERROR_EXT:
-            raise invalid(f"msgpack extension type {code} is not one moonwire defines "
-                          f"(only {ERROR_EXT}, an error)")
-        if nesting[0] >= limits.max_depth:
-            raise invalid(f"errors nested deeper than {limits.max_depth} levels")
+            raise _unknown_ext(code)
+        if nesting[0] >= MAX_DEPTH:
+            raise invalid(f"errors nested deeper than {MAX_DEPTH} levels")
         nesting[0] += 1
         try:
-            fields = _unpackb(data, ext_hook, limits)
+            return error_from_fields(_unpackb(data, ext_hook, limits))
         finally:
             nesting[0] -= 1
-        return error_from_fields(fields)
 
     value = _unpackb(body, ext_hook, limits)
-    if len(body) - len(body.translate(None, _NOT_STRUCTURE)) > limits.max_depth or any(
-            t in body for t in _TIMESTAMPS):
-        check_decoded(value, limits)
+    check_decoded(value, limits)
     return value
+
+
+def _unpackb_fast(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException, TypeError, OverflowError) as err:
+        raise invalid(f"malformed msgpack body: {type(err).__name__}: {err}") from None
 
 
 def _unpackb(data: bytes, ext_hook: Any, limits: DecodeLimits) -> Any:
@@ -211,6 +225,10 @@ def _unpackb(data: bytes, ext_hook: Any, limits: DecodeLimits) -> Any:
         raise
     except (ValueError, msgpack.UnpackException, TypeError, OverflowError) as err:
         raise invalid(f"malformed msgpack body: {type(err).__name__}: {err}") from None
+
+
+def _unknown_ext(code: int) -> MoonwireError:
+    return invalid(f"msgpack extension type {code} is not one moonwire defines (only {ERROR_EXT}, an error)")
 
 
 def error_from_fields(fields: Any) -> MoonwireError:
@@ -231,26 +249,37 @@ def error_from_fields(fields: Any) -> MoonwireError:
 def check_decoded(value: Any, limits: DecodeLimits = LIMITS) -> None:
     """Walk a decoded value without recursing: at most ``max_depth`` deep (an error's
     details one level below it) and ``max_values`` values, and only plain data.
+    Containers are queued, scalars checked in place (most of a body is scalars).
 
     Raises:
         MoonwireError: (Invalid) naming what is wrong.
     """
-    budget = limits.max_values
+    budget, max_depth = limits.max_values, limits.max_depth
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        budget -= 1
+        cls = item.__class__
+        if cls is list:
+            children: Any = item
+        elif cls is dict:
+            children = item.values()
+        elif cls is MoonwireError:
+            children = (item.details,)
+        elif item is None or cls in _WIRE_SCALARS:
+            continue
+        else:
+            raise invalid(f"a {cls.__name__} value cannot come from the wire")
+        if depth >= max_depth:
+            raise invalid(f"body nested deeper than {max_depth} levels")
+        budget -= len(children)
         if budget < 0:
             raise invalid(f"body holds more than {limits.max_values} values")
-        if item is None or isinstance(item, (bool, int, float, str, bytes)):
-            continue
-        if depth >= limits.max_depth:
-            raise invalid(f"body nested deeper than {limits.max_depth} levels")
-        if isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-        elif isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, MoonwireError):
-            stack.append((item.details, depth + 1))
-        else:
-            raise invalid(f"a {type(item).__name__} value cannot come from the wire")
+        for child in children:
+            kind = child.__class__
+            if kind is list or kind is dict or kind is MoonwireError:
+                stack.append((child, depth + 1))
+            elif child is not None and kind not in _WIRE_SCALARS:
+                raise invalid(f"a {kind.__name__} value cannot come from the wire")
+
+
+_WIRE_SCALARS = frozenset({bool, int, float, str, bytes})

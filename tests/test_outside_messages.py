@@ -290,9 +290,9 @@ class Observer:
         found = self.dead_by_subject if by_subject else self.dead_by_id
         async with self.dead_arrived:
             try:
-                await asyncio.wait_for(self.dead_arrived.wait_for(lambda: len(found.get(key, ())) >= count), 15)
+                await asyncio.wait_for(self.dead_arrived.wait_for(lambda: len(found.get(key, ())) >= count), 30)
             except TimeoutError:
-                raise AssertionError(f"no dead letter for {key} within 15 s") from None
+                raise AssertionError(f"no dead letter for {key} within 30 s") from None
 
     async def check(self, case: Case) -> None:
         n = next(self.ids)
