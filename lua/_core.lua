@@ -273,7 +273,7 @@ local BYTES_PER_INSTRUCTION = 16  -- copying (memcpy)
 local CHARS_PER_INSTRUCTION = 4   -- a C loop over characters (upper, lower, reverse)
 local ELEMENT_COST = 3
 local STEPS_PER_INSTRUCTION = 0.5
-local TEST_COST = 20  -- extra per character test of the Lua matcher, for its C calls
+local TEST_COST = 30  -- extra per character test of the Lua matcher, for its C calls
 local SHORT = 256  -- strings this short cost too little to be worth the arithmetic
 
 local raw_metatable = debug.getmetatable

@@ -320,3 +320,50 @@ def test_bounded_functions_agree_with_lstrlib_under_a_budget() -> None:
         outcome = runner(probe, subject, pattern)
         assert outcome[0] == b"return", (pattern, outcome)
         assert outcome[1] == plain(subject, pattern), pattern
+
+
+# ---------------------------------------------------------------- two real nodes
+
+HOSTILE_FUNCTIONS = {
+    "app.yaml": "namespace: app\nentries:\n"
+                "  - {name: hostile, kind: function.lua, source: file://hostile.lua, modules: [json]}\n"
+                "  - {name: add, kind: function.lua, source: file://add.lua}\n",
+    "hostile.lua": "local json = require('json')\nlocal cases = {\n"
+                   + "\n".join(f"  [{name!r}] = function() {code} end," for name, code in HOSTILE.items()
+                               if name != "send_huge")
+                   + "\n}\nreturn function(name) return cases[name]() end",
+    "add.lua": "return function(a, b) return a + b end",
+}
+
+
+async def test_heartbeats_flow_while_a_node_runs_hostile_calls(tmp_path: Path, nats_server: object,
+                                                               spawn_node: object) -> None:
+    """Every hostile snippet, called on one node over NATS, ends with the budget error,
+    the node answers a plain call after each, and its peer never declares it down.
+    Before, the first pattern snippet froze the node for seconds (and the second for
+    good): its heartbeats stopped and the peer declared it down after 3 s."""
+    import json
+
+    import nats
+
+    from support import write_project
+
+    suffix = time.monotonic_ns() % 10**8
+    worker = await spawn_node(write_project(tmp_path / "worker", HOSTILE_FUNCTIONS), f"hw-{suffix}",  # type: ignore[operator]
+                              nats_url=nats_server.address)  # type: ignore[attr-defined]
+    await worker.wait_for_line(r"serving 2 function\(s\)")
+    peer = await spawn_node(write_project(tmp_path / "peer", {"p.yaml": "namespace: p\nentries: []\n"}),  # type: ignore[operator]
+                            f"hp-{suffix}", nats_url=nats_server.address)  # type: ignore[attr-defined]
+    await peer.wait_for_line(rf"node hw-{suffix} is up")
+    client = await nats.connect(nats_server.address)  # type: ignore[attr-defined]
+    try:
+        for name in HOSTILE:
+            if name == "send_huge":
+                continue  # a process-only API
+            reply = await client.request("mw.fn.app:hostile", json.dumps([name]).encode(), timeout=30)
+            assert "instruction budget exceeded" in json.loads(reply.data)["error"]["message"], name
+            reply = await client.request("mw.fn.app:add", b"[1, 2]", timeout=30)
+            assert json.loads(reply.data) == {"result": 3}
+    finally:
+        await client.close()
+    assert f"node hw-{suffix} is down" not in peer.output
