@@ -19,10 +19,11 @@ from ._errors import Kind, MoonwireError, internal, invalid, not_found
 from ._mailbox import CANCEL, DEFAULT_MAILBOX_LIMIT, EXIT, LINK_DOWN, Event, Mailbox, Message
 from ._process import NoProcesses, ProcessServices, SpawnRequest
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay
-from ._unit import Answer, NoServices, Outcome, Pending, Services, Unit, settled
+from ._unit import TURN, Answer, NoServices, Outcome, Pending, Services, Unit, settled
 from ._values import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, check_portable, json_depth_exceeds, loads_json, to_lua, to_python
 
 __all__ = [
+    "TURN",
     "CANCEL",
     "DEFAULT_MAILBOX_LIMIT",
     "EXIT",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -209,6 +210,12 @@ class Holdings:
         self.pending.clear()
 
 
+TURN = 0.02
+"""Seconds of Lua one step of a unit, or one turn of a host's scheduler, may chain before
+the event loop gets a turn (beyond the one resume running when it is reached, which the
+instruction budget bounds)."""
+
+
 class Unit:
     """One call or process running in ``state``.
 
@@ -271,6 +278,8 @@ class Unit:
                         self._wakeup = asyncio.Event()
                     await self._wakeup.wait()
                     self._wakeup.clear()
+                else:
+                    await asyncio.sleep(0)  # the last step used its turn: let the loop run
                 self.step()
             return self.outcome
         except asyncio.CancelledError:
@@ -326,9 +335,18 @@ class Unit:
                 self.main, outcome = state.start(main[0], *main[1])
                 self.threads.add(self.main)
                 self._handle(self.main, outcome)
+            # The instruction budget bounds one resume; a thread whose requests are
+            # answered at once (a local call, a send to itself) would chain resumes, each
+            # with a fresh budget, without the loop ever getting a turn. So a step ends
+            # after TURN seconds, leaving the rest ready for the next turn.
+            turn_ends = time.perf_counter() + TURN
             while self.ready and self.outcome is None:
                 tid, values = self.ready.popleft()
                 self._handle(tid, state.resume(tid, *values))
+                if self.ready and time.perf_counter() > turn_ends:
+                    if self.notify is not None:
+                        self.notify(self)  # a process: back into its host's run queue
+                    break  # a call: finish() yields the loop before stepping again
         finally:
             state.current = previous
 

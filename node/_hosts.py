@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from lua import Limits, LuaCode, LuaState, MoonwireError, Unit, internal
+from lua import TURN, Limits, LuaCode, LuaState, MoonwireError, Unit, internal
 
 from ._entries import HostSettings
 
@@ -109,8 +110,9 @@ class ProcessHost:
 
     def _drain(self) -> None:
         queue = self._run_queue
+        turn_ends = time.perf_counter() + TURN  # many processes of a budget each must not chain either
         for _ in range(_BATCH):
-            if not queue:
+            if not queue or time.perf_counter() > turn_ends:
                 break
             unit = queue.popleft()
             unit.scheduled = False
