@@ -98,7 +98,9 @@ class Heartbeat:
         cut: dict[str, tuple[str, int]] = {}
         for node, entry in (data.get("cut") or {}).items():
             incarnation, times = entry
-            cut[str(node)] = (str(incarnation), int(times))
+            if not isinstance(times, int) or isinstance(times, bool):  # 1e400 would not even convert
+                raise TypeError("a cut count must be an integer")
+            cut[str(node)] = (str(incarnation), times)
         return Heartbeat(str(data["node"]), str(data["incarnation"]), [str(h) for h in data.get("hosts", [])],
                          bool(data.get("bye")), cut)
 

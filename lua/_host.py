@@ -22,7 +22,7 @@ from . import _gotime
 from ._channel import Channel
 from ._duration import format_duration, parse_duration
 from ._errors import MoonwireError
-from ._values import decode_string, to_lua, to_python
+from ._values import decode_string, loads_json, to_lua, to_python
 
 if TYPE_CHECKING:
     from ._state import LuaState
@@ -238,7 +238,7 @@ class HostFunctions:
 
     def json_decode(self, text: bytes) -> tuple[Any, ...]:
         try:
-            return (True, to_lua(self.state, json.loads(text)))
+            return (True, to_lua(self.state, loads_json(text)))  # depth-limited before decoding
         except (ValueError, RecursionError) as err:
             return (False, f"json.decode: {err}".encode())
         except MoonwireError as err:

@@ -274,3 +274,14 @@ async def test_logging_goes_to_the_structured_log(call: str, caplog: pytest.LogC
     record = caplog.records[-1]
     assert record.name.startswith("moonwire.lua")
     assert getattr(record, "unit") == "test:fn"
+
+
+async def test_json_decode_refuses_deep_nesting_before_decoding() -> None:
+    outcome = await run_lua("""
+        local json = require("json")
+        return function()
+          local value, err = json.decode(string.rep("[", 100000))
+          return {value == nil, tostring(err)}
+        end""")
+    assert outcome.error is None, outcome.error
+    assert outcome.value[0] is True and "nested deeper than" in outcome.value[1], outcome.value

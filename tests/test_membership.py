@@ -189,7 +189,8 @@ def test_never_hearing_our_own_heartbeat_is_logged(caplog: pytest.LogCaptureFixt
 
 @pytest.mark.parametrize("body", [b"[]", b'{"node": "x"}', b'{"node": "x", "incarnation": "1", "cut": [1]}',
                                   b'{"node": "x", "incarnation": "1", "cut": {"me": 5}}', b"[" * 100_000,
-                                  b"\xff", b'{"node": "x", "incarnation": "1", "hosts": 3}', b" " * 300_000])
+                                  b"\xff", b'{"node": "x", "incarnation": "1", "hosts": 3}', b" " * 300_000,
+                                  b'{"node": "x", "incarnation": "1", "cut": {"me": ["1", 1e400]}}'])
 def test_a_malformed_heartbeat_is_refused_with_a_value_error(body: bytes) -> None:
     with pytest.raises((ValueError, KeyError, TypeError)):
         Heartbeat.parse(body)
