@@ -16,7 +16,9 @@ pair (sending node, receiving node), the way TCP runs over IP:
 - Every ``ACK_EVERY`` the receiver acknowledges what it has delivered (cumulatively,
   on ``<prefix>.ack.<sender>``). A sender that hears no progress for ``RESEND_AFTER``
   sends again everything unacknowledged: that covers a lost tail, which no later
-  message would reveal as a gap.
+  message would reveal as a gap. Only once the receiver has acknowledged anything: an
+  inbox subject may have a plain subscriber behind it rather than a node, and it would
+  see duplicates; what is lost before a stream's first acknowledgement stays lost.
 - A receiver that knows nothing of a stream (it, or the sender, is a new incarnation)
   starts at ``floor``: everything older was acknowledged by someone before.
 
@@ -51,6 +53,10 @@ NACK_EVERY = 0.1
 """Seconds between two resend requests for the same gap."""
 MAX_UNACKED = 100_000
 """Messages a sender holds for one stream; past it the oldest are dropped."""
+UNESTABLISHED_MAX = 1024
+"""Messages kept for a stream nothing has acknowledged yet. Such a stream is never sent
+again on a timer: its subject may be a plain NATS subscriber's (a test, a tap), not a
+node's, and a resend would duplicate what it saw."""
 MAX_HELD = 10_000
 """Early messages a receiver holds for one stream; past it they are dropped (the
 sender still has them, and sends them again)."""
@@ -75,6 +81,7 @@ class _Outgoing:
     next_seq: int = 1
     unacked: deque[_Sent] = field(default_factory=deque)
     progress_at: float = 0.0  # last ack that advanced, or last resend
+    established: bool = False  # the receiver has acknowledged something: it is a node
 
 
 @dataclass(slots=True)
@@ -142,6 +149,8 @@ class Streams(Generic[Item]):
         out.next_seq = seq + 1
         if not out.unacked:
             out.progress_at = self.clock()  # the resend timer runs from the oldest unacked message
+        elif not out.established and len(out.unacked) >= UNESTABLISHED_MAX:
+            out.unacked.popleft()  # nothing acknowledges: maybe no node at all (a plain subscriber)
         elif len(out.unacked) >= self.max_unacked:
             out.unacked.popleft()
             self.dropped_unacked += 1
@@ -190,6 +199,7 @@ class Streams(Generic[Item]):
         out = self._out.get(node)
         if out is None:
             return
+        out.established = True
         advanced = False
         while out.unacked and out.unacked[0].seq <= seq:
             out.unacked.popleft()
@@ -335,7 +345,7 @@ class Streams(Generic[Item]):
                 self._ack(key, stream)
         now = self.clock()
         for out in self._out.values():
-            if out.unacked and now - out.progress_at >= RESEND_AFTER:
+            if out.established and out.unacked and now - out.progress_at >= RESEND_AFTER:
                 self._resend(out)
 
 

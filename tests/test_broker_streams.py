@@ -185,8 +185,11 @@ def test_a_control_request_waits_for_the_stream_messages_sent_before_it() -> Non
     wire.deliver([1, 0])  # 2 comes early; 3 is lost
     assert ran == []
     wire.tick(RESEND_AFTER)
-    wire.deliver()
-    assert ran == [[1, 2, 3]]  # and runs once message 3 was handled
+    wire.deliver()  # b's ack of 2 reaches a
+    assert ran == []
+    wire.tick(RESEND_AFTER)
+    wire.deliver()  # a sends 3 again
+    assert ran == [[1, 2, 3]]  # and the request runs once message 3 was handled
     wire.b.when_delivered(headers, lambda: ran.append([]))
     assert len(ran) == 2  # the stream is past it already: at once
 
@@ -213,3 +216,17 @@ def test_a_control_request_with_nothing_before_it_or_no_stamp_runs_at_once() -> 
     assert ran == [1, 2]
     with pytest.raises(ValueError):
         wire.b.when_delivered({"Mw-After": "a.b"}, lambda: None)
+
+
+def test_a_stream_nothing_acknowledges_is_never_sent_again() -> None:
+    # Its subject may be a plain subscriber's (a tap, a test's observer), not a node's.
+    published: list[str] = []
+    a: Streams[int] = Streams("a", "i", lambda s, b, h: published.append(s), lambda n: f"ack.{n}",
+                              clock=lambda: now)
+    now = 0.0
+    for _ in range(2000):
+        a.stamp("tap", "p.tap.x", b"", {})
+    now = 10.0
+    a.tick()
+    assert published == []
+    assert a.statistics().unacked == 1024  # and it keeps a bounded tail
