@@ -97,16 +97,20 @@ class Mailbox:
         return True
 
     def post_event(self, event: Event) -> None:
-        """Deliver a lifecycle event. Past the bound the event is dropped and counted:
-        events of a process that never reads them cannot grow without limit."""
+        """Deliver a lifecycle event. An EXIT or LINK_DOWN is never dropped: each ends a
+        monitor or link the process holds, so there are never more of them than it
+        made. A CANCEL (which others send, as often as they like) past the bound is
+        dropped and counted: a process that never reads its events cannot be made to
+        grow without limit."""
+        bounded = event.kind == CANCEL
         if self._events is not None:
-            if len(self._events.channel.buffer) >= self.limit:
+            if bounded and len(self._events.channel.buffer) >= self.limit:
                 self.dropped += 1
                 return
             self._events.channel.post(event)
         elif self.held_events is None:
             self.held_events = deque((event,))
-        elif len(self.held_events) >= self.limit:
+        elif bounded and len(self.held_events) >= self.limit:
             self.dropped += 1
         else:
             self.held_events.append(event)

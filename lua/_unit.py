@@ -228,7 +228,7 @@ class Unit:
     __slots__ = (
         "state", "label", "context", "services", "processes", "loop", "main", "threads", "ready", "_holdings",
         "outcome", "_wakeup", "notify", "on_end", "scheduled", "pid", "mailbox",
-        "trap_links", "frame_id", "record",
+        "trap_links", "frame_id", "record", "preempted",
     )
 
     def __init__(self, state: LuaState, label: str, *, context: dict[str, Any] | None = None,
@@ -253,6 +253,9 @@ class Unit:
         """Called once, when the unit has ended (``outcome`` is set)."""
         self.scheduled = False
         """Owned by the scheduler: the unit is in its run queue."""
+        self.preempted = False
+        """Its last step ended because its turn was up, not because it waits: the
+        scheduler runs it before the units queued meanwhile."""
         self.pid: str | None = None
         self.mailbox: Mailbox | None = None
         self.trap_links = False
@@ -345,7 +348,11 @@ class Unit:
                 self._handle(tid, state.resume(tid, *values))
                 if self.ready and time.perf_counter() > turn_ends:
                     if self.notify is not None:
-                        self.notify(self)  # a process: back into its host's run queue
+                        # A process: first in its host's run queue again, so the loop gets
+                        # a turn and nothing else changes (the processes it woke or spawned
+                        # still run after it, as they would have without the cut).
+                        self.preempted = True
+                        self.notify(self)
                     break  # a call: finish() yields the loop before stepping again
         finally:
             state.current = previous

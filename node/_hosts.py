@@ -103,7 +103,11 @@ class ProcessHost:
         if unit.scheduled:
             return
         unit.scheduled = True
-        self._run_queue.append(unit)
+        if unit.preempted:  # cut short by lua.TURN: it goes on first, after the loop's turn
+            unit.preempted = False
+            self._run_queue.appendleft(unit)
+        else:
+            self._run_queue.append(unit)
         if not self._drain_pending:
             self._drain_pending = True
             self.loop.call_soon(self._drain)

@@ -62,6 +62,19 @@ def project() -> dict[str, str]:
             end }}""",
         # Many processes, each one busy resume, then done.
         "one": BUSY + "return { main = function() busy() return 'done' end }",
+        # Spawns more monitored children than a mailbox holds, then collects their EXITs.
+        # Its spawning loop is cut into turns, so children (on another host) run and
+        # exit before it starts receiving: their EXITs must all wait for it.
+        "collector": """
+            return { main = function(n)
+              for _ = 1, n do process.spawn_monitored("app:one_quick", "app:host") end
+              local events, got = process.events(), 0
+              for _ = 1, n do
+                if events:receive().kind == process.event.EXIT then got = got + 1 end
+              end
+              return got
+            end }""",
+        "one_quick": "return { main = function() return true end }",
         "many": f"""
             return {{ main = function()
               for _ = 1, {ROUNDS} do process.spawn_monitored("app:one", "app:host") end
@@ -104,3 +117,10 @@ async def test_many_busy_processes_on_one_host_give_the_loop_turns(tmp_path: Pat
     value, turns = await run_with_probe(tmp_path, "app:many")
     assert value == "done"
     assert turns >= ROUNDS // 2, turns
+
+
+async def test_a_process_that_monitors_more_children_than_its_mailbox_holds_gets_every_exit(tmp_path: Path) -> None:
+    n = 12_000  # far over the default mailbox limit (4096)
+    async with LocalRuntime(tmp_path, project()) as runtime:
+        outcome = await asyncio.wait_for(runtime.execute("app:collector", [n]), 60)  # type: ignore[attr-defined]
+    assert outcome.error is None and outcome.value == n, outcome
