@@ -175,6 +175,10 @@ class Streams(Generic[Item]):
         stamped[AFTER_HEADER] = f"{self.node}.{self.incarnation}.{out.next_seq - 1 if out else 0}"
         return stamped
 
+    def acknowledged(self) -> bool:
+        """True when every node that acknowledges has acknowledged everything sent to it."""
+        return all(not out.unacked for out in self._out.values() if out.established)
+
     def forget(self, node: str) -> None:
         """``node`` was declared down: what it has not acknowledged is accounted for by the
         node-down its watchers saw; later messages start from a new floor."""

@@ -175,7 +175,8 @@ class Node:
                                                        processes.node_down(node, incarnation, reason)))
         await membership.start()
         beating = asyncio.create_task(membership.run(), name="heartbeat")
-        self._steps.append(_Step("heartbeat", lambda remaining: _stop_beating(beating, membership)))
+        self._steps.append(_Step("heartbeat", lambda remaining: _stop_beating(beating, membership, streams,
+                                                                               remaining)))
         # Stopped first: processes exit while the node still delivers their EXITs to
         # watchers elsewhere; the goodbye follows. They get the shutdown budget less a
         # second kept for the steps after them.
@@ -236,6 +237,11 @@ async def _drain_or_close(nc: NatsClient | None, remaining: float) -> None:
         await nc.close()
 
 
+GOODBYE_WAIT = 1.0
+"""Seconds a stopping node waits for its peers to acknowledge its last messages before
+it says goodbye."""
+
+
 async def _keep_streams(streams: Streams[Msg]) -> None:
     """Acknowledge, ask again and send again for the node's streams until cancelled."""
     while True:
@@ -255,6 +261,14 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
 
 
 
-async def _stop_beating(task: asyncio.Task[None], membership: Membership) -> None:
+async def _stop_beating(task: asyncio.Task[None], membership: Membership, streams: Streams[Msg],
+                        remaining: float) -> None:
     await _cancel_and_wait(task)
+    # The goodbye travels on the control connection, the EXITs of the processes that just
+    # stopped on the streams (the data connection at each peer): were it to overtake them,
+    # a peer's monitors would fire "node down" instead of the real exit. Every peer has
+    # handled what it acknowledged, so wait (briefly, a few acknowledgement rounds) for that.
+    deadline = time.monotonic() + min(GOODBYE_WAIT, remaining)
+    while not streams.acknowledged() and time.monotonic() < deadline:
+        await asyncio.sleep(ACK_EVERY / 5)  # no event to await: acknowledgements are counted, not signalled
     await membership.stop()  # the goodbye: others see this node down at once

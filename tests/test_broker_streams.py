@@ -230,3 +230,20 @@ def test_a_stream_nothing_acknowledges_is_never_sent_again() -> None:
     a.tick()
     assert published == []
     assert a.statistics().unacked == 1024  # and it keeps a bounded tail
+
+
+def test_acknowledged_once_every_node_that_acknowledges_has_everything() -> None:
+    wire = Wire()
+    assert wire.a.acknowledged()
+    wire.send(1)
+    wire.deliver()
+    wire.tick(0.06)
+    wire.deliver()  # established, and 1 acknowledged
+    assert wire.a.acknowledged()
+    wire.send(2)
+    wire.a.stamp("tap", "p.tap.x", b"", {})  # a plain subscriber never acknowledges: not waited for
+    assert not wire.a.acknowledged()
+    wire.deliver()
+    wire.tick(0.06)
+    wire.deliver()
+    assert wire.a.acknowledged()
