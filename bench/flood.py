@@ -35,49 +35,10 @@ from _support import pct, write
 
 MOONWIRE = str(Path(sys.executable).parent / "moonwire")
 
-FLOODED = {
-    "_index.yaml": """
-        namespace: app
-        entries:
-          - {name: host, kind: process.host}
-          - {name: sink, kind: process.lua, source: file://sink.lua, modules: [time]}
-          - name: sink.service
-            kind: process.service
-            process: sink
-            host: host
-            lifecycle: {auto_start: true}
-          - {name: where, kind: function.lua, source: file://where.lua}
-          - {name: report, kind: function.lua, source: file://report.lua}
-          - {name: ping, kind: function.lua, source: file://ping.lua}
-    """,
-    # Counts what arrives on topic "flood", slower than a flood comes (a pause per 100
-    # messages), so its mailbox fills and the rest is dead-lettered; answers "report"
-    # with the count and starts again from 0.
-    "sink.lua": """
-        local time = require("time")
-        return function()
-          process.registry.register("sink")
-          local inbox, count = process.inbox(), 0
-          while true do
-            local msg = inbox:receive()
-            if msg:topic() == "report" then
-              process.send(msg:from(), "count", count)
-              count = 0
-            else
-              count = count + 1
-              if count % 100 == 0 then time.sleep("5ms") end
-            end
-          end
-        end""",
-    "where.lua": "return function() return process.registry.lookup('sink') end",
-    "report.lua": """
-        return function()
-          local ok, err = process.send("sink", "report")
-          if not ok then return nil, err end
-          return process.inbox():receive():payload():data()
-        end""",
-    "ping.lua": "return function(x) return x end",
-}
+# The flooded node's project and the flooder are the flood test's, so the bench measures
+# what the test checks.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_floods import FLOODED, FLOODER  # noqa: E402
 
 OTHER = {
     "_index.yaml": """
@@ -87,18 +48,6 @@ OTHER = {
     """,
     "noop.lua": "return function(x) return x end",
 }
-
-FLOODER = """
-import asyncio, sys, nats
-async def main(url, subject, n):
-    nc = await nats.connect(url)
-    body = b'"x"'
-    for _ in range(n):
-        await nc.publish(subject, body)
-    await nc.flush(timeout=120)
-    await nc.close()
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
-"""
 
 RAW_RESPONDER = """
 import asyncio, sys, nats

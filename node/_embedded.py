@@ -18,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -67,17 +68,37 @@ def find_binary(name: str) -> str:
 
 
 def free_port(preferred: int | None = None) -> int:
-    """``preferred`` if nothing listens on it on 127.0.0.1, else a free port chosen by the OS."""
-    if preferred:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", preferred))
-                return preferred
-            except OSError:
-                pass
-    with socket.socket() as sock:
+    """``preferred`` if nothing listens on it on 127.0.0.1, else a free port below the
+    kernel's ephemeral range. A port the OS picks (bind to 0) comes from that range,
+    where any outgoing connection made before the server binds it (a NATS route, a
+    client reconnecting) may take it: three servers started one after another on ports
+    chosen up front collided that way."""
+    if preferred and _bindable(preferred):
+        return preferred
+    low = _ephemeral_low()
+    for _ in range(64):
+        port = random.randrange(10_000, low)
+        if _bindable(port):
+            return port
+    with socket.socket() as sock:  # the range below is crowded: let the OS choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def _accepts(port: int) -> bool:

@@ -36,7 +36,7 @@ from typing import Any
 import msgpack
 
 from broker import CONTENT_TYPE, MSGPACK, Headers
-from lua import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, MoonwireError, invalid, json_depth_exceeds
+from lua import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, MoonwireError, internal, invalid, json_depth_exceeds
 
 JSON = "application/json"
 JSON_HEADERS = Headers({CONTENT_TYPE: JSON})
@@ -120,6 +120,15 @@ def pack(value: Any) -> bytes:
         ValueError: nesting over msgpack's own limit, an integer over 64 bits.
     """
     return msgpack.packb(value, default=_default, use_bin_type=True)
+
+
+def pack_reply(reply: dict[str, Any]) -> bytes:
+    """An answer (``{"value": ...}`` or ``{"error": ...}``) as msgpack; one whose value the
+    wire cannot hold becomes an Internal error that says why, so the asker still hears."""
+    try:
+        return pack(reply)
+    except (TypeError, ValueError, OverflowError) as err:
+        return pack({"error": internal(f"cannot encode the answer: {type(err).__name__}: {err}")})
 
 
 def to_json(value: Any) -> bytes:

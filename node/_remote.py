@@ -43,7 +43,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from broker import MSGPACK_HEADERS, NoResponders, Outbox, Requests, RequestTimeout, Streams, Subjects
 from lua import Event, Kind, MoonwireError, Outcome, Pending, SpawnRequest, check_portable, internal, invalid, not_found
 
-from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
+from ._payload import CONTENT_TYPE, MSGPACK, pack, pack_reply, unpack
 
 if TYPE_CHECKING:
     from ._processes import ProcessTable
@@ -251,11 +251,7 @@ class Cluster:
             if error is not None:
                 self._dead_letter(msg, error.message if isinstance(error, MoonwireError) else str(error))
             return
-        try:
-            body = pack(reply)
-        except (TypeError, ValueError, OverflowError) as err:  # a value the wire cannot hold
-            body = pack({"error": internal(f"cannot encode the answer: {type(err).__name__}: {err}")})
-        self.outbox.publish_nowait(msg.reply, body, headers=MSGPACK_HEADERS)
+        self.outbox.publish_nowait(msg.reply, pack_reply(reply), headers=MSGPACK_HEADERS)
 
     def _dead_letter(self, msg: Msg, reason: str) -> None:
         if self.dead_letter is not None:

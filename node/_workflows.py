@@ -49,7 +49,7 @@ from lua import EXIT, LINK_DOWN, Event, Kind, Limits, Message, MoonwireError, Ou
 from ._entries import TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
 from ._functions import CodeLoader, Functions
 from ._inboxes import DEFAULT_MAX_BODY, DeadLetters, Undeliverable, decode, encode
-from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
+from ._payload import CONTENT_TYPE, MSGPACK, pack, pack_reply, unpack
 from ._project import Project
 from ._remote import reply_outcome
 from ._workflow_run import (
@@ -570,11 +570,7 @@ class Workflows:
             return
         if self.outbox is None:
             return
-        try:
-            body = pack(reply)
-        except (TypeError, ValueError, OverflowError) as err:  # a value the wire cannot hold
-            body = pack({"error": internal(f"cannot encode the answer: {type(err).__name__}: {err}")})
-        self.outbox.publish_nowait(msg.reply, body, headers=MSGPACK_HEADERS)
+        self.outbox.publish_nowait(msg.reply, pack_reply(reply), headers=MSGPACK_HEADERS)
 
     async def running(self, worker: str, limit: int = 1000) -> dict[str, Any]:
         """The running workflows on ``worker``'s task queue, as Temporal's visibility
