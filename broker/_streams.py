@@ -60,6 +60,8 @@ node's, and a resend would duplicate what it saw."""
 MAX_HELD = 10_000
 """Early messages a receiver holds for one stream; past it they are dropped (the
 sender still has them, and sends them again)."""
+GIVE_UP = 10.0
+"""Seconds a gap may stay open before what was held behind it is handled anyway."""
 WAIT_AFTER = 5.0
 """Seconds a control request waits for the stream messages sent before it."""
 MAX_STREAMS = 4096
@@ -88,6 +90,7 @@ class _Outgoing:
 class _Incoming(Generic[Item]):
     expected: int
     held: dict[int, Item] = field(default_factory=dict)
+    progress_at: float = 0.0  # when it last delivered (or began)
     acked: int = 0  # the last cumulative ack sent (expected - 1 when caught up)
     nacked_at: float = -1e9
     waiting: list[tuple[int, float, Callable[[], None]]] = field(default_factory=list)
@@ -129,6 +132,7 @@ class Streams(Generic[Item]):
         self.max_held = max_held
         self._out: dict[str, _Outgoing] = {}
         self._in: dict[tuple[str, str], _Incoming[Item]] = {}
+        self._held = 0  # early messages held, all streams together
         self.sent = self.resent = self.dropped_unacked = 0
         self.delivered = self.duplicates = self.dropped_early = 0
 
@@ -192,7 +196,12 @@ class Streams(Generic[Item]):
         Raises:
             ValueError: a malformed body.
         """
-        data = json.loads(body)
+        if len(body) > 1024:
+            raise ValueError(f"an ack is a small JSON object, not {len(body)} bytes")
+        try:
+            data = json.loads(body)
+        except RecursionError:
+            raise ValueError("an ack nested too deep") from None
         if not isinstance(data, dict):
             raise ValueError("an ack must be a JSON object")
         node, incarnation, seq = data.get("from"), data.get("to"), data.get("seq")
@@ -245,23 +254,25 @@ class Streams(Generic[Item]):
         stream = self._in.get(key)
         if stream is None:
             if len(self._in) >= MAX_STREAMS:
-                del self._in[next(iter(self._in))]
-            stream = self._in[key] = _Incoming(expected=floor, acked=floor - 1)
+                self._held -= len(self._in.pop(next(iter(self._in))).held)
+            stream = self._in[key] = _Incoming(expected=floor, acked=floor - 1, progress_at=self.clock())
         else:
             self._in[key] = self._in.pop(key)  # most recently used last
             if floor > stream.expected:  # the sender no longer holds what we wait for
                 stream.expected = floor
                 for old in [s for s in stream.held if s < floor]:
                     del stream.held[old]
+                    self._held -= 1
         if seq < stream.expected:
             self.duplicates += 1
             return stream, []
         if seq > stream.expected:
             if seq not in stream.held:
-                if len(stream.held) >= self.max_held:
+                if self._held >= self.max_held:  # across all streams: a stamp can be forged
                     self.dropped_early += 1
                 else:
                     stream.held[seq] = item
+                    self._held += 1
             self._nack(key, stream)
             return stream, []
         ready = [item]
@@ -270,9 +281,11 @@ class Streams(Generic[Item]):
             held = stream.held.pop(seq, None)
             if held is None:
                 break
+            self._held -= 1
             ready.append(held)
             seq += 1
         stream.expected = seq
+        stream.progress_at = self.clock()
         self.delivered += len(ready)
         return stream, ready
 
@@ -299,7 +312,7 @@ class Streams(Generic[Item]):
             return
         if stream is None:
             if len(self._in) >= MAX_STREAMS:
-                del self._in[next(iter(self._in))]
+                self._held -= len(self._in.pop(next(iter(self._in))).held)
             # Nothing of it has arrived yet: its messages (at least one) are on their way.
             stream = self._in[(node, incarnation)] = _Incoming(expected=1)
         stream.waiting.append((through, self.clock() + wait, run))
@@ -337,17 +350,35 @@ class Streams(Generic[Item]):
 
     # ------------------------------------------------------------ timers
 
-    def tick(self) -> None:
+    def tick(self, handle: Callable[[Item], None] | None = None) -> None:
         """Run every ``ACK_EVERY`` or so: acknowledge progress, ask again for gaps that
-        stay open, send again what stays unacknowledged."""
+        stay open, send again what stays unacknowledged. A gap open for ``GIVE_UP``
+        seconds (its sender gone, or a stamp forged from outside) is skipped: what was
+        held behind it is handed to ``handle``, so nothing waits for ever."""
+        now = self.clock()
         for key, stream in list(self._in.items()):
             if stream.waiting:
                 self._release(stream, overdue=True)
+            if stream.held and handle is not None and now - stream.progress_at >= GIVE_UP:
+                first = min(stream.held)
+                log.warning("messages %d to %d from node %s (%s) never came; handling the %d after them",
+                            stream.expected, first - 1, key[0], key[1], len(stream.held))
+                stream.expected = first
+                ready: list[Item] = []
+                while (held := stream.held.pop(stream.expected, None)) is not None:
+                    self._held -= 1
+                    ready.append(held)
+                    stream.expected += 1
+                stream.progress_at = now
+                self.delivered += len(ready)
+                for one in ready:
+                    handle(one)
+                if stream.waiting:
+                    self._release(stream)
             if stream.held:
                 self._nack(key, stream)
             elif stream.acked != stream.expected - 1:
                 self._ack(key, stream)
-        now = self.clock()
         for out in self._out.values():
             if out.established and out.unacked and now - out.progress_at >= RESEND_AFTER:
                 self._resend(out)

@@ -31,7 +31,6 @@ not delay the rest (``docs/architecture.md``, *Floods*).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -202,14 +201,15 @@ class NodeInboxes:
         # A message of another node's stream is handled in its stream's order, once: a
         # resend already handled is dropped, one that came early waits for the gap.
         if self.streams is None:
-            self._handle_safely(msg)
+            self.handle(msg)
             return
         try:
-            self.streams.receive(msg.headers, msg, self._handle_safely)
+            self.streams.receive(msg.headers, msg, self.handle)
         except ValueError as err:
             self._dead_letter(msg, str(err))
 
-    def _handle_safely(self, msg: Msg) -> None:
+    def handle(self, msg: Msg) -> None:
+        """Deliver or dead-letter one message from the wire, in the order given; never raises."""
         try:
             self._handle_message(msg)
         except Exception as err:  # noqa: BLE001 - STYLE §16: nothing raises into the read loop

@@ -153,7 +153,7 @@ class Node:
                 dead_letters.publish(msg.subject, msg.data, msg.headers, f"malformed stream ack: {err}")
 
         acks = await self._nats.subscribe_direct(self.subjects.stream_acks(self.name), on_ack)
-        streams_task = asyncio.create_task(_keep_streams(streams), name="streams")
+        streams_task = asyncio.create_task(_keep_streams(streams, inboxes.handle), name="streams")
         self._steps.append(_Step("streams", lambda remaining: _stop_streams(streams_task, acks)))
         workflows = processes.workflows = Workflows(
             self.name, self.project, self.subjects, runtime.functions, runtime.functions.code,
@@ -242,11 +242,11 @@ GOODBYE_WAIT = 1.0
 it says goodbye."""
 
 
-async def _keep_streams(streams: Streams[Msg]) -> None:
+async def _keep_streams(streams: Streams[Msg], handle: Callable[[Msg], None]) -> None:
     """Acknowledge, ask again and send again for the node's streams until cancelled."""
     while True:
         await asyncio.sleep(ACK_EVERY)
-        streams.tick()
+        streams.tick(handle)
 
 
 async def _stop_streams(task: asyncio.Task[None], acks: Any) -> None:

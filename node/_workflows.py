@@ -482,11 +482,13 @@ class Workflows:
             target, message = signal.target, signal.message
             try:
                 await self._handle(target).signal(message.topic, encode_signal(message.sender, message.payloads))
-            except (RPCError, MoonwireError) as err:
+            except Exception as err:  # noqa: BLE001 - one bad signal must not stop the sender: it is dead-lettered
                 if isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND:
                     reason = f"no running workflow {target.uid} on worker {target.host}: {err}"
-                else:
+                elif isinstance(err, (RPCError, MoonwireError)):
                     reason = f"signal {message.topic!r} to {target} failed: {err}"
+                else:  # a payload Temporal's converter cannot carry (a lone surrogate in a string, say)
+                    reason = f"signal {message.topic!r} to {target} cannot be sent: {type(err).__name__}: {err}"
                 if signal.subject:  # from the gateway: the message as it came
                     self._dead_letter(signal.subject, signal.body, signal.headers, reason)
                 else:

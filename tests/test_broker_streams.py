@@ -247,3 +247,32 @@ def test_acknowledged_once_every_node_that_acknowledges_has_everything() -> None
     wire.tick(0.06)
     wire.deliver()
     assert wire.a.acknowledged()
+
+
+def test_a_gap_that_stays_open_is_skipped_and_what_waited_behind_it_handled() -> None:
+    # A forged stamp from outside (or a sender gone for good): nothing ever fills the gap.
+    wire = Wire()
+    got: list[int] = []
+    wire.b.receive({SEQ_HEADER: "x.forged.5.1"}, 5, got.append)
+    wire.b.receive({SEQ_HEADER: "x.forged.6.1"}, 6, got.append)
+    assert got == [] and wire.b.statistics().held == 2
+    wire.now += 9.0
+    wire.b.tick(got.append)
+    assert got == []
+    wire.now += 1.0
+    wire.b.tick(got.append)
+    assert got == [5, 6] and wire.b.statistics().held == 0
+
+
+def test_early_messages_are_held_up_to_a_bound_across_all_streams() -> None:
+    b: Streams[int] = Streams("b", "i", lambda s, body, h: None, lambda n: n, max_held=10)
+    for n in range(20):  # twenty forged streams, each with a gap
+        b.receive({SEQ_HEADER: f"x{n}.i.2.1"}, n, lambda item: None)
+    stats = b.statistics()
+    assert stats.held == 10 and stats.dropped_early == 10
+
+
+@pytest.mark.parametrize("body", [b"[" * 1000 + b"]" * 1000, b" " * 2000])
+def test_an_oversize_or_deep_ack_is_refused(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        Wire().a.on_ack(body)
