@@ -53,22 +53,25 @@ class Outbox:
         inbox ``subject`` is, for traffic that must arrive exactly once and in order with
         this node's process messages to it; ``after``: a node whose receipt of this
         node's stream so far this (control) message must not overtake (``_streams.py``)."""
-        if not self._queue and self._streams is not None:
-            headers = self._stamp(subject, body, headers, stream, after)
-            stream = after = ""
-        if not self._queue and self._try_publish(subject, body, reply, headers):
-            return
-        self._queue.append((subject, body, reply, headers, None, stream or after and "@" + after))
+        order = stream or (after and "@" + after)  # one field for the queue: "node", "@node" or ""
+        if not self._queue:
+            if order:
+                headers = self._stamped(subject, body, headers, order)
+            if self._try_publish(subject, body, reply, headers):
+                return
+            order = ""  # stamped already
+        self._queue.append((subject, body, reply, headers, None, order))
         self._ready.set()
 
-    def _stamp(self, subject: str, body: bytes, headers: dict[str, str] | None, stream: str,
-               after: str) -> dict[str, str] | None:
-        assert self._streams is not None
-        if stream:
-            return self._streams.stamp(stream, subject, body, headers or {})
-        if after:
-            return self._streams.after(after, headers)
-        return headers
+    def _stamped(self, subject: str, body: bytes, headers: dict[str, str] | None,
+                 order: str) -> dict[str, str] | None:
+        """``headers`` for a message in the stream to node ``order``, or (``@node``)
+        ordered after that stream; unchanged without streams."""
+        if self._streams is None:
+            return headers
+        if order[0] == "@":
+            return self._streams.after(order[1:], headers)
+        return self._streams.stamp(order, subject, body, headers or {})
 
     def send_nowait(self, subject: str, envelope: Envelope, stream: str = "") -> None:
         """Queue a process message for an inbox subject (of node ``stream``)."""
@@ -89,16 +92,12 @@ class Outbox:
     async def _drain(self) -> None:
         publish = self._nats.publish
         queue = self._queue
-        streams = self._streams
         while queue:
             subject, body, reply, headers, envelope, stream = queue.popleft()
             if envelope is not None:
                 body, headers = self._coalesce(subject, envelope, stream)
-            if stream and streams is not None:
-                if stream[0] == "@":  # ordered after the stream, not in it
-                    headers = streams.after(stream[1:], headers)
-                else:
-                    headers = streams.stamp(stream, subject, body, headers or {})
+            if stream:
+                headers = self._stamped(subject, body, headers, stream)
             try:
                 await publish(subject, body, reply=reply, headers=headers)
             except Exception as err:  # noqa: BLE001 - a closed connection must not kill the outbox
