@@ -179,9 +179,11 @@ class Streams(Generic[Item]):
         stamped[AFTER_HEADER] = f"{self.node}.{self.incarnation}.{out.next_seq - 1 if out else 0}"
         return stamped
 
-    def acknowledged(self) -> bool:
-        """True when every node that acknowledges has acknowledged everything sent to it."""
-        return all(not out.unacked for out in self._out.values() if out.established)
+    def acknowledged(self, is_node: Callable[[str], bool] = lambda node: False) -> bool:
+        """True when everything sent has been acknowledged, on every stream whose receiver
+        has acknowledged something or ``is_node`` says is a node (a stream's first
+        messages may be all it ever gets, the EXITs of a stopping node say)."""
+        return all(not out.unacked for node, out in self._out.items() if out.established or is_node(node))
 
     def forget(self, node: str) -> None:
         """``node`` was declared down: what it has not acknowledged is accounted for by the

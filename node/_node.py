@@ -269,6 +269,10 @@ async def _stop_beating(task: asyncio.Task[None], membership: Membership, stream
     # a peer's monitors would fire "node down" instead of the real exit. Every peer has
     # handled what it acknowledged, so wait (briefly, a few acknowledgement rounds) for that.
     deadline = time.monotonic() + min(GOODBYE_WAIT, remaining)
-    while not streams.acknowledged() and time.monotonic() < deadline:
+    def live_peer(node: str) -> bool:
+        peer = membership.peers.get(node)
+        return peer is not None and not peer.down
+
+    while not streams.acknowledged(live_peer) and time.monotonic() < deadline:
         await asyncio.sleep(ACK_EVERY / 5)  # no event to await: acknowledgements are counted, not signalled
     await membership.stop()  # the goodbye: others see this node down at once

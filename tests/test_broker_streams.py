@@ -247,6 +247,9 @@ def test_acknowledged_once_every_node_that_acknowledges_has_everything() -> None
     wire.tick(0.06)
     wire.deliver()
     assert wire.a.acknowledged()
+    fresh = Wire()  # a first message, nothing acknowledged yet: waited for once the caller knows b is a node
+    fresh.send(1)
+    assert fresh.a.acknowledged() and not fresh.a.acknowledged(lambda node: node == "b")
 
 
 def test_a_gap_that_stays_open_is_skipped_and_what_waited_behind_it_handled() -> None:
