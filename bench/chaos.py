@@ -86,8 +86,8 @@ import msgpack
 import nats
 from nats.aio.msg import Msg
 
-import node
-from node import ServerProcess, free_port, start_nats
+import moonwire.node as node
+from moonwire.node import ServerProcess, free_port, start_nats
 
 from _support import pct, write
 

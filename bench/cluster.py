@@ -31,7 +31,7 @@ from pathlib import Path
 
 import nats
 
-from node import ServerProcess, free_port, start_nats
+from moonwire.node import ServerProcess, free_port, start_nats
 
 from _support import pct, write
 

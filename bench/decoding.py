@@ -18,8 +18,7 @@ from typing import Any, Callable
 
 import msgpack
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from node._payload import MSGPACK, pack, unpack  # noqa: E402
+from moonwire.node.wire._payload import MSGPACK, pack, unpack
 
 
 def raw_msgpack(body: bytes) -> Any:

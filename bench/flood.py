@@ -29,7 +29,7 @@ from pathlib import Path
 
 import nats
 
-from node import free_port, start_nats
+from moonwire.node import free_port, start_nats
 
 from _support import pct, write
 

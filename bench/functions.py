@@ -26,10 +26,10 @@ from pathlib import Path
 
 import nats
 
-from broker import Subjects
-from lua import Outcome
-from node import free_port, load_project, start_nats
-from node._functions import Functions
+from moonwire.broker import Subjects
+from moonwire.lua import Outcome
+from moonwire.node import free_port, load_project, start_nats
+from moonwire.node.functions._functions import Functions
 
 from _support import pct, write
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support import LocalRuntime  # noqa: E402
 from test_lua_limits import HOSTILE, LagProbe, hostile_project  # noqa: E402
 
-from lua import Limits, LuaState  # noqa: E402
+from moonwire.lua import Limits, LuaState
 
 BASELINE = "spin_10M"
 CALLS = "calls_10M"  # plain Lua too: a loop of function calls, slower per instruction

@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from broker import Subjects
-from node import load_project
-from node._runtime import Runtime
+from moonwire.broker import Subjects
+from moonwire.node import load_project
+from moonwire.node._runtime import Runtime
 
 from _support import pct, write
 
@@ -201,7 +201,7 @@ async def main() -> None:
         raw_per = await raw_idle_tasks(opts.idle)
         gc.collect()
         before = rss_bytes()
-        from lua import SpawnRequest
+        from moonwire.lua import SpawnRequest
         start = time.perf_counter()
         for _ in range(opts.idle):
             runtime.processes.start(SpawnRequest("b:idle", "b:host", []))

@@ -28,11 +28,11 @@ from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from broker import Subjects
-from node import free_port, load_project, start_temporal
-from node._functions import Functions
-from node._workflow_run import WorkflowInput, encode_signal
-from node._workflows import Workflows
+from moonwire.broker import Subjects
+from moonwire.node import free_port, load_project, start_temporal
+from moonwire.node.functions._functions import Functions
+from moonwire.node.workflows._workflow_run import WorkflowInput, encode_signal
+from moonwire.node.workflows._workflows import Workflows
 
 from _support import pct, write
 

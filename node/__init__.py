@@ -1,37 +1,12 @@
 """The moonwire runtime: project loading, node configuration, embedded servers, the
 node lifecycle and the CLI. Uses ``broker`` for the wire and ``lua`` for Lua."""
 
-from ._config import ConfigError, NodeConfig, ResolvedConfig, load_config
-from ._embedded import (
-    EmbeddedServerError,
-    EmbeddedServers,
-    ServerProcess,
-    find_binary,
-    free_port,
-    read_registry,
-    recorded_nats_url,
-    start_nats,
-    start_temporal,
-)
-from ._entries import (
-    KNOWN_KINDS,
-    Entry,
-    FunctionEntry,
-    InertEntry,
-    LibraryEntry,
-    Lifecycle,
-    LuaEntry,
-    ProcessEntry,
-    ProcessHostEntry,
-    ProcessServiceEntry,
-    RestartPolicy,
-    TemporalClientEntry,
-    TemporalWorkerEntry,
-    WorkflowEntry,
-)
+from .project import ConfigError, NodeConfig, ResolvedConfig, load_config
+from .servers import (EmbeddedServerError, EmbeddedServers, ServerProcess, find_binary, free_port, read_registry, recorded_nats_url, start_nats, start_temporal)
+from .project import (KNOWN_KINDS, Entry, FunctionEntry, InertEntry, LibraryEntry, Lifecycle, LuaEntry, ProcessEntry, ProcessHostEntry, ProcessServiceEntry, RestartPolicy, TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry)
 from ._node import Node
-from ._project import Problem, Project, ProjectInvalid, load_project
-from ._workflows import workflow_replayer
+from .project import Problem, Project, ProjectInvalid, load_project
+from .workflows import workflow_replayer
 
 __all__ = [
     "KNOWN_KINDS",

@@ -22,18 +22,18 @@ from nats.aio.client import Client as NatsClient
 
 from nats.aio.msg import Msg
 
-from broker import ACK_EVERY, Client, Membership, Outbox, Requests, Streams, Subjects, connect
+from moonwire.broker import ACK_EVERY, Client, Membership, Outbox, Requests, Streams, Subjects, connect
 
-from ._config import NodeConfig, ResolvedConfig
-from lua import Outcome
+from .project import NodeConfig, ResolvedConfig
+from moonwire.lua import Outcome
 
-from ._embedded import EmbeddedServers
-from ._entries import TemporalClientEntry
-from ._workflows import Workflows
-from ._inboxes import READ_TURN, DeadLetters, NodeInboxes
-from ._remote import Cluster
+from .servers import EmbeddedServers
+from .project import TemporalClientEntry
+from .workflows import Workflows
+from .processes import READ_TURN, DeadLetters, NodeInboxes
+from .processes import Cluster
 from ._runtime import Runtime
-from ._project import Project
+from .project import Project
 
 log = logging.getLogger("moonwire.node")
 

@@ -8,15 +8,15 @@ import asyncio
 
 from nats.aio.client import Client as NatsClient
 
-from broker import Outbox, Requests, Subjects
-from lua import Kind, MoonwireError, Outcome, SpawnRequest, settled
+from moonwire.broker import Outbox, Requests, Subjects
+from moonwire.lua import Kind, MoonwireError, Outcome, SpawnRequest, settled
 
-from ._entries import FunctionEntry, HostSettings, ProcessEntry, ProcessHostEntry
-from ._functions import Functions
-from ._hosts import ProcessHost
-from ._processes import TERMINAL_HOST, ProcessTable
-from ._project import Project
-from ._services import Supervisor
+from .project import FunctionEntry, HostSettings, ProcessEntry, ProcessHostEntry
+from .functions import Functions
+from .processes import ProcessHost
+from .processes import TERMINAL_HOST, ProcessTable
+from .project import Project
+from .processes import Supervisor
 
 
 class Runtime:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from node import ServerProcess, free_port, start_nats, start_temporal
+from moonwire.node import ServerProcess, free_port, start_nats, start_temporal
 from support import CLUSTER_CONF, NodeProcess, wait_until
 
 

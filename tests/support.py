@@ -158,7 +158,7 @@ async def run_lua(source: str, *args: object, modules: tuple[str, ...] = ("time"
                   limits: object = None, context: dict[str, object] | None = None, state: object = None,
                   name: str = "test:fn") -> object:
     """Run ``source`` (a chunk returning a function) as one unit; returns its Outcome."""
-    from lua import Limits, LuaCode, LuaState, Unit
+    from moonwire.lua import Limits, LuaCode, LuaState, Unit
 
     lua_state = state if state is not None else LuaState(limits if limits is not None else Limits())
     code = LuaCode(id=name, source=textwrap.dedent(source).encode(), chunkname=f"{name}.lua", modules=frozenset(modules))
@@ -176,9 +176,9 @@ class LocalRuntime:
         self.runtime: object = None
 
     async def __aenter__(self) -> object:
-        from broker import Subjects
-        from node import load_project
-        from node._runtime import Runtime
+        from moonwire.broker import Subjects
+        from moonwire.node import load_project
+        from moonwire.node._runtime import Runtime
 
         project = load_project(write_project(self.root, self.files))
         self.runtime = Runtime(self.node, project, Subjects())

@@ -13,8 +13,8 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from broker import FAST_PATH, MSGPACK_HEADERS, Client, ConnectOptions, Envelope, Headers, Outbox, TOPIC_HEADER, connect
-from node import ServerProcess
+from moonwire.broker import (FAST_PATH, MSGPACK_HEADERS, Client, ConnectOptions, Envelope, Headers, Outbox, TOPIC_HEADER, connect)
+from moonwire.node import ServerProcess
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from broker import BrokerUnavailable, ConnectOptions, connect
-from node import free_port, start_nats
+from moonwire.broker import BrokerUnavailable, ConnectOptions, connect
+from moonwire.node import free_port, start_nats
 from support import wait_until
 
 

@@ -13,7 +13,7 @@ import pytest
 from nats.errors import ProtocolError
 from nats.protocol.parser import Parser
 
-from broker._parser import FastParser
+from moonwire.broker._parser import FastParser
 
 HEADERS = b"NATS/1.0\r\nContent-Type: application/msgpack\r\n\r\n"
 STATUS = b"NATS/1.0 503\r\n\r\n"

@@ -10,8 +10,8 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from broker import ConnectOptions, NoResponders, Outbox, Requests, RequestTimeout, connect
-from node import ServerProcess
+from moonwire.broker import ConnectOptions, NoResponders, Outbox, Requests, RequestTimeout, connect
+from moonwire.node import ServerProcess
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import random
 
 import pytest
 
-from broker import SEQ_HEADER, Streams
-from broker._streams import RESEND_AFTER
+from moonwire.broker import SEQ_HEADER, Streams
+from moonwire.broker._streams import RESEND_AFTER
 
 
 class Wire:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node import ConfigError, load_config
+from moonwire.node import ConfigError, load_config
 from support import run_cli, write_project
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lua import HOUR, MILLISECOND, MINUTE, SECOND, format_duration, parse_duration
+from moonwire.lua import HOUR, MILLISECOND, MINUTE, SECOND, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

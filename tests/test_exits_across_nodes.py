@@ -11,12 +11,12 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from broker import Pid, Subjects
-from lua import EXIT, Event, Kind, MoonwireError
-from node import load_project
-from node._payload import MSGPACK, pack, to_json, unpack
-from node._remote import decode_event, encode_event
-from node._runtime import Runtime
+from moonwire.broker import Pid, Subjects
+from moonwire.lua import EXIT, Event, Kind, MoonwireError
+from moonwire.node import load_project
+from moonwire.node.wire._payload import MSGPACK, pack, to_json, unpack
+from moonwire.node.processes._remote import decode_event, encode_event
+from moonwire.node._runtime import Runtime
 from support import wait_until, write_project
 
 FAST_LIVENESS = ("--set", "heartbeat.interval=200ms", "--set", "heartbeat.down_after=1s")
@@ -162,7 +162,7 @@ async def test_node_down_tells_every_watcher_when_one_cannot_be_told(tmp_path: P
     runtime = Runtime("t1", project, Subjects())
     await runtime.start()
     table = runtime.processes
-    from lua import SpawnRequest
+    from moonwire.lua import SpawnRequest
 
     try:
         pids = [table.start(SpawnRequest("app:linker", "app:host", [])) for _ in range(3)]

@@ -18,7 +18,7 @@ from pathlib import Path
 import nats
 from nats.aio.msg import Msg
 
-from node import ServerProcess
+from moonwire.node import ServerProcess
 from support import wait_until, write_project
 
 FLOOD = 200_000
@@ -210,7 +210,7 @@ async def test_gateway_burst_to_an_unknown_workflow_is_bounded_and_dead_lettered
 
 async def test_messages_nats_py_drops_for_a_slow_subscription_are_counted_and_logged_once(
         nats_server: ServerProcess, caplog) -> None:
-    from broker import ConnectOptions, connect
+    from moonwire.broker import ConnectOptions, connect
 
     client = await connect(ConnectOptions(servers=[nats_server.address], name="slow-test"))
     publisher = await nats.connect(nats_server.address)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from broker import Subjects
-from lua import Kind, Outcome
-from node import load_project
-from node._functions import Functions
+from moonwire.broker import Subjects
+from moonwire.lua import Kind, Outcome
+from moonwire.node import load_project
+from moonwire.node.functions._functions import Functions
 from support import write_project
 
 LIBRARY = """

@@ -12,7 +12,7 @@ import msgpack
 import nats
 import pytest
 
-from node import ServerProcess
+from moonwire.node import ServerProcess
 from support import run_cli, write_project
 
 SERVER = {

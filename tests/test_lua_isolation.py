@@ -16,7 +16,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from lua import LuaState
+from moonwire.lua import LuaState
 from support import LocalRuntime, process_project, run_lua
 
 MODULES = ("time", "json", "uuid", "logger", "ctx", "funcs")

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from support import LocalRuntime, process_project
 
-from lua import Limits, LuaState, _state
+from moonwire.lua import Limits, LuaState, _state
 
 HOSTILE: dict[str, str] = {
     # The three of the issue.

@@ -7,7 +7,7 @@ import uuid as pyuuid
 
 import pytest
 
-from lua import Kind, LuaState
+from moonwire.lua import Kind, LuaState
 from support import run_lua
 
 

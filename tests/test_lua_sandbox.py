@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from lua import Kind, Limits, LuaCode, LuaState, MoonwireError, Unit
+from moonwire.lua import Kind, Limits, LuaCode, LuaState, MoonwireError, Unit
 from support import run_lua
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from broker import Membership, Subjects
-from broker._membership import Heartbeat
-from node import ServerProcess, free_port, start_nats
+from moonwire.broker import Membership, Subjects
+from moonwire.broker._membership import Heartbeat
+from moonwire.node import ServerProcess, free_port, start_nats
 from support import NodeProcess, run_cli, write_project
 
 # ---------------------------------------------------------------- the state machine

@@ -11,7 +11,7 @@ import nats
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 
-from node import ServerProcess, free_port, read_registry
+from moonwire.node import ServerProcess, free_port, read_registry
 from support import pid_running, run_cli, wait_until, write_project
 
 TEMPORAL_PROJECT = {"app.yaml": "namespace: app\nentries:\n  - {name: temporal, kind: temporal.client}\n"}

@@ -38,8 +38,8 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
 
-from broker import Pid, batch_items
-from node._payload import MSGPACK, unpack
+from moonwire.broker import Pid, batch_items
+from moonwire.node.wire._payload import MSGPACK, unpack
 from support import write_project
 
 NODE = "fz"

@@ -6,14 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node import (
-    FunctionEntry,
-    InertEntry,
-    ProcessServiceEntry,
-    ProjectInvalid,
-    TemporalClientEntry,
-    load_project,
-)
+from moonwire.node import (FunctionEntry, InertEntry, ProcessServiceEntry, ProjectInvalid, TemporalClientEntry, load_project)
 from support import run_cli, write_project
 
 LUA = "return { main = function() return 1 end }\n"

@@ -185,7 +185,7 @@ class HeldSpawns:
 async def test_a_childs_exit_that_overtakes_its_pid_is_held_until_the_pid_arrives(tmp_path: Path, how: str) -> None:
     """The EXIT of a child on another node travels on the parent's inbox subject, its PID
     on the reply subject; the EXIT can come first. It must still reach the parent."""
-    from lua import Event, Outcome, SpawnRequest
+    from moonwire.lua import Event, Outcome, SpawnRequest
 
     async with LocalRuntime(tmp_path, process_project({"parent": PARENT, "child": "return {main = print}"})) as runtime:
         table = runtime.processes
@@ -249,9 +249,9 @@ async def test_cli_spawn_ps_and_nodes(tmp_path: Path, nats_server, spawn_node) -
     assert [row[0] for row in table[1:]] == ["na", "nc"] and all(row[2] == "w:pool" for row in table[1:])
 
     # The broadcast subject answers questions only: a spawn asked of every node is refused.
-    from node._payload import CONTENT_TYPE, MSGPACK, pack, unpack
-    from node._remote import encode_spawn
-    from lua import SpawnRequest
+    from moonwire.node.wire._payload import CONTENT_TYPE, MSGPACK, pack, unpack
+    from moonwire.node.processes._remote import encode_spawn
+    from moonwire.lua import SpawnRequest
     nc = await nats.connect(nats_server.address)
     try:
         reply = await nc.request("mw.nodes.spawn", pack(encode_spawn(SpawnRequest("w:child", "w:pool", ["wait"]), "")),
@@ -284,7 +284,7 @@ async def test_cli_spawn_ps_and_nodes(tmp_path: Path, nats_server, spawn_node) -
 
 async def test_a_parent_that_dies_before_its_remote_childs_pid_arrives_still_takes_the_link_down(
         tmp_path: Path) -> None:
-    from lua import Outcome, SpawnRequest
+    from moonwire.lua import Outcome, SpawnRequest
 
     async with LocalRuntime(tmp_path, process_project({"parent": PARENT, "child": "return {main = print}"})) as runtime:
         table = runtime.processes

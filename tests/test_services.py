@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lua import Kind, SpawnRequest
-from node import RestartPolicy
-from node._services import ServiceState, backoff_delay
+from moonwire.lua import Kind, SpawnRequest
+from moonwire.node import RestartPolicy
+from moonwire.node.processes._supervisor import ServiceState, backoff_delay
 from support import LocalRuntime, process_project, wait_until
 
 FAILS = """return { main = function() error("crash on start") end }"""

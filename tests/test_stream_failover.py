@@ -11,7 +11,7 @@ import os
 import signal
 from pathlib import Path
 
-from node import ServerProcess, free_port, start_nats
+from moonwire.node import ServerProcess, free_port, start_nats
 from support import CLUSTER_CONF, NodeProcess, run_cli, write_project
 
 COUNT = 6000

@@ -13,7 +13,7 @@ import nats
 import pytest
 from temporalio.client import Client
 
-from node import ServerProcess
+from moonwire.node import ServerProcess
 from support import run_cli
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "workflows"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from node import ServerProcess
+from moonwire.node import ServerProcess
 from support import run_cli, write_project
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from node import ServerProcess
+from moonwire.node import ServerProcess
 from support import run_cli, write_project
 
 

@@ -17,7 +17,7 @@ import nats
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from node import ServerProcess, load_project, workflow_replayer
+from moonwire.node import ServerProcess, load_project, workflow_replayer
 from support import run_cli, write_project
 
 
@@ -118,9 +118,8 @@ async def test_kill_9_mid_sleep_the_workflow_finishes_elsewhere(tmp_path: Path, 
 
 
 PAIRS_ORDER = """
-import random, sys
-sys.path.insert(0, {root!r})
-from lua import LuaState, Replay
+import random
+from moonwire.lua import LuaState, Replay
 state = LuaState(replay=Replay(now_ns=lambda: 0, random=random.Random(7)))
 print(state.runtime.execute('local t = {{}} for i = 1, 50 do t["key" .. i] = i end '
                             'local o = {{}} for k in pairs(t) do o[#o + 1] = k end return table.concat(o, ",")').decode())

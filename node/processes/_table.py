@@ -28,18 +28,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from broker import Membership, Pid, PidAllocator
-from lua import CANCEL, EXIT, LINK_DOWN, Answer, Event, Kind, Mailbox, Message, MoonwireError, Outcome, Pending, SpawnRequest, Unit, invalid, not_found
+from moonwire.broker import Membership, Pid, PidAllocator
+from moonwire.lua import (CANCEL, EXIT, LINK_DOWN, Answer, Event, Kind, Mailbox, Message, MoonwireError, Outcome, Pending, SpawnRequest, Unit, invalid, not_found)
 
-from ._entries import HostSettings, ProcessEntry
-from ._functions import CodeLoader, Functions
+from ..project import HostSettings, ProcessEntry
+from ..functions import CodeLoader, Functions
 from ._hosts import ProcessHost, Shard
-from ._project import Project
+from ..project import Project
 from ._remote import Cluster, decode_spawn, noproc
 from ._remote import node_down as node_down_error
 
 if TYPE_CHECKING:
-    from ._workflows import Workflows
+    from ..workflows import Workflows
 
 log = logging.getLogger("moonwire.processes")
 

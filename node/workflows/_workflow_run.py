@@ -46,30 +46,11 @@ from temporalio.exceptions import (
     WorkflowAlreadyStartedError,
 )
 
-from broker import Pid
-from lua import (
-    CANCEL,
-    EXIT,
-    Answer,
-    Event,
-    Kind,
-    Limits,
-    LuaCode,
-    LuaState,
-    Mailbox,
-    Message,
-    MoonwireError,
-    Outcome,
-    Replay,
-    SpawnRequest,
-    Unit,
-    internal,
-    invalid,
-    to_lua,
-)
+from moonwire.broker import Pid
+from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Replay, SpawnRequest, Unit, internal, invalid, to_lua)
 
-from ._functions import millis_or_duration
-from ._payload import MSGPACK, pack, unpack
+from ..functions import millis_or_duration
+from ..wire import MSGPACK, pack, unpack
 
 log = logging.getLogger("moonwire.workflows")
 

@@ -35,8 +35,8 @@ from typing import Any
 
 import msgpack
 
-from broker import CONTENT_TYPE, MSGPACK, Headers
-from lua import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, MoonwireError, internal, invalid, json_depth_exceeds
+from moonwire.broker import CONTENT_TYPE, MSGPACK, Headers
+from moonwire.lua import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, MoonwireError, internal, invalid, json_depth_exceeds
 
 JSON = "application/json"
 JSON_HEADERS = Headers({CONTENT_TYPE: JSON})

@@ -40,13 +40,13 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError as NatsNoResponders
 from nats.errors import TimeoutError as NatsTimeout
 
-from broker import MSGPACK_HEADERS, NoResponders, Outbox, Requests, RequestTimeout, Streams, Subjects
-from lua import Event, Kind, MoonwireError, Outcome, Pending, SpawnRequest, check_portable, internal, invalid, not_found
+from moonwire.broker import MSGPACK_HEADERS, NoResponders, Outbox, Requests, RequestTimeout, Streams, Subjects
+from moonwire.lua import (Event, Kind, MoonwireError, Outcome, Pending, SpawnRequest, check_portable, internal, invalid, not_found)
 
-from ._payload import CONTENT_TYPE, MSGPACK, pack, pack_reply, unpack
+from ..wire import CONTENT_TYPE, MSGPACK, pack, pack_reply, unpack
 
 if TYPE_CHECKING:
-    from ._processes import ProcessTable
+    from ._table import ProcessTable
 
 log = logging.getLogger("moonwire.remote")
 

@@ -24,12 +24,12 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from broker import MSGPACK_HEADERS, Client, NoResponders, Outbox, Requests, RequestTimeout, Subjects
-from lua import SECOND, Answer, ProcessServices, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, check_portable, internal, invalid, not_found, parse_duration, settled
+from moonwire.broker import MSGPACK_HEADERS, Client, NoResponders, Outbox, Requests, RequestTimeout, Subjects
+from moonwire.lua import (SECOND, Answer, ProcessServices, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, check_portable, internal, invalid, not_found, parse_duration, settled)
 
-from ._entries import FunctionEntry, LibraryEntry, LuaEntry
-from ._payload import CONTENT_TYPE, JSON_HEADERS, MSGPACK, pack, to_json, unpack
-from ._project import Project, is_entry_id
+from ..project import FunctionEntry, LibraryEntry, LuaEntry
+from ..wire import CONTENT_TYPE, JSON_HEADERS, MSGPACK, pack, to_json, unpack
+from ..project import Project, is_entry_id
 
 log = logging.getLogger("moonwire.functions")
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator
 from pydantic.fields import FieldInfo
 
-from lua import SECOND, parse_duration
+from moonwire.lua import SECOND, parse_duration
 
 
 def _to_seconds(value: Any) -> Any:

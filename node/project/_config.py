@@ -13,9 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
-from broker import ConnectOptions, is_token, to_token
+from moonwire.broker import ConnectOptions, is_token, to_token
 
-from lua import SECOND, format_duration
+from moonwire.lua import SECOND, format_duration
 
 from ._types import ByteSize, Seconds, is_seconds
 from ._yaml import LocatedMap, YamlError, load_yaml

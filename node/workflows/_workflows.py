@@ -42,30 +42,17 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, Worker
 
-from broker import MSGPACK_HEADERS, Outbox, Pid, Subjects
-from broker import Client as BrokerClient
-from lua import EXIT, LINK_DOWN, Event, Kind, Limits, Message, MoonwireError, Outcome, Pending, SpawnRequest, internal, invalid, not_found, settled
+from moonwire.broker import MSGPACK_HEADERS, Outbox, Pid, Subjects
+from moonwire.broker import Client as BrokerClient
+from moonwire.lua import (EXIT, LINK_DOWN, Event, Kind, Limits, Message, MoonwireError, Outcome, Pending, SpawnRequest, internal, invalid, not_found, settled)
 
-from ._entries import TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
-from ._functions import CodeLoader, Functions
-from ._inboxes import DEFAULT_MAX_BODY, DeadLetters, Undeliverable, decode, encode
-from ._payload import CONTENT_TYPE, MSGPACK, pack, pack_reply, unpack
-from ._project import Project
-from ._remote import reply_outcome
-from ._workflow_run import (
-    SEND_ACTIVITY,
-    WorkerContext,
-    WorkflowInput,
-    duration_option,
-    encode_signal,
-    from_failure,
-    register_replay,
-    register_worker,
-    start_options,
-    to_failure,
-    unregister_worker,
-    workflow_pid,
-)
+from ..project import TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
+from ..functions import CodeLoader, Functions
+from ..processes import DEFAULT_MAX_BODY, DeadLetters, Undeliverable, decode, encode
+from ..wire import CONTENT_TYPE, MSGPACK, pack, pack_reply, unpack
+from ..project import Project
+from ..processes import reply_outcome
+from ._workflow_run import (SEND_ACTIVITY, WorkerContext, WorkflowInput, duration_option, encode_signal, from_failure, register_replay, register_worker, start_options, to_failure, unregister_worker, workflow_pid)
 
 log = logging.getLogger("moonwire.workflows")
 

@@ -19,11 +19,11 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from lua import Kind, MoonwireError, Outcome, SpawnRequest
+from moonwire.lua import Kind, MoonwireError, Outcome, SpawnRequest
 
-from ._entries import Lifecycle, ProcessServiceEntry, RestartPolicy
-from ._processes import ProcessTable
-from ._project import Project
+from ..project import Lifecycle, ProcessServiceEntry, RestartPolicy
+from ._table import ProcessTable
+from ..project import Project
 
 log = logging.getLogger("moonwire.services")
 

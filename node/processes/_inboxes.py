@@ -39,11 +39,10 @@ from collections.abc import Callable
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from broker import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Client, Envelope, Headers, Outbox,
-                    Pid, Streams, Subjects, Tally, batch_items, reason_key)
-from lua import Event, Message, MoonwireError, check_portable, loads_json
+from moonwire.broker import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Client, Envelope, Headers, Outbox, Pid, Streams, Subjects, Tally, batch_items, reason_key)
+from moonwire.lua import Event, Message, MoonwireError, check_portable, loads_json
 
-from ._payload import JSON, pack, unpack
+from ..wire import JSON, pack, unpack
 from ._remote import EVENT_HEADER, decode_event
 
 log = logging.getLogger("moonwire.inboxes")

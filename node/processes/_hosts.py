@@ -23,9 +23,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from lua import TURN, Limits, LuaCode, LuaState, MoonwireError, Unit, internal
+from moonwire.lua import TURN, Limits, LuaCode, LuaState, MoonwireError, Unit, internal
 
-from ._entries import HostSettings
+from ..project import HostSettings
 
 log = logging.getLogger("moonwire.hosts")
 

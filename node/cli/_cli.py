@@ -17,18 +17,18 @@ from typing import Any, NoReturn, TypeVar
 
 from nats.aio.client import Client as NatsClient
 
-from broker import BrokerUnavailable, Pid, Subjects, connect
-from lua import SECOND, Message, MoonwireError, Outcome, SpawnRequest, parse_duration
+from moonwire.broker import BrokerUnavailable, Pid, Subjects, connect
+from moonwire.lua import SECOND, Message, MoonwireError, Outcome, SpawnRequest, parse_duration
 
-from ._config import ConfigError, ResolvedConfig, load_config
-from ._embedded import EmbeddedServerError, recorded_nats_url
-from ._functions import call_function
-from ._inboxes import encode as encode_message
+from ..project import ConfigError, ResolvedConfig, load_config
+from ..servers import EmbeddedServerError, recorded_nats_url
+from ..functions import call_function
+from ..processes import encode as encode_message
 from ._logging import setup_logging
-from ._node import Node
-from ._project import Project, ProjectInvalid, load_project
-from ._remote import Survey, spawn_from_outside, survey
-from ._workflows import TemporalUnavailable, running_workflows, workflow_status
+from .._node import Node
+from ..project import Project, ProjectInvalid, load_project
+from ..processes import Survey, spawn_from_outside, survey
+from ..workflows import TemporalUnavailable, running_workflows, workflow_status
 
 log = logging.getLogger("moonwire")
 

@@ -1,0 +1,28 @@
+"""The project and the node's configuration: YAML with line numbers, entry models,
+``_index.yaml`` loading and ``moonwire.yaml``.
+
+Owns: what a project *is* (entries, problems) and how a node is configured.
+May import: ``moonwire.broker`` and ``moonwire.lua`` (for tokens and durations); no other room.
+"""
+
+from ._config import ConfigError, NodeConfig, ResolvedConfig, load_config
+from ._entries import (
+    Entry,
+    FunctionEntry,
+    HostSettings,
+    InertEntry,
+    KNOWN_KINDS,
+    LibraryEntry,
+    Lifecycle,
+    LuaEntry,
+    ProcessEntry,
+    ProcessHostEntry,
+    ProcessServiceEntry,
+    RestartPolicy,
+    TemporalClientEntry,
+    TemporalWorkerEntry,
+    WorkflowEntry,
+)
+from ._project import Problem, Project, ProjectInvalid, is_entry_id, load_project
+
+__all__ = ["ConfigError", "Entry", "FunctionEntry", "HostSettings", "InertEntry", "KNOWN_KINDS", "LibraryEntry", "Lifecycle", "LuaEntry", "NodeConfig", "Problem", "ProcessEntry", "ProcessHostEntry", "ProcessServiceEntry", "Project", "ProjectInvalid", "ResolvedConfig", "RestartPolicy", "TemporalClientEntry", "TemporalWorkerEntry", "WorkflowEntry", "is_entry_id", "load_config", "load_project"]
