@@ -1,5 +1,17 @@
 """The wire: subjects, connections, PIDs, the envelope of process messages and node
-membership. This package knows nothing about Lua or the scheduler."""
+membership. This package knows nothing about Lua or the scheduler.
+
+:class:`Client` is nats-py's client with fast paths that hook nats-py's private parts
+(``_client.py``, ``_parser.py``). Those parts are checked once, on import
+(``_nats_internals.py``); when any is missing or changed, the fast paths are off, with
+one warning naming what is missing. :data:`FAST_PATH` says whether they are on.
+
+Environment:
+    MOONWIRE_FAST_PATHS: ``0`` (or ``false``, ``no``, ``off``) turns every fast path
+        off, so that only nats-py's public paths are used: ``publish``, subscriptions
+        with a callback task, nats-py's own parser. Semantics stay the same, only
+        slower; CI runs the tests once with and once without. Read on import.
+"""
 
 from ._client import FAST_PATH, Client, Headers
 from ._envelope import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, MSGPACK_HEADERS, TOPIC_HEADER, Envelope,

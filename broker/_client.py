@@ -20,29 +20,31 @@ Three more paths skip nats-py's per-message work, for the node's busiest traffic
   the read loop, without the subscription's queue, task and coroutine per message;
 * received frames are read by :class:`~broker._parser.FastParser`.
 
-All of this hooks private parts of nats-py's Client. :data:`FAST_PATH` says whether the
-installed nats-py has them in the shape this was written against; when it does not,
-:class:`Client` behaves exactly as nats-py's, only slower.
+All of this hooks private parts of nats-py's Client, listed and checked once at import
+by ``broker/_nats_internals.py``. :data:`FAST_PATH` says whether the paths are on: the
+installed nats-py has every name in the shape this was written against, and
+``MOONWIRE_FAST_PATHS=0`` does not turn them off. When they are off, :class:`Client` is
+nats-py's client on its public methods only, with the same semantics, slower:
+``try_publish`` returns False (callers then ``publish``), ``subscribe_direct`` is a
+subscription whose callback task calls the plain callback, and frames are read by
+nats-py's parser (``after_read``: see :class:`Client`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from time import perf_counter
 from typing import Any, NoReturn
 
-import nats.aio.client
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import BadSubjectError
-from nats.protocol.command import hpub_cmd, pub_cmd
-from nats.protocol.parser import Parser
 
-from ._parser import FastParser
+from . import _nats_internals
 from ._tally import Tally
 
 log = logging.getLogger("moonwire.broker")
@@ -57,36 +59,16 @@ CACHE_BLOCK_BYTES = 512
 _NOT_CACHED = object()
 
 
-def _fast_path_available() -> bool:
-    try:
-        send = inspect.signature(NatsClient._send_publish)
-        receive = inspect.signature(NatsClient._process_headers)
-        deliver = inspect.signature(NatsClient._process_msg)
-        parse = inspect.signature(Parser.parse)
-    except AttributeError:
-        return False
-    fresh = vars(NatsClient())
-    parser = vars(fresh["_ps"]) if type(fresh.get("_ps")) is Parser else {}
-    return (list(send.parameters) == ["self", "subject", "reply", "payload", "payload_size", "headers"]
-            and list(receive.parameters) == ["self", "headers"]
-            and list(deliver.parameters) == ["self", "sid", "subject", "reply", "data", "headers"]
-            and callable(getattr(NatsClient, "_build_message", None))
-            and inspect.iscoroutinefunction(NatsClient._send_command)
-            and inspect.iscoroutinefunction(NatsClient._flush_pending)
-            and callable(getattr(nats.aio.client, "_validate_subject", None))
-            and list(parse.parameters) == ["self", "data"]
-            and inspect.iscoroutinefunction(Parser.parse)
-            and all(name in parser for name in ("buf", "state", "nc"))
-            and all(name in fresh for name in _PUBLISH_STATE))
+FAST_PATH = _nats_internals.decide()
+"""Whether :class:`Client` uses its fast paths (decided once, at import)."""
 
+if FAST_PATH:  # names that need not exist otherwise
+    import nats.aio.client
+    from nats.protocol.command import hpub_cmd, pub_cmd
 
-_PUBLISH_STATE = ("_status", "_max_payload", "_skip_subject_validation", "_pending", "_pending_data_size",
-                  "_max_pending_size", "_flush_queue", "_flusher_task", "stats", "_subs")
-"""The Client attributes the fast paths read and write, as nats-py's own methods do."""
+    from ._parser import FastParser
 
-
-FAST_PATH = _fast_path_available()
-_validate_subject = getattr(nats.aio.client, "_validate_subject", None)
+    _validate_subject = nats.aio.client._validate_subject
 
 
 class Headers(dict[str, str]):
@@ -119,25 +101,44 @@ class Headers(dict[str, str]):
 
 
 class Client(NatsClient):
-    """nats-py's client with the fast paths above (when :data:`FAST_PATH`)."""
+    """nats-py's client with the fast paths above.
 
-    def __init__(self) -> None:
+    Args:
+        fast_paths: False for nats-py's public paths only, as with
+            ``MOONWIRE_FAST_PATHS=0`` but for this client alone.
+
+    Raises:
+        ValueError: ``fast_paths`` is True but :data:`FAST_PATH` is not.
+    """
+
+    def __init__(self, *, fast_paths: bool = FAST_PATH) -> None:
+        if fast_paths and not FAST_PATH:
+            raise ValueError("the fast paths are off in this process (see broker/_nats_internals.py)")
         super().__init__()
+        self.fast_paths = fast_paths
+        """Whether this client uses the fast paths."""
         self._parsed_blocks: dict[bytes, dict[str, str] | None] = {}
         self._direct: dict[int, tuple[Subscription, Callable[[Msg], None]]] = {}
         """Subscription id -> the subscription and its direct callback."""
         self.after_read: Callable[[], Awaitable[None]] | None = None
         """Awaited by the read loop after it has handled each chunk it read (at most
-        nats-py's 32 KiB read size), and every :attr:`read_turn` seconds within one, when
-        :data:`FAST_PATH`: the place to yield the event loop to others, or to hold
-        reading while what the frames caused is written out."""
+        nats-py's 32 KiB read size), and every :attr:`read_turn` seconds within one: the
+        place to yield the event loop to others, or to hold reading while what the
+        frames caused is written out. Without the fast paths nats-py's read loop has no
+        such place, and the tasks nats-py runs for :meth:`subscribe_direct` callbacks
+        await it instead, after a message once :attr:`read_turn` seconds have passed
+        since the last time (after every message for 0): a flood then takes turns with
+        the rest of the event loop too, but waits in nats-py's pending queues (up to
+        their limits, then dropped and counted in :attr:`slow_consumer_drops`) rather
+        than in the server."""
         self.read_turn = 0.0
         """Seconds of handling frames after which the read loop awaits :attr:`after_read`
         before the next frame (0: only after each chunk)."""
+        self._turn_ends = 0.0
         self.slow_consumer_drops = Tally(log, "messages dropped by nats-py (slow consumer)")
         """Messages nats-py dropped because a subscription's pending queue was full, by
         subject (counted by :func:`broker.connect`'s error callback)."""
-        if FAST_PATH:
+        if fast_paths:
             self._ps = FastParser(self)
 
     async def subscribe_direct(self, subject: str, callback: Callable[[Msg], None], *,
@@ -148,19 +149,31 @@ class Client(NatsClient):
         For handlers that never wait: the read loop waits while one runs. An exception
         from ``callback`` is logged and the next message is delivered. nats-py's
         slow-consumer limits do not apply: no messages pile up in front of a callback.
+
+        Without the fast paths, the callback is called the same way (in order, one at a
+        time, exceptions logged) but from the subscription's task, behind nats-py's
+        pending queue and its slow-consumer limits.
         """
-        async def deliver(msg: Msg) -> None:  # how messages arrive without FAST_PATH
+        async def deliver(msg: Msg) -> None:  # how messages arrive without the fast paths
             _call(callback, msg)
+            if self.after_read is not None:
+                await self._take_turn()
 
         subscription = await self.subscribe(subject, queue=queue, cb=deliver)
-        if FAST_PATH:
+        if self.fast_paths:
             self._direct[subscription._id] = (subscription, callback)
         return subscription
+
+    async def _take_turn(self) -> None:
+        """Await :attr:`after_read` once :attr:`read_turn` has passed since the last time."""
+        if perf_counter() >= self._turn_ends and self.after_read is not None:
+            await self.after_read()
+            self._turn_ends = perf_counter() + self.read_turn
 
     if FAST_PATH:
         async def _send_publish(self, subject: str, reply: str, payload: bytes, payload_size: int,
                                 headers: dict[str, Any] | None) -> None:
-            if type(headers) is not Headers:
+            if type(headers) is not Headers or not self.fast_paths:
                 await super()._send_publish(subject, reply, payload, payload_size, headers)
                 return
             # nats-py's own steps after it has encoded the headers.
@@ -181,7 +194,7 @@ class Client(NatsClient):
                 self._deliver(sid, direct, subject, reply, data, await self._process_headers(headers))
 
         async def _process_headers(self, headers: bytes) -> dict[str, str] | None:  # type: ignore[override]
-            if not headers or len(headers) > CACHE_BLOCK_BYTES:
+            if not headers or len(headers) > CACHE_BLOCK_BYTES or not self.fast_paths:
                 return await super()._process_headers(headers)
             cache = self._parsed_blocks
             if headers in cache:
@@ -195,35 +208,35 @@ class Client(NatsClient):
                 cache[headers] = None if parsed is None else dict(parsed)
             return None if parsed is None else dict(parsed)
 
-    def _deliver_now(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
-        """Deliver a frame to a direct subscription without awaiting anything. False,
-        having done nothing, when ``sid`` is not one or its header block is not in the
-        cache yet: ``_process_msg`` then takes the frame."""
-        direct = self._direct.get(sid)
-        if direct is None:
-            return False
-        parsed = None
-        if headers:
-            cached = self._parsed_blocks.get(headers, _NOT_CACHED)
-            if cached is _NOT_CACHED:
+        def _deliver_now(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+            """Deliver a frame to a direct subscription without awaiting anything. False,
+            having done nothing, when ``sid`` is not one or its header block is not in the
+            cache yet: ``_process_msg`` then takes the frame."""
+            direct = self._direct.get(sid)
+            if direct is None:
                 return False
-            parsed = None if cached is None else dict(cached)
-        self._deliver(sid, direct, subject, reply, data, parsed)
-        return True
+            parsed = None
+            if headers:
+                cached = self._parsed_blocks.get(headers, _NOT_CACHED)
+                if cached is _NOT_CACHED:
+                    return False
+                parsed = None if cached is None else dict(cached)
+            self._deliver(sid, direct, subject, reply, data, parsed)
+            return True
 
-    def _deliver(self, sid: int, direct: tuple[Subscription, Callable[[Msg], None]], subject: bytes, reply: bytes,
-                 data: bytes, headers: dict[str, str] | None) -> None:
-        subscription, callback = direct
-        if self._subs.get(sid) is not subscription:  # unsubscribed
-            del self._direct[sid]
-            return
-        # nats-py's own steps for a plain subscription, up to its queue.
-        self.stats["in_msgs"] += 1
-        self.stats["in_bytes"] += len(data)
-        subscription._received += 1
-        msg = self._build_message(sid, subject, reply, data, headers)
-        if msg:
-            _call(callback, msg)
+        def _deliver(self, sid: int, direct: tuple[Subscription, Callable[[Msg], None]], subject: bytes, reply: bytes,
+                     data: bytes, headers: dict[str, str] | None) -> None:
+            subscription, callback = direct
+            if self._subs.get(sid) is not subscription:  # unsubscribed
+                del self._direct[sid]
+                return
+            # nats-py's own steps for a plain subscription, up to its queue.
+            self.stats["in_msgs"] += 1
+            self.stats["in_bytes"] += len(data)
+            subscription._received += 1
+            msg = self._build_message(sid, subject, reply, data, headers)
+            if msg:
+                _call(callback, msg)
 
     def try_publish(self, subject: str, payload: bytes, reply: str = "",
                     headers: dict[str, str] | None = None) -> bool:
@@ -232,9 +245,10 @@ class Client(NatsClient):
 
         Returns False, having done nothing, when only ``publish`` can take the message:
         not connected, the write buffer full, a message nats-py refuses (``publish``
-        then raises the error), headers that are not :class:`Headers`, or no :data:`FAST_PATH`.
+        then raises the error), headers that are not :class:`Headers`, or the fast paths
+        off (:attr:`fast_paths`).
         """
-        if not FAST_PATH or self._status != NatsClient.CONNECTED or len(payload) > self._max_payload or not subject:
+        if not self.fast_paths or self._status != NatsClient.CONNECTED or len(payload) > self._max_payload or not subject:
             return False
         if headers is not None and type(headers) is not Headers:
             return False
