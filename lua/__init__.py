@@ -15,11 +15,12 @@ from ._duration import (
     format_duration,
     parse_duration,
 )
+from ._answer import Answer, Outcome, Pending, settled
 from ._errors import Kind, MoonwireError, internal, invalid, not_found
 from ._mailbox import CANCEL, DEFAULT_MAILBOX_LIMIT, EXIT, LINK_DOWN, Event, Mailbox, Message
-from ._process import NoProcesses, ProcessServices, SpawnRequest
+from ._process import SpawnRequest
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay
-from ._unit import TURN, Answer, NoServices, Outcome, Pending, Services, Unit, settled
+from ._unit import TURN, NoProcesses, NoServices, ProcessServices, Services, Unit
 from ._values import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, check_portable, json_depth_exceeds, loads_json, to_lua, to_python
 
 __all__ = [

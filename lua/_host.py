@@ -25,7 +25,7 @@ from ._errors import MoonwireError
 from ._values import decode_string, loads_json, to_lua, to_python
 
 if TYPE_CHECKING:
-    from ._state import LuaState
+    from ._protocols import LuaRuntime
 
 
 def _text(value: Any) -> str:
@@ -99,7 +99,7 @@ def _jsonable(value: Any, path: str = "$") -> Any:
 
 
 class HostFunctions:
-    def __init__(self, state: LuaState) -> None:
+    def __init__(self, state: LuaRuntime) -> None:
         self.state = state
         self.logger = logging.getLogger("moonwire.lua")
 

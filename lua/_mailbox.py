@@ -13,20 +13,27 @@ it, :meth:`Mailbox.post` refuses the message and the node decides what the sende
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._channel import PostChannel
 from ._errors import MoonwireError
-from ._values import to_lua
-
-if TYPE_CHECKING:
-    from ._state import LuaState
+from ._values import LuaValues, to_lua
 
 DEFAULT_MAILBOX_LIMIT = 4096
 
 # Event kinds, as `process.event` spells them in Lua (_process.lua).
 EXIT, LINK_DOWN, CANCEL = "pid.exit", "pid.link.down", "pid.cancel"
+
+
+class MailboxState(LuaValues, Protocol):
+    """What a mailbox needs of its state (a :class:`~moonwire.lua.LuaState`): the
+    prelude's constructors of channels, messages and events (Lua functions)."""
+
+    wrap_channel: Callable[..., Any]
+    new_message: Callable[..., Any]
+    new_event: Callable[..., Any]
 
 
 @dataclass(slots=True)
@@ -65,7 +72,7 @@ class _Topic:
 class Mailbox:
     __slots__ = ("state", "limit", "held", "held_events", "dropped", "_inbox", "_events", "_topics")
 
-    def __init__(self, state: LuaState, limit: int = DEFAULT_MAILBOX_LIMIT) -> None:
+    def __init__(self, state: MailboxState, limit: int = DEFAULT_MAILBOX_LIMIT) -> None:
         self.state = state
         self.limit = limit
         # Most processes subscribe before anything arrives: the queues for held

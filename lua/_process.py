@@ -4,23 +4,22 @@ Lua calls that never wait (send, registering names, options, inbox, listen) are 
 calls into :class:`ProcessFunctions`; calls that may wait for another node or can end a
 process (spawn, exec, cancel, terminate, monitor/link and their undoing, lookup) are
 requests the unit answers (see ``Unit._op_proc_*``).
-Either way, Lua values are converted here, once, and the node's
-:class:`ProcessServices` sees Python values and raises :class:`MoonwireError`, which
-becomes the Lua ``nil, err`` here.
+Either way, Lua values are converted here, once, and the node's ``ProcessServices``
+(declared beside the unit, which holds them) sees Python values and raises
+:class:`MoonwireError`, which becomes the Lua ``nil, err`` here.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ._errors import Kind, MoonwireError, invalid
-from ._values import to_python
+from ._values import LuaValues, to_python
 
 if TYPE_CHECKING:
-    from ._state import LuaState
-    from ._unit import Answer, Unit
+    from ._protocols import LuaRuntime, Running
 
 
 @dataclass(slots=True)
@@ -38,56 +37,6 @@ class SpawnRequest:
     messages: list[tuple[str, list[Any]]] = field(default_factory=list)
 
 
-class ProcessServices(Protocol):
-    """What the ``process`` module needs from the node. Each method raises
-    :class:`MoonwireError` on failure; ``dest`` is a PID or a registered name."""
-
-    def pid_of(self, unit: Unit) -> str:
-        """The unit's PID, giving it one first if it has none (a function call)."""
-        ...
-
-    def send(self, unit: Unit, dest: str, topic: str, payloads: list[Any]) -> None: ...
-
-    def spawn(self, unit: Unit | None, request: SpawnRequest) -> Answer:
-        """Start a process; the answer's value is its PID."""
-        ...
-
-    def exec(self, unit: Unit | None, request: SpawnRequest) -> Answer:
-        """Start a process and answer with its result when it exits."""
-        ...
-
-    def terminate(self, unit: Unit, dest: str) -> Answer | None:
-        """None when done at once, else an answer settled when the target's node has done it."""
-        ...
-
-    def cancel(self, unit: Unit, dest: str, reason: str) -> Answer | None:
-        """As :meth:`terminate`."""
-        ...
-
-    def watch(self, unit: Unit, verb: str, dest: str) -> Answer | None:
-        """``monitor``, ``unmonitor``, ``link`` or ``unlink``: None when done at once, else
-        an answer settled when the target's node has done it."""
-        ...
-
-    def register(self, unit: Unit, name: str, pid: str | None) -> None: ...
-
-    def lookup(self, unit: Unit, name: str, node: str | None) -> Answer:
-        """The PID registered as ``name`` on this node, or on ``node``."""
-        ...
-
-    def unregister(self, unit: Unit, name: str) -> bool: ...
-
-
-class NoProcesses:
-    """For units that run with no node around them: every process call fails clearly."""
-
-    def _fail(self, *args: Any, **kwargs: Any) -> Any:
-        raise MoonwireError("the process API needs a node (this unit runs without one)", Kind.UNAVAILABLE,
-                            retryable=False)
-
-    pid_of = send = spawn = exec = terminate = cancel = watch = register = lookup = unregister = _fail
-
-
 REGISTRY_SCOPES = {"local"}
 WATCH_VERBS = {b"monitor": "monitor", b"unmonitor": "unmonitor", b"link": "link", b"unlink": "unlink"}
 
@@ -102,7 +51,7 @@ def text(value: Any, what: str) -> str:
 class ProcessFunctions:
     """The direct (non-waiting) calls behind the ``process`` module of one state."""
 
-    def __init__(self, state: LuaState) -> None:
+    def __init__(self, state: LuaRuntime) -> None:
         self.state = state
 
     def table(self) -> dict[bytes, Any]:
@@ -110,7 +59,7 @@ class ProcessFunctions:
                  "proc_events", "proc_listen", "proc_unlisten", "proc_register", "proc_unregister"]
         return {name.encode(): getattr(self, name) for name in names}
 
-    def _unit(self) -> Unit:
+    def _unit(self) -> Running:
         unit = self.state.current
         if unit is None:
             raise MoonwireError("not running in a process or call", Kind.INTERNAL, retryable=False)
@@ -197,7 +146,7 @@ def _check_scope(scope: Any) -> None:
                             Kind.INVALID, retryable=False)
 
 
-def spawn_request(state: LuaState, entry: bytes, host: bytes, packed: Any, monitor: Any, link: Any, context: Any,
+def spawn_request(state: LuaValues, entry: bytes, host: bytes, packed: Any, monitor: Any, link: Any, context: Any,
                   options: Any, name: Any, messages: Any) -> SpawnRequest:
     """A :class:`SpawnRequest` from the Lua arguments of ``proc_spawn``/``proc_exec``."""
     n = packed[b"n"] or 0

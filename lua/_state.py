@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 import lupa.lua55 as lupa
 
 from ._errors import Kind, MoonwireError, internal, invalid
-from ._values import decode_string, to_python
+from ._host import HostFunctions
+from ._process import ProcessFunctions
+from ._values import decode_string, to_lua, to_python
 
 if TYPE_CHECKING:
-    from ._unit import Unit
+    from ._protocols import Running
 
 CORE_SOURCE = resources.files(__package__).joinpath("_core.lua").read_bytes()
 PATTERNS_SOURCE = resources.files(__package__).joinpath("_patterns.lua").read_bytes()
@@ -87,9 +89,6 @@ class LuaState:
 
     def __init__(self, limits: Limits = Limits(), *, log: logging.Logger | None = None,
                  replay: Replay | None = None) -> None:
-        from ._host import HostFunctions
-        from ._process import ProcessFunctions
-
         self.limits = limits
         self.log = log or logging.getLogger("moonwire.lua")
         # A random hash seed per state (the default) keeps crafted keys from degrading
@@ -118,8 +117,8 @@ class LuaState:
         self.prelude = self.runtime.execute(PRELUDE_SOURCE, self.core, self.host.table())
         self.runtime.execute(PROCESS_SOURCE, self.core, self.table_from(ProcessFunctions(self).table()), self.prelude)
         self.core.set_limits(limits.instructions or 0, BUDGET_EXCEEDED)
-        self.current: Unit | None = None
-        """The unit whose thread is running, for ``ctx`` and friends."""
+        self.current: Running | None = None
+        """The unit whose thread is running (a :class:`Unit`), for ``ctx`` and friends."""
         self.poisoned = False
         """Set after a memory error: the state may hold garbage it cannot free; retire it."""
         self._loaded: dict[str, _Loaded] = {}
@@ -178,8 +177,6 @@ class LuaState:
         )
 
     def make_error(self, error: MoonwireError) -> Any:
-        from ._values import to_lua
-
         details = to_lua(self, error.details) if error.details is not None else None
         return self._make_error(error.message.encode(), str(error.kind).encode(), error.retryable, details)
 

@@ -16,80 +16,18 @@ import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ._answer import Answer, Outcome, Pending
 from ._channel import Channel, Waiter, select
 from ._errors import Kind, MoonwireError, internal, invalid
+from ._holdings import Future, Holdings, Timer
 from ._mailbox import Mailbox
-from ._process import WATCH_VERBS, NoProcesses, ProcessServices, SpawnRequest, spawn_request, text
+from ._process import WATCH_VERBS, SpawnRequest, spawn_request, text
 from ._state import LuaState
 from ._values import to_lua, to_python
 
 _BLOCKED = object()
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a unit ended: ``error`` is None for a normal return of ``value``."""
-
-    value: Any = None
-    error: MoonwireError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-def _nothing() -> None:
-    pass
-
-
-class Pending:
-    """An outcome a service delivers later by calling :meth:`settle`, with no task:
-    for answers that arrive by callback (a reply from the broker, say).
-
-    ``abandon`` is called when nobody waits any more (the unit ended, the future was
-    cancelled); after that ``settle`` is ignored.
-    """
-
-    __slots__ = ("abandon", "owner", "_listener", "_outcome", "_done")
-
-    def __init__(self, abandon: Callable[[], None] | None = None) -> None:
-        self.abandon: Callable[[], None] = abandon or _nothing
-        self.owner: set[Pending] | None = None
-        """The waiting unit's set of pending answers, which this leaves when settled."""
-        self._listener: Callable[[Outcome], None] | None = None
-        self._outcome: Outcome | None = None
-        self._done = False
-
-    def settle(self, outcome: Outcome) -> None:
-        if self._done:
-            return
-        self._done = True
-        if self.owner is not None:
-            self.owner.discard(self)
-        if self._listener is not None:
-            self._listener(outcome)
-        else:
-            self._outcome = outcome
-
-    def listen(self, listener: Callable[[Outcome], None]) -> None:
-        if self._outcome is not None:
-            listener(self._outcome)
-        else:
-            self._listener = listener
-
-    def drop(self) -> None:
-        if not self._done:
-            self._done = True
-            if self.owner is not None:
-                self.owner.discard(self)
-            self.abandon()
-
-
-Answer = Outcome | Pending | Awaitable[Outcome]
-"""What a service gives back: an Outcome now, a Pending settled by callback, or an awaitable."""
 
 
 class Services(Protocol):
@@ -109,105 +47,59 @@ class NoServices:
         return Outcome(error=MoonwireError(f"function {target} not found", Kind.NOT_FOUND, retryable=False))
 
 
+class ProcessServices(Protocol):
+    """What the ``process`` module needs from the node: the unit answers its requests
+    with these, and its state's direct calls (``lua._process``) make the ones that never
+    wait. Each method raises :class:`MoonwireError` on failure; ``dest`` is a PID or a
+    registered name."""
+
+    def pid_of(self, unit: Unit) -> str:
+        """The unit's PID, giving it one first if it has none (a function call)."""
+        ...
+
+    def send(self, unit: Unit, dest: str, topic: str, payloads: list[Any]) -> None: ...
+
+    def spawn(self, unit: Unit | None, request: SpawnRequest) -> Answer:
+        """Start a process; the answer's value is its PID."""
+        ...
+
+    def exec(self, unit: Unit | None, request: SpawnRequest) -> Answer:
+        """Start a process and answer with its result when it exits."""
+        ...
+
+    def terminate(self, unit: Unit, dest: str) -> Answer | None:
+        """None when done at once, else an answer settled when the target's node has done it."""
+        ...
+
+    def cancel(self, unit: Unit, dest: str, reason: str) -> Answer | None:
+        """As :meth:`terminate`."""
+        ...
+
+    def watch(self, unit: Unit, verb: str, dest: str) -> Answer | None:
+        """``monitor``, ``unmonitor``, ``link`` or ``unlink``: None when done at once, else
+        an answer settled when the target's node has done it."""
+        ...
+
+    def register(self, unit: Unit, name: str, pid: str | None) -> None: ...
+
+    def lookup(self, unit: Unit, name: str, node: str | None) -> Answer:
+        """The PID registered as ``name`` on this node, or on ``node``."""
+        ...
+
+    def unregister(self, unit: Unit, name: str) -> bool: ...
+
+
+class NoProcesses:
+    """For units that run with no node around them: every process call fails clearly."""
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise MoonwireError("the process API needs a node (this unit runs without one)", Kind.UNAVAILABLE,
+                            retryable=False)
+
+    pid_of = send = spawn = exec = terminate = cancel = watch = register = lookup = unregister = _fail
+
+
 _NO_PROCESSES = NoProcesses()
-
-
-class Timer:
-    """``time.after``/``timer``/``ticker``: delivers the fire time into a channel."""
-
-    def __init__(self, unit: Unit, channel: Channel, ns: int, periodic: bool) -> None:
-        self.unit, self.channel, self.periodic = unit, channel, periodic
-        self.interval = ns / 1e9
-        self.handle: asyncio.TimerHandle | None = None
-        self._schedule()
-
-    def _schedule(self) -> None:
-        self.handle = self.unit.loop.call_later(self.interval, self._fire)
-        self.unit.holdings().timers.add(self)
-
-    def _fire(self) -> None:
-        self.handle = None
-        self.unit.holdings().timers.discard(self)
-        state = self.unit.state
-        self.channel.offer(state.new_time(state.clock(), b"Local"))
-        if self.periodic:
-            self._schedule()
-
-    def stop(self) -> bool:
-        """True when the timer was stopped before it fired."""
-        if self.handle is None:
-            return False
-        self.handle.cancel()
-        self.handle = None
-        self.unit.holdings().timers.discard(self)
-        return True
-
-    def reset(self, ns: int) -> None:
-        self.stop()
-        self.interval = ns / 1e9
-        self._schedule()
-
-
-class Future:
-    """``funcs.async``: a call running alongside the unit that started it."""
-
-    def __init__(self, unit: Unit, channel: Channel) -> None:
-        self.unit, self.channel = unit, channel
-        self.outcome: Outcome | None = None
-        self.canceled = False
-        self.abandon: Callable[[], None] = lambda: None
-
-    def settle(self, outcome: Outcome) -> None:
-        if self.outcome is not None:
-            return
-        self.outcome = outcome
-        if outcome.ok:
-            state = self.unit.state
-            self.channel.offer(state.new_payload(to_lua(state, outcome.value)))
-        self.channel.close()  # wakes a thread waiting on the response channel
-
-    def snapshot(self) -> tuple[str, Any, MoonwireError | None]:
-        if self.outcome is None:
-            return ("pending", None, None)
-        if self.canceled:
-            return ("canceled", None, self.outcome.error)
-        if self.outcome.ok:
-            return ("done", self.outcome.value, None)
-        return ("failed", None, self.outcome.error)
-
-    def cancel(self) -> bool:
-        if self.outcome is not None:
-            return False
-        self.canceled = True
-        self.abandon()
-        self.settle(Outcome(error=MoonwireError("call canceled", Kind.CANCELED, retryable=False)))
-        return True
-
-
-@dataclass(slots=True)
-class Holdings:
-    """What a unit owns besides its threads, made the first time it owns any of it: most
-    function calls return without waiting and never do (one object, not four, per call)."""
-
-    sleeping: dict[int, asyncio.TimerHandle] = field(default_factory=dict)
-    """Thread id -> the timer that wakes it from ``time.sleep``."""
-    timers: set[Timer] = field(default_factory=set)
-    children: set[asyncio.Task[Any]] = field(default_factory=set)
-    pending: set[Pending] = field(default_factory=set)
-    """Answers a thread waits for (a Pending leaves by itself when settled)."""
-
-    def release(self) -> None:
-        """Stop everything: the unit has ended."""
-        for handle in self.sleeping.values():
-            handle.cancel()
-        self.sleeping.clear()
-        for timer in list(self.timers):
-            timer.stop()
-        for task in self.children:
-            task.cancel()
-        for pending in list(self.pending):
-            pending.drop()
-        self.pending.clear()
 
 
 TURN = 0.02
@@ -589,21 +481,6 @@ class Unit:
         except MoonwireError as err:
             return (None, self.state.make_error(err))
         return (True,) if answer is None else self._reply(tid, answer)
-
-
-async def settled(answer: Answer) -> Outcome:
-    """Wait for a service's answer, whichever form it took (for callers outside a unit)."""
-    if isinstance(answer, Outcome):
-        return answer
-    if isinstance(answer, Pending):
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        answer.listen(future.set_result)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            answer.drop()
-            raise
-    return await answer
 
 
 # The requests a Lua thread can make, by name (see `core.request` in _core.lua).

@@ -14,12 +14,9 @@ import json
 import re
 from itertools import accumulate
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._errors import Kind, MoonwireError
-
-if TYPE_CHECKING:
-    from ._state import LuaState
 
 MAX_DEPTH = 128
 WIRE_DEPTH = 2 * MAX_DEPTH + 8
@@ -30,6 +27,21 @@ INT_MIN, INT_MAX = -(2 ** 63), 2 ** 63 - 1
 """Lua 5.4 integers; a Python int outside them cannot cross (lupa raises OverflowError)."""
 
 
+class LuaValues(Protocol):
+    """What converting values needs of a state: a :class:`~moonwire.lua.LuaState` is one.
+
+    Described here, not imported, so this module stays below the state (which uses it).
+    """
+
+    def lua_type(self, value: Any) -> str: ...
+
+    def table_from(self, value: Any) -> Any: ...
+
+    def error_fields(self, value: Any) -> MoonwireError | None: ...
+
+    def make_error(self, error: MoonwireError) -> Any: ...
+
+
 def decode_string(raw: bytes) -> str | bytes:
     try:
         return raw.decode("utf-8")
@@ -37,7 +49,7 @@ def decode_string(raw: bytes) -> str | bytes:
         return raw
 
 
-def to_python(state: LuaState, value: Any) -> Any:
+def to_python(state: LuaValues, value: Any) -> Any:
     """A Lua value as plain Python data.
 
     Raises:
@@ -55,7 +67,7 @@ def to_python(state: LuaState, value: Any) -> Any:
 MAX_VALUES = 1_000_000
 
 
-def _to_python(state: LuaState, value: Any, depth: int, budget: list[int]) -> Any:
+def _to_python(state: LuaValues, value: Any, depth: int, budget: list[int]) -> Any:
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, bytes):
@@ -86,7 +98,7 @@ def _to_python(state: LuaState, value: Any, depth: int, budget: list[int]) -> An
     return out
 
 
-def to_lua(state: LuaState, value: Any, _depth: int = 0) -> Any:
+def to_lua(state: LuaValues, value: Any, _depth: int = 0) -> Any:
     """Plain Python data as a Lua value in ``state``.
 
     Raises:
