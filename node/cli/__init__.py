@@ -1,8 +1,9 @@
-"""The ``moonwire`` command: argument parsing, logging set-up and each subcommand.
+"""The ``moonwire`` command: the command line's grammar (options anywhere on the line),
+logging set-up, and each subcommand.
 
 Owns: the terminal. May import: every other room and the node itself.
 """
 
-from ._cli import main
+from ._main import main
 
 __all__ = ["main"]

@@ -24,7 +24,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup_logging(level: str = "info", fmt: str = "console") -> None:
+def setup_logging(level: str = "info", fmt: str = "console", *, lua_level: str | None = None) -> None:
+    """One handler on stderr at ``level``; the project's Lua logs (``moonwire.lua``:
+    print, logger) at ``lua_level`` when given."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -36,3 +38,4 @@ def setup_logging(level: str = "info", fmt: str = "console") -> None:
     # nats-py and temporalio are chatty at INFO about reconnects we already report.
     for noisy in ("nats", "temporalio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("moonwire.lua").setLevel(lua_level.upper() if lua_level else logging.NOTSET)

@@ -1,0 +1,151 @@
+"""Commands that list what a running cluster holds: ``ps`` (processes and running
+workflows) and ``nodes`` (membership as each node sees it)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+
+from moonwire.broker import Subjects
+from moonwire.lua import MoonwireError, Outcome
+
+from ..processes import Survey, survey
+from ..workflows import running_workflows
+from ._common import EXIT_FAILURE, EXIT_OK, talk
+
+
+def _print_missing(result: Survey, workers: dict[str, MoonwireError] | None = None) -> int:
+    """Name the nodes that did not answer (and the workers whose workflows could not be
+    listed); the exit status."""
+    if not result.answers:
+        print("error: no node answered within a second", file=sys.stderr)
+        return EXIT_FAILURE
+    for worker, error in (workers or {}).items():
+        print(f"error: workflows of worker {worker} not listed: {error.message}", file=sys.stderr)
+    if result.missing:
+        print(f"error: no answer from node(s): {', '.join(result.missing)}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_FAILURE if workers else EXIT_OK
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _age(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+@dataclass
+class _Listing:
+    """What ``moonwire ps`` gathers: the nodes' processes and the workers' running workflows."""
+
+    nodes: Survey
+    workflows: dict[str, Outcome]
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    async def gather(nc: NatsClient, subjects: Subjects) -> _Listing:
+        nodes = await survey(nc, subjects, "ps", {"limit": args.limit}, node=args.target_node)
+        # Workflows belong to no node: listed when the whole cluster is, once per worker.
+        workers = sorted({w for a in nodes.answers.values() for w in a.get("workers", ())}
+                         if args.target_node is None else ())
+        answers = await asyncio.gather(*(running_workflows(nc, subjects, w, args.limit) for w in workers))
+        return _Listing(nodes, dict(zip(workers, answers)))
+
+    result = talk(args, gather)
+    if isinstance(result, int):
+        return result
+    nodes, workflows = result.nodes, result.workflows
+    failed = {w: o.error for w, o in workflows.items() if o.error is not None}
+    if args.json:
+        print(json.dumps({"nodes": nodes.answers, "missing": nodes.missing,
+                          "workflows": {w: o.value for w, o in workflows.items() if o.ok},
+                          "workflow_errors": {w: e.to_dict() for w, e in failed.items()}},
+                         default=str))
+        return _print_missing(nodes, failed)
+    rows = [["PID", "ENTRY", "HOST", "STATE", "INBOX", "UPTIME"]]
+    for node in sorted(nodes.answers):
+        answer = nodes.answers[node]
+        for p in answer.get("list", []):
+            rows.append([p["pid"], p["entry"], p["host"], p["state"], str(p["inbox"]), _age(p["uptime"])])
+        if answer.get("processes", 0) > len(answer.get("list", [])):
+            rows.append([f"({answer['processes'] - len(answer['list'])} more on {node})", "", "", "", "", ""])
+    for worker, outcome in workflows.items():
+        if not outcome.ok:
+            continue
+        for w in outcome.value["list"]:
+            rows.append([w["pid"], w["type"], worker, "workflow", "-", _age(w["uptime"])])
+        if outcome.value["workflows"] > len(outcome.value["list"]):
+            rows.append([f"({outcome.value['workflows'] - len(outcome.value['list'])} more on {worker})",
+                         "", "", "", "", ""])
+    _table(rows)
+    return _print_missing(nodes, failed)
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    result = talk(args, lambda nc, subjects: survey(nc, subjects, "info"))
+    if isinstance(result, int):
+        return result
+    # What the answering nodes say of each node: its freshest heartbeat age, its flaps
+    # (the most any one peer counted; when the latest was), and who believes it down.
+    ages: dict[str, float] = {}
+    flaps: dict[str, tuple[int, float | None]] = {}
+    down: dict[str, list[dict[str, Any]]] = {}
+    for observer, answer in result.answers.items():
+        for peer in answer.get("peers", []):
+            ages[peer["node"]] = min(ages.get(peer["node"], float("inf")), float(peer["age"]))
+        for peer in [*answer.get("peers", []), *answer.get("down", [])]:
+            count, last = flaps.get(peer["node"], (0, None))
+            age = peer.get("last_flap_age")
+            flaps[peer["node"]] = (max(count, int(peer.get("flaps", 0))),
+                                   age if last is None or (age is not None and age < last) else last)
+        for peer in answer.get("down", []):
+            down.setdefault(peer["node"], []).append({"by": observer, "since": peer["since"],
+                                                      "reason": peer["reason"]})
+    if args.json:
+        for node, answer in result.answers.items():
+            answer["heartbeat_age"] = ages.get(node)
+            answer["flaps"], answer["last_flap_age"] = flaps.get(node, (0, None))
+            answer["believed_down_by"] = down.get(node, [])
+        believed_down = {node: {"believed_down_by": by, "flaps": flaps.get(node, (0, None))[0]}
+                         for node, by in down.items() if node not in result.answers}
+        print(json.dumps({"nodes": result.answers, "missing": result.missing, "down": believed_down}, default=str))
+        return _print_missing(result)
+
+    def flapped(node: str) -> str:
+        count, last = flaps.get(node, (0, None))
+        return "-" if not count else f"{count} (last {_age(last)} ago)" if last is not None else str(count)
+
+    def believed_down(node: str) -> str:
+        return "; ".join(f"down to {d['by']} for {_age(d['since'])}: {d['reason']}" for d in down.get(node, []))
+
+    rows = [["NODE", "INCARNATION", "HOSTS", "PROCESSES", "UPTIME", "HEARTBEAT", "FLAPS", "DROPPED"]]
+    for node in sorted(result.answers):
+        answer = result.answers[node]
+        heartbeat = _age(ages[node]) if node in ages else "-"
+        if node in down:
+            heartbeat = f"{heartbeat} ({believed_down(node)})"
+        rows.append([node, answer["incarnation"], ",".join(answer["hosts"]) or "-", str(answer["processes"]),
+                     _age(answer["uptime"]), heartbeat, flapped(node), str(answer.get("dropped_to_down_nodes", 0))])
+    for node in result.missing:
+        heartbeat = f"{_age(ages[node])} (no answer)" if node in ages else "(no answer)"
+        rows.append([node, "?", "?", "?", "?", heartbeat, flapped(node), "?"])
+    for node in sorted(set(down) - set(result.answers) - set(result.missing)):
+        rows.append([node, "?", "?", "?", "?", believed_down(node), flapped(node), "?"])
+    _table(rows)
+    return _print_missing(result)
