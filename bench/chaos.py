@@ -86,7 +86,7 @@ import msgpack
 import nats
 from nats.aio.msg import Msg
 
-import moonwire.node as node
+import moonwire.node as moonwire_node
 from moonwire.node import ServerProcess, free_port, start_nats
 
 from _support import pct, write
@@ -1127,7 +1127,7 @@ async def bounded(run_: Awaitable[bool], seconds: float) -> bool:
 def tree_version() -> str:
     """What was run: the commit of the moonwire being imported, and how many files differ
     from it (other work in progress)."""
-    repo = Path(node.__file__).resolve().parent.parent
+    repo = Path(moonwire_node.__file__).resolve().parent.parent
     head = subprocess.run(["git", "-C", str(repo), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True)

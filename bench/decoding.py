@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import timeit
-from pathlib import Path
 from typing import Any, Callable
 
 import msgpack

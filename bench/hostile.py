@@ -22,7 +22,6 @@ import asyncio
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import lupa.lua55 as lupa

@@ -95,9 +95,8 @@ async def main() -> None:
             project = load_project(write(root / "p", files))
             subjects = Subjects()
             functions = Functions(project, subjects)
-            workflows = Workflows("bench", project, subjects, functions, functions.code,
-                                  deliver=lambda watcher, event: None, route=lambda dest, message: None)
-            await workflows.start(None)
+            workflows = Workflows("bench", project, subjects, functions, functions.code)
+            await workflows.start(None, lambda dest, message: None)
             client = await Client.connect(server.address)
             # Unsandboxed, as moonwire's Lua workflow is: with the SDK's sandbox, 100 raw
             # workflows at once took over 5 s per task on a 2-core machine.

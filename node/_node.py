@@ -22,7 +22,7 @@ from nats.aio.client import Client as NatsClient
 
 from nats.aio.msg import Msg
 
-from moonwire.broker import ACK_EVERY, Client, Membership, Outbox, Requests, Streams, Subjects, connect
+from moonwire.broker import ACK_EVERY, Client, Membership, Outbox, PidAllocator, Requests, Streams, Subjects, connect
 
 from .project import NodeConfig, ResolvedConfig
 from moonwire.lua import Outcome
@@ -30,8 +30,8 @@ from moonwire.lua import Outcome
 from .servers import EmbeddedServers
 from .project import TemporalClientEntry
 from .workflows import Workflows
-from .processes import READ_TURN, DeadLetters, NodeInboxes
-from .processes import Cluster
+from .functions import Functions
+from .processes import READ_TURN, ControlPlane, DeadLetters, NodeInboxes, RemoteNodes
 from ._runtime import Runtime
 from .project import Project
 
@@ -95,13 +95,17 @@ class Node:
             BrokerUnavailable: NATS did not accept the connection.
             EmbeddedServerError: an embedded server could not be started.
         """
-        try:
-            await self._start()
-            yield self
-        finally:
-            await self._shutdown()
+        # The node's long-lived loops (dead letters, outbox, streams, heartbeat) run in
+        # one task group owned by this block: each is stopped by its shutdown step, and
+        # one that fails cancels the block instead of dying unseen.
+        async with asyncio.TaskGroup() as loops:
+            try:
+                await self._start(loops)
+                yield self
+            finally:
+                await self._shutdown()
 
-    async def _start(self) -> None:
+    async def _start(self, loops: asyncio.TaskGroup) -> None:
         # Registered first so it is undone last; stopping owns nothing is a no-op.
         self._steps.append(_Step("embedded servers", self._stop_embedded))
         servers = self.config.nats.url or [await self.embedded.nats_url()]
@@ -121,7 +125,7 @@ class Node:
         dead_letters = DeadLetters(self._data, self.subjects.dead_letters(self.name))
         self._data.after_read = dead_letters.make_room
         self._data.read_turn = READ_TURN
-        dead_letters_task = asyncio.create_task(dead_letters.run(), name="dead letters")
+        dead_letters_task = loops.create_task(dead_letters.run(), name="dead letters")
         self._steps.append(_Step("dead letters", lambda remaining: _cancel_and_wait(dead_letters_task)))
 
         # Process traffic to each other node travels in a stream: numbered, acknowledged
@@ -130,20 +134,36 @@ class Node:
             self.name, f"{time.time_ns():x}", ack_subject=self.subjects.stream_acks,
             publish=lambda subject, body, headers: outbox.publish_nowait(subject, body, headers=headers or None))
         outbox = Outbox(self._nats, streams)
-        outbox_task = asyncio.create_task(outbox.run(), name="outbox")
+        outbox_task = loops.create_task(outbox.run(), name="outbox")
         self._steps.append(_Step("outbox", lambda remaining: _cancel_and_wait(outbox_task)))
         requests = Requests(self._nats, outbox)
         await requests.start()
         self._steps.append(_Step("requests", lambda remaining: requests.stop()))
 
-        runtime = self.runtime = Runtime(self.name, self.project, self.subjects, nats=self._nats,
-                                         requests=requests, outbox=outbox)
+        # Built in the order they use each other: liveness, the routes to other nodes and
+        # to workflows, then the process table on top of them; what serves the table
+        # (inboxes, workers, the control plane) comes after it.
+        pids = PidAllocator(self.name)
+        heartbeat = self.config.heartbeat
+        membership = Membership(
+            self._nats, outbox, self.subjects, self.name, pids.epoch, self.project.spawn_hosts(),
+            interval=heartbeat.interval, down_after=heartbeat.down_after,
+            # Heard only once membership starts, below, when the process table exists.
+            on_down=lambda node, incarnation, reason: (streams.forget(node),
+                                                       processes.node_down(node, incarnation, reason)))
+        remote = RemoteNodes(self.name, self.subjects, outbox, requests, membership)
+        functions = Functions(self.project, self.subjects, self._nats, requests, outbox,
+                              dead_letter=dead_letters.publish)
+        workflows = Workflows(self.name, self.project, self.subjects, functions, functions.code, nats=self._nats,
+                              outbox=outbox, max_body=self.config.max_message_bytes, gateway=self._data,
+                              dead_letters=dead_letters)
+        runtime = self.runtime = Runtime(self.name, self.project, self.subjects, functions=functions, pids=pids,
+                                         remote=remote, workflows=workflows)
         processes = runtime.processes
-        runtime.functions.dead_letter = dead_letters.publish  # a call without a reply subject that cannot run
+
         inboxes = NodeInboxes(self._data, outbox, self.subjects, self.name, processes.deliver,
                               processes.deliver_event, dead_letters, max_body=self.config.max_message_bytes,
                               streams=streams)
-        processes.remote = inboxes.send
         await inboxes.start()
         self._steps.append(_Step("process inboxes", lambda remaining: inboxes.stop()))
         def on_ack(msg: Msg) -> None:
@@ -153,28 +173,17 @@ class Node:
                 dead_letters.publish(msg.subject, msg.data, msg.headers, f"malformed stream ack: {err}")
 
         acks = await self._nats.subscribe_direct(self.subjects.stream_acks(self.name), on_ack)
-        streams_task = asyncio.create_task(_keep_streams(streams, inboxes.handle), name="streams")
+        streams_task = loops.create_task(_keep_streams(streams, inboxes.handle), name="streams")
         self._steps.append(_Step("streams", lambda remaining: _stop_streams(streams_task, acks)))
-        workflows = processes.workflows = Workflows(
-            self.name, self.project, self.subjects, runtime.functions, runtime.functions.code,
-            processes.workflow_event, processes.route, nats=self._nats, outbox=outbox,
-            max_body=self.config.max_message_bytes, gateway=self._data, dead_letters=dead_letters)
         self._steps.append(_Step("temporal workers", lambda remaining: workflows.stop()))
-        await workflows.start(self.temporal_address, run_workers=self.config.workers)
-        cluster = processes.cluster = Cluster(self._nats, outbox, requests, self.subjects, self.name, processes,
-                                              streams)
-        cluster.dead_letter = dead_letters.publish  # a control request without a reply subject that failed
-        await cluster.start()
-        self._steps.append(_Step("control plane", lambda remaining: cluster.stop()))
+        await workflows.start(self.temporal_address, processes.route, run_workers=self.config.workers)
+        control = ControlPlane(self._nats, outbox, self.subjects, self.name, processes, streams,
+                               dead_letters.publish)
+        await control.start()
+        self._steps.append(_Step("control plane", lambda remaining: control.stop()))
 
-        heartbeat = self.config.heartbeat
-        membership = processes.membership = Membership(
-            self._nats, outbox, self.subjects, self.name, processes.pids.epoch, processes.spawn_hosts(),
-            interval=heartbeat.interval, down_after=heartbeat.down_after,
-            on_down=lambda node, incarnation, reason: (streams.forget(node),
-                                                       processes.node_down(node, incarnation, reason)))
         await membership.start()
-        beating = asyncio.create_task(membership.run(), name="heartbeat")
+        beating = loops.create_task(membership.run(), name="heartbeat")
         self._steps.append(_Step("heartbeat", lambda remaining: _stop_beating(beating, membership, streams,
                                                                                remaining)))
         # Stopped first: processes exit while the node still delivers their EXITs to

@@ -6,36 +6,40 @@ from __future__ import annotations
 
 import asyncio
 
-from nats.aio.client import Client as NatsClient
-
-from moonwire.broker import Outbox, Requests, Subjects
+from moonwire.broker import PidAllocator, Subjects
 from moonwire.lua import Kind, MoonwireError, Outcome, SpawnRequest, settled
 
 from .project import FunctionEntry, HostSettings, ProcessEntry, ProcessHostEntry
 from .functions import Functions
 from .processes import ProcessHost
-from .processes import TERMINAL_HOST, ProcessTable
+from .processes import NO_WORKFLOWS, TERMINAL_HOST, UNREACHABLE, ProcessTable, RemoteTarget, WorkflowTarget
 from .project import Project
 from .processes import Supervisor
 
 
 class Runtime:
-    def __init__(self, node: str, project: Project, subjects: Subjects, *, nats: NatsClient | None = None,
-                 requests: Requests | None = None, outbox: Outbox | None = None) -> None:
+    """Functions, process hosts, the process table and the supervisor, built in that
+    order. ``functions`` (with their broker) and the targets for PIDs that live
+    elsewhere come from the node; without them, everything is local."""
+
+    def __init__(self, node: str, project: Project, subjects: Subjects, *, functions: Functions | None = None,
+                 pids: PidAllocator | None = None, remote: RemoteTarget = UNREACHABLE,
+                 workflows: WorkflowTarget = NO_WORKFLOWS) -> None:
         loop = asyncio.get_running_loop()
         self.project = project
-        self.functions = Functions(project, subjects, nats, requests, outbox)
+        self.functions = functions if functions is not None else Functions(project, subjects)
         self.hosts = {entry.id: ProcessHost(entry.id, entry.host, loop)
                       for entry in project.of_kind("process.host") if isinstance(entry, ProcessHostEntry)}
         # `run -x` of a process.lua needs a host that every node has (wippy's terminal.host).
         self.hosts.setdefault(TERMINAL_HOST, ProcessHost(TERMINAL_HOST, HostSettings(), loop))
-        self.processes = ProcessTable(node, project, self.functions, self.hosts)
-        self.functions.processes = self.processes
+        self.processes = ProcessTable(node, project, self.functions, self.hosts, pids=pids, remote=remote,
+                                      workflows=workflows)
         self.supervisor = Supervisor(project, self.processes)
 
     async def start(self) -> None:
-        """Serve functions, then start the auto-start services."""
-        await self.functions.serve()
+        """Serve functions (their calls may use the process table), then start the
+        auto-start services."""
+        await self.functions.serve(self.processes)
         await self.supervisor.start()
 
     async def stop(self, timeout: float) -> None:

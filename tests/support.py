@@ -171,8 +171,8 @@ class LocalRuntime:
     """A node's runtime (functions, hosts, processes, services) in this test's event loop,
     with no broker: for the local semantics of processes, which never touch NATS."""
 
-    def __init__(self, root: Path, files: dict[str, str], node: str = "t1") -> None:
-        self.root, self.files, self.node = root, files, node
+    def __init__(self, root: Path, files: dict[str, str], node: str = "t1", remote: object = None) -> None:
+        self.root, self.files, self.node, self.remote = root, files, node, remote
         self.runtime: object = None
 
     async def __aenter__(self) -> object:
@@ -181,7 +181,8 @@ class LocalRuntime:
         from moonwire.node._runtime import Runtime
 
         project = load_project(write_project(self.root, self.files))
-        self.runtime = Runtime(self.node, project, Subjects())
+        self.runtime = Runtime(self.node, project, Subjects(),
+                               **({"remote": self.remote} if self.remote is not None else {}))  # type: ignore[arg-type]
         await self.runtime.start()  # type: ignore[attr-defined]
         return self.runtime
 

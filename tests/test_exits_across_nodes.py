@@ -15,7 +15,7 @@ from moonwire.broker import Pid, Subjects
 from moonwire.lua import EXIT, Event, Kind, MoonwireError
 from moonwire.node import load_project
 from moonwire.node.wire._payload import MSGPACK, pack, to_json, unpack
-from moonwire.node.processes._remote import decode_event, encode_event
+from moonwire.node.wire import decode_event, encode_event
 from moonwire.node._runtime import Runtime
 from support import wait_until, write_project
 
@@ -158,8 +158,26 @@ async def test_node_down_tells_every_watcher_when_one_cannot_be_told(tmp_path: P
         """,
         "linker.lua": LINKER,
     }
+    published: list[tuple[str, str, Event]] = []
+
+    class Remote:
+        """Stands in for the broker side only (the route to other nodes): records what
+        would be published, and fails for one destination node (as an encoding or
+        publish failure would)."""
+
+        def tell(self, pid: Pid, event: Event) -> None:
+            if pid.node == "far":
+                raise TypeError("can not serialize 'MoonwireError' object")
+            published.append((pid.node, pid.uid, event))
+
+        def forget(self, watcher: str, pid: Pid) -> None:
+            pass
+
+        def expect(self, pid: Pid) -> None:
+            pass
+
     project = load_project(write_project(tmp_path, files))
-    runtime = Runtime("t1", project, Subjects())
+    runtime = Runtime("t1", project, Subjects(), remote=Remote())  # type: ignore[arg-type]
     await runtime.start()
     table = runtime.processes
     from moonwire.lua import SpawnRequest
@@ -169,21 +187,6 @@ async def test_node_down_tells_every_watcher_when_one_cannot_be_told(tmp_path: P
         await wait_until(lambda: all(table.records[p].unit.mailbox is not None for p in pids), 5, "started")
         remote = "{gone@host|abc-1}"
         unreachable = "{far@host|xyz-1}"
-        published: list[tuple[str, str, Event]] = []
-
-        class Cluster:
-            """Stands in for the broker side only: records what would be published, and
-            fails for one destination node (as an encoding or publish failure would)."""
-
-            def event(self, node: str, uid: str, event: Event) -> None:
-                if node == "far":
-                    raise TypeError("can not serialize 'MoonwireError' object")
-                published.append((node, uid, event))
-
-            def notify(self, verb: str, node: str, body: dict) -> None:
-                pass
-
-        table.cluster = Cluster()  # type: ignore[assignment]
         for pid in pids:
             table.records[pid].links = {remote}
         # Each linked process dies of the node-down; its own exit must tell a monitor on
@@ -201,5 +204,4 @@ async def test_node_down_tells_every_watcher_when_one_cannot_be_told(tmp_path: P
         failures = [r for r in caplog.records if "exit notices failed" in r.getMessage()]
         assert len(failures) == 1 and "far@host" in failures[0].getMessage()
     finally:
-        table.cluster = None
         await runtime.stop(2.0)

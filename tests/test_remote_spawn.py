@@ -162,7 +162,8 @@ end }
 
 
 class HeldSpawns:
-    """Stands in for the cluster: holds each remote spawn's reply until the test gives it."""
+    """Stands in for the route to other nodes (a RemoteTarget): holds each remote spawn's
+    reply until the test gives it, and records the events it is asked to tell."""
 
     def __init__(self) -> None:
         self.replies: list[Any] = []
@@ -174,11 +175,14 @@ class HeldSpawns:
         self.arrived.set()
         return lambda: None
 
-    def notify(self, *args: Any) -> None:
+    def forget(self, watcher: str, pid: Any) -> None:
         pass
 
-    def event(self, node: str, uid: str, event: Any) -> None:
-        self.events.append((node, uid, event))
+    def expect(self, pid: Any) -> None:
+        pass
+
+    def tell(self, pid: Any, event: Any) -> None:
+        self.events.append((pid.node, pid.uid, event))
 
 
 @pytest.mark.parametrize("how", ["monitor", "exec"])
@@ -187,9 +191,10 @@ async def test_a_childs_exit_that_overtakes_its_pid_is_held_until_the_pid_arrive
     on the reply subject; the EXIT can come first. It must still reach the parent."""
     from moonwire.lua import Event, Outcome, SpawnRequest
 
-    async with LocalRuntime(tmp_path, process_project({"parent": PARENT, "child": "return {main = print}"})) as runtime:
+    held = HeldSpawns()
+    async with LocalRuntime(tmp_path, process_project({"parent": PARENT, "child": "return {main = print}"}),
+                            remote=held) as runtime:
         table = runtime.processes
-        held = table.cluster = HeldSpawns()
         done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         table.start(SpawnRequest("app:parent", "app:host", [how]), on_exit=done.set_result)
         await held.arrived.wait()
@@ -250,20 +255,20 @@ async def test_cli_spawn_ps_and_nodes(tmp_path: Path, nats_server, spawn_node) -
 
     # The broadcast subject answers questions only: a spawn asked of every node is refused.
     from moonwire.node.wire._payload import CONTENT_TYPE, MSGPACK, pack, unpack
-    from moonwire.node.processes._remote import encode_spawn
+    from moonwire.node.wire import encode_spawn
     from moonwire.lua import SpawnRequest
     nc = await nats.connect(nats_server.address)
     try:
         reply = await nc.request("mw.nodes.spawn", pack(encode_spawn(SpawnRequest("w:child", "w:pool", ["wait"]), "")),
                                  headers={CONTENT_TYPE: MSGPACK}, timeout=5)
-        assert "unknown control request 'spawn'" in unpack(reply.data, MSGPACK)["error"].message
+        assert "unknown control request 'spawn'" in unpack(reply.data, MSGPACK)["error"]["message"]
         # Malformed control requests get an error reply naming the problem.
         bad = {"mw.ctl.nc.monitor": pack({"target": on_c}), "mw.ctl.nc.spawn": b"\xc1",
                "mw.spawn.w:pool": pack({"request": {"entry": "w:child", "bogus": 1}})}
         for subject, body in bad.items():
             reply = await nc.request(subject, body, headers={CONTENT_TYPE: MSGPACK}, timeout=5)
             error = unpack(reply.data, MSGPACK)["error"]
-            assert error.kind == "Invalid" and "malformed" in error.message, (subject, error)
+            assert error["kind"] == "Invalid" and "malformed" in error["message"], (subject, error)
     finally:
         await nc.close()
     code, out, _ = await run_cli("ps", "--json", *cli, cwd=tmp_path)
@@ -286,9 +291,10 @@ async def test_a_parent_that_dies_before_its_remote_childs_pid_arrives_still_tak
         tmp_path: Path) -> None:
     from moonwire.lua import Outcome, SpawnRequest
 
-    async with LocalRuntime(tmp_path, process_project({"parent": PARENT, "child": "return {main = print}"})) as runtime:
+    held = HeldSpawns()
+    async with LocalRuntime(tmp_path, process_project({"parent": PARENT, "child": "return {main = print}"}),
+                            remote=held) as runtime:
         table = runtime.processes
-        held = table.cluster = HeldSpawns()
         done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         table.start(SpawnRequest("app:parent", "app:host", ["link"]), on_exit=done.set_result)
         await held.arrived.wait()

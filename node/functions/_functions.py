@@ -21,17 +21,19 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
-from moonwire.broker import MSGPACK_HEADERS, Client, NoResponders, Outbox, Requests, RequestTimeout, Subjects
-from moonwire.lua import (SECOND, Answer, ProcessServices, Kind, Limits, LuaCode, LuaState, MoonwireError, Outcome, Pending, Unit, check_portable, internal, invalid, not_found, parse_duration, settled)
+from moonwire.broker import MSGPACK_HEADERS, Client, Outbox, Requests, Subjects
+from moonwire.lua import (SECOND, Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, NoProcesses, Outcome,
+                          Pending, ProcessServices, Unit, check_portable, internal, invalid, not_found, parse_duration,
+                          settled)
 
-from ..project import FunctionEntry, LibraryEntry, LuaEntry
-from ..wire import CONTENT_TYPE, JSON_HEADERS, MSGPACK, pack, to_json, unpack
-from ..project import Project, is_entry_id
+from ..project import FunctionEntry, LibraryEntry, LuaEntry, Project, is_entry_id
+from ..wire import CONTENT_TYPE, Unanswered, Why, ask, encode_reply, pack, reply_outcome, unpack
 
 log = logging.getLogger("moonwire.functions")
+
+DeadLetter = Callable[[str, bytes, "dict[str, str] | None", str], None]
+"""Republishes a message (subject, body, headers) with a reason to the dead-letter queue."""
 
 DEFAULT_REMOTE_TIMEOUT = 60.0
 _QUEUE_GROUP = "moonwire"
@@ -289,7 +291,8 @@ class Functions:
     """
 
     def __init__(self, project: Project, subjects: Subjects, nats: Client | None = None,
-                 requests: Requests | None = None, outbox: Outbox | None = None) -> None:
+                 requests: Requests | None = None, outbox: Outbox | None = None,
+                 dead_letter: DeadLetter | None = None) -> None:
         self.project = project
         self.subjects = subjects
         self.nats = nats
@@ -302,10 +305,10 @@ class Functions:
             self.pools[entry.id] = FunctionPool(entry, self.code.code(entry), self)
         self._subscriptions: list[Subscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
-        self.dead_letter: Callable[[str, bytes, dict[str, str] | None, str], None] | None = None
-        """Where a call without a reply subject that cannot be served goes (set by the node)."""
-        self.processes: ProcessServices | None = None
-        """Set by the node once its process table exists: function calls may use the process API."""
+        self.dead_letter = dead_letter
+        """Where a call without a reply subject that cannot be served goes."""
+        self.processes: ProcessServices = NoProcesses()
+        """The process API of function calls: the node's process table once :meth:`serve` has it."""
 
     # ------------------------------------------------------------ calling
 
@@ -330,8 +333,11 @@ class Functions:
 
     # ------------------------------------------------------------ serving
 
-    async def serve(self) -> None:
-        """Subscribe each local function to its queue group (and warm static pools)."""
+    async def serve(self, processes: ProcessServices) -> None:
+        """Subscribe each local function to its queue group (and warm static pools).
+        Functions and processes use each other (a function may spawn, a process may
+        call); the process table is built on these functions, and hands itself back here."""
+        self.processes = processes
         for pool in self.pools.values():
             pool.prewarm()
         if self.nats is None:
@@ -395,16 +401,8 @@ class Functions:
                 log.warning("%s failed (no reply subject): %s", pool.entry.id, outcome.error)
             return
         assert self.outbox is not None
-        reply: dict[str, Any] = {"result": outcome.value} if outcome.ok else {"error": outcome.error}
-        try:
-            if content_type == MSGPACK:
-                self.outbox.publish_nowait(msg.reply, pack(reply), headers=MSGPACK_HEADERS)
-            else:
-                self.outbox.publish_nowait(msg.reply, to_json(reply), headers=JSON_HEADERS)
-        except (TypeError, ValueError, OverflowError) as err:  # a result the wire cannot hold
-            error = {"error": internal(f"cannot encode the result of {pool.entry.id}: {type(err).__name__}: {err}")}
-            self.outbox.publish_nowait(msg.reply, pack(error) if content_type == MSGPACK else to_json(error),
-                                       headers=MSGPACK_HEADERS if content_type == MSGPACK else JSON_HEADERS)
+        body, headers = encode_reply(outcome, content_type)
+        self.outbox.publish_nowait(msg.reply, body, headers=headers)
 
     async def stop(self) -> None:
         for subscription in self._subscriptions:
@@ -427,24 +425,20 @@ class _RemoteCall(Pending):
         self.target, self.wait = target, wait
 
     def on_reply(self, reply: Msg | BaseException) -> None:
-        self.settle(reply_outcome(self.target, self.wait, reply))
+        self.settle(reply_outcome(reply, self.unanswered, self.wait))
+
+    def unanswered(self, missing: Unanswered) -> MoonwireError:
+        return call_unanswered(self.target, missing)
 
 
-def reply_outcome(target: str, wait: float, reply: Msg | BaseException) -> Outcome:
-    """The Outcome of a call to ``target`` from its reply (or what happened instead)."""
-    if isinstance(reply, NoResponders):
-        return Outcome(error=not_found(f"function {target} not found: no node serves it"))
-    if isinstance(reply, RequestTimeout):
-        return Outcome(error=MoonwireError(f"call to {target} timed out after {wait * 1000:.0f}ms", Kind.TIMEOUT,
-                                           retryable=True))
-    if isinstance(reply, BaseException):
-        return Outcome(error=MoonwireError(f"call to {target} abandoned: the node is stopping", Kind.CANCELED,
-                                           retryable=True))
-    try:
-        data = unpack(reply.data, (reply.headers or {}).get(CONTENT_TYPE))
-    except MoonwireError as err:
-        return Outcome(error=err)
-    return outcome_from_reply(data)
+def call_unanswered(target: str, missing: Unanswered) -> MoonwireError:
+    """What a call to ``target`` that got no reply failed with."""
+    if missing.why is Why.NO_RESPONDERS:
+        return not_found(f"function {target} not found: no node serves it")
+    if missing.why is Why.TIMEOUT:
+        return MoonwireError(f"call to {target} timed out after {missing.wait * 1000:.0f}ms", Kind.TIMEOUT,
+                             retryable=True)
+    return MoonwireError(f"call to {target} abandoned: {missing}", Kind.CANCELED, retryable=True)
 
 
 async def call_function(nats: NatsClient, subjects: Subjects, target: str, args: list[Any],
@@ -452,16 +446,8 @@ async def call_function(nats: NatsClient, subjects: Subjects, target: str, args:
     """Call ``target`` once from a plain connection (the CLI), through its queue group."""
     if not is_entry_id(target):
         return Outcome(error=invalid(f"invalid function id {target!r}: expected namespace:name"))
-    wait = timeout or DEFAULT_REMOTE_TIMEOUT
-    reply: Msg | BaseException
-    try:
-        reply = await nats.request(subjects.function(target), pack({"args": args, "ctx": context}), timeout=wait,
-                                   headers=MSGPACK_HEADERS)
-    except NoRespondersError:
-        reply = NoResponders()
-    except NatsTimeout:
-        reply = RequestTimeout()
-    return reply_outcome(target, wait, reply)
+    return await ask(nats, subjects.function(target), {"args": args, "ctx": context},
+                     functools.partial(call_unanswered, target), timeout or DEFAULT_REMOTE_TIMEOUT)
 
 
 def parse_request(data: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -485,16 +471,3 @@ def parse_request(data: Any) -> tuple[list[Any], dict[str, Any]]:
             raise invalid("request field 'ctx' must be a mapping")
         return args, context
     return [data], {}
-
-
-def outcome_from_reply(data: Any) -> Outcome:
-    if isinstance(data, dict) and "error" in data:
-        error = data["error"]
-        if isinstance(error, dict):
-            error = MoonwireError.from_dict(error)  # a JSON reply
-        if not isinstance(error, MoonwireError):
-            error = MoonwireError(str(error), Kind.UNKNOWN)
-        return Outcome(error=error)
-    if isinstance(data, dict) and "result" in data:
-        return Outcome(value=data["result"])
-    return Outcome(error=invalid("malformed reply: expected a mapping with 'result' or 'error'"))

@@ -42,8 +42,7 @@ from nats.aio.subscription import Subscription
 from moonwire.broker import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Client, Envelope, Headers, Outbox, Pid, Streams, Subjects, Tally, batch_items, reason_key)
 from moonwire.lua import Event, Message, MoonwireError, check_portable, loads_json
 
-from ..wire import JSON, pack, unpack
-from ._remote import EVENT_HEADER, decode_event
+from ..wire import EVENT_HEADER, JSON, decode_event, pack, unpack
 
 log = logging.getLogger("moonwire.inboxes")
 
@@ -190,11 +189,6 @@ class NodeInboxes:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
             self._subscription = None
-
-    def send(self, pid: Pid, message: Message) -> None:
-        """Publish ``message`` to ``pid``'s inbox on its node (in order with every other
-        message this node publishes)."""
-        self.outbox.send_nowait(self.subjects.inbox(pid.node, pid.uid), envelope(message), pid.node)
 
     def _on_message(self, msg: Msg) -> None:
         # A message of another node's stream is handled in its stream's order, once: a

@@ -26,20 +26,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from moonwire.broker import Membership, Pid, PidAllocator
-from moonwire.lua import (CANCEL, EXIT, LINK_DOWN, Answer, Event, Kind, Mailbox, Message, MoonwireError, Outcome, Pending, SpawnRequest, Unit, invalid, not_found)
+from moonwire.broker import Pid, PidAllocator
+from moonwire.lua import (CANCEL, EXIT, LINK_DOWN, Answer, Event, Kind, Mailbox, Message, MoonwireError, Outcome,
+                          Pending, SpawnRequest, Unit, invalid, not_found)
 
-from ..project import HostSettings, ProcessEntry
 from ..functions import CodeLoader, Functions
+from ..project import HostSettings, ProcessEntry, Project
+from ..wire import decode_spawn, noproc
+from ..wire import node_down as node_down_error
 from ._hosts import ProcessHost, Shard
-from ..project import Project
-from ._remote import Cluster, decode_spawn, noproc
-from ._remote import node_down as node_down_error
-
-if TYPE_CHECKING:
-    from ..workflows import Workflows
+from ._targets import NO_WORKFLOWS, UNREACHABLE, RemoteTarget, Target, WorkflowTarget
 
 log = logging.getLogger("moonwire.processes")
 
@@ -68,32 +66,25 @@ class ProcessRecord:
     early: list[Event] | None = None  # events from other nodes that arrived before that PID
 
 
-def _epoch(uid: str) -> str:
-    """The incarnation part of a uid (``<epoch>-<counter>``)."""
-    return uid.partition("-")[0]
-
-
 class ProcessTable:
     """Implements :class:`lua.ProcessServices` for every unit on this node."""
 
-    def __init__(self, node: str, project: Project, functions: Functions, hosts: dict[str, ProcessHost]) -> None:
+    def __init__(self, node: str, project: Project, functions: Functions, hosts: dict[str, ProcessHost], *,
+                 pids: PidAllocator | None = None, remote: RemoteTarget = UNREACHABLE,
+                 workflows: WorkflowTarget = NO_WORKFLOWS) -> None:
         self.node = node
         self.project = project
         self.functions = functions
         self.code: CodeLoader = functions.code
         self.hosts = hosts
-        self.pids = PidAllocator(node)
+        self.pids = pids if pids is not None else PidAllocator(node)
         self.records: dict[str, ProcessRecord] = {}
         self.names: dict[str, str] = {}
         self.uids: dict[str, ProcessRecord] = {}
-        self.remote: Callable[[Pid, Message], None] | None = None
-        """Sends a message to a process on another node (set once the node has a broker)."""
-        self.cluster: Cluster | None = None
-        """Monitor, link, cancel and terminate across nodes (set once the node has a broker)."""
-        self.membership: Membership | None = None
-        self.workflows: Workflows | None = None
-        """Workflows as processes: spawn on a temporal.worker, send, watch (set by the node)."""
-        self.dropped_to_down_nodes = 0
+        self.remote = remote
+        """Processes on other nodes."""
+        self.workflows = workflows
+        """Workflows as processes: spawn on a temporal.worker, send, watch."""
         self._exits: deque[ProcessRecord] = deque()
         self._exiting = False
         self._empty = asyncio.Event()
@@ -151,18 +142,10 @@ class ProcessTable:
         if local is not None:  # the common case, without parsing the PID
             self._post(local, message)
             return
-        workflow = self._workflow_pid(dest)
-        if workflow is not None:
-            self._workflows().send(workflow, message)
-            return
-        remote = self._remote_pid(dest)
-        if remote is not None and self.remote is not None:
-            # No acknowledgement across nodes (wippy-surface §3.1): a send is a publish.
-            if self.membership is not None and self.membership.known_down(remote.node, _epoch(remote.uid)):
-                self.dropped_to_down_nodes += 1  # dropped and counted; the sender is not blocked
-                self.membership.note_dropped(remote.node)
-                return
-            self.remote(remote, message)
+        elsewhere = self._elsewhere(dest)
+        if elsewhere is not None:
+            target, pid = elsewhere
+            target.send(pid, message)
             return
         self._post(self._resolve(dest), message)
 
@@ -184,26 +167,19 @@ class ProcessTable:
             raise MoonwireError(f"mailbox of {target.pid} is full ({target.unit.mailbox.limit} unread messages)",
                                 Kind.UNAVAILABLE, retryable=True)
 
-    def _remote_pid(self, dest: str) -> Pid | None:
-        """``dest`` parsed, when it is a PID of a process on another node."""
+    def _elsewhere(self, dest: str) -> tuple[Target, Pid] | None:
+        """Where ``dest`` lives when it is the PID of a workflow or of a process on
+        another node (the one place that chooses); None for a local PID or a name."""
         if not dest.startswith("{"):
             return None
         pid = Pid.parse(dest)
-        return pid if pid is not None and pid.node != self.node and not pid.is_workflow else None
-
-    @staticmethod
-    def _workflow_pid(dest: str) -> Pid | None:
-        """``dest`` parsed, when it is a workflow's PID (``{@worker|id}``)."""
-        if not dest.startswith("{@"):
+        if pid is None:
             return None
-        pid = Pid.parse(dest)
-        return pid if pid is not None and pid.is_workflow else None
-
-    def _workflows(self) -> Workflows:
-        if self.workflows is None:
-            raise MoonwireError("this node does not talk to Temporal (it has no broker)", Kind.UNAVAILABLE,
-                                retryable=False)
-        return self.workflows
+        if pid.is_workflow:
+            return self.workflows, pid
+        if pid.node != self.node:
+            return self.remote, pid
+        return None
 
     def cancel(self, unit: Unit | None, dest: str, reason: str) -> Answer | None:
         return self._signal(unit, "cancel", dest, {"reason": reason})
@@ -215,16 +191,10 @@ class ProcessTable:
         """``cancel`` or ``terminate``: done here for a local target (None), else an answer
         settled once the target's node has done it (NotFound when it does not exist)."""
         by = self.pid_of(unit) if unit is not None else ""
-        workflow = self._workflow_pid(dest)
-        if workflow is not None:
-            workflows = self._workflows()
-            return workflows.cancel(workflow) if verb == "cancel" else workflows.terminate(workflow)
-        remote = self._remote_pid(dest)
-        if remote is not None and self.cluster is not None:
-            pending = Pending()
-            pending.abandon = self.cluster.request(verb, remote.node, {**body, "target": dest, "by": by},
-                                                   pending.settle)
-            return pending
+        elsewhere = self._elsewhere(dest)
+        if elsewhere is not None:
+            target, pid = elsewhere
+            return target.end(pid, verb, by, str(body.get("reason", "")))
         self.control(verb, {**body, "target": self._resolve(dest).pid, "by": by})
         return None
 
@@ -233,8 +203,7 @@ class ProcessTable:
     def spawn_hosts(self) -> list[str]:
         """The hosts other nodes may spawn on here: process hosts (all but the built-in
         terminal host) and Temporal workers."""
-        workers = list(self.workflows.hosts) if self.workflows is not None else []
-        return sorted([h for h in self.hosts if h != TERMINAL_HOST] + workers)
+        return self.project.spawn_hosts()
 
     def spawn(self, unit: Unit | None, request: SpawnRequest) -> Answer:
         return self._spawn(unit, request, wait_exit=False)
@@ -249,10 +218,9 @@ class ProcessTable:
             node = request.options.get("node")
             if node is not None and not isinstance(node, str):
                 raise invalid("spawn option 'node' must be a node name")
-            if self.workflows is not None and self.workflows.serves(request.host):
+            if self.workflows.serves(request.host):
                 return self._spawn_workflow(unit, request, wait_exit)
-            remote = node not in (None, self.node) or (
-                node is None and request.host not in self.hosts and self.cluster is not None)
+            remote = node not in (None, self.node) or (node is None and request.host not in self.hosts)
             # A parent PID only when something refers to it (a remote exec waits on its EXIT).
             parent = self.pid_of(unit) if unit is not None and (
                 request.monitor or request.link or request.messages or (remote and wait_exit)) else ""
@@ -270,7 +238,6 @@ class ProcessTable:
 
     def _spawn_workflow(self, unit: Unit | None, request: SpawnRequest, wait_exit: bool) -> Answer:
         """Start a workflow: a Temporal client call from this node, wherever its workers run."""
-        assert self.workflows is not None
         parent = self.pid_of(unit) if unit is not None and (request.monitor or request.link or request.messages) \
             else ""
         me = self.records.get(parent)
@@ -286,25 +253,25 @@ class ProcessTable:
                     me.links = (me.links or set()) | {outcome.value}
             pending.settle(outcome)
 
-        answer = self.workflows.spawn(request, parent, wait_exit)
+        answer = self.workflows.spawn(request, parent, wait_exit, self._tell)
         answer.listen(started)
         pending.abandon = answer.drop
         return pending
 
-    def workflow_event(self, watcher: str, event: Event) -> None:
-        """An EXIT or LINK_DOWN about a workflow for ``watcher`` (here, or on the node
-        that asked for it in a spawn request)."""
+    def _tell(self, watcher: str, event: Event) -> None:
+        """An EXIT or LINK_DOWN from elsewhere (a workflow, a node that did not answer) for
+        ``watcher``: here, or on the node that asked for it in a spawn request."""
         record = self.records.get(watcher)
         if record is not None:
             self._fire(record, event)
-        elif self.cluster is not None and (remote := self._remote_pid(watcher)) is not None:
-            self.cluster.event(remote.node, remote.uid, event)
+        elif (elsewhere := self._elsewhere(watcher)) is not None:
+            target, pid = elsewhere
+            target.tell(pid, event)
 
     def _spawn_remote(self, parent: str, request: SpawnRequest, node: str | None, wait_exit: bool) -> Pending:
         """Spawn through another node. The monitor and link are recorded on the child's
         node before it starts (they travel in the request); events about the child that
         arrive here before its PID does are held until then (see :meth:`deliver_event`)."""
-        assert self.cluster is not None
         me = self.records.get(parent)
         watched = request.monitor or request.link or wait_exit
         if wait_exit:
@@ -330,9 +297,8 @@ class ProcessTable:
                 if request.link:
                     me.links = me.links or set()
                     me.links.add(child)
-                if self.membership is not None and (remote := Pid.parse(child)) is not None and \
-                        not remote.is_workflow:
-                    self.membership.expect(remote.node, _epoch(remote.uid))
+                if (remote := Pid.parse(child)) is not None and not remote.is_workflow:
+                    self.remote.expect(remote)
                 if wait_exit:
                     me.exec_waits = me.exec_waits or {}
                     me.exec_waits[child] = pending
@@ -346,7 +312,7 @@ class ProcessTable:
 
         # Never abandoned: if the parent ends while this is on the way, the reply still
         # comes back here so the child's node learns of it (_orphaned).
-        self.cluster.spawn(request, parent, node, spawned)
+        self.remote.spawn(request, parent, node, spawned)
         return pending
 
     def _orphaned(self, parent: ProcessRecord, child: str, request: SpawnRequest) -> None:
@@ -354,13 +320,12 @@ class ProcessTable:
         what the parent's exit would have told it."""
         remote = Pid.parse(child)
         outcome = parent.unit.outcome
-        if remote is None or outcome is None or self.cluster is None:
+        if remote is None or outcome is None:
             return
         if request.monitor:
-            self.cluster.notify("unmonitor", remote.node, {"watcher": parent.pid, "target": child})
+            self.remote.forget(parent.pid, remote)
         if request.link:
-            self.cluster.event(remote.node, remote.uid, Event(LINK_DOWN, parent.pid, time.time(), outcome.value,
-                                                              outcome.error))
+            self.remote.tell(remote, Event(LINK_DOWN, parent.pid, time.time(), outcome.value, outcome.error))
 
     def start(self, request: SpawnRequest, parent: str = "", on_exit: ExitHook | None = None) -> str:
         """Start a process for ``request`` here and return its PID. ``parent`` (a PID here
@@ -412,8 +377,8 @@ class ProcessTable:
                 record.watchers = {parent}
             if request.link:
                 record.links = {parent}
-            if self.membership is not None:
-                self.membership.expect(remote_parent.node, _epoch(remote_parent.uid))
+            if not remote_parent.is_workflow:
+                self.remote.expect(remote_parent)
         if on_exit is not None:
             record.exit_hooks = [on_exit]
         for topic, payloads in request.messages:
@@ -429,12 +394,9 @@ class ProcessTable:
 
     def watch(self, unit: Unit, verb: str, dest: str) -> Answer | None:
         me = self.records[self.pid_of(unit)]
-        if self._workflow_pid(dest) is not None:
-            self._watch_workflow(me, verb, dest)
-            return None
-        remote = self._remote_pid(dest)
-        if remote is not None and self.cluster is not None:
-            return self._watch_remote(me, verb, dest, remote, self.cluster)
+        elsewhere = self._elsewhere(dest)
+        if elsewhere is not None:
+            return self._watch_elsewhere(me, verb, dest, *elsewhere)
         if verb == "monitor":
             target = self._resolve(dest)
             if target.watchers and me.pid in target.watchers:
@@ -456,53 +418,31 @@ class ProcessTable:
                 mine.discard(target_pid)
         return None
 
-    def _watch_workflow(self, me: ProcessRecord, verb: str, target: str) -> None:
-        """Monitor or link a workflow: its end is watched from this node. A link goes
-        one way (a workflow cannot be killed by a process); the rules are a process's."""
-        workflows = self._workflows()
-        if verb == "monitor":
-            if me.watching and target in me.watching:
-                raise MoonwireError(f"already monitoring {target}", Kind.ALREADY_EXISTS, retryable=False)
-            workflows.watch(me.pid, target, link=False)
-            me.watching = (me.watching or set()) | {target}
-        elif verb == "link":
-            workflows.watch(me.pid, target, link=True)
-            me.links = (me.links or set()) | {target}
-        else:
-            workflows.unwatch(me.pid, target, link=verb == "unlink")
-            mine = me.watching if verb == "unmonitor" else me.links
-            if mine:
-                mine.discard(target)
-
-    def _watch_remote(self, me: ProcessRecord, verb: str, target: str, remote: Pid, cluster: Cluster) -> Pending:
-        """Ask ``remote``'s node to add or drop the watch; the answer settles once it has.
+    def _watch_elsewhere(self, me: ProcessRecord, verb: str, dest: str, target: Target, pid: Pid) -> Answer | None:
+        """Monitor, link, unmonitor or unlink a process on another node or a workflow.
         The pair is recorded here first, and what arrives for a pair this side no longer
-        holds is dropped, so nothing is delivered after unmonitor/unlink returns."""
+        holds is dropped (``_fire``), so nothing is delivered after unmonitor/unlink
+        returns. A link to a workflow goes one way (a process cannot kill a workflow)."""
+        if verb == "monitor" and me.watching and dest in me.watching:
+            raise MoonwireError(f"already monitoring {dest}", Kind.ALREADY_EXISTS, retryable=False)
         if verb == "monitor":
-            if me.watching and target in me.watching:
-                raise MoonwireError(f"already monitoring {target}", Kind.ALREADY_EXISTS, retryable=False)
             me.watching = me.watching or set()
-            me.watching.add(target)
+            me.watching.add(dest)
         elif verb == "link":
             me.links = me.links or set()
-            me.links.add(target)
+            me.links.add(dest)
         elif verb == "unmonitor" and me.watching:
-            me.watching.discard(target)
+            me.watching.discard(dest)
         elif verb == "unlink" and me.links:
-            me.links.discard(target)
-        if self.membership is not None and verb in ("monitor", "link"):
-            self.membership.expect(remote.node, _epoch(remote.uid))
-        pending = Pending()
-
-        def done(outcome: Outcome) -> None:
-            # A target that does not exist, or a node that does not answer, fires the
-            # monitor or link at once; the call itself succeeded.
-            if outcome.error is not None and verb in ("monitor", "link"):
-                self._remote_gone(me.pid, target, EXIT if verb == "monitor" else LINK_DOWN, outcome.error)
-            pending.settle(Outcome(value=True))
-
-        pending.abandon = cluster.request(verb, remote.node, {"watcher": me.pid, "target": target}, done)
-        return pending
+            me.links.discard(dest)
+        try:
+            return target.watch(me.pid, pid, verb, self._tell)
+        except MoonwireError:
+            if verb == "monitor" and me.watching:
+                me.watching.discard(dest)
+            elif verb == "link" and me.links:
+                me.links.discard(dest)
+            raise
 
     def _remote_gone(self, local: str, remote: str, kind: str, error: MoonwireError) -> None:
         """The remote process ``remote`` does not exist or its node is gone: fire the
@@ -560,8 +500,8 @@ class ProcessTable:
         """
         if verb == "spawn":
             request, parent = decode_spawn(data)
-            if self.workflows is not None and self.workflows.serves(request.host):
-                return self.workflows.spawn(request, parent, wait_exit=False)
+            if self.workflows.serves(request.host):
+                return self.workflows.spawn(request, parent, False, self._tell)
             return self.start(request, parent)
         if verb == "lookup":
             return self._registered(str(data.get("name")))
@@ -599,14 +539,8 @@ class ProcessTable:
         now = time.monotonic()
         info: dict[str, Any] = {
             "node": self.node, "incarnation": self.pids.epoch, "hosts": self.spawn_hosts(),
-            "workers": sorted(self.workflows.hosts) if self.workflows is not None else [],
-            "uptime": now - self.started, "processes": len(self.records),
-            "peers": self.membership.view() if self.membership is not None else [],
-            # Liveness as this node judges it (broker/_membership.py): peers believed down
-            # until heard again, whether it can hear the broker, and sends dropped meanwhile.
-            "down": self.membership.down_view() if self.membership is not None else [],
-            "hearing_for": self.membership.hearing_for() if self.membership is not None else 0.0,
-            "dropped_to_down_nodes": self.dropped_to_down_nodes,
+            "workers": sorted(self.workflows.workers), "uptime": now - self.started, "processes": len(self.records),
+            **self.remote.describe(),
         }
         if processes:
             info["list"] = [
@@ -690,10 +624,8 @@ class ProcessTable:
 
     def lookup(self, unit: Unit | None, name: str, node: str | None = None) -> Answer:
         """The PID registered as ``name`` on this node, or on ``node`` (NotFound: none)."""
-        if node is not None and node != self.node and self.cluster is not None:
-            pending = Pending()
-            pending.abandon = self.cluster.request("lookup", node, {"name": name}, pending.settle)
-            return pending
+        if node is not None and node != self.node:
+            return self.remote.lookup(node, name)
         try:
             return Outcome(value=self._registered(name))
         except MoonwireError as err:
@@ -739,8 +671,6 @@ class ProcessTable:
             log.warning("process %s (%s) exited with an error: %s", pid, record.entry, outcome.error)
         if record.shard is not None:
             self.hosts[record.host].release(record.shard)
-        if self.workflows is not None:
-            self.workflows.forget(pid)
         for name in record.names or ():
             if self.names.get(name) == pid:
                 del self.names[name]
@@ -752,9 +682,9 @@ class ProcessTable:
                 target = self.records.get(target_pid)
                 if target is not None and target.watchers:
                     target.watchers.discard(pid)
-                elif target is None and self.cluster is not None and (remote := self._remote_pid(target_pid)):
+                elif target is None and (elsewhere := self._elsewhere(target_pid)) is not None:
                     try:
-                        self.cluster.notify("unmonitor", remote.node, {"watcher": pid, "target": target_pid})
+                        elsewhere[0].forget(pid, elsewhere[1])
                     except Exception as err:  # noqa: BLE001 - logged once below
                         failed.append(f"unmonitor {target_pid}: {type(err).__name__}: {err}")
         now = time.time()
@@ -784,8 +714,8 @@ class ProcessTable:
         """EXIT of ``pid`` for one of its monitors, here or on another node."""
         watcher = self.records.get(watcher_pid)
         if watcher is None:
-            if self.cluster is not None and (remote := self._remote_pid(watcher_pid)):
-                self.cluster.event(remote.node, remote.uid, exit_event)
+            if (elsewhere := self._elsewhere(watcher_pid)) is not None:
+                elsewhere[0].tell(elsewhere[1], exit_event)
             return
         if watcher.watching:
             watcher.watching.discard(pid)
@@ -797,8 +727,8 @@ class ProcessTable:
         peer = self.records.get(peer_pid)
         if peer is None:
             # The remote side learns either way: a normal exit only ends the link.
-            if self.cluster is not None and (remote := self._remote_pid(peer_pid)):
-                self.cluster.event(remote.node, remote.uid, Event(LINK_DOWN, pid, now, outcome.value, outcome.error))
+            if (elsewhere := self._elsewhere(peer_pid)) is not None:
+                elsewhere[0].tell(elsewhere[1], Event(LINK_DOWN, pid, now, outcome.value, outcome.error))
             return
         if peer.links:
             peer.links.discard(pid)

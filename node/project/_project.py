@@ -74,6 +74,11 @@ class Project:
     def get(self, entry_id: str) -> Entry | None:
         return self.entries.get(entry_id)
 
+    def spawn_hosts(self) -> list[str]:
+        """The hosts a node running this project serves spawns on (and announces in its
+        heartbeats): its process hosts and its Temporal workers."""
+        return sorted(entry.id for entry in self.of_kind("process.host", "temporal.worker"))
+
 
 def is_entry_id(text: str) -> bool:
     """Whether ``text`` is shaped like an entry id (``namespace:name``) the loader accepts."""

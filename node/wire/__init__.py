@@ -1,9 +1,17 @@
-"""Values on the wire between nodes and from outside: the msgpack/JSON payload
-codec with its decoding limits.
+"""The wire formats a node speaks, in one room: the msgpack/JSON payload codec with its
+decoding limits, the one reply shape (``{"result"}`` / ``{"error"}``, ``docs/wire.md``)
+and how a request's failure becomes an error value, and the events and spawn requests
+nodes send each other.
 
-Owns: how values and errors are encoded. May import: ``moonwire.broker``, ``moonwire.lua``.
+Owns: how values, errors, replies and events are encoded.
+May import: ``moonwire.broker``, ``moonwire.lua``; no other room.
 """
 
-from ._payload import CONTENT_TYPE, JSON, JSON_HEADERS, MSGPACK, pack, pack_reply, to_json, unpack
+from ._events import EVENT_HEADER, decode_event, decode_spawn, encode_event, encode_spawn, node_down, noproc
+from ._payload import CONTENT_TYPE, JSON, JSON_HEADERS, MSGPACK, pack, to_json, unpack
+from ._replies import (Describe, Unanswered, Why, ask, encode_reply, outcome_of, reply_outcome, unanswered, unavailable,
+                       why_unanswered)
 
-__all__ = ["CONTENT_TYPE", "JSON", "JSON_HEADERS", "MSGPACK", "pack", "pack_reply", "to_json", "unpack"]
+__all__ = ["CONTENT_TYPE", "Describe", "EVENT_HEADER", "JSON", "JSON_HEADERS", "MSGPACK", "Unanswered", "Why", "ask",
+           "decode_event", "decode_spawn", "encode_event", "encode_reply", "encode_spawn", "node_down", "noproc",
+           "outcome_of", "pack", "reply_outcome", "to_json", "unanswered", "unavailable", "unpack", "why_unanswered"]

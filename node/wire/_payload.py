@@ -36,7 +36,7 @@ from typing import Any
 import msgpack
 
 from moonwire.broker import CONTENT_TYPE, MSGPACK, Headers
-from moonwire.lua import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, MoonwireError, internal, invalid, json_depth_exceeds
+from moonwire.lua import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, MoonwireError, invalid, json_depth_exceeds
 
 JSON = "application/json"
 JSON_HEADERS = Headers({CONTENT_TYPE: JSON})
@@ -100,6 +100,12 @@ def _nested(value: Any, wrap: Any, depth: int, budget: list[int]) -> Any:
     return value
 
 
+def error_map(error: MoonwireError) -> dict[str, Any]:
+    """``error``'s fields as a plain map, errors nested in its details as the extension
+    (the top-level error of a msgpack reply, ``_replies.py``)."""
+    return error_fields(error, _error_ext)
+
+
 def _error_ext(fields: dict[str, Any]) -> msgpack.ExtType:
     return msgpack.ExtType(ERROR_EXT, msgpack.packb(fields, default=_default, use_bin_type=True))
 
@@ -121,14 +127,6 @@ def pack(value: Any) -> bytes:
     """
     return msgpack.packb(value, default=_default, use_bin_type=True)
 
-
-def pack_reply(reply: dict[str, Any]) -> bytes:
-    """An answer (``{"value": ...}`` or ``{"error": ...}``) as msgpack; one whose value the
-    wire cannot hold becomes an Internal error that says why, so the asker still hears."""
-    try:
-        return pack(reply)
-    except (TypeError, ValueError, OverflowError) as err:
-        return pack({"error": internal(f"cannot encode the answer: {type(err).__name__}: {err}")})
 
 
 def to_json(value: Any) -> bytes:

@@ -30,8 +30,6 @@ from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError as NatsNoResponders
-from nats.errors import TimeoutError as NatsTimeout
 from nats.aio.subscription import Subscription
 from temporalio import activity
 from temporalio.client import Client, TLSConfig, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
@@ -42,16 +40,16 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, Worker
 
-from moonwire.broker import MSGPACK_HEADERS, Outbox, Pid, Subjects
+from moonwire.broker import Outbox, Pid, Subjects
 from moonwire.broker import Client as BrokerClient
 from moonwire.lua import (EXIT, LINK_DOWN, Event, Kind, Limits, Message, MoonwireError, Outcome, Pending, SpawnRequest, internal, invalid, not_found, settled)
 
 from ..project import TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
 from ..functions import CodeLoader, Functions
 from ..processes import DEFAULT_MAX_BODY, DeadLetters, Undeliverable, decode, encode
-from ..wire import CONTENT_TYPE, MSGPACK, pack, pack_reply, unpack
+from ..processes import Fire
+from ..wire import CONTENT_TYPE, MSGPACK, Unanswered, Why, ask, encode_reply, pack, unpack
 from ..project import Project
-from ..processes import reply_outcome
 from ._workflow_run import (SEND_ACTIVITY, WorkerContext, WorkflowInput, duration_option, encode_signal, from_failure, register_replay, register_worker, start_options, to_failure, unregister_worker, workflow_pid)
 
 log = logging.getLogger("moonwire.workflows")
@@ -176,8 +174,7 @@ class _Host:
 class Workflows:
     """Temporal workers in this node, and workflows seen from its processes."""
 
-    def __init__(self, node: str, project: Project, subjects: Subjects, functions: Functions, code: CodeLoader,
-                 deliver: Callable[[str, Event], None], route: Callable[[str, Message], None], *,
+    def __init__(self, node: str, project: Project, subjects: Subjects, functions: Functions, code: CodeLoader, *,
                  nats: NatsClient | None = None,
                  outbox: Outbox | None = None, limits: Limits = Limits(), mailbox_limit: int = 4096,
                  max_body: int = DEFAULT_MAX_BODY, gateway: BrokerClient | None = None,
@@ -187,10 +184,8 @@ class Workflows:
         self.subjects = subjects
         self.functions = functions
         self.code = code
-        self.deliver = deliver
-        """The process table's: an EXIT or LINK_DOWN for a watcher PID, here or elsewhere."""
-        self.route = route
-        """The process table's: a message from a workflow (the send activity) to a process."""
+        self._route: Callable[[str, Message], None] | None = None
+        self._workers = sorted(entry.id for entry in project.of_kind("temporal.worker"))
         self.nats = nats
         self.outbox = outbox
         self.limits = limits
@@ -209,9 +204,13 @@ class Workflows:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self, embedded_address: str | None, *, run_workers: bool = True) -> None:
+    async def start(self, embedded_address: str | None, route: Callable[[str, Message], None], *,
+                    run_workers: bool = True) -> None:
         """Connect the clients and (``run_workers``) start a worker for every
-        ``temporal.worker`` entry."""
+        ``temporal.worker`` entry. ``route`` delivers what a workflow sends to a process
+        (the process table's, which exists by now: it was built with this object as
+        its workflow target)."""
+        self._route = route
         clients: dict[str, Client] = {}
         for entry in self.project.of_kind("temporal.worker"):
             assert isinstance(entry, TemporalWorkerEntry)
@@ -270,8 +269,13 @@ class Workflows:
 
     # ------------------------------------------------------------ what runs here
 
+    @property
+    def workers(self) -> list[str]:
+        """Every ``temporal.worker`` of the project: this node starts workflows there."""
+        return self._workers
+
     def serves(self, host: str) -> bool:
-        return host in self.hosts
+        return host in self._workers
 
     def task_queue(self, worker: str) -> str | None:
         host = self.hosts.get(worker)
@@ -303,7 +307,8 @@ class Workflows:
     def _send_from_workflow(self, data: Any) -> None:
         if not isinstance(data, dict):
             raise invalid("a send activity input must be a map")
-        self.route(str(data["dest"]), Message(str(data["topic"]), list(data["payloads"]), str(data["from"])))
+        assert self._route is not None  # workers run only once started
+        self._route(str(data["dest"]), Message(str(data["topic"]), list(data["payloads"]), str(data["from"])))
 
     def _handle(self, pid: Pid) -> WorkflowHandle[Any, Any]:
         host = self.hosts.get(pid.host)
@@ -314,10 +319,11 @@ class Workflows:
 
     # ------------------------------------------------------------ starting
 
-    def spawn(self, request: SpawnRequest, parent: str, wait_exit: bool) -> Pending:
+    def spawn(self, request: SpawnRequest, parent: str, wait_exit: bool, fire: Fire) -> Pending:
         """Start workflow ``request.entry`` on worker ``request.host``: the answer is its
         PID, or with ``wait_exit`` its result. ``parent`` (a PID or "") sends the startup
-        messages and gets the monitor and link the request asks for."""
+        messages and gets the monitor and link the request asks for (``fire`` gets
+        their EXIT or LINK_DOWN)."""
         pending = Pending()
 
         async def start() -> None:
@@ -331,9 +337,9 @@ class Workflows:
                                                            Kind.UNAVAILABLE, retryable=True)))
                 return
             if parent and request.monitor:
-                self.watch(parent, pid, link=False)
+                self._watch(parent, pid, False, fire)
             if parent and request.link:
-                self.watch(parent, pid, link=True)
+                self._watch(parent, pid, True, fire)
             if not wait_exit:
                 pending.settle(Outcome(value=pid))
                 return
@@ -407,13 +413,36 @@ class Workflows:
             await asyncio.sleep(delay)
             delay = min(delay * 2, WATCH_RETRY[1])
 
-    def watch(self, watcher: str, target: str, *, link: bool) -> None:
-        """Deliver EXIT (a monitor) or LINK_DOWN (a link) to ``watcher`` when workflow
-        ``target`` ends; the process table applies the rules (a link fires on failure only).
+    def watch(self, watcher: str, pid: Pid, verb: str, fire: Fire) -> None:
+        """Monitor, link, unmonitor or unlink workflow ``pid`` for process ``watcher``.
 
         Raises:
             MoonwireError: Unavailable when this node has no client for its worker.
         """
+        if verb in ("monitor", "link"):
+            self._watch(watcher, str(pid), verb == "link", fire)
+        else:
+            self._unwatch(watcher, str(pid), link=verb == "unlink")
+
+    def tell(self, pid: Pid, event: Event) -> None:
+        """A process linked to workflow ``pid`` ended: the link ends (a workflow cannot be
+        killed by a process). A workflow monitors no process: nothing else to tell."""
+        if event.kind == LINK_DOWN:
+            self._unwatch(event.sender, str(pid), link=True)
+
+    def forget(self, watcher: str, pid: Pid) -> None:
+        """``watcher`` ended while it monitored workflow ``pid``."""
+        self._unwatch(watcher, str(pid), link=False)
+
+    def expect(self, pid: Pid) -> None:
+        pass  # a workflow's end is watched through Temporal, not heartbeats
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def _watch(self, watcher: str, target: str, link: bool, fire: Fire) -> None:
+        """Deliver EXIT (a monitor) or LINK_DOWN (a link) to ``watcher`` when workflow
+        ``target`` ends; the process table applies the rules (a link fires on failure only)."""
         held = self._watches.setdefault(watcher, {})
         key = (target, link)
         if key in held:
@@ -430,19 +459,16 @@ class Workflows:
                 if not mine:
                     del self._watches[watcher]
             event = Event(LINK_DOWN if link else EXIT, target, time.time(), outcome.value, outcome.error)
-            self.deliver(watcher, event)
+            fire(watcher, event)
 
         held[key] = self._own(watching(), f"watching {target}")
 
-    def unwatch(self, watcher: str, target: str, *, link: bool) -> None:
+    def _unwatch(self, watcher: str, target: str, *, link: bool) -> None:
         held = self._watches.get(watcher)
         task = held.pop((target, link), None) if held else None
+        if held is not None and not held:
+            del self._watches[watcher]
         if task is not None:
-            task.cancel()
-
-    def forget(self, watcher: str) -> None:
-        """``watcher`` exited: stop every watch it held."""
-        for task in self._watches.pop(watcher, {}).values():
             task.cancel()
 
     # ------------------------------------------------------------ signals, cancel, terminate
@@ -522,8 +548,8 @@ class Workflows:
         STATUS_REQUESTS are answered at once (each waits for Temporal); past that, at once
         with Unavailable."""
         if self._status_requests >= STATUS_REQUESTS:
-            self._answer(msg, {"error": MoonwireError(f"node {self.node} is answering {STATUS_REQUESTS} status "
-                                                      "requests already", Kind.UNAVAILABLE, retryable=True)})
+            self._answer(msg, Outcome(error=MoonwireError(f"node {self.node} is answering {STATUS_REQUESTS} status "
+                                                          "requests already", Kind.UNAVAILABLE, retryable=True)))
             return
         self._status_requests += 1
         self._own(self._answer_status(msg), "a status request")
@@ -535,31 +561,30 @@ class Workflows:
                 limit = data.get("limit", 1000)
                 if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= 100_000:
                     limit = 1000
-                reply: dict[str, Any] = {"value": await self.running(str(data["running"]), limit)}
+                reply = Outcome(value=await self.running(str(data["running"]), limit))
             else:
                 pid = Pid.parse(str(data.get("pid"))) if isinstance(data, dict) else None
                 if pid is None or not pid.is_workflow:
                     raise invalid("a status request is {\"pid\": <workflow PID>} or {\"running\": <worker>}")
-                reply = {"value": await self.status(pid)}
+                reply = Outcome(value=await self.status(pid))
         except MoonwireError as err:
-            reply = {"error": err}
+            reply = Outcome(error=err)
         except Exception as err:  # noqa: BLE001 - the asker is told; a bug is logged once here
             log.exception("a status request on %s failed", msg.subject)
-            reply = {"error": internal(f"status request failed: {type(err).__name__}: {err}")}
+            reply = Outcome(error=internal(f"status request failed: {type(err).__name__}: {err}"))
         finally:
             self._status_requests -= 1
         self._answer(msg, reply)
 
-    def _answer(self, msg: Msg, reply: dict[str, Any]) -> None:
-        error = reply.get("error")
+    def _answer(self, msg: Msg, reply: Outcome) -> None:
         if not msg.reply:
-            if error is not None:
-                self._dead_letter(msg.subject, msg.data, msg.headers,
-                                  error.message if isinstance(error, MoonwireError) else str(error))
+            if reply.error is not None:
+                self._dead_letter(msg.subject, msg.data, msg.headers, reply.error.message)
             return
         if self.outbox is None:
             return
-        self.outbox.publish_nowait(msg.reply, pack_reply(reply), headers=MSGPACK_HEADERS)
+        body, headers = encode_reply(reply, (msg.headers or {}).get(CONTENT_TYPE))
+        self.outbox.publish_nowait(msg.reply, body, headers=headers)
 
     async def running(self, worker: str, limit: int = 1000) -> dict[str, Any]:
         """The running workflows on ``worker``'s task queue, as Temporal's visibility
@@ -617,13 +642,8 @@ class Workflows:
                 out["error"] = outcome.error
         return out
 
-    def cancel(self, target: Pid) -> Pending:
-        return self._act(target, "cancel")
-
-    def terminate(self, target: Pid) -> Pending:
-        return self._act(target, "terminate")
-
-    def _act(self, target: Pid, verb: str) -> Pending:
+    def end(self, target: Pid, verb: str, by: str, reason: str) -> Pending:
+        """Cancel or terminate workflow ``target``; settled once Temporal has the request."""
         pending = Pending()
 
         async def act() -> None:
@@ -711,12 +731,9 @@ async def running_workflows(nc: NatsClient, subjects: Subjects, worker: str, lim
 
 async def _ask_worker(nc: NatsClient, subjects: Subjects, worker: str, body: dict[str, Any],
                       timeout: float) -> Outcome:
-    try:
-        reply = await nc.request(subjects.workflow_status(worker), pack(body), timeout=timeout,
-                                 headers=MSGPACK_HEADERS)
-    except NatsNoResponders:
-        return Outcome(error=not_found(f"no node has a temporal.client for worker {worker}"))
-    except NatsTimeout:
-        return Outcome(error=MoonwireError(f"no answer about worker {worker} within {timeout:.0f}s",
-                                           Kind.UNAVAILABLE, retryable=True))
-    return reply_outcome(reply)
+    def unanswered(missing: Unanswered) -> MoonwireError:
+        if missing.why is Why.NO_RESPONDERS:
+            return not_found(f"no node has a temporal.client for worker {worker}")
+        return MoonwireError(f"no answer about worker {worker}: {missing}", Kind.UNAVAILABLE, retryable=True)
+
+    return await ask(nc, subjects.workflow_status(worker), body, unanswered, timeout)

@@ -1,0 +1,125 @@
+"""The control plane, inbound (DESIGN §5-§6): this node serves its control subject
+``<prefix>.ctl.<node>.<verb>``, the survey subjects ``<prefix>.nodes.<verb>`` (asked of
+every node, so only ``info`` and ``ps``), and the spawn queue group of every host it
+runs, running each verb on the process table (``ProcessTable.control``).
+
+Every request ends in exactly one answer in the one reply shape (``wire/_replies.py``),
+or, without a reply subject, in nothing when it was served and in a dead letter when it
+was not. A cancel or terminate runs only once the stream from its sender's node has
+delivered what that node sent before it (``Mw-After``, ``broker/_streams.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from moonwire.broker import Outbox, Streams, Subjects
+from moonwire.lua import MoonwireError, Outcome, Pending, internal, invalid
+
+from ..wire import CONTENT_TYPE, encode_reply, unpack
+from ._remote import ORDERED_VERBS, SPAWN_QUEUE
+from ._table import ProcessTable
+
+log = logging.getLogger("moonwire.control")
+
+SURVEY_VERBS = frozenset({"info", "ps"})
+CONTROL_VERBS = frozenset({"monitor", "link", "unmonitor", "unlink", "cancel", "terminate", "spawn", "lookup"}
+                          ) | SURVEY_VERBS
+DeadLetter = Callable[[str, bytes, "dict[str, str] | None", str], None]
+"""Republishes a message (subject, body, headers) with a reason to the dead-letter queue."""
+
+
+class ControlPlane:
+    """This node's answers to other nodes' (and the CLI's) process operations."""
+
+    def __init__(self, nats: NatsClient, outbox: Outbox, subjects: Subjects, node: str, table: ProcessTable,
+                 streams: Streams[Any], dead_letter: DeadLetter) -> None:
+        self.nats = nats
+        self.outbox = outbox
+        self.subjects = subjects
+        self.node = node
+        self.table = table
+        self.streams = streams
+        """Where a cancel or terminate waits for the messages its sender sent before it."""
+        self.dead_letter = dead_letter
+        """Where a request without a reply subject that cannot be served goes."""
+        self._subscriptions: list[Subscription] = []
+
+    async def start(self) -> None:
+        """Serve this node's control subject, the survey subjects, and the spawn queue
+        group of every host it runs (``spawn_hosts``)."""
+        subscribe = self.nats.subscribe
+        self._subscriptions.append(await subscribe(self.subjects.control(self.node, "*"), cb=self._on_control))
+        self._subscriptions.append(await subscribe(self.subjects.survey("*"), cb=self._on_survey))
+        for host in self.table.spawn_hosts():
+            self._subscriptions.append(await subscribe(self.subjects.spawn(host), queue=SPAWN_QUEUE,
+                                                       cb=self._on_spawn))
+
+    async def stop(self) -> None:
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
+
+    async def _on_control(self, msg: Msg) -> None:
+        self._run_verb(msg, CONTROL_VERBS)
+
+    async def _on_survey(self, msg: Msg) -> None:
+        self._run_verb(msg, SURVEY_VERBS)  # asked of every node: nothing that acts
+
+    def _run_verb(self, msg: Msg, allowed: frozenset[str]) -> None:
+        verb = msg.subject.rpartition(".")[2]
+
+        def answer() -> None:
+            self._answer(msg, lambda data: self.table.control(verb, data) if verb in allowed else _unknown(verb))
+
+        if verb not in ORDERED_VERBS:
+            answer()
+            return
+        try:
+            self.streams.when_delivered(msg.headers, answer)
+        except ValueError as err:
+            self._reply(msg, Outcome(error=invalid(f"control request on {msg.subject}: {err}")))
+
+    async def _on_spawn(self, msg: Msg) -> None:
+        self._answer(msg, lambda data: self.table.control("spawn", data))
+
+    def _answer(self, msg: Msg, run: Callable[[dict[str, Any]], Any]) -> None:
+        """The one body of every inbound handler: decode, run, answer. Exactly one exit:
+        the answer (a value or an error) to the reply subject; without one, an error
+        goes to the dead-letter queue. Nothing raises into the client's read loop."""
+        try:
+            data = unpack(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
+            if not isinstance(data, dict):
+                raise invalid("a control request body must be a map")
+            value = run(data)
+            if isinstance(value, Pending):  # answered later (a workflow start, say)
+                value.listen(lambda outcome: self._reply(msg, outcome))
+                return
+            outcome = Outcome(value=value)
+        except MoonwireError as err:
+            outcome = Outcome(error=err)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # a field missing or of the wrong type
+            outcome = Outcome(error=invalid(f"malformed control request on {msg.subject}: "
+                                            f"{type(err).__name__}: {err}"))
+        except Exception as err:  # noqa: BLE001 - a bug here must not reach the read loop; it is answered
+            log.exception("control request on %s failed", msg.subject)
+            outcome = Outcome(error=internal(f"control request on {msg.subject} failed: {type(err).__name__}: {err}"))
+        self._reply(msg, outcome)
+
+    def _reply(self, msg: Msg, outcome: Outcome) -> None:
+        if not msg.reply:
+            if outcome.error is not None:
+                self.dead_letter(msg.subject, msg.data, msg.headers, outcome.error.message)
+            return
+        body, headers = encode_reply(outcome, (msg.headers or {}).get(CONTENT_TYPE))
+        self.outbox.publish_nowait(msg.reply, body, headers=headers)
+
+
+def _unknown(verb: str) -> Any:
+    raise invalid(f"unknown control request {verb!r}")

@@ -1,0 +1,138 @@
+"""The one reply shape, and the one place a request's failure becomes an error value.
+
+Every request a node answers (a function call, a control-plane verb, a survey, a
+workflow status) is answered with::
+
+    {"result": <value>}
+    {"error": {"kind": "...", "message": "...", "retryable": bool, "details": {...}}}
+
+as msgpack when the request was msgpack and as JSON otherwise (``docs/wire.md``). An
+error nested in ``details`` or in a result stays the error extension in msgpack (the
+fields map in JSON). :func:`encode_reply` builds it and :func:`reply_outcome` reads it.
+
+A request that gets no reply ends in an error value made by :func:`unanswered`, from
+what happened instead (:class:`Unanswered`): nobody subscribes to the subject, nobody
+answered in time, or this node is stopping. Each caller says, through a
+:data:`Describe` function, what that means for what it asked (a function call: NotFound
+or Timeout; a control request: the target's node is down).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeout
+
+from moonwire.broker import CONTENT_TYPE, MSGPACK, MSGPACK_HEADERS, Headers, NoResponders, RequestTimeout
+from moonwire.lua import Kind, MoonwireError, Outcome, internal, invalid
+
+from ._payload import JSON_HEADERS, error_map, pack, to_json, unpack
+
+
+class Why(Enum):
+    NO_RESPONDERS = "nobody serves it"
+    TIMEOUT = "no answer in time"
+    STOPPING = "this node is stopping"
+    CLOSED = "the connection to NATS is closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Unanswered:
+    """Why a request got no reply, and how long it waited."""
+
+    why: Why
+    wait: float
+
+    def __str__(self) -> str:
+        return f"no answer within {self.wait:.0f}s" if self.why is Why.TIMEOUT else self.why.value
+
+
+Describe = Callable[[Unanswered], MoonwireError]
+"""The error a caller gives its request's :class:`Unanswered`."""
+
+
+def unavailable(what: str) -> Describe:
+    """The plain description: ``what`` is unavailable (retryable), saying why."""
+    return lambda missing: MoonwireError(f"{what}: {missing}", Kind.UNAVAILABLE, retryable=True)
+
+
+def encode_reply(outcome: Outcome, content_type: str | None = MSGPACK) -> tuple[bytes, Headers]:
+    """The reply to a request that came with ``content_type``: msgpack for msgpack,
+    JSON for anything else. A result the wire cannot hold becomes an Internal error
+    that says why, so the asker still hears."""
+    as_msgpack = content_type == MSGPACK
+    try:
+        body = _encode(outcome, as_msgpack)
+    except (TypeError, ValueError, OverflowError) as err:
+        body = _encode(Outcome(error=internal(f"cannot encode the answer: {type(err).__name__}: {err}")), as_msgpack)
+    return body, MSGPACK_HEADERS if as_msgpack else JSON_HEADERS
+
+
+def _encode(outcome: Outcome, as_msgpack: bool) -> bytes:
+    if outcome.error is None:
+        return pack({"result": outcome.value}) if as_msgpack else to_json({"result": outcome.value})
+    # The error's fields as a map at the top (to_json writes an error as its fields);
+    # errors nested in its details stay the extension in msgpack.
+    return pack({"error": error_map(outcome.error)}) if as_msgpack else to_json({"error": outcome.error})
+
+
+def reply_outcome(reply: Msg | BaseException, describe: Describe, wait: float) -> Outcome:
+    """The outcome a reply carries, or (an exception instead of a reply) the error
+    ``describe`` gives what happened."""
+    if isinstance(reply, BaseException):
+        return Outcome(error=unanswered(reply, describe, wait))
+    try:
+        data = unpack(reply.data, (reply.headers or {}).get(CONTENT_TYPE))
+    except MoonwireError as err:
+        return Outcome(error=err)
+    return outcome_of(data)
+
+
+def outcome_of(data: Any) -> Outcome:
+    """The outcome of a decoded reply body."""
+    if isinstance(data, dict) and "result" in data:
+        return Outcome(value=data["result"])
+    if isinstance(data, dict) and "error" in data:
+        error = data["error"]
+        if isinstance(error, dict):
+            try:
+                error = MoonwireError.from_dict(error)
+            except (KeyError, TypeError, ValueError):
+                return Outcome(error=invalid("malformed reply: its error has no kind and message"))
+        if not isinstance(error, MoonwireError):
+            return Outcome(error=invalid("malformed reply: its error is not an error value"))
+        return Outcome(error=error)
+    return Outcome(error=invalid("malformed reply: expected a map with 'result' or 'error'"))
+
+
+def why_unanswered(happened: BaseException) -> Why:
+    """What a request's exception instead of a reply means: the one place a NATS
+    failure (no responders, a timeout, a closed connection) is classified."""
+    if isinstance(happened, (NoResponders, NoRespondersError)):
+        return Why.NO_RESPONDERS
+    if isinstance(happened, (RequestTimeout, NatsTimeout, TimeoutError)):
+        return Why.TIMEOUT
+    if isinstance(happened, ConnectionClosedError):
+        return Why.CLOSED
+    return Why.STOPPING
+
+
+def unanswered(happened: BaseException, describe: Describe, wait: float) -> MoonwireError:
+    """The error for a request that got ``happened`` instead of a reply."""
+    return describe(Unanswered(why_unanswered(happened), wait))
+
+
+async def ask(nats: NatsClient, subject: str, body: Any, describe: Describe, timeout: float) -> Outcome:
+    """One request from a plain connection (the CLI): ``body`` as msgpack, the outcome
+    its reply carries."""
+    try:
+        reply: Msg | BaseException = await nats.request(subject, pack(body), timeout=timeout,
+                                                        headers=MSGPACK_HEADERS)
+    except (NoRespondersError, NatsTimeout, ConnectionClosedError) as err:
+        reply = err
+    return reply_outcome(reply, describe, timeout)
