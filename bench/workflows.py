@@ -31,7 +31,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from moonwire.broker import Subjects
 from moonwire.node import free_port, load_project, start_temporal
 from moonwire.node.functions._functions import Functions
-from moonwire.node.workflows._workflow_run import WorkflowInput, encode_signal
+from moonwire.node.workflows._workflow_codec import WorkflowInput, encode_signal
 from moonwire.node.workflows._workflows import Workflows
 
 from _support import pct, write

@@ -20,12 +20,14 @@ it issues against history. What makes that work:
 The SDK's Python sandbox is off for this class (``sandboxed=False``): it exists to
 catch non-deterministic *Python* in user workflow code, and there is none here; the
 user's code is Lua, whose non-determinism the state above removes.
+
+What crosses to and from Temporal (inputs, signal bodies, failures, options) is encoded
+by ``_workflow_codec.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,222 +36,16 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.client import WorkflowFailureError
-from temporalio.common import RawValue, RetryPolicy, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import (
-    ActivityError,
-    ApplicationError,
-    CancelledError,
-    ChildWorkflowError,
-    TerminatedError,
-    TimeoutError as TemporalTimeout,
-    WorkflowAlreadyStartedError,
-)
+from temporalio.common import RawValue
+from temporalio.exceptions import ActivityError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 from moonwire.broker import Pid
-from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Replay, SpawnRequest, Unit, internal, invalid, to_lua)
+from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Replay, SpawnRequest, Unit, invalid, to_lua)
 
-from ..functions import millis_or_duration
 from ..wire import MSGPACK, pack, unpack
+from ._workflow_codec import (DEFAULT_RETRY, SEND_ACTIVITY, WorkflowInput, activity_options, decode_signal, encode_signal, from_failure, start_options, to_failure, workflow_pid)
 
 log = logging.getLogger("moonwire.workflows")
-
-SEND_ACTIVITY = "moonwire.send"
-"""The activity behind ``process.send`` from a workflow to a plain process (no entry
-id has no colon, so it cannot clash with a function's activity)."""
-
-DEFAULT_ACTIVITY_TIMEOUT = timedelta(minutes=10)
-DEFAULT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                            maximum_interval=timedelta(seconds=30), maximum_attempts=5)
-"""Finite by default (Wippy retries for ever): a broken function fails the workflow's
-call after about a minute instead of hiding."""
-
-_NOT_RETRYABLE = frozenset({Kind.INVALID, Kind.NOT_FOUND, Kind.PERMISSION_DENIED, Kind.ALREADY_EXISTS})
-
-
-# ---------------------------------------------------------------- PIDs and bodies
-
-
-def workflow_pid(worker: str, workflow_id: str) -> str:
-    """A workflow's PID: its worker in place of the host and no node (DESIGN §7)."""
-    return str(Pid("", worker, workflow_id))
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowInput:
-    """What a workflow is started with: its arguments, the spawner's context, the
-    startup messages (``with_message``) and the PID that spawned it."""
-
-    args: list[Any]
-    context: dict[str, Any]
-    messages: list[Message]
-    parent: str = ""
-
-    def encode(self) -> bytes:
-        return pack({"args": self.args, "ctx": self.context, "parent": self.parent,
-                     "messages": [[m.topic, m.payloads, m.sender] for m in self.messages]})
-
-    @staticmethod
-    def decode(body: bytes) -> WorkflowInput:
-        data = unpack(body, MSGPACK)
-        if not isinstance(data, dict) or not isinstance(data.get("args", []), list):
-            raise invalid("a workflow input must be a map with a list of args")
-        messages = [Message(str(topic), list(payloads), str(sender))
-                    for topic, payloads, sender in data.get("messages") or []]
-        return WorkflowInput(list(data.get("args") or []), dict(data.get("ctx") or {}), messages,
-                             str(data.get("parent") or ""))
-
-
-def encode_signal(sender: str, payloads: list[Any]) -> bytes:
-    return pack({"from": sender, "payloads": payloads})
-
-
-def decode_signal(topic: str, body: bytes) -> Message:
-    data = unpack(body, MSGPACK)
-    if not isinstance(data, dict) or not isinstance(data.get("payloads"), list):
-        raise invalid("a signal body must be a map with a list of payloads")
-    return Message(topic, data["payloads"], str(data.get("from") or ""))
-
-
-# ---------------------------------------------------------------- errors across Temporal
-
-
-def to_failure(error: MoonwireError) -> ApplicationError:
-    """An error leaving Lua for Temporal (a failed activity or workflow): the kind is the
-    failure's type, the whole error its details, so both survive the trip."""
-    non_retryable = error.retryable is False or (error.retryable is None and error.kind in _NOT_RETRYABLE)
-    return ApplicationError(error.message, pack(error), type=error.kind or Kind.INTERNAL,
-                            non_retryable=non_retryable)
-
-
-def from_failure(failure: BaseException) -> MoonwireError:
-    """A Temporal failure (of an activity, a child or a workflow) as the error Lua sees."""
-    cause: BaseException | None = failure
-    while isinstance(cause, (ActivityError, ChildWorkflowError, WorkflowFailureError)):
-        if cause.__cause__ is None:
-            break
-        cause = cause.__cause__
-    if isinstance(cause, ApplicationError):
-        if cause.details and isinstance(cause.details[0], bytes):
-            try:
-                carried = unpack(cause.details[0], MSGPACK)
-                if isinstance(carried, MoonwireError):
-                    return carried
-            except MoonwireError:
-                pass
-        return MoonwireError(cause.message, cause.type or Kind.UNKNOWN, retryable=not cause.non_retryable)
-    if isinstance(cause, TemporalTimeout):
-        return MoonwireError(f"timed out ({cause.type.name.lower() if cause.type else 'timeout'})",
-                             Kind.TIMEOUT, retryable=True)
-    if isinstance(cause, TerminatedError):
-        return MoonwireError("workflow terminated", Kind.CANCELED, retryable=False)
-    if isinstance(cause, CancelledError):
-        return MoonwireError("canceled", Kind.CANCELED, retryable=False)
-    return internal(str(cause) if cause is not None else str(failure))
-
-
-# ---------------------------------------------------------------- options
-
-
-def duration_option(value: Any, what: str) -> timedelta:
-    """Milliseconds (a number, as Wippy's Temporal options) or a duration string."""
-    return timedelta(seconds=millis_or_duration(value, what))
-
-
-def retry_policy(spec: Any, what: str) -> RetryPolicy:
-    if not isinstance(spec, dict):
-        raise invalid(f"{what} must be a table")
-    known = {"initial_interval", "backoff_coefficient", "maximum_interval", "maximum_attempts",
-             "non_retryable_error_types"}
-    unknown = set(spec) - known
-    if unknown:
-        raise invalid(f"{what}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
-    try:
-        return RetryPolicy(
-            initial_interval=duration_option(spec.get("initial_interval", 1000), f"{what}.initial_interval"),
-            backoff_coefficient=float(spec.get("backoff_coefficient", 2.0)),
-            maximum_interval=(duration_option(spec["maximum_interval"], f"{what}.maximum_interval")
-                              if "maximum_interval" in spec else None),
-            maximum_attempts=int(spec.get("maximum_attempts", DEFAULT_RETRY.maximum_attempts)),
-            non_retryable_error_types=[str(t) for t in spec.get("non_retryable_error_types") or []],
-        )
-    except (TypeError, ValueError) as err:
-        raise invalid(f"{what}: {err}") from None
-
-
-def activity_options(options: dict[str, Any], task_queue: str) -> dict[str, Any]:
-    """``funcs.new():with_options{["activity.<opt>"] = ...}`` as execute_activity's
-    keyword arguments (Invalid for an option it does not know)."""
-    out: dict[str, Any] = {"task_queue": task_queue, "start_to_close_timeout": DEFAULT_ACTIVITY_TIMEOUT,
-                           "retry_policy": DEFAULT_RETRY}
-    for key, value in options.items():
-        if not isinstance(key, str) or not key.startswith("activity."):
-            continue
-        name = key[len("activity."):]
-        if name in ("start_to_close_timeout", "schedule_to_close_timeout", "schedule_to_start_timeout",
-                    "heartbeat_timeout"):
-            out[name] = duration_option(value, key)
-        elif name == "task_queue":
-            out[name] = str(value)
-        elif name == "retry_policy":
-            out[name] = retry_policy(value, key)
-        else:
-            raise invalid(f"unknown activity option {key!r}")
-    return out
-
-
-_BOTH = frozenset({"execution_timeout", "run_timeout", "task_timeout", "retry_policy", "cron_schedule", "memo",
-                   "id_reuse_policy"})
-_TOP_LEVEL = frozenset({"start_delay", "id_conflict_policy"})
-_CHILD = frozenset({"parent_close_policy"})
-
-
-def start_options(options: dict[str, Any], *, child: bool) -> dict[str, Any]:
-    """The ``temporal.workflow.*`` spawner options (except ``id``) as keyword arguments
-    of start_workflow or, for a ``child``, start_child_workflow.
-
-    Raises:
-        MoonwireError: (Invalid) an unknown option, one that does not apply to this kind
-            of start, or a bad value; the message names it.
-    """
-    out: dict[str, Any] = {}
-    allowed = _BOTH | (_CHILD if child else _TOP_LEVEL)
-    for key, value in options.items():
-        if not isinstance(key, str) or not key.startswith("temporal.workflow.") or key == "temporal.workflow.id":
-            continue
-        name = key[len("temporal.workflow."):]
-        if name not in allowed:
-            if name in _CHILD:
-                raise invalid(f"{key} applies to child workflows (spawned inside a workflow) only")
-            if name in _TOP_LEVEL:
-                raise invalid(f"{key} does not apply to child workflows")
-            raise invalid(f"unknown workflow start option {key!r} (known: "
-                          f"{', '.join(sorted('temporal.workflow.' + n for n in _BOTH | _CHILD | _TOP_LEVEL))})")
-        if name in ("execution_timeout", "run_timeout", "task_timeout", "start_delay"):
-            out[name] = duration_option(value, key)
-        elif name == "retry_policy":
-            out[name] = retry_policy(value, key)
-        elif name == "cron_schedule":
-            out[name] = str(value)
-        elif name == "memo":
-            if not isinstance(value, dict):
-                raise invalid(f"{key} must be a table")
-            out[name] = dict(value)
-        elif name == "id_reuse_policy":
-            out[name] = _choice(value, key, WorkflowIDReusePolicy)
-        elif name == "id_conflict_policy":
-            out[name] = _choice(value, key, WorkflowIDConflictPolicy)
-        else:
-            out[name] = _choice(value, key, workflow.ParentClosePolicy)
-    return out
-
-
-def _choice(value: Any, what: str, choices: type[enum.Enum]) -> Any:
-    """An enum member named in snake_case (``use_existing``)."""
-    names = [n.lower() for n in choices.__members__ if n != "UNSPECIFIED"]
-    if not isinstance(value, str) or value.lower() not in names:
-        raise invalid(f"{what} must be one of {', '.join(names)}, not {value!r}")
-    return choices[value.upper()]
 
 
 # ---------------------------------------------------------------- the run
@@ -325,6 +121,7 @@ class WorkflowRun:
             raise RuntimeError(err.message) from None
         try:
             export = self.state.instantiate(code)
+            # On the workflow's own deterministic loop, awaited below: no node TaskSet belongs here.
             driver = asyncio.ensure_future(self.unit.run(export, self.started.args))
         except MoonwireError as err:
             raise to_failure(MoonwireError(err.message, err.kind or Kind.INTERNAL, retryable=False)) from None
@@ -370,6 +167,7 @@ class WorkflowRun:
                 await asyncio.wait([previous])
             await work()
 
+        # The workflow loop's task, owned by the unit (below), not by a node TaskSet.
         task = asyncio.ensure_future(chained())
         self._sends = task
         self.own(task, "a send")

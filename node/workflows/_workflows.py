@@ -50,7 +50,8 @@ from ..processes import DEFAULT_MAX_BODY, DeadLetters, Undeliverable, decode, en
 from ..processes import Fire
 from ..wire import CONTENT_TYPE, MSGPACK, Unanswered, Why, ask, encode_reply, pack, unpack
 from ..project import Project
-from ._workflow_run import (SEND_ACTIVITY, WorkerContext, WorkflowInput, duration_option, encode_signal, from_failure, register_replay, register_worker, start_options, to_failure, unregister_worker, workflow_pid)
+from ._workflow_codec import (SEND_ACTIVITY, WorkflowInput, duration_option, encode_signal, from_failure, start_options, to_failure, workflow_pid)
+from ._workflow_run import WorkerContext, register_replay, register_worker, unregister_worker
 
 log = logging.getLogger("moonwire.workflows")
 
