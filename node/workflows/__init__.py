@@ -1,10 +1,21 @@
 """Workflows on Temporal: the worker host inside the node, the workflow run (the
 deterministic Lua side), the gateway that carries messages to and from workflows.
 
+* ``_workflows.py``: :class:`Workflows`, the process table's workflow target (spawn,
+  send, end, watch) and the node's workers (start, stop); it owns a :class:`Gateway`.
+* ``_gateway.py``: what arrives on NATS for workflows (messages to signal, status
+  requests), the bounded signal queue and its sender, and the CLI's status asks.
+* ``_temporal.py``: connecting clients, worker settings, the hosts (a worker entry and
+  its client), a workflow's handle and result, the replayer.
+* ``_workflow_run.py``: the Lua workflow run inside a Temporal worker (deterministic).
+* ``_workflow_codec.py``: what crosses to Temporal: inputs, signals, failures, options.
+
 Owns: Temporal clients and workers. May import: ``project``, ``wire``, ``functions``,
 ``processes``, broker, lua.
 """
 
-from ._workflows import TemporalUnavailable, Workflows, running_workflows, workflow_replayer, workflow_status
+from ._gateway import running_workflows, workflow_status
+from ._temporal import TemporalUnavailable, workflow_replayer
+from ._workflows import Workflows
 
 __all__ = ["TemporalUnavailable", "Workflows", "running_workflows", "workflow_replayer", "workflow_status"]
