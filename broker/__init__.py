@@ -1,5 +1,6 @@
 """The wire: subjects, connections, PIDs, the envelope of process messages and node
-membership. This package knows nothing about Lua or the scheduler.
+membership, and the asyncio plumbing under them (owned tasks). This package knows
+nothing about Lua or the scheduler.
 
 :class:`Client` is nats-py's client with fast paths that hook nats-py's private parts
 (``_client.py``, ``_parser.py``). Those parts are checked once, on import
@@ -23,8 +24,10 @@ from ._requests import NoResponders, Outbox, ReplyCallback, Requests, RequestTim
 from ._streams import ACK_EVERY, SEQ_HEADER, StreamStatistics, Streams
 from ._subjects import Subjects, is_token, to_token
 from ._tally import Tally, reason_key
+from ._tasks import TaskSet
 
 __all__ = [
+    "TaskSet",
     "ACK_EVERY",
     "BATCH_HEADER",
     "CONTENT_TYPE",

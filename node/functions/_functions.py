@@ -22,7 +22,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from moonwire.broker import MSGPACK_HEADERS, Client, Outbox, Requests, Subjects
+from moonwire.broker import MSGPACK_HEADERS, Client, Outbox, Requests, Subjects, TaskSet
 from moonwire.lua import (SECOND, Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, NoProcesses, Outcome,
                           Pending, ProcessServices, Unit, check_portable, internal, invalid, not_found, parse_duration,
                           settled)
@@ -304,7 +304,8 @@ class Functions:
             assert isinstance(entry, FunctionEntry)
             self.pools[entry.id] = FunctionPool(entry, self.code.code(entry), self)
         self._subscriptions: list[Subscription] = []
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight = TaskSet(log)
+        """Calls that did not finish at once, each answered by its own task."""
         self.dead_letter = dead_letter
         """Where a call without a reply subject that cannot be served goes."""
         self.processes: ProcessServices = NoProcesses()
@@ -371,9 +372,7 @@ class Functions:
         if isinstance(result, Outcome):
             self._reply(msg, content_type, pool, result)
             return
-        task = asyncio.ensure_future(self._reply_later(msg, content_type, pool, result))
-        self._inflight.add(task)
-        task.add_done_callback(self._served)
+        self._inflight.start(self._reply_later(msg, content_type, pool, result), f"serving {pool.entry.id}")
 
     async def _reply_later(self, msg: Msg, content_type: str | None, pool: FunctionPool,
                            result: Awaitable[Outcome]) -> None:
@@ -385,11 +384,6 @@ class Functions:
             log.exception("serving a call to %s failed", pool.entry.id)
             outcome = Outcome(error=internal(f"serving the call failed: {type(err).__name__}: {err}"))
         self._reply(msg, content_type, pool, outcome)
-
-    def _served(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("serving a call failed: %s", task.exception(), exc_info=task.exception())
 
     def _reply(self, msg: Msg, content_type: str | None, pool: FunctionPool, outcome: Outcome,
                bad_request: bool = False) -> None:
@@ -408,11 +402,7 @@ class Functions:
         for subscription in self._subscriptions:
             await subscription.unsubscribe()
         self._subscriptions.clear()
-        tasks = list(self._inflight)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._inflight.stop()
 
 
 class _RemoteCall(Pending):

@@ -13,7 +13,8 @@ from ._hosts import ProcessHost
 from ._inboxes import DEFAULT_MAX_BODY, READ_TURN, DeadLetters, NodeInboxes, Undeliverable, decode, encode
 from ._remote import RemoteNodes, Survey, spawn_from_outside, survey
 from ._supervisor import Supervisor
-from ._table import TERMINAL_HOST, ProcessTable
+from ._records import TERMINAL_HOST
+from ._table import ProcessTable
 from ._targets import NO_WORKFLOWS, UNREACHABLE, Fire, RemoteTarget, Target, WorkflowTarget
 
 __all__ = ["DEFAULT_MAX_BODY", "NO_WORKFLOWS", "READ_TURN", "TERMINAL_HOST", "UNREACHABLE", "ControlPlane",

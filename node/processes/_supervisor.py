@@ -19,6 +19,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from moonwire.broker import TaskSet
 from moonwire.lua import Kind, MoonwireError, Outcome, SpawnRequest
 
 from ..project import Lifecycle, ProcessServiceEntry, RestartPolicy
@@ -100,6 +101,7 @@ class Supervisor:
             if isinstance(entry, ProcessServiceEntry)
         }
         self._order: list[Service] = []
+        self._tasks = TaskSet(log)
 
     def status(self, service_id: str) -> Service:
         return self.services[service_id]
@@ -132,7 +134,7 @@ class Supervisor:
         retrying in the background by its restart policy."""
         self._order = self._start_order()
         for service in self._order:
-            service.task = asyncio.create_task(self._supervise(service), name=f"service {service.id}")
+            service.task = self._tasks.start(self._supervise(service), f"service {service.id}")
         for service in self._order:
             await service.decided.wait()
         if self._order:
@@ -233,6 +235,7 @@ class Supervisor:
         for service in reversed(self._order):
             await self._stop_one(service)
         self._order = []
+        await self._tasks.stop()
 
     async def _stop_one(self, service: Service) -> None:
         service.stopping = True
@@ -241,7 +244,8 @@ class Supervisor:
             service.state = ServiceState.STOPPING
             with contextlib.suppress(MoonwireError):
                 self.processes.cancel(None, pid, STOP_REASON)
-            exit_future.add_done_callback(lambda done: setattr(service, "last_outcome", done.result()))
+            exit_future.add_done_callback(
+                lambda done: done.cancelled() or setattr(service, "last_outcome", done.result()))
             try:
                 await asyncio.wait_for(asyncio.shield(exit_future), service.lifecycle.stop_timeout)
             except TimeoutError:
@@ -251,9 +255,8 @@ class Supervisor:
                     self.processes.terminate(None, pid)
         if service.task is not None:
             service.task.cancel()
-            # asyncio.wait: our own cancellation still propagates; the task's outcome does not.
+            # asyncio.wait: our own cancellation still propagates; the task's outcome does
+            # not (a failure is logged by the task set that owns it).
             await asyncio.wait([service.task])
-            if not service.task.cancelled() and service.task.exception() is not None:
-                log.error("supervising %s failed", service.id, exc_info=service.task.exception())
         if not service.settled.is_set():
             self._settle(service, ServiceState.STOPPED, None)

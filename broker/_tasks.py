@@ -1,0 +1,51 @@
+"""Tasks with an owner: the one way a part of a node starts work that outlives the
+call that started it (a reply that waits for a function, a watch on a workflow, a
+service's supervisor), so that nothing runs unowned and no failure goes unseen.
+
+The node's own long-lived loops run in its ``asyncio.TaskGroup`` (``node/_node.py``);
+a part that starts tasks as it serves (one per request, per watch) keeps them in a
+:class:`TaskSet`, which logs a task that fails, forgets one that ends, and cancels and
+awaits them all when the part stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class TaskSet:
+    """The tasks one part of a node owns."""
+
+    __slots__ = ("_log", "_tasks")
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def start(self, work: Coroutine[Any, Any, T], what: str) -> asyncio.Task[T]:
+        """Run ``work`` as a task owned here; ``what`` names it in logs."""
+        task = asyncio.get_running_loop().create_task(work, name=what)
+        self._tasks.add(task)
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self._log.error("%s failed: %s", task.get_name(), error, exc_info=error)
+
+    async def stop(self) -> None:
+        """Cancel every task owned here and wait until each has ended."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
