@@ -89,7 +89,7 @@ async def test_nodes_keep_working_when_their_nats_server_dies(tmp_path: Path, na
     workers = {name: await spawn_node(write_project(tmp_path / name, WORKERS), name, nats_url=urls)
                for name in ("na", "nb")}
     driver = await spawn_node(write_project(tmp_path / "d", DRIVER), "nd", nats_url=urls, ready=r"ready \{nd@",
-                              args=("-x", "d:main"))
+                              args=("-v", "-x", "d:main"))  # -v: a -x run logs INFO (reconnects) only when asked
     pid = re.search(r"ready (\{\S+\})", driver.output).group(1)  # type: ignore[union-attr]
 
     # Kill the server nb is connected to (nodes pick one of the URLs at random), and

@@ -39,7 +39,6 @@ from ._targets import NO_WORKFLOWS, UNREACHABLE, RemoteTarget, Target, WorkflowT
 log = logging.getLogger("moonwire.processes")
 
 
-
 class ProcessTable(Spawning, Exits):
     """Implements :class:`lua.ProcessServices` for every unit on this node."""
 
@@ -69,11 +68,11 @@ class ProcessTable(Spawning, Exits):
     # ------------------------------------------------------------ lookups
 
     def _resolve(self, dest: str) -> ProcessRecord:
-        """The live local process ``dest`` names (a PID or a registered name).
+        """The live local process ``dest`` names (a PID of this node or a registered
+        name; a PID that lives elsewhere is its target's, see :meth:`_elsewhere`).
 
         Raises:
-            MoonwireError: NotFound for an exited or unknown PID or an unknown name;
-                Unavailable for a PID of another node (not reachable from here yet).
+            MoonwireError: NotFound for an exited or unknown PID or an unknown name.
         """
         record = self.records.get(dest)
         if record is not None:
@@ -84,9 +83,6 @@ class ProcessTable(Spawning, Exits):
             if registered is not None:
                 return self.records[registered]
             raise not_found(f"no process registered as {dest!r}")
-        if pid.node != self.node:
-            raise MoonwireError(f"process {dest} is on node {pid.node}, which this node cannot reach",
-                                Kind.UNAVAILABLE, retryable=True)
         raise not_found(f"process {dest} not found: it has exited or never existed")
 
     def pid_of(self, unit: Unit) -> str:
@@ -249,7 +245,7 @@ class ProcessTable(Spawning, Exits):
         self._fire(record, event)
 
     def control(self, verb: str, data: dict[str, Any]) -> Any:
-        """A control request from another node (see :class:`Cluster`); returns the answer.
+        """A control request from another node (``_control.py``); returns the answer.
 
         Raises:
             MoonwireError: NotFound (noproc) when the target does not exist; what
@@ -354,5 +350,3 @@ class ProcessTable(Spawning, Exits):
         if record is not None and record.names:
             record.names.remove(name)
         return True
-
-    # ------------------------------------------------------------ shutdown
