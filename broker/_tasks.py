@@ -2,17 +2,17 @@
 call that started it (a reply that waits for a function, a watch on a workflow, a
 service's supervisor), so that nothing runs unowned and no failure goes unseen.
 
-The node's own long-lived loops run in its ``asyncio.TaskGroup`` (``node/_node.py``);
-a part that starts tasks as it serves (one per request, per watch) keeps them in a
-:class:`TaskSet`, which logs a task that fails, forgets one that ends, and cancels and
-awaits them all when the part stops.
+A :class:`TaskSet` logs a task that fails (and tells its owner, when asked to),
+forgets one that ends, and cancels and awaits them all when the part stops. The node's
+long-lived loops are one (``node/_node.py``: a loop that fails stops the node in
+order); a part that starts tasks as it serves (one per request, per watch) keeps its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -21,10 +21,13 @@ T = TypeVar("T")
 class TaskSet:
     """The tasks one part of a node owns."""
 
-    __slots__ = ("_log", "_tasks")
+    __slots__ = ("_log", "_on_failure", "_tasks")
 
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self, log: logging.Logger, on_failure: Callable[[asyncio.Task[Any], BaseException], None] | None = None
+                 ) -> None:
         self._log = log
+        self._on_failure = on_failure
+        """Called (after the log) with a task that failed and its error."""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def __len__(self) -> int:
@@ -41,6 +44,8 @@ class TaskSet:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             self._log.error("%s failed: %s", task.get_name(), error, exc_info=error)
+            if self._on_failure is not None:
+                self._on_failure(task, error)
 
     async def stop(self) -> None:
         """Cancel every task owned here and wait until each has ended."""

@@ -10,7 +10,7 @@ any call: a protocol is read by type checkers only.
 
 from __future__ import annotations
 
-import random
+from random import Random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -57,7 +57,7 @@ class LuaRuntime(LuaValues, Protocol):
     and the prelude's constructors of Lua values (Lua functions)."""
 
     clock: Callable[[], int]
-    random: random.Random | None
+    random: Random | None
     host_error: Callable[..., Any]
     new_payload: Callable[..., Any]
     new_time: Callable[..., Any]

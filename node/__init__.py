@@ -4,7 +4,7 @@ node lifecycle and the CLI. Uses ``broker`` for the wire and ``lua`` for Lua."""
 from .project import ConfigError, NodeConfig, ResolvedConfig, load_config
 from .servers import (EmbeddedServerError, EmbeddedServers, ServerProcess, find_binary, free_port, read_registry, recorded_nats_url, start_nats, start_temporal)
 from .project import (KNOWN_KINDS, Entry, FunctionEntry, InertEntry, LibraryEntry, Lifecycle, LuaEntry, ProcessEntry, ProcessHostEntry, ProcessServiceEntry, RestartPolicy, TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry)
-from ._node import Node
+from ._node import Node, NodeFailed
 from .project import Problem, Project, ProjectInvalid, load_project
 from .workflows import workflow_replayer
 
@@ -20,6 +20,7 @@ __all__ = [
     "Lifecycle",
     "LuaEntry",
     "Node",
+    "NodeFailed",
     "NodeConfig",
     "Problem",
     "ProcessEntry",

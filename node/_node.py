@@ -22,7 +22,8 @@ from nats.aio.client import Client as NatsClient
 
 from nats.aio.msg import Msg
 
-from moonwire.broker import ACK_EVERY, Client, Membership, Outbox, PidAllocator, Requests, Streams, Subjects, connect
+from moonwire.broker import (ACK_EVERY, Client, Membership, Outbox, PidAllocator, Requests, Streams, Subjects, TaskSet,
+                             connect)
 
 from .project import NodeConfig, ResolvedConfig
 from moonwire.lua import Outcome
@@ -39,6 +40,10 @@ log = logging.getLogger("moonwire.node")
 
 StopStep = Callable[[float], Awaitable[None]]
 """Undoes one start-up step, given the seconds left before the shutdown deadline."""
+
+
+class NodeFailed(Exception):
+    """A loop the node cannot run without failed; the node has stopped in order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,9 @@ class Node:
         self.runtime: Runtime | None = None
         self._steps: list[_Step] = []
         self._stop_requested = asyncio.Event()
+        self._loops = TaskSet(log, on_failure=self._loop_failed)
+        self._loop_failure: tuple[str, BaseException] | None = None
+        self._block: asyncio.Task[Any] | None = None
 
     @property
     def name(self) -> str:
@@ -95,17 +103,36 @@ class Node:
             BrokerUnavailable: NATS did not accept the connection.
             EmbeddedServerError: an embedded server could not be started.
         """
-        # The node's long-lived loops (dead letters, outbox, streams, heartbeat) run in
-        # one task group owned by this block: each is stopped by its shutdown step, and
-        # one that fails cancels the block instead of dying unseen.
-        async with asyncio.TaskGroup() as loops:
-            try:
-                await self._start(loops)
-                yield self
-            finally:
-                await self._shutdown()
+        # The node's long-lived loops (dead letters, outbox, streams, heartbeat) are owned
+        # here, each stopped by its own shutdown step in order. One that fails ends the
+        # block (once, before shutdown begins): the shutdown still runs every step, and
+        # the loop's error is raised. Not an asyncio.TaskGroup: on a failure it would
+        # cancel the other loops (and any shutdown under way) at once, so the EXITs and
+        # the goodbye of an orderly stop could not leave.
+        block = self._block = asyncio.current_task()
+        try:
+            await self._start()
+            yield self
+        except asyncio.CancelledError:
+            # Cancelled by a failed loop (_loop_failed) and nothing else: shut down, then
+            # raise that failure instead.
+            if self._loop_failure is None or block is None or block.uncancel() > 0:
+                raise
+        finally:
+            self._block = None  # stopping: a loop that fails now is logged, nothing more
+            await self._shutdown()
+        if self._loop_failure is not None:
+            raise NodeFailed(f"node {self.name} stopped: its {self._loop_failure[0]} loop failed: "
+                             f"{self._loop_failure[1]}") from self._loop_failure[1]
 
-    async def _start(self, loops: asyncio.TaskGroup) -> None:
+    def _loop_failed(self, task: asyncio.Task[Any], error: BaseException) -> None:
+        if self._loop_failure is None:
+            self._loop_failure = (task.get_name(), error)
+        if self._block is not None:  # ends the block (once): the shutdown follows
+            block, self._block = self._block, None
+            block.cancel()
+
+    async def _start(self) -> None:
         # Registered first so it is undone last; stopping owns nothing is a no-op.
         self._steps.append(_Step("embedded servers", self._stop_embedded))
         servers = self.config.nats.url or [await self.embedded.nats_url()]
@@ -125,7 +152,7 @@ class Node:
         dead_letters = DeadLetters(self._data, self.subjects.dead_letters(self.name))
         self._data.after_read = dead_letters.make_room
         self._data.read_turn = READ_TURN
-        dead_letters_task = loops.create_task(dead_letters.run(), name="dead letters")
+        dead_letters_task = self._loops.start(dead_letters.run(), "dead letters")
         self._steps.append(_Step("dead letters", lambda remaining: _cancel_and_wait(dead_letters_task)))
 
         # Process traffic to each other node travels in a stream: numbered, acknowledged
@@ -134,7 +161,7 @@ class Node:
             self.name, f"{time.time_ns():x}", ack_subject=self.subjects.stream_acks,
             publish=lambda subject, body, headers: outbox.publish_nowait(subject, body, headers=headers or None))
         outbox = Outbox(self._nats, streams)
-        outbox_task = loops.create_task(outbox.run(), name="outbox")
+        outbox_task = self._loops.start(outbox.run(), "outbox")
         self._steps.append(_Step("outbox", lambda remaining: _cancel_and_wait(outbox_task)))
         requests = Requests(self._nats, outbox)
         await requests.start()
@@ -173,7 +200,7 @@ class Node:
                 dead_letters.publish(msg.subject, msg.data, msg.headers, f"malformed stream ack: {err}")
 
         acks = await self._nats.subscribe_direct(self.subjects.stream_acks(self.name), on_ack)
-        streams_task = loops.create_task(_keep_streams(streams, inboxes.handle), name="streams")
+        streams_task = self._loops.start(_keep_streams(streams, inboxes.handle), "streams")
         self._steps.append(_Step("streams", lambda remaining: _stop_streams(streams_task, acks)))
         self._steps.append(_Step("temporal workers", lambda remaining: workflows.stop()))
         await workflows.start(self.temporal_address, processes.route, run_workers=self.config.workers)
@@ -183,7 +210,7 @@ class Node:
         self._steps.append(_Step("control plane", lambda remaining: control.stop()))
 
         await membership.start()
-        beating = loops.create_task(membership.run(), name="heartbeat")
+        beating = self._loops.start(membership.run(), "heartbeat")
         self._steps.append(_Step("heartbeat", lambda remaining: _stop_beating(beating, membership, streams,
                                                                                remaining)))
         # Stopped first: processes exit while the node still delivers their EXITs to
@@ -264,9 +291,9 @@ async def _stop_streams(task: asyncio.Task[None], acks: Any) -> None:
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Stop a loop; its own failure, if it failed, was reported when it happened."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await asyncio.wait([task])
 
 
 

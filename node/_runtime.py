@@ -34,12 +34,12 @@ class Runtime:
         self.hosts.setdefault(TERMINAL_HOST, ProcessHost(TERMINAL_HOST, HostSettings(), loop))
         self.processes = ProcessTable(node, project, self.functions, self.hosts, pids=pids, remote=remote,
                                       workflows=workflows)
+        self.functions.use_processes(self.processes)
         self.supervisor = Supervisor(project, self.processes)
 
     async def start(self) -> None:
-        """Serve functions (their calls may use the process table), then start the
-        auto-start services."""
-        await self.functions.serve(self.processes)
+        """Serve functions, then start the auto-start services."""
+        await self.functions.serve()
         await self.supervisor.start()
 
     async def stop(self, timeout: float) -> None:

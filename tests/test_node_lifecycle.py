@@ -11,7 +11,11 @@ import nats
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 
-from moonwire.node import ServerProcess, free_port, read_registry
+import pytest
+
+from moonwire.broker import BrokerUnavailable, Membership
+from moonwire.node import Node, NodeFailed, ServerProcess, free_port, load_config, load_project, read_registry
+from moonwire.node._runtime import Runtime
 from support import pid_running, run_cli, wait_until, write_project
 
 TEMPORAL_PROJECT = {"app.yaml": "namespace: app\nentries:\n  - {name: temporal, kind: temporal.client}\n"}
@@ -58,6 +62,68 @@ async def test_unreachable_nats_is_a_clear_error(project_dir: Path) -> None:
     code, _, err = await run_cli("run", str(project_dir), "--nats", url, timeout=30)
     assert code == 1
     assert f"cannot connect to NATS at {url}" in err
+    assert "Traceback" not in err and "ExceptionGroup" not in err, err  # one line, not a stack
+
+
+def in_process_node(project_dir: Path, url: str, name: str) -> Node:
+    write_project(project_dir, PLAIN_PROJECT)
+    flags = {"nats.url": (url, "--nats"), "node": (name, "--node"), "shutdown_timeout": ("3s", "--set")}
+    return Node(load_config(project_dir, environ={}, flags=flags), load_project(project_dir, environ={}))
+
+
+async def test_a_start_that_fails_raises_its_own_error(project_dir: Path) -> None:
+    node = in_process_node(project_dir, f"nats://127.0.0.1:{free_port()}", "nostart")
+    with pytest.raises(BrokerUnavailable):
+        async with node.running():
+            pass
+
+
+class LoopFails:
+    """Makes the node's heartbeat loop fail once ``trigger`` is set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.trigger = asyncio.Event()
+        original = Membership.run
+
+        async def run(membership: Membership) -> None:
+            beating = asyncio.ensure_future(original(membership))
+            try:
+                await self.trigger.wait()
+                raise RuntimeError("heartbeat loop broke")
+            finally:
+                beating.cancel()
+
+        monkeypatch.setattr(Membership, "run", run)
+
+
+async def test_a_loop_that_fails_stops_the_node_in_order_and_says_why(
+        project_dir: Path, nats_server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = LoopFails(monkeypatch)
+    node = in_process_node(project_dir, nats_server.address, "loopfail")
+    with pytest.raises(NodeFailed) as failed:
+        async with node.running():
+            loop.trigger.set()
+            await asyncio.sleep(30)  # ended by the failure, not by this sleep
+    assert isinstance(failed.value.__cause__, RuntimeError) and "heartbeat" in str(failed.value)
+    assert node._steps == [] and node._nats is None and node._data is None  # every shutdown step ran
+
+
+async def test_a_loop_that_fails_during_shutdown_does_not_cut_the_shutdown_short(
+        project_dir: Path, nats_server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = LoopFails(monkeypatch)
+    stop = Runtime.stop
+
+    async def stopping(runtime: Runtime, timeout: float) -> None:
+        loop.trigger.set()
+        await asyncio.sleep(0.1)  # the loop fails while this step runs
+        await stop(runtime, timeout)
+
+    monkeypatch.setattr(Runtime, "stop", stopping)
+    node = in_process_node(project_dir, nats_server.address, "shutfail")
+    with pytest.raises(NodeFailed):
+        async with node.running():
+            pass
+    assert node._steps == [] and node._nats is None and node._data is None
 
 
 async def test_embedded_servers_start_are_joined_and_stop_with_their_node(project_dir: Path, spawn_node) -> None:

@@ -363,3 +363,28 @@ async def test_process_objects_hold_no_python(tmp_path: Path) -> None:
           return "clean"
         end }""", quick="return { main = function() return 1 end }")
     assert value == "clean"
+
+
+async def test_a_function_has_the_process_api_as_soon_as_the_runtime_exists(tmp_path: Path) -> None:
+    """A node serves workflow activities and spawns from other nodes before its runtime's
+    start (the services) has run: a function called then still has the process API."""
+    from moonwire.broker import Subjects
+    from moonwire.lua import settled
+    from moonwire.node import load_project
+    from moonwire.node._runtime import Runtime
+    from support import write_project
+
+    files = process_project({}, extra_yaml="""
+          - name: whoami
+            kind: function.lua
+            source: file://whoami.lua
+            method: run
+        """)
+    files["whoami.lua"] = "return { run = function() return process.pid() end }"
+    runtime = Runtime("t1", load_project(write_project(tmp_path, files)), Subjects())  # not started
+    try:
+        outcome = await settled(runtime.functions.call(None, "app:whoami", [], {}, {}))
+        assert outcome.error is None, outcome.error
+        assert outcome.value.startswith("{t1@funcs|")
+    finally:
+        await runtime.stop(1.0)

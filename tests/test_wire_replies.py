@@ -15,11 +15,15 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from moonwire.broker import CONTENT_TYPE, MSGPACK, NoResponders, RequestTimeout, TaskSet
 from moonwire.lua import Kind, MoonwireError, Outcome
-from moonwire.node.wire import JSON, Unanswered, Why, encode_reply, reply_outcome, unavailable, why_unanswered
+from moonwire.node.wire import JSON, Unanswered, Why, encode_reply, reply_outcome, why_unanswered
 
 
 def reply_msg(body: bytes, content_type: str) -> Msg:
     return Msg(None, subject="_INBOX.x", data=body, headers={CONTENT_TYPE: content_type})  # type: ignore[arg-type]
+
+
+def unavailable(what: str):  # noqa: ANN201 - a Describe
+    return lambda missing: MoonwireError(f"{what}: {missing}", Kind.UNAVAILABLE, retryable=True)
 
 
 NESTED = MoonwireError("linked process failed", Kind.INTERNAL, details={
@@ -57,7 +61,13 @@ def test_a_result_the_wire_cannot_hold_becomes_an_internal_error_that_says_why()
     assert "cannot encode the answer" in outcome.error.message
 
 
-@pytest.mark.parametrize("body", [b"[1, 2]", b'{"neither": 1}', b'{"error": 3}', b"\xc1"])
+def test_an_outside_responder_may_answer_an_error_as_text() -> None:
+    outcome = reply_outcome(reply_msg(b'{"error": "out of stock"}', JSON), unavailable("x"), 1.0)
+    assert outcome.error is not None and (outcome.error.message, outcome.error.kind) == ("out of stock", Kind.UNKNOWN)
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'{"neither": 1}', b'{"error": 3}', b'{"error": {"kind": "X"}}',
+                                  b'{"error": {"message": 1}}', b"\xc1"])
 def test_a_malformed_reply_is_an_error_value(body: bytes) -> None:
     outcome = reply_outcome(reply_msg(body, MSGPACK if body == b"\xc1" else JSON), unavailable("x"), 1.0)
     assert outcome.error is not None and outcome.error.kind == Kind.INVALID

@@ -14,7 +14,7 @@ from typing import Any
 from moonwire.broker import BrokerUnavailable
 from moonwire.lua import MoonwireError, Outcome
 
-from .._node import Node
+from .._node import Node, NodeFailed
 from ..project import ConfigError, ProjectInvalid, load_config, load_project
 from ..servers import EmbeddedServerError
 from ..workflows import TemporalUnavailable
@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             entry, *entry_args = args.execute
             return print_outcome(asyncio.run(_execute(node, entry, json_args(entry_args))))
         asyncio.run(_serve(node))
-    except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable) as err:
+    except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable, NodeFailed) as err:
         log.error("%s", err)
         return EXIT_FAILURE
     except MoonwireError as err:  # e.g. a worker option the SDK has no equivalent for

@@ -309,7 +309,7 @@ class Functions:
         self.dead_letter = dead_letter
         """Where a call without a reply subject that cannot be served goes."""
         self.processes: ProcessServices = NoProcesses()
-        """The process API of function calls: the node's process table once :meth:`serve` has it."""
+        """The process API of function calls: the node's process table (:meth:`use_processes`)."""
 
     # ------------------------------------------------------------ calling
 
@@ -334,11 +334,15 @@ class Functions:
 
     # ------------------------------------------------------------ serving
 
-    async def serve(self, processes: ProcessServices) -> None:
-        """Subscribe each local function to its queue group (and warm static pools).
-        Functions and processes use each other (a function may spawn, a process may
-        call); the process table is built on these functions, and hands itself back here."""
+    def use_processes(self, processes: ProcessServices) -> None:
+        """The process API of function calls from now on. Functions and processes use
+        each other (a function may spawn, a process may call): the process table is
+        built on these functions and hands itself back here as soon as it exists, before
+        anything (a workflow activity, a spawn from another node) can call a function."""
         self.processes = processes
+
+    async def serve(self) -> None:
+        """Subscribe each local function to its queue group (and warm static pools)."""
         for pool in self.pools.values():
             pool.prewarm()
         if self.nats is None:

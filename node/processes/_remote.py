@@ -1,4 +1,5 @@
-"""Process operations across nodes (DESIGN §5-§6): the control plane and remote events.
+"""Process operations across nodes (DESIGN §5-§6), outbound: messages, watches, cancels,
+terminates, spawns and events for processes on other nodes.
 
 Outbound, for a local process acting on a PID of another node: ``monitor``, ``link``,
 ``unmonitor``, ``unlink`` and ``lookup`` are requests to ``<prefix>.ctl.<node>.<verb>``

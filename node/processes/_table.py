@@ -68,11 +68,12 @@ class ProcessTable(Spawning, Exits):
     # ------------------------------------------------------------ lookups
 
     def _resolve(self, dest: str) -> ProcessRecord:
-        """The live local process ``dest`` names (a PID of this node or a registered
-        name; a PID that lives elsewhere is its target's, see :meth:`_elsewhere`).
+        """The live local process ``dest`` names (a PID or a registered name).
 
         Raises:
-            MoonwireError: NotFound for an exited or unknown PID or an unknown name.
+            MoonwireError: NotFound for an exited or unknown PID or an unknown name;
+                Unavailable for a PID of another node (``register`` of one, say: the
+                registry is this node's).
         """
         record = self.records.get(dest)
         if record is not None:
@@ -83,6 +84,9 @@ class ProcessTable(Spawning, Exits):
             if registered is not None:
                 return self.records[registered]
             raise not_found(f"no process registered as {dest!r}")
+        if pid.node != self.node:
+            raise MoonwireError(f"process {dest} is on node {pid.node}, which this node cannot reach",
+                                Kind.UNAVAILABLE, retryable=True)
         raise not_found(f"process {dest} not found: it has exited or never existed")
 
     def pid_of(self, unit: Unit) -> str:

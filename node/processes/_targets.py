@@ -47,9 +47,6 @@ class Target(Protocol):
         """A local process now holds a monitor or link on ``pid``: its end, or its node's,
         must be noticed."""
 
-    def describe(self) -> dict[str, Any]:
-        """What ``moonwire nodes`` shows about this target."""
-
 
 class RemoteTarget(Target, Protocol):
     """Processes on other nodes: a Target that also spawns and looks names up there."""
@@ -61,6 +58,9 @@ class RemoteTarget(Target, Protocol):
 
     def lookup(self, node: str, name: str) -> Answer:
         """The PID registered as ``name`` on ``node``."""
+
+    def describe(self) -> dict[str, Any]:
+        """What ``moonwire nodes`` shows about the other nodes (liveness as this node sees it)."""
 
 
 class WorkflowTarget(Target, Protocol):
@@ -83,9 +83,8 @@ class _Unreachable:
     one fails with the error ``error`` gives; there is nothing to tell or forget, and
     dropping a watch is done. Serves the process table run without a broker."""
 
-    def __init__(self, error: Callable[[Pid], MoonwireError], info: dict[str, Any]) -> None:
+    def __init__(self, error: Callable[[Pid], MoonwireError]) -> None:
         self._error = error
-        self.info = info
 
     def send(self, pid: Pid, message: Message) -> None:
         raise self._error(pid)
@@ -107,17 +106,16 @@ class _Unreachable:
     def expect(self, pid: Pid) -> None:
         pass
 
-    def describe(self) -> dict[str, Any]:
-        return dict(self.info)
-
 
 class NoNodes(_Unreachable):
     """Other nodes, for a table without a broker."""
 
     def __init__(self) -> None:
         super().__init__(lambda pid: MoonwireError(f"process {pid} is on node {pid.node}, which this node cannot "
-                                                   "reach", Kind.UNAVAILABLE, retryable=True),
-                         {"peers": [], "down": [], "hearing_for": 0.0, "dropped_to_down_nodes": 0})
+                                                   "reach", Kind.UNAVAILABLE, retryable=True))
+
+    def describe(self) -> dict[str, Any]:
+        return {"peers": [], "down": [], "hearing_for": 0.0, "dropped_to_down_nodes": 0}
 
     def lookup(self, node: str, name: str) -> Answer:
         return Outcome(error=MoonwireError(f"node {node} is unreachable: this node has no broker", Kind.UNAVAILABLE,
@@ -138,7 +136,7 @@ class NoWorkflows(_Unreachable):
 
     def __init__(self) -> None:
         super().__init__(lambda pid: MoonwireError("this node does not talk to Temporal (it has no broker)",
-                                                   Kind.UNAVAILABLE, retryable=False), {})
+                                                   Kind.UNAVAILABLE, retryable=False))
 
     @property
     def workers(self) -> list[str]:

@@ -56,11 +56,6 @@ Describe = Callable[[Unanswered], MoonwireError]
 """The error a caller gives its request's :class:`Unanswered`."""
 
 
-def unavailable(what: str) -> Describe:
-    """The plain description: ``what`` is unavailable (retryable), saying why."""
-    return lambda missing: MoonwireError(f"{what}: {missing}", Kind.UNAVAILABLE, retryable=True)
-
-
 def encode_reply(outcome: Outcome, content_type: str | None = MSGPACK) -> tuple[bytes, Headers]:
     """The reply to a request that came with ``content_type``: msgpack for msgpack,
     JSON for anything else. A result the wire cannot hold becomes an Internal error
@@ -99,11 +94,12 @@ def outcome_of(data: Any) -> Outcome:
         return Outcome(value=data["result"])
     if isinstance(data, dict) and "error" in data:
         error = data["error"]
-        if isinstance(error, dict):
-            try:
-                error = MoonwireError.from_dict(error)
-            except (KeyError, TypeError, ValueError):
-                return Outcome(error=invalid("malformed reply: its error has no kind and message"))
+        if isinstance(error, str):  # a responder outside moonwire that says only what went wrong
+            error = MoonwireError(error, Kind.UNKNOWN)
+        elif isinstance(error, dict):
+            if not (isinstance(error.get("message"), str) and isinstance(error.get("kind", ""), str)):
+                return Outcome(error=invalid("malformed reply: its error needs a string message and kind"))
+            error = MoonwireError.from_dict(error)
         if not isinstance(error, MoonwireError):
             return Outcome(error=invalid("malformed reply: its error is not an error value"))
         return Outcome(error=error)

@@ -263,19 +263,16 @@ class Workflows:
     def expect(self, pid: Pid) -> None:
         pass  # a workflow's end is watched through Temporal, not heartbeats
 
-    def describe(self) -> dict[str, Any]:
-        return {}
-
     def _watch(self, watcher: str, target: str, link: bool, fire: Fire) -> None:
         """Deliver EXIT (a monitor) or LINK_DOWN (a link) to ``watcher`` when workflow
         ``target`` ends; the process table applies the rules (a link fires on failure only)."""
-        held = self._watches.setdefault(watcher, {})
         key = (target, link)
-        if key in held:
+        if key in self._watches.get(watcher, ()):
             return
         pid = Pid.parse(target)
         assert pid is not None
         workflow_handle(self.hosts, pid)  # no client for its worker: raise now, not later
+        held = self._watches.setdefault(watcher, {})
 
         async def watching() -> None:
             outcome = await workflow_result(self.hosts, pid)
