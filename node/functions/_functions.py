@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,10 @@ from moonwire.lua import (SECOND, Answer, Kind, Limits, LuaCode, LuaState, Moonw
                           settled)
 
 from ..project import FunctionEntry, LibraryEntry, LuaEntry, Project, is_entry_id
-from ..wire import CONTENT_TYPE, Unanswered, Why, ask, encode_reply, pack, reply_outcome, unpack
+from ..wire import CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome, unpack
 
 log = logging.getLogger("moonwire.functions")
 
-DeadLetter = Callable[[str, bytes, "dict[str, str] | None", str], None]
-"""Republishes a message (subject, body, headers) with a reason to the dead-letter queue."""
 
 DEFAULT_REMOTE_TIMEOUT = 60.0
 _QUEUE_GROUP = "moonwire"

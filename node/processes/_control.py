@@ -22,7 +22,7 @@ from nats.aio.subscription import Subscription
 from moonwire.broker import Outbox, Streams, Subjects
 from moonwire.lua import MoonwireError, Outcome, Pending, internal, invalid
 
-from ..wire import CONTENT_TYPE, encode_reply, unpack
+from ..wire import CONTENT_TYPE, DeadLetter, answer, unpack
 from ._remote import ORDERED_VERBS, SPAWN_QUEUE
 from ._table import ProcessTable
 
@@ -31,8 +31,6 @@ log = logging.getLogger("moonwire.control")
 SURVEY_VERBS = frozenset({"info", "ps"})
 CONTROL_VERBS = frozenset({"monitor", "link", "unmonitor", "unlink", "cancel", "terminate", "spawn", "lookup"}
                           ) | SURVEY_VERBS
-DeadLetter = Callable[[str, bytes, "dict[str, str] | None", str], None]
-"""Republishes a message (subject, body, headers) with a reason to the dead-letter queue."""
 
 
 class ControlPlane:
@@ -113,12 +111,7 @@ class ControlPlane:
         self._reply(msg, outcome)
 
     def _reply(self, msg: Msg, outcome: Outcome) -> None:
-        if not msg.reply:
-            if outcome.error is not None:
-                self.dead_letter(msg.subject, msg.data, msg.headers, outcome.error.message)
-            return
-        body, headers = encode_reply(outcome, (msg.headers or {}).get(CONTENT_TYPE))
-        self.outbox.publish_nowait(msg.reply, body, headers=headers)
+        answer(msg, outcome, self.outbox.publish_nowait, self.dead_letter)
 
 
 def _unknown(verb: str) -> Any:

@@ -76,6 +76,22 @@ def _encode(outcome: Outcome, as_msgpack: bool) -> bytes:
     return pack({"error": error_map(outcome.error)}) if as_msgpack else to_json({"error": outcome.error})
 
 
+DeadLetter = Callable[[str, bytes, "dict[str, str] | None", str], None]
+"""Republishes a message (subject, body, headers) with a reason to the dead-letter queue."""
+
+
+def answer(msg: Msg, outcome: Outcome, publish: Callable[..., None], dead_letter: DeadLetter) -> None:
+    """The one exit of a served request: ``outcome`` to its reply subject, in the
+    request's own encoding (``publish(subject, body, headers=...)``, an outbox's); with no
+    reply subject, an error goes to the dead-letter queue and a success to no one."""
+    if not msg.reply:
+        if outcome.error is not None:
+            dead_letter(msg.subject, msg.data, msg.headers, outcome.error.message)
+        return
+    body, headers = encode_reply(outcome, (msg.headers or {}).get(CONTENT_TYPE))
+    publish(msg.reply, body, headers=headers)
+
+
 def reply_outcome(reply: Msg | BaseException, describe: Describe, wait: float) -> Outcome:
     """The outcome a reply carries, or (an exception instead of a reply) the error
     ``describe`` gives what happened."""

@@ -30,7 +30,7 @@ from moonwire.broker import Client as BrokerClient
 from moonwire.lua import Kind, Message, MoonwireError, Outcome, internal, invalid, not_found
 
 from ..processes import DeadLetters, Undeliverable, decode, encode
-from ..wire import CONTENT_TYPE, Unanswered, Why, ask, encode_reply, unpack
+from ..wire import CONTENT_TYPE, Unanswered, Why, answer, ask, unpack
 from ._temporal import Host, workflow_handle, workflow_result
 from ._workflow_codec import encode_signal, workflow_pid
 
@@ -203,14 +203,8 @@ class Gateway:
         self._answer(msg, reply)
 
     def _answer(self, msg: Msg, reply: Outcome) -> None:
-        if not msg.reply:
-            if reply.error is not None:
-                self._dead_letter(msg.subject, msg.data, msg.headers, reply.error.message)
-            return
-        if self.outbox is None:
-            return
-        body, headers = encode_reply(reply, (msg.headers or {}).get(CONTENT_TYPE))
-        self.outbox.publish_nowait(msg.reply, body, headers=headers)
+        if self.outbox is not None:
+            answer(msg, reply, self.outbox.publish_nowait, self._dead_letter)
 
     async def running(self, worker: str, limit: int = 1000) -> dict[str, Any]:
         """The running workflows on ``worker``'s task queue, as Temporal's visibility
