@@ -102,6 +102,7 @@ class Node:
         Raises:
             BrokerUnavailable: NATS did not accept the connection.
             EmbeddedServerError: an embedded server could not be started.
+            NodeFailed: one of the node's loops failed; the node has stopped in order.
         """
         # The node's long-lived loops (dead letters, outbox, streams, heartbeat) are owned
         # here, each stopped by its own shutdown step in order. One that fails ends the
