@@ -3,6 +3,12 @@
 every node, so only ``info`` and ``ps``), and the spawn queue group of every host it
 runs, running each verb on the process table (``ProcessTable.control``).
 
+Clients outside moonwire use the same subjects with plain JSON (``docs/wire.md``): a spawn
+body may be the simple ``{"entry", "args", "name"?, ...}`` (answered ``{"pid": ...}``)
+instead of moonwire's own ``{"request", "parent"}`` (answered with the PID itself), an
+empty body is ``{}``, and each verb's fields are checked here before the table acts, so
+a malformed request is answered Invalid with nothing done.
+
 Every request ends in exactly one answer in the one reply shape (``wire/_replies.py``),
 or, without a reply subject, in nothing when it was served and in a dead letter when it
 was not. A cancel or terminate runs only once the stream from its sender's node has
@@ -19,10 +25,10 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from moonwire.broker import Outbox, Streams, Subjects
+from moonwire.broker import Outbox, Pid, Streams, Subjects
 from moonwire.lua import MoonwireError, Outcome, Pending, internal, invalid
 
-from ..wire import CONTENT_TYPE, DeadLetter, answer, unpack
+from ..wire import CONTENT_TYPE, DeadLetter, answer, decode_outside_spawn, encode_spawn, unpack
 from ._remote import ORDERED_VERBS, SPAWN_QUEUE
 from ._table import ProcessTable
 
@@ -31,6 +37,8 @@ log = logging.getLogger("moonwire.control")
 SURVEY_VERBS = frozenset({"info", "ps"})
 CONTROL_VERBS = frozenset({"monitor", "link", "unmonitor", "unlink", "cancel", "terminate", "spawn", "lookup"}
                           ) | SURVEY_VERBS
+_WILDCARDS = frozenset("*>")
+"""NATS wildcards: a name holding one was surely meant as a pattern, which no lookup is."""
 
 
 class ControlPlane:
@@ -74,7 +82,7 @@ class ControlPlane:
         verb = msg.subject.rpartition(".")[2]
 
         def answer() -> None:
-            self._answer(msg, lambda data: self.table.control(verb, data) if verb in allowed else _unknown(verb))
+            self._answer(msg, lambda data: self._control(verb, data) if verb in allowed else _unknown(verb))
 
         if verb not in ORDERED_VERBS:
             answer()
@@ -85,7 +93,29 @@ class ControlPlane:
             self._reply(msg, Outcome(error=invalid(f"control request on {msg.subject}: {err}")))
 
     async def _on_spawn(self, msg: Msg) -> None:
-        self._answer(msg, lambda data: self.table.control("spawn", data))
+        host = msg.subject[len(self.subjects.spawn("")):]
+        self._answer(msg, lambda data: self._spawn(data, host))
+
+    def _control(self, verb: str, data: dict[str, Any]) -> Any:
+        """Run ``verb`` on the table once its fields are checked (``spawn``: either form)."""
+        if verb == "spawn":
+            return self._spawn(data, None)
+        _check_fields(verb, data)
+        return self.table.control(verb, data)
+
+    def _spawn(self, data: dict[str, Any], host: str | None) -> Any:
+        """A spawn in moonwire's own form (``{"request", "parent"}``: the answer is the PID)
+        or in the outside form (``{"entry", ...}``: the answer is ``{"pid": ...}``); both
+        run the one spawn path of the table. ``host`` is the spawn subject's, None on the
+        node's control subject."""
+        if "request" in data:
+            return self.table.control("spawn", data)
+        value = self.table.control("spawn", encode_spawn(decode_outside_spawn(data, host), ""))
+        if not isinstance(value, Pending):
+            return {"pid": value}
+        wrapped = Pending(value.drop)
+        value.listen(lambda outcome: wrapped.settle(Outcome(value={"pid": outcome.value}) if outcome.ok else outcome))
+        return wrapped
 
     def _answer(self, msg: Msg, run: Callable[[dict[str, Any]], Any]) -> None:
         """The one body of every inbound handler: decode, run, answer. Exactly one exit:
@@ -93,6 +123,8 @@ class ControlPlane:
         goes to the dead-letter queue. Nothing raises into the client's read loop."""
         try:
             data = unpack(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
+            if data is None:  # an empty body: `nats req mw.nodes.ps ''`
+                data = {}
             if not isinstance(data, dict):
                 raise invalid("a control request body must be a map")
             value = run(data)
@@ -116,3 +148,29 @@ class ControlPlane:
 
 def _unknown(verb: str) -> Any:
     raise invalid(f"unknown control request {verb!r}")
+
+
+def _check_fields(verb: str, data: dict[str, Any]) -> None:
+    """Refuse (Invalid) a request whose fields an outside client got wrong, before the
+    table acts on it: the table reads fields leniently (``str(...)``) for its own nodes.
+
+    Raises:
+        MoonwireError: Invalid, naming the field.
+    """
+    if verb == "lookup":
+        name = data.get("name")
+        if not (isinstance(name, str) and name and _WILDCARDS.isdisjoint(name)):
+            raise invalid("malformed lookup: 'name' must be a non-empty text without wildcards (* >): "
+                          "a lookup is of one exact name")
+    elif verb in ("cancel", "terminate"):
+        target = data.get("target")
+        if not (isinstance(target, str) and Pid.parse(target) is not None):
+            raise invalid(f"malformed {verb}: 'target' must be a PID {{node@host|uid}}")
+        for field in ("by", "reason"):
+            if not isinstance(data.get(field, ""), str):
+                raise invalid(f"malformed {verb}: {field!r} must be a text")
+    elif verb in SURVEY_VERBS:
+        limit = data.get("limit", 0)
+        if not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0):
+            raise invalid(f"malformed {verb}: 'limit' must be a whole number >= 0")
+

@@ -72,3 +72,49 @@ def decode_spawn(data: dict[str, Any]) -> tuple[SpawnRequest, str]:
     except (TypeError, ValueError) as err:
         raise invalid(f"malformed spawn request: {err}") from err
     return request, parent
+
+
+OUTSIDE_SPAWN_FIELDS = ("entry", "host", "args", "name", "context", "options")
+"""The fields of a spawn request from outside moonwire (``docs/wire.md``)."""
+_WILDCARDS = frozenset("*>")
+_NOT_IN_IDS = _WILDCARDS | frozenset(" \t\r\n")
+
+
+def decode_outside_spawn(data: dict[str, Any], host: str | None) -> SpawnRequest:
+    """The spawn request of a client outside moonwire: ``{"entry": "ns:name", "args"?: [...],
+    "name"?: text, "host"?: "ns:host", "context"?: {...}, "options"?: {...}}``, with no
+    parent (so no monitor, link or startup messages). ``host`` is the subject's
+    (``<prefix>.spawn.<host>``): the body may repeat it but not name another; on a
+    node's control subject (``host`` None) the body must name it.
+
+    Raises:
+        MoonwireError: (Invalid) naming the first field that is missing, unknown or of
+            the wrong type, or a name that is empty or holds a wildcard.
+    """
+    unknown = sorted(str(key) for key in data if key not in OUTSIDE_SPAWN_FIELDS)
+    if unknown:
+        raise invalid(f"malformed spawn request: unknown field(s) {', '.join(map(repr, unknown))} "
+                      f"(expected {', '.join(OUTSIDE_SPAWN_FIELDS)})")
+    entry, args, name = data.get("entry"), data.get("args", []), data.get("name")
+    context, options = data.get("context", {}), data.get("options", {})
+    if not (isinstance(entry, str) and _is_entry_id(entry)):
+        raise invalid("malformed spawn request: 'entry' must be an entry id \"namespace:name\"")
+    body_host = data.get("host", host)
+    if not (isinstance(body_host, str) and _is_entry_id(body_host)):
+        raise invalid("malformed spawn request: 'host' must be a process host id \"namespace:name\""
+                      + ("" if host is not None else " (a node's spawn subject needs it in the body)"))
+    if host is not None and body_host != host:
+        raise invalid(f"malformed spawn request: 'host' {body_host!r} is not the subject's host {host!r}")
+    if not isinstance(args, list):
+        raise invalid("malformed spawn request: 'args' must be a list")
+    if name is not None and not (isinstance(name, str) and name and _WILDCARDS.isdisjoint(name)):
+        raise invalid("malformed spawn request: 'name' must be a non-empty text without wildcards (* >)")
+    for field, value in (("context", context), ("options", options)):
+        if not (isinstance(value, dict) and all(isinstance(key, str) for key in value)):
+            raise invalid(f"malformed spawn request: {field!r} must be a map with text keys")
+    return SpawnRequest(entry, body_host, args, context=context, name=name, options=options)
+
+
+def _is_entry_id(text: str) -> bool:
+    namespace, colon, name = text.partition(":")
+    return bool(namespace and colon and name) and _NOT_IN_IDS.isdisjoint(text)
