@@ -81,7 +81,8 @@ class TinyNats:
 
     def publish(self, subject: str, body: str, reply: str = "") -> None:
         raw = body.encode()
-        self.writer.write(" ".join(filter(None, ("PUB", subject, reply, str(len(raw))))).encode() + b"\r\n" + raw + b"\r\n")
+        command = " ".join(filter(None, ("PUB", subject, reply, str(len(raw)))))
+        self.writer.write(command.encode() + b"\r\n" + raw + b"\r\n")
 
     async def request(self, subject: str, body: str = "", *, replies: int = 1, wait: float = 5.0) -> list[Any]:
         """Publish with a reply subject; the first ``replies`` answers (JSON, checked)."""
