@@ -201,13 +201,14 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 async def start_nats(data_dir: Path, *, port: int | None = None, monitor_port: int | None = None,
                      args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                     timeout: float = 15.0) -> ServerProcess:
+                     timeout: float = 15.0, jetstream: bool = True) -> ServerProcess:
     """Start ``nats-server`` with JetStream, its store in ``data_dir``, on 127.0.0.1.
 
     ``port`` None picks 4222 if free, else a free port. ``monitor_port`` enables the HTTP
     monitoring endpoint. ``args`` are extra server flags (e.g. ``-c`` and a cluster
-    configuration, whose ``$VARIABLES`` come from ``env``). Returns once the server
-    accepts connections.
+    configuration, whose ``$VARIABLES`` come from ``env``). ``jetstream`` False starts
+    it without JetStream (what a broker someone else runs may look like). Returns once
+    the server accepts connections.
 
     Raises:
         EmbeddedServerError: the binary is missing, or the server exited or hung at start.
@@ -215,7 +216,8 @@ async def start_nats(data_dir: Path, *, port: int | None = None, monitor_port: i
     binary = find_binary("nats-server")
     port = port or free_port(NATS_DEFAULT_PORT)
     log_path = data_dir / "nats-server.log"
-    argv = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data_dir / "jetstream"), *args]
+    argv = [binary, "-a", "127.0.0.1", "-p", str(port), *(("-js", "-sd", str(data_dir / "jetstream")) if jetstream else ()),
+            *args]
     if monitor_port:
         argv += ["-m", str(monitor_port)]
     process = await _spawn("nats-server", argv, log_path, env)
