@@ -1,0 +1,20 @@
+"""The cluster layer (DESIGN §12): state shared by every node, kept in JetStream
+key-value buckets (Raft-replicated when NATS is a cluster) and replicated into each node
+through a watch, never a consensus of our own.
+
+* ``_names.py``: :class:`ClusterNames`, cluster-wide process names (wippy-surface §3.7,
+  CONSISTENT: first writer wins, only the owner unregisters, freed on exit and on
+  node-down).
+* ``_replica.py``: the local replica of a bucket's names and the name rules.
+* ``_jetstream.py``: opening a bucket; the bound and the error conversion every round
+  trip goes through.
+
+Owns: cluster-wide state on JetStream KV. May import: ``wire``, broker, lua; nothing
+from ``processes`` or ``workflows``: the process table depends on this room, not the
+other way.
+"""
+
+from ._names import ClusterNames, NamesStatistics
+from ._replica import MAX_NAME, Holder, name_problem
+
+__all__ = ["MAX_NAME", "ClusterNames", "Holder", "NamesStatistics", "name_problem"]

@@ -1,0 +1,437 @@
+"""Cluster-wide process names (wippy-surface §3.7, the CONSISTENT scope) in a JetStream
+key-value bucket: first writer wins, the others get AlreadyExists, only the owner may
+unregister, and a name is freed when its owner exits or its node goes down.
+
+The bucket is the only authority; there is no consensus of our own (DESIGN §12). Every
+write is one JetStream request: ``create`` (fails when the key holds a value) to
+register, a delete conditional on the revision read to unregister or release, so two
+nodes racing to do the same thing cannot undo each other's later work. Every node keeps
+a replica through a watch of the whole bucket (``_replica.py``), so ``lookup`` costs no
+round trip. docs/cluster.md has the design and what it rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
+
+from moonwire.broker import TaskSet
+from moonwire.lua import Kind, MoonwireError, invalid
+
+from ._jetstream import Conflict, bounded, open_bucket, unavailable
+from ._replica import Change, Holder, Replica, name_problem
+
+log = logging.getLogger("moonwire.cluster")
+T = TypeVar("T")
+
+ATTEMPTS = 3
+"""Rounds of write-then-read for one register or unregister: a round is lost only when
+the name changed hands between the write and the read, so a third loss means the name
+is churning and the caller should try again later (Unavailable)."""
+PARALLEL_DELETES = 64
+"""At most this many deletes in flight for one release or node-down."""
+
+
+@dataclass(frozen=True, slots=True)
+class NamesStatistics:
+    """What :meth:`ClusterNames.statistics` reports."""
+
+    available: bool
+    names: int
+    registered: int
+    """Successful registers, an idempotent one included."""
+    conflicts: int
+    """Registers answered AlreadyExists."""
+    freed: int
+    """Names deleted for an owner that exited or a node incarnation that went down."""
+    unavailable: int
+    """Calls that raised Unavailable."""
+    watched: int
+    """Entries the watch delivered."""
+
+
+class ClusterNames:
+    """Cluster-wide names for processes, one per node (``node`` at ``incarnation``).
+
+    Args:
+        nats: a connected client; JetStream is reached through it.
+        prefix: the subject prefix (``mw``); the bucket is ``<prefix>_names`` with each
+            ``.`` of the prefix as ``_``.
+        node: this node's name.
+        incarnation: this node's incarnation (its PID epoch, base 36): names held by an
+            earlier incarnation of ``node`` are deleted at start.
+        replicas: copies of the bucket when this node creates it (1 on one server, 3 on
+            a cluster); an existing bucket is used as it is.
+        timeout: the bound on every round trip to JetStream, in seconds.
+        retry_interval: how often to try again when JetStream was missing at start.
+        on_change: called with ``(name, before, after)`` when a name's holder changes
+            in the replica, from whichever side saw it first (see ``_replica.py``).
+    """
+
+    def __init__(self, nats: NatsClient, *, prefix: str, node: str, incarnation: str, replicas: int = 1,
+                 timeout: float = 2.0, retry_interval: float = 5.0, on_change: Change | None = None) -> None:
+        self.nats = nats
+        self.bucket = prefix.replace(".", "_") + "_names"
+        self.node = node
+        self.incarnation = incarnation
+        self.replicas = replicas
+        self.timeout = timeout
+        self.retry_interval = retry_interval
+        self._replica = Replica(on_change)
+        self._kv: KeyValue | None = None
+        self._js = nats.jetstream(timeout=timeout)
+        self._tasks: TaskSet | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._registering: Counter[str] = Counter()
+        """PID -> registers of it in flight."""
+        self._released: set[str] = set()
+        """PIDs released while a register of theirs was in flight (see :meth:`register`)."""
+        self._stats = Counter[str]()
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def available(self) -> bool:
+        """True once the bucket is open and the replica loaded."""
+        return self._kv is not None
+
+    async def start(self) -> None:
+        """Open (or create) the bucket, load every name into the replica and follow the
+        bucket's changes; then delete the names an earlier incarnation of this node
+        left behind.
+
+        Never raises for a missing or silent JetStream: :attr:`available` stays False,
+        one warning names the cause, and a task tries again every ``retry_interval``.
+        """
+        if self._tasks is not None:
+            raise RuntimeError("ClusterNames started twice")
+        self._tasks = TaskSet(log)
+        try:
+            await self._open()
+        except MoonwireError as err:
+            log.warning("cluster names are unavailable until JetStream answers (tried bucket %s): %s; "
+                        "trying again every %gs", self.bucket, err.message, self.retry_interval)
+            self._tasks.start(self._reopen(), "cluster names: waiting for JetStream")
+
+    async def stop(self) -> None:
+        """Stop following the bucket. The names stay: they belong to processes, which the
+        node releases (or its incarnation's node-down does) as they end."""
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            await tasks.stop()
+        self._kv = None
+        if self._watcher is not None:
+            await self._close_watcher(self._watcher)
+            self._watcher = None
+
+    async def _open(self) -> None:
+        kv = await open_bucket(self.nats, self.bucket, replicas=self.replicas, timeout=self.timeout)
+        watcher = await bounded(kv.watchall(), self.timeout, f"watching the bucket {self.bucket!r}")
+        self._replica.clear()
+        try:
+            # nats-py's watcher yields the last entry of every key, then None once it
+            # has delivered them all (num_pending 0), then each change as it happens.
+            while (entry := await bounded(watcher.updates(timeout=None), self.timeout,
+                                          f"loading the names in {self.bucket!r}")) is not None:
+                self._apply(entry)
+        except BaseException:
+            await self._close_watcher(watcher)
+            raise
+        self._watcher = watcher
+        assert self._tasks is not None
+        self._tasks.start(self._follow(watcher), f"cluster names: watching {self.bucket}")
+        self._kv = kv
+        log.info("cluster names: bucket %s open, %d names", self.bucket, len(self._replica))
+        earlier = [(name, holder) for name, holder in self._replica.items()
+                   if holder.node == self.node and _earlier(holder.incarnation, self.incarnation)]
+        await self._free(earlier, f"an earlier incarnation of node {self.node}")
+
+    async def _reopen(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_interval)
+            try:
+                await self._open()
+            except MoonwireError as err:
+                log.debug("cluster names still unavailable: %s", err.message)
+                continue
+            log.info("cluster names are available: JetStream answered")
+            return
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        # The watch is an ordered consumer: nats-py recreates it from the next revision
+        # when it misses heartbeats (its server died) or sees a gap, so it survives a
+        # reconnect to another server of the cluster.
+        async for entry in watcher:
+            if entry is not None:
+                self._apply(entry)
+
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        self._stats["watched"] += 1
+        revision = entry.revision or 0
+        if entry.operation in (KV_DEL, KV_PURGE):
+            self._replica.watched(entry.key, revision, None)
+            return
+        holder = Holder.decode(entry.value, revision)
+        if holder is None:
+            log.warning("cluster name %r in bucket %s holds a value that is not a moonwire holder: ignored",
+                        entry.key, self.bucket)
+        self._replica.watched(entry.key, revision, holder)
+
+    async def _close_watcher(self, watcher: KeyValue.KeyWatcher) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await watcher.stop()
+        except Exception as err:  # the connection may be gone already: nothing to undo
+            log.debug("cluster names: stopping the watch: %s", err)
+
+    # ------------------------------------------------------------ reading (no round trip)
+
+    def lookup(self, name: str) -> str | None:
+        """The PID registered as ``name`` cluster-wide, from the local replica; None when
+        no one holds it, when this node has not heard of it yet, or when JetStream is
+        unavailable."""
+        holder = self._replica.get(name) if self._kv is not None else None
+        return holder.pid if holder is not None else None
+
+    def holder(self, name: str) -> Holder | None:
+        """Who holds ``name`` (PID, node, incarnation, revision), from the replica."""
+        return self._replica.get(name) if self._kv is not None else None
+
+    def names_of(self, pid: str) -> list[str]:
+        """The names ``pid`` holds, sorted, from the replica."""
+        return self._replica.names_of(pid)
+
+    def __len__(self) -> int:
+        return len(self._replica)
+
+    def __iter__(self) -> Iterator[tuple[str, Holder]]:
+        """Every ``(name, holder)`` in the replica, as a snapshot."""
+        return self._replica.items()
+
+    def statistics(self) -> NamesStatistics:
+        s = self._stats
+        return NamesStatistics(self.available, len(self._replica), s["registered"], s["conflicts"], s["freed"],
+                               s["unavailable"], s["watched"])
+
+    # ------------------------------------------------------------ writing
+
+    async def register(self, name: str, pid: str) -> None:
+        """Register ``name`` for ``pid`` cluster-wide; the first writer wins.
+
+        ``pid`` should be a process of this node: the name is freed when this node's
+        incarnation goes down. A :meth:`release` of ``pid`` while this call waits wins:
+        the name is deleted again once the write lands.
+
+        Raises:
+            MoonwireError: Invalid: ``name`` breaks the key rules (``name_problem``).
+                AlreadyExists: another PID holds ``name``; the message names it.
+                Unavailable (retryable): JetStream is missing, or did not answer within
+                ``timeout`` (the write may still have landed: register again to know).
+        """
+        self._check(name, pid)
+        kv = self._require(f"register cluster name {name!r}")
+        mine = Holder(pid, self.node, self.incarnation, 0)
+        what = f"registering cluster name {name!r}"
+        self._registering[pid] += 1
+        try:
+            for _ in range(ATTEMPTS):
+                try:
+                    revision = await self._call(kv.create(name, mine.encode()), what)
+                except Conflict:
+                    current = await self._read(kv, name, what)
+                    if current is None:
+                        continue  # freed between our write and our read: try again
+                    if current.pid != pid:
+                        self._stats["conflicts"] += 1
+                        raise MoonwireError(f"cluster name {name!r} is already registered to {_describe(current)}",
+                                            Kind.ALREADY_EXISTS, retryable=False,
+                                            details={"pid": current.pid, "node": current.node})
+                    self._replica.wrote(name, current)
+                else:
+                    self._replica.wrote(name, replace(mine, revision=revision))
+                self._stats["registered"] += 1
+                return
+            raise self._unavailable(f"{what}: it changed hands {ATTEMPTS} times while registering; try again")
+        finally:
+            self._registering[pid] -= 1
+            if not self._registering[pid]:
+                del self._registering[pid]
+            if pid in self._released:
+                # The owner exited while this call waited (or was cancelled): the write
+                # may have landed after release() read the replica. Free it now.
+                if pid not in self._registering:
+                    self._released.discard(pid)
+                if self._tasks is not None:
+                    self._tasks.start(self._sweep(kv, name, pid), f"cluster names: sweep {name}")
+
+    async def unregister(self, name: str, pid: str) -> bool:
+        """Free ``name`` if ``pid`` holds it: True when this call freed it, False when
+        ``pid`` does not hold it (someone else does, or no one).
+
+        Raises:
+            MoonwireError: Invalid (a name that breaks the key rules); Unavailable
+                (retryable) as for :meth:`register`.
+        """
+        self._check(name, pid)
+        kv = self._require(f"unregister cluster name {name!r}")
+        what = f"unregistering cluster name {name!r}"
+        known = self._replica.get(name)
+        revision = known.revision if known is not None and known.pid == pid else None
+        for _ in range(ATTEMPTS):
+            if revision is None:  # the replica may lag: ask the bucket
+                current = await self._read(kv, name, what)
+                if current is None or current.pid != pid:
+                    return False
+                revision = current.revision
+            try:
+                await self._delete(name, revision, what)
+            except Conflict:
+                revision = None  # it changed since we read it
+                continue
+            return True
+        raise self._unavailable(f"{what}: it changed hands {ATTEMPTS} times while unregistering; try again")
+
+    async def release(self, pid: str) -> list[str]:
+        """``pid`` exited: delete every name it holds (by the replica), each conditional
+        on the revision seen, so a name someone took since is left alone. Failures are
+        logged, not raised. Returns the names freed."""
+        if pid in self._registering:
+            self._released.add(pid)
+        held = [(name, holder) for name in self._replica.names_of(pid)
+                if (holder := self._replica.get(name)) is not None]
+        return await self._free(held, f"process {pid} exited")
+
+    def release_soon(self, pid: str) -> asyncio.Task[list[str]] | None:
+        """:meth:`release` as a task owned here (for a caller that cannot wait, such as
+        an exit path); None when ``pid`` holds no name and no register of it is in
+        flight, which is the common case and costs one dictionary look-up."""
+        if self._tasks is None or (not self._replica.names_of(pid) and pid not in self._registering):
+            return None
+        return self._tasks.start(self.release(pid), f"cluster names: release {pid}")
+
+    async def node_down(self, node: str, incarnation: str) -> list[str]:
+        """``incarnation`` of ``node`` is gone: delete every name it registered. Every
+        surviving node may do this at the same time; conditional deletes make the race
+        harmless. Failures are logged, not raised. Returns the names this call freed."""
+        if node == self.node and incarnation == self.incarnation:
+            log.warning("cluster names: told that this node (%s, incarnation %s) is down; its names stay",
+                        node, incarnation)
+            return []
+        held = [(name, holder) for name, holder in self._replica.items()
+                if holder.node == node and holder.incarnation == incarnation]
+        return await self._free(held, f"node {node} (incarnation {incarnation}) is down")
+
+    def node_down_soon(self, node: str, incarnation: str) -> asyncio.Task[list[str]] | None:
+        """:meth:`node_down` as a task owned here (membership's ``on_down`` is not async)."""
+        if self._tasks is None:
+            return None
+        return self._tasks.start(self.node_down(node, incarnation), f"cluster names: node {node} down")
+
+    # ------------------------------------------------------------ helpers
+
+    def _check(self, name: str, pid: str) -> None:
+        if (problem := name_problem(name)) is not None:
+            raise invalid(problem)
+        if not isinstance(pid, str) or not pid:
+            raise invalid(f"a cluster name is registered to a PID, not {pid!r}")
+
+    def _require(self, what: str) -> KeyValue:
+        if self._kv is None:
+            raise self._unavailable(f"cannot {what}: cluster names need JetStream, and the bucket "
+                                    f"{self.bucket!r} could not be opened (is the NATS server running with -js?)")
+        return self._kv
+
+    def _unavailable(self, message: str) -> MoonwireError:
+        self._stats["unavailable"] += 1
+        return unavailable(message)
+
+    async def _call(self, work: Awaitable[T], what: str) -> T:
+        try:
+            return await bounded(work, self.timeout, what)
+        except MoonwireError:
+            self._stats["unavailable"] += 1
+            raise
+
+    async def _read(self, kv: KeyValue, name: str, what: str) -> Holder | None:
+        """The bucket's current holder of ``name`` (a read at the stream leader)."""
+
+        async def get() -> KeyValue.Entry | None:
+            try:
+                return await kv.get(name)
+            except nats.js.errors.KeyNotFoundError:  # deleted names too
+                return None
+
+        entry = await self._call(get(), what)
+        if entry is None:
+            return None
+        return Holder.decode(entry.value, entry.revision or 0) or Holder("", "", "", entry.revision or 0)
+
+    async def _delete(self, name: str, revision: int, what: str) -> None:
+        """Delete ``name`` if its last revision is ``revision``.
+
+        Written out rather than ``KeyValue.delete``, which does not return the revision
+        of the delete, and the replica needs it (``Replica.deleted``). The subject and
+        headers are the KV protocol's (NATS ADR-8).
+
+        Raises:
+            Conflict: the name's last revision is another one.
+            MoonwireError: Unavailable.
+        """
+        headers = {KV_OP: KV_DEL, "Nats-Expected-Last-Subject-Sequence": str(revision)}
+        ack = await self._call(self._js.publish(f"$KV.{self.bucket}.{name}", b"", headers=headers), what)
+        self._replica.deleted(name, ack.seq)
+
+    async def _sweep(self, kv: KeyValue, name: str, pid: str) -> None:
+        """Delete ``name`` if the bucket says ``pid`` (which exited) holds it."""
+        try:
+            current = await self._read(kv, name, f"checking cluster name {name!r}")
+        except MoonwireError as err:
+            log.warning("cluster name %r may stay registered to %s, which exited: %s", name, pid, err.message)
+            return
+        if current is not None and current.pid == pid:
+            await self._free([(name, current)], f"process {pid} exited while registering it")
+
+    async def _free(self, held: Iterable[tuple[str, Holder]], why: str) -> list[str]:
+        """Delete each name at the revision its holder was seen at; log what fails."""
+        held = list(held)
+        if not held or self._kv is None:
+            return []
+        limit = asyncio.Semaphore(PARALLEL_DELETES)
+
+        async def free(name: str, holder: Holder) -> str | None:
+            async with limit:
+                try:
+                    await self._delete(name, holder.revision, f"freeing cluster name {name!r} ({why})")
+                except Conflict:
+                    return None  # someone freed or took it since: not ours to delete
+                except MoonwireError as err:
+                    log.warning("cluster name %r stays registered to %s: %s", name, holder.pid, err.message)
+                    return None
+            return name
+
+        freed = [name for name in await asyncio.gather(*(free(n, h) for n, h in held)) if name is not None]
+        self._stats["freed"] += len(freed)
+        if freed:
+            log.info("cluster names freed (%s): %s", why, ", ".join(freed))
+        return freed
+
+
+def _earlier(a: str, b: str) -> bool:
+    """True when incarnation ``a`` is earlier than ``b``: boot epochs in base 36, so the
+    shorter string, then the smaller, is earlier (as ``broker/_membership.py`` reads
+    them)."""
+    return (len(a), a) < (len(b), b)
+
+
+def _describe(holder: Holder) -> str:
+    if not holder.pid:
+        return "a value that is not a moonwire holder"
+    return f"{holder.pid} (node {holder.node})"
