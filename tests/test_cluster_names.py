@@ -399,3 +399,12 @@ def test_replica_write_through_then_the_watch() -> None:
     assert r.get("n").pid == "p3" and r.names_of("p3") == ["n"] and r.names_of("p1") == []  # type: ignore[union-attr]
     r.wrote("n", Holder("p9", "a", "1", 3))  # an acknowledgement the watch has passed
     assert r.get("n").pid == "p3"  # type: ignore[union-attr]
+
+
+def test_replica_survives_a_failing_listener(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(name: str, before: Holder | None, after: Holder | None) -> None:
+        raise RuntimeError("listener bug")
+
+    r = Replica(broken)
+    r.watched("n", 1, Holder("p", "a", "1", 1))
+    assert r.get("n") is not None and "on_change for 'n' failed" in caplog.text

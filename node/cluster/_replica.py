@@ -20,9 +20,12 @@ The two sides race, and revisions settle it:
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+log = logging.getLogger("moonwire.cluster")
 
 MAX_NAME = 255
 """The longest cluster name, in characters. JetStream allows longer keys (a subject of
@@ -183,7 +186,10 @@ class Replica:
             self._holders[name] = holder
             self._by_pid.setdefault(holder.pid, set()).add(name)
         if self._on_change is not None and _pid(before) != _pid(holder):
-            self._on_change(name, before, holder)
+            try:
+                self._on_change(name, before, holder)
+            except Exception:  # a listener's bug must not stop the watch that feeds every lookup
+                log.exception("cluster names: on_change for %r failed", name)
 
 
 def _pid(holder: Holder | None) -> str | None:
