@@ -101,10 +101,10 @@ def reply_outcome(reply: Msg | BaseException, describe: Describe, wait: float) -
         data = unpack(reply.data, (reply.headers or {}).get(CONTENT_TYPE))
     except MoonwireError as err:
         return Outcome(error=err)
-    return outcome_of(data)
+    return _outcome_of(data)
 
 
-def outcome_of(data: Any) -> Outcome:
+def _outcome_of(data: Any) -> Outcome:
     """The outcome of a decoded reply body."""
     if isinstance(data, dict) and "result" in data:
         return Outcome(value=data["result"])
