@@ -35,13 +35,14 @@ def pid_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> float:
     """Poll ``predicate`` until true; return the seconds it took. For the rare state
-    that offers no event to await (a process disappearing, say)."""
+    that offers no event to await (a process disappearing, say). ``what`` may be a
+    function, to describe the state at the time out."""
     start = time.monotonic()
     while not predicate():
         if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
         await asyncio.sleep(0.05)
     return time.monotonic() - start
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import re
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import nats
 from nats.aio.msg import Msg
 
-from moonwire.node import ServerProcess
+from moonwire.node import ServerProcess, free_port, start_nats
 from support import wait_until, write_project
 
 FLOOD = 200_000
@@ -209,11 +210,12 @@ async def test_gateway_burst_to_an_unknown_workflow_is_bounded_and_dead_lettered
 
 
 async def test_messages_nats_py_drops_for_a_slow_subscription_are_counted_and_logged_once(
-        nats_server: ServerProcess, caplog) -> None:
+        tmp_path: Path, caplog) -> None:
     from moonwire.broker import ConnectOptions, connect
 
-    client = await connect(ConnectOptions(servers=[nats_server.address], name="slow-test"))
-    publisher = await nats.connect(nats_server.address)
+    # A server of its own: nothing a flood test before it left on the shared one can
+    # delay these 100 messages (once, in CI, they did not all arrive within 10 s).
+    server = await start_nats(tmp_path, port=free_port())
     release, entered = asyncio.Event(), 0
 
     async def slow(msg: Msg) -> None:
@@ -221,20 +223,25 @@ async def test_messages_nats_py_drops_for_a_slow_subscription_are_counted_and_lo
         entered += 1
         await release.wait()
 
-    try:
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.push_async_callback(server.stop)
+        client = await connect(ConnectOptions(servers=[server.address], name="slow-test"))
+        cleanup.push_async_callback(client.close)
+        publisher = await nats.connect(server.address)
+        cleanup.push_async_callback(publisher.close)
+        cleanup.callback(release.set)
         subscription = await client.subscribe("slow.x", cb=slow, pending_msgs_limit=10)
         await client.flush()
         for _ in range(100):
             await publisher.publish("slow.x", b"x")
         await publisher.flush()
         # Neither flush promises the server has routed all 100 to the client yet.
-        await wait_until(lambda: client.stats["in_msgs"] == 100, 10, "the client to read all 100")
+        await wait_until(lambda: client.stats["in_msgs"] == 100, 10,
+                         lambda: f"the client to read all 100 (read {client.stats['in_msgs']}, "
+                                 f"{subscription.pending_msgs} pending, {entered} entered, "
+                                 f"{client.slow_consumer_drops.total} dropped)")
         drops = client.slow_consumer_drops
         assert drops.total > 0 and drops.totals == {"slow.x": drops.total}
         assert drops.total + subscription.pending_msgs + entered == 100
         logged = [r for r in caplog.records if "slow consumer" in r.getMessage()]
         assert len(logged) == 1, [r.getMessage() for r in logged]
-    finally:
-        release.set()
-        await publisher.close()
-        await client.close()
