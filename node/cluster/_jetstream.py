@@ -65,7 +65,8 @@ async def bounded(work: Awaitable[T], timeout: float, what: str) -> T:
         raise unavailable(f"{what}: {type(err).__name__}: {err}") from err
 
 
-async def open_bucket(client: NatsClient, bucket: str, *, replicas: int, timeout: float) -> KeyValue:
+async def open_bucket(client: NatsClient, bucket: str, *, replicas: int, timeout: float,
+                      description: str = "moonwire cluster names (docs/cluster.md)") -> KeyValue:
     """The key-value bucket ``bucket``, created when missing (history 1, file storage,
     ``replicas`` copies). A bucket that exists is used as it is, whatever its replicas:
     changing them is an operator's decision (``nats kv edit``), not a node's at start.
@@ -86,7 +87,7 @@ async def open_bucket(client: NatsClient, bucket: str, *, replicas: int, timeout
     if kv is not None:
         return kv
     config = KeyValueConfig(bucket=bucket, history=1, replicas=replicas, storage=StorageType.FILE,
-                            description="moonwire cluster names (docs/cluster.md)")
+                            description=description)
     try:
         return await bounded(js.create_key_value(config), timeout, f"creating the key-value bucket {bucket!r}")
     except MoonwireError:

@@ -63,8 +63,8 @@ class ClusterNames:
 
     Args:
         nats: a connected client; JetStream is reached through it.
-        prefix: the subject prefix (``mw``); the bucket is ``<prefix>_names`` with each
-            ``.`` of the prefix as ``_``.
+        prefix: the subject prefix (``mw``); the bucket is ``<prefix>_<store>`` with
+            each ``.`` of the prefix as ``_``.
         node: this node's name.
         incarnation: this node's incarnation (its PID epoch, base 36): names held by an
             earlier incarnation of ``node`` are deleted at start.
@@ -74,12 +74,17 @@ class ClusterNames:
         retry_interval: how often to try again when JetStream was missing at start.
         on_change: called with ``(name, before, after)`` when a name's holder changes
             in the replica, from whichever side saw it first (see ``_replica.py``).
+        store: what the names are for, naming the bucket and the log lines: ``names``
+            for process names, ``locks`` for :class:`ClusterLocks` (the same rules on a
+            bucket of their own, so a lock never collides with a process name).
     """
 
     def __init__(self, nats: NatsClient, *, prefix: str, node: str, incarnation: str, replicas: int = 1,
-                 timeout: float = 2.0, retry_interval: float = 5.0, on_change: Change | None = None) -> None:
+                 timeout: float = 2.0, retry_interval: float = 5.0, on_change: Change | None = None,
+                 store: str = "names") -> None:
         self.nats = nats
-        self.bucket = prefix.replace(".", "_") + "_names"
+        self.bucket = prefix.replace(".", "_") + "_" + store
+        self.what = f"cluster {store}"
         self.node = node
         self.incarnation = incarnation
         self.replicas = replicas
@@ -117,9 +122,9 @@ class ClusterNames:
         try:
             await self._open()
         except MoonwireError as err:
-            log.warning("cluster names are unavailable until JetStream answers (tried bucket %s): %s; "
-                        "trying again every %gs", self.bucket, err.message, self.retry_interval)
-            self._tasks.start(self._reopen(), "cluster names: waiting for JetStream")
+            log.warning("%s are unavailable until JetStream answers (tried bucket %s): %s; "
+                        "trying again every %gs", self.what, self.bucket, err.message, self.retry_interval)
+            self._tasks.start(self._reopen(), f"{self.what}: waiting for JetStream")
 
     async def stop(self) -> None:
         """Stop following the bucket. The names stay: they belong to processes, which the
@@ -133,7 +138,8 @@ class ClusterNames:
             self._watcher = None
 
     async def _open(self) -> None:
-        kv = await open_bucket(self.nats, self.bucket, replicas=self.replicas, timeout=self.timeout)
+        kv = await open_bucket(self.nats, self.bucket, replicas=self.replicas, timeout=self.timeout,
+                               description=f"moonwire {self.what} (docs/cluster.md)")
         watcher = await bounded(kv.watchall(), self.timeout, f"watching the bucket {self.bucket!r}")
         self._replica.clear()
         try:
@@ -147,9 +153,9 @@ class ClusterNames:
             raise
         self._watcher = watcher
         assert self._tasks is not None
-        self._tasks.start(self._follow(watcher), f"cluster names: watching {self.bucket}")
+        self._tasks.start(self._follow(watcher), f"{self.what}: watching {self.bucket}")
         self._kv = kv
-        log.info("cluster names: bucket %s open, %d names", self.bucket, len(self._replica))
+        log.info("%s: bucket %s open, %d names", self.what, self.bucket, len(self._replica))
         earlier = [(name, holder) for name, holder in self._replica.items()
                    if holder.node == self.node and _earlier(holder.incarnation, self.incarnation)]
         await self._free(earlier, f"an earlier incarnation of node {self.node}")
@@ -160,9 +166,9 @@ class ClusterNames:
             try:
                 await self._open()
             except MoonwireError as err:
-                log.debug("cluster names still unavailable: %s", err.message)
+                log.debug("%s still unavailable: %s", self.what, err.message)
                 continue
-            log.info("cluster names are available: JetStream answered")
+            log.info("%s are available: JetStream answered", self.what)
             return
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
@@ -190,7 +196,7 @@ class ClusterNames:
             async with asyncio.timeout(self.timeout):
                 await watcher.stop()
         except Exception as err:  # the connection may be gone already: nothing to undo
-            log.debug("cluster names: stopping the watch: %s", err)
+            log.debug("%s: stopping the watch: %s", self.what, err)
 
     # ------------------------------------------------------------ reading (no round trip)
 
@@ -270,7 +276,7 @@ class ClusterNames:
                 if pid not in self._registering:
                     self._released.discard(pid)
                 if self._tasks is not None:
-                    self._tasks.start(self._sweep(kv, name, pid), f"cluster names: sweep {name}")
+                    self._tasks.start(self._sweep(kv, name, pid), f"{self.what}: sweep {name}")
 
     async def unregister(self, name: str, pid: str) -> bool:
         """Free ``name`` if ``pid`` holds it: True when this call freed it, False when
@@ -315,15 +321,15 @@ class ClusterNames:
         flight, which is the common case and costs one dictionary look-up."""
         if self._tasks is None or (not self._replica.names_of(pid) and pid not in self._registering):
             return None
-        return self._tasks.start(self.release(pid), f"cluster names: release {pid}")
+        return self._tasks.start(self.release(pid), f"{self.what}: release {pid}")
 
     async def node_down(self, node: str, incarnation: str) -> list[str]:
         """``incarnation`` of ``node`` is gone: delete every name it registered. Every
         surviving node may do this at the same time; conditional deletes make the race
         harmless. Failures are logged, not raised. Returns the names this call freed."""
         if node == self.node and incarnation == self.incarnation:
-            log.warning("cluster names: told that this node (%s, incarnation %s) is down; its names stay",
-                        node, incarnation)
+            log.warning("%s: told that this node (%s, incarnation %s) is down; its names stay",
+                        self.what, node, incarnation)
             return []
         held = [(name, holder) for name, holder in self._replica.items()
                 if holder.node == node and holder.incarnation == incarnation]
@@ -333,7 +339,7 @@ class ClusterNames:
         """:meth:`node_down` as a task owned here (membership's ``on_down`` is not async)."""
         if self._tasks is None:
             return None
-        return self._tasks.start(self.node_down(node, incarnation), f"cluster names: node {node} down")
+        return self._tasks.start(self.node_down(node, incarnation), f"{self.what}: node {node} down")
 
     # ------------------------------------------------------------ helpers
 
@@ -345,7 +351,7 @@ class ClusterNames:
 
     def _require(self, what: str) -> KeyValue:
         if self._kv is None:
-            raise self._unavailable(f"cannot {what}: cluster names need JetStream, and the bucket "
+            raise self._unavailable(f"cannot {what}: {self.what} need JetStream, and the bucket "
                                     f"{self.bucket!r} could not be opened (is the NATS server running with -js?)")
         return self._kv
 
@@ -420,7 +426,7 @@ class ClusterNames:
         freed = [name for name in await asyncio.gather(*(free(n, h) for n, h in held)) if name is not None]
         self._stats["freed"] += len(freed)
         if freed:
-            log.info("cluster names freed (%s): %s", why, ", ".join(freed))
+            log.info("%s freed (%s): %s", self.what, why, ", ".join(freed))
         return freed
 
 
