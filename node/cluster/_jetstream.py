@@ -11,17 +11,22 @@ requests, each with the full client timeout. So each operation as a whole runs u
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.kv import KeyValue
+from nats.js.client import JetStreamContext
+from nats.js.kv import KV_DEL, KV_OP, KeyValue
 
+from moonwire.broker import TaskSet
 from moonwire.lua import Kind, MoonwireError
 
+log = logging.getLogger("moonwire.cluster")
 T = TypeVar("T")
 
 WRONG_LAST_SEQUENCE = (10071, 10164)
@@ -97,3 +102,227 @@ async def open_bucket(client: NatsClient, bucket: str, *, replicas: int, timeout
         if kv is None:
             raise
         return kv
+
+
+async def follow_bucket(kv: KeyValue, apply: Callable[[KeyValue.Entry], None], tasks: TaskSet, *,
+                        timeout: float, what: str) -> KeyValue.KeyWatcher:
+    """Watch every key of ``kv``: hand ``apply`` the last entry of each key and return
+    once all of them are in (a replica is then loaded), and go on handing it each change,
+    in stream order, from a task owned by ``tasks``. ``what`` names the bucket in errors
+    and in the task's name. ``apply`` must not raise: a failure ends the watch.
+
+    The watch is nats-py's ordered consumer, which recreates itself from the next
+    revision when it misses heartbeats (its server died) or sees a gap, so it survives a
+    reconnect to another server of a cluster.
+
+    Raises:
+        MoonwireError: Unavailable (see :func:`bounded`); the watch is stopped again.
+    """
+    watcher = await bounded(kv.watchall(), timeout, f"watching {what}")
+    try:
+        # nats-py's watcher yields the last entry of every key, then None once it has
+        # delivered them all (num_pending 0), then each change as it happens.
+        while (entry := await bounded(watcher.updates(timeout=None), timeout, f"loading {what}")) is not None:
+            apply(entry)
+    except BaseException:
+        await stop_watch(watcher, timeout)
+        raise
+
+    async def follow() -> None:
+        async for entry in watcher:
+            if entry is not None:
+                apply(entry)
+
+    tasks.start(follow(), f"watching {what}")
+    return watcher
+
+
+async def stop_watch(watcher: KeyValue.KeyWatcher, timeout: float) -> None:
+    """Stop a watch within ``timeout``; never raises (the connection may be gone already,
+    and then there is nothing to undo)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await watcher.stop()
+    except Exception as err:
+        log.debug("stopping a key-value watch: %s", err)
+
+
+async def retry_every(interval: float, attempt: Callable[[], Awaitable[None]], what: str) -> None:
+    """Await ``attempt()`` every ``interval`` seconds until it returns rather than raise
+    Unavailable: for a store whose JetStream was missing at start. Each failure is logged
+    at DEBUG (the store warned once already), the success at INFO."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await attempt()
+        except MoonwireError as err:
+            log.debug("%s still unavailable: %s", what, err.message)
+            continue
+        log.info("%s are available: JetStream answered", what)
+        return
+
+
+def earlier_incarnation(a: str, b: str) -> bool:
+    """True when node incarnation ``a`` is earlier than ``b``: boot epochs in base 36, so
+    the shorter string, then the smaller, is earlier (as ``broker/_membership.py`` reads
+    them)."""
+    return (len(a), a) < (len(b), b)
+
+
+async def delete_key(js: JetStreamContext, bucket: str, key: str, revision: int | None, *, timeout: float,
+                     what: str) -> int:
+    """Delete ``key`` of ``bucket``, only if its last revision is ``revision`` when one is
+    given; return the revision of the delete.
+
+    Written out rather than ``KeyValue.delete``, which does not return the revision (a
+    replica needs it to tell its own delete from a later write). The subject and headers
+    are the KV protocol's (NATS ADR-8).
+
+    Raises:
+        Conflict: the key's last revision is another one.
+        MoonwireError: Unavailable (see :func:`bounded`).
+    """
+    headers = {KV_OP: KV_DEL}
+    if revision is not None:
+        headers["Nats-Expected-Last-Subject-Sequence"] = str(revision)
+    ack = await bounded(js.publish(f"$KV.{bucket}.{key}", b"", headers=headers), timeout, what)
+    return ack.seq
+
+
+async def delete_keys(js: JetStreamContext, bucket: str, keys: Iterable[tuple[str, int]], *, timeout: float,
+                      what: str, parallel: int = 64) -> list[tuple[str, int]]:
+    """Delete each ``(key, revision)`` of ``bucket`` conditionally on that revision, at
+    most ``parallel`` at a time: a key written or deleted since is left alone (someone
+    else's now, or freed already). Failures are logged, not raised. Returns the keys
+    this call deleted, each with the revision of its delete. ``what`` says why, for the
+    log.
+    """
+    limit = asyncio.Semaphore(parallel)
+
+    async def delete(key: str, revision: int) -> tuple[str, int] | None:
+        async with limit:
+            try:
+                deleted = await delete_key(js, bucket, key, revision, timeout=timeout, what=f"deleting {key!r} ({what})")
+            except Conflict:
+                return None
+            except MoonwireError as err:
+                log.warning("key %r of bucket %s stays (%s): %s", key, bucket, what, err.message)
+                return None
+        return key, deleted
+
+    return [each for each in await asyncio.gather(*(delete(k, r) for k, r in keys)) if each is not None]
+
+
+class BucketStore:
+    """What a store on one key-value bucket shares with the others (``_groups.py`` uses
+    it; ``_names.py`` has the same steps written out and could adopt it): the bucket
+    opened at :meth:`start`, or, when JetStream is missing or silent, one warning and a
+    try every ``retry_interval``; a watch of every key feeding the store's replica
+    through :meth:`_apply`; every round trip bounded, each Unavailable counted in
+    ``_stats["unavailable"]``.
+
+    A subclass implements :meth:`_apply`, and may extend :meth:`_reset` (forget what an
+    earlier, failed attempt loaded) and :meth:`_opened` (the replica is loaded: clean up
+    after an earlier incarnation, say). ``what`` names the store in the log (``cluster
+    process groups``).
+    """
+
+    def __init__(self, nats: NatsClient, *, bucket: str, what: str, replicas: int, timeout: float,
+                 retry_interval: float) -> None:
+        self.nats = nats
+        self.bucket = bucket
+        self.what = what
+        self.replicas = replicas
+        self.timeout = timeout
+        self.retry_interval = retry_interval
+        self._js = nats.jetstream(timeout=timeout)
+        self._kv: KeyValue | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._tasks: TaskSet | None = None
+        """The watch, or the wait for JetStream."""
+        self._writes = TaskSet(log)
+        """Work started for callers that cannot wait (:meth:`_soon`)."""
+        self._stats = Counter[str]()
+
+    @property
+    def available(self) -> bool:
+        """True once the bucket is open and the replica loaded."""
+        return self._kv is not None
+
+    async def start(self) -> None:
+        """Open (or create) the bucket, load the replica and follow the bucket.
+
+        Never raises for a missing or silent JetStream: :attr:`available` stays False,
+        one warning names the cause, and a task tries again every ``retry_interval``.
+        """
+        if self._tasks is not None:
+            raise RuntimeError(f"{self.what} started twice")
+        self._tasks = TaskSet(log)
+        try:
+            await self._open()
+        except MoonwireError as err:
+            log.warning("%s are unavailable until JetStream answers (tried bucket %s): %s; trying again every %gs",
+                        self.what, self.bucket, err.message, self.retry_interval)
+            self._tasks.start(retry_every(self.retry_interval, self._open, self.what),
+                              f"{self.what}: waiting for JetStream")
+
+    async def _open(self) -> None:
+        assert self._tasks is not None
+        self._stats["attempts"] += 1
+        kv = await open_bucket(self.nats, self.bucket, replicas=self.replicas, timeout=self.timeout,
+                               description=f"moonwire {self.what} (docs/cluster.md)")
+        self._reset()
+        self._watcher = await follow_bucket(kv, self._apply, self._tasks, timeout=self.timeout,
+                                            what=f"the bucket {self.bucket!r}")
+        self._kv = kv
+        log.info("%s: bucket %s open", self.what, self.bucket)
+        await self._opened()
+
+    async def _stop_following(self) -> None:
+        """Cancel the work :meth:`_soon` started and end the watch (or the wait for
+        JetStream); the store is unavailable after."""
+        await self._writes.stop()
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            await tasks.stop()
+        self._kv = None
+        if self._watcher is not None:
+            await stop_watch(self._watcher, self.timeout)
+            self._watcher = None
+
+    def _soon(self, work: Coroutine[Any, Any, T], what: str) -> asyncio.Task[T] | None:
+        """``work`` as a task owned here, for a caller that cannot wait (an exit path,
+        membership's ``on_down``); None, and ``work`` closed, when the store is stopped."""
+        if self._tasks is None:
+            work.close()
+            return None
+        return self._writes.start(work, f"{self.what}: {what}")
+
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        """The watch delivered ``entry``, in stream order. Must not raise."""
+        raise NotImplementedError
+
+    def _reset(self) -> None:
+        """Forget the replica before it is loaded again."""
+
+    async def _opened(self) -> None:
+        """The bucket is open and the replica loaded."""
+
+    def _require(self, what: str) -> KeyValue:
+        """The bucket, or Unavailable naming JetStream and ``what`` could not be done."""
+        if self._kv is None:
+            raise self._unavailable(f"cannot {what}: {self.what} need JetStream, and the bucket {self.bucket!r} "
+                                    "could not be opened (is the NATS server running with -js?)")
+        return self._kv
+
+    def _unavailable(self, message: str) -> MoonwireError:
+        self._stats["unavailable"] += 1
+        return unavailable(message)
+
+    async def _call(self, work: Awaitable[T], what: str) -> T:
+        """``bounded(work)``, counting Unavailable."""
+        try:
+            return await bounded(work, self.timeout, what)
+        except MoonwireError:
+            self._stats["unavailable"] += 1
+            raise
