@@ -6,15 +6,20 @@ through a watch, never a consensus of our own.
   CONSISTENT: first writer wins, only the owner unregisters, freed on exit and on
   node-down).
 * ``_replica.py``: the local replica of a bucket's names and the name rules.
-* ``_jetstream.py``: opening a bucket; the bound and the error conversion every round
-  trip goes through.
+* ``_groups.py``: :class:`ClusterGroups`, cluster-wide process groups (Erlang ``pg``,
+  wippy-modules §10): multi-join memberships written by their own node, broadcasts on
+  ``<prefix>.g.<group>``, freed on exit and on node-down.
+* ``_jetstream.py``: opening and following a bucket (``BucketStore``); the bound and
+  the error conversion every round trip goes through.
 
 Owns: cluster-wide state on JetStream KV. May import: ``wire``, broker, lua; nothing
 from ``processes`` or ``workflows``: the process table depends on this room, not the
 other way.
 """
 
+from ._groups import ClusterGroups, GroupsStatistics
 from ._names import ClusterNames, NamesStatistics
 from ._replica import MAX_NAME, Holder, name_problem
 
-__all__ = ["MAX_NAME", "ClusterNames", "Holder", "NamesStatistics", "name_problem"]
+__all__ = ["MAX_NAME", "ClusterGroups", "ClusterNames", "GroupsStatistics", "Holder", "NamesStatistics",
+           "name_problem"]
