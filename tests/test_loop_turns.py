@@ -18,8 +18,9 @@ from support import LocalRuntime, process_project
 
 ROUNDS = 20
 
-# About 4M instructions: under the 10M budget, and longer than a turn.
-BUSY = "local function busy() local x = 0 for i = 1, 2000000 do x = x + i end return x end\n"
+# About 8M instructions: under the 10M budget, and longer than a turn (about 20 ms here;
+# at half that, two rounds fit in one turn and the count sits right at ROUNDS // 2).
+BUSY = "local function busy() local x = 0 for i = 1, 4000000 do x = x + i end return x end\n"
 
 FUNCTIONS = """
 - {name: noop, kind: function.lua, source: file://noop.lua}
