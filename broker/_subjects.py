@@ -36,6 +36,14 @@ class Subjects:
         """The one wildcard subscription a node holds for all its processes."""
         return f"{self.prefix}.p.{node}.>"
 
+    def named(self, name: str) -> str:
+        """A cluster name's inbox from outside (then ``.<topic>``): a queue group of every
+        node takes each message and hands it to the name's holder, wherever it runs."""
+        return f"{self.prefix}.n.{name}"
+
+    def all_named(self) -> str:
+        return f"{self.prefix}.n.>"
+
     def control(self, node: str, verb: str) -> str:
         return f"{self.prefix}.ctl.{node}.{verb}"
 

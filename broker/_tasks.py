@@ -47,6 +47,12 @@ class TaskSet:
             if self._on_failure is not None:
                 self._on_failure(task, error)
 
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the tasks owned now to end by themselves."""
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
     async def stop(self) -> None:
         """Cancel every task owned here and wait until each has ended."""
         tasks = list(self._tasks)

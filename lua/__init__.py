@@ -20,7 +20,8 @@ from ._errors import Kind, MoonwireError, internal, invalid, not_found
 from ._mailbox import CANCEL, DEFAULT_MAILBOX_LIMIT, EXIT, LINK_DOWN, Event, Mailbox, Message
 from ._process import SpawnRequest
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay
-from ._unit import TURN, NoProcesses, NoServices, ProcessServices, Services, Unit
+from ._unit import TURN, NoServices, Services, Unit
+from ._unit_process import NoProcesses, ProcessServices
 from ._values import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, check_portable, json_depth_exceeds, loads_json, to_lua, to_python
 
 __all__ = [

@@ -613,4 +613,5 @@ M.handle_of = handle_of
 M.merge = merge
 M.argerror = argerror
 M.new_payload_value = new_payload
+M.to_ns = to_ns
 return M

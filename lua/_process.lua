@@ -9,10 +9,12 @@ local setmetatable, type, error, tostring, pairs = setmetatable, type, error, to
 local table_pack = table.pack
 local host_error, KINDS, merge, argerror = P.host_error, P.kinds, P.merge, P.argerror
 local new_payload, handle_of, preempt = P.new_payload_value, P.handle_of, P.preempt
+local to_ns = P.to_ns
 local select = select
 local charge_values = core.charge_values
 
 local process = {}
+local SCOPES = { ["local"] = true, eventual = true, consistent = true, strong = true }
 
 -- ---------------------------------------------------------------- messages
 
@@ -84,27 +86,31 @@ end
 
 local SpawnerMethods = {}
 local SpawnerMT = { __index = SpawnerMethods, __name = "spawner", __metatable = false }
-local function new_spawner(context, options, name, messages)
-    return setmetatable({ _context = context, _options = options, _name = name, _messages = messages }, SpawnerMT)
+local function new_spawner(context, options, name, messages, scope)
+    return setmetatable({ _context = context, _options = options, _name = name, _messages = messages,
+                          _scope = scope }, SpawnerMT)
 end
 
 function SpawnerMethods.with_context(s, values)
     if type(values) ~= "table" then argerror(1, "with_context", "table", values) end
-    return new_spawner(merge(s._context, values), s._options, s._name, s._messages)
+    return new_spawner(merge(s._context, values), s._options, s._name, s._messages, s._scope)
 end
 function SpawnerMethods.with_options(s, options)
     if type(options) ~= "table" then argerror(1, "with_options", "table", options) end
-    return new_spawner(s._context, merge(s._options, options), s._name, s._messages)
+    return new_spawner(s._context, merge(s._options, options), s._name, s._messages, s._scope)
 end
-function SpawnerMethods.with_name(s, name)
+-- `scope` (a process.registry scope, LOCAL by default): a cluster scope registers the
+-- name cluster-wide before the child's first instruction; taken, the spawn fails.
+function SpawnerMethods.with_name(s, name, scope)
     if type(name) ~= "string" or name == "" then argerror(1, "with_name", "non-empty string", name) end
-    return new_spawner(s._context, s._options, name, s._messages)
+    if scope ~= nil and not SCOPES[scope] then argerror(2, "with_name", "registry scope", scope) end
+    return new_spawner(s._context, s._options, name, s._messages, scope)
 end
 function SpawnerMethods.with_actor(s, actor)
-    return new_spawner(merge(s._context, { ["@actor"] = actor }), s._options, s._name, s._messages)
+    return new_spawner(merge(s._context, { ["@actor"] = actor }), s._options, s._name, s._messages, s._scope)
 end
 function SpawnerMethods.with_scope(s, scope)
-    return new_spawner(merge(s._context, { ["@scope"] = scope }), s._options, s._name, s._messages)
+    return new_spawner(merge(s._context, { ["@scope"] = scope }), s._options, s._name, s._messages, s._scope)
 end
 function SpawnerMethods.with_message(s, topic, ...)
     local bad = bad_topic(topic)
@@ -112,13 +118,14 @@ function SpawnerMethods.with_message(s, topic, ...)
     local messages = {}
     if s._messages then for i, m in ipairs(s._messages) do messages[i] = m end end
     messages[#messages + 1] = { topic, table_pack(...) }
-    return new_spawner(s._context, s._options, s._name, messages)
+    return new_spawner(s._context, s._options, s._name, messages, s._scope)
 end
 
 local function spawn(s, op, monitor, link, id, host_id, ...)
     local bad = bad_entry(id, host_id)
     if bad then return nil, bad end
-    return request(op, id, host_id, table_pack(...), monitor, link, s._context, s._options, s._name, s._messages)
+    return request(op, id, host_id, table_pack(...), monitor, link, s._context, s._options, s._name, s._messages,
+                   s._scope)
 end
 function SpawnerMethods.spawn(s, id, h, ...) return spawn(s, "proc_spawn", false, false, id, h, ...) end
 function SpawnerMethods.spawn_monitored(s, id, h, ...) return spawn(s, "proc_spawn", true, false, id, h, ...) end
@@ -126,7 +133,7 @@ function SpawnerMethods.spawn_linked(s, id, h, ...) return spawn(s, "proc_spawn"
 function SpawnerMethods.spawn_linked_monitored(s, id, h, ...) return spawn(s, "proc_spawn", true, true, id, h, ...) end
 function SpawnerMethods.exec(s, id, h, ...) return spawn(s, "proc_exec", false, false, id, h, ...) end
 
-local plain = new_spawner(nil, nil, nil, nil)
+local plain = new_spawner(nil, nil, nil, nil, nil)
 for _, name in ipairs({ "spawn", "spawn_monitored", "spawn_linked", "spawn_linked_monitored", "exec" }) do
     local method = SpawnerMethods[name]
     process[name] = function(id, h, ...) return method(plain, id, h, ...) end
@@ -204,6 +211,16 @@ process.event = readonly({
 local registry = {
     LOCAL = "local", EVENTUAL = "eventual", CONSISTENT = "consistent", STRONG = "strong",
 }
+-- LOCAL names are this node's and never wait; the cluster scopes share one consistent
+-- store on JetStream (docs/cluster.md) and wait for it.
+local function cluster_scope(scope, fname)
+    if scope == nil or scope == "local" then return false end
+    if not SCOPES[scope] then
+        return nil, host_error("unknown registry scope " .. tostring(scope) .. " to " .. fname
+                               .. ": use process.registry.LOCAL, EVENTUAL, CONSISTENT or STRONG", KINDS.INVALID, false)
+    end
+    return true
+end
 function registry.register(name, pid, scope)
     if type(name) ~= "string" or name == "" then
         return nil, host_error("name must be a non-empty string", KINDS.INVALID, false)
@@ -211,9 +228,13 @@ function registry.register(name, pid, scope)
     if pid ~= nil and type(pid) ~= "string" then
         return nil, host_error("pid must be a string", KINDS.INVALID, false)
     end
-    return host.proc_register(name, pid, scope)
+    local cluster, err = cluster_scope(scope, "register")
+    if cluster == nil then return nil, err end
+    if cluster then return request("cluster", "register", name, pid, scope) end
+    return host.proc_register(name, pid)
 end
--- `node` (a moonwire extension) looks the name up in that node's LOCAL registry.
+-- Cluster-wide first, then this node's (a cluster name shadows a local one); `node` (a
+-- moonwire extension) looks the name up in that node's LOCAL registry.
 function registry.lookup(name, node)
     if type(name) ~= "string" or name == "" then
         return nil, host_error("name must be a non-empty string", KINDS.INVALID, false)
@@ -223,11 +244,56 @@ function registry.lookup(name, node)
     end
     return request("proc_lookup", name, node)
 end
+-- A cluster name is unregistered only by its holder: anyone else gets false.
 function registry.unregister(name, scope)
     if type(name) ~= "string" then return false end
-    local removed = host.proc_unregister(name, scope)
-    return removed == true
+    local cluster, err = cluster_scope(scope, "unregister")
+    if cluster == nil then return false, err end
+    if cluster then
+        local removed, failed = request("cluster", "unregister", name, scope)
+        if failed ~= nil then return false, failed end
+        return removed == true
+    end
+    return host.proc_unregister(name) == true
 end
 process.registry = readonly(registry)
 
 P.globals.process = readonly(process)
+
+-- ---------------------------------------------------------------- system (wippy-modules §9)
+-- The parts that span nodes: this node's id, the live nodes, and cluster-wide locks.
+
+local system = { node = {}, cluster = {}, lock = {} }
+function system.node.id() return host.cluster_now("node.id") end
+-- `{ {id, is_local, hosts}, ... }`: this node first, then the others by id.
+function system.cluster.members() return host.cluster_now("cluster.members") end
+function system.cluster.size()
+    local members = host.cluster_now("cluster.members")
+    return members and #members or 0
+end
+-- Not re-entrant; held → false, err (ALREADY_EXISTS). Without `timeout` it fails at once
+-- when held (as Wippy's); with one (a duration), it waits that long for the lock to be
+-- freed. Released by `release`, when the holder exits, or when its node goes down.
+function system.lock.acquire(name, timeout)
+    if type(name) ~= "string" or name == "" then argerror(1, "acquire", "non-empty string", name) end
+    local ns
+    if timeout ~= nil then
+        local err
+        ns, err = to_ns(timeout, "acquire")
+        if ns == nil then return nil, err end
+    end
+    local ok, err = request("cluster", "lock.acquire", name, ns)
+    if ok == nil then
+        if err:kind() == KINDS.ALREADY_EXISTS then return false, err end
+        return nil, err
+    end
+    return true
+end
+-- true when the caller held it and now does not; false otherwise.
+function system.lock.release(name)
+    if type(name) ~= "string" or name == "" then argerror(1, "release", "non-empty string", name) end
+    local released, err = request("cluster", "lock.release", name)
+    if released == nil then return false, err end
+    return released == true
+end
+P.modules.system = readonly(system)

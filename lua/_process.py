@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._errors import Kind, MoonwireError, invalid
-from ._values import LuaValues, to_python
+from ._values import LuaValues, to_lua, to_python
 
 if TYPE_CHECKING:
     from ._protocols import LuaRuntime, Running
@@ -35,9 +35,11 @@ class SpawnRequest:
     name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     messages: list[tuple[str, list[Any]]] = field(default_factory=list)
+    scope: str = "local"
+    """The registry scope of ``name``: ``local``, or a cluster scope (``eventual``,
+    ``consistent``, ``strong``), registered cluster-wide before the child runs."""
 
 
-REGISTRY_SCOPES = {"local"}
 WATCH_VERBS = {b"monitor": "monitor", b"unmonitor": "unmonitor", b"link": "link", b"unlink": "unlink"}
 
 
@@ -56,7 +58,8 @@ class ProcessFunctions:
 
     def table(self) -> dict[bytes, Any]:
         names = ["proc_pid", "proc_id", "proc_send", "proc_options", "proc_set_options", "proc_inbox",
-                 "proc_events", "proc_listen", "proc_unlisten", "proc_register", "proc_unregister"]
+                 "proc_events", "proc_listen", "proc_unlisten", "proc_register", "proc_unregister",
+                 "cluster_now"]
         return {name.encode(): getattr(self, name) for name in names}
 
     def _unit(self) -> Running:
@@ -119,35 +122,34 @@ class ProcessFunctions:
     def proc_unlisten(self, channel: Any) -> bool:
         return self._mailbox().unlisten(channel)
 
-    def proc_register(self, name: bytes, pid: Any, scope: Any) -> tuple[Any, ...]:
+    def proc_register(self, name: bytes, pid: Any) -> tuple[Any, ...]:
+        """A LOCAL name (the Lua side sends the cluster scopes as requests)."""
         try:
             unit = self._unit()
-            _check_scope(scope)
             unit.processes.register(unit, text(name, "name"), None if pid is None else text(pid, "pid"))
             return (True,)
         except MoonwireError as err:
             return self._fail(err)
 
-    def proc_unregister(self, name: bytes, scope: Any) -> tuple[Any, ...]:
+    def cluster_now(self, verb: bytes, *args: Any) -> tuple[Any, ...]:
+        """A cluster call that never waits (``system.node.id``, ``pg.members``, ...)."""
         try:
             unit = self._unit()
-            _check_scope(scope)
+            value = unit.processes.cluster_now(unit, text(verb, "verb"), [to_python(self.state, a) for a in args])
+            return (to_lua(self.state, value),)
+        except MoonwireError as err:
+            return self._fail(err)
+
+    def proc_unregister(self, name: bytes) -> tuple[Any, ...]:
+        try:
+            unit = self._unit()
             return (unit.processes.unregister(unit, text(name, "name")),)
         except MoonwireError as err:
             return self._fail(err)
 
 
-def _check_scope(scope: Any) -> None:
-    if scope is None:
-        return
-    name = scope.decode() if isinstance(scope, bytes) else str(scope)
-    if name not in REGISTRY_SCOPES:
-        raise MoonwireError(f"registry scope {name!r} is not supported yet: only LOCAL names exist on this node",
-                            Kind.INVALID, retryable=False)
-
-
 def spawn_request(state: LuaValues, entry: bytes, host: bytes, packed: Any, monitor: Any, link: Any, context: Any,
-                  options: Any, name: Any, messages: Any) -> SpawnRequest:
+                  options: Any, name: Any, messages: Any, scope: Any = None) -> SpawnRequest:
     """A :class:`SpawnRequest` from the Lua arguments of ``proc_spawn``/``proc_exec``."""
     n = packed[b"n"] or 0
     args = [to_python(state, packed[i]) for i in range(1, n + 1)]
@@ -164,4 +166,5 @@ def spawn_request(state: LuaValues, entry: bytes, host: bytes, packed: Any, moni
         context=py_context if isinstance(py_context, dict) else {},
         name=None if name is None else text(name, "name"),
         options=py_options if isinstance(py_options, dict) else {}, messages=queued,
+        scope="local" if scope is None else text(scope, "scope"),
     )

@@ -35,6 +35,8 @@ class DirectProcessCalls(Protocol):
 
     def unregister(self, unit: Any, name: str) -> bool: ...
 
+    def cluster_now(self, unit: Any, verb: str, args: list[Any]) -> Any: ...
+
 
 class Running(Protocol):
     """The unit whose thread is running (a :class:`~moonwire.lua.Unit`), as the host

@@ -23,8 +23,8 @@ from ._channel import Channel, Waiter, select
 from ._errors import Kind, MoonwireError, internal, invalid
 from ._holdings import Future, Holdings, Timer
 from ._mailbox import Mailbox
-from ._process import WATCH_VERBS, SpawnRequest, spawn_request, text
 from ._state import LuaState
+from ._unit_process import PROCESS_OPS, NoProcesses, ProcessRequests, ProcessServices
 from ._values import to_lua, to_python
 
 _BLOCKED = object()
@@ -47,58 +47,6 @@ class NoServices:
         return Outcome(error=MoonwireError(f"function {target} not found", Kind.NOT_FOUND, retryable=False))
 
 
-class ProcessServices(Protocol):
-    """What the ``process`` module needs from the node: the unit answers its requests
-    with these, and its state's direct calls (``lua._process``) make the ones that never
-    wait. Each method raises :class:`MoonwireError` on failure; ``dest`` is a PID or a
-    registered name."""
-
-    def pid_of(self, unit: Unit) -> str:
-        """The unit's PID, giving it one first if it has none (a function call)."""
-        ...
-
-    def send(self, unit: Unit, dest: str, topic: str, payloads: list[Any]) -> None: ...
-
-    def spawn(self, unit: Unit | None, request: SpawnRequest) -> Answer:
-        """Start a process; the answer's value is its PID."""
-        ...
-
-    def exec(self, unit: Unit | None, request: SpawnRequest) -> Answer:
-        """Start a process and answer with its result when it exits."""
-        ...
-
-    def terminate(self, unit: Unit, dest: str) -> Answer | None:
-        """None when done at once, else an answer settled when the target's node has done it."""
-        ...
-
-    def cancel(self, unit: Unit, dest: str, reason: str) -> Answer | None:
-        """As :meth:`terminate`."""
-        ...
-
-    def watch(self, unit: Unit, verb: str, dest: str) -> Answer | None:
-        """``monitor``, ``unmonitor``, ``link`` or ``unlink``: None when done at once, else
-        an answer settled when the target's node has done it."""
-        ...
-
-    def register(self, unit: Unit, name: str, pid: str | None) -> None: ...
-
-    def lookup(self, unit: Unit, name: str, node: str | None) -> Answer:
-        """The PID registered as ``name`` on this node, or on ``node``."""
-        ...
-
-    def unregister(self, unit: Unit, name: str) -> bool: ...
-
-
-class NoProcesses:
-    """For units that run with no node around them: every process call fails clearly."""
-
-    def _fail(self, *args: Any, **kwargs: Any) -> Any:
-        raise MoonwireError("the process API needs a node (this unit runs without one)", Kind.UNAVAILABLE,
-                            retryable=False)
-
-    pid_of = send = spawn = exec = terminate = cancel = watch = register = lookup = unregister = _fail
-
-
 _NO_PROCESSES = NoProcesses()
 
 
@@ -108,7 +56,7 @@ the event loop gets a turn (beyond the one resume running when it is reached, wh
 instruction budget bounds)."""
 
 
-class Unit:
+class Unit(ProcessRequests):
     """One call or process running in ``state``.
 
     A function call: :meth:`begin`, then ``await`` :meth:`finish` (the caller's task
@@ -445,51 +393,11 @@ class Unit:
         return (future,)
 
 
-    # -------------------------------------------------------- process requests
-
-    def _op_proc_spawn(self, tid: int, *args: Any) -> object:
-        return self._proc_start(tid, self.processes.spawn, args)
-
-    def _op_proc_exec(self, tid: int, *args: Any) -> object:
-        return self._proc_start(tid, self.processes.exec, args)
-
-    def _proc_start(self, tid: int, start: Callable[[Unit, SpawnRequest], Answer], args: tuple[Any, ...]) -> object:
-        try:
-            answer = start(self, spawn_request(self.state, *args))
-        except MoonwireError as err:
-            return (None, self.state.make_error(err))
-        return self._reply(tid, answer)
-
-    def _op_proc_watch(self, tid: int, verb: bytes, dest: bytes) -> object:
-        return self._proc(tid, lambda: self.processes.watch(self, WATCH_VERBS[verb], text(dest, "destination")))
-
-    def _op_proc_terminate(self, tid: int, dest: bytes) -> object:
-        return self._proc(tid, lambda: self.processes.terminate(self, text(dest, "destination")))
-
-    def _op_proc_cancel(self, tid: int, dest: bytes, reason: Any) -> object:
-        return self._proc(tid, lambda: self.processes.cancel(
-            self, text(dest, "destination"), "" if reason is None else text(reason, "reason")))
-
-    def _op_proc_lookup(self, tid: int, name: bytes, node: Any) -> object:
-        return self._proc(tid, lambda: self.processes.lookup(
-            self, text(name, "name"), None if node is None else text(node, "node")))
-
-    def _proc(self, tid: int, call: Callable[[], Answer | None]) -> object:
-        """A process request: ``true`` when done at once (None), else its answer."""
-        try:
-            answer = call()
-        except MoonwireError as err:
-            return (None, self.state.make_error(err))
-        return (True,) if answer is None else self._reply(tid, answer)
-
-
 # The requests a Lua thread can make, by name (see `core.request` in _core.lua).
 _OPS: dict[bytes, Callable[..., Any]] = {
     b"spawn": Unit._op_spawn, b"yield": Unit._op_yield, b"sleep": Unit._op_sleep, b"timer": Unit._op_timer,
     b"chan_send": Unit._op_chan_send, b"chan_recv": Unit._op_chan_recv, b"select": Unit._op_select,
-    b"call": Unit._op_call, b"async": Unit._op_async,
-    b"proc_spawn": Unit._op_proc_spawn, b"proc_exec": Unit._op_proc_exec, b"proc_terminate": Unit._op_proc_terminate,
-    b"proc_watch": Unit._op_proc_watch, b"proc_cancel": Unit._op_proc_cancel, b"proc_lookup": Unit._op_proc_lookup,
+    b"call": Unit._op_call, b"async": Unit._op_async, **PROCESS_OPS,
 }
 
 

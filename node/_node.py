@@ -32,7 +32,8 @@ from .servers import EmbeddedServers
 from .project import TemporalClientEntry
 from .workflows import Workflows
 from .functions import Functions
-from .processes import READ_TURN, ControlPlane, DeadLetters, NodeInboxes, RemoteNodes
+from .cluster import Cluster
+from .processes import READ_TURN, ControlPlane, DeadLetters, NamedDelivery, NodeInboxes, RemoteNodes
 from ._runtime import Runtime
 from .project import Project
 
@@ -178,20 +179,28 @@ class Node:
             interval=heartbeat.interval, down_after=heartbeat.down_after,
             # Heard only once membership starts, below, when the process table exists.
             on_down=lambda node, incarnation, reason: (streams.forget(node),
-                                                       processes.node_down(node, incarnation, reason)))
+                                                       processes.node_down(node, incarnation, reason),
+                                                       cluster.node_down(node, incarnation)))
         remote = RemoteNodes(self.name, self.subjects, outbox, requests, membership)
         functions = Functions(self.project, self.subjects, self._nats, requests, outbox,
                               dead_letter=dead_letters.publish)
         workflows = Workflows(self.name, self.project, self.subjects, functions, functions.code, nats=self._nats,
                               outbox=outbox, max_body=self.config.max_message_bytes, gateway=self._data,
                               dead_letters=dead_letters)
+        # Names, locks and groups on JetStream: open before anything runs Lua (a service
+        # may register a name as it starts), stopped after every process has exited.
+        cluster = Cluster(self._nats, prefix=self.config.prefix, node=self.name, incarnation=pids.epoch,
+                          replicas=self.config.cluster.replicas, timeout=self.config.cluster.timeout,
+                          expect=membership.expect)
+        await cluster.start()
+        self._steps.append(_Step("cluster", lambda remaining: cluster.stop()))
         runtime = self.runtime = Runtime(self.name, self.project, self.subjects, functions=functions, pids=pids,
-                                         remote=remote, workflows=workflows)
+                                         remote=remote, workflows=workflows, cluster=cluster)
         processes = runtime.processes
 
         inboxes = NodeInboxes(self._data, outbox, self.subjects, self.name, processes.deliver,
                               processes.deliver_event, dead_letters, max_body=self.config.max_message_bytes,
-                              streams=streams)
+                              streams=streams, named=NamedDelivery(cluster.names.lookup, processes.route))
         await inboxes.start()
         self._steps.append(_Step("process inboxes", lambda remaining: inboxes.stop()))
         def on_ack(msg: Msg) -> None:

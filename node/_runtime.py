@@ -9,6 +9,7 @@ import asyncio
 from moonwire.broker import PidAllocator, Subjects
 from moonwire.lua import Kind, MoonwireError, Outcome, SpawnRequest, settled
 
+from .cluster import Cluster
 from .project import FunctionEntry, HostSettings, ProcessEntry, ProcessHostEntry
 from .functions import Functions
 from .processes import ProcessHost
@@ -19,12 +20,12 @@ from .processes import Supervisor
 
 class Runtime:
     """Functions, process hosts, the process table and the supervisor, built in that
-    order. ``functions`` (with their broker) and the targets for PIDs that live
-    elsewhere come from the node; without them, everything is local."""
+    order. ``functions`` (with their broker), the targets for PIDs that live elsewhere
+    and the cluster's stores come from the node; without them, everything is local."""
 
     def __init__(self, node: str, project: Project, subjects: Subjects, *, functions: Functions | None = None,
                  pids: PidAllocator | None = None, remote: RemoteTarget = UNREACHABLE,
-                 workflows: WorkflowTarget = NO_WORKFLOWS) -> None:
+                 workflows: WorkflowTarget = NO_WORKFLOWS, cluster: Cluster | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.project = project
         self.functions = functions if functions is not None else Functions(project, subjects)
@@ -33,7 +34,7 @@ class Runtime:
         # `run -x` of a process.lua needs a host that every node has (wippy's terminal.host).
         self.hosts.setdefault(TERMINAL_HOST, ProcessHost(TERMINAL_HOST, HostSettings(), loop))
         self.processes = ProcessTable(node, project, self.functions, self.hosts, pids=pids, remote=remote,
-                                      workflows=workflows)
+                                      workflows=workflows, cluster=cluster)
         self.functions.use_processes(self.processes)
         self.supervisor = Supervisor(project, self.processes)
 

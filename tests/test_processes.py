@@ -257,7 +257,7 @@ async def test_name_registry(tmp_path: Path) -> None:
         end }""", idle="return { main = function() process.inbox():receive() end }")
     assert value == {"register": True, "again": True, "clash": "AlreadyExists", "lookup": True, "missing": "NotFound",
                      "other": True, "released": "NotFound", "unregister": True, "unregister_again": False,
-                     "scope": "Invalid"}
+                     "scope": "Unavailable"}
 
 
 async def test_options(tmp_path: Path) -> None:

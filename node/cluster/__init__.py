@@ -9,6 +9,10 @@ through a watch, never a consensus of our own.
 * ``_groups.py``: :class:`ClusterGroups`, cluster-wide process groups (Erlang ``pg``,
   wippy-modules §10): multi-join memberships written by their own node, broadcasts on
   ``<prefix>.g.<group>``, freed on exit and on node-down.
+* ``_locks.py``: :class:`ClusterLocks`, cluster-wide locks (``system.lock``): the
+  names' rules on a bucket of their own, with waiting for a lock to be freed.
+* ``_cluster.py``: :class:`Cluster`, the node's stores together, and running their
+  calls for processes.
 * ``_jetstream.py``: opening and following a bucket (``BucketStore``); the bound and
   the error conversion every round trip goes through.
 
@@ -17,9 +21,11 @@ from ``processes`` or ``workflows``: the process table depends on this room, not
 other way.
 """
 
+from ._cluster import Cluster
 from ._groups import ClusterGroups, GroupsStatistics
+from ._locks import ClusterLocks
 from ._names import ClusterNames, NamesStatistics
 from ._replica import MAX_NAME, Holder, name_problem
 
-__all__ = ["MAX_NAME", "ClusterGroups", "ClusterNames", "GroupsStatistics", "Holder", "NamesStatistics",
-           "name_problem"]
+__all__ = ["MAX_NAME", "Cluster", "ClusterGroups", "ClusterLocks", "ClusterNames", "GroupsStatistics", "Holder",
+           "NamesStatistics", "name_problem"]

@@ -94,6 +94,9 @@ class ClusterNames:
         self._kv: KeyValue | None = None
         self._js = nats.jetstream(timeout=timeout)
         self._tasks: TaskSet | None = None
+        """The watch, or the wait for JetStream."""
+        self._writes = TaskSet(log)
+        """Releases, sweeps and node-down deletes started by the ``*_soon`` methods."""
         self._watcher: KeyValue.KeyWatcher | None = None
         self._registering: Counter[str] = Counter()
         """PID -> registers of it in flight."""
@@ -127,9 +130,13 @@ class ClusterNames:
             self._tasks.start(self._reopen(), f"{self.what}: waiting for JetStream")
 
     async def stop(self) -> None:
-        """Stop following the bucket. The names stay: they belong to processes, which the
-        node releases (or its incarnation's node-down does) as they end."""
+        """Stop following the bucket, once the releases already started have finished
+        (each is bounded by ``timeout``): a node that stops cleanly frees the names of
+        the processes it stopped. Names still held stay; node-down frees them."""
         tasks, self._tasks = self._tasks, None
+        if len(self._writes):
+            await self._writes.drain(self.timeout * ATTEMPTS)
+        await self._writes.stop()
         if tasks is not None:
             await tasks.stop()
         self._kv = None
@@ -276,7 +283,7 @@ class ClusterNames:
                 if pid not in self._registering:
                     self._released.discard(pid)
                 if self._tasks is not None:
-                    self._tasks.start(self._sweep(kv, name, pid), f"{self.what}: sweep {name}")
+                    self._writes.start(self._sweep(kv, name, pid), f"{self.what}: sweep {name}")
 
     async def unregister(self, name: str, pid: str) -> bool:
         """Free ``name`` if ``pid`` holds it: True when this call freed it, False when
@@ -321,7 +328,7 @@ class ClusterNames:
         flight, which is the common case and costs one dictionary look-up."""
         if self._tasks is None or (not self._replica.names_of(pid) and pid not in self._registering):
             return None
-        return self._tasks.start(self.release(pid), f"{self.what}: release {pid}")
+        return self._writes.start(self.release(pid), f"{self.what}: release {pid}")
 
     async def node_down(self, node: str, incarnation: str) -> list[str]:
         """``incarnation`` of ``node`` is gone: delete every name it registered. Every
@@ -339,7 +346,7 @@ class ClusterNames:
         """:meth:`node_down` as a task owned here (membership's ``on_down`` is not async)."""
         if self._tasks is None:
             return None
-        return self._tasks.start(self.node_down(node, incarnation), f"{self.what}: node {node} down")
+        return self._writes.start(self.node_down(node, incarnation), f"{self.what}: node {node} down")
 
     # ------------------------------------------------------------ helpers
 

@@ -162,6 +162,9 @@ def _check_fields(verb: str, data: dict[str, Any]) -> None:
         if not (isinstance(name, str) and name and _WILDCARDS.isdisjoint(name)):
             raise invalid("malformed lookup: 'name' must be a non-empty text without wildcards (* >): "
                           "a lookup is of one exact name")
+        if data.get("scope", "cluster") not in ("cluster", "local"):
+            raise invalid("malformed lookup: 'scope' must be \"cluster\" (the default: cluster-wide, then this "
+                          "node's) or \"local\" (this node's registry only)")
     elif verb in ("cancel", "terminate"):
         target = data.get("target")
         if not (isinstance(target, str) and Pid.parse(target) is not None):

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 from moonwire.broker import Pid
 from moonwire.lua import CANCEL, EXIT, LINK_DOWN, Event, Kind, MoonwireError, Outcome, Unit
@@ -42,6 +43,9 @@ class Exits:
     _exits: deque[ProcessRecord]
     _exiting: bool
     _empty: asyncio.Event
+
+    if TYPE_CHECKING:
+        def _left_cluster(self, pid: str) -> None: ...
 
     def _fire(self, record: ProcessRecord, event: Event) -> None:
         """An EXIT or LINK_DOWN about ``event.sender`` from another node (or about its
@@ -127,6 +131,7 @@ class Exits:
         for name in record.names or ():
             if self.names.get(name) == pid:
                 del self.names[name]
+        self._left_cluster(pid)
         # Each watcher and linked process is told on its own: one that cannot be told
         # (a notice that fails to encode or publish) never stops the others.
         failed: list[str] = []

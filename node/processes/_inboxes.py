@@ -58,6 +58,8 @@ READ_TURN = 0.002
 """Seconds the data connection's reader handles frames before it yields the event loop
 (``broker.Client.read_turn``): what a flood adds to each turn of everything else."""
 _TEXT = "text/plain"
+NAMED_QUEUE = "mw-names"
+"""The queue group of every node for ``<prefix>.n.>``: one node takes each message."""
 
 
 class Undeliverable(Exception):
@@ -153,6 +155,16 @@ def _checked_payloads(topic: str, sender: str, payloads: object) -> Message:
     return Message(topic, payloads, sender)
 
 
+@dataclass(frozen=True, slots=True)
+class NamedDelivery:
+    """How messages to cluster names find their holder: ``holder_of(name)`` (the
+    cluster's replica) and ``route(pid, message)`` (the process table's, which raises
+    :class:`MoonwireError` when it cannot deliver)."""
+
+    holder_of: Callable[[str], str | None]
+    route: Callable[[str, Message], None]
+
+
 class NodeInboxes:
     """The node's inbox subscription and its remote sends.
 
@@ -165,7 +177,7 @@ class NodeInboxes:
     def __init__(self, nats: Client, outbox: Outbox, subjects: Subjects, node: str,
                  deliver: Callable[[str, Message], None], deliver_event: Callable[[str, Event], None],
                  dead_letters: DeadLetters, max_body: int = DEFAULT_MAX_BODY,
-                 streams: Streams[Msg] | None = None) -> None:
+                 streams: Streams[Msg] | None = None, named: NamedDelivery | None = None) -> None:
         self.nats = nats
         self.outbox = outbox
         self.subjects = subjects
@@ -176,19 +188,26 @@ class NodeInboxes:
         self.max_body = max_body
         self.streams = streams
         self.stats = InboxStatistics()
+        self.named = named
+        """Messages to cluster names from outside (``<prefix>.n.<name>.<topic>``)."""
         self._prefix = subjects.inbox(node, "")  # "<prefix>.p.<node>."
-        self._subscription: Subscription | None = None
+        self._named_prefix = subjects.named("")  # "<prefix>.n."
+        self._subscriptions: list[Subscription] = []
 
     async def start(self) -> None:
         # Direct: handled in the read loop, so nothing queues in this process in front of
         # the handler (nats-py's per-subscription queue would hold a flood in memory and
         # its task would run the whole backlog without yielding the event loop).
-        self._subscription = await self.nats.subscribe_direct(self.subjects.node_inboxes(self.node), self._on_message)
+        subscribe = self.nats.subscribe_direct
+        self._subscriptions.append(await subscribe(self.subjects.node_inboxes(self.node), self._on_message))
+        if self.named is not None:
+            # One node of the queue group takes each message and hands it to the holder.
+            self._subscriptions.append(await subscribe(self.subjects.all_named(), self._on_named, queue=NAMED_QUEUE))
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-            self._subscription = None
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
 
     def _on_message(self, msg: Msg) -> None:
         # A message of another node's stream is handled in its stream's order, once: a
@@ -230,6 +249,34 @@ class NodeInboxes:
             self._dead_letter(msg, str(err))
         except MoonwireError as err:
             self._dead_letter(msg, err.message)
+
+    def _on_named(self, msg: Msg) -> None:
+        """A message to a cluster name from outside: the longest name the subject starts
+        with that someone holds (names may hold dots), the rest is the topic. Decoded by
+        the rules of the process inboxes and routed to the holder, here or on its node;
+        a name nobody holds, or a message that cannot be delivered, is dead-lettered."""
+        assert self.named is not None
+        try:
+            tokens = msg.subject[len(self._named_prefix):].split(".")
+            for end in range(len(tokens), 0, -1):
+                name = ".".join(tokens[:end])
+                pid = self.named.holder_of(name)
+                if pid is not None:
+                    break
+            else:
+                self._dead_letter(msg, f"no process holds the cluster name {tokens[0]!r}"
+                                       + (" (nor any longer name the subject starts with)" if len(tokens) > 1 else ""))
+                return
+            message = decode(".".join(tokens[end:]), msg.headers or {}, msg.data, self.max_body)
+            self.named.route(pid, message)
+            self.stats.delivered += 1
+        except Undeliverable as err:
+            self._dead_letter(msg, str(err))
+        except MoonwireError as err:
+            self._dead_letter(msg, err.message)
+        except Exception as err:  # noqa: BLE001 - STYLE §16: nothing raises into the read loop
+            log.exception("handling a message on %s failed", msg.subject)
+            self._dead_letter(msg, f"internal error while delivering: {type(err).__name__}: {err}")
 
     def _on_batch(self, uid: str, msg: Msg) -> None:
         try:

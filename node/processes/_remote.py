@@ -127,7 +127,7 @@ class RemoteNodes:
 
     def lookup(self, node: str, name: str) -> Answer:
         pending = Pending()
-        pending.abandon = self.request("lookup", node, {"name": name}, pending.settle)
+        pending.abandon = self.request("lookup", node, {"name": name, "scope": "local"}, pending.settle)
         return pending
 
     # ------------------------------------------------------------ requests

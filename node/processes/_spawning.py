@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from moonwire.broker import Pid, PidAllocator
 from moonwire.lua import (LINK_DOWN, Answer, Event, Kind, Mailbox, Message, MoonwireError, Outcome, Pending,
                           SpawnRequest, Unit, invalid, not_found)
 
 from ..functions import CodeLoader, Functions
+if TYPE_CHECKING:
+    from ..cluster import Cluster
 from ..project import ProcessEntry, Project
 from ._hosts import ProcessHost
+from ._clustered import check_scope
 from ._records import ExitHook, ProcessRecord, link, monitor
 from ._targets import RemoteTarget, WorkflowTarget
 
@@ -37,6 +41,9 @@ class Spawning:
     names: dict[str, str]
     remote: RemoteTarget
     workflows: WorkflowTarget
+
+    if TYPE_CHECKING:
+        def _cluster(self) -> Cluster: ...
 
     def spawn_hosts(self) -> list[str]:
         """The hosts other nodes may spawn on here: process hosts (all but the built-in
@@ -67,9 +74,14 @@ class Spawning:
                     raise invalid("exec on another node needs a calling process")
                 return self._spawn_remote(parent, request, node, wait_exit)
             if not wait_exit:
-                return Outcome(value=self.start(request, parent))
+                return self.start_here(request, parent)
             pending = Pending()
-            self.start(request, parent, on_exit=pending.settle)
+            started = self.start_here(request, parent, on_exit=pending.settle)
+            if isinstance(started, Pending):  # a cluster name first: a failure is the answer
+                started.listen(lambda outcome: None if outcome.ok else pending.settle(outcome))
+                pending.abandon = started.drop
+            elif not started.ok:
+                return started
             return pending
         except MoonwireError as err:
             return Outcome(error=err)
@@ -155,7 +167,51 @@ class Spawning:
         if request.link:
             self.remote.tell(remote, Event(LINK_DOWN, parent.pid, time.time(), outcome.value, outcome.error))
 
-    def start(self, request: SpawnRequest, parent: str = "", on_exit: ExitHook | None = None) -> str:
+    def start_here(self, request: SpawnRequest, parent: str = "", on_exit: ExitHook | None = None) -> Answer:
+        """:meth:`start`, answered with the PID. A name in a cluster scope is registered
+        first, to the PID the child will have, so it is in place before the child's
+        first instruction; when it is taken (AlreadyExists) or the registry cannot be
+        reached (Unavailable), no child starts and that is the answer."""
+        if request.name is None or request.scope == "local":
+            try:
+                return Outcome(value=self.start(request, parent, on_exit))
+            except MoonwireError as err:
+                return Outcome(error=err)
+        check_scope(request.scope)
+        cluster = self._cluster()
+        host = self._placement(request)[1]
+        pid, name = self.pids.next(host.id), request.name
+
+        async def register_then_start() -> str:
+            await cluster.names.register(name, pid)
+            try:
+                return self.start(request, parent, on_exit, pid=pid)
+            except BaseException:
+                cluster.names.release_soon(pid)
+                raise
+
+        # Abandoned while registering (the spawner ended): a name that lands is freed.
+        return cluster.call(register_then_start(), f"spawning {request.entry} as cluster name {name!r}",
+                            on_abandon=lambda: cluster.names.release_soon(pid))
+
+    def _placement(self, request: SpawnRequest) -> tuple[ProcessEntry, ProcessHost]:
+        """The entry and the host of a spawn here.
+
+        Raises:
+            MoonwireError: NotFound (no such entry or host), Invalid (not a process.lua entry).
+        """
+        entry = self.project.get(request.entry)
+        if entry is None:
+            raise not_found(f"no entry {request.entry}")
+        if not isinstance(entry, ProcessEntry):
+            raise invalid(f"{request.entry} is a {entry.kind}, not a process.lua entry")
+        host = self.hosts.get(request.host)
+        if host is None:
+            raise not_found(f"no process host {request.host} on node {self.node}")
+        return entry, host
+
+    def start(self, request: SpawnRequest, parent: str = "", on_exit: ExitHook | None = None, *,
+              pid: str | None = None) -> str:
         """Start a process for ``request`` here and return its PID. ``parent`` (a PID here
         or on another node) gets the monitor and link the request asks for and is the
         sender of its queued messages. Monitor, link, name and queued messages are in
@@ -166,26 +222,20 @@ class Spawning:
             MoonwireError: NotFound (no such entry or host), Invalid (not a process.lua
                 entry), AlreadyExists (``with_name`` taken), or the entry's load error.
         """
-        entry = self.project.get(request.entry)
-        if entry is None:
-            raise not_found(f"no entry {request.entry}")
-        if not isinstance(entry, ProcessEntry):
-            raise invalid(f"{request.entry} is a {entry.kind}, not a process.lua entry")
-        host = self.hosts.get(request.host)
-        if host is None:
-            raise not_found(f"no process host {request.host} on node {self.node}")
-        if request.name is not None and request.name in self.names:
+        entry, host = self._placement(request)
+        local_name = request.name if request.scope == "local" else None  # a cluster name is registered already
+        if local_name is not None and local_name in self.names:
             raise MoonwireError(f"name {request.name!r} is already registered to {self.names[request.name]}",
                                 Kind.ALREADY_EXISTS, retryable=False)
-        if request.name is not None and Pid.parse(request.name) is not None:
-            raise invalid(f"name {request.name!r} looks like a PID")
+        if local_name is not None and Pid.parse(local_name) is not None:
+            raise invalid(f"name {local_name!r} looks like a PID")
         local_parent = self.records.get(parent) if parent else None
         remote_parent = Pid.parse(parent) if parent and local_parent is None else None
         if parent and local_parent is None and remote_parent is None:
             raise invalid(f"parent {parent!r} is not a PID")
         shard, export = host.instantiate(self.code.code(entry))
 
-        pid = self.pids.next(host.id)
+        pid = pid or self.pids.next(host.id)
         child = Unit(shard.state, entry.id, context=dict(request.context), services=self.functions,
                      processes=self, loop=host.loop)
         child.pid = pid
@@ -193,8 +243,8 @@ class Spawning:
         child.notify = host.ready
         record = ProcessRecord(pid, child, entry.id, host.id, shard)
         self._add(record)
-        if request.name is not None:
-            self._name(request.name, record)
+        if local_name is not None:
+            self._name(local_name, record)
         if local_parent is not None:
             if request.monitor:
                 monitor(local_parent, record)

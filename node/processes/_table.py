@@ -27,9 +27,11 @@ from moonwire.broker import Pid, PidAllocator
 from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Mailbox, Message, MoonwireError, Outcome,
                           Unit, invalid, not_found)
 
+from ..cluster import Cluster
 from ..functions import CodeLoader, Functions
 from ..project import HostSettings, Project
 from ..wire import decode_spawn, noproc
+from ._clustered import ClusterCalls
 from ._exits import Exits
 from ._hosts import ProcessHost
 from ._records import FUNCTION_HOST, ProcessRecord, link, monitor
@@ -39,12 +41,12 @@ from ._targets import NO_WORKFLOWS, UNREACHABLE, RemoteTarget, Target, WorkflowT
 log = logging.getLogger("moonwire.processes")
 
 
-class ProcessTable(Spawning, Exits):
+class ProcessTable(Spawning, Exits, ClusterCalls):
     """Implements :class:`lua.ProcessServices` for every unit on this node."""
 
     def __init__(self, node: str, project: Project, functions: Functions, hosts: dict[str, ProcessHost], *,
                  pids: PidAllocator | None = None, remote: RemoteTarget = UNREACHABLE,
-                 workflows: WorkflowTarget = NO_WORKFLOWS) -> None:
+                 workflows: WorkflowTarget = NO_WORKFLOWS, cluster: Cluster | None = None) -> None:
         self.node = node
         self.project = project
         self.functions = functions
@@ -58,6 +60,8 @@ class ProcessTable(Spawning, Exits):
         """Processes on other nodes."""
         self.workflows = workflows
         """Workflows as processes: spawn on a temporal.worker, send, watch."""
+        self.cluster = cluster
+        """Cluster names, locks and groups (None: a runtime without a broker)."""
         self._exits: deque[ProcessRecord] = deque()
         self._exiting = False
         self._empty = asyncio.Event()
@@ -80,10 +84,13 @@ class ProcessTable(Spawning, Exits):
             return record
         pid = Pid.parse(dest)
         if pid is None:
-            registered = self.names.get(dest)
-            if registered is not None:
-                return self.records[registered]
-            raise not_found(f"no process registered as {dest!r}")
+            dest = self._named(dest)
+            record = self.records.get(dest)
+            if record is not None:
+                return record
+            pid = Pid.parse(dest)
+            if pid is None:
+                raise not_found(f"no process {dest!r}")
         if pid.node != self.node:
             raise MoonwireError(f"process {dest} is on node {pid.node}, which this node cannot reach",
                                 Kind.UNAVAILABLE, retryable=True)
@@ -116,6 +123,12 @@ class ProcessTable(Spawning, Exits):
         if local is not None:  # the common case, without parsing the PID
             self._post(local, message)
             return
+        if not dest.startswith("{"):  # a name: cluster-wide first, then this node's
+            dest = self._named(dest)
+            local = self.records.get(dest)
+            if local is not None:
+                self._post(local, message)
+                return
         elsewhere = self._elsewhere(dest)
         if elsewhere is not None:
             target, pid = elsewhere
@@ -165,6 +178,7 @@ class ProcessTable(Spawning, Exits):
         """``cancel`` or ``terminate``: done here for a local target (None), else an answer
         settled once the target's node has done it (NotFound when it does not exist)."""
         by = self.pid_of(unit) if unit is not None else ""
+        dest = self._pid_of_dest(dest)
         elsewhere = self._elsewhere(dest)
         if elsewhere is not None:
             target, pid = elsewhere
@@ -186,6 +200,8 @@ class ProcessTable(Spawning, Exits):
 
     def watch(self, unit: Unit, verb: str, dest: str) -> Answer | None:
         me = self.records[self.pid_of(unit)]
+        if verb in ("monitor", "link"):
+            dest = self._pid_of_dest(dest)
         elsewhere = self._elsewhere(dest)
         if elsewhere is not None:
             return self._watch_elsewhere(me, verb, dest, *elsewhere)
@@ -259,9 +275,17 @@ class ProcessTable(Spawning, Exits):
             request, parent = decode_spawn(data)
             if self.workflows.serves(request.host):
                 return self.workflows.spawn(request, parent, False, self._tell)
-            return self.start(request, parent)
-        if verb == "lookup":
-            return self._registered(str(data.get("name")))
+            started = self.start_here(request, parent)
+            if isinstance(started, Outcome):
+                if started.error is not None:
+                    raise started.error
+                return started.value
+            return started  # a Pending: a cluster name is being registered first
+        if verb == "lookup":  # cluster-wide first, unless only this node's LOCAL registry is asked
+            name = str(data.get("name"))
+            if data.get("scope") != "local" and (pid := self.cluster_lookup(name)) is not None:
+                return pid
+            return self._registered(name)
         if verb in ("info", "ps"):
             limit = data.get("limit")
             return self.describe(processes=verb == "ps", limit=limit if isinstance(limit, int) else 1000)
@@ -309,7 +333,10 @@ class ProcessTable(Spawning, Exits):
         return info
 
     def _pid_for(self, dest: str) -> str:
-        return self.names.get(dest, dest) if Pid.parse(dest) is None else dest
+        """``dest`` as a PID for undoing a watch: an unknown name stays as it is."""
+        if Pid.parse(dest) is not None:
+            return dest
+        return self.cluster_lookup(dest) or self.names.get(dest, dest)
 
     # ------------------------------------------------------------ names
 
@@ -332,10 +359,13 @@ class ProcessTable(Spawning, Exits):
         record.names.append(name)
 
     def lookup(self, unit: Unit | None, name: str, node: str | None = None) -> Answer:
-        """The PID registered as ``name`` on this node, or on ``node`` (NotFound: none)."""
+        """The PID registered as ``name``: cluster-wide, else on this node; or, given
+        ``node``, in that node's LOCAL registry (NotFound: none)."""
         if node is not None and node != self.node:
             return self.remote.lookup(node, name)
         try:
+            if node is None and (pid := self.cluster_lookup(name)) is not None:
+                return Outcome(value=pid)
             return Outcome(value=self._registered(name))
         except MoonwireError as err:
             return Outcome(error=err)

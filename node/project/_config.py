@@ -64,6 +64,15 @@ class HeartbeatConfig(_Strict):
         return value
 
 
+class ClusterConfig(_Strict):
+    """The cluster's stores on JetStream (docs/cluster.md)."""
+
+    replicas: int = Field(1, ge=1, le=5, description="copies of each bucket this node creates (3 on a NATS "
+                                                    "cluster); an existing bucket is used as it is")
+    timeout: Seconds = Field(2.0, gt=0, description="bound on every round trip to JetStream; past it a "
+                                                   "registration or lock fails Unavailable")
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["console", "json"] = "console"
@@ -81,6 +90,7 @@ class NodeConfig(_Strict):
     prefix: str = "mw"
     nats: NatsConfig = NatsConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
+    cluster: ClusterConfig = ClusterConfig()
     state_dir: Path = Path(".moonwire")
     shutdown_timeout: Seconds = 30.0
     max_message_bytes: ByteSize = Field(1024 * 1024, ge=64, description="largest message body a process accepts")

@@ -67,22 +67,25 @@ def decode_spawn(data: dict[str, Any]) -> tuple[SpawnRequest, str]:
         request = SpawnRequest(**fields)
         request.messages = [(str(topic), list(payloads)) for topic, payloads in request.messages]
         if not (isinstance(request.entry, str) and isinstance(request.host, str) and isinstance(request.args, list)
-                and isinstance(request.context, dict) and isinstance(request.options, dict)):
+                and isinstance(request.context, dict) and isinstance(request.options, dict)
+                and request.scope in REGISTRY_SCOPES):
             raise TypeError("field of the wrong type")
     except (TypeError, ValueError) as err:
         raise invalid(f"malformed spawn request: {err}") from err
     return request, parent
 
 
-OUTSIDE_SPAWN_FIELDS = ("entry", "host", "args", "name", "context", "options")
+OUTSIDE_SPAWN_FIELDS = ("entry", "host", "args", "name", "scope", "context", "options")
 """The fields of a spawn request from outside moonwire (``docs/wire.md``)."""
 _WILDCARDS = frozenset("*>")
+REGISTRY_SCOPES = ("local", "eventual", "consistent", "strong")
 _NOT_IN_IDS = _WILDCARDS | frozenset(" \t\r\n")
 
 
 def decode_outside_spawn(data: dict[str, Any], host: str | None) -> SpawnRequest:
     """The spawn request of a client outside moonwire: ``{"entry": "ns:name", "args"?: [...],
-    "name"?: text, "host"?: "ns:host", "context"?: {...}, "options"?: {...}}``, with no
+    "name"?: text, "scope"?: "local" | "eventual" | "consistent" | "strong", "host"?:
+    "ns:host", "context"?: {...}, "options"?: {...}}``, with no
     parent (so no monitor, link or startup messages). ``host`` is the subject's
     (``<prefix>.spawn.<host>``): the body may repeat it but not name another; on a
     node's control subject (``host`` None) the body must name it.
@@ -109,10 +112,13 @@ def decode_outside_spawn(data: dict[str, Any], host: str | None) -> SpawnRequest
         raise invalid("malformed spawn request: 'args' must be a list")
     if name is not None and not (isinstance(name, str) and name and _WILDCARDS.isdisjoint(name)):
         raise invalid("malformed spawn request: 'name' must be a non-empty text without wildcards (* >)")
+    scope = data.get("scope", "local")
+    if scope not in REGISTRY_SCOPES:
+        raise invalid(f"malformed spawn request: 'scope' must be one of {', '.join(REGISTRY_SCOPES)}")
     for field, value in (("context", context), ("options", options)):
         if not (isinstance(value, dict) and all(isinstance(key, str) for key in value)):
             raise invalid(f"malformed spawn request: {field!r} must be a map with text keys")
-    return SpawnRequest(entry, body_host, args, context=context, name=name, options=options)
+    return SpawnRequest(entry, body_host, args, context=context, name=name, options=options, scope=scope)
 
 
 def _is_entry_id(text: str) -> bool:

@@ -1,0 +1,161 @@
+"""The cluster, for the process table (``_table.py``): names in the cluster scopes,
+locks and the cluster view, as the ``process.registry`` and ``system`` modules reach
+them (wippy-surface §3.7, wippy-modules §9, docs/cluster.md).
+
+A name resolves cluster-wide first, then on this node (a cluster name shadows a local
+one); the cluster's replica answers without a round trip. The three cluster scopes,
+EVENTUAL, CONSISTENT and STRONG, share the one consistent store (docs/cluster.md says
+why). Writes wait for JetStream and answer later; a name or lock is freed when its
+holder exits (``Exits._exit`` calls :meth:`ClusterCalls._left_cluster`) or its node
+goes down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from moonwire.broker import Pid
+from moonwire.lua import SECOND, Answer, Kind, MoonwireError, Unit, invalid, not_found
+
+from ..cluster import Cluster
+from ..wire import REGISTRY_SCOPES
+from ._records import ProcessRecord
+from ._targets import RemoteTarget
+
+SCOPES = frozenset(REGISTRY_SCOPES)
+"""``process.registry``'s scopes, by the values of its constants."""
+LOCAL = "local"
+
+
+def check_scope(scope: Any) -> str:
+    """The scope ``scope`` names (None: LOCAL).
+
+    Raises:
+        MoonwireError: Invalid, for anything but a registry scope.
+    """
+    if scope is None:
+        return LOCAL
+    if not isinstance(scope, str) or scope not in SCOPES:
+        raise invalid(f"unknown registry scope {scope!r}: use process.registry.LOCAL, EVENTUAL, CONSISTENT "
+                      "or STRONG")
+    return scope
+
+
+class ClusterCalls:
+    """The cluster half of :class:`~._table.ProcessTable` (a mixin: it uses the table's
+    records, names and ``pid_of``)."""
+
+    node: str
+    records: dict[str, ProcessRecord]
+    names: dict[str, str]
+    remote: RemoteTarget
+    cluster: Cluster | None
+
+    if TYPE_CHECKING:
+        def pid_of(self, unit: Unit) -> str: ...
+
+        # ------------------------------------------------------------ names
+
+    def _named(self, name: str) -> str:
+        """The PID ``name`` resolves to: the cluster's holder, else this node's.
+
+        Raises:
+            MoonwireError: NotFound when no process holds it.
+        """
+        if self.cluster is not None and (pid := self.cluster.names.lookup(name)) is not None:
+            return pid
+        pid = self.names.get(name)
+        if pid is None:
+            raise not_found(f"no process registered as {name!r}")
+        return pid
+
+    def _pid_of_dest(self, dest: str) -> str:
+        """``dest`` as a PID: itself when it is one, else the PID its name resolves to."""
+        return dest if dest.startswith("{") and Pid.parse(dest) is not None else self._named(dest)
+
+    def cluster_lookup(self, name: str) -> str | None:
+        """The cluster-wide holder of ``name`` from the replica (None: no one, or no cluster)."""
+        return self.cluster.names.lookup(name) if self.cluster is not None else None
+
+    # ------------------------------------------------------------ calls from Lua
+
+    def cluster_call(self, unit: Unit, verb: str, args: list[Any]) -> Answer | None:
+        """``register``/``unregister`` in a cluster scope, ``lock.acquire``/``lock.release``."""
+        cluster = self._cluster()
+        if verb == "register":
+            name, pid, _ = _args(args, 3)
+            target = self._holder_pid(unit, pid)
+            return cluster.call(_done(cluster.names.register(_text(name, "name"), target)),
+                                f"registering cluster name {name!r}")
+        if verb == "unregister":
+            name, _ = _args(args, 2)
+            return cluster.call(cluster.names.unregister(_text(name, "name"), self.pid_of(unit)),
+                                f"unregistering cluster name {name!r}")
+        if verb == "lock.acquire":
+            name, wait_ns = _args(args, 2)
+            wait = 0.0 if wait_ns is None else max(float(wait_ns), 0.0) / SECOND
+            return cluster.call(_done(cluster.locks.acquire(_text(name, "lock name"), self.pid_of(unit), wait)),
+                                f"acquiring lock {name!r}")
+        if verb == "lock.release":
+            (name,) = _args(args, 1)
+            return cluster.call(cluster.locks.release(_text(name, "lock name"), self.pid_of(unit)),
+                                f"releasing lock {name!r}")
+        raise invalid(f"unknown cluster request {verb!r}")
+
+    def cluster_now(self, unit: Unit, verb: str, args: list[Any]) -> Any:
+        """``node.id`` and ``cluster.members``: answered from what this node knows."""
+        if verb == "node.id":
+            return self.node
+        if verb == "cluster.members":
+            return self.cluster_members()
+        raise invalid(f"unknown cluster call {verb!r}")
+
+    def cluster_members(self) -> list[dict[str, Any]]:
+        """The live nodes as this node sees them (heartbeats): itself first, then the
+        others by name, each with its hosts."""
+        me = {"id": self.node, "is_local": True, "hosts": self.spawn_hosts()}
+        peers = self.remote.describe().get("peers", [])
+        return [me] + [{"id": p["node"], "is_local": False, "hosts": list(p.get("hosts", []))}
+                       for p in sorted(peers, key=lambda p: p["node"])]
+
+    def _cluster(self) -> Cluster:
+        if self.cluster is None:
+            raise MoonwireError("cluster scopes, locks and groups need the node's broker with JetStream; this "
+                                "runtime runs without one", Kind.UNAVAILABLE, retryable=False)
+        return self.cluster
+
+    def _holder_pid(self, unit: Unit, pid: Any) -> str:
+        """The process a cluster name is registered to: the caller, or ``pid``, which
+        must be a live process of this node (its node frees the name if it goes down)."""
+        if pid is None:
+            return self.pid_of(unit)
+        target = _text(pid, "pid")
+        if target not in self.records:
+            parsed = Pid.parse(target)
+            if parsed is not None and parsed.node != self.node:
+                raise invalid(f"a cluster name is registered on the node of its process: {target} runs on node "
+                              f"{parsed.node}, not {self.node}")
+            raise not_found(f"process {target} not found: it has exited or never existed")
+        return target
+
+    def _left_cluster(self, pid: str) -> None:
+        """``pid`` exited: free its cluster names and locks (a look-up when it has none)."""
+        if self.cluster is not None:
+            self.cluster.exited(pid)
+
+
+async def _done(work: Awaitable[None]) -> bool:
+    """True once ``work`` is done: what Lua gets for a registration or a lock taken."""
+    await work
+    return True
+
+
+def _args(args: list[Any], count: int) -> list[Any]:
+    return (list(args) + [None] * count)[:count]
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise invalid(f"{what} must be a non-empty string")
+    return value

@@ -1,0 +1,239 @@
+"""Cluster names and locks as processes use them, across real node OS processes on a
+real nats-server with JetStream (issue 16, items 1, 4 and 7): three nodes racing for the
+same names, send/monitor/link by name across nodes, names freed when their owner exits
+and when its node is killed, ``with_name`` in a cluster scope, messages to names from
+outside (``mw.n.<name>.<topic>``) and their dead letters, and a lock passed on to the
+next waiter when its holder's node is killed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import nats
+import pytest
+
+from moonwire.node import ServerProcess, free_port, start_nats
+from support import write_project
+
+FAST_LIVENESS = ("--set", "heartbeat.interval=200ms", "--set", "heartbeat.down_after=1s")
+
+PROJECT = {
+    "_index.yaml": """
+        namespace: app
+        entries:
+          - {name: host, kind: process.host}
+          - {name: holder, kind: process.lua, source: file://holder.lua, modules: [json]}
+          - {name: racer, kind: process.lua, source: file://racer.lua, modules: [json]}
+          - {name: watcher, kind: process.lua, source: file://watcher.lua}
+          - {name: sender, kind: process.lua, source: file://sender.lua}
+          - {name: named, kind: process.lua, source: file://named.lua}
+          - {name: locker, kind: process.lua, source: file://locker.lua, modules: [system]}
+    """,
+    # Registers `name` cluster-wide (unless spawned with it), then prints each message
+    # it gets until "stop".
+    "holder.lua": """
+        local json = require("json")
+        return function(name, registered)
+          if not registered then
+            local ok, err = process.registry.register(name, nil, process.registry.CONSISTENT)
+            print("register " .. name .. ": " .. tostring(ok) .. " " .. tostring(err and err:kind()))
+          end
+          local inbox = process.inbox()
+          while true do
+            local msg = inbox:receive()
+            if msg:topic() == "stop" then return "stopped" end
+            print("got " .. name .. " " .. msg:topic() .. " " .. json.encode(msg:payload():data()))
+          end
+        end""",
+    # Registers the names n1..n<count> at once (a coroutine each) and prints those it won.
+    "racer.lua": """
+        local json = require("json")
+        return function(count)
+          local won, results = {}, channel.new(count)
+          for i = 1, count do
+            coroutine.spawn(function()
+              local ok, err = process.registry.register("n" .. i, nil, process.registry.CONSISTENT)
+              results:send({ i = i, ok = ok == true, kind = err and err:kind() })
+            end)
+          end
+          local kinds = {}
+          for _ = 1, count do
+            local r = results:receive()
+            if r.ok then won[#won + 1] = r.i else kinds[#kinds + 1] = r.kind end
+          end
+          print("won " .. json.encode({ won = won, lost = kinds }))
+          process.inbox():receive()  -- keeps its names until stopped
+        end""",
+    # Monitors and links (trapping) `name`, prints what comes.
+    "watcher.lua": """
+        return function(name)
+          process.set_options({ trap_links = true })
+          local ok, err = process.monitor(name)
+          local ok2, err2 = process.link(name)
+          print("watching " .. name .. " " .. tostring(ok) .. " " .. tostring(ok2))
+          local events = process.events()
+          while true do
+            local ev = events:receive()
+            local e = ev.result and ev.result.error
+            print("event " .. ev.kind .. " from " .. ev.from .. " " .. tostring(e and e:message()))
+          end
+        end""",
+    "sender.lua": """
+        return function(name, topic, value)
+          local ok, err = process.send(name, topic, value)
+          print("sent " .. tostring(ok) .. " " .. tostring(err and err:message()))
+        end""",
+    # Spawns app:holder with a cluster name; prints the PID or the error kind.
+    "named.lua": """
+        return function(name)
+          local pid, err = process.with_name(name, process.registry.CONSISTENT):spawn("app:holder", "app:host", name, true)
+          print("named " .. tostring(pid) .. " " .. tostring(err and err:kind()))
+          process.inbox():receive()
+        end""",
+    "locker.lua": """
+        local system = require("system")
+        return function(name, wait)
+          print("trying " .. name .. " " .. tostring(wait))
+          local ok, err = system.lock.acquire(name, wait)
+          print("lock " .. name .. " " .. tostring(ok) .. " " .. tostring(err and err:kind()) .. " on "
+                .. system.node.id())
+          local again, err2 = system.lock.acquire(name)
+          print("again " .. tostring(again) .. " " .. tostring(err2 and err2:kind()))
+          process.inbox():receive()
+        end""",
+}
+
+
+async def _nodes(tmp_path: Path, url: str, spawn_node, names: tuple[str, ...]) -> dict[str, Any]:
+    project = write_project(tmp_path / "project", PROJECT)
+    started = await asyncio.gather(*(spawn_node(project, name, nats_url=url, args=FAST_LIVENESS) for name in names))
+    return dict(zip(names, started))
+
+
+async def _spawn(nc: nats.NATS, node: str, entry: str, *args: Any) -> str:
+    reply = await nc.request(f"mw.ctl.{node}.spawn", json.dumps(
+        {"entry": entry, "host": "app:host", "args": list(args)}).encode(), timeout=10)
+    body = json.loads(reply.data)
+    assert "result" in body, body
+    return body["result"]["pid"]
+
+
+async def _lookup(nc: nats.NATS, node: str, name: str) -> dict[str, Any]:
+    return json.loads((await nc.request(f"mw.ctl.{node}.lookup", json.dumps({"name": name}).encode(), timeout=5)).data)
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Ask ``check`` until it holds: a replica's change sends the test no event."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def own_server(tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    """A nats-server for this test alone: the names and locks its killed nodes leave in
+    the buckets would otherwise be freed, with a node-down warning each, by the nodes of
+    whatever test runs next on the shared server."""
+    server = await start_nats(tmp_path / "nats", port=free_port())
+    yield server
+    await server.stop()
+
+
+async def test_names_race_route_watch_and_free_across_three_nodes(tmp_path: Path, own_server, spawn_node) -> None:
+    nodes = await _nodes(tmp_path, own_server.address, spawn_node, ("ca", "cb", "cc"))
+    nc = await nats.connect(own_server.address)
+    try:
+        # Three nodes race for the same 50 names: exactly one owner each.
+        await asyncio.gather(*(_spawn(nc, node, "app:racer", 50) for node in nodes))
+        won: dict[int, str] = {}
+        for name, node in nodes.items():
+            line = await node.wait_for_line(r"\] won \{")
+            result = json.loads(line.split("] won ", 1)[1])
+            assert set(result["lost"]) <= {"AlreadyExists"}, result
+            for i in result["won"]:
+                assert i not in won, f"n{i} won by {won[i]} and {name}"
+                won[i] = name
+        assert sorted(won) == list(range(1, 51))
+        # Every node resolves each name to its owner's process (from its replica).
+        for i in (1, 25, 50):
+            for node in nodes:
+                pid = (await _lookup(nc, node, f"n{i}"))["result"]
+                assert pid.startswith("{" + won[i] + "@"), (i, node, pid)
+
+        # Send, monitor and link by name, across nodes; then the owner exits.
+        await _spawn(nc, "ca", "app:holder", "counter")
+        await nodes["ca"].wait_for_line(r"register counter: true nil")
+        await _spawn(nc, "cc", "app:watcher", "counter")
+        await nodes["cc"].wait_for_line(r"watching counter true true")
+        await _spawn(nc, "cb", "app:sender", "counter", "hello", "from-cb")
+        await nodes["cb"].wait_for_line(r"sent true nil")
+        await nodes["ca"].wait_for_line(r'got counter hello "from-cb"')
+        # From outside, through any node of the queue group, to the holder on ca.
+        await nc.publish("mw.n.counter.orders.new", b'{"id": 7}')
+        await nodes["ca"].wait_for_line(r'got counter orders.new \{"id":7\}')
+        # A name nobody holds: dead-lettered with its reason.
+        dead = await nc.subscribe("mw.dlq.*")
+        await nc.flush()
+        await nc.publish("mw.n.nobody.x", b"1")
+        letter = await dead.next_msg(timeout=5)
+        assert "no process holds the cluster name 'nobody'" in letter.headers["Mw-Dlq-Reason"]
+
+        await nc.publish("mw.n.counter.stop", b"")
+        await nodes["cc"].wait_for_line(r"event pid.exit from \{ca@")
+        # Released on exit: no node resolves it any more (the replicas follow the bucket).
+        async def freed_everywhere() -> bool:
+            return all(["error" in await _lookup(nc, node, "counter") for node in nodes])
+        await _eventually(freed_everywhere, 5, "counter freed on every node after its owner exited")
+
+        # with_name in a cluster scope: the first spawn gets it, the second AlreadyExists.
+        await _spawn(nc, "ca", "app:named", "solo")
+        await nodes["ca"].wait_for_line(r"named \{ca@app:host\|\S+\} nil")
+        await _spawn(nc, "cb", "app:named", "solo")
+        await nodes["cb"].wait_for_line(r"named nil AlreadyExists")
+        await nc.publish("mw.n.solo.ping", b'"x"')
+        await nodes["ca"].wait_for_line(r'got solo ping "x"')
+
+        # kill -9 of a holder's node: its names go within the node-down window.
+        await _spawn(nc, "cb", "app:holder", "victim")
+        await nodes["cb"].wait_for_line(r"register victim: true nil")
+        async def ca_sees_victim() -> bool:  # ca's replica follows the bucket: soon, not at once
+            return (await _lookup(nc, "ca", "victim")).get("result", "").startswith("{cb@")
+        await _eventually(ca_sees_victim, 5, "ca to see cb's name")
+        await nodes["cb"].kill()
+        names_of_cb = ["victim"] + [f"n{i}" for i, n in won.items() if n == "cb"]
+
+        async def cb_names_freed() -> bool:
+            return all(["error" in await _lookup(nc, "ca", name) for name in names_of_cb])
+        # The node-down window (1 s here) plus the conditional deletes.
+        await _eventually(cb_names_freed, 6, "the names of the killed node freed")
+    finally:
+        await nc.close()
+
+
+async def test_a_lock_held_by_a_killed_node_goes_to_the_next_waiter(tmp_path: Path, own_server, spawn_node) -> None:
+    nodes = await _nodes(tmp_path, own_server.address, spawn_node, ("la", "lb"))
+    nc = await nats.connect(own_server.address)
+    try:
+        await _spawn(nc, "la", "app:locker", "the-lock", None)
+        await nodes["la"].wait_for_line(r"lock the-lock true nil on la")
+        await nodes["la"].wait_for_line(r"again false AlreadyExists")  # not re-entrant
+        # Without a wait: refused at once. With one: waits.
+        await _spawn(nc, "lb", "app:locker", "the-lock", None)
+        await nodes["lb"].wait_for_line(r"lock the-lock false AlreadyExists on lb")
+        await _spawn(nc, "lb", "app:locker", "the-lock", "30s")
+        # The lock is freed only after the node-down window, so this waiter is waiting by then.
+        await nodes["lb"].wait_for_line(r"trying the-lock 30s")
+        killed = time.monotonic()
+        await nodes["la"].kill()
+        # la may die before lb ever heard its heartbeat: the lock's holder alone tells lb
+        # to expect la, so la is still declared down after the window.
+        await nodes["lb"].wait_for_line(r"lock the-lock true nil on lb", timeout=15)
+        assert time.monotonic() - killed < 8
+    finally:
+        await nc.close()
