@@ -40,6 +40,11 @@ class Pid:
     def is_workflow(self) -> bool:
         return not self.node
 
+    @property
+    def incarnation(self) -> str:
+        """The node incarnation that issued it: the boot epoch before the uid's dash."""
+        return self.uid.partition("-")[0]
+
     def __str__(self) -> str:
         return f"{{{self.node}@{self.host}|{self.uid}}}"
 

@@ -44,6 +44,11 @@ class Subjects:
     def all_named(self) -> str:
         return f"{self.prefix}.n.>"
 
+    def group(self, group: str) -> str:
+        """A process group's broadcasts (then ``.<topic>`` from outside): every node
+        with members of it subscribes while it has them."""
+        return f"{self.prefix}.g.{group}"
+
     def control(self, node: str, verb: str) -> str:
         return f"{self.prefix}.ctl.{node}.{verb}"
 

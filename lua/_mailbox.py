@@ -56,10 +56,12 @@ class Event:
     value: Any = None
     error: MoonwireError | None = None
     reason: str | None = None
+    group: str | None = None
+    """The process group of a ``pg.monitor`` event."""
 
     @property
     def has_result(self) -> bool:
-        return self.reason is None
+        return self.kind in (EXIT, LINK_DOWN)
 
 
 @dataclass(slots=True)
@@ -210,7 +212,8 @@ class Mailbox:
         state = self.state
         if not event.has_result:
             return state.new_event(event.kind.encode(), event.sender.encode(), event.at, False, None, None,
-                                   (event.reason or "").encode())
+                                   None if event.reason is None else event.reason.encode(),
+                                   None if event.group is None else event.group.encode())
         error = state.make_error(event.error) if event.error is not None else None
         return state.new_event(event.kind.encode(), event.sender.encode(), event.at, True,
-                               to_lua(state, event.value), error, None)
+                               to_lua(state, event.value), error, None, None)

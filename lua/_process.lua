@@ -24,10 +24,11 @@ local MessageMT = { __index = MessageMethods, __name = "message", __metatable = 
 function P.new_message(topic, from, ...)
     return setmetatable({ _topic = topic, _from = from, _payloads = { ... }, _n = select("#", ...) }, MessageMT)
 end
-function P.new_event(kind, from, at, has_result, value, err, reason)
+function P.new_event(kind, from, at, has_result, value, err, reason, group)
     local event = { kind = kind, from = from, at = at }
     if has_result then event.result = { value = value, error = err } end
     if reason ~= nil then event.reason = reason end
+    if group ~= nil then event.group = group end
     return event
 end
 
@@ -297,3 +298,52 @@ function system.lock.release(name)
     return released == true
 end
 P.modules.system = readonly(system)
+
+-- ---------------------------------------------------------------- pg (wippy-modules §10)
+-- Cluster-wide process groups (Erlang's pg): a process joins as often as it likes and
+-- leaves as often (N joins need N leaves); members leave when they exit or their node
+-- goes down. Reads answer from this node's replica; join, leave and broadcast wait for
+-- the broker.
+
+local pg = { event = readonly({ JOINED = "pg.member.joined", LEFT = "pg.member.left" }) }
+local function check_group(group, fname)
+    if type(group) ~= "string" or group == "" then argerror(1, fname, "non-empty string", group) end
+end
+local function check_pid(pid, fname)
+    if pid ~= nil and type(pid) ~= "string" then argerror(2, fname, "PID string", pid) end
+end
+-- true | nil, err; `pid` (a process of this node) defaults to the caller.
+function pg.join(group, pid)
+    check_group(group, "join"); check_pid(pid, "join")
+    return request("cluster", "pg.join", group, pid)
+end
+-- true when it was a member (one join undone); false otherwise.
+function pg.leave(group, pid)
+    check_group(group, "leave"); check_pid(pid, "leave")
+    local left, err = request("cluster", "pg.leave", group, pid)
+    if left == nil then return false, err end
+    return left == true
+end
+-- Every member cluster-wide (a PID once per join), sorted; {} for an empty group.
+function pg.members(group) check_group(group, "members") return host.cluster_now("pg.members", group) end
+function pg.local_members(group)
+    check_group(group, "local_members")
+    return host.cluster_now("pg.local_members", group)
+end
+function pg.groups() return host.cluster_now("pg.groups") end
+function pg.local_groups() return host.cluster_now("pg.local_groups") end
+-- `topic` and the payloads to every member once, on every node (the caller too, if a
+-- member), with one publish: true | nil, err. No order is kept against process.send.
+function pg.broadcast(group, topic, ...)
+    check_group(group, "broadcast")
+    local bad = bad_topic(topic)
+    if bad then return nil, bad end
+    preempt()
+    charge_values(...)
+    return request("cluster", "pg.broadcast", group, topic, ...)
+end
+-- From now on a pg.event.JOINED / LEFT event (`from` the member, `group` the group) for
+-- each join and leave, on process.events(); returns the members at that moment.
+function pg.monitor(group) check_group(group, "monitor") return host.cluster_now("pg.monitor", group) end
+function pg.demonitor(group) check_group(group, "demonitor") return host.cluster_now("pg.demonitor", group) end
+P.modules.pg = readonly(pg)

@@ -33,3 +33,4 @@ P.modules.workflow = readonly(workflow)
 -- Not in a workflow (wippy-modules §0): what they answer depends on the cluster now, which
 -- a replay would not see again.
 P.modules.system = nil
+P.modules.pg = nil

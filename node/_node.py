@@ -33,7 +33,7 @@ from .project import TemporalClientEntry
 from .workflows import Workflows
 from .functions import Functions
 from .cluster import Cluster
-from .processes import READ_TURN, ControlPlane, DeadLetters, NamedDelivery, NodeInboxes, RemoteNodes
+from .processes import READ_TURN, ControlPlane, DeadLetters, ClusterDelivery, NodeInboxes, RemoteNodes
 from ._runtime import Runtime
 from .project import Project
 
@@ -189,7 +189,7 @@ class Node:
                               dead_letters=dead_letters)
         # Names, locks and groups on JetStream: open before anything runs Lua (a service
         # may register a name as it starts), stopped after every process has exited.
-        cluster = Cluster(self._nats, prefix=self.config.prefix, node=self.name, incarnation=pids.epoch,
+        cluster = Cluster(self._nats, self._data, prefix=self.config.prefix, node=self.name, incarnation=pids.epoch,
                           replicas=self.config.cluster.replicas, timeout=self.config.cluster.timeout,
                           expect=membership.expect)
         await cluster.start()
@@ -200,7 +200,9 @@ class Node:
 
         inboxes = NodeInboxes(self._data, outbox, self.subjects, self.name, processes.deliver,
                               processes.deliver_event, dead_letters, max_body=self.config.max_message_bytes,
-                              streams=streams, named=NamedDelivery(cluster.names.lookup, processes.route))
+                              streams=streams, cluster=ClusterDelivery(cluster.names.lookup, cluster.groups.local_members,
+                                                                      processes.route))
+        cluster.on_broadcast = inboxes.on_group
         await inboxes.start()
         self._steps.append(_Step("process inboxes", lambda remaining: inboxes.stop()))
         def on_ack(msg: Msg) -> None:

@@ -1,9 +1,11 @@
-"""Cluster names and locks as processes use them, across real node OS processes on a
-real nats-server with JetStream (issue 16, items 1, 4 and 7): three nodes racing for the
-same names, send/monitor/link by name across nodes, names freed when their owner exits
-and when its node is killed, ``with_name`` in a cluster scope, messages to names from
-outside (``mw.n.<name>.<topic>``) and their dead letters, and a lock passed on to the
-next waiter when its holder's node is killed."""
+"""Cluster names, locks and process groups as processes use them, across real node OS
+processes on a real nats-server with JetStream (issue 16, items 1, 2, 4 and 7): three
+nodes racing for the same names, send/monitor/link by name across nodes, names freed
+when their owner exits and when its node is killed, ``with_name`` in a cluster scope,
+messages to names from outside (``mw.n.<name>.<topic>``) and their dead letters, a lock
+passed on to the next waiter when its holder's node is killed, and groups: broadcasts
+from a node without members and from outside (``mw.g.<group>.<topic>``) reaching each
+member once, monitors seeing joins and leaves, members leaving on exit and node-down."""
 
 from __future__ import annotations
 
@@ -33,7 +35,40 @@ PROJECT = {
           - {name: sender, kind: process.lua, source: file://sender.lua}
           - {name: named, kind: process.lua, source: file://named.lua}
           - {name: locker, kind: process.lua, source: file://locker.lua, modules: [system]}
+          - {name: member, kind: process.lua, source: file://member.lua, modules: [pg, json]}
+          - {name: broadcaster, kind: process.lua, source: file://broadcaster.lua, modules: [pg]}
+          - {name: pgwatch, kind: process.lua, source: file://pgwatch.lua, modules: [pg, json]}
     """,
+    # Joins `group` `times` times as `label`, prints what it gets until "leave".
+    "member.lua": """
+        local pg, json = require("pg"), require("json")
+        return function(group, label, times)
+          for _ = 1, times do assert(pg.join(group)) end
+          print("joined " .. label)
+          local inbox = process.inbox()
+          while true do
+            local msg = inbox:receive()
+            if msg:topic() == "leave" then return end
+            print("got " .. label .. " " .. msg:topic() .. " " .. json.encode(msg:payload():data()))
+          end
+        end""",
+    "broadcaster.lua": """
+        local pg = require("pg")
+        return function(group, topic, value)
+          local ok, err = pg.broadcast(group, topic, value)
+          print("broadcast " .. tostring(ok) .. " " .. tostring(err and err:message()))
+        end""",
+    # Monitors `group`: prints the snapshot's size, then each join and leave.
+    "pgwatch.lua": """
+        local pg, json = require("pg"), require("json")
+        return function(group)
+          print("snapshot " .. #pg.monitor(group))
+          local events = process.events()
+          while true do
+            local ev = events:receive()
+            print("pg " .. ev.kind .. " " .. ev.group .. " " .. ev.from .. " members " .. #pg.members(group))
+          end
+        end""",
     # Registers `name` cluster-wide (unless spawned with it), then prints each message
     # it gets until "stop".
     "holder.lua": """
@@ -235,5 +270,39 @@ async def test_a_lock_held_by_a_killed_node_goes_to_the_next_waiter(tmp_path: Pa
         # to expect la, so la is still declared down after the window.
         await nodes["lb"].wait_for_line(r"lock the-lock true nil on lb", timeout=15)
         assert time.monotonic() - killed < 8
+    finally:
+        await nc.close()
+
+
+async def test_process_groups_across_three_nodes(tmp_path: Path, own_server, spawn_node) -> None:
+    nodes = await _nodes(tmp_path, own_server.address, spawn_node, ("ga", "gb", "gc"))
+    nc = await nats.connect(own_server.address)
+    try:
+        await _spawn(nc, "gc", "app:pgwatch", "chat")
+        await nodes["gc"].wait_for_line(r"snapshot 0")
+        # Two members on ga (one joined twice), one on gb, none on gc.
+        pids = {"m1": await _spawn(nc, "ga", "app:member", "chat", "m1", 2),
+                "m2": await _spawn(nc, "ga", "app:member", "chat", "m2", 1),
+                "m3": await _spawn(nc, "gb", "app:member", "chat", "m3", 1)}
+        for label, node in (("m1", "ga"), ("m2", "ga"), ("m3", "gb")):
+            await nodes[node].wait_for_line(f"joined {label}")
+        # gc sees every join (m1's twice), the last with all four memberships.
+        await nodes["gc"].wait_for_line(r"pg pg.member.joined chat \S+ members 4")
+        # A broadcast from a node without members, then one from outside: each member
+        # gets each once, however many times it joined.
+        await _spawn(nc, "gc", "app:broadcaster", "chat", "hello", "from-gc")
+        await nodes["gc"].wait_for_line(r"broadcast true nil")
+        await nc.publish("mw.g.chat.greet", b'{"from": "outside"}')
+        for label, node in (("m1", "ga"), ("m2", "ga"), ("m3", "gb")):
+            await nodes[node].wait_for_line(f'got {label} hello "from-gc"')
+            await nodes[node].wait_for_line(f'got {label} greet {{"from":"outside"}}')
+        await nc.publish("mw.p.ga." + pids["m2"].split("|")[1][:-1] + ".leave", b"")  # m2 exits: it leaves
+        await nodes["gc"].wait_for_line(r"pg pg.member.left chat \{ga@\S+ members 3")
+        # kill -9 of gb: m3 leaves once gb is declared down.
+        await nodes["gb"].kill()
+        await nodes["gc"].wait_for_line(r"pg pg.member.left chat \{gb@\S+ members 2", timeout=10)
+        for label, node in (("m1", "ga"), ("m2", "ga")):
+            got = [line for line in nodes[node].lines if f"got {label} " in line]
+            assert len(got) == 2, got  # once each, m1's two joins notwithstanding
     finally:
         await nc.close()

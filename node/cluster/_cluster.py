@@ -9,10 +9,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
-from moonwire.broker import TaskSet
+from moonwire.broker import Client, Pid, TaskSet
 from moonwire.lua import Kind, MoonwireError, Outcome, Pending, internal
 
+from ._groups import ClusterGroups
 from ._locks import ClusterLocks
 from ._names import ClusterNames
 from ._replica import Holder
@@ -21,8 +23,9 @@ log = logging.getLogger("moonwire.cluster")
 
 
 class Cluster:
-    """Cluster names and locks for one node (``node`` at ``incarnation``); the arguments
-    are :class:`ClusterNames`'s.
+    """Cluster names, locks and process groups for one node (``node`` at
+    ``incarnation``); the arguments are :class:`ClusterNames`'s. The groups run on
+    ``data`` (the node's data connection: broadcasts are process traffic).
 
     ``expect(node, incarnation)`` is the liveness's (``broker.Membership.expect``): told
     of every other node incarnation that holds something, so one that dies before this
@@ -30,8 +33,8 @@ class Cluster:
     down after the window, and what it held freed.
     """
 
-    def __init__(self, nats: NatsClient, *, prefix: str, node: str, incarnation: str, replicas: int = 1,
-                 timeout: float = 2.0, retry_interval: float = 5.0,
+    def __init__(self, nats: NatsClient, data: Client, *, prefix: str, node: str, incarnation: str,
+                 replicas: int = 1, timeout: float = 2.0, retry_interval: float = 5.0,
                  expect: Callable[[str, str], None] | None = None) -> None:
         self.node = node
         self.incarnation = incarnation
@@ -40,18 +43,25 @@ class Cluster:
                                   timeout=timeout, retry_interval=retry_interval, on_change=self._held)
         self.locks = ClusterLocks(nats, prefix=prefix, node=node, incarnation=incarnation, replicas=replicas,
                                   timeout=timeout, retry_interval=retry_interval, on_change=self._held)
+        self.on_group_change: Callable[[str, str, bool], None] | None = None
+        """Set by the process table: a join or leave seen cluster-wide (``pg.monitor``)."""
+        self.on_broadcast: Callable[[str, Msg], None] | None = None
+        """Set by the inboxes: a broadcast for a group with members here (read loop: no waiting)."""
+        self.groups = ClusterGroups(data, prefix=prefix, node=node, incarnation=incarnation, replicas=replicas,
+                                    timeout=timeout, retry_interval=retry_interval, on_change=self._group_changed,
+                                    on_broadcast=self._broadcast)
         self._calls = TaskSet(log)
         """Calls made for processes (:meth:`call`)."""
 
     async def start(self) -> None:
         """Open every store. Never raises for a missing JetStream: each store stays
         unavailable, says so once, and keeps trying."""
-        await asyncio.gather(self.names.start(), self.locks.start())
+        await asyncio.gather(self.names.start(), self.locks.start(), self.groups.start())
 
     async def stop(self) -> None:
         """Stop following the stores, once the releases under way are done (bounded)."""
         await self._calls.stop()
-        await asyncio.gather(self.names.stop(), self.locks.stop())
+        await asyncio.gather(self.names.stop(), self.locks.stop(), self.groups.stop())
 
     def call(self, work: Coroutine[Any, Any, Any], what: str, on_abandon: Callable[[], None] | None = None
              ) -> Pending:
@@ -88,13 +98,26 @@ class Cluster:
         if after is not None and after.node != self.node and self._expect is not None:
             self._expect(after.node, after.incarnation)
 
+    def _group_changed(self, group: str, pid: str, joined: bool) -> None:
+        if joined and self._expect is not None and (member := Pid.parse(pid)) is not None \
+                and member.node != self.node:
+            self._expect(member.node, member.incarnation)
+        if self.on_group_change is not None:
+            self.on_group_change(group, pid, joined)
+
+    def _broadcast(self, group: str, msg: Msg) -> None:
+        if self.on_broadcast is not None:
+            self.on_broadcast(group, msg)
+
     def exited(self, pid: str) -> None:
         """``pid`` (a process of this node) ended: free what it held. Costs a dictionary
         look-up per store when it held nothing."""
         self.names.release_soon(pid)
         self.locks.release_soon(pid)
+        self.groups.release_soon(pid)
 
     def node_down(self, node: str, incarnation: str) -> None:
         """``incarnation`` of ``node`` is gone: free what its processes held."""
         self.names.node_down_soon(node, incarnation)
         self.locks.node_down_soon(node, incarnation)
+        self.groups.node_down_soon(node, incarnation)

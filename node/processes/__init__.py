@@ -10,7 +10,7 @@ May import: ``project``, ``wire``, ``functions``, broker, lua.
 
 from ._control import ControlPlane
 from ._hosts import ProcessHost
-from ._inboxes import DEFAULT_MAX_BODY, READ_TURN, DeadLetters, NamedDelivery, NodeInboxes, Undeliverable, decode, encode
+from ._inboxes import DEFAULT_MAX_BODY, READ_TURN, DeadLetters, ClusterDelivery, NodeInboxes, Undeliverable, decode, encode
 from ._remote import RemoteNodes, Survey, spawn_from_outside, survey
 from ._supervisor import Supervisor
 from ._records import TERMINAL_HOST
@@ -18,6 +18,6 @@ from ._table import ProcessTable
 from ._targets import NO_WORKFLOWS, UNREACHABLE, Fire, RemoteTarget, Target, WorkflowTarget
 
 __all__ = ["DEFAULT_MAX_BODY", "NO_WORKFLOWS", "READ_TURN", "TERMINAL_HOST", "UNREACHABLE", "ControlPlane",
-           "DeadLetters", "Fire", "NamedDelivery", "NodeInboxes", "ProcessHost", "ProcessTable", "RemoteNodes", "RemoteTarget",
+           "DeadLetters", "Fire", "ClusterDelivery", "NodeInboxes", "ProcessHost", "ProcessTable", "RemoteNodes", "RemoteTarget",
            "Supervisor", "Survey", "Target", "Undeliverable", "WorkflowTarget", "decode", "encode",
            "spawn_from_outside", "survey"]

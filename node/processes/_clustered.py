@@ -1,6 +1,6 @@
 """The cluster, for the process table (``_table.py``): names in the cluster scopes,
-locks and the cluster view, as the ``process.registry`` and ``system`` modules reach
-them (wippy-surface §3.7, wippy-modules §9, docs/cluster.md).
+locks, process groups and the cluster view, as the ``process.registry``, ``system`` and
+``pg`` modules reach them (wippy-surface §3.7, wippy-modules §9-§10, docs/cluster.md).
 
 A name resolves cluster-wide first, then on this node (a cluster name shadows a local
 one); the cluster's replica answers without a round trip. The three cluster scopes,
@@ -12,20 +12,27 @@ goes down.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from moonwire.broker import Pid
-from moonwire.lua import SECOND, Answer, Kind, MoonwireError, Unit, invalid, not_found
+from moonwire.lua import SECOND, Answer, Event, Kind, Message, MoonwireError, Unit, invalid, not_found
 
 from ..cluster import Cluster
 from ..wire import REGISTRY_SCOPES
+from ._inboxes import encode
 from ._records import ProcessRecord
 from ._targets import RemoteTarget
 
 SCOPES = frozenset(REGISTRY_SCOPES)
 """``process.registry``'s scopes, by the values of its constants."""
 LOCAL = "local"
+PG_JOINED = "pg.member.joined"
+PG_LEFT = "pg.member.left"
+"""The kinds of the events ``pg.monitor`` delivers (``event.group`` names the group)."""
+_GROUP_READS = frozenset({"pg.members", "pg.local_members", "pg.groups", "pg.local_groups", "pg.monitor",
+                          "pg.demonitor"})
 
 
 def check_scope(scope: Any) -> str:
@@ -51,6 +58,10 @@ class ClusterCalls:
     names: dict[str, str]
     remote: RemoteTarget
     cluster: Cluster | None
+    _group_watchers: dict[str, set[str]]
+    """Group -> the local processes monitoring it (``pg.monitor``)."""
+    _groups_watched: dict[str, set[str]]
+    """PID -> the groups it monitors, to drop them when it exits."""
 
     if TYPE_CHECKING:
         def pid_of(self, unit: Unit) -> str: ...
@@ -101,6 +112,18 @@ class ClusterCalls:
             (name,) = _args(args, 1)
             return cluster.call(cluster.locks.release(_text(name, "lock name"), self.pid_of(unit)),
                                 f"releasing lock {name!r}")
+        if verb in ("pg.join", "pg.leave"):
+            group, pid = _args(args, 2)
+            member = self._holder_pid(unit, pid)
+            if verb == "pg.join":
+                return cluster.call(_done(cluster.groups.join(_text(group, "group"), member)),
+                                    f"joining process group {group!r}")
+            return cluster.call(cluster.groups.leave(_text(group, "group"), member), f"leaving process group {group!r}")
+        if verb == "pg.broadcast":
+            group, topic, *payloads = args
+            body, headers = encode(Message(_text(topic, "topic"), payloads, self.pid_of(unit)))
+            return cluster.call(_done(cluster.groups.publish(_text(group, "group"), topic, body, headers)),
+                                f"broadcasting to process group {group!r}")
         raise invalid(f"unknown cluster request {verb!r}")
 
     def cluster_now(self, unit: Unit, verb: str, args: list[Any]) -> Any:
@@ -109,7 +132,49 @@ class ClusterCalls:
             return self.node
         if verb == "cluster.members":
             return self.cluster_members()
+        if verb in _GROUP_READS:
+            groups = self._cluster().groups
+            if verb == "pg.groups":
+                return groups.groups()
+            if verb == "pg.local_groups":
+                return groups.local_groups()
+            group = _text(_args(args, 1)[0], "group")
+            if verb == "pg.members":
+                return groups.members(group)
+            if verb == "pg.local_members":
+                return groups.local_members(group)
+            me = self.pid_of(unit)
+            if verb == "pg.monitor":
+                self._group_watchers.setdefault(group, set()).add(me)
+                self._groups_watched.setdefault(me, set()).add(group)
+                return groups.members(group)  # the snapshot, from the moment events start
+            return self._unwatch_group(me, group)  # pg.demonitor
         raise invalid(f"unknown cluster call {verb!r}")
+
+    def _group_changed(self, group: str, pid: str, joined: bool) -> None:
+        """A join or leave seen cluster-wide: an event for each process monitoring
+        ``group`` (``pg.monitor``)."""
+        watchers = self._group_watchers.get(group)
+        if not watchers:
+            return
+        event = Event(PG_JOINED if joined else PG_LEFT, pid, time.time(), group=group)
+        for watcher in watchers:
+            record = self.records.get(watcher)
+            if record is not None and record.unit.mailbox is not None:
+                record.unit.mailbox.post_event(event)
+
+    def _unwatch_group(self, pid: str, group: str) -> bool:
+        watchers = self._group_watchers.get(group)
+        if not watchers or pid not in watchers:
+            return False
+        watchers.discard(pid)
+        if not watchers:
+            del self._group_watchers[group]
+        if (mine := self._groups_watched.get(pid)) is not None:
+            mine.discard(group)
+            if not mine:
+                del self._groups_watched[pid]
+        return True
 
     def cluster_members(self) -> list[dict[str, Any]]:
         """The live nodes as this node sees them (heartbeats): itself first, then the
@@ -140,9 +205,12 @@ class ClusterCalls:
         return target
 
     def _left_cluster(self, pid: str) -> None:
-        """``pid`` exited: free its cluster names and locks (a look-up when it has none)."""
+        """``pid`` exited: free its cluster names, locks and memberships, and drop its
+        group monitors (a look-up per store when it has none)."""
         if self.cluster is not None:
             self.cluster.exited(pid)
+        for group in self._groups_watched.get(pid, set()).copy():
+            self._unwatch_group(pid, group)
 
 
 async def _done(work: Awaitable[None]) -> bool:

@@ -156,12 +156,14 @@ def _checked_payloads(topic: str, sender: str, payloads: object) -> Message:
 
 
 @dataclass(frozen=True, slots=True)
-class NamedDelivery:
-    """How messages to cluster names find their holder: ``holder_of(name)`` (the
-    cluster's replica) and ``route(pid, message)`` (the process table's, which raises
+class ClusterDelivery:
+    """How messages to cluster names and groups find their processes: ``holder_of(name)``
+    (the names' replica), ``members_here(group)`` (this node's members, a PID once per
+    join) and ``route(pid, message)`` (the process table's, which raises
     :class:`MoonwireError` when it cannot deliver)."""
 
     holder_of: Callable[[str], str | None]
+    members_here: Callable[[str], list[str]]
     route: Callable[[str, Message], None]
 
 
@@ -177,7 +179,7 @@ class NodeInboxes:
     def __init__(self, nats: Client, outbox: Outbox, subjects: Subjects, node: str,
                  deliver: Callable[[str, Message], None], deliver_event: Callable[[str, Event], None],
                  dead_letters: DeadLetters, max_body: int = DEFAULT_MAX_BODY,
-                 streams: Streams[Msg] | None = None, named: NamedDelivery | None = None) -> None:
+                 streams: Streams[Msg] | None = None, cluster: ClusterDelivery | None = None) -> None:
         self.nats = nats
         self.outbox = outbox
         self.subjects = subjects
@@ -188,10 +190,12 @@ class NodeInboxes:
         self.max_body = max_body
         self.streams = streams
         self.stats = InboxStatistics()
-        self.named = named
-        """Messages to cluster names from outside (``<prefix>.n.<name>.<topic>``)."""
+        self.cluster = cluster
+        """Messages to cluster names from outside (``<prefix>.n.<name>.<topic>``) and to
+        process groups (``<prefix>.g.<group>[.<topic>]``)."""
         self._prefix = subjects.inbox(node, "")  # "<prefix>.p.<node>."
         self._named_prefix = subjects.named("")  # "<prefix>.n."
+        self._group_prefix = subjects.group("")  # "<prefix>.g."
         self._subscriptions: list[Subscription] = []
 
     async def start(self) -> None:
@@ -200,7 +204,7 @@ class NodeInboxes:
         # its task would run the whole backlog without yielding the event loop).
         subscribe = self.nats.subscribe_direct
         self._subscriptions.append(await subscribe(self.subjects.node_inboxes(self.node), self._on_message))
-        if self.named is not None:
+        if self.cluster is not None:
             # One node of the queue group takes each message and hands it to the holder.
             self._subscriptions.append(await subscribe(self.subjects.all_named(), self._on_named, queue=NAMED_QUEUE))
 
@@ -255,12 +259,12 @@ class NodeInboxes:
         with that someone holds (names may hold dots), the rest is the topic. Decoded by
         the rules of the process inboxes and routed to the holder, here or on its node;
         a name nobody holds, or a message that cannot be delivered, is dead-lettered."""
-        assert self.named is not None
+        assert self.cluster is not None
         try:
             tokens = msg.subject[len(self._named_prefix):].split(".")
             for end in range(len(tokens), 0, -1):
                 name = ".".join(tokens[:end])
-                pid = self.named.holder_of(name)
+                pid = self.cluster.holder_of(name)
                 if pid is not None:
                     break
             else:
@@ -268,7 +272,7 @@ class NodeInboxes:
                                        + (" (nor any longer name the subject starts with)" if len(tokens) > 1 else ""))
                 return
             message = decode(".".join(tokens[end:]), msg.headers or {}, msg.data, self.max_body)
-            self.named.route(pid, message)
+            self.cluster.route(pid, message)
             self.stats.delivered += 1
         except Undeliverable as err:
             self._dead_letter(msg, str(err))
@@ -277,6 +281,26 @@ class NodeInboxes:
         except Exception as err:  # noqa: BLE001 - STYLE §16: nothing raises into the read loop
             log.exception("handling a message on %s failed", msg.subject)
             self._dead_letter(msg, f"internal error while delivering: {type(err).__name__}: {err}")
+
+    def on_group(self, group: str, msg: Msg) -> None:
+        """A broadcast to ``group`` (from ``pg.broadcast``, or from outside as
+        ``<prefix>.g.<group>.<topic>``): decoded once by the rules of the process inboxes
+        and posted to each member here once, however many times it joined. The message
+        is dead-lettered when it cannot be decoded, and a copy per member whose mailbox
+        refuses it (full), naming the member: nothing is dropped unseen."""
+        assert self.cluster is not None
+        try:
+            topic = msg.subject[len(self._group_prefix) + len(group) + 1:]
+            message = decode(topic, msg.headers or {}, msg.data, self.max_body)
+        except Undeliverable as err:
+            self._dead_letter(msg, str(err))
+            return
+        for pid in dict.fromkeys(self.cluster.members_here(group)):
+            try:
+                self.cluster.route(pid, message)
+                self.stats.delivered += 1
+            except MoonwireError as err:
+                self._dead_letter(msg, f"group {group} member {pid}: {err.message}")
 
     def _on_batch(self, uid: str, msg: Msg) -> None:
         try:

@@ -62,6 +62,10 @@ class ProcessTable(Spawning, Exits, ClusterCalls):
         """Workflows as processes: spawn on a temporal.worker, send, watch."""
         self.cluster = cluster
         """Cluster names, locks and groups (None: a runtime without a broker)."""
+        self._group_watchers: dict[str, set[str]] = {}
+        self._groups_watched: dict[str, set[str]] = {}
+        if cluster is not None:
+            cluster.on_group_change = self._group_changed
         self._exits: deque[ProcessRecord] = deque()
         self._exiting = False
         self._empty = asyncio.Event()
