@@ -218,13 +218,28 @@ async def test_node_down_frees_that_incarnations_names(nats_server: ServerProces
     await a.register("d2", pid("na", 2))
     await b.register("d3", pid("nb"))
     await nodes.until(lambda: all(m.lookup("d1") and m.lookup("d2") and m.lookup("d3") for m in (b, c)))
+    assert await a.node_down("na", "k1") == []  # never about itself
+    await a.stop()  # dead (a live one would register its names again: the next test)
     assert await b.node_down("na", "k0") == []  # another incarnation: nothing of it here
     # Both survivors race to clean up; each name is freed once, by one of them.
     freed_b, freed_c = await asyncio.gather(b.node_down("na", "k1"), c.node_down("na", "k1"))
     assert sorted(freed_b + freed_c) == ["d1", "d2"]
     await c.register("d1", pid("nc"))
     await nodes.until(lambda: b.lookup("d1") == pid("nc") and b.lookup("d2") is None and b.lookup("d3") == pid("nb"))
-    assert await a.node_down("na", "k1") == []  # never about itself
+
+
+async def test_a_false_node_down_is_healed_by_the_live_holder(nats_server: ServerProcess, nodes: Nodes) -> None:
+    """b takes a for down while a is alive (a partition, a long pause): b deletes a's
+    names, a sees it through its watch and registers them again (unless one was taken
+    in between: then it stays taken, with a warning)."""
+    a = await nodes.start(nats_server.address, "ha", incarnation="k1")
+    b = await nodes.start(nats_server.address, "hb")
+    await a.register("h1", pid("ha", 1))
+    await a.register("h2", pid("ha", 2))
+    await nodes.until(lambda: b.lookup("h1") and b.lookup("h2"))
+    assert sorted(await b.node_down("ha", "k1")) == ["h1", "h2"]
+    await nodes.until(lambda: b.lookup("h1") == pid("ha", 1) and b.lookup("h2") == pid("ha", 2))
+    assert a.statistics().healed == 2
 
 
 async def test_start_frees_names_of_an_earlier_incarnation(nats_server: ServerProcess, nodes: Nodes) -> None:

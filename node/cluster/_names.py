@@ -56,6 +56,9 @@ class NamesStatistics:
     """Calls that raised Unavailable."""
     watched: int
     """Entries the watch delivered."""
+    healed: int = 0
+    """Names of this incarnation's processes that another node deleted (a false
+    node-down) and this node registered again."""
 
 
 class ClusterNames:
@@ -100,6 +103,8 @@ class ClusterNames:
         self._watcher: KeyValue.KeyWatcher | None = None
         self._registering: Counter[str] = Counter()
         """PID -> registers of it in flight."""
+        self._freeing: Counter[str] = Counter()
+        """Names this node is deleting now (see :meth:`_delete`)."""
         self._released: set[str] = set()
         """PIDs released while a register of theirs was in flight (see :meth:`register`)."""
         self._stats = Counter[str]()
@@ -190,7 +195,11 @@ class ClusterNames:
         self._stats["watched"] += 1
         revision = entry.revision or 0
         if entry.operation in (KV_DEL, KV_PURGE):
+            before = self._replica.get(entry.key)
             self._replica.watched(entry.key, revision, None)
+            if (before is not None and before.node == self.node and before.incarnation == self.incarnation
+                    and entry.key not in self._freeing and self._replica.get(entry.key) is None):
+                self._heal_soon(entry.key, before.pid)
             return
         holder = Holder.decode(entry.value, revision)
         if holder is None:
@@ -232,7 +241,7 @@ class ClusterNames:
     def statistics(self) -> NamesStatistics:
         s = self._stats
         return NamesStatistics(self.available, len(self._replica), s["registered"], s["conflicts"], s["freed"],
-                               s["unavailable"], s["watched"])
+                               s["unavailable"], s["watched"], s["healed"])
 
     # ------------------------------------------------------------ writing
 
@@ -399,8 +408,43 @@ class ClusterNames:
             MoonwireError: Unavailable.
         """
         headers = {KV_OP: KV_DEL, "Nats-Expected-Last-Subject-Sequence": str(revision)}
-        ack = await self._call(self._js.publish(f"$KV.{self.bucket}.{name}", b"", headers=headers), what)
+        self._freeing[name] += 1  # the watch may bring this delete before its ack: not a foreign one
+        try:
+            ack = await self._call(self._js.publish(f"$KV.{self.bucket}.{name}", b"", headers=headers), what)
+        finally:
+            self._freeing[name] -= 1
+            if not self._freeing[name]:
+                del self._freeing[name]
         self._replica.deleted(name, ack.seq)
+
+    def _heal_soon(self, name: str, pid: str) -> None:
+        """Another node deleted a name this incarnation holds (it took this node for down,
+        wrongly: this node is here to see it). Register it again, if it is still free."""
+        if self._tasks is not None:
+            self._writes.start(self._heal(name, pid), f"{self.what}: heal {name}")
+
+    async def _heal(self, name: str, pid: str) -> None:
+        kv = self._kv
+        if kv is None:
+            return
+        mine = Holder(pid, self.node, self.incarnation, 0)
+        what = f"registering cluster name {name!r} again"
+        try:
+            revision = await self._call(kv.create(name, mine.encode()), what)
+        except Conflict:
+            current = self._replica.get(name)
+            if current is None or current.pid != pid:
+                log.warning("%s: %r of %s was deleted by another node (a false node-down?) and is now held by %s",
+                            self.what, name, pid, _describe(current) if current is not None else "someone else")
+            return
+        except MoonwireError as err:
+            log.warning("%s: %r of %s was deleted by another node and could not be registered again: %s",
+                        self.what, name, pid, err.message)
+            return
+        self._replica.wrote(name, replace(mine, revision=revision))
+        self._stats["healed"] += 1
+        log.warning("%s: %r of %s was deleted by another node (a false node-down?); registered again",
+                    self.what, name, pid)
 
     async def _sweep(self, kv: KeyValue, name: str, pid: str) -> None:
         """Delete ``name`` if the bucket says ``pid`` (which exited) holds it."""
