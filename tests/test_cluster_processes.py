@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
+import nats.errors
 import pytest
 
 from moonwire.node import ServerProcess, free_port, start_nats
@@ -38,7 +39,26 @@ PROJECT = {
           - {name: member, kind: process.lua, source: file://member.lua, modules: [pg, json]}
           - {name: broadcaster, kind: process.lua, source: file://broadcaster.lua, modules: [pg]}
           - {name: pgwatch, kind: process.lua, source: file://pgwatch.lua, modules: [pg, json]}
+          - {name: registrar, kind: process.lua, source: file://registrar.lua, modules: [time, json]}
     """,
+    # Registers `name` cluster-wide, trying again while the answer is Unavailable (a
+    # stream electing a leader), then prints the outcome and what it gets, as holder.lua.
+    "registrar.lua": """
+        local time, json = require("time"), require("json")
+        return function(name)
+          local ok, err
+          for _ = 1, 150 do
+            ok, err = process.registry.register(name, nil, process.registry.CONSISTENT)
+            if ok or err:kind() ~= errors.UNAVAILABLE then break end
+            time.sleep("200ms")
+          end
+          print("registered " .. name .. ": " .. tostring(ok) .. " " .. tostring(err and err:kind()))
+          local inbox = process.inbox()
+          while true do
+            local msg = inbox:receive()
+            print("got " .. name .. " " .. msg:topic() .. " " .. json.encode(msg:payload():data()))
+          end
+        end""",
     # Joins `group` `times` times as `label`, prints what it gets until "leave".
     "member.lua": """
         local pg, json = require("pg"), require("json")
@@ -150,9 +170,19 @@ async def _nodes(tmp_path: Path, url: str, spawn_node, names: tuple[str, ...]) -
     return dict(zip(names, started))
 
 
-async def _spawn(nc: nats.NATS, node: str, entry: str, *args: Any) -> str:
-    reply = await nc.request(f"mw.ctl.{node}.spawn", json.dumps(
-        {"entry": entry, "host": "app:host", "args": list(args)}).encode(), timeout=10)
+async def _spawn(nc: nats.NATS, node: str, entry: str, *args: Any, reachable_within: float = 0.0) -> str:
+    """Spawn on ``node``; with ``reachable_within``, asking again while nobody answers
+    (the node, or this client, reconnecting to another server)."""
+    deadline = time.monotonic() + reachable_within
+    while True:
+        try:
+            reply = await nc.request(f"mw.ctl.{node}.spawn", json.dumps(
+                {"entry": entry, "host": "app:host", "args": list(args)}).encode(), timeout=10)
+            break
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)  # no event says when the node's subscription is back
     body = json.loads(reply.data)
     assert "result" in body, body
     return body["result"]["pid"]
@@ -304,5 +334,60 @@ async def test_process_groups_across_three_nodes(tmp_path: Path, own_server, spa
         for label, node in (("m1", "ga"), ("m2", "ga")):
             got = [line for line in nodes[node].lines if f"got {label} " in line]
             assert len(got) == 2, got  # once each, m1's two joins notwithstanding
+    finally:
+        await nc.close()
+
+
+async def _until_seen(node: Any, pattern: str, publish: Callable[[], Awaitable[None]], within: float) -> None:
+    """Publish (core NATS: at most once, from outside) until ``node`` prints ``pattern``:
+    a message sent while a node reconnects to another server may be lost on the way."""
+    deadline = time.monotonic() + within
+    while True:
+        await publish()
+        try:
+            await node.wait_for_line(pattern, timeout=0.5)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
+async def test_names_groups_and_locks_keep_working_when_a_nats_server_of_three_dies(
+        tmp_path: Path, nats_cluster, spawn_node) -> None:
+    urls = ",".join(server.address for server in nats_cluster)
+    project = write_project(tmp_path / "project", PROJECT)
+    started = await asyncio.gather(*(spawn_node(project, name, nats_url=urls, args=("--set", "cluster.replicas=3"))
+                                     for name in ("ka", "kb", "kc")))
+    nodes = dict(zip(("ka", "kb", "kc"), started))
+    nc = await nats.connect(servers=[server.address for server in nats_cluster])
+    try:
+        await _spawn(nc, "ka", "app:registrar", "survivor")
+        await nodes["ka"].wait_for_line(r"registered survivor: true nil")
+        await _spawn(nc, "kb", "app:member", "crew", "m1", 1)
+        await nodes["kb"].wait_for_line(r"joined m1")
+        await _spawn(nc, "kc", "app:locker", "the-lock", None)
+        await nodes["kc"].wait_for_line(r"lock the-lock true nil on kc")
+
+        js = nc.jetstream()
+        for bucket in ("names", "groups", "locks"):  # cluster.replicas=3: each bucket on every server
+            assert (await js.stream_info(f"KV_mw_{bucket}")).config.num_replicas == 3
+        await nats_cluster[0].stop()  # whichever nodes were on it reconnect to another
+
+        # Writes: answered again once the buckets' streams have a leader (registrar retries).
+        await _spawn(nc, "kb", "app:registrar", "after", reachable_within=20)
+        await nodes["kb"].wait_for_line(r"registered after: true nil", timeout=40)
+        # What was held before is still held, and reads and routes still work.
+        await _spawn(nc, "ka", "app:locker", "the-lock", None, reachable_within=20)
+        await nodes["ka"].wait_for_line(r"lock the-lock false AlreadyExists on ka")
+        for node in nodes:
+            async def resolves(node: str = node) -> bool:
+                try:
+                    return (await _lookup(nc, node, "survivor")).get("result", "").startswith("{ka@")
+                except nats.errors.NoRespondersError:
+                    return False
+            await _eventually(resolves, 20, f"{node} to resolve survivor")
+        await _until_seen(nodes["ka"], r'got survivor ping "after"',
+                          lambda: nc.publish("mw.n.survivor.ping", b'"after"'), 20)
+        await _until_seen(nodes["kb"], r'got m1 hi "after"', lambda: nc.publish("mw.g.crew.hi", b'"after"'), 20)
     finally:
         await nc.close()
