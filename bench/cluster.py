@@ -7,11 +7,17 @@
     raw nats-py request/reply between two OS processes (target: p50 at most 1.5x);
 (c) node-down detection after ``kill -9`` at the default liveness settings: from the
     kill to the EXIT a monitor on another node receives, p50 and max over the trials
-    (target: at most 3 s).
+    (target: at most 3 s);
+(d) sends by cluster name (CONSISTENT, resolved from the local replica) beside sends by
+    PID, the same Lua sender and receiver on two nodes (target: at least 0.9 of it);
+(e) cluster name register + unregister from Lua, pairs per second, one after the other;
+(f) pg.broadcast from a third node to members spread over two nodes (1,000 by
+    default): broadcasts/s and deliveries/s, beside raw nats-py publish -> subscribe (a).
 
 All on one real nats-server started here.
 
-    python bench/cluster.py [--messages 100000] [--rounds 5000] [--trials 10]
+    python bench/cluster.py [--messages 100000] [--rounds 5000] [--trials 10] [--members 1000]
+                            [--broadcasts 200]
 """
 
 from __future__ import annotations
@@ -46,7 +52,24 @@ SERVING = {
           - {name: echo, kind: process.lua, source: file://echo.lua}
           - {name: idle, kind: process.lua, source: file://idle.lua}
           - {name: start, kind: function.lua, source: file://start.lua}
+          - {name: start_named, kind: function.lua, source: file://start_named.lua}
+          - {name: member, kind: process.lua, source: file://member.lua, modules: [pg]}
     """,
+    "start_named.lua": """
+        return function(name, n)
+          return process.with_name(name, process.registry.CONSISTENT):spawn("a:sink", "a:host", n)
+        end""",
+    # Joins `group`, then tells `driver` once it has `count` broadcasts.
+    "member.lua": """
+        local pg = require("pg")
+        return function(group, count, driver)
+          assert(pg.join(group))
+          process.send(driver, "joined")
+          local inbox = process.inbox()
+          for _ = 1, count do inbox:receive() end
+          process.send(driver, "got", count)
+        end""",
+
     # Receives n messages, then tells the sender when the last one arrived.
     "sink.lua": """
         local time = require("time")
@@ -76,7 +99,49 @@ DRIVER = {
           - {name: throughput, kind: process.lua, source: file://throughput.lua, modules: [funcs, time]}
           - {name: latency, kind: process.lua, source: file://latency.lua, modules: [funcs, time]}
           - {name: watch, kind: process.lua, source: file://watch.lua, modules: [funcs, time]}
+          - {name: named, kind: process.lua, source: file://named.lua, modules: [funcs, time]}
+          - {name: registry, kind: process.lua, source: file://registry.lua, modules: [time]}
+          - {name: broadcast, kind: process.lua, source: file://broadcast.lua, modules: [time, pg]}
     """,
+    # As throughput.lua, to a sink holding a cluster name, sent to by name.
+    "named.lua": """
+        local funcs, time = require("funcs"), require("time")
+        return function(n)
+          assert(funcs.call("a:start_named", "bench-sink", n))
+          while not process.registry.lookup("bench-sink") do time.sleep("1ms") end  -- the replica has it
+          local t0 = time.now():unix_nano()
+          for i = 1, n do process.send("bench-sink", "m", i) end
+          local done = process.inbox():receive()
+          return { seconds = (time.now():unix_nano() - t0) / 1e9, messages = n }
+        end""",
+    "registry.lua": """
+        local time = require("time")
+        return function(n)
+          local r = process.registry
+          local t0 = time.now():unix_nano()
+          for i = 1, n do
+            assert(r.register("bench-name", nil, r.CONSISTENT))
+            assert(r.unregister("bench-name", r.CONSISTENT))
+          end
+          return { seconds = (time.now():unix_nano() - t0) / 1e9, pairs = n }
+        end""",
+    # Members on the two serving nodes (half each), then `count` broadcasts; done when
+    # every member has them all.
+    "broadcast.lua": """
+        local time, pg = require("time"), require("pg")
+        return function(members, count)
+          local me, inbox = process.pid(), process.inbox()
+          for i = 1, members do
+            local node = (i % 2 == 0) and "na" or "nb"
+            assert(process.with_options({ node = node }):spawn("a:member", "a:host", "bench", count, me))
+          end
+          for _ = 1, members do inbox:receive() end  -- joined
+          while #pg.members("bench") < members do time.sleep("1ms") end  -- in this node's replica
+          local t0 = time.now():unix_nano()
+          for i = 1, count do assert(pg.broadcast("bench", "m", i)) end
+          for _ = 1, members do inbox:receive() end  -- each has them all
+          return { seconds = (time.now():unix_nano() - t0) / 1e9, broadcasts = count, members = members }
+        end""",
     "throughput.lua": """
         local funcs, time = require("funcs"), require("time")
         return function(n)
@@ -291,39 +356,101 @@ async def detection(root: Path, url: str) -> float:
         await victim.stop(signal.SIGKILL)
 
 
+async def moonwire_named(root: Path, url: str, n: int) -> tuple[float, float]:
+    """(d): the best of two runs each, by PID and by cluster name, msg/s."""
+    serving = await Node(write(root / "a", SERVING), "na", url).start(r"node na running")
+    try:
+        best = {"throughput": 0.0, "named": 0.0}
+        for _ in range(2):
+            for entry in best:
+                driver = await Node(write(root / "d", DRIVER), "nd", url, "--log-level", "warning",
+                                    "-x", f"d:{entry}", str(n)).start(None)
+                data = await driver.result()
+                assert isinstance(data, dict), data
+                best[entry] = max(best[entry], data["messages"] / data["seconds"])
+        return best["throughput"], best["named"]
+    finally:
+        await serving.stop()
+
+
+async def moonwire_registry(root: Path, url: str, n: int) -> float:
+    """(e): register + unregister pairs per second."""
+    driver = await Node(write(root / "d", DRIVER), "nd", url, "--log-level", "warning",
+                        "-x", "d:registry", str(n)).start(None)
+    data = await driver.result()
+    assert isinstance(data, dict), data
+    return data["pairs"] / data["seconds"]
+
+
+async def moonwire_broadcast(root: Path, url: str, members: int, count: int) -> dict[str, float]:
+    """(f): members on na and nb, broadcasts from nd."""
+    serving = [await Node(write(root / "a", SERVING), name, url).start(rf"node {name} running")
+               for name in ("na", "nb")]
+    try:
+        driver = await Node(write(root / "d", DRIVER), "nd", url, "--log-level", "warning",
+                            "-x", "d:broadcast", str(members), str(count)).start(None)
+        data = await driver.result()
+        assert isinstance(data, dict), data
+        return data
+    finally:
+        for node in serving:
+            await node.stop()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5000)
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--members", type=int, default=1000)
+    parser.add_argument("--broadcasts", type=int, default=200)
+    parser.add_argument("--only", default="abcdef", help="which parts to run, e.g. def")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         server = await start_nats(root / "nats", port=free_port(), monitor_port=free_port())
         try:
             raw = await raw_throughput(server.address, args.messages)
-            raw_headed = await raw_throughput(server.address, args.messages, MOONWIRE_HEADERS)
-            ours, per_message = await moonwire_throughput(root, server, args.messages)
-            print(f"(a) Lua process -> Lua process, two nodes {ours:>10.0f} msg/s   "
-                  f"({per_message:.3f} NATS messages per message: sends queued in a row leave as one batch)")
-            print(f"    raw nats-py publish -> subscribe      {raw:>10.0f} msg/s   (baseline, two processes,"
-                  " one NATS message each)")
-            print(f"    ratio                                  {ours / raw:>10.2f}   (target 0.6)")
-            print(f"    raw nats-py with moonwire's headers   {raw_headed:>10.0f} msg/s   "
-                  f"(ratio {raw_headed / raw:.2f}: what one NATS message per send would cost)")
+            if "a" in args.only:
+                raw_headed = await raw_throughput(server.address, args.messages, MOONWIRE_HEADERS)
+                ours, per_message = await moonwire_throughput(root, server, args.messages)
+                print(f"(a) Lua process -> Lua process, two nodes {ours:>10.0f} msg/s   "
+                      f"({per_message:.3f} NATS messages per message: sends queued in a row leave as one batch)")
+                print(f"    raw nats-py publish -> subscribe      {raw:>10.0f} msg/s   (baseline, two processes,"
+                      " one NATS message each)")
+                print(f"    ratio                                  {ours / raw:>10.2f}   (target 0.6)")
+                print(f"    raw nats-py with moonwire's headers   {raw_headed:>10.0f} msg/s   "
+                      f"(ratio {raw_headed / raw:.2f}: what one NATS message per send would cost)")
 
-            raw_rtt = await raw_latency(server.address, args.rounds)
-            our_rtt = await moonwire_latency(root, server.address, args.rounds)
-            print(f"(b) request/reply, Lua processes on two nodes  p50 {pct(our_rtt, 0.5):7.1f} us"
-                  f"   p99 {pct(our_rtt, 0.99):7.1f} us")
-            print(f"    raw nats-py request/reply                  p50 {pct(raw_rtt, 0.5):7.1f} us"
-                  f"   p99 {pct(raw_rtt, 0.99):7.1f} us   (baseline, two processes)")
-            print(f"    p50 ratio                                  {pct(our_rtt, 0.5) / pct(raw_rtt, 0.5):7.2f}"
-                  "   (target at most 1.5)")
+            if "b" in args.only:
+                raw_rtt = await raw_latency(server.address, args.rounds)
+                our_rtt = await moonwire_latency(root, server.address, args.rounds)
+                print(f"(b) request/reply, Lua processes on two nodes  p50 {pct(our_rtt, 0.5):7.1f} us"
+                      f"   p99 {pct(our_rtt, 0.99):7.1f} us")
+                print(f"    raw nats-py request/reply                  p50 {pct(raw_rtt, 0.5):7.1f} us"
+                      f"   p99 {pct(raw_rtt, 0.99):7.1f} us   (baseline, two processes)")
+                print(f"    p50 ratio                                  "
+                      f"{pct(our_rtt, 0.5) / pct(raw_rtt, 0.5):7.2f}   (target at most 1.5)")
 
-            times = [await detection(root, server.address) for _ in range(args.trials)]
-            print(f"(c) node down after kill -9 (defaults: heartbeat 500ms, down after 2.5s), {args.trials} trials:"
-                  f" p50 {statistics.median(times):.2f} s   max {max(times):.2f} s   (target at most 3 s)")
+            if "c" in args.only:
+                times = [await detection(root, server.address) for _ in range(args.trials)]
+                print(f"(c) node down after kill -9 (defaults: heartbeat 500ms, down after 2.5s), {args.trials} "
+                      f"trials: p50 {statistics.median(times):.2f} s   max {max(times):.2f} s   (target at most 3 s)")
+
+            if "d" in args.only:
+                by_pid, by_name = await moonwire_named(root, server.address, args.messages)
+                print(f"(d) send by PID, two nodes                {by_pid:>10.0f} msg/s")
+                print(f"    send by cluster name (CONSISTENT)     {by_name:>10.0f} msg/s   "
+                      f"(ratio {by_name / by_pid:.2f}, target 0.9)")
+            if "e" in args.only:
+                pairs = await moonwire_registry(root, server.address, 2000)
+                print(f"(e) cluster name register + unregister    {pairs:>10.0f} pairs/s   "
+                      f"({1e6 / pairs / 2:.0f} us a round trip; raw request/reply p50 above)")
+            if "f" in args.only:
+                data = await moonwire_broadcast(root, server.address, args.members, args.broadcasts)
+                per_s = data["broadcasts"] / data["seconds"]
+                print(f"(f) pg.broadcast to {args.members} members on 2 nodes, from a third: {per_s:>8.0f} broadcasts/s"
+                      f"   {per_s * data['members']:>10.0f} deliveries/s   (raw pub -> sub above: {raw:.0f} msg/s)")
         finally:
             await server.stop()
         print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
