@@ -21,7 +21,7 @@ import nats.errors
 import pytest
 
 from moonwire.node import ServerProcess, free_port, start_nats
-from support import write_project
+from support import run_cli, write_project
 
 FAST_LIVENESS = ("--set", "heartbeat.interval=200ms", "--set", "heartbeat.down_after=1s")
 
@@ -391,3 +391,33 @@ async def test_names_groups_and_locks_keep_working_when_a_nats_server_of_three_d
         await _until_seen(nodes["kb"], r'got m1 hi "after"', lambda: nc.publish("mw.g.crew.hi", b'"after"'), 20)
     finally:
         await nc.close()
+
+
+async def test_a_node_on_a_server_without_jetstream_starts_and_says_why_cluster_calls_fail(tmp_path: Path) -> None:
+    """Bad input and missing pieces (item 6): no JetStream. The node runs; a cluster
+    registration, a lock and a join answer Unavailable naming JetStream; LOCAL names
+    still work; the log says it once for all the stores."""
+    server = await start_nats(tmp_path / "plain", port=free_port(), jetstream=False)
+    try:
+        project = write_project(tmp_path / "project", {**PROJECT, "probe.lua": """
+            local system, pg = require("system"), require("pg")
+            return function()
+              local _, name_err = process.registry.register("x", nil, process.registry.CONSISTENT)
+              local _, lock_err = system.lock.acquire("l")
+              local _, join_err = pg.join("g")
+              local local_ok = process.registry.register("y")
+              return { name = name_err:kind(), lock = lock_err:kind(), join = join_err:kind(),
+                       says = name_err:message(), local_ok = local_ok }
+            end"""})
+        (project / "_index.yaml").write_text((project / "_index.yaml").read_text().replace(
+            "entries:\n", "entries:\n  - {name: probe, kind: function.lua, source: file://probe.lua, "
+            "modules: [system, pg]}\n", 1))
+        code, out, err = await run_cli("run", str(project), "--nats", server.address, "-v", "-x", "app:probe")
+        assert code == 0, err
+        result = json.loads(out)
+        assert result["name"] == result["lock"] == result["join"] == "Unavailable", result
+        assert "JetStream" in result["says"] and result["local_ok"] is True, result
+        warnings = [line for line in err.splitlines() if "WARNING" in line and "JetStream" in line]
+        assert len(warnings) == 1, warnings
+    finally:
+        await server.stop()

@@ -56,7 +56,16 @@ class Cluster:
     async def start(self) -> None:
         """Open every store. Never raises for a missing JetStream: each store stays
         unavailable, says so once, and keeps trying."""
+        stores = (self.names, self.locks.names, self.groups)
+        for store in stores:
+            store.unavailable_level = logging.INFO  # said once, below, for all of them
         await asyncio.gather(self.names.start(), self.locks.start(), self.groups.start())
+        missing = [store for store in stores if store.unavailable_at_start is not None]
+        if missing:
+            log.warning("cluster names, locks and process groups are unavailable until JetStream answers: %s; "
+                        "registering in a cluster scope, locks and pg answer Unavailable meanwhile (is the NATS "
+                        "server running with -js?); trying again every %gs",
+                        missing[0].unavailable_at_start, missing[0].retry_interval)
 
     async def stop(self) -> None:
         """Stop following the stores, once the releases under way are done (bounded)."""

@@ -232,6 +232,11 @@ class BucketStore:
         self.nats = nats
         self.bucket = bucket
         self.what = what
+        self.unavailable_level = logging.WARNING
+        """The level of the one line saying JetStream did not answer at start (the node's
+        :class:`Cluster` says it once for all its stores)."""
+        self.unavailable_at_start: str | None = None
+        """Why the bucket could not be opened at start, if it could not."""
         self.replicas = replicas
         self.timeout = timeout
         self.retry_interval = retry_interval
@@ -261,8 +266,9 @@ class BucketStore:
         try:
             await self._open()
         except MoonwireError as err:
-            log.warning("%s are unavailable until JetStream answers (tried bucket %s): %s; trying again every %gs",
-                        self.what, self.bucket, err.message, self.retry_interval)
+            self.unavailable_at_start = err.message
+            log.log(self.unavailable_level, "%s are unavailable until JetStream answers (tried bucket %s): %s; "
+                    "trying again every %gs", self.what, self.bucket, err.message, self.retry_interval)
             self._tasks.start(retry_every(self.retry_interval, self._open, self.what),
                               f"{self.what}: waiting for JetStream")
 

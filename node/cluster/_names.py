@@ -98,6 +98,11 @@ class ClusterNames:
         self._js = nats.jetstream(timeout=timeout)
         self._tasks: TaskSet | None = None
         """The watch, or the wait for JetStream."""
+        self.unavailable_level = logging.WARNING
+        """The level of the one line saying JetStream did not answer at start (the node's
+        :class:`Cluster` says it once for all its stores)."""
+        self.unavailable_at_start: str | None = None
+        """Why the bucket could not be opened at start, if it could not."""
         self._writes = TaskSet(log)
         """Releases, sweeps and node-down deletes started by the ``*_soon`` methods."""
         self._watcher: KeyValue.KeyWatcher | None = None
@@ -130,8 +135,9 @@ class ClusterNames:
         try:
             await self._open()
         except MoonwireError as err:
-            log.warning("%s are unavailable until JetStream answers (tried bucket %s): %s; "
-                        "trying again every %gs", self.what, self.bucket, err.message, self.retry_interval)
+            self.unavailable_at_start = err.message
+            log.log(self.unavailable_level, "%s are unavailable until JetStream answers (tried bucket %s): %s; "
+                    "trying again every %gs", self.what, self.bucket, err.message, self.retry_interval)
             self._tasks.start(self._reopen(), f"{self.what}: waiting for JetStream")
 
     async def stop(self) -> None:
