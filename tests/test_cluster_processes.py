@@ -242,6 +242,16 @@ async def test_names_race_route_watch_and_free_across_three_nodes(tmp_path: Path
         # From outside, through any node of the queue group, to the holder on ca.
         await nc.publish("mw.n.counter.orders.new", b'{"id": 7}')
         await nodes["ca"].wait_for_line(r'got counter orders.new \{"id":7\}')
+        # The CLI sends by name too, and spawns under a cluster name (once).
+        code, _, err = await run_cli("send", "counter", "cli", '"hi"', "--nats", own_server.address)
+        assert code == 0, err
+        await nodes["ca"].wait_for_line(r'got counter cli "hi"')
+        spawn = ("spawn", "app:holder", "clinamed", "true", "--host", "app:host", "--node", "cb", "--name", "clinamed",
+                 "--scope", "consistent", "--nats", own_server.address)
+        code, out, err = await run_cli(*spawn)
+        assert code == 0 and out.startswith("{cb@"), (out, err)
+        code, out, err = await run_cli(*spawn)
+        assert code != 0 and "AlreadyExists" in out + err, (out, err)
         # A name nobody holds: dead-lettered with its reason.
         dead = await nc.subscribe("mw.dlq.*")
         await nc.flush()

@@ -12,6 +12,7 @@ from nats.aio.client import Client as NatsClient
 from moonwire.broker import Pid, Subjects
 from moonwire.lua import SECOND, Message, MoonwireError, SpawnRequest, parse_duration
 
+from ..cluster import name_problem
 from ..functions import call_function
 from ..processes import encode as encode_message
 from ..processes import spawn_from_outside
@@ -32,8 +33,9 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     pid = Pid.parse(args.pid)
-    if pid is None:
-        print(f"error: {args.pid!r} is not a PID (expected {{node@host|uid}})", file=sys.stderr)
+    if pid is None and (problem := name_problem(args.pid)) is not None:
+        print(f"error: {args.pid!r} is neither a PID ({{node@host|uid}}) nor a cluster name: {problem}",
+              file=sys.stderr)
         return EXIT_USAGE
     if not args.topic or args.topic.startswith("@"):
         print("error: the topic must be non-empty and must not start with @", file=sys.stderr)
@@ -41,7 +43,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     body, headers = encode_message(Message(args.topic, json_args(args.payloads)))
 
     async def send(nc: NatsClient, subjects: Subjects) -> int:
-        subject = subjects.workflow(pid.host, pid.uid) if pid.is_workflow else subjects.inbox(pid.node, pid.uid)
+        if pid is None:  # a cluster name: one node of the cluster hands it to the holder
+            subject = subjects.named(args.pid)
+        elif pid.is_workflow:
+            subject = subjects.workflow(pid.host, pid.uid)
+        else:
+            subject = subjects.inbox(pid.node, pid.uid)
         await nc.publish(subject, body, headers=headers)
         await nc.flush()
         return EXIT_OK
@@ -50,7 +57,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_spawn(args: argparse.Namespace) -> int:
-    request = SpawnRequest(args.entry, args.host, json_args(args.args))
+    request = SpawnRequest(args.entry, args.host, json_args(args.args), name=args.name, scope=args.scope)
     outcome = talk(args, lambda nc, subjects: spawn_from_outside(nc, subjects, request, args.target_node))
     if isinstance(outcome, int):
         return outcome

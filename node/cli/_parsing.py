@@ -148,7 +148,8 @@ def build_parser() -> CommandGroup:
     call.add_argument("--timeout", default="30s", metavar="DURATION")
 
     send = top.command("send", "send a message to a process (from outside: msg:from() is empty)")
-    send.add_argument("pid", metavar="PID", help="the process, e.g. '{n1@app:host|mx1f2k-3}'")
+    send.add_argument("pid", metavar="PID|NAME", help="the process, e.g. '{n1@app:host|mx1f2k-3}', or a cluster "
+                                                     "name (dead-lettered when nobody holds it)")
     send.add_argument("topic")
     send.add_argument("payloads", nargs="*", metavar="PAYLOAD", help="payloads, each JSON (or a plain string)")
 
@@ -158,6 +159,9 @@ def build_parser() -> CommandGroup:
     spawn.add_argument("--host", required=True, help="the process host, e.g. app:workers")
     spawn.add_argument("--node", dest="target_node", metavar="NODE",
                        help="spawn on this node (default: any node that runs the host)")
+    spawn.add_argument("--name", help="register the process under this name before it runs (taken: no process)")
+    spawn.add_argument("--scope", default="local", choices=["local", "eventual", "consistent", "strong"],
+                       help="the name's registry scope: local (its node's, the default) or cluster-wide")
 
     ps = top.command("ps", "list the processes of every node (or of one) and the running workflows")
     ps.add_argument("--limit", type=int, default=1000,
