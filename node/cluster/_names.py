@@ -26,7 +26,7 @@ from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 from moonwire.broker import TaskSet
 from moonwire.lua import Kind, MoonwireError, invalid
 
-from ._jetstream import Conflict, bounded, open_bucket, unavailable
+from ._jetstream import Conflict, bounded, open_bucket, unavailable, watch_all
 from ._replica import Change, Holder, Replica, name_problem
 
 log = logging.getLogger("moonwire.cluster")
@@ -158,7 +158,7 @@ class ClusterNames:
     async def _open(self) -> None:
         kv = await open_bucket(self.nats, self.bucket, replicas=self.replicas, timeout=self.timeout,
                                description=f"moonwire {self.what} (docs/cluster.md)")
-        watcher = await bounded(kv.watchall(), self.timeout, f"watching the bucket {self.bucket!r}")
+        watcher = await bounded(watch_all(kv), self.timeout, f"watching the bucket {self.bucket!r}")
         self._replica.clear()
         try:
             # nats-py's watcher yields the last entry of every key, then None once it
