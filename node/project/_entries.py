@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ..cluster import name_problem  # the rules of cluster names only (lifecycle.name)
 from ._types import ByteSize, Seconds
 
 
@@ -67,6 +68,26 @@ class Lifecycle(_Model):
     restart: RestartPolicy = RestartPolicy()
     security: Security | None = None
     startup: Literal["required", "optional"] = "required"
+    placement: Literal["node", "cluster"] = Field(
+        "node", description="process.service only. node: every node that has the entry runs its own copy. "
+        "cluster: a singleton, at most one instance in the cluster, run by whichever candidate node holds "
+        "its cluster lock (docs/cluster.md, Singleton services).")
+    name: str | None = Field(
+        None, description="placement: cluster only. The cluster name the instance is spawned with (CONSISTENT "
+        "scope), so mw.n.<name>.<topic> and sends by name reach it wherever it runs.")
+
+    @field_validator("name")
+    @classmethod
+    def _cluster_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if info.data.get("placement") != "cluster":
+            raise ValueError("lifecycle.name is the cluster name of a singleton service: it needs placement: cluster")
+        # The cluster's rules (JetStream key characters, length): checked here so a bad
+        # name is a loader error naming the entry, not a service failing at every start.
+        if (problem := name_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
 
     @property
     def dependencies(self) -> list[str]:
