@@ -13,8 +13,9 @@ not a fair queue; docs/cluster.md).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from nats.aio.client import Client as NatsClient
 
@@ -22,6 +23,8 @@ from moonwire.lua import Kind, MoonwireError
 
 from ._names import ClusterNames, NamesStatistics
 from ._replica import Change, Holder
+
+log = logging.getLogger("moonwire.cluster")
 
 
 class ClusterLocks:
@@ -36,6 +39,8 @@ class ClusterLocks:
         self._on_change = on_change
         self._freed: dict[str, asyncio.Event] = {}
         """Lock name -> the event its waiters wait on; set (and dropped) when it is freed."""
+        self._watchers: dict[str, list[Change]] = {}
+        """Lock name -> the listeners :meth:`watch` added for it."""
 
     @property
     def bucket(self) -> str:
@@ -44,6 +49,11 @@ class ClusterLocks:
     @property
     def available(self) -> bool:
         return self._names.available
+
+    @property
+    def names(self) -> ClusterNames:
+        """The store underneath: the locks' bucket, as names."""
+        return self._names
 
     async def start(self) -> None:
         await self._names.start()
@@ -60,6 +70,22 @@ class ClusterLocks:
 
     def __iter__(self) -> Iterator[tuple[str, Holder]]:
         return iter(self._names)
+
+    def watch(self, name: str, listener: Change) -> Callable[[], None]:
+        """Call ``listener(name, before, after)`` each time lock ``name`` changes holder in
+        the replica (this node's own writes at once, other nodes' as the watch brings
+        them); returns the function that stops it. For a holder that must stop acting
+        the moment the lock is no longer its own (singleton services)."""
+        listeners = self._watchers.setdefault(name, [])
+        listeners.append(listener)
+
+        def unwatch() -> None:
+            if listener in listeners:
+                listeners.remove(listener)
+            if not listeners and self._watchers.get(name) is listeners:
+                del self._watchers[name]
+
+        return unwatch
 
     def statistics(self) -> NamesStatistics:
         return self._names.statistics()
@@ -119,6 +145,11 @@ class ClusterLocks:
     def _changed(self, name: str, before: Holder | None, after: Holder | None) -> None:
         if after is None and (freed := self._freed.pop(name, None)) is not None:
             freed.set()
+        for listener in list(self._watchers.get(name, ())):
+            try:
+                listener(name, before, after)
+            except Exception:  # one listener's bug must not keep the others (or the waiters) from hearing
+                log.exception("cluster locks: a listener of lock %r failed", name)
         if self._on_change is not None:
             self._on_change(name, before, after)
 
