@@ -195,7 +195,8 @@ class Node:
         await cluster.start()
         self._steps.append(_Step("cluster", lambda remaining: cluster.stop()))
         runtime = self.runtime = Runtime(self.name, self.project, self.subjects, functions=functions, pids=pids,
-                                         remote=remote, workflows=workflows, cluster=cluster)
+                                         remote=remote, workflows=workflows, cluster=cluster,
+                                         hearing=membership.hearing)
         processes = runtime.processes
 
         inboxes = NodeInboxes(self._data, outbox, self.subjects, self.name, processes.deliver,

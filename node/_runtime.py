@@ -5,6 +5,7 @@ local semantics run it with no broker at all (functions are then local only)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from moonwire.broker import PidAllocator, Subjects
 from moonwire.lua import Kind, MoonwireError, Outcome, SpawnRequest, settled
@@ -20,12 +21,14 @@ from .processes import Supervisor
 
 class Runtime:
     """Functions, process hosts, the process table and the supervisor, built in that
-    order. ``functions`` (with their broker), the targets for PIDs that live elsewhere
-    and the cluster's stores come from the node; without them, everything is local."""
+    order. ``functions`` (with their broker), the targets for PIDs that live elsewhere,
+    the cluster's stores and ``hearing`` (the liveness's ``Membership.hearing``) come
+    from the node; without them, everything is local."""
 
     def __init__(self, node: str, project: Project, subjects: Subjects, *, functions: Functions | None = None,
                  pids: PidAllocator | None = None, remote: RemoteTarget = UNREACHABLE,
-                 workflows: WorkflowTarget = NO_WORKFLOWS, cluster: Cluster | None = None) -> None:
+                 workflows: WorkflowTarget = NO_WORKFLOWS, cluster: Cluster | None = None,
+                 hearing: Callable[[], bool] | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.project = project
         self.functions = functions if functions is not None else Functions(project, subjects)
@@ -36,7 +39,8 @@ class Runtime:
         self.processes = ProcessTable(node, project, self.functions, self.hosts, pids=pids, remote=remote,
                                       workflows=workflows, cluster=cluster)
         self.functions.use_processes(self.processes)
-        self.supervisor = Supervisor(project, self.processes)
+        # A singleton service runs only while the node hears the broker (its liveness).
+        self.supervisor = Supervisor(project, self.processes, hearing=hearing)
 
     async def start(self) -> None:
         """Serve functions, then start the auto-start services."""
