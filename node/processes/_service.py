@@ -57,9 +57,11 @@ class Service:
     """How the service's latest process ended (stops included)."""
     restarts: list[Restart] = field(default_factory=list)
     running: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set once the service's process has been started (dependents wait for it)."""
+    """Set once the service's process has been started, or a singleton stands by (it runs
+    elsewhere in the cluster): dependents wait for it."""
     decided: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set once the service is running or has settled, whichever comes first."""
+    """Set once the service is running, stands by (a singleton) or has settled, whichever
+    comes first."""
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the service stops running for good (Exited, Failed or Stopped)."""
     stopping: bool = False
