@@ -279,6 +279,8 @@ async def test_a_singleton_whose_lock_is_lost_stops_at_once(tmp_path: Path, own_
 
         # Its node frozen past the node-down window (a partition, as far as the others
         # can tell): the other node takes over; the frozen one, resumed, fences at once.
+        # While frozen it answers no survey, so its instance (which runs nothing then) is
+        # not counted; from the moment it answers again, any sample would show both.
         frozen = again
         other = next(n for n in nodes if n != frozen)
         marks = {name: len(n.lines) for name, n in nodes.items()}
