@@ -103,6 +103,16 @@ class Cluster:
         task.add_done_callback(done)
         return pending
 
+    @property
+    def alive(self) -> Callable[[str], bool] | None:
+        """Whether a PID of this node is a live process (set by the process table): a
+        name or lock of an exited process is never registered again by healing."""
+        return self.names.alive
+
+    @alive.setter
+    def alive(self, alive: Callable[[str], bool] | None) -> None:
+        self.names.alive = self.locks.names.alive = alive
+
     def _held(self, name: str, before: Holder | None, after: Holder | None) -> None:
         if after is not None and after.node != self.node and self._expect is not None:
             self._expect(after.node, after.incarnation)

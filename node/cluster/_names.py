@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -26,7 +26,8 @@ from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 from moonwire.broker import TaskSet
 from moonwire.lua import Kind, MoonwireError, invalid
 
-from ._jetstream import Conflict, bounded, open_bucket, unavailable, watch_all
+from ._jetstream import Conflict, bounded, earlier_incarnation, open_bucket, unavailable, watch_all
+from ._names_upkeep import Upkeep, describe
 from ._replica import Change, Holder, Replica, name_problem
 
 log = logging.getLogger("moonwire.cluster")
@@ -36,8 +37,6 @@ ATTEMPTS = 3
 """Rounds of write-then-read for one register or unregister: a round is lost only when
 the name changed hands between the write and the read, so a third loss means the name
 is churning and the caller should try again later (Unavailable)."""
-PARALLEL_DELETES = 64
-"""At most this many deletes in flight for one release or node-down."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +60,7 @@ class NamesStatistics:
     node-down) and this node registered again."""
 
 
-class ClusterNames:
+class ClusterNames(Upkeep):
     """Cluster-wide names for processes, one per node (``node`` at ``incarnation``).
 
     Args:
@@ -110,8 +109,12 @@ class ClusterNames:
         """PID -> registers of it in flight."""
         self._freeing: Counter[str] = Counter()
         """Names this node is deleting now (see :meth:`_delete`)."""
-        self._released: set[str] = set()
-        """PIDs released while a register of theirs was in flight (see :meth:`register`)."""
+        self._gone: dict[str, float] = {}
+        """This node's PIDs that exited or never ran, until when they are remembered: a
+        write of theirs that lands late is deleted when the watch brings it."""
+        self.alive: Callable[[str], bool] | None = None
+        """Set by the node: whether a PID of this node is a live process (a name of an
+        exited one is never registered again by healing)."""
         self._stats = Counter[str]()
 
     # ------------------------------------------------------------ lifecycle
@@ -175,7 +178,7 @@ class ClusterNames:
         self._kv = kv
         log.info("%s: bucket %s open, %d names", self.what, self.bucket, len(self._replica))
         earlier = [(name, holder) for name, holder in self._replica.items()
-                   if holder.node == self.node and _earlier(holder.incarnation, self.incarnation)]
+                   if holder.node == self.node and earlier_incarnation(holder.incarnation, self.incarnation)]
         await self._free(earlier, f"an earlier incarnation of node {self.node}")
 
     async def _reopen(self) -> None:
@@ -212,6 +215,10 @@ class ClusterNames:
             log.warning("cluster name %r in bucket %s holds a value that is not a moonwire holder: ignored",
                         entry.key, self.bucket)
         self._replica.watched(entry.key, revision, holder)
+        if (holder is not None and holder.node == self.node and holder.incarnation == self.incarnation
+                and self.is_gone(holder.pid) and self._tasks is not None):  # a write that landed late
+            self._writes.start(self._free([(entry.key, holder)], f"process {holder.pid} exited while registering it"),
+                               f"{self.what}: sweep {entry.key}")
 
     async def _close_watcher(self, watcher: KeyValue.KeyWatcher) -> None:
         try:
@@ -279,7 +286,7 @@ class ClusterNames:
                         continue  # freed between our write and our read: try again
                     if current.pid != pid:
                         self._stats["conflicts"] += 1
-                        raise MoonwireError(f"cluster name {name!r} is already registered to {_describe(current)}",
+                        raise MoonwireError(f"cluster name {name!r} is already registered to {describe(current)}",
                                             Kind.ALREADY_EXISTS, retryable=False,
                                             details={"pid": current.pid, "node": current.node})
                     self._replica.wrote(name, current)
@@ -292,13 +299,11 @@ class ClusterNames:
             self._registering[pid] -= 1
             if not self._registering[pid]:
                 del self._registering[pid]
-            if pid in self._released:
+            if self.is_gone(pid) and self._tasks is not None:
                 # The owner exited while this call waited (or was cancelled): the write
-                # may have landed after release() read the replica. Free it now.
-                if pid not in self._registering:
-                    self._released.discard(pid)
-                if self._tasks is not None:
-                    self._writes.start(self._sweep(kv, name, pid), f"{self.what}: sweep {name}")
+                # may have landed after release() read the replica. Free it now (and
+                # the watch frees it if it lands later still: _apply).
+                self._writes.start(self._sweep(kv, name, pid), f"{self.what}: sweep {name}")
 
     async def unregister(self, name: str, pid: str) -> bool:
         """Free ``name`` if ``pid`` holds it: True when this call freed it, False when
@@ -326,42 +331,6 @@ class ClusterNames:
                 continue
             return True
         raise self._unavailable(f"{what}: it changed hands {ATTEMPTS} times while unregistering; try again")
-
-    async def release(self, pid: str) -> list[str]:
-        """``pid`` exited: delete every name it holds (by the replica), each conditional
-        on the revision seen, so a name someone took since is left alone. Failures are
-        logged, not raised. Returns the names freed."""
-        if pid in self._registering:
-            self._released.add(pid)
-        held = [(name, holder) for name in self._replica.names_of(pid)
-                if (holder := self._replica.get(name)) is not None]
-        return await self._free(held, f"process {pid} exited")
-
-    def release_soon(self, pid: str) -> asyncio.Task[list[str]] | None:
-        """:meth:`release` as a task owned here (for a caller that cannot wait, such as
-        an exit path); None when ``pid`` holds no name and no register of it is in
-        flight, which is the common case and costs one dictionary look-up."""
-        if self._tasks is None or (not self._replica.names_of(pid) and pid not in self._registering):
-            return None
-        return self._writes.start(self.release(pid), f"{self.what}: release {pid}")
-
-    async def node_down(self, node: str, incarnation: str) -> list[str]:
-        """``incarnation`` of ``node`` is gone: delete every name it registered. Every
-        surviving node may do this at the same time; conditional deletes make the race
-        harmless. Failures are logged, not raised. Returns the names this call freed."""
-        if node == self.node and incarnation == self.incarnation:
-            log.warning("%s: told that this node (%s, incarnation %s) is down; its names stay",
-                        self.what, node, incarnation)
-            return []
-        held = [(name, holder) for name, holder in self._replica.items()
-                if holder.node == node and holder.incarnation == incarnation]
-        return await self._free(held, f"node {node} (incarnation {incarnation}) is down")
-
-    def node_down_soon(self, node: str, incarnation: str) -> asyncio.Task[list[str]] | None:
-        """:meth:`node_down` as a task owned here (membership's ``on_down`` is not async)."""
-        if self._tasks is None:
-            return None
-        return self._writes.start(self.node_down(node, incarnation), f"{self.what}: node {node} down")
 
     # ------------------------------------------------------------ helpers
 
@@ -422,79 +391,3 @@ class ClusterNames:
             if not self._freeing[name]:
                 del self._freeing[name]
         self._replica.deleted(name, ack.seq)
-
-    def _heal_soon(self, name: str, pid: str) -> None:
-        """Another node deleted a name this incarnation holds (it took this node for down,
-        wrongly: this node is here to see it). Register it again, if it is still free."""
-        if self._tasks is not None:
-            self._writes.start(self._heal(name, pid), f"{self.what}: heal {name}")
-
-    async def _heal(self, name: str, pid: str) -> None:
-        kv = self._kv
-        if kv is None:
-            return
-        mine = Holder(pid, self.node, self.incarnation, 0)
-        what = f"registering cluster name {name!r} again"
-        try:
-            revision = await self._call(kv.create(name, mine.encode()), what)
-        except Conflict:
-            current = self._replica.get(name)
-            if current is None or current.pid != pid:
-                log.warning("%s: %r of %s was deleted by another node (a false node-down?) and is now held by %s",
-                            self.what, name, pid, _describe(current) if current is not None else "someone else")
-            return
-        except MoonwireError as err:
-            log.warning("%s: %r of %s was deleted by another node and could not be registered again: %s",
-                        self.what, name, pid, err.message)
-            return
-        self._replica.wrote(name, replace(mine, revision=revision))
-        self._stats["healed"] += 1
-        log.warning("%s: %r of %s was deleted by another node (a false node-down?); registered again",
-                    self.what, name, pid)
-
-    async def _sweep(self, kv: KeyValue, name: str, pid: str) -> None:
-        """Delete ``name`` if the bucket says ``pid`` (which exited) holds it."""
-        try:
-            current = await self._read(kv, name, f"checking cluster name {name!r}")
-        except MoonwireError as err:
-            log.warning("cluster name %r may stay registered to %s, which exited: %s", name, pid, err.message)
-            return
-        if current is not None and current.pid == pid:
-            await self._free([(name, current)], f"process {pid} exited while registering it")
-
-    async def _free(self, held: Iterable[tuple[str, Holder]], why: str) -> list[str]:
-        """Delete each name at the revision its holder was seen at; log what fails."""
-        held = list(held)
-        if not held or self._kv is None:
-            return []
-        limit = asyncio.Semaphore(PARALLEL_DELETES)
-
-        async def free(name: str, holder: Holder) -> str | None:
-            async with limit:
-                try:
-                    await self._delete(name, holder.revision, f"freeing cluster name {name!r} ({why})")
-                except Conflict:
-                    return None  # someone freed or took it since: not ours to delete
-                except MoonwireError as err:
-                    log.warning("cluster name %r stays registered to %s: %s", name, holder.pid, err.message)
-                    return None
-            return name
-
-        freed = [name for name in await asyncio.gather(*(free(n, h) for n, h in held)) if name is not None]
-        self._stats["freed"] += len(freed)
-        if freed:
-            log.info("%s freed (%s): %s", self.what, why, ", ".join(freed))
-        return freed
-
-
-def _earlier(a: str, b: str) -> bool:
-    """True when incarnation ``a`` is earlier than ``b``: boot epochs in base 36, so the
-    shorter string, then the smaller, is earlier (as ``broker/_membership.py`` reads
-    them)."""
-    return (len(a), a) < (len(b), b)
-
-
-def _describe(holder: Holder) -> str:
-    if not holder.pid:
-        return "a value that is not a moonwire holder"
-    return f"{holder.pid} (node {holder.node})"

@@ -18,13 +18,14 @@ from moonwire.lua import (LINK_DOWN, Answer, Event, Kind, Mailbox, Message, Moon
                           SpawnRequest, Unit, invalid, not_found)
 
 from ..functions import CodeLoader, Functions
-if TYPE_CHECKING:
-    from ..cluster import Cluster
 from ..project import ProcessEntry, Project
 from ._hosts import ProcessHost
 from ._clustered import check_scope
 from ._records import ExitHook, ProcessRecord, link, monitor
 from ._targets import RemoteTarget, WorkflowTarget
+
+if TYPE_CHECKING:
+    from ..cluster import Cluster
 
 
 class Spawning:
@@ -183,16 +184,18 @@ class Spawning:
         pid, name = self.pids.next(host.id), request.name
 
         async def register_then_start() -> str:
-            await cluster.names.register(name, pid)
             try:
+                await cluster.names.register(name, pid)
                 return self.start(request, parent, on_exit, pid=pid)
             except BaseException:
-                cluster.names.release_soon(pid)
+                # No child: a write that timed out may still land, now or later, for a
+                # PID that will never run; abandoning it frees the name whenever it does.
+                cluster.names.abandon(pid)
                 raise
 
-        # Abandoned while registering (the spawner ended): a name that lands is freed.
+        # Abandoned while registering (the spawner ended): the same.
         return cluster.call(register_then_start(), f"spawning {request.entry} as cluster name {name!r}",
-                            on_abandon=lambda: cluster.names.release_soon(pid))
+                            on_abandon=lambda: cluster.names.abandon(pid))
 
     def _placement(self, request: SpawnRequest) -> tuple[ProcessEntry, ProcessHost]:
         """The entry and the host of a spawn here.

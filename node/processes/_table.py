@@ -66,6 +66,7 @@ class ProcessTable(Spawning, Exits, ClusterCalls):
         self._groups_watched: dict[str, set[str]] = {}
         if cluster is not None:
             cluster.on_group_change = self._group_changed
+            cluster.alive = self.records.__contains__
         self._exits: deque[ProcessRecord] = deque()
         self._exiting = False
         self._empty = asyncio.Event()
@@ -204,8 +205,9 @@ class ProcessTable(Spawning, Exits, ClusterCalls):
 
     def watch(self, unit: Unit, verb: str, dest: str) -> Answer | None:
         me = self.records[self.pid_of(unit)]
-        if verb in ("monitor", "link"):
-            dest = self._pid_of_dest(dest)
+        # A name resolves first (cluster-wide, then here); undoing a watch by a name no
+        # one holds any more leaves it as it is (it matches nothing then).
+        dest = self._pid_of_dest(dest) if verb in ("monitor", "link") else self._pid_for(dest)
         elsewhere = self._elsewhere(dest)
         if elsewhere is not None:
             return self._watch_elsewhere(me, verb, dest, *elsewhere)
