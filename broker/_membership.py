@@ -71,6 +71,7 @@ class Peer:
     flaps: int = 0  # times it was heard again after being declared down
     last_flap: float | None = None  # clock() when it was last heard again
     cuts: int = 0  # times this node declared this incarnation down (sent in our beats)
+    heard: bool = True  # False while only expected (expect()): never heard, a claim
     cuts_heard: int = 0  # the highest count of its cuts of us that we have acted on
 
 
@@ -205,7 +206,7 @@ class Membership:
         heartbeat reaches us must still be reported down after the window."""
         if node == self.node or node in self.peers or (node, incarnation) in self.departed:
             return
-        self.peers[node] = Peer(node, incarnation, [], self.clock())
+        self.peers[node] = Peer(node, incarnation, [], self.clock(), heard=False)
 
     # ------------------------------------------------------------ running
 
@@ -235,7 +236,9 @@ class Membership:
 
     def _body(self, bye: bool = False) -> bytes:
         body: dict[str, Any] = {"node": self.node, "incarnation": self.incarnation, "hosts": self.hosts, "bye": bye}
-        cut = {p.node: [p.incarnation, p.cuts] for p in self.peers.values() if p.cuts}
+        # Only to nodes heard: an expected one that never beat (perhaps never existed)
+        # has nothing to learn, and would grow every heartbeat for good.
+        cut = {p.node: [p.incarnation, p.cuts] for p in self.peers.values() if p.cuts and p.heard}
         if cut:
             body["cut"] = cut
         return json.dumps(body).encode()
@@ -264,7 +267,10 @@ class Membership:
             return  # a late beat of an incarnation that left or was replaced
         peer = self.peers.get(beat.node)
         if peer is not None and peer.incarnation != beat.incarnation:
-            if _newer(peer.incarnation, beat.incarnation):
+            # An incarnation only expected (named by a holder in the cluster's buckets,
+            # never heard) is a claim, not a live node: the one beating replaces it,
+            # whichever is newer, and the claim is reported gone (what it held is freed).
+            if peer.heard and _newer(peer.incarnation, beat.incarnation):
                 self.departed.add((beat.node, beat.incarnation))  # an older one than we know: gone
                 return
             self._replace(peer, beat, now)
@@ -288,6 +294,7 @@ class Membership:
                         peer.node, now - (peer.down_since or now), peer.down_reason, peer.flaps)
         peer.last_seen = now
         peer.hosts = beat.hosts
+        peer.heard = True
         self._heard_cut(peer, beat)
 
     def _replace(self, peer: Peer, beat: Heartbeat, now: float) -> None:

@@ -179,6 +179,28 @@ def test_a_peer_expected_but_never_heard_is_down_after_a_window_of_hearing() -> 
     assert [d[0] for d in h.downs] == ["peer"]
 
 
+def test_an_expected_incarnation_is_a_claim_the_live_one_replaces_whichever_is_newer() -> None:
+    """A holder in the cluster's buckets may name an incarnation that is not the live
+    one (left by an earlier run after a clock step, or written by hand): expected, it
+    must not make the live node's heartbeats look stale, nor ride in our heartbeats."""
+    h = Harness()
+    h.run(1.0, beating=("me",))
+    h.m.expect("peer", "zzzz")  # "newer" than p1
+    h.run(WINDOW + INTERVAL + 0.3, beating=("me",))
+    assert [(d[0], d[1]) for d in h.downs] == [("peer", "zzzz")]
+    h.m._beat()
+    assert "cut" not in json.loads(h.outbox.published[-1][1])  # never heard: nothing to tell it
+    h.run(1.0)  # the live peer, p1, beats
+    assert h.m.peers["peer"].incarnation == "p1" and not h.m.peers["peer"].down
+    assert not h.m.known_down("peer", "p1") and h.m.known_down("peer", "zzzz")
+    # Expected while up: the same, reported at once when the live one is heard.
+    h2 = Harness()
+    h2.run(0.5, beating=("me",))
+    h2.m.expect("peer", "zzzz")
+    h2.run(0.5)
+    assert [(d[0], d[1]) for d in h2.downs] == [("peer", "zzzz")] and h2.m.peers["peer"].incarnation == "p1"
+
+
 def test_never_hearing_our_own_heartbeat_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     h = Harness()
     h.run(WINDOW * 2, beating=("peer",))  # connected, but our own beats never come back
