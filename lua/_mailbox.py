@@ -108,10 +108,11 @@ class Mailbox:
     def post_event(self, event: Event) -> None:
         """Deliver a lifecycle event. An EXIT or LINK_DOWN is never dropped: each ends a
         monitor or link the process holds, so there are never more of them than it
-        made. A CANCEL (which others send, as often as they like) past the bound is
-        dropped and counted: a process that never reads its events cannot be made to
-        grow without limit."""
-        bounded = event.kind == CANCEL
+        made. Any other event (a CANCEL, which others send as often as they like; a
+        process group's join or leave, which come as often as the cluster makes them)
+        past the bound is dropped and counted: a process that never reads its events
+        cannot be made to grow without limit."""
+        bounded = not event.has_result
         if self._events is not None:
             if bounded and len(self._events.channel.buffer) >= self.limit:
                 self.dropped += 1

@@ -72,7 +72,7 @@ class ProcessServices(Protocol):
         ...
 
     def cluster_now(self, unit: Any, verb: str, args: list[Any]) -> Any:
-        """A cluster call that never waits (group members, a broadcast, the node's id,
+        """A cluster call that never waits (group members and monitors, the node's id,
         the cluster's members): its value."""
         ...
 

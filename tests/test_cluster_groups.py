@@ -424,7 +424,7 @@ async def test_jetstream_that_never_answers_is_unavailable_within_the_bound(plai
     await silent.flush()
     started = time.monotonic()
     a = await nodes.start(plain_nats.address, "na", timeout=0.5, retry_interval=60)
-    assert time.monotonic() - started < 0.5 + 0.5 and a.available is False
+    assert time.monotonic() - started < 0.5 + 2.0 and a.available is False  # bounded, not hung
 
 
 @pytest.fixture
@@ -447,7 +447,7 @@ async def test_join_when_the_server_stops_answering_is_unavailable_within_the_bo
         for group in ("before", "fresh"):  # subscribed already: the write hangs; new: the flush does
             started = time.monotonic()
             err = await error_of(a.join(group, pid("na", 2)))
-            assert time.monotonic() - started < 0.5 + 0.5
+            assert time.monotonic() - started < 0.5 + 2.0  # bounded (the bound plus a loaded machine), not hung
             assert err.kind == Kind.UNAVAILABLE and "within 0.5s" in err.message, err.message
             assert a.local_members(group) == ([pid("na", 1)] if group == "before" else [])  # not joined
         assert await a.leave("before", pid("na", 1)) is True  # local, at once; the write is retried

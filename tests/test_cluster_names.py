@@ -329,7 +329,7 @@ async def test_jetstream_that_never_answers_is_unavailable_within_the_bound(plai
     await silent.flush()
     started = time.monotonic()
     a = await nodes.start(plain_nats.address, "na", timeout=0.5, retry_interval=60)
-    assert time.monotonic() - started < 0.5 + 0.5
+    assert time.monotonic() - started < 0.5 + 2.0  # bounded (the bound plus a loaded machine), not hung
     assert a.available is False
 
 
@@ -354,7 +354,7 @@ async def test_register_when_the_server_stops_answering_is_unavailable_within_th
         for work in (a.register("during", pid("na")), a.unregister("before", pid("na"))):
             started = time.monotonic()
             err = await error_of(work)
-            assert time.monotonic() - started < 0.5 + 0.5
+            assert time.monotonic() - started < 0.5 + 2.0  # bounded (the bound plus a loaded machine), not hung
             assert err.kind == Kind.UNAVAILABLE and err.retryable is True and "did not answer within 0.5s" in err.message
         assert a.lookup("before") == pid("na")  # reading needs no round trip
     finally:

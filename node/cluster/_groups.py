@@ -330,6 +330,8 @@ class ClusterGroups(BucketStore):
             raise invalid(f"a broadcast topic is a non-empty string on one line, not {topic!r}")
         try:
             await self.nats.publish(f"{self.prefix}.g.{group}", body, headers={**headers, TOPIC_HEADER: topic})
+        except nats.errors.MaxPayloadError as err:  # no retry makes it fit
+            raise invalid(f"broadcast to process group {group!r} is too large for the NATS server: {err}") from err
         except nats.errors.Error as err:
             raise self._unavailable(f"broadcasting to process group {group!r}: {type(err).__name__}: {err}") from err
 

@@ -42,6 +42,7 @@ from nats.aio.subscription import Subscription
 from moonwire.broker import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Client, Envelope, Headers, Outbox, Pid, Streams, Subjects, Tally, batch_items, reason_key)
 from moonwire.lua import Event, Message, MoonwireError, check_portable, loads_json
 
+from ..cluster import MAX_NAME
 from ..wire import EVENT_HEADER, JSON, decode_event, pack, unpack
 
 log = logging.getLogger("moonwire.inboxes")
@@ -261,17 +262,23 @@ class NodeInboxes:
         a name nobody holds, or a message that cannot be delivered, is dead-lettered."""
         assert self.cluster is not None
         try:
-            tokens = msg.subject[len(self._named_prefix):].split(".")
-            for end in range(len(tokens), 0, -1):
-                name = ".".join(tokens[:end])
-                pid = self.cluster.holder_of(name)
+            rest = msg.subject[len(self._named_prefix):]
+            # The names the subject may start with, longest first: every run of whole
+            # tokens up to MAX_NAME characters (a longer one is no name), so a subject of
+            # thousands of tokens costs a few hundred look-ups, not a join per token.
+            ends = [i for i in range(min(len(rest), MAX_NAME + 1)) if rest[i] == "."]
+            if len(rest) <= MAX_NAME:
+                ends.append(len(rest))
+            for end in reversed(ends):
+                pid = self.cluster.holder_of(rest[:end])
                 if pid is not None:
                     break
             else:
-                self._dead_letter(msg, f"no process holds the cluster name {tokens[0]!r}"
-                                       + (" (nor any longer name the subject starts with)" if len(tokens) > 1 else ""))
+                first = rest.partition(".")[0]
+                self._dead_letter(msg, f"no process holds the cluster name {first[:MAX_NAME]!r}"
+                                       + (" (nor any longer name the subject starts with)" if "." in rest else ""))
                 return
-            message = decode(".".join(tokens[end:]), msg.headers or {}, msg.data, self.max_body)
+            message = decode(rest[end + 1:], msg.headers or {}, msg.data, self.max_body)
             self.cluster.route(pid, message)
             self.stats.delivered += 1
         except Undeliverable as err:
