@@ -22,11 +22,13 @@ from ._membership import Membership, Peer
 from ._pid import Pid, PidAllocator
 from ._requests import NoResponders, Outbox, ReplyCallback, Requests, RequestTimeout
 from ._streams import ACK_EVERY, SEQ_HEADER, StreamStatistics, Streams
-from ._subjects import Subjects, is_token, to_token
+from ._subjects import MAX_NAME, Subjects, is_token, name_problem, to_token
 from ._tally import Tally, reason_key
 from ._tasks import TaskSet
 
 __all__ = [
+    "MAX_NAME",
+    "name_problem",
     "TaskSet",
     "ACK_EVERY",
     "BATCH_HEADER",

@@ -87,3 +87,35 @@ class Subjects:
 
     def dead_letters(self, node: str) -> str:
         return f"{self.prefix}.dlq.{node}"
+
+
+# ---------------------------------------------------------------- cluster names
+
+MAX_NAME = 255
+"""The longest cluster name, in characters. JetStream allows longer keys (a subject of
+up to 64 KiB by default), but a name travels in subjects (``$KV.<bucket>.<name>``, and
+``<prefix>.n.<name>.<topic>`` for outside clients), and subjects past a few hundred bytes
+cost on every message; 255 is the common limit of names everywhere else."""
+
+_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
+_BAD = re.compile(r"[^-/_=.a-zA-Z0-9]")
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a cluster name (JetStream key rules plus a length limit),
+    or None when it can. Every such name is a run of subject tokens, so it can follow
+    ``<prefix>.n.`` in a subject (node/cluster, docs/cluster.md)."""
+    if not isinstance(name, str):
+        return f"a cluster name is a string, not {type(name).__name__}"
+    if not name:
+        return "a cluster name cannot be empty"
+    if len(name) > MAX_NAME:
+        return f"cluster name {name[:40]!r}... is {len(name)} characters long; the limit is {MAX_NAME}"
+    if not _KEY.fullmatch(name):
+        bad = sorted(set(_BAD.findall(name)))
+        shown = ", ".join("space" if c == " " else repr(c) for c in bad)
+        return (f"cluster name {name!r} has characters a name may not hold ({shown}); "
+                f"use letters, digits and - / _ = .")
+    if name.startswith(".") or name.endswith("."):
+        return f"cluster name {name!r} may not start or end with '.'"
+    return None

@@ -201,8 +201,8 @@ async def test_release_during_register_wins(nats_server: ServerProcess, nodes: N
     # The owner exits while its register is on the wire: the name must not outlive it.
     a, b = await nodes.start(nats_server.address, "na"), await nodes.start(nats_server.address, "nb")
     registering = asyncio.create_task(a.register("racy", pid("na")))
-    await asyncio.sleep(0)  # the request is out, its answer not yet in
-    assert await a.release(pid("na")) == []
+    await asyncio.sleep(0)  # the request is out, its answer (on a loaded machine, perhaps) not yet in
+    await a.release(pid("na"))  # frees nothing yet, or the name if the answer was in first
     await registering  # succeeds: the name was written
     # ... and then freed again: b sees it come and go.
     await nodes.until(lambda: ("nb", "racy", None, pid("na")) in nodes.events

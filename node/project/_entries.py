@@ -13,7 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from ..cluster import name_problem  # the rules of cluster names only (lifecycle.name)
+from moonwire.broker import name_problem  # the rules of cluster names (lifecycle.name)
+
 from ._types import ByteSize, Seconds
 
 
