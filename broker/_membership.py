@@ -127,6 +127,7 @@ class Membership:
 
     def __init__(self, nats: NatsClient, outbox: Outbox, subjects: Subjects, node: str, incarnation: str,
                  hosts: list[str], *, interval: float, down_after: float, on_down: DownCallback,
+                 on_gone: Callable[[str, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.nats = nats
         self.outbox = outbox
@@ -137,6 +138,10 @@ class Membership:
         self.interval = interval
         self.down_after = down_after
         self.on_down = on_down
+        self.on_gone = on_gone
+        """``on_gone(node, incarnation)``: as ``on_down``, but only when this node believes
+        that incarnation gone (declared down, left, replaced), not when a live peer says
+        it cut this node off: what the incarnation held in the cluster may be freed."""
         self.clock = clock
         # Echoes come every ``interval``; a longer gap means we could not hear for a
         # while (at most half a window, so a gap always leaves the peers a real window).
@@ -370,6 +375,11 @@ class Membership:
     def _report(self, peer: Peer, reason: str) -> None:
         log.warning("node %s is down: %s", peer.node, reason)
         self._notify(peer.node, peer.incarnation, reason)
+        if self.on_gone is not None:
+            try:
+                self.on_gone(peer.node, peer.incarnation)
+            except Exception:  # noqa: BLE001 - a failing listener must not stop liveness
+                log.exception("handling node %s gone failed", peer.node)
 
     def _notify(self, node: str, incarnation: str, reason: str) -> None:
         try:

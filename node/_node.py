@@ -179,8 +179,9 @@ class Node:
             interval=heartbeat.interval, down_after=heartbeat.down_after,
             # Heard only once membership starts, below, when the process table exists.
             on_down=lambda node, incarnation, reason: (streams.forget(node),
-                                                       processes.node_down(node, incarnation, reason),
-                                                       cluster.node_down(node, incarnation)))
+                                                       processes.node_down(node, incarnation, reason)),
+            # Not when a live peer cut this node off: what it holds is its own still.
+            on_gone=lambda node, incarnation: cluster.node_down(node, incarnation))
         remote = RemoteNodes(self.name, self.subjects, outbox, requests, membership)
         functions = Functions(self.project, self.subjects, self._nats, requests, outbox,
                               dead_letter=dead_letters.publish)

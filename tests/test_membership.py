@@ -158,6 +158,19 @@ def test_a_peer_that_cut_us_off_makes_us_fire_our_watches_of_it_once() -> None:
     assert not h.m.known_down("peer", "p1")  # it stays a live peer
 
 
+def test_a_cut_is_a_node_down_for_our_watches_but_not_gone() -> None:
+    """A live peer that declared us down: our monitors of its processes fire (on_down),
+    but it is not gone, so what it holds in the cluster stays (on_gone is not called)."""
+    h = Harness()
+    gone: list[tuple[str, str]] = []
+    h.m.on_gone = lambda node, incarnation: gone.append((node, incarnation))
+    h.run(1.0)
+    h.beat("peer", cut={"me": ("inc1", 1)})
+    assert [d[0] for d in h.downs] == ["peer"] and gone == []
+    h.run(WINDOW + 1.0, beating=("me",))  # now it really goes silent
+    assert gone == [("peer", "p1")]
+
+
 def test_our_beat_names_the_peers_we_declared_down() -> None:
     h = Harness()
     h.run(1.0)
