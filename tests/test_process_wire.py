@@ -264,5 +264,6 @@ async def test_cli_send(tmp_path: Path, nats_server, spawn_node) -> None:
     finally:
         await nc.close()
     assert report == [{"topic": "from cli", "data": [{"k": 1}, "two"]}]
-    code, _, err = await run_cli("send", "nobody", "t", "--nats", nats_server.address, cwd=tmp_path)
-    assert code == 2 and "not a PID" in err
+    # Neither a PID nor a cluster name (a name is sent to whoever holds it: mw.n.<name>).
+    code, _, err = await run_cli("send", "no body", "t", "--nats", nats_server.address, cwd=tmp_path)
+    assert code == 2 and "neither a PID" in err and "space" in err, err
