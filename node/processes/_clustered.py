@@ -92,7 +92,9 @@ class ClusterCalls:
     # ------------------------------------------------------------ calls from Lua
 
     def cluster_call(self, unit: Unit, verb: str, args: list[Any]) -> Answer | None:
-        """``register``/``unregister`` in a cluster scope, ``lock.acquire``/``lock.release``."""
+        """The calls that wait for JetStream or the broker: ``register``/``unregister``
+        in a cluster scope, ``lock.acquire``/``lock.release``, ``pg.join``/``pg.leave``
+        and ``pg.broadcast``; each answered later, from a task the Cluster owns."""
         cluster = self._cluster()
         if verb == "register":
             name, pid, _ = _args(args, 3)
@@ -127,7 +129,8 @@ class ClusterCalls:
         raise invalid(f"unknown cluster request {verb!r}")
 
     def cluster_now(self, unit: Unit, verb: str, args: list[Any]) -> Any:
-        """``node.id`` and ``cluster.members``: answered from what this node knows."""
+        """``node.id``, ``cluster.members`` and the ``pg`` reads and monitors: answered
+        at once from what this node knows (its liveness view, the groups' replica)."""
         if verb == "node.id":
             return self.node
         if verb == "cluster.members":
