@@ -32,7 +32,7 @@ from .servers import EmbeddedServers
 from .project import TemporalClientEntry
 from .workflows import Workflows
 from .functions import Functions
-from .cluster import Cluster
+from .cluster import Cluster, replicas_for
 from .processes import READ_TURN, ControlPlane, DeadLetters, ClusterDelivery, NodeInboxes, RemoteNodes
 from ._runtime import Runtime
 from .project import Project
@@ -191,7 +191,8 @@ class Node:
         # Names, locks and groups on JetStream: open before anything runs Lua (a service
         # may register a name as it starts), stopped after every process has exited.
         cluster = Cluster(self._nats, self._data, prefix=self.config.prefix, node=self.name, incarnation=pids.epoch,
-                          replicas=self.config.cluster.replicas, timeout=self.config.cluster.timeout,
+                          replicas=self.config.cluster.replicas or replicas_for(self._nats),
+                          timeout=self.config.cluster.timeout,
                           expect=membership.expect)
         await cluster.start()
         self._steps.append(_Step("cluster", lambda remaining: cluster.stop()))

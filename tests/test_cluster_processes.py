@@ -366,8 +366,7 @@ async def test_names_groups_and_locks_keep_working_when_a_nats_server_of_three_d
         tmp_path: Path, nats_cluster, spawn_node) -> None:
     urls = ",".join(server.address for server in nats_cluster)
     project = write_project(tmp_path / "project", PROJECT)
-    started = await asyncio.gather(*(spawn_node(project, name, nats_url=urls, args=("--set", "cluster.replicas=3"))
-                                     for name in ("ka", "kb", "kc")))
+    started = await asyncio.gather(*(spawn_node(project, name, nats_url=urls) for name in ("ka", "kb", "kc")))
     nodes = dict(zip(("ka", "kb", "kc"), started))
     nc = await nats.connect(servers=[server.address for server in nats_cluster])
     try:
@@ -379,7 +378,7 @@ async def test_names_groups_and_locks_keep_working_when_a_nats_server_of_three_d
         await nodes["kc"].wait_for_line(r"lock the-lock true nil on kc")
 
         js = nc.jetstream()
-        for bucket in ("names", "groups", "locks"):  # cluster.replicas=3: each bucket on every server
+        for bucket in ("names", "groups", "locks"):  # replicas unset: one per server of the cluster
             assert (await js.stream_info(f"KV_mw_{bucket}")).config.num_replicas == 3
         await nats_cluster[0].stop()  # whichever nodes were on it reconnect to another
 

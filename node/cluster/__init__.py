@@ -23,9 +23,10 @@ other way.
 
 from ._cluster import Cluster
 from ._groups import ClusterGroups, GroupsStatistics
+from ._jetstream import replicas_for
 from ._locks import ClusterLocks
 from ._names import ClusterNames, NamesStatistics
 from ._replica import MAX_NAME, Holder, name_problem
 
 __all__ = ["MAX_NAME", "Cluster", "ClusterGroups", "ClusterLocks", "ClusterNames", "GroupsStatistics", "Holder",
-           "NamesStatistics", "name_problem"]
+           "NamesStatistics", "name_problem", "replicas_for"]

@@ -104,6 +104,17 @@ async def open_bucket(client: NatsClient, bucket: str, *, replicas: int, timeout
         return kv
 
 
+def replicas_for(client: NatsClient) -> int:
+    """How many copies of a bucket suit the NATS deployment ``client`` is connected to:
+    one on a lone server; on a cluster, as many as it has servers, at most 3 (Raft's
+    usual size: a quorum survives losing one). Read from the server's INFO, which names
+    the cluster and lists its servers' client URLs."""
+    info = getattr(client, "_server_info", None) or {}
+    if not info.get("cluster"):
+        return 1
+    return max(1, min(3, len(info.get("connect_urls") or ())))
+
+
 WATCH_HEARTBEAT = 1.0
 """Seconds between the idle heartbeats of a bucket's watch. nats-py's KV watch leaves
 its ordered consumer at 5 s and recreates a consumer whose server died only after two

@@ -67,8 +67,9 @@ class HeartbeatConfig(_Strict):
 class ClusterConfig(_Strict):
     """The cluster's stores on JetStream (docs/cluster.md)."""
 
-    replicas: int = Field(1, ge=1, le=5, description="copies of each bucket this node creates (3 on a NATS "
-                                                    "cluster); an existing bucket is used as it is")
+    replicas: int | None = Field(None, ge=1, le=5, description="copies of each bucket this node creates; unset: "
+                                 "as many servers as its NATS cluster has, at most 3 (1 on one server); an existing "
+                                 "bucket is used as it is")
     timeout: Seconds = Field(2.0, gt=0, description="bound on every round trip to JetStream; past it a "
                                                    "registration or lock fails Unavailable")
 
