@@ -365,11 +365,20 @@ async def _until_seen(node: Any, pattern: str, publish: Callable[[], Awaitable[N
 async def test_names_groups_and_locks_keep_working_when_a_nats_server_of_three_dies(
         tmp_path: Path, nats_cluster, spawn_node) -> None:
     urls = ",".join(server.address for server in nats_cluster)
-    project = write_project(tmp_path / "project", PROJECT)
-    started = await asyncio.gather(*(spawn_node(project, name, nats_url=urls) for name in ("ka", "kb", "kc")))
-    nodes = dict(zip(("ka", "kb", "kc"), started))
     nc = await nats.connect(servers=[server.address for server in nats_cluster])
     try:
+        # Clustered JetStream elects its meta leader after the routes are up (no event):
+        # nodes started before it answers would find their buckets unavailable for a while.
+        async def jetstream_answers() -> bool:
+            try:
+                await nc.jetstream(timeout=1).account_info()
+                return True
+            except Exception:  # noqa: BLE001 - not yet
+                return False
+        await _eventually(jetstream_answers, 30, "JetStream on the three servers")
+        project = write_project(tmp_path / "project", PROJECT)
+        started = await asyncio.gather(*(spawn_node(project, name, nats_url=urls) for name in ("ka", "kb", "kc")))
+        nodes = dict(zip(("ka", "kb", "kc"), started))
         await _spawn(nc, "ka", "app:registrar", "survivor")
         await nodes["ka"].wait_for_line(r"registered survivor: true nil")
         await _spawn(nc, "kb", "app:member", "crew", "m1", 1)
