@@ -64,7 +64,7 @@ class Cluster:
         if missing:
             log.warning("cluster names, locks and process groups are unavailable until JetStream answers: %s; "
                         "registering in a cluster scope, locks and pg answer Unavailable meanwhile (is the NATS "
-                        "server running with -js?); trying again every %gs",
+                        "server running with -js?); trying again, at least every %gs",
                         missing[0].unavailable_at_start, missing[0].retry_interval)
 
     async def stop(self) -> None:

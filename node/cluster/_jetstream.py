@@ -192,12 +192,22 @@ async def stop_watch(watcher: KeyValue.KeyWatcher, timeout: float) -> None:
         log.debug("stopping a key-value watch: %s", err)
 
 
+FIRST_RETRY = 0.5
+"""Seconds before the first new try of a store whose JetStream did not answer at start;
+each wait then doubles up to the store's ``retry_interval``. A NATS cluster that has just
+formed answers for JetStream within seconds (its meta leader is being elected): a node
+started with it is not kept waiting a whole interval once it does."""
+
+
 async def retry_every(interval: float, attempt: Callable[[], Awaitable[None]], what: str) -> None:
-    """Await ``attempt()`` every ``interval`` seconds until it returns rather than raise
-    Unavailable: for a store whose JetStream was missing at start. Each failure is logged
-    at DEBUG (the store warned once already), the success at INFO."""
+    """Await ``attempt()`` until it returns rather than raise Unavailable, first after
+    :data:`FIRST_RETRY`, then doubling the wait up to ``interval`` seconds: for a store
+    whose JetStream was missing at start. Each failure is logged at DEBUG (the store
+    warned once already), the success at INFO."""
+    wait = min(FIRST_RETRY, interval)
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, interval)
         try:
             await attempt()
         except MoonwireError as err:
@@ -313,7 +323,7 @@ class BucketStore:
         except MoonwireError as err:
             self.unavailable_at_start = err.message
             log.log(self.unavailable_level, "%s are unavailable until JetStream answers (tried bucket %s): %s; "
-                    "trying again every %gs", self.what, self.bucket, err.message, self.retry_interval)
+                    "trying again, at least every %gs", self.what, self.bucket, err.message, self.retry_interval)
             self._tasks.start(retry_every(self.retry_interval, self._open, self.what),
                               f"{self.what}: waiting for JetStream")
 

@@ -26,7 +26,7 @@ from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 from moonwire.broker import TaskSet
 from moonwire.lua import Kind, MoonwireError, invalid
 
-from ._jetstream import Conflict, bounded, earlier_incarnation, open_bucket, unavailable, watch_all
+from ._jetstream import Conflict, bounded, earlier_incarnation, open_bucket, retry_every, unavailable, watch_all
 from ._names_upkeep import Upkeep, describe
 from ._replica import Change, Holder, Replica, name_problem
 
@@ -140,8 +140,8 @@ class ClusterNames(Upkeep):
         except MoonwireError as err:
             self.unavailable_at_start = err.message
             log.log(self.unavailable_level, "%s are unavailable until JetStream answers (tried bucket %s): %s; "
-                    "trying again every %gs", self.what, self.bucket, err.message, self.retry_interval)
-            self._tasks.start(self._reopen(), f"{self.what}: waiting for JetStream")
+                    "trying again, at least every %gs", self.what, self.bucket, err.message, self.retry_interval)
+            self._tasks.start(retry_every(self.retry_interval, self._open, self.what), f"{self.what}: waiting for JetStream")
 
     async def stop(self) -> None:
         """Stop following the bucket, once the releases already started have finished
@@ -180,17 +180,6 @@ class ClusterNames(Upkeep):
         earlier = [(name, holder) for name, holder in self._replica.items()
                    if holder.node == self.node and earlier_incarnation(holder.incarnation, self.incarnation)]
         await self._free(earlier, f"an earlier incarnation of node {self.node}")
-
-    async def _reopen(self) -> None:
-        while True:
-            await asyncio.sleep(self.retry_interval)
-            try:
-                await self._open()
-            except MoonwireError as err:
-                log.debug("%s still unavailable: %s", self.what, err.message)
-                continue
-            log.info("%s are available: JetStream answered", self.what)
-            return
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         # The watch is an ordered consumer: nats-py recreates it from the next revision
