@@ -176,7 +176,7 @@ class ClusterNames(Upkeep):
         assert self._tasks is not None
         self._tasks.start(self._follow(watcher), f"{self.what}: watching {self.bucket}")
         self._kv = kv
-        log.info("%s: bucket %s open, %d names", self.what, self.bucket, len(self._replica))
+        log.info("%s: bucket %s open, %d held", self.what, self.bucket, len(self._replica))
         earlier = [(name, holder) for name, holder in self._replica.items()
                    if holder.node == self.node and earlier_incarnation(holder.incarnation, self.incarnation)]
         await self._free(earlier, f"an earlier incarnation of node {self.node}")
