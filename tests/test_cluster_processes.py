@@ -35,8 +35,8 @@ PROJECT = {
           - {name: watcher, kind: process.lua, source: file://watcher.lua}
           - {name: sender, kind: process.lua, source: file://sender.lua}
           - {name: named, kind: process.lua, source: file://named.lua}
-          - {name: locker, kind: process.lua, source: file://locker.lua, modules: [system]}
-          - {name: member, kind: process.lua, source: file://member.lua, modules: [pg, json]}
+          - {name: locker, kind: process.lua, source: file://locker.lua, modules: [system, time]}
+          - {name: member, kind: process.lua, source: file://member.lua, modules: [pg, json, time]}
           - {name: broadcaster, kind: process.lua, source: file://broadcaster.lua, modules: [pg]}
           - {name: pgwatch, kind: process.lua, source: file://pgwatch.lua, modules: [pg, json]}
           - {name: registrar, kind: process.lua, source: file://registrar.lua, modules: [time, json]}
@@ -61,9 +61,16 @@ PROJECT = {
         end""",
     # Joins `group` `times` times as `label`, prints what it gets until "leave".
     "member.lua": """
-        local pg, json = require("pg"), require("json")
+        local pg, json, time = require("pg"), require("json"), require("time")
         return function(group, label, times)
-          for _ = 1, times do assert(pg.join(group)) end
+          for _ = 1, times do  -- Unavailable is retryable (a NATS cluster still placing its buckets)
+            local ok, err = pg.join(group)
+            while not ok and err:kind() == errors.UNAVAILABLE do
+              time.sleep("200ms")
+              ok, err = pg.join(group)
+            end
+            assert(ok, err)
+          end
           print("joined " .. label)
           local inbox = process.inbox()
           while true do
@@ -151,10 +158,14 @@ PROJECT = {
           process.inbox():receive()
         end""",
     "locker.lua": """
-        local system = require("system")
+        local system, time = require("system"), require("time")
         return function(name, wait)
           print("trying " .. name .. " " .. tostring(wait))
           local ok, err = system.lock.acquire(name, wait)
+          while ok == nil and err:kind() == errors.UNAVAILABLE do  -- retryable, as above
+            time.sleep("200ms")
+            ok, err = system.lock.acquire(name, wait)
+          end
           print("lock " .. name .. " " .. tostring(ok) .. " " .. tostring(err and err:kind()) .. " on "
                 .. system.node.id())
           local again, err2 = system.lock.acquire(name)
