@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -27,6 +29,25 @@ async def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
     """A real Temporal dev server on a free port, tuned as the embedded one is."""
     server = await start_temporal(tmp_path_factory.mktemp("temporal"), port=free_port())
     yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def plain_nats(tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    """A nats-server of the test's own, without JetStream."""
+    server = await start_nats(tmp_path / "plain", port=free_port(), jetstream=False)
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def own_nats(tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    """A nats-server (with JetStream) of the test's own: one it may freeze (SIGSTOP) or
+    kill, and whose buckets no other test sees."""
+    server = await start_nats(tmp_path / "own", port=free_port())
+    yield server
+    if server.process.returncode is None:
+        os.kill(server.process.pid, signal.SIGCONT)
     await server.stop()
 
 

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import nats
 import nats.js.errors
@@ -26,7 +25,7 @@ from nats.aio.msg import Msg
 from conftest import monitor_json
 from moonwire.broker import Client
 from moonwire.lua import Kind, MoonwireError
-from moonwire.node import ServerProcess, free_port, start_nats
+from moonwire.node import ServerProcess
 from moonwire.node.cluster import MAX_NAME, ClusterGroups
 from support import wait_until
 
@@ -388,14 +387,6 @@ async def test_members_must_be_processes_of_this_node(nats_server: ServerProcess
 # ---------------------------------------------------------------- JetStream missing or silent
 
 
-@pytest.fixture
-async def plain_nats(tmp_path: Path) -> AsyncIterator[ServerProcess]:
-    """A nats-server without JetStream."""
-    server = await start_nats(tmp_path / "plain", port=free_port(), jetstream=False)
-    yield server
-    await server.stop()
-
-
 async def test_jetstream_missing_is_unavailable(plain_nats: ServerProcess, nodes: Nodes,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="moonwire.cluster")
@@ -425,16 +416,6 @@ async def test_jetstream_that_never_answers_is_unavailable_within_the_bound(plai
     started = time.monotonic()
     a = await nodes.start(plain_nats.address, "na", timeout=0.5, retry_interval=60)
     assert time.monotonic() - started < 0.5 + 2.0 and a.available is False  # bounded, not hung
-
-
-@pytest.fixture
-async def own_nats(tmp_path: Path) -> AsyncIterator[ServerProcess]:
-    """A nats-server (with JetStream) this test may freeze."""
-    server = await start_nats(tmp_path / "own", port=free_port())
-    yield server
-    if server.process.returncode is None:
-        os.kill(server.process.pid, signal.SIGCONT)
-    await server.stop()
 
 
 async def test_join_when_the_server_stops_answering_is_unavailable_within_the_bound(

@@ -15,13 +15,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import nats
 import pytest
 
 from moonwire.lua import Kind, MoonwireError
-from moonwire.node import ServerProcess, free_port, start_nats
+from moonwire.node import ServerProcess
 from moonwire.node.cluster import MAX_NAME, ClusterNames, Holder
 from moonwire.node.cluster._replica import Replica
 from support import wait_until
@@ -293,14 +292,6 @@ async def test_register_longest_and_oddest_valid_names(nats_server: ServerProces
 # ---------------------------------------------------------------- JetStream missing or silent
 
 
-@pytest.fixture
-async def plain_nats(tmp_path: Path) -> AsyncIterator[ServerProcess]:
-    """A nats-server without JetStream."""
-    server = await start_nats(tmp_path / "plain", port=free_port(), jetstream=False)
-    yield server
-    await server.stop()
-
-
 async def test_jetstream_missing_is_unavailable(plain_nats: ServerProcess, nodes: Nodes,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="moonwire.cluster")
@@ -331,16 +322,6 @@ async def test_jetstream_that_never_answers_is_unavailable_within_the_bound(plai
     a = await nodes.start(plain_nats.address, "na", timeout=0.5, retry_interval=60)
     assert time.monotonic() - started < 0.5 + 2.0  # bounded (the bound plus a loaded machine), not hung
     assert a.available is False
-
-
-@pytest.fixture
-async def own_nats(tmp_path: Path) -> AsyncIterator[ServerProcess]:
-    """A nats-server (with JetStream) this test may freeze."""
-    server = await start_nats(tmp_path / "own", port=free_port())
-    yield server
-    if server.process.returncode is None:
-        os.kill(server.process.pid, signal.SIGCONT)
-    await server.stop()
 
 
 async def test_register_when_the_server_stops_answering_is_unavailable_within_the_bound(

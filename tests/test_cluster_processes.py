@@ -13,14 +13,12 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
 import nats.errors
-import pytest
 
-from moonwire.node import ServerProcess, free_port, start_nats
 from support import run_cli, write_project
 
 FAST_LIVENESS = ("--set", "heartbeat.interval=200ms", "--set", "heartbeat.down_after=1s")
@@ -211,19 +209,9 @@ async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float, what
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-async def own_server(tmp_path: Path) -> AsyncIterator[ServerProcess]:
-    """A nats-server for this test alone: the names and locks its killed nodes leave in
-    the buckets would otherwise be freed, with a node-down warning each, by the nodes of
-    whatever test runs next on the shared server."""
-    server = await start_nats(tmp_path / "nats", port=free_port())
-    yield server
-    await server.stop()
-
-
-async def test_names_race_route_watch_and_free_across_three_nodes(tmp_path: Path, own_server, spawn_node) -> None:
-    nodes = await _nodes(tmp_path, own_server.address, spawn_node, ("ca", "cb", "cc"))
-    nc = await nats.connect(own_server.address)
+async def test_names_race_route_watch_and_free_across_three_nodes(tmp_path: Path, own_nats, spawn_node) -> None:
+    nodes = await _nodes(tmp_path, own_nats.address, spawn_node, ("ca", "cb", "cc"))
+    nc = await nats.connect(own_nats.address)
     try:
         # Three nodes race for the same 50 names: exactly one owner each.
         await asyncio.gather(*(_spawn(nc, node, "app:racer", 50) for node in nodes))
@@ -254,11 +242,11 @@ async def test_names_race_route_watch_and_free_across_three_nodes(tmp_path: Path
         await nc.publish("mw.n.counter.orders.new", b'{"id": 7}')
         await nodes["ca"].wait_for_line(r'got counter orders.new \{"id":7\}')
         # The CLI sends by name too, and spawns under a cluster name (once).
-        code, _, err = await run_cli("send", "counter", "cli", '"hi"', "--nats", own_server.address)
+        code, _, err = await run_cli("send", "counter", "cli", '"hi"', "--nats", own_nats.address)
         assert code == 0, err
         await nodes["ca"].wait_for_line(r'got counter cli "hi"')
         spawn = ("spawn", "app:holder", "clinamed", "true", "--host", "app:host", "--node", "cb", "--name", "clinamed",
-                 "--scope", "consistent", "--nats", own_server.address)
+                 "--scope", "consistent", "--nats", own_nats.address)
         code, out, err = await run_cli(*spawn)
         assert code == 0 and out.startswith("{cb@"), (out, err)
         code, out, err = await run_cli(*spawn)
@@ -269,6 +257,11 @@ async def test_names_race_route_watch_and_free_across_three_nodes(tmp_path: Path
         await nc.publish("mw.n.nobody.x", b"1")
         letter = await dead.next_msg(timeout=5)
         assert "no process holds the cluster name 'nobody'" in letter.headers["Mw-Dlq-Reason"]
+        # A malformed body to a held name: dead-lettered too, and the holder carries on.
+        await nc.publish("mw.n.counter.bad", b"\xc1", headers={"Content-Type": "application/msgpack"})
+        letter = await dead.next_msg(timeout=5)
+        assert letter.headers["Mw-Dlq-Subject"] == "mw.n.counter.bad", letter.headers
+        assert "malformed msgpack" in letter.headers["Mw-Dlq-Reason"], letter.headers
 
         await nc.publish("mw.n.counter.stop", b"")
         await nodes["cc"].wait_for_line(r"event pid.exit from \{ca@")
@@ -302,9 +295,9 @@ async def test_names_race_route_watch_and_free_across_three_nodes(tmp_path: Path
         await nc.close()
 
 
-async def test_a_lock_held_by_a_killed_node_goes_to_the_next_waiter(tmp_path: Path, own_server, spawn_node) -> None:
-    nodes = await _nodes(tmp_path, own_server.address, spawn_node, ("la", "lb"))
-    nc = await nats.connect(own_server.address)
+async def test_a_lock_held_by_a_killed_node_goes_to_the_next_waiter(tmp_path: Path, own_nats, spawn_node) -> None:
+    nodes = await _nodes(tmp_path, own_nats.address, spawn_node, ("la", "lb"))
+    nc = await nats.connect(own_nats.address)
     try:
         await _spawn(nc, "la", "app:locker", "the-lock", None)
         await nodes["la"].wait_for_line(r"lock the-lock true nil on la")
@@ -325,9 +318,9 @@ async def test_a_lock_held_by_a_killed_node_goes_to_the_next_waiter(tmp_path: Pa
         await nc.close()
 
 
-async def test_process_groups_across_three_nodes(tmp_path: Path, own_server, spawn_node) -> None:
-    nodes = await _nodes(tmp_path, own_server.address, spawn_node, ("ga", "gb", "gc"))
-    nc = await nats.connect(own_server.address)
+async def test_process_groups_across_three_nodes(tmp_path: Path, own_nats, spawn_node) -> None:
+    nodes = await _nodes(tmp_path, own_nats.address, spawn_node, ("ga", "gb", "gc"))
+    nc = await nats.connect(own_nats.address)
     try:
         await _spawn(nc, "gc", "app:pgwatch", "chat")
         await nodes["gc"].wait_for_line(r"snapshot 0")
@@ -422,31 +415,28 @@ async def test_names_groups_and_locks_keep_working_when_a_nats_server_of_three_d
         await nc.close()
 
 
-async def test_a_node_on_a_server_without_jetstream_starts_and_says_why_cluster_calls_fail(tmp_path: Path) -> None:
+async def test_a_node_on_a_server_without_jetstream_starts_and_says_why_cluster_calls_fail(
+        tmp_path: Path, plain_nats) -> None:
     """Bad input and missing pieces (item 6): no JetStream. The node runs; a cluster
     registration, a lock and a join answer Unavailable naming JetStream; LOCAL names
     still work; the log says it once for all the stores."""
-    server = await start_nats(tmp_path / "plain", port=free_port(), jetstream=False)
-    try:
-        project = write_project(tmp_path / "project", {**PROJECT, "probe.lua": """
-            local system, pg = require("system"), require("pg")
-            return function()
-              local _, name_err = process.registry.register("x", nil, process.registry.CONSISTENT)
-              local _, lock_err = system.lock.acquire("l")
-              local _, join_err = pg.join("g")
-              local local_ok = process.registry.register("y")
-              return { name = name_err:kind(), lock = lock_err:kind(), join = join_err:kind(),
-                       says = name_err:message(), local_ok = local_ok }
-            end"""})
-        (project / "_index.yaml").write_text((project / "_index.yaml").read_text().replace(
-            "entries:\n", "entries:\n  - {name: probe, kind: function.lua, source: file://probe.lua, "
-            "modules: [system, pg]}\n", 1))
-        code, out, err = await run_cli("run", str(project), "--nats", server.address, "-v", "-x", "app:probe")
-        assert code == 0, err
-        result = json.loads(out)
-        assert result["name"] == result["lock"] == result["join"] == "Unavailable", result
-        assert "JetStream" in result["says"] and result["local_ok"] is True, result
-        warnings = [line for line in err.splitlines() if "WARNING" in line and "JetStream" in line]
-        assert len(warnings) == 1, warnings
-    finally:
-        await server.stop()
+    project = write_project(tmp_path / "project", {**PROJECT, "probe.lua": """
+        local system, pg = require("system"), require("pg")
+        return function()
+          local _, name_err = process.registry.register("x", nil, process.registry.CONSISTENT)
+          local _, lock_err = system.lock.acquire("l")
+          local _, join_err = pg.join("g")
+          local local_ok = process.registry.register("y")
+          return { name = name_err:kind(), lock = lock_err:kind(), join = join_err:kind(),
+                   says = name_err:message(), local_ok = local_ok }
+        end"""})
+    (project / "_index.yaml").write_text((project / "_index.yaml").read_text().replace(
+        "entries:\n", "entries:\n  - {name: probe, kind: function.lua, source: file://probe.lua, "
+        "modules: [system, pg]}\n", 1))
+    code, out, err = await run_cli("run", str(project), "--nats", plain_nats.address, "-v", "-x", "app:probe")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["name"] == result["lock"] == result["join"] == "Unavailable", result
+    assert "JetStream" in result["says"] and result["local_ok"] is True, result
+    warnings = [line for line in err.splitlines() if "WARNING" in line and "JetStream" in line]
+    assert len(warnings) == 1, warnings

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -268,9 +268,44 @@ async def delete_keys(js: JetStreamContext, bucket: str, keys: Iterable[tuple[st
     return [each for each in await asyncio.gather(*(delete(k, r) for k, r in keys)) if each is not None]
 
 
-class BucketStore:
+class BoundedCalls:
+    """The round trips of a store on one bucket (``BucketStore``, ``ClusterNames``): each
+    bounded by ``timeout`` and each Unavailable counted in ``_stats["unavailable"]``.
+    A mixin: the store holds the bucket (``_kv``, None until open), ``bucket``,
+    ``what`` (its name in messages), ``timeout`` and ``_stats``."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        bucket: str
+        what: str
+        timeout: float
+        _kv: KeyValue | None
+        _stats: Counter[str]
+
+    def _require(self, what: str) -> KeyValue:
+        """The bucket, or Unavailable naming JetStream and ``what`` could not be done."""
+        if self._kv is None:
+            raise self._unavailable(f"cannot {what}: {self.what} need JetStream, and the bucket {self.bucket!r} "
+                                    "could not be opened (is the NATS server running with -js?)")
+        return self._kv
+
+    def _unavailable(self, message: str) -> MoonwireError:
+        self._stats["unavailable"] += 1
+        return unavailable(message)
+
+    async def _call(self, work: Awaitable[T], what: str) -> T:
+        """``bounded(work)``, counting Unavailable."""
+        try:
+            return await bounded(work, self.timeout, what)
+        except MoonwireError:
+            self._stats["unavailable"] += 1
+            raise
+
+
+class BucketStore(BoundedCalls):
     """What a store on one key-value bucket shares with the others (``_groups.py`` uses
-    it; ``_names.py`` has the same steps written out and could adopt it): the bucket
+    it; ``_names.py`` shares only its bounded calls, :class:`BoundedCalls`): the bucket
     opened at :meth:`start`, or, when JetStream is missing or silent, one warning and a
     try every ``retry_interval``; a watch of every key feeding the store's replica
     through :meth:`_apply`; every round trip bounded, each Unavailable counted in
@@ -369,21 +404,3 @@ class BucketStore:
     async def _opened(self) -> None:
         """The bucket is open and the replica loaded."""
 
-    def _require(self, what: str) -> KeyValue:
-        """The bucket, or Unavailable naming JetStream and ``what`` could not be done."""
-        if self._kv is None:
-            raise self._unavailable(f"cannot {what}: {self.what} need JetStream, and the bucket {self.bucket!r} "
-                                    "could not be opened (is the NATS server running with -js?)")
-        return self._kv
-
-    def _unavailable(self, message: str) -> MoonwireError:
-        self._stats["unavailable"] += 1
-        return unavailable(message)
-
-    async def _call(self, work: Awaitable[T], what: str) -> T:
-        """``bounded(work)``, counting Unavailable."""
-        try:
-            return await bounded(work, self.timeout, what)
-        except MoonwireError:
-            self._stats["unavailable"] += 1
-            raise

@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TypeVar
 
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
@@ -26,12 +25,11 @@ from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 from moonwire.broker import TaskSet
 from moonwire.lua import Kind, MoonwireError, invalid
 
-from ._jetstream import Conflict, bounded, earlier_incarnation, open_bucket, retry_every, unavailable, watch_all
+from ._jetstream import BoundedCalls, Conflict, bounded, earlier_incarnation, open_bucket, retry_every, watch_all
 from ._names_upkeep import Upkeep, describe
 from ._replica import Change, Holder, Replica, name_problem
 
 log = logging.getLogger("moonwire.cluster")
-T = TypeVar("T")
 
 ATTEMPTS = 3
 """Rounds of write-then-read for one register or unregister: a round is lost only when
@@ -60,7 +58,7 @@ class NamesStatistics:
     node-down) and this node registered again."""
 
 
-class ClusterNames(Upkeep):
+class ClusterNames(Upkeep, BoundedCalls):
     """Cluster-wide names for processes, one per node (``node`` at ``incarnation``).
 
     Args:
@@ -328,23 +326,6 @@ class ClusterNames(Upkeep):
             raise invalid(problem)
         if not isinstance(pid, str) or not pid:
             raise invalid(f"a cluster name is registered to a PID, not {pid!r}")
-
-    def _require(self, what: str) -> KeyValue:
-        if self._kv is None:
-            raise self._unavailable(f"cannot {what}: {self.what} need JetStream, and the bucket "
-                                    f"{self.bucket!r} could not be opened (is the NATS server running with -js?)")
-        return self._kv
-
-    def _unavailable(self, message: str) -> MoonwireError:
-        self._stats["unavailable"] += 1
-        return unavailable(message)
-
-    async def _call(self, work: Awaitable[T], what: str) -> T:
-        try:
-            return await bounded(work, self.timeout, what)
-        except MoonwireError:
-            self._stats["unavailable"] += 1
-            raise
 
     async def _read(self, kv: KeyValue, name: str, what: str) -> Holder | None:
         """The bucket's current holder of ``name`` (a read at the stream leader)."""

@@ -212,8 +212,10 @@ class ClusterCalls:
         group monitors (a look-up per store when it has none)."""
         if self.cluster is not None:
             self.cluster.exited(pid)
-        for group in self._groups_watched.get(pid, set()).copy():
-            self._unwatch_group(pid, group)
+        watched = self._groups_watched.get(pid)
+        if watched:  # the exit path: nothing built for the many processes that monitor no group
+            for group in list(watched):
+                self._unwatch_group(pid, group)
 
 
 async def _done(work: Awaitable[None]) -> bool:
