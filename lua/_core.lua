@@ -630,6 +630,63 @@ end
 core.request = request
 core.metatable_of = debug.getmetatable  -- sees through __metatable; trusted code only
 
+-- ------------------------------------------------------------------ opaque objects
+--
+-- Wippy's Time, Duration, error objects and the like are userdata: `type(v)` says
+-- "userdata", nothing can be read or written through them but their methods, `pairs`
+-- refuses them. Lua alone cannot make a userdata, so each one starts as a lupa wrapper
+-- of a fresh, empty Python object (tokens come from Python in batches) whose metatable
+-- is then swapped for the type's own; the object's fields live in its user value. The
+-- lupa metatable is never reachable from user code, and when the userdata is
+-- collected its finaliser hands it back to lupa, whose own finaliser drops the Python
+-- reference (bench/hostile.py measures the cost: a few microseconds per batch).
+local debug_setmetatable, getuservalue, setuservalue = debug.setmetatable, debug.getuservalue, debug.setuservalue
+local token_source = nil  -- Python: returns a batch of fresh tokens
+local tokens, token_count = {}, 0
+local lupa_meta, lupa_gc = nil, nil
+
+function core.set_token_source(fn)
+    token_source = fn
+end
+
+local function release(object)
+    debug_setmetatable(object, lupa_meta)
+    lupa_gc(object)
+end
+
+-- A metatable for an opaque type named `name`: `methods` is its __index (a table or a
+-- function); `meta` may add __tostring, __concat, __eq... Returns the metatable.
+function core.object_type(name, methods, meta)
+    local mt = { __name = name, __index = methods, __metatable = false, __gc = release }
+    if meta then
+        for k, v in pairs(meta) do mt[k] = v end
+    end
+    return mt
+end
+
+-- A new opaque object of type `mt` (from core.object_type) holding `fields` (a table).
+function core.new_object(mt, fields)
+    if token_count == 0 then
+        tokens = table_pack(token_source())
+        token_count = tokens.n
+        if lupa_meta == nil then
+            lupa_meta = debug.getmetatable(tokens[1])
+            lupa_gc = lupa_meta.__gc
+        end
+    end
+    local object = tokens[token_count]
+    tokens[token_count] = nil
+    token_count = token_count - 1
+    debug_setmetatable(object, mt)
+    setuservalue(object, fields, 1)
+    return object
+end
+
+-- The fields of an opaque object (trusted code only: check its type first).
+function core.fields(object)
+    return (getuservalue(object, 1))
+end
+
 -- Nothing below is meant for user code; drop what lupa put in the real globals.
 python = nil
 

@@ -1,5 +1,6 @@
-"""The Python functions behind the Lua modules of one state (json, uuid, time, logging,
-context, channels, timers, futures). Trusted Lua code holds them as upvalues only.
+"""The Python functions behind the prelude's Lua modules of one state (uuid, logging,
+context, channels, futures); ``time`` and ``json``/``payload`` have theirs beside them
+(``_time_host.py``, ``_data_host.py``). Trusted Lua code holds them as upvalues only.
 
 Every function here takes and returns Lua-ready values: bytes, numbers, booleans, None,
 Lua tables, or Python handle objects that Lua keeps in private weak maps.
@@ -7,31 +8,20 @@ Lua tables, or Python handle objects that Lua keeps in private weak maps.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import random
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from . import _gotime
 from ._channel import Channel
-from ._duration import format_duration, parse_duration
 from ._errors import MoonwireError
-from ._values import decode_string, loads_json, to_lua, to_python
+from ._values import as_text, decode_string, to_lua, to_python
 
 if TYPE_CHECKING:
     from ._protocols import LuaRuntime
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
 
 
 class _UuidV7:
@@ -80,24 +70,6 @@ _UUID_NAMESPACES = {"dns": uuid.NAMESPACE_DNS, "url": uuid.NAMESPACE_URL, "oid":
                     "x500": uuid.NAMESPACE_X500}
 
 
-def _jsonable(value: Any, path: str = "$") -> Any:
-    """Check what JSON cannot say (mixed keys, sparse arrays) and map NaN/Inf to null."""
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, MoonwireError):
-        return value.to_dict()
-    if isinstance(value, bytes):
-        raise ValueError(f"{path}: string is not valid UTF-8")
-    if isinstance(value, list):
-        return [_jsonable(v, f"{path}[{i + 1}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        kinds = {type(k) for k in value}
-        if kinds - {str}:
-            raise ValueError(f"{path}: table mixes keys or is a sparse array; JSON needs an array 1..n or string keys")
-        return {k: _jsonable(v, f"{path}.{k}") for k, v in value.items()}
-    return value
-
-
 class HostFunctions:
     def __init__(self, state: LuaRuntime) -> None:
         self.state = state
@@ -105,15 +77,13 @@ class HostFunctions:
 
     def table(self) -> Any:
         names = [
-            "chan_new", "chan_close", "chan_poll", "format_duration", "parse_duration", "now_ns", "time_add_date",
-            "time_format", "time_field", "time_date", "time_parse", "check_zone", "fixed_zone", "log",
-            "json_encode", "json_decode", "uuid_new", "uuid_named", "uuid_validate", "uuid_info",
-            "ctx_get", "ctx_all", "timer_stop", "timer_reset", "future_state", "future_cancel",
+            "chan_new", "chan_close", "chan_poll", "log", "uuid_new", "uuid_named", "uuid_validate", "uuid_info",
+            "ctx_get", "ctx_all", "future_state", "future_cancel",
         ]
         table = {name.encode(): getattr(self, name) for name in names}
         return self.state.table_from(table)
 
-    # ------------------------------------------------------------ channels, timers, futures
+    # ------------------------------------------------------------ channels, futures
 
     def chan_new(self, size: int) -> Channel:
         return Channel(int(size))
@@ -126,13 +96,6 @@ class HostFunctions:
         got = channel.try_receive()
         return (False,) if got is None else (True, got[0], got[1])
 
-    def timer_stop(self, timer: Any) -> bool:
-        return bool(timer.stop())
-
-    def timer_reset(self, timer: Any, ns: int) -> bool:
-        timer.reset(int(ns))
-        return True
-
     def future_state(self, future: Any) -> tuple[Any, ...]:
         state, value, error = future.snapshot()
         return (state.encode(), to_lua(self.state, value) if value is not None else None,
@@ -141,77 +104,11 @@ class HostFunctions:
     def future_cancel(self, future: Any) -> tuple[Any, ...]:
         return (bool(future.cancel()), None)
 
-    # ------------------------------------------------------------ time
-
-    def now_ns(self) -> int:
-        return self.state.clock()
-
-    def format_duration(self, ns: int) -> bytes:
-        return format_duration(int(ns)).encode()
-
-    def parse_duration(self, text: bytes) -> tuple[Any, ...]:
-        try:
-            return (parse_duration(_text(text)),)
-        except ValueError as err:
-            return (None, str(err).encode())
-
-    def time_format(self, ns: int, zone: bytes, layout: bytes) -> bytes:
-        return _gotime.format_time(int(ns), _text(zone), _text(layout)).encode()
-
-    def time_field(self, ns: int, zone: bytes, field: bytes) -> int:
-        moment = _gotime.to_datetime(int(ns), _text(zone))
-        name = _text(field)
-        if name == "nanosecond":
-            return int(ns) % 10**9
-        if name == "weekday":
-            return (moment.weekday() + 1) % 7  # Go: Sunday = 0
-        if name == "yearday":
-            return moment.timetuple().tm_yday
-        return int(getattr(moment, name))
-
-    def time_add_date(self, ns: int, zone: bytes, years: int, months: int, days: int) -> int:
-        moment = _gotime.to_datetime(int(ns), _text(zone))
-        month_index = moment.month - 1 + int(months)
-        year = moment.year + int(years) + month_index // 12
-        month = month_index % 12 + 1
-        # Go normalises overflowing days (Jan 31 + 1 month = Mar 3); so does this.
-        base = moment.replace(year=year, month=month, day=1) + timedelta(days=moment.day - 1 + int(days))
-        return _gotime.to_ns(base, int(ns) % 10**9)
-
-    def time_date(self, year: int, month: int, day: int, hour: int, minute: int, second: int, nsec: int,
-                  zone: bytes) -> tuple[Any, ...]:
-        try:
-            tz = _gotime.zone(_text(zone))
-            # Normalise like Go: months, days, hours... may overflow into the next unit.
-            month_index = int(month) - 1
-            moment = datetime(int(year) + month_index // 12, month_index % 12 + 1, 1, tzinfo=tz)
-            moment += timedelta(days=int(day) - 1, hours=int(hour), minutes=int(minute), seconds=int(second))
-            return (_gotime.to_ns(moment, 0) + int(nsec),)
-        except (KeyError, ValueError, OverflowError) as err:
-            return (None, str(err).encode())
-
-    def time_parse(self, layout: bytes, value: bytes, zone: bytes) -> tuple[Any, ...]:
-        try:
-            ns, zone_name = _gotime.parse_time(_text(layout), _text(value), _text(zone))
-            return (ns, zone_name.encode())
-        except (KeyError, ValueError) as err:
-            return (None, str(err).encode())
-
-    def check_zone(self, name: bytes) -> tuple[Any, ...]:
-        try:
-            _gotime.zone(_text(name))
-            return (True,)
-        except KeyError as err:
-            return (False, str(err.args[0]).encode())
-
-    def fixed_zone(self, name: bytes, offset: int) -> bytes:
-        return f"fixed:{_text(name)}:{int(offset)}".encode()
-
     # ------------------------------------------------------------ logging
 
     def log(self, level: bytes, name: bytes, message: bytes, fields: Any) -> None:
         py_level = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-                    "error": logging.ERROR}.get(_text(level), logging.INFO)
+                    "error": logging.ERROR}.get(as_text(level), logging.INFO)
         if not self.logger.isEnabledFor(py_level):
             return
         unit = self.state.current
@@ -221,60 +118,43 @@ class HostFunctions:
                 extra["fields"] = to_python(self.state, fields)
             except MoonwireError as err:
                 extra["fields"] = f"<{err.message}>"
-        logger = self.logger.getChild(_text(name)) if name else self.logger
-        text = _text(message)
+        logger = self.logger.getChild(as_text(name)) if name else self.logger
+        text = as_text(message)
         if extra.get("fields"):
             text = f"{text} {extra['fields']}"
         logger.log(py_level, "%s%s", f"[{extra['unit']}] " if extra["unit"] else "", text, extra=extra)
 
-    # ------------------------------------------------------------ json
-
-    def json_encode(self, value: Any) -> tuple[Any, ...]:
-        try:
-            data = _jsonable(to_python(self.state, value))
-            return (json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(),)
-        except (MoonwireError, ValueError, TypeError) as err:
-            return (None, f"json.encode: {err}".encode())
-
-    def json_decode(self, text: bytes) -> tuple[Any, ...]:
-        try:
-            return (True, to_lua(self.state, loads_json(text)))  # depth-limited before decoding
-        except (ValueError, RecursionError) as err:
-            return (False, f"json.decode: {err}".encode())
-        except MoonwireError as err:
-            return (False, f"json.decode: {err.message}".encode())
-
     # ------------------------------------------------------------ uuid
 
     def uuid_new(self, version: bytes) -> bytes:
-        name = _text(version)
+        name = as_text(version)
         if self.state.random is not None:  # a workflow: from its clock and seeded source
             return str(replayable_uuid(name, self.state.clock(), self.state.random)).encode()
         value = uuid.uuid1() if name == "v1" else uuid7() if name == "v7" else uuid.uuid4()
         return str(value).encode()
 
     def uuid_named(self, version: int, namespace: bytes, name: bytes) -> tuple[Any, ...]:
-        ns_text = _text(namespace)
+        ns_text = as_text(namespace)
         try:
             ns = _UUID_NAMESPACES.get(ns_text.lower()) or uuid.UUID(ns_text)
         except ValueError:
             return (None, self.state.host_error(f"invalid namespace UUID {ns_text!r}".encode(), b"Invalid", False))
         make = uuid.uuid3 if int(version) == 3 else uuid.uuid5
-        return (str(make(ns, _text(name))).encode(),)
+        return (str(make(ns, as_text(name))).encode(),)
 
     def uuid_validate(self, text: bytes) -> bool:
         try:
-            uuid.UUID(_text(text))
+            uuid.UUID(as_text(text))
             return True
         except ValueError:
             return False
 
     def uuid_info(self, text: bytes, what: bytes) -> tuple[Any, ...]:
         try:
-            value = uuid.UUID(_text(text))
+            value = uuid.UUID(as_text(text))
         except ValueError:
-            return (None, self.state.host_error(f"invalid UUID {_text(text)!r}".encode(), b"Invalid", False))
-        kind = _text(what)
+            return (None, self.state.host_error(f"invalid UUID {as_text(text)!r}".encode(), b"Invalid", False))
+        kind = as_text(what)
         variant = {uuid.RFC_4122: "RFC4122", uuid.RESERVED_NCS: "NCS", uuid.RESERVED_MICROSOFT: "Microsoft",
                    uuid.RESERVED_FUTURE: "Future"}.get(value.variant, "Unknown")
         if kind == "version":

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 import lupa.lua55 as lupa
 
 from ._errors import Kind, MoonwireError, internal, invalid
+from ._data_host import DataFunctions
 from ._host import HostFunctions
 from ._process import ProcessFunctions
+from ._time_host import TimeFunctions
 from ._values import decode_string, to_lua, to_python
 
 if TYPE_CHECKING:
@@ -30,6 +32,17 @@ CORE_SOURCE = resources.files(__package__).joinpath("_core.lua").read_bytes()
 PATTERNS_SOURCE = resources.files(__package__).joinpath("_patterns.lua").read_bytes()
 PRELUDE_SOURCE = resources.files(__package__).joinpath("_prelude.lua").read_bytes()
 PROCESS_SOURCE = resources.files(__package__).joinpath("_process.lua").read_bytes()
+# The module chunks, loaded in order after the prelude and before ``process``: each a
+# trusted chunk run with (core, its host functions' table, the prelude's exports), and
+# the class of those host functions.
+MODULE_CHUNKS: tuple[tuple[bytes, Callable[[Any], Any]], ...] = tuple(
+    (resources.files(__package__).joinpath(name).read_bytes(), functions)
+    for name, functions in (
+        ("_time.lua", TimeFunctions),
+        ("_data.lua", DataFunctions),
+    )
+)
+TOKENS_PER_BATCH = 64
 WORKFLOW_SOURCE = resources.files(__package__).joinpath("_workflow.lua").read_bytes()
 LUA_VERSION = "Lua 5.5"
 
@@ -75,6 +88,16 @@ class Replay:
     random: random.Random
 
 
+class _Token:
+    """What an opaque Lua object (``core.new_object``) wraps: nothing at all."""
+
+    __slots__ = ()
+
+
+def _new_tokens() -> tuple[_Token, ...]:
+    return tuple(_Token() for _ in range(TOKENS_PER_BATCH))
+
+
 def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
     raise AttributeError("Lua code cannot access Python attributes")
 
@@ -113,8 +136,11 @@ class LuaState:
         if replay is not None:
             self.core.make_deterministic(replay.random.getrandbits(62), lambda: self.clock() // 1_000_000_000,
                                          self._refuse)
+        self.core.set_token_source(_new_tokens)
         self.host = HostFunctions(self)
         self.prelude = self.runtime.execute(PRELUDE_SOURCE, self.core, self.host.table())
+        for source, functions in MODULE_CHUNKS:
+            self.runtime.execute(source, self.core, functions(self).table(), self.prelude)
         self.runtime.execute(PROCESS_SOURCE, self.core, self.table_from(ProcessFunctions(self).table()), self.prelude)
         self.core.set_limits(limits.instructions or 0, BUDGET_EXCEEDED)
         self.current: Running | None = None

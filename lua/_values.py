@@ -187,6 +187,13 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _BRACKET_STEP = {0x5B: 1, 0x7B: 1, 0x5D: -1, 0x7D: -1}.__getitem__
 
 
+def as_text(value: Any) -> str:
+    """A Lua string argument as text (invalid UTF-8 replaced), for names, layouts and messages."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
 def json_depth_exceeds(text: str | bytes, limit: int) -> bool:
     """Whether JSON ``text`` opens more than ``limit`` arrays or objects inside each other,
     found without recursing (json.loads recurses in C per level and raises RecursionError

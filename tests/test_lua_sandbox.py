@@ -32,9 +32,25 @@ async def test_os_keeps_only_time_functions(name: str) -> None:
 
 
 async def test_require_of_std_io_modules_fails_as_if_absent() -> None:
-    for name in ("io", "os", "debug", "package", "ffi", "python"):
+    for name in ("io", "debug", "package", "ffi", "python"):
         outcome = await run_lua(f"return function() return require('{name}') end")
         assert outcome.error is not None and f"module '{name}' not found" in outcome.error.message
+
+
+async def test_require_of_a_global_gives_the_global_as_wippy_does() -> None:
+    # wippy-modules §0: any global can be required, `os` being the limited one.
+    assert await value_of("""
+        return function()
+          return require("os") == os and require("os").execute == nil and require("errors") == errors
+                 and require("string") == string and require("process") == process
+        end""") is True
+
+
+async def test_an_entrys_modules_are_globals_before_its_chunk_runs() -> None:
+    assert await value_of("""
+        local at_load = json.encode({1})
+        return function() return {at_load, json == require("json"), uuid ~= nil} end""",
+        modules=("json",)) == ["[1]", True, False]
 
 
 async def test_string_metatable_is_hidden_and_dump_is_gone() -> None:
