@@ -21,6 +21,9 @@ class Outcome:
 
     value: Any = None
     error: MoonwireError | None = None
+    raised: bool = False
+    """The unit raised ``error`` (a Lua ``error()``), rather than returning ``nil, err``.
+    Set on the unit's own outcome only: what crosses a wire or an EXIT does not keep it."""
 
     @property
     def ok(self) -> bool:

@@ -243,7 +243,7 @@ class Unit(ProcessRequests):
         if tid != self.main:  # a spawned coroutine's error takes the unit down: let it crash
             error = MoonwireError(f"coroutine failed: {error.message}", error.kind, retryable=error.retryable,
                                   details=error.details, stack=error.stack)
-        self._end(Outcome(error=error))
+        self._end(Outcome(error=error, raised=True))
 
     def _end(self, outcome: Outcome) -> None:
         if self.outcome is not None:

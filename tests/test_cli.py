@@ -139,3 +139,10 @@ async def test_run_x_with_v_shows_the_node_logs(tmp_path: Path, nats_server) -> 
     assert code == 0, err
     assert json.loads(out) == {"sum": 3}
     assert any("moonwire.node" in line and "rx2" in line for line in info_lines(err)), err
+
+
+def test_test_takes_its_options_around_the_folder() -> None:
+    args = parse_args(["test", "-k", "adds", "proj", "--timeout", "5s", "-k", "subs", "--nats", NOBODY])
+    assert (args.command, args.project, args.keyword, args.timeout) == ("test", Path("proj"), ["adds", "subs"], "5s")
+    assert parse_args(["test"]).project == Path(".") and parse_args(["test"]).timeout == "60s"
+    assert parse_args(["check", "--strict", "proj"]).strict is True

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from moonwire.node import (FunctionEntry, InertEntry, ProcessServiceEntry, ProjectInvalid, TemporalClientEntry, load_project)
-from support import run_cli, write_project
+from support import LocalRuntime, run_cli, write_project
 
 LUA = "return { main = function() return 1 end }\n"
 
@@ -137,7 +137,6 @@ def test_duplicate_yaml_key_is_an_error(project_dir: Path) -> None:
         ("{name: x}", "a.yaml:3 app:x kind: missing kind"),
         ("{kind: process.host}", "a.yaml:3 entries[0].name: missing name"),
         ("{name: 'a:b', kind: process.host}", "a.yaml:3 entries[0].name: invalid name 'a:b'"),
-        ("{name: x, kind: process.host, hots: {}}", "a.yaml:3 app:x hots: unknown field for kind process.host"),
         ("{name: x, kind: temporal.worker, client: c}", "a.yaml:3 app:x task_queue: Field required"),
         ("{name: x, kind: process.lua, source: f.lua}", "a.yaml:3 app:x source: expected a file:// path, got 'f.lua'"),
         ("{name: x, kind: process.lua}", "a.yaml:3 app:x source: missing source (file://path/to/code.lua)"),
@@ -158,6 +157,9 @@ def test_duplicate_yaml_key_is_an_error(project_dir: Path) -> None:
          "a.yaml:3 app:x process: references app:h, a process.host; expected process.lua"),
         ("{name: x, kind: temporal.client, auth: {type: api_key}}",
          "a.yaml:3 app:x auth: auth.type api_key needs api_key"),
+        ("{name: x, kind: function.lua, source: file://f.lua, imports: {h: h}}",
+         "a.yaml:3 app:x imports.h: references app:h, a process.host; expected library.lua or function.lua or "
+         "process.lua or workflow.lua"),
     ],
 )
 def test_each_entry_mistake_is_reported(project_dir: Path, entry: str, expected: str) -> None:
@@ -197,6 +199,124 @@ def test_import_and_dependency_cycles(project_dir: Path) -> None:
         "a.yaml:3 app:a imports.b: import cycle: app:a -> app:b -> app:c -> app:a",
         "a.yaml:6 app:h1 lifecycle.requires[0]: dependency cycle: app:h1 -> app:h2 -> app:h1",
     ]
+
+
+async def test_imports_of_every_lua_kind_give_the_chunk_value(project_dir: Path) -> None:
+    files = {
+        "a.yaml": """
+            namespace: app
+            entries:
+              - {name: lib, kind: library.lua, source: file://lib.lua}
+              - {name: fn, kind: function.lua, source: file://fn.lua, method: double}
+              - {name: bare, kind: function.lua, source: file://bare.lua}
+              - {name: proc, kind: process.lua, source: file://proc.lua, method: main}
+              - name: wf
+                kind: workflow.lua
+                source: file://wf.lua
+                method: run
+                modules: [workflow]
+              - name: user
+                kind: function.lua
+                source: file://user.lua
+                imports: {lib: lib, fn: fn, bare: bare, proc: proc, wf: app:wf}
+        """,
+        "lib.lua": "return {three = 3}\n",
+        "fn.lua": "local n = 0\nreturn {double = function(x) n = n + 1; return 2 * x, n end}\n",
+        "bare.lua": "return function(x) return x + 1 end\n",
+        "proc.lua": "return {main = function() return 'never run' end, name = 'proc'}\n",
+        # A workflow's chunk that only defines functions imports anywhere; its workflow
+        # module is required inside run, which an importer does not call.
+        "wf.lua": "return {run = function() return require('workflow').info() end, square = function(x) return x * x end}\n",
+        "user.lua": """
+            local fn, again = require("fn"), require("fn")
+            local a, calls_a = fn.double(require("lib").three)
+            local _, calls_b = again.double(1)
+            return function()
+                return {a, calls_b, require("bare")(1), require("proc").name, require("wf").square(4), fn == again}
+            end
+        """,
+    }
+    async with LocalRuntime(project_dir, files) as runtime:
+        assert runtime.project.entries["app:user"].imports == {  # type: ignore[attr-defined]
+            "lib": "app:lib", "fn": "app:fn", "bare": "app:bare", "proc": "app:proc", "wf": "app:wf"}
+        outcome = await runtime.execute("app:user", [])  # type: ignore[attr-defined]
+    # Once per importing instance: the second require is the same table, with its state.
+    assert outcome.error is None
+    assert outcome.value == [6, 2, 2, "proc", 16, True]
+
+
+def test_import_cycle_through_functions_and_processes_is_named(project_dir: Path) -> None:
+    write_project(project_dir, {
+        "a.yaml": """
+            namespace: app
+            entries:
+              - {name: f, kind: function.lua, source: file://f.lua, method: main, imports: {p: p}}
+              - {name: p, kind: process.lua, source: file://f.lua, method: main, imports: {w: w}}
+              - {name: w, kind: workflow.lua, source: file://f.lua, method: main, imports: {f: f}}
+        """,
+        "f.lua": LUA,
+    })
+    assert problems(project_dir) == ["a.yaml:3 app:f imports.p: import cycle: app:f -> app:p -> app:w -> app:f"]
+
+
+UNKNOWN_KEYS = """
+    namespace: app
+    entries:
+      - name: h
+        kind: process.host
+        colour: blue
+        lifecycle:
+          restart: {jiter: 0.5}
+      - name: f
+        kind: function.lua
+        source: file://f.lua
+        method: main
+        pool: {workers: 2, flavour: lazy}
+      - {name: route, kind: http.endpoint, path: /x}
+"""
+
+
+def test_unknown_keys_of_known_kinds_are_warnings_with_file_and_line(project_dir: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    write_project(project_dir, {"a.yaml": UNKNOWN_KEYS, "f.lua": LUA})
+    with caplog.at_level("WARNING", logger="moonwire.project"):
+        project = load_project(project_dir, environ={})
+    expected = [
+        "a.yaml:5 app:h colour: unknown key for kind process.host; ignored",
+        "a.yaml:7 app:h lifecycle.restart.jiter: unknown key for kind process.host; ignored",
+        "a.yaml:12 app:f pool.flavour: unknown key for kind function.lua; ignored",
+        "a.yaml:13 app:route kind: unknown kind 'http.endpoint'; entry kept, inert",
+    ]
+    assert [str(w) for w in project.warnings] == expected
+    assert [r.getMessage() for r in caplog.records] == expected  # logged once, at load
+    # The rest of each entry is read as written.
+    assert project.entries["app:f"].pool.workers == 2  # type: ignore[attr-defined]
+    assert project.entries["app:h"].lifecycle.restart.jitter == 0.1  # type: ignore[attr-defined]
+
+
+def test_a_bad_value_next_to_an_unknown_key_is_still_an_error(project_dir: Path) -> None:
+    write_project(project_dir, {"a.yaml": "namespace: app\nentries:\n  - name: h\n    kind: process.host\n"
+                                          "    colour: blue\n    lifecycle: {stop_timeout: 10}\n"})
+    with pytest.raises(ProjectInvalid) as caught:
+        load_project(project_dir, environ={})
+    assert [str(p) for p in caught.value.problems] == [
+        "a.yaml:6 app:h lifecycle.stop_timeout: a duration needs a unit, e.g. '10s' or '10ms'"]
+    assert [str(w) for w in caught.value.warnings] == ["a.yaml:5 app:h colour: unknown key for kind process.host; ignored"]
+
+
+async def test_check_prints_warnings_and_strict_makes_them_errors(project_dir: Path) -> None:
+    write_project(project_dir, {"a.yaml": UNKNOWN_KEYS, "f.lua": LUA})
+    code, out, err = await run_cli("check", str(project_dir))
+    assert code == 0
+    assert out.strip() == "ok: 3 entries (1 function.lua, 1 http.endpoint, 1 process.host)"
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings[0] == "warning: a.yaml:5 app:h colour: unknown key for kind process.host; ignored"
+    assert len(warnings) == 4  # each once: the loader's log line is not printed as well
+    code, out, err = await run_cli("check", "--strict", str(project_dir))
+    assert code == 1
+    assert out == ""
+    assert [line for line in err.splitlines() if line.startswith("warning:")] == warnings
+    assert "4 warning(s) found; --strict makes them errors." in err
 
 
 async def test_check_lists_every_problem_and_exits_nonzero(project_dir: Path) -> None:

@@ -14,9 +14,10 @@ from ._cluster_commands import cmd_call, cmd_send, cmd_spawn, cmd_workflow_show
 from ._listings import cmd_nodes, cmd_ps
 from ._node_commands import cmd_check, cmd_config, cmd_run
 from ._parsing import parse_args
+from ._test_command import cmd_test
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": cmd_run, "check": cmd_check, "config": cmd_config, "call": cmd_call, "send": cmd_send,
+    "run": cmd_run, "test": cmd_test, "check": cmd_check, "config": cmd_config, "call": cmd_call, "send": cmd_send,
     "spawn": cmd_spawn, "ps": cmd_ps, "nodes": cmd_nodes, "workflow show": cmd_workflow_show,
 }
 

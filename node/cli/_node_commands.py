@@ -88,6 +88,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     for warning in project.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.strict and project.warnings:
+        print(f"{len(project.warnings)} warning(s) found; --strict makes them errors.", file=sys.stderr)
+        return EXIT_FAILURE
     kinds: dict[str, int] = {}
     for entry in project.entries.values():
         kinds[entry.kind] = kinds.get(entry.kind, 0) + 1

@@ -62,7 +62,7 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _project_argument(parser: argparse.ArgumentParser) -> None:
-    # The positional of `run`, `check` and `config`, kept apart from --project so that
+    # The positional of `run`, `test`, `check` and `config`, kept apart from --project so that
     # giving both differently is an error, not a silent choice.
     parser.add_argument("project_arg", nargs="?", type=Path, metavar="DIR", help="project folder (default: .)")
 
@@ -178,8 +178,19 @@ def build_parser() -> CommandGroup:
                         "(declared down, then heard again), sends dropped towards nodes believed down")
     nodes.add_argument("--json", action="store_true", help="print the answers as JSON")
 
+    test = top.command("test", "run the project's tests (entries with meta.type: test) on a node of its own, "
+                       "one at a time by id; exit 0 only when all pass (5: no tests)")
+    _project_argument(test)
+    test.add_argument("-k", dest="keyword", action="append", default=[], metavar="PATTERN",
+                      help="only tests whose id contains PATTERN (repeatable: any of them)")
+    test.add_argument("--timeout", default="60s", metavar="DURATION",
+                      help="bound on each test unless its meta.timeout says otherwise (default 60s)")
+    _node_options(test)
+
     check = top.command("check", "validate a project and list every problem")
     _project_argument(check)
+    check.add_argument("--strict", action="store_true",
+                       help="treat warnings (an unknown key or kind) as errors: exit non-zero when there are any")
 
     config = top.command("config", "print the effective node configuration and where each value came from")
     _project_argument(config)

@@ -50,9 +50,11 @@ class CodeLoader:
             return cached
         imports = []
         for alias, target in entry.imports.items():
-            library = self.project.entries[target]
-            assert isinstance(library, LibraryEntry)
-            imports.append((alias, self.code(library)))
+            # Any Lua entry (the loader checked the kind and that imports form no cycle);
+            # the importer gets its chunk's value, whatever the kind.
+            imported = self.project.entries[target]
+            assert isinstance(imported, LuaEntry)
+            imports.append((alias, self.code(imported)))
         code = LuaCode(
             id=entry.id,
             source=Path(entry.source).read_bytes(),
@@ -232,8 +234,8 @@ class FunctionPool:
                 worker = self._try_acquire()
                 if worker is not None:
                     return self._start(*worker, args, context)
-        except MoonwireError as err:
-            return Outcome(error=err)
+        except MoonwireError as err:  # e.g. the chunk did not load: raised, not returned
+            return Outcome(error=err, raised=True)
         return self._call_with_policy(args, context, timeout)
 
     def _start(self, state: LuaState, fn: Any, args: list[Any], context: dict[str, Any]) -> Outcome | Awaitable[Outcome]:
@@ -272,7 +274,7 @@ class FunctionPool:
                 outcome = Outcome(error=MoonwireError(
                     f"call to {self.entry.id} timed out after {timeout * 1000:.0f}ms", Kind.TIMEOUT, retryable=True))
             except MoonwireError as err:
-                outcome = Outcome(error=err)
+                outcome = Outcome(error=err, raised=True)
             if outcome.ok or attempt == attempts or not outcome.error or not outcome.error.is_retryable():
                 return outcome
             log.info("%s failed (attempt %d of %d): %s; retrying in %.3fs", self.entry.id, attempt, attempts,

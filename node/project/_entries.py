@@ -107,6 +107,9 @@ _LIFECYCLE_REFS = (("lifecycle.requires", LIFECYCLE_KINDS), ("lifecycle.depends_
 # ---------------------------------------------------------------- Lua entries
 
 
+LUA_KINDS = ("library.lua", "function.lua", "process.lua", "workflow.lua")
+
+
 class LuaEntry(Entry):
     """``source``/``method``/``modules``/``imports``, common to the Lua kinds."""
 
@@ -115,7 +118,9 @@ class LuaEntry(Entry):
     modules: list[str] = Field(default_factory=list)
     imports: dict[str, str] = Field(default_factory=dict)
 
-    references = (("imports", ("library.lua",)),)
+    # Any Lua entry may be imported (wippy-surface §1.2): ``require(alias)`` gives its
+    # chunk's return value, instantiated once per importing instance.
+    references = (("imports", LUA_KINDS),)
 
 
 DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024

@@ -255,16 +255,33 @@ class _Loader:
                 if isinstance(value, str) and value:
                     container[key] = qualify(value, raw.namespace)
                     raw.refs.append((loc, container[key], kinds))
-        try:
-            return model.model_validate({**fields, "id": raw.id, "kind": raw.kind})
-        except ValidationError as err:
-            for error in err.errors():
-                loc = tuple(error["loc"])
-                message = error["msg"].removeprefix("Value error, ")
-                if error["type"] == "extra_forbidden":
-                    message = f"unknown field for kind {raw.kind}"
-                self.problem(raw.file, line_of(raw.data, loc) or raw.line, raw.id, _dotted(loc) or None, message)
-            return None
+        # An unknown key of a known kind is a warning, as Wippy's loader ignores it: the
+        # models stay strict (extra="forbid") for code that builds them, and here each
+        # key they reject is reported, dropped, and the entry validated again. The loop
+        # ends: every round removes at least one key.
+        unknown: set[tuple[Any, ...]] = set()
+        while True:
+            try:
+                return model.model_validate({**fields, "id": raw.id, "kind": raw.kind})
+            except ValidationError as err:
+                errors = err.errors()
+                extra = [(loc, line_of(raw.data, loc) or raw.line)
+                         for loc in (tuple(e["loc"]) for e in errors if e["type"] == "extra_forbidden")
+                         if loc not in unknown]
+                extra = [(loc, line) for loc, line in extra if _drop(fields, loc)]
+                if not extra:
+                    for error in errors:
+                        loc = tuple(error["loc"])
+                        if error["type"] == "extra_forbidden":
+                            continue  # reported as a warning
+                        message = error["msg"].removeprefix("Value error, ")
+                        self.problem(raw.file, line_of(raw.data, loc) or raw.line, raw.id, _dotted(loc) or None,
+                                     message)
+                    return None
+                for loc, line in extra:
+                    unknown.add(loc)
+                    self.warnings.append(Problem(self._rel(raw.file), line, raw.id, _dotted(loc),
+                                                 f"unknown key for kind {raw.kind}; ignored"))
 
     def resolve_source(self, raw: _Raw) -> Path | None:
         value = raw.data.get("source")
@@ -326,6 +343,7 @@ class _Loader:
         self.check_references(raws)
         self.check_cycles(raws)
         self.problems.sort(key=lambda p: (p.file, p.line or 0))
+        self.warnings.sort(key=lambda p: (p.file, p.line or 0))
         project.warnings = self.warnings
         return project
 
@@ -335,6 +353,21 @@ def _dotted(path: tuple[Any, ...]) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def _drop(data: Any, loc: tuple[Any, ...]) -> bool:
+    """Remove the key at ``loc`` (a pydantic error location) from ``data``; whether it was there."""
+    for part in loc[:-1]:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return False
+    if isinstance(data, dict) and loc and loc[-1] in data:
+        del data[loc[-1]]
+        return True
+    return False
 
 
 def _slots(data: Any, path: list[str], loc: tuple[Any, ...] = ()) -> Iterator[tuple[Any, Any, Any, tuple[Any, ...]]]:
