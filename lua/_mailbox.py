@@ -34,6 +34,7 @@ class MailboxState(LuaValues, Protocol):
     wrap_channel: Callable[..., Any]
     new_message: Callable[..., Any]
     new_event: Callable[..., Any]
+    new_group_event: Callable[..., Any]
 
 
 @dataclass(slots=True)
@@ -71,8 +72,26 @@ class _Topic:
     as_message: bool
 
 
+GROUP_EVENTS_LIMIT = 64
+"""Events a ``pg`` subscription channel buffers (Wippy's capacity); more are dropped
+and counted, as Wippy drops them."""
+
+
+@dataclass(slots=True)
+class _GroupSubscription:
+    """A ``pg`` instance's ``monitor(group)`` or ``events()``: the group events it takes
+    instead of ``process.events()``."""
+
+    match: str       # a group's full name, or a prefix of full names
+    prefix: bool
+    strip: int       # characters cut from the front of a full name for Lua (the scope's prefix)
+    channel: PostChannel
+    lua: Any = None
+
+
 class Mailbox:
-    __slots__ = ("state", "limit", "held", "held_events", "dropped", "_inbox", "_events", "_topics")
+    __slots__ = ("state", "limit", "held", "held_events", "dropped", "_inbox", "_events", "_topics",
+                 "_group_subscriptions")
 
     def __init__(self, state: MailboxState, limit: int = DEFAULT_MAILBOX_LIMIT) -> None:
         self.state = state
@@ -85,6 +104,7 @@ class Mailbox:
         self._inbox: _Topic | None = None
         self._events: _Topic | None = None
         self._topics: dict[str, _Topic] = {}
+        self._group_subscriptions: list[_GroupSubscription] | None = None
 
     # ------------------------------------------------------------ node side
 
@@ -112,6 +132,8 @@ class Mailbox:
         process group's join or leave, which come as often as the cluster makes them)
         past the bound is dropped and counted: a process that never reads its events
         cannot be made to grow without limit."""
+        if event.group is not None and self._group_subscriptions and self._to_subscription(event):
+            return
         bounded = not event.has_result
         if self._events is not None:
             if bounded and len(self._events.channel.buffer) >= self.limit:
@@ -125,13 +147,27 @@ class Mailbox:
         else:
             self.held_events.append(event)
 
+    def _to_subscription(self, event: Event) -> bool:
+        """Post a group event to the first subscription that takes its group; False when
+        none does (it goes to ``events()``)."""
+        group = event.group or ""
+        for subscription in self._group_subscriptions or ():
+            if group.startswith(subscription.match) if subscription.prefix else group == subscription.match:
+                if len(subscription.channel.buffer) >= GROUP_EVENTS_LIMIT:
+                    self.dropped += 1
+                else:
+                    subscription.channel.post(event)
+                return True
+        return False
+
     def close(self) -> None:
         """The process ended: wake nobody, hold nothing."""
         self.held = self.held_events = None
-        for topic in (self._inbox, self._events, *self._topics.values()):
+        for topic in (self._inbox, self._events, *self._topics.values(), *(self._group_subscriptions or ())):
             if topic is not None:
                 topic.channel.buffer.clear()
                 topic.channel.close()
+        self._group_subscriptions = None
 
     def _route(self, message: Message) -> None:
         topic = self._topics.get(message.topic)
@@ -188,6 +224,33 @@ class Mailbox:
                 for message in topic.channel.take_all():
                     self._route(message)
                 topic.channel.close()
+                return True
+        return False
+
+    def subscribe_groups(self, match: str, prefix: bool, strip: int) -> Any:
+        """A new channel for the events of group ``match`` (or of every group whose full
+        name starts with ``match``, when ``prefix``), as Wippy's ``pg`` delivers them,
+        with the first ``strip`` characters of the group's name cut."""
+        def decode(event: Event) -> Any:
+            group = (event.group or "")[strip:].encode()
+            return self.state.new_group_event(event.kind.encode(), group, event.sender.encode())
+
+        subscription = _GroupSubscription(match, prefix, strip, PostChannel(decode))
+        subscription.lua = self.state.wrap_channel(subscription.channel)
+        if self._group_subscriptions is None:
+            self._group_subscriptions = []
+        self._group_subscriptions.append(subscription)
+        return subscription.lua
+
+    def unsubscribe_groups(self, channel: Any, flush: bool) -> bool:
+        """End the subscription whose channel is ``channel`` and close it; its buffered
+        events stay readable when ``flush``, else they are dropped."""
+        for subscription in self._group_subscriptions or ():
+            if subscription.channel is channel:
+                self._group_subscriptions.remove(subscription)  # type: ignore[union-attr]
+                if not flush:
+                    subscription.channel.buffer.clear()
+                subscription.channel.close()
                 return True
         return False
 

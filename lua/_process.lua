@@ -346,4 +346,163 @@ end
 -- each join and leave, on process.events(); returns the members at that moment.
 function pg.monitor(group) check_group(group, "monitor") return host.cluster_now("pg.monitor", group) end
 function pg.demonitor(group) check_group(group, "demonitor") return host.cluster_now("pg.demonitor", group) end
+
+-- Wippy's instance API: `pg.open(scope)` gives an isolated namespace of groups. A
+-- scope's groups are cluster groups named `pg=<scope, ':' as '/'>/<group>`, so the flat
+-- calls above never meet them by accident; events of an instance's `monitor`/`events`
+-- come on a channel of their own (64 deep, as Wippy's), shaped as Wippy's:
+-- {system = "pg", kind = "member.joined" | "member.left", path = group,
+--  data = {Group = group, PIDs = {pid}}}.
+local new_object, fields_of, metatable_of = core.new_object, core.fields, core.metatable_of
+local KIND_NAMES = { ["pg.member.joined"] = "member.joined", ["pg.member.left"] = "member.left" }
+function P.new_group_event(kind, group, pid)
+    return { system = "pg", kind = KIND_NAMES[kind] or kind, path = group, data = { Group = group, PIDs = { pid } } }
+end
+
+local SubscriptionMethods = {}
+local SubscriptionMT = core.object_type("pg.subscription", SubscriptionMethods)
+function SubscriptionMethods.channel(sub)
+    if metatable_of(sub) ~= SubscriptionMT then argerror(1, "channel", "pg subscription", sub) end
+    return fields_of(sub).channel
+end
+-- Stops the events, closes the channel; `{flush = true}` leaves what it holds readable.
+function SubscriptionMethods.close(sub, options)
+    if metatable_of(sub) ~= SubscriptionMT then argerror(1, "close", "pg subscription", sub) end
+    local f = fields_of(sub)
+    if f.closed then return true end
+    f.closed = true
+    host.cluster_now(f.prefix and "pg.demonitor_prefix" or "pg.demonitor", f.match)
+    host.pg_unsubscribe(handle_of(f.channel, "close"), type(options) == "table" and options.flush == true)
+    return true
+end
+
+local InstanceMethods = {}
+local InstanceMT = core.object_type("pg.instance", InstanceMethods)
+local function instance(g, fname)
+    if metatable_of(g) ~= InstanceMT then argerror(1, fname, "pg instance", g) end
+    local f = fields_of(g)
+    if f.released then return nil, host_error("pg instance is released", KINDS.INVALID, false) end
+    return f
+end
+local function group_list(groups, fname)
+    if type(groups) == "string" then groups = { groups } end
+    if type(groups) ~= "table" or #groups == 0 then
+        return nil, host_error(fname .. ": a group name or a non-empty list of them", KINDS.INVALID, false)
+    end
+    for _, group in ipairs(groups) do
+        if type(group) ~= "string" or group == "" then
+            return nil, host_error(fname .. ": group names are non-empty strings", KINDS.INVALID, false)
+        end
+    end
+    return groups
+end
+function InstanceMethods.join(g, groups)
+    local f, err = instance(g, "join")
+    if f == nil then return nil, err end
+    local list, bad = group_list(groups, "join")
+    if list == nil then return nil, bad end
+    for _, group in ipairs(list) do
+        local ok, failed = request("cluster", "pg.join", f.prefix .. group, nil)
+        if ok == nil then return nil, failed end
+    end
+    return true, nil
+end
+-- Best effort over the list: an error only when the caller was in none of them.
+function InstanceMethods.leave(g, groups)
+    local f, err = instance(g, "leave")
+    if f == nil then return nil, err end
+    local list, bad = group_list(groups, "leave")
+    if list == nil then return nil, bad end
+    local any, last = false, nil
+    for _, group in ipairs(list) do
+        local left, failed = request("cluster", "pg.leave", f.prefix .. group, nil)
+        if left == true then any = true elseif failed ~= nil then last = failed end
+    end
+    if any then return true, nil end
+    return nil, last or host_error("not a member of " .. table.concat(list, ", "), KINDS.NOT_FOUND, false)
+end
+local function members(verb)
+    return function(g, group)
+        local f, err = instance(g, verb)
+        if f == nil then return nil, err end
+        check_group(group, verb)
+        return host.cluster_now(verb == "get_members" and "pg.members" or "pg.local_members", f.prefix .. group)
+    end
+end
+InstanceMethods.get_members = members("get_members")
+InstanceMethods.get_local_members = members("get_local_members")
+local function which(verb)
+    return function(g)
+        local f, err = instance(g, verb)
+        if f == nil then return nil, err end
+        local all = host.cluster_now(verb == "which_groups" and "pg.groups" or "pg.local_groups")
+        local out, n = {}, #f.prefix
+        for _, name in ipairs(all or {}) do
+            if name:sub(1, n) == f.prefix then out[#out + 1] = name:sub(n + 1) end
+        end
+        return out
+    end
+end
+InstanceMethods.which_groups = which("which_groups")
+InstanceMethods.which_local_groups = which("which_local_groups")
+function InstanceMethods.broadcast(g, group, topic, ...)
+    local f, err = instance(g, "broadcast")
+    if f == nil then return nil, err end
+    check_group(group, "broadcast")
+    local bad = bad_topic(topic)
+    if bad then return nil, bad end
+    preempt()
+    charge_values(...)
+    return request("cluster", "pg.broadcast", f.prefix .. group, topic, ...)
+end
+-- To the members on this node only, one send each (a full mailbox drops, as Wippy's).
+function InstanceMethods.broadcast_local(g, group, topic, ...)
+    local f, err = instance(g, "broadcast_local")
+    if f == nil then return nil, err end
+    check_group(group, "broadcast_local")
+    local bad = bad_topic(topic)
+    if bad then return nil, bad end
+    for _, pid in ipairs(host.cluster_now("pg.local_members", f.prefix .. group) or {}) do
+        process.send(pid, topic, ...)
+    end
+    return true, nil
+end
+local function subscribe(f, match, prefix)
+    local channel = host.pg_subscribe(match, prefix, #f.prefix)
+    return new_object(SubscriptionMT, { channel = channel, match = match, prefix = prefix })
+end
+-- sub, members (the snapshot and the subscription start together), nil.
+function InstanceMethods.monitor(g, group)
+    local f, err = instance(g, "monitor")
+    if f == nil then return nil, nil, err end
+    check_group(group, "monitor")
+    local snapshot, failed = host.cluster_now("pg.monitor", f.prefix .. group)
+    if snapshot == nil then return nil, nil, failed end
+    return subscribe(f, f.prefix .. group, false), snapshot, nil
+end
+-- sub, {group = members} for every group of the scope, nil.
+function InstanceMethods.events(g)
+    local f, err = instance(g, "events")
+    if f == nil then return nil, nil, err end
+    local snapshot, failed = host.cluster_now("pg.monitor_prefix", f.prefix)
+    if snapshot == nil then return nil, nil, failed end
+    local groups, n = {}, #f.prefix
+    for name, pids in pairs(snapshot) do groups[name:sub(n + 1)] = pids end
+    return subscribe(f, f.prefix, true), groups, nil
+end
+function InstanceMethods.release(g)
+    if metatable_of(g) ~= InstanceMT then argerror(1, "release", "pg instance", g) end
+    fields_of(g).released = true
+    return true
+end
+
+-- One value, or nil, err: "" is Invalid. Any `ns:name` string opens a scope (moonwire
+-- needs no `pg.scope` entry; a project that declares them loads them inert).
+function pg.open(scope)
+    if type(scope) ~= "string" or scope == "" then
+        return nil, host_error("pg.open: scope must be a non-empty scope id", KINDS.INVALID, false)
+    end
+    local encoded = scope:gsub(":", "/")
+    return new_object(InstanceMT, { scope = scope, prefix = "pg=" .. encoded .. "/" })
+end
 P.modules.pg = readonly(pg)

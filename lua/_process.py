@@ -59,7 +59,7 @@ class ProcessFunctions:
     def table(self) -> dict[bytes, Any]:
         names = ["proc_pid", "proc_id", "proc_send", "proc_options", "proc_set_options", "proc_inbox",
                  "proc_events", "proc_listen", "proc_unlisten", "proc_register", "proc_unregister",
-                 "cluster_now"]
+                 "cluster_now", "pg_subscribe", "pg_unsubscribe"]
         return {name.encode(): getattr(self, name) for name in names}
 
     def _unit(self) -> Running:
@@ -121,6 +121,13 @@ class ProcessFunctions:
 
     def proc_unlisten(self, channel: Any) -> bool:
         return self._mailbox().unlisten(channel)
+
+    def pg_subscribe(self, match: bytes, prefix: Any, strip: int) -> Any:
+        """A channel of the caller's group events for ``match`` (see Mailbox.subscribe_groups)."""
+        return self._mailbox().subscribe_groups(text(match, "group"), bool(prefix), int(strip))
+
+    def pg_unsubscribe(self, channel: Any, flush: Any) -> bool:
+        return self._mailbox().unsubscribe_groups(channel, bool(flush))
 
     def proc_register(self, name: bytes, pid: Any) -> tuple[Any, ...]:
         """A LOCAL name (the Lua side sends the cluster scopes as requests)."""

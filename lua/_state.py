@@ -164,6 +164,7 @@ class LuaState:
         self.wrap_channel = self.prelude.wrap_channel
         self.new_message = self.prelude.new_message
         self.new_event = self.prelude.new_event
+        self.new_group_event = self.prelude.new_group_event
         self._register_code = self.prelude.register_code
         self._instantiate = self.prelude.instantiate
         self.core.set_globals(self.prelude.globals)

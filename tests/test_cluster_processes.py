@@ -440,3 +440,54 @@ async def test_a_node_on_a_server_without_jetstream_starts_and_says_why_cluster_
     assert "JetStream" in result["says"] and result["local_ok"] is True, result
     warnings = [line for line in err.splitlines() if "WARNING" in line and "JetStream" in line]
     assert len(warnings) == 1, warnings
+
+
+async def test_pg_scopes_as_wippy_opens_them(tmp_path: Path, own_nats) -> None:
+    """``pg.open(scope)`` (wippy-modules §10): an isolated namespace of groups with
+    Wippy's instance methods; ``monitor``/``events`` give a subscription whose channel
+    carries Wippy-shaped events, and the snapshot starts with it; a released instance
+    refuses calls."""
+    project = write_project(tmp_path / "project", {**PROJECT, "scoped.lua": """
+        local pg = require("pg")
+        return function()
+          local a, b = pg.open("app:workers"), pg.open("app:other")
+          local sub, members = a:monitor("jobs")
+          local joined = a:join("jobs") and a:join({"jobs", "more"})
+          local ev1 = sub:channel():receive()
+          local ev2 = sub:channel():receive()
+          local groups = a:which_groups(); table.sort(groups)
+          local result = {
+            type = type(a), snapshot = #members, joined = joined,
+            ev = {ev1.system, ev1.kind, ev1.path, ev1.data.Group, ev1.data.PIDs[1] == process.pid(), ev2.kind},
+            members = #a:get_members("jobs"), local_members = #a:get_local_members("jobs"),
+            other = #b:get_members("jobs"), other_groups = #b:which_groups(), groups = groups,
+            flat = #pg.members("jobs"),
+          }
+          local all_sub, all = a:events()
+          result.all_jobs = #all.jobs
+          a:leave("more")
+          local ev3 = all_sub:channel():receive()
+          result.left = {ev3.kind, ev3.path}
+          local _, none = a:leave("nothing")
+          result.leave_none = none and none:kind()
+          sub:close(); all_sub:close()
+          local _, open = sub:channel():receive()
+          result.closed = not open
+          a:release()
+          local _, released = a:join("x")
+          result.released = released and released:message()
+          local _, empty = pg.open("")
+          result.empty = empty and empty:kind()
+          return result
+        end"""})
+    (project / "_index.yaml").write_text((project / "_index.yaml").read_text().replace(
+        "entries:\n", "entries:\n  - {name: scoped, kind: process.lua, source: file://scoped.lua, modules: [pg]}\n", 1))
+    code, out, err = await run_cli("run", str(project), "--nats", own_nats.address, "-x", "app:scoped")
+    assert code == 0, err
+    assert json.loads(out) == {
+        "type": "userdata", "snapshot": 0, "joined": True,
+        "ev": ["pg", "member.joined", "jobs", "jobs", True, "member.joined"],
+        "members": 2, "local_members": 2, "other": 0, "other_groups": 0, "groups": ["jobs", "more"],
+        "flat": 0, "all_jobs": 2, "left": ["member.left", "more"], "leave_none": "NotFound",
+        "closed": True, "released": "pg instance is released", "empty": "Invalid",
+    }

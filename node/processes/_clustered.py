@@ -32,7 +32,10 @@ PG_JOINED = "pg.member.joined"
 PG_LEFT = "pg.member.left"
 """The kinds of the events ``pg.monitor`` delivers (``event.group`` names the group)."""
 _GROUP_READS = frozenset({"pg.members", "pg.local_members", "pg.groups", "pg.local_groups", "pg.monitor",
-                          "pg.demonitor"})
+                          "pg.demonitor", "pg.monitor_prefix", "pg.demonitor_prefix"})
+PREFIX_MARK = "*"
+"""Ends the key of a watch on every group whose name starts with the key's prefix (a
+``pg`` scope's ``events()``); no group name holds it, so the keys never collide."""
 
 
 def check_scope(scope: Any) -> str:
@@ -59,7 +62,9 @@ class ClusterCalls:
     remote: RemoteTarget
     cluster: Cluster | None
     _group_watchers: dict[str, set[str]]
-    """Group -> the local processes monitoring it (``pg.monitor``)."""
+    """Group (or prefix + PREFIX_MARK) -> the local processes monitoring it (``pg.monitor``)."""
+    _watched_prefixes: set[str]
+    """The prefixes some local process watches (``pg.monitor_prefix``)."""
     _groups_watched: dict[str, set[str]]
     """PID -> the groups it monitors, to drop them when it exits."""
 
@@ -148,9 +153,14 @@ class ClusterCalls:
                 return groups.local_members(group)
             me = self.pid_of(unit)
             if verb == "pg.monitor":
-                self._group_watchers.setdefault(group, set()).add(me)
-                self._groups_watched.setdefault(me, set()).add(group)
+                self._watch_group(me, group)
                 return groups.members(group)  # the snapshot, from the moment events start
+            if verb == "pg.monitor_prefix":  # every group of a pg scope: {group = members}
+                self._watch_group(me, group + PREFIX_MARK)
+                self._watched_prefixes.add(group)
+                return {name: groups.members(name) for name in groups.groups() if name.startswith(group)}
+            if verb == "pg.demonitor_prefix":
+                return self._unwatch_group(me, group + PREFIX_MARK)
             return self._unwatch_group(me, group)  # pg.demonitor
         raise invalid(f"unknown cluster call {verb!r}")
 
@@ -158,6 +168,9 @@ class ClusterCalls:
         """A join or leave seen cluster-wide: an event for each process monitoring
         ``group`` (``pg.monitor``)."""
         watchers = self._group_watchers.get(group)
+        for prefix in self._watched_prefixes:
+            if group.startswith(prefix):
+                watchers = (watchers or set()) | self._group_watchers.get(prefix + PREFIX_MARK, set())
         if not watchers:
             return
         event = Event(PG_JOINED if joined else PG_LEFT, pid, time.time(), group=group)
@@ -166,6 +179,10 @@ class ClusterCalls:
             if record is not None and record.unit.mailbox is not None:
                 record.unit.mailbox.post_event(event)
 
+    def _watch_group(self, pid: str, key: str) -> None:
+        self._group_watchers.setdefault(key, set()).add(pid)
+        self._groups_watched.setdefault(pid, set()).add(key)
+
     def _unwatch_group(self, pid: str, group: str) -> bool:
         watchers = self._group_watchers.get(group)
         if not watchers or pid not in watchers:
@@ -173,6 +190,8 @@ class ClusterCalls:
         watchers.discard(pid)
         if not watchers:
             del self._group_watchers[group]
+            if group.endswith(PREFIX_MARK):
+                self._watched_prefixes.discard(group[:-1])
         if (mine := self._groups_watched.get(pid)) is not None:
             mine.discard(group)
             if not mine:

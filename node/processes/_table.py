@@ -64,6 +64,7 @@ class ProcessTable(Spawning, Exits, ClusterCalls):
         """Cluster names, locks and groups (None: a runtime without a broker)."""
         self._group_watchers: dict[str, set[str]] = {}
         self._groups_watched: dict[str, set[str]] = {}
+        self._watched_prefixes: set[str] = set()
         if cluster is not None:
             cluster.on_group_change = self._group_changed
             cluster.alive = self.records.__contains__
