@@ -21,6 +21,7 @@ import lupa.lua55 as lupa
 from ._errors import Kind, MoonwireError, internal, invalid
 from ._host import HostFunctions
 from ._process import ProcessFunctions
+from ._typed import TypedSyntaxError, strip
 from ._values import decode_string, to_lua, to_python
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ PATTERNS_SOURCE = resources.files(__package__).joinpath("_patterns.lua").read_by
 PRELUDE_SOURCE = resources.files(__package__).joinpath("_prelude.lua").read_bytes()
 PROCESS_SOURCE = resources.files(__package__).joinpath("_process.lua").read_bytes()
 WORKFLOW_SOURCE = resources.files(__package__).joinpath("_workflow.lua").read_bytes()
+TYPES_SOURCE = resources.files(__package__).joinpath("_types.lua").read_bytes()
 LUA_VERSION = "Lua 5.5"
 
 # Raised in Lua when a resume runs out of instructions; recognised by identity of text.
@@ -116,6 +118,7 @@ class LuaState:
         self.host = HostFunctions(self)
         self.prelude = self.runtime.execute(PRELUDE_SOURCE, self.core, self.host.table())
         self.runtime.execute(PROCESS_SOURCE, self.core, self.table_from(ProcessFunctions(self).table()), self.prelude)
+        self.types = self.runtime.execute(TYPES_SOURCE, self.core, self.prelude)
         self.core.set_limits(limits.instructions or 0, BUDGET_EXCEEDED)
         self.current: Running | None = None
         """The unit whose thread is running (a :class:`Unit`), for ``ctx`` and friends."""
@@ -140,7 +143,9 @@ class LuaState:
         self.new_event = self.prelude.new_event
         self._register_code = self.prelude.register_code
         self._instantiate = self.prelude.instantiate
-        self.core.set_globals(self.prelude.globals)
+        self._build_types = self.types.build
+        self.core.set_globals(self.prelude.globals, self.types.library_views)
+        self.types.adopt_string_view(self.core.new_env()[b"string"])
         self._registered: set[str] = set()
 
     def add_workflow_module(self, functions: dict[str, Callable[..., Any]]) -> None:
@@ -267,13 +272,34 @@ class LuaState:
             return
         for _, library in code.imports:
             self._register(library)
-        compiled = self._compile(code.source, code.chunkname.encode())
-        if isinstance(compiled, tuple):  # nil, message
-            raise invalid(f"syntax error in {code.id}: {decode_string(compiled[1])}")
+        compiled, types = self._compile_typed(code)
         allowed = self.table_from({name.encode(): True for name in code.modules})
         imports = self.table_from({alias.encode(): library.id.encode() for alias, library in code.imports})
-        self._register_code(code.id.encode(), compiled, allowed, imports)
+        self._register_code(code.id.encode(), compiled, allowed, imports, types)
         self._registered.add(code.id)
+
+    def _compile_typed(self, code: LuaCode) -> tuple[Any, Any]:
+        """The compiled chunk of ``code`` and its declared types (a Lua table, or None).
+
+        Plain Lua compiles as it is; only source Lua refuses goes through the typed-Lua
+        pass (lua/_typed.py), which is cached by source, so a plain entry costs nothing.
+        """
+        chunkname = code.chunkname.encode()
+        compiled = self._compile(code.source, chunkname)
+        if not isinstance(compiled, tuple):
+            return compiled, None
+        if code.source[:1] == b"\x1b":  # binary: core.compile's own refusal
+            raise invalid(f"syntax error in {code.id}: {decode_string(compiled[1])}")
+        try:
+            stripped = strip(code.source, code.chunkname)
+        except TypedSyntaxError as err:
+            raise invalid(f"syntax error in {code.id}: {err}") from None
+        if stripped.changed:
+            compiled = self._compile(stripped.source, chunkname)
+        if isinstance(compiled, tuple):  # nil, message
+            raise invalid(f"syntax error in {code.id}: {decode_string(compiled[1])}")
+        types = self._build_types(to_lua(self, list(stripped.declarations))) if stripped.declarations else None
+        return compiled, types
 
     def _run_chunk(self, code: LuaCode, fn: Any, *args: Any) -> Any:
         # In a thread, so the instruction budget applies to top-level code too.
