@@ -77,6 +77,28 @@ class Replay:
     random: random.Random
 
 
+_syntax_checker: Any = None
+
+
+def syntax_error(source: bytes, chunkname: str) -> str | None:
+    """The syntax error loading ``source`` would raise (``chunkname:LINE: message``,
+    typed Lua included), or None: for ``moonwire check``, without building a state."""
+    global _syntax_checker
+    if _syntax_checker is None:
+        runtime = lupa.LuaRuntime(encoding=None, register_eval=False, register_builtins=False)
+        _syntax_checker = runtime.eval("function(text, name) local _, err = load(text, '=' .. name, 't', {}) "
+                                       "return err end")
+    err = _syntax_checker(source, chunkname.encode())
+    if err is None:
+        return None
+    try:
+        stripped = strip(source, chunkname)
+    except TypedSyntaxError as typed:
+        return str(typed)
+    err = _syntax_checker(stripped.source, chunkname.encode()) if stripped.changed else err
+    return None if err is None else decode_string(err)
+
+
 def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
     raise AttributeError("Lua code cannot access Python attributes")
 

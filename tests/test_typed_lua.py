@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from moonwire.lua import Kind, LuaCode, LuaState, MoonwireError
+from moonwire.lua import Kind, LuaCode, LuaState, MoonwireError, syntax_error
 from moonwire.lua._typed import TypedSyntaxError, strip
 from support import run_lua
 
@@ -241,6 +241,14 @@ def test_malformed_typed_code_is_a_syntax_error_of_the_entry() -> None:
         LuaState().load(LuaCode(id="app:f", source=b"local x = 1\nlocal y: = 2\n", chunkname="app/f.lua"))
     assert caught.value.kind == Kind.INVALID
     assert caught.value.message == "syntax error in app:f: app/f.lua:2: type expected near '='"
+
+
+def test_syntax_error_without_a_state_for_moonwire_check() -> None:
+    assert syntax_error(TYPED_FILE.encode(), "app/t.lua") is None
+    assert syntax_error(b"local x = 1\nlocal y: = 2\n", "app/t.lua") == "app/t.lua:2: type expected near '='"
+    assert syntax_error(TYPED_FILE.replace('error("boom at six")', "local = 1").encode(), "app/t.lua") == \
+        "app/t.lua:7: <name> expected near '='"
+    assert syntax_error(b"for i = 1, 2 do i = 3 end", "app/t.lua") is None
 
 
 # ------------------------------------------------------------------ Lua 5.5 loop variables
