@@ -904,11 +904,16 @@ class _Parser:
             self.close("}", "{", open_)
             return {"k": "map", "key": key, "value": value}
         if not self.is_field_start():
-            elem = self.type()
-            if self.kind in (",", ";"):
+            items = [self.type()]
+            while self.kind in (",", ";"):
                 self.next()
+                if self.kind == "}":
+                    break
+                items.append(self.type())  # {A, B}: a tuple, checked as any table
             self.close("}", "{", open_)
-            return {"k": "array", "type": elem}
+            if len(items) > 1:
+                return {"k": "tuple", "types": items, "table": True}
+            return {"k": "array", "type": items[0]}
         fields: list[Any] = []
         while self.kind != "}":
             if self.at_name("readonly") and self.kinds[self.i + 1] not in (":", "?"):

@@ -79,7 +79,9 @@ function show(t)
     elseif kind == "intersection" then return show_list(d.variants, " & ")
     elseif kind == "array" then return "{" .. show(d.elem) .. "}"
     elseif kind == "map" then return "{[" .. show(d.key) .. "]: " .. show(d.val) .. "}"
-    elseif kind == "tuple" then return "(" .. show_list(d.items, ", ") .. ")"
+    elseif kind == "tuple" then
+        if d.table then return "{" .. show_list(d.items, ", ") .. "}" end
+        return "(" .. show_list(d.items, ", ") .. ")"
     elseif kind == "literal" then return show_literal(d.value)
     elseif kind == "function" then
         if d.anything then return "function" end
@@ -175,6 +177,7 @@ function check(t, v)
         if type(v) == "function" then return nil end
         return mismatch(t, v)
     elseif kind == "tuple" then
+        if d.table and type(v) ~= "table" then return mismatch(t, v) end
         return nil
     end
     if type(v) ~= "table" then return mismatch(t, v) end
@@ -364,7 +367,7 @@ function build(node, scope)
         if node.any then return ANY_FUNCTION end
         return new_type({ kind = "function", params = build_list(node.params, scope), ret = build_list(node.ret, scope) })
     elseif k == "tuple" then
-        return new_type({ kind = "tuple", items = build_list(node.types, scope) })
+        return new_type({ kind = "tuple", items = build_list(node.types, scope), table = node.table })
     elseif k == "literal" then
         return new_type({ kind = "literal", value = node.value })
     end

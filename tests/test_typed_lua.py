@@ -178,6 +178,51 @@ def test_corpus_keeps_every_line_and_column(index: int) -> None:
     assert [i for i, c in enumerate(stripped) if c == 10] == [i for i, c in enumerate(source) if c == 10]
 
 
+# Fragments whose stripped form must compile: each construct next to what it could be
+# mistaken for.
+FRAGMENTS = [
+    "local r = (obj :: Foo):bar()",
+    "x = y :: {a: number}",
+    "if x :: boolean then end",
+    "return x :: T, y",
+    "type B = Box<(number) -> string>",
+    "local f = function(...: number): ...number return ... end",
+    "local x: number? = nil",
+    "type Fn = (string) -> ()",
+    "type U = | 'a' | 'b'",
+    'type Status =\n  | "a"\n  | "b"\nlocal z = 1',
+    "local a <const>: number = 5",
+    "local t = {x = y :: number, [k as string] = 1, z!}",
+    "local v = t[i :: integer]!",
+    "while x as boolean do end",
+    "repeat local q: number = 1 until q :: number > 0",
+    "local function f(self: Foo, cb: (err: error?, v: any) -> ()): () end",
+    "type G = {f: fun(x: number): string, n: number}",
+    "type H = {[string]: (number) -> string}",
+    "local n = not x :: boolean",
+    "interface Reader\n  read: (self: Reader, n: integer) -> string?\n  function close(self): ()\nend",
+    "type Q = {string, number}",
+    "goto x; ::x:: local y = z :: T ::w::",
+    "local x = a and b :: number or c as string",
+    "type T = Array<string>[]",
+    "type Gen<T extends {any}> = T",
+    "local fn: (x: number) -> (number, string) = nil",
+    "return function<T>(x: T): T return x end",
+    "local t = {function(a: number): number return a end}",
+    'local s = f"str" :: string',
+    "type W = {readonly x: number; y: number,}",
+    "local m: Map<string, Box<number>>= {}",
+]
+
+
+@pytest.mark.parametrize("fragment", FRAGMENTS)
+def test_fragment_strips_to_lua_that_compiles(fragment: str) -> None:
+    source = fragment.encode()
+    stripped = strip(source, "f").source
+    assert len(stripped) == len(source) and all(s == o or s == 32 for s, o in zip(stripped, source))
+    assert syntax_error(source, "f") is None
+
+
 def test_stripping_blanks_exactly_the_annotations() -> None:
     assert strip(b"local s: string = obj:name()", "c").source == b"local s         = obj:name()"
     assert strip(b"function f<T>(x: T): T return x end", "c").source == b"function f   (x   )    return x end"
