@@ -48,8 +48,9 @@ class Stripped:
 
 LUA_KEYWORDS = frozenset("""and break do else elseif end false for function goto if in local nil not or
     repeat return then true until while""".split())
-# Reserved by Wippy (§11): never identifiers, so these need no lookahead to recognise.
-TYPE_KEYWORDS = frozenset("fun interface as asserts readonly is typeof keyof extends".split())
+# Wippy also reserves `fun interface as asserts readonly is typeof keyof extends` (§11);
+# they stay names here and are recognised where they can stand: `as` after an operand,
+# `interface` at statement start, the rest inside types.
 
 _TOKEN = re.compile(r"""
       (?P<ws>[ \t\r\n\f\v]+)
@@ -234,18 +235,17 @@ class _Parser:
     def kind(self) -> str:
         return self.kinds[self.i]
 
-    def at_name(self, value: str, offset: int = 0) -> bool:
-        j = self.i + offset
-        return self.kinds[j] == "name" and self.values[j] == value
+    def at_name(self, value: str) -> bool:
+        return self.kinds[self.i] == "name" and self.values[self.i] == value
 
     def next(self) -> int:
         i = self.i
         self.i += 1
         return i
 
-    def expect(self, kind: str, what: str | None = None) -> int:
+    def expect(self, kind: str) -> int:
         if self.kinds[self.i] != kind:
-            raise self.error(f"'{what or kind}' expected")
+            raise self.error(f"'{kind}' expected")
         return self.next()
 
     def expect_name(self) -> str:
