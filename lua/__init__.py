@@ -19,7 +19,7 @@ from ._answer import Answer, Outcome, Pending, settled
 from ._errors import Kind, MoonwireError, internal, invalid, not_found
 from ._mailbox import CANCEL, DEFAULT_MAILBOX_LIMIT, EXIT, LINK_DOWN, Event, Mailbox, Message
 from ._process import SpawnRequest
-from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay
+from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay, syntax_error
 from ._unit import TURN, NoServices, Services, Unit
 from ._unit_process import NoProcesses, ProcessServices
 from ._values import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, check_portable, json_depth_exceeds, loads_json, to_lua, to_python
@@ -67,6 +67,7 @@ __all__ = [
     "not_found",
     "parse_duration",
     "settled",
+    "syntax_error",
     "to_lua",
     "to_python",
 ]

@@ -247,7 +247,7 @@ end
 -- (handing out `next, lib` let any unit rewrite what all units share). Plain tables
 -- nested in `lib` (`time.UTC`, `process.registry`) become views of their own, in place:
 -- `lib` is private, and trusted code keeps its own references to the nested tables.
-local function readonly(lib)
+local function readonly(lib, extra)
     protected[lib] = true  -- also ends the recursion on a cycle of nested tables
     for k, v in next, lib do
         if type(v) == "table" and getmetatable(v) == nil and not protected[v] then
@@ -255,16 +255,27 @@ local function readonly(lib)
         end
     end
     local function iterate(_, key) return next(lib, key) end
-    local view = setmetatable({}, {
+    local meta = {
         __index = lib,
         __newindex = deny_write,
         __metatable = false,
         __pairs = function(t) return iterate, t, nil end,
-    })
+    }
+    -- `extra` (trusted): `methods` read before lib (a chain of tables, so lib's own
+    -- names cost no function call) and a `__call`; the string view is also a type.
+    if extra then
+        if extra.methods then meta.__index = setmetatable(extra.methods, { __index = lib }) end
+        meta.__call = extra.__call
+    end
+    local view = setmetatable({}, meta)
     protected[view] = true
     return view
 end
 core.readonly = readonly
+function core.protect(t)  -- rawset refuses `t` (trusted code's own immutable tables)
+    protected[t] = true
+    return t
+end
 
 local function copy(lib, except)
     local out = {}
@@ -610,10 +621,10 @@ local libraries = {
 -- through a hidden __index, so an environment costs one small table.
 local env_meta = { __metatable = false }
 
-function core.set_globals(globals)
+function core.set_globals(globals, views)
     local shared = {}
     for k, v in pairs(base) do shared[k] = v end
-    for k, lib in pairs(libraries) do shared[k] = readonly(lib) end
+    for k, lib in pairs(libraries) do shared[k] = readonly(lib, views and views[k]) end
     for k, v in pairs(globals) do shared[k] = v end
     protected[shared] = true
     env_meta.__index = shared

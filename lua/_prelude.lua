@@ -370,8 +370,8 @@ modules.funcs = readonly(funcs)
 local codes = {}
 local new_env = core.new_env
 
-function M.register_code(id, chunk, allowed, imports)
-    codes[id] = { chunk = chunk, allowed = allowed, imports = imports }
+function M.register_code(id, chunk, allowed, imports, types)
+    codes[id] = { chunk = chunk, allowed = allowed, imports = imports, types = types }
 end
 
 -- Run entry `id`'s chunk in a fresh environment and return what it returns. `loaded`
@@ -406,6 +406,12 @@ local function instantiate(id, loaded)
     for name in pairs(code.allowed) do
         local value = modules[name]
         if value ~= nil then env[name] = value end
+    end
+    -- The chunk's declared types (lua/_types.lua), as globals where the name is free.
+    if code.types then
+        for name, t in pairs(code.types) do
+            if env[name] == nil then env[name] = t end
+        end
     end
     return code.chunk(env)
 end

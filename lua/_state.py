@@ -23,6 +23,7 @@ from ._data_host import DataFunctions
 from ._host import HostFunctions
 from ._process import ProcessFunctions
 from ._time_host import TimeFunctions
+from ._typed import TypedSyntaxError, strip
 from ._values import decode_string, to_lua, to_python
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ MODULE_CHUNKS: tuple[tuple[bytes, Callable[[Any], Any]], ...] = tuple(
 )
 TOKENS_PER_BATCH = 64
 WORKFLOW_SOURCE = resources.files(__package__).joinpath("_workflow.lua").read_bytes()
+TYPES_SOURCE = resources.files(__package__).joinpath("_types.lua").read_bytes()
 LUA_VERSION = "Lua 5.5"
 
 # Raised in Lua when a resume runs out of instructions; recognised by identity of text.
@@ -98,6 +100,28 @@ def _new_tokens() -> tuple[_Token, ...]:
     return tuple(_Token() for _ in range(TOKENS_PER_BATCH))
 
 
+_syntax_checker: Any = None
+
+
+def syntax_error(source: bytes, chunkname: str) -> str | None:
+    """The syntax error loading ``source`` would raise (``chunkname:LINE: message``,
+    typed Lua included), or None: for ``moonwire check``, without building a state."""
+    global _syntax_checker
+    if _syntax_checker is None:
+        runtime = lupa.LuaRuntime(encoding=None, register_eval=False, register_builtins=False)
+        _syntax_checker = runtime.eval("function(text, name) local _, err = load(text, '=' .. name, 't', {}) "
+                                       "return err end")
+    err = _syntax_checker(source, chunkname.encode())
+    if err is None:
+        return None
+    try:
+        stripped = strip(source, chunkname)
+    except TypedSyntaxError as typed:
+        return str(typed)
+    err = _syntax_checker(stripped.source, chunkname.encode()) if stripped.changed else err
+    return None if err is None else decode_string(err)
+
+
 def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
     raise AttributeError("Lua code cannot access Python attributes")
 
@@ -142,6 +166,7 @@ class LuaState:
         for source, functions in MODULE_CHUNKS:
             self.runtime.execute(source, self.core, functions(self).table(), self.prelude)
         self.runtime.execute(PROCESS_SOURCE, self.core, self.table_from(ProcessFunctions(self).table()), self.prelude)
+        self.types = self.runtime.execute(TYPES_SOURCE, self.core, self.prelude)
         self.core.set_limits(limits.instructions or 0, BUDGET_EXCEEDED)
         self.current: Running | None = None
         """The unit whose thread is running (a :class:`Unit`), for ``ctx`` and friends."""
@@ -167,7 +192,9 @@ class LuaState:
         self.new_group_event = self.prelude.new_group_event
         self._register_code = self.prelude.register_code
         self._instantiate = self.prelude.instantiate
-        self.core.set_globals(self.prelude.globals)
+        self._build_types = self.types.build
+        self.core.set_globals(self.prelude.globals, self.types.library_views)
+        self.types.adopt_string_view(self.core.new_env()[b"string"])
         self._registered: set[str] = set()
 
     def add_workflow_module(self, functions: dict[str, Callable[..., Any]]) -> None:
@@ -294,13 +321,34 @@ class LuaState:
             return
         for _, library in code.imports:
             self._register(library)
-        compiled = self._compile(code.source, code.chunkname.encode())
-        if isinstance(compiled, tuple):  # nil, message
-            raise invalid(f"syntax error in {code.id}: {decode_string(compiled[1])}")
+        compiled, types = self._compile_typed(code)
         allowed = self.table_from({name.encode(): True for name in code.modules})
         imports = self.table_from({alias.encode(): library.id.encode() for alias, library in code.imports})
-        self._register_code(code.id.encode(), compiled, allowed, imports)
+        self._register_code(code.id.encode(), compiled, allowed, imports, types)
         self._registered.add(code.id)
+
+    def _compile_typed(self, code: LuaCode) -> tuple[Any, Any]:
+        """The compiled chunk of ``code`` and its declared types (a Lua table, or None).
+
+        Plain Lua compiles as it is; only source Lua refuses goes through the typed-Lua
+        pass (lua/_typed.py), which is cached by source, so a plain entry costs nothing.
+        """
+        chunkname = code.chunkname.encode()
+        compiled = self._compile(code.source, chunkname)
+        if not isinstance(compiled, tuple):
+            return compiled, None
+        if code.source[:1] == b"\x1b":  # binary: core.compile's own refusal
+            raise invalid(f"syntax error in {code.id}: {decode_string(compiled[1])}")
+        try:
+            stripped = strip(code.source, code.chunkname)
+        except TypedSyntaxError as err:
+            raise invalid(f"syntax error in {code.id}: {err}") from None
+        if stripped.changed:
+            compiled = self._compile(stripped.source, chunkname)
+        if isinstance(compiled, tuple):  # nil, message
+            raise invalid(f"syntax error in {code.id}: {decode_string(compiled[1])}")
+        types = self._build_types(to_lua(self, list(stripped.declarations))) if stripped.declarations else None
+        return compiled, types
 
     def _run_chunk(self, code: LuaCode, fn: Any, *args: Any) -> Any:
         # In a thread, so the instruction budget applies to top-level code too.
