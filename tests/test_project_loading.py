@@ -372,3 +372,24 @@ async def test_run_refuses_an_invalid_project_with_the_same_messages(project_dir
     assert errors == [line for line in check_err.splitlines() if line.startswith("error:")]
     assert len(errors) == 2
     assert "nothing was started" in run_err
+
+
+async def test_check_compiles_lua_and_names_file_and_line_typed_or_not(project_dir: Path) -> None:
+    write_project(project_dir, {
+        "a.yaml": """
+            namespace: app
+            entries:
+              - {name: plain, kind: function.lua, source: file://lua/plain.lua, method: main}
+              - {name: typed, kind: function.lua, source: file://lua/typed.lua, method: main}
+              - {name: fine, kind: function.lua, source: file://lua/fine.lua, method: main}
+        """,
+        "lua/plain.lua": "local M = {}\nfunction M.main()\n  return 1 +\nend\nreturn M\n",
+        "lua/typed.lua": "local M = {}\n\nfunction M.main(a: {x: number): string\n  return 'x'\nend\nreturn M\n",
+        "lua/fine.lua": "type P = {x: number}\nlocal M = {}\nfunction M.main(p: P): number return p.x end\nreturn M\n",
+    })
+    code, out, err = await run_cli("check", str(project_dir))
+    assert code == 1 and out == ""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, err
+    assert errors[0].startswith("error: app:plain: syntax error: lua/plain.lua:4:"), errors
+    assert errors[1].startswith("error: app:typed: syntax error: lua/typed.lua:3:"), errors

@@ -12,10 +12,10 @@ import sys
 from typing import Any
 
 from moonwire.broker import BrokerUnavailable
-from moonwire.lua import MoonwireError, Outcome
+from moonwire.lua import MoonwireError, Outcome, syntax_error
 
 from .._node import Node, NodeFailed
-from ..project import ConfigError, ProjectInvalid, load_config, load_project
+from ..project import ConfigError, LuaEntry, ProjectInvalid, load_config, load_project
 from ..servers import EmbeddedServerError
 from ..workflows import TemporalUnavailable
 from ._common import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, json_args, load, print_outcome,
@@ -88,6 +88,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     for warning in project.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    # The Lua sources compile (typed Lua included), as the node would compile them.
+    broken = 0
+    for entry in sorted(project.entries.values(), key=lambda e: e.id):
+        if isinstance(entry, LuaEntry):
+            chunkname = str(entry.source.relative_to(project.root))
+            problem = syntax_error(entry.source.read_bytes(), chunkname)
+            if problem is not None:
+                print(f"error: {entry.id}: syntax error: {problem}", file=sys.stderr)
+                broken += 1
+    if broken:
+        print(f"{broken} problem(s) found.", file=sys.stderr)
+        return EXIT_FAILURE
     if args.strict and project.warnings:
         print(f"{len(project.warnings)} warning(s) found; --strict makes them errors.", file=sys.stderr)
         return EXIT_FAILURE
