@@ -92,7 +92,12 @@ def strip(source: bytes, chunkname: str) -> Stripped:
 def _strip(source: bytes, chunkname: str) -> Stripped:
     text = source.decode("latin-1")  # one character per byte: offsets are byte offsets
     parser = _Parser(text, chunkname)
-    parser.chunk()
+    try:
+        parser.chunk()
+    except RecursionError:
+        # Nesting deeper than Python's stack (Lua itself stops at 200 levels): an
+        # error of the chunk, not of the node.
+        raise parser.error("chunk has too many syntax levels") from None
     if not parser.blanks and not parser.inserts:
         return Stripped(source, tuple(parser.declarations), False)
     return Stripped(parser.output().encode("latin-1"), tuple(parser.declarations), True)

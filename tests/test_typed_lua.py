@@ -475,3 +475,10 @@ end
     assert again is first and len(first.declarations) == 200
     assert took < 0.5, f"stripping 2,000 lines took {took * 1000:.0f} ms"  # measured: about 30 ms
     assert cached < 0.001
+
+
+@pytest.mark.parametrize("opener,closer", [("(", ")"), ("{", "}"), ("A<", ">")])
+def test_annotations_nested_past_any_stack_are_a_syntax_error_not_a_crash(opener: str, closer: str) -> None:
+    source = f"local x: {opener * 5000}number{closer * 5000} = 1\nreturn function() return x end".encode()
+    problem = syntax_error(source, "deep.lua")
+    assert problem is not None and problem.startswith("deep.lua:1: chunk has too many syntax levels"), problem
