@@ -10,8 +10,9 @@ any call: a protocol is read by type checkers only.
 
 from __future__ import annotations
 
+import asyncio
 from random import Random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._values import LuaValues
@@ -51,6 +52,8 @@ class Running(Protocol):
 
     @property
     def processes(self) -> DirectProcessCalls: ...
+
+    def own(self, awaitable: Awaitable[Any], on_done: Callable[[asyncio.Task[Any]], None]) -> asyncio.Task[Any]: ...
 
 
 class LuaRuntime(LuaValues, Protocol):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import lupa.lua55 as lupa
 
 from ._errors import Kind, MoonwireError, internal, invalid
+from ._crypto_host import CryptoFunctions
 from ._data_host import DataFunctions
 from ._host import HostFunctions
 from ._process import ProcessFunctions
@@ -40,6 +41,7 @@ MODULE_CHUNKS: tuple[tuple[bytes, Callable[[Any], Any]], ...] = tuple(
     for name, functions in (
         ("_time.lua", TimeFunctions),
         ("_data.lua", DataFunctions),
+        ("_crypto.lua", CryptoFunctions),
     )
 )
 TOKENS_PER_BATCH = 64
