@@ -19,6 +19,7 @@ from ._answer import Answer, Outcome, Pending, settled
 from ._errors import Kind, MoonwireError, internal, invalid, not_found
 from ._mailbox import CANCEL, DEFAULT_MAILBOX_LIMIT, EXIT, LINK_DOWN, Event, Mailbox, Message
 from ._process import SpawnRequest
+from ._registry_host import Entries, Registry, RegistryEntry
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay
 from ._unit import TURN, NoServices, Services, Unit
 from ._unit_process import NoProcesses, ProcessServices
@@ -53,6 +54,9 @@ __all__ = [
     "Outcome",
     "Pending",
     "Replay",
+    "Entries",
+    "Registry",
+    "RegistryEntry",
     "Services",
     "Unit",
     "MAX_DEPTH",

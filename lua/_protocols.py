@@ -19,6 +19,7 @@ from ._values import LuaValues
 
 if TYPE_CHECKING:
     from ._mailbox import Mailbox
+    from ._registry_host import Registry
 
 
 class DirectProcessCalls(Protocol):
@@ -66,6 +67,8 @@ class LuaRuntime(LuaValues, Protocol):
     host_error: Callable[..., Any]
     new_payload: Callable[..., Any]
     new_time: Callable[..., Any]
+    registry: Registry
+    log: Any
 
     @property
     def current(self) -> Running | None: ...
