@@ -342,7 +342,7 @@ class CryptoFunctions:
     def pbkdf2(self, password: bytes, salt: bytes, iterations: Any, length: Any, hash_name: bytes) -> tuple[Any, ...]:
         """Derive the key here and now (the caller has charged the budget for it)."""
         args = self._pbkdf2_args(password, salt, iterations, length, hash_name)
-        if len(args) == 3 and args[0] is None:
+        if args[0] is None:
             return args
         name, rounds, size = args  # type: ignore[misc]
         return (hashlib.pbkdf2_hmac(name, password, salt, rounds, size),)
@@ -354,7 +354,7 @@ class CryptoFunctions:
         checks); the thread is the loop's default executor, and hashlib releases the
         GIL while OpenSSL derives, so the event loop keeps running meanwhile."""
         args = self._pbkdf2_args(password, salt, iterations, length, hash_name)
-        if len(args) == 3 and args[0] is None:
+        if args[0] is None:
             return args
         name, rounds, size = args  # type: ignore[misc]
         unit = self.state.current
