@@ -19,7 +19,8 @@ from ._answer import Answer, Outcome, Pending, settled
 from ._errors import Kind, MoonwireError, internal, invalid, not_found
 from ._mailbox import CANCEL, DEFAULT_MAILBOX_LIMIT, EXIT, LINK_DOWN, Event, Mailbox, Message
 from ._process import SpawnRequest
-from ._registry_host import Entries, Registry, RegistryEntry
+from ._entries import Entries, RegistryEntry
+from ._registry_host import Registry
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay
 from ._unit import TURN, NoServices, Services, Unit
 from ._unit_process import NoProcesses, ProcessServices

@@ -14,12 +14,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from ._entries import RegistryEntry
 from ._errors import Kind, MoonwireError
-
-if TYPE_CHECKING:
-    from ._registry_host import RegistryEntry
 
 log = logging.getLogger("moonwire.env")
 

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ._values import LuaValues
 
 if TYPE_CHECKING:
+    from ._entries import Entries
+    from ._env import Environment
     from ._mailbox import Mailbox
-    from ._registry_host import Registry
 
 
 class DirectProcessCalls(Protocol):
@@ -57,6 +58,13 @@ class Running(Protocol):
     def own(self, awaitable: Awaitable[Any], on_done: Callable[[asyncio.Task[Any]], None]) -> asyncio.Task[Any]: ...
 
 
+class RegistryView(Protocol):
+    """The node's entries and environment a state reads (a ``Registry``)."""
+
+    entries: Entries
+    env: Environment
+
+
 class LuaRuntime(LuaValues, Protocol):
     """What the host and process functions, timers and futures use of their state (a
     :class:`~moonwire.lua.LuaState`): its clock and random source, the running unit,
@@ -67,7 +75,7 @@ class LuaRuntime(LuaValues, Protocol):
     host_error: Callable[..., Any]
     new_payload: Callable[..., Any]
     new_time: Callable[..., Any]
-    registry: Registry
+    registry: RegistryView
     log: Any
 
     @property

@@ -10,44 +10,17 @@ Every entry handed to Lua is a fresh copy: no state can change what another sees
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from ._entries import Entries, NoEntries, RegistryEntry
 from ._env import Environment
-from ._errors import Kind, MoonwireError
+from ._errors import MoonwireError
 from ._values import as_text, to_lua, to_python
 
 if TYPE_CHECKING:
     from ._protocols import LuaRuntime
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryEntry:
-    """An entry as Lua sees it: ``data`` is the kind's fields (plain data) or None."""
-
-    id: str
-    kind: str
-    meta: Mapping[str, Any] = field(default_factory=dict)
-    data: Any = None
-
-
-class Entries(Protocol):
-    """A project's entries, as plain data (the node adapts its loaded project)."""
-
-    def get(self, entry_id: str) -> RegistryEntry | None: ...
-
-    def all(self) -> Iterable[RegistryEntry]: ...
-
-
-class NoEntries:
-    """No project: the registry is empty (states made without a node, in tests)."""
-
-    def get(self, entry_id: str) -> RegistryEntry | None:
-        return None
-
-    def all(self) -> Iterable[RegistryEntry]:
-        return ()
 
 
 class Registry:
