@@ -19,6 +19,8 @@ from ._answer import Answer, Outcome, Pending, settled
 from ._errors import Kind, MoonwireError, internal, invalid, not_found
 from ._mailbox import CANCEL, DEFAULT_MAILBOX_LIMIT, EXIT, LINK_DOWN, Event, Mailbox, Message
 from ._process import SpawnRequest
+from ._entries import Entries, RegistryEntry
+from ._registry_host import Registry
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay, syntax_error
 from ._unit import TURN, NoServices, Services, Unit
 from ._unit_process import NoProcesses, ProcessServices
@@ -53,6 +55,9 @@ __all__ = [
     "Outcome",
     "Pending",
     "Replay",
+    "Entries",
+    "Registry",
+    "RegistryEntry",
     "Services",
     "Unit",
     "MAX_DEPTH",

@@ -10,13 +10,16 @@ any call: a protocol is read by type checkers only.
 
 from __future__ import annotations
 
+import asyncio
 from random import Random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._values import LuaValues
 
 if TYPE_CHECKING:
+    from ._entries import Entries
+    from ._env import Environment
     from ._mailbox import Mailbox
 
 
@@ -52,6 +55,15 @@ class Running(Protocol):
     @property
     def processes(self) -> DirectProcessCalls: ...
 
+    def own(self, awaitable: Awaitable[Any], on_done: Callable[[asyncio.Task[Any]], None]) -> asyncio.Task[Any]: ...
+
+
+class RegistryView(Protocol):
+    """The node's entries and environment a state reads (a ``Registry``)."""
+
+    entries: Entries
+    env: Environment
+
 
 class LuaRuntime(LuaValues, Protocol):
     """What the host and process functions, timers and futures use of their state (a
@@ -63,6 +75,8 @@ class LuaRuntime(LuaValues, Protocol):
     host_error: Callable[..., Any]
     new_payload: Callable[..., Any]
     new_time: Callable[..., Any]
+    registry: RegistryView
+    log: Any
 
     @property
     def current(self) -> Running | None: ...

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 import lupa.lua55 as lupa
 
 from ._errors import Kind, MoonwireError, internal, invalid
+from ._crypto_host import CryptoFunctions
 from ._data_host import DataFunctions
 from ._host import HostFunctions
 from ._process import ProcessFunctions
+from ._registry_host import EMPTY_REGISTRY, Registry, RegistryFunctions
 from ._time_host import TimeFunctions
 from ._typed import TypedSyntaxError, strip
 from ._values import decode_string, to_lua, to_python
@@ -41,6 +43,8 @@ MODULE_CHUNKS: tuple[tuple[bytes, Callable[[Any], Any]], ...] = tuple(
     for name, functions in (
         ("_time.lua", TimeFunctions),
         ("_data.lua", DataFunctions),
+        ("_crypto.lua", CryptoFunctions),
+        ("_registry.lua", RegistryFunctions),
     )
 )
 TOKENS_PER_BATCH = 64
@@ -135,8 +139,11 @@ class LuaState:
     """One sandboxed Lua runtime. Not thread-safe; used from the event loop only."""
 
     def __init__(self, limits: Limits = Limits(), *, log: logging.Logger | None = None,
-                 replay: Replay | None = None) -> None:
+                 replay: Replay | None = None, registry: Registry | None = None) -> None:
         self.limits = limits
+        self.registry: Registry = registry if registry is not None else EMPTY_REGISTRY
+        """The node's entries and environment variables (``registry``, ``env``); empty
+        without a node."""
         self.log = log or logging.getLogger("moonwire.lua")
         # A random hash seed per state (the default) keeps crafted keys from degrading
         # tables; a workflow gives that up for an iteration order that replays.

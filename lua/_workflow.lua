@@ -34,3 +34,7 @@ P.modules.workflow = readonly(workflow)
 -- a replay would not see again.
 P.modules.system = nil
 P.modules.pg = nil
+-- Not in a workflow either: entries and variables are the node's, which a replay on
+-- another node (or after a deploy) would not see the same.
+P.modules.registry = nil
+P.modules.env = nil

@@ -32,10 +32,11 @@ class Runtime:
         loop = asyncio.get_running_loop()
         self.project = project
         self.functions = functions if functions is not None else Functions(project, subjects)
-        self.hosts = {entry.id: ProcessHost(entry.id, entry.host, loop)
+        registry = self.functions.registry  # one per node: memory env storages are shared
+        self.hosts = {entry.id: ProcessHost(entry.id, entry.host, loop, registry=registry)
                       for entry in project.of_kind("process.host") if isinstance(entry, ProcessHostEntry)}
         # `run -x` of a process.lua needs a host that every node has (wippy's terminal.host).
-        self.hosts.setdefault(TERMINAL_HOST, ProcessHost(TERMINAL_HOST, HostSettings(), loop))
+        self.hosts.setdefault(TERMINAL_HOST, ProcessHost(TERMINAL_HOST, HostSettings(), loop, registry=registry))
         self.processes = ProcessTable(node, project, self.functions, self.hosts, pids=pids, remote=remote,
                                       workflows=workflows, cluster=cluster)
         self.functions.use_processes(self.processes)

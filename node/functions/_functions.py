@@ -24,10 +24,10 @@ from nats.aio.subscription import Subscription
 
 from moonwire.broker import MSGPACK_HEADERS, Client, Outbox, Requests, Subjects, TaskSet
 from moonwire.lua import (SECOND, Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, NoProcesses, Outcome,
-                          Pending, ProcessServices, Unit, check_portable, internal, invalid, not_found, parse_duration,
-                          settled)
+                          Pending, ProcessServices, Registry, Unit, check_portable, internal, invalid, not_found,
+                          parse_duration, settled)
 
-from ..project import FunctionEntry, LibraryEntry, LuaEntry, Project, is_entry_id
+from ..project import FunctionEntry, LibraryEntry, LuaEntry, Project, ProjectEntries, is_entry_id
 from ..wire import CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome, unpack
 
 log = logging.getLogger("moonwire.functions")
@@ -160,7 +160,7 @@ class FunctionPool:
                 self._idle.append((state, fn, time.monotonic()))
 
     def _new_worker(self) -> tuple[LuaState, Any]:
-        state = LuaState(self.limits, log=log)
+        state = LuaState(self.limits, log=log, registry=self.functions.registry)
         fn = state.load(self.code)  # a syntax error fails this call, and only calls of this entry
         self._total += 1
         return state, fn
@@ -299,6 +299,9 @@ class Functions:
         self.requests = requests
         self.outbox = outbox
         self.code = CodeLoader(project)
+        self.registry = Registry(ProjectEntries(project))
+        """The project's entries and environment variables for every Lua state of this
+        node (``registry``, ``env``): one, so memory storages are the node's."""
         self.pools: dict[str, FunctionPool] = {}
         for entry in project.of_kind("function.lua"):
             assert isinstance(entry, FunctionEntry)

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from moonwire.lua import TURN, Limits, LuaCode, LuaState, MoonwireError, Unit, internal
+from moonwire.lua import TURN, Limits, LuaCode, LuaState, MoonwireError, Registry, Unit, internal
 
 from ..project import HostSettings
 
@@ -51,8 +51,10 @@ class HostStatistics:
 class ProcessHost:
     """One ``process.host`` entry: where its processes' Lua runs and when."""
 
-    def __init__(self, host_id: str, settings: HostSettings, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, host_id: str, settings: HostSettings, loop: asyncio.AbstractEventLoop | None = None, *,
+                 registry: Registry | None = None) -> None:
         self.id = host_id
+        self.registry = registry
         self.settings = settings
         self.limits = Limits(memory=settings.memory_limit, instructions=settings.instruction_budget)
         self.loop = loop or asyncio.get_running_loop()
@@ -85,7 +87,7 @@ class ProcessHost:
         for shard in reversed(self._shards):
             if shard.live < self.settings.processes_per_state and not shard.state.poisoned:
                 return shard
-        shard = Shard(LuaState(self.limits, log=log))
+        shard = Shard(LuaState(self.limits, log=log, registry=self.registry))
         self._shards.append(shard)
         return shard
 

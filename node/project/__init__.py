@@ -24,5 +24,7 @@ from ._entries import (
     WorkflowEntry,
 )
 from ._project import Problem, Project, ProjectInvalid, is_entry_id, load_project
+from ._env import ENV_KINDS  # registers the env.* kinds in KNOWN_KINDS
+from ._registry import ProjectEntries
 
-__all__ = ["ConfigError", "Entry", "FunctionEntry", "HostSettings", "InertEntry", "KNOWN_KINDS", "LibraryEntry", "Lifecycle", "LuaEntry", "NodeConfig", "Problem", "ProcessEntry", "ProcessHostEntry", "ProcessServiceEntry", "Project", "ProjectInvalid", "ResolvedConfig", "RestartPolicy", "TemporalClientEntry", "TemporalWorkerEntry", "WorkflowEntry", "is_entry_id", "load_config", "load_project"]
+__all__ = ["ConfigError", "ENV_KINDS", "Entry", "FunctionEntry", "HostSettings", "InertEntry", "KNOWN_KINDS", "LibraryEntry", "Lifecycle", "LuaEntry", "NodeConfig", "Problem", "ProcessEntry", "ProcessHostEntry", "ProcessServiceEntry", "Project", "ProjectEntries", "ProjectInvalid", "ResolvedConfig", "RestartPolicy", "TemporalClientEntry", "TemporalWorkerEntry", "WorkflowEntry", "is_entry_id", "load_config", "load_project"]
