@@ -154,8 +154,8 @@ function errors.new(spec)
             error("errors.new: message must be a string, got " .. type(message), 2)
         end
         local kind, retryable = spec.kind, spec.retryable
-        return new_error(message, type(kind) == "string" and kind or "",
-            type(retryable) == "boolean" and retryable or nil, spec.details, capture_frames(3))
+        if type(retryable) ~= "boolean" then retryable = nil end  -- ignored, as Wippy
+        return new_error(message, type(kind) == "string" and kind or "", retryable, spec.details, capture_frames(3))
     end
     error("errors.new: expected string or table, got " .. t, 2)
 end

@@ -140,9 +140,10 @@ async def test_errors_new_forms_and_details() -> None:
             (pcall(errors.new, {kind = "Invalid"})),
             errors.new({message = "m", kind = 5, retryable = "yes"}):kind(),
             errors.new({message = "m", retryable = "yes"}):retryable() == nil,
+            errors.new({message = "m", retryable = false}):retryable(),
           }
         end""") == ["A", "", False, True, False, True, True, True, True, True, "n", 1.5, True, True, True, 1,
-                    "integer", False, "", True]
+                    "integer", False, "", True, False]
 
 
 async def test_errors_is_and_call_stack_and_stack() -> None:
