@@ -10,6 +10,7 @@ Payloads transcode along Wippy's graph of formats (§2), cheapest route first.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import json
@@ -23,7 +24,11 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
+import jsonschema._keywords
+import jsonschema._legacy_keywords
+import jsonschema._utils
 import msgpack
+import re2
 import referencing.exceptions
 import yaml
 from jsonschema_specifications import REGISTRY as SCHEMA_SPECIFICATIONS
@@ -282,6 +287,34 @@ def transcode(state: LuaRuntime, value: Any, source: str, target: str) -> Any:
 
 # ---------------------------------------------------------------- JSON Schema
 
+
+class _LinearRegex:
+    """What jsonschema's keywords use of ``re`` (``search``), by RE2.
+
+    A schema's ``pattern`` and ``patternProperties`` come from user code, and Python's
+    backtracking ``re`` can run for hours on one (``(a+)+$``) while it holds the event
+    loop, out of reach of any instruction budget. RE2 matches in linear time, and its
+    syntax is Go's, which Wippy's validator uses. jsonschema calls ``re.search`` in
+    three modules and nowhere else matches: each of them gets this object as its ``re``.
+    """
+
+    error = re2.error
+
+    @staticmethod
+    @functools.lru_cache(maxsize=256)
+    def _compiled(pattern: str) -> Any:
+        return re2.compile(pattern)
+
+    def search(self, pattern: str, text: str) -> Any:
+        return self._compiled(pattern).search(text)
+
+    def __getattr__(self, name: str) -> Any:  # anything else: as re has it
+        return getattr(re, name)
+
+
+for _module in (jsonschema._keywords, jsonschema._legacy_keywords, jsonschema._utils):
+    _module.re = _LinearRegex()  # type: ignore[attr-defined]
+
 _SCHEMA_CACHE_SIZE = 100
 _schemas: OrderedDict[bytes, Any] = OrderedDict()
 _schemas_lock = threading.Lock()  # workflow states may run in other threads
@@ -327,6 +360,8 @@ def _validate(schema: Any, instance: Any) -> str | None:
         error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
     except (referencing.exceptions.Unresolvable, jsonschema.exceptions._WrappedReferencingError) as err:
         return f"invalid schema: {err}"
+    except re2.error as err:
+        return f"invalid schema: a pattern is not an RE2 regular expression: {err}"
     if error is None:
         return None
     return f"{error.json_path}: {error.message}"

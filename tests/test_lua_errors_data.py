@@ -418,3 +418,18 @@ async def test_json_schema_cache_is_bounded() -> None:
           return true
         end""")
     assert len(_data_host._schemas) == 100
+
+
+async def test_json_schema_patterns_match_in_linear_time() -> None:
+    # (a+)+$ against 'aaa...!' backtracks for ages in Python's re; RE2 answers at once.
+    value = await value_of("""
+        local json = require("json")
+        return function()
+          local ok, err = json.validate({type = "string", pattern = "(a+)+$"}, string.rep("a", 64) .. "!")
+          local okp, errp = json.validate({patternProperties = {["(x+)+y"] = {type = "integer"}}, additionalProperties = false},
+                                          {[string.rep("x", 64)] = 1})
+          local bad, berr = json.validate({type = "string", pattern = "(?=a)"}, "a")
+          return {ok, err:kind(), okp, errp:kind(), bad, berr:message():match("RE2") ~= nil,
+                  (json.validate({pattern = "^[a-z]+$"}, "abc"))}
+        end""")
+    assert value == [False, "Invalid", False, "Invalid", False, True, True]
