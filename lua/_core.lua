@@ -307,8 +307,19 @@ local function typename(v)  -- as luaL_typeerror names a value
     return type(v)
 end
 
+-- Opaque types whose values the string functions take as their text (error objects:
+-- `string.find(err, "not found")` works on the message, as issue 17 asks, where Wippy
+-- raises). Trusted chunks register a type with `core.textual(mt)`. The check sits only
+-- on each function's non-string path, so a string argument costs nothing more.
+local textual = {}  -- metatable -> true
+function core.textual(mt) textual[mt] = true end
+local function text_of(v)
+    if type(v) == "userdata" and textual[raw_metatable(v)] then return tostring(v) end
+    return nil
+end
+
 local bounded = patterns.bounded(charge, remaining, typename, STEPS_PER_INSTRUCTION, BYTES_PER_INSTRUCTION,
-                                 TEST_COST)
+                                 TEST_COST, text_of)
 local math_huge, math_tointeger, math_log = math.huge, math.tointeger, math.log
 
 local function charge_bytes(n)
@@ -321,7 +332,22 @@ local function strlen(v)
     local t = type(v)
     if t == "string" then return #v end
     if t == "number" then return #tostring(v) end
-    return 0
+    local text = text_of(v)
+    return text and #text or 0
+end
+
+-- The arguments with each textual object replaced by its text; their count is kept, so
+-- a missing argument stays missing for the C function's checks.
+local function texts(...)
+    local args = table_pack(...)
+    for i = 1, args.n do
+        local text = text_of(args[i])
+        if text ~= nil then args[i] = text end
+    end
+    return table_unpack(args, 1, args.n)
+end
+local function is_text(v)
+    return type(v) == "userdata" and textual[raw_metatable(v)] ~= nil
 end
 
 -- An integer argument, or nil (absent or not an integer: C decides what that means).
@@ -352,6 +378,9 @@ do
     local rep = string.rep
     function safe_string.rep(...)
         local s, n, sep = ...
+        if type(s) == "userdata" and is_text(s) or type(sep) == "userdata" and is_text(sep) then
+            return safe_string.rep(texts(...))
+        end
         local count = int(n)
         if metering and count and count > 0 then
             -- a copy per repetition, however short
@@ -365,6 +394,7 @@ do
     local format = string.format
     function safe_string.format(...)
         local fmt = ...
+        if type(fmt) == "userdata" and is_text(fmt) then return safe_string.format(texts(...)) end
         if metering and type(fmt) == "string" then
             -- An item prints at most a few hundred bytes (widths stop at 99), plus its
             -- string argument, which %q walks character by character.
@@ -382,6 +412,7 @@ do
     local byte = string.byte
     function safe_string.byte(...)
         local s, i, j = ...
+        if type(s) == "userdata" and is_text(s) then return safe_string.byte(texts(...)) end
         if metering and j ~= nil and type(s) == "string" and int(i or 1) and int(j) then
             charge_bytes(span(#s, i or 1, j) * BYTES_PER_INSTRUCTION // 4)  -- a value pushed per byte
         end
@@ -393,6 +424,7 @@ do
     local sub = string.sub
     function safe_string.sub(...)
         local s, i, j = ...
+        if type(s) == "userdata" and is_text(s) then return safe_string.sub(texts(...)) end
         if metering and type(s) == "string" and #s > SHORT and int(i) and (j == nil or int(j)) then
             charge_bytes(span(#s, i, j or -1))
         end
@@ -401,18 +433,30 @@ do
 end
 
 do
-    local upper, lower, reverse = string.upper, string.lower, string.reverse
+    local upper, lower, reverse, len = string.upper, string.lower, string.reverse, string.len
     function safe_string.upper(...)
-        if metering then charge(strlen((...)) // CHARS_PER_INSTRUCTION) end
+        local s = ...
+        if type(s) == "userdata" and is_text(s) then return safe_string.upper(texts(...)) end
+        if metering then charge(strlen(s) // CHARS_PER_INSTRUCTION) end
         return upper(...)
     end
     function safe_string.lower(...)
-        if metering then charge(strlen((...)) // CHARS_PER_INSTRUCTION) end
+        local s = ...
+        if type(s) == "userdata" and is_text(s) then return safe_string.lower(texts(...)) end
+        if metering then charge(strlen(s) // CHARS_PER_INSTRUCTION) end
         return lower(...)
     end
     function safe_string.reverse(...)
-        if metering then charge(strlen((...)) // CHARS_PER_INSTRUCTION) end
+        local s = ...
+        if type(s) == "userdata" and is_text(s) then return safe_string.reverse(texts(...)) end
+        if metering then charge(strlen(s) // CHARS_PER_INSTRUCTION) end
         return reverse(...)
+    end
+    -- Wrapped only for textual objects: the C function is constant time.
+    function safe_string.len(...)
+        local s = ...
+        if type(s) == "userdata" and is_text(s) then return len(texts(...)) end
+        return len(...)
     end
 end
 
@@ -428,6 +472,9 @@ do
     local pack, unpack = string.pack, string.unpack
     function safe_string.pack(...)
         local fmt = ...
+        for i = 1, select("#", ...) do
+            if is_text((select(i, ...))) then return safe_string.pack(texts(...)) end
+        end
         if metering and type(fmt) == "string" then
             local bytes = format_bytes(fmt)
             for i = 2, select("#", ...) do bytes = bytes + strlen((select(i, ...))) end
@@ -437,6 +484,7 @@ do
     end
     function safe_string.unpack(...)
         local fmt, s = ...
+        if is_text(fmt) or is_text(s) then return safe_string.unpack(texts(...)) end
         if metering and type(fmt) == "string" then
             -- It reads what the format says, except strings ("s", "z"), which may be all of s.
             local bytes = format_bytes(fmt)

@@ -583,7 +583,8 @@ end
 -- budget); `remaining()` is what is left (math.huge when unlimited); `typename(v)` as
 -- luaL_typeerror names values. STEPS_PER_INSTRUCTION: matcher steps one VM instruction's
 -- worth of budget pays for (measured in bench/hostile.py).
-local function bounded(charge, remaining, typename, STEPS_PER_INSTRUCTION, BYTES_PER_INSTRUCTION, TEST_COST)
+local function bounded(charge, remaining, typename, STEPS_PER_INSTRUCTION, BYTES_PER_INSTRUCTION, TEST_COST,
+                       text_of)
     charge_extra, CHARGE_EXTRA = charge, CHARGE_EVERY * TEST_COST
 
     -- luaL_argerror's message, raised at the caller of the library function; `depth`:
@@ -599,10 +600,14 @@ local function bounded(charge, remaining, typename, STEPS_PER_INSTRUCTION, BYTES
         error(format("bad argument #%d to '%s' (%s)", arg, name, message), 3 + depth)
     end
 
+    -- `text_of(v)`: the text of an object the string functions take as a string (an
+    -- error object), else nil.
     local function checkstring(v, arg)
         local t = type(v)
         if t == "string" then return v end
         if t == "number" then return tostring(v) end
+        local text = text_of(v)
+        if text ~= nil then return text end
         argerror(arg, "string expected, got " .. typename(v), 1)
     end
 
@@ -775,8 +780,8 @@ local function bounded(charge, remaining, typename, STEPS_PER_INSTRUCTION, BYTES
         if type(s) ~= "string" then s = checkstring(s, 1) end
         if type(p) ~= "string" then p = checkstring(p, 2) end
         local kind = type(repl)
-        if kind == "number" then
-            repl = tostring(repl)
+        if kind == "number" or kind == "userdata" and text_of(repl) ~= nil then
+            repl = kind == "number" and tostring(repl) or text_of(repl)
             kind = "string"
         elseif kind ~= "string" and kind ~= "table" and kind ~= "function" then
             argerror(3, "string/function/table expected, got " .. typename(repl))

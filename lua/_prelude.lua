@@ -22,9 +22,18 @@ local function argerror(n, fname, expected, got)
 end
 
 -- ====================================================================== errors
+--
+-- Error objects are userdata (wippy-modules §4) holding:
+--   message   what :message() says; a wrap keeps its parent's
+--   text      what tostring, `..` and the string functions see: "context: " .. the
+--             parent's text for a wrap (issue 17's rule; Wippy shows the message only),
+--             else the message
+--   kind, retryable, details (string keys only, nil when empty; never handed out:
+--             :details() copies), frames (where it was made), context and cause (a
+--             wrap's context and its parent's fields, for :stack())
+-- Python sees the text as the error's message (`error_fields`), as Wippy's host logs do.
 
-local ErrorMethods = {}
-local ErrorMT = { __index = ErrorMethods, __name = "error", __metatable = false }
+local new_object, fields_of, metatable_of = core.new_object, core.fields, core.metatable_of
 
 local KINDS = {
     NOT_FOUND = "NotFound", ALREADY_EXISTS = "AlreadyExists", INVALID = "Invalid",
@@ -46,90 +55,191 @@ local function capture_frames(level)
     return frames
 end
 
-local function new_error(message, kind, retryable, details, frames)
-    return setmetatable({
-        _message = message, _kind = kind or "", _retryable = retryable, _details = details,
-        _frames = frames or {},
-    }, ErrorMT)
+local ErrorMethods = {}
+local ErrorMT
+
+local function is_error(v)
+    return type(v) == "userdata" and metatable_of(v) == ErrorMT
 end
 
-function ErrorMethods.kind(e) return e._kind end
-function ErrorMethods.message(e) return e._message end
-function ErrorMethods.retryable(e) return e._retryable end
-function ErrorMethods.details(e) return e._details end
-function ErrorMethods.stack(e)
+-- Details as Wippy keeps them: string keys only, at every level (`{items = {1, 2}}`
+-- comes back `{items = {}}`); functions and coroutines dropped. `next`, not `pairs`:
+-- a user's __pairs does not get to run here. Deeper than MAX_DETAILS_DEPTH is dropped
+-- (that is also where a cycle ends).
+local MAX_DETAILS_DEPTH = 64
+local function copy_details(t, depth)
+    local out, any = {}, false
+    for k, v in next, t do
+        if type(k) == "string" then
+            local kind = type(v)
+            if kind == "table" then
+                if depth < MAX_DETAILS_DEPTH then out[k] = (copy_details(v, depth + 1)); any = true end
+            elseif kind ~= "function" and kind ~= "thread" then
+                out[k] = v
+                any = true
+            end
+        end
+    end
+    return out, any
+end
+local function kept_details(details)
+    if type(details) ~= "table" then return nil end
+    local out, any = copy_details(details, 1)
+    return any and out or nil
+end
+
+local function new_error(message, kind, retryable, details, frames)
+    return new_object(ErrorMT, {
+        message = message, text = message, kind = kind or "", retryable = retryable,
+        details = kept_details(details), frames = frames or {},
+    })
+end
+
+local function receiver(e, name)
+    if not is_error(e) then
+        error("calling '" .. name .. "' on bad self (error expected, got " .. type(e) .. ")", 3)
+    end
+    return fields_of(e)
+end
+
+function ErrorMethods.kind(e) return receiver(e, "kind").kind end
+function ErrorMethods.message(e) return receiver(e, "message").message end
+function ErrorMethods.retryable(e) return receiver(e, "retryable").retryable end
+function ErrorMethods.details(e)
+    local details = receiver(e, "details").details
+    return details and (copy_details(details, 1)) or nil
+end
+local function frame_lines(lines, frames)
+    for _, f in ipairs(frames) do
+        lines[#lines + 1] = "  " .. f.source .. ":" .. tostring(f.line) .. (f.name and (" (" .. f.name .. ")") or "")
+    end
+end
+-- Per link of the chain, outermost first: its context (the message for the innermost
+-- error), then its Lua frames.
+local function stack_of(f)
     local lines = {}
-    for i, f in ipairs(e._frames) do
-        lines[i] = f.source .. ":" .. tostring(f.line) .. (f.name and (" in " .. f.name) or "")
+    while f do
+        lines[#lines + 1] = f.context or f.message
+        frame_lines(lines, f.frames)
+        f = f.cause
     end
     return table_concat(lines, "\n")
 end
-ErrorMT.__tostring = function(e)
-    if e._kind ~= "" then
-        return e._kind .. ": " .. tostring(e._message)
-    end
-    return tostring(e._message)
+function ErrorMethods.stack(e) return stack_of(receiver(e, "stack")) end
+
+local function text_of(v)
+    if is_error(v) then return fields_of(v).text end
+    local t = type(v)
+    if t == "string" or t == "number" then return v end
+    error("attempt to concatenate a " .. t .. " value", 3)
 end
 
-local metatable_of = core.metatable_of
-local function is_error(v)
-    return type(v) == "table" and metatable_of(v) == ErrorMT
-end
+ErrorMT = core.object_type("error", ErrorMethods, {
+    __tostring = function(e) return fields_of(e).text end,
+    __concat = function(a, b) return text_of(a) .. text_of(b) end,
+})
+core.textual(ErrorMT)  -- string.find(err, ...) and friends work on the text
 
 local errors = {}
 for k, v in pairs(KINDS) do errors[k] = v end
 
-function errors.new(spec, extra)
-    if extra ~= nil then
-        error("errors.new takes one argument: a message or {message=, kind=, retryable=, details=}", 2)
-    end
-    local frames = capture_frames(3)
-    if type(spec) == "string" then
-        return new_error(spec, "", nil, nil, frames)
-    elseif type(spec) == "table" then
-        local kind = spec.kind or ""
-        if type(kind) ~= "string" then argerror(1, "new", "string kind", kind) end
-        if spec.retryable ~= nil and type(spec.retryable) ~= "boolean" then
-            argerror(1, "new", "boolean retryable", spec.retryable)
+-- A second argument is ignored, as Wippy's VM does.
+function errors.new(spec)
+    local t = type(spec)
+    if t == "string" then
+        return new_error(spec, "", nil, nil, capture_frames(3))
+    elseif t == "table" then
+        local message = spec.message
+        if type(message) ~= "string" then
+            error("errors.new: message must be a string, got " .. type(message), 2)
         end
-        return new_error(tostring(spec.message or ""), kind, spec.retryable, spec.details, frames)
+        local kind, retryable = spec.kind, spec.retryable
+        if type(retryable) ~= "boolean" then retryable = nil end  -- ignored, as Wippy
+        return new_error(message, type(kind) == "string" and kind or "", retryable, spec.details, capture_frames(3))
     end
-    argerror(1, "new", "string or table", spec)
+    error("errors.new: expected string or table, got " .. t, 2)
 end
 
-function errors.wrap(err, message)
-    if err == nil then return nil end
-    local frames = capture_frames(3)
-    if is_error(err) then
-        return new_error(tostring(message) .. ": " .. tostring(err._message), err._kind, err._retryable,
-            err._details, frames)
+function errors.wrap(parent, context)
+    if is_error(context) then
+        context = fields_of(context).message
+    elseif type(context) == "number" then
+        context = tostring(context)
+    elseif type(context) ~= "string" then
+        argerror(2, "wrap", "string or error", context)
     end
-    return new_error(tostring(message) .. ": " .. tostring(err), "", nil, nil, frames)
+    if is_error(parent) then
+        local p = fields_of(parent)
+        return new_object(ErrorMT, {
+            message = p.message, text = context .. ": " .. p.text, kind = p.kind, retryable = p.retryable,
+            details = p.details, frames = capture_frames(3), context = context, cause = p,
+        })
+    elseif type(parent) == "string" then
+        return new_object(ErrorMT, {
+            message = parent, text = context .. ": " .. parent, kind = "", frames = capture_frames(3),
+            context = context, cause = { message = parent, frames = {} },
+        })
+    end
+    argerror(1, "wrap", "error or string", parent)
 end
 
-function errors.is(err, kind)
-    return is_error(err) and err._kind == kind
+function errors.is(v, kind)
+    local t = type(kind)
+    if t == "number" then
+        kind = tostring(kind)
+    elseif t ~= "string" then
+        argerror(2, "is", "string", kind)
+    end
+    return is_error(v) and fields_of(v).kind == kind
 end
 
-function errors.call_stack(err)
-    if not is_error(err) then return nil end
+function errors.call_stack(v)
+    if not is_error(v) then return nil end
     local frames = {}
-    for i, f in ipairs(err._frames) do frames[i] = { source = f.source, line = f.line, name = f.name } end
+    local f = fields_of(v)
+    while f do
+        for _, frame in ipairs(f.frames) do
+            frames[#frames + 1] = { level = #frames + 1, source = frame.source, line = frame.line,
+                                    name = frame.name, type = "lua" }
+        end
+        f = f.cause
+    end
+    if #frames == 0 then return nil end
     return { thread = "main", frames = frames }
 end
 
--- Python's view of error objects.
+-- Python's view of error objects: the text is the message there.
 function M.error_fields(v)
     if is_error(v) then
-        return v._message, v._kind, v._retryable, v._details, ErrorMethods.stack(v)
+        local f = fields_of(v)
+        return f.text, f.kind, f.retryable, f.details, stack_of(f)
     end
     return nil
 end
 function M.make_error(message, kind, retryable, details)
     return new_error(message, kind, retryable, details, {})
 end
-local function host_error(message, kind, retryable)
-    return new_error(message, kind, retryable, nil, capture_frames(3))
+-- An error made by a module. With `context` (a label such as "json.decode"), the
+-- message stays the cause's text and tostring shows "context: message".
+local function host_error(message, kind, retryable, context)
+    local e = new_error(message, kind, retryable, nil, capture_frames(3))
+    if context ~= nil then
+        local f = fields_of(e)
+        f.text, f.context, f.cause = context .. ": " .. message, context, { message = message, frames = {} }
+    end
+    return e
+end
+
+-- What Python makes of userdata crossing to it (_values.py): an error's fields, what a
+-- type registered in `crossings` says (payloads), else the text tostring gives (Wippy's
+-- rule for userdata turned into host values).
+local crossings = {}  -- metatable -> function(v) returning a tag and values
+function M.userdata_parts(v)
+    local mt = metatable_of(v)
+    if mt == ErrorMT then return "error" end
+    local crossing = crossings[mt]
+    if crossing ~= nil then return crossing(v) end
+    return "text", tostring(v)
 end
 
 globals.errors = readonly(errors)
@@ -425,6 +535,8 @@ end
 M.globals = globals
 M.modules = modules
 M.host_error = host_error
+M.is_error = is_error
+M.crossings = crossings
 M.kinds = KINDS
 -- For the other trusted chunks (_process.lua).
 M.handle_of = handle_of

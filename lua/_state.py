@@ -20,13 +20,13 @@ import lupa.lua55 as lupa
 
 from ._errors import Kind, MoonwireError, internal, invalid
 from ._crypto_host import CryptoFunctions
-from ._data_host import DataFunctions
+from ._data_host import DataFunctions, payload_data
 from ._host import HostFunctions
 from ._process import ProcessFunctions
 from ._registry_host import EMPTY_REGISTRY, Registry, RegistryFunctions
 from ._time_host import TimeFunctions
 from ._typed import TypedSyntaxError, strip
-from ._values import decode_string, to_lua, to_python
+from ._values import as_text, decode_string, to_lua, to_python
 
 if TYPE_CHECKING:
     from ._protocols import Running
@@ -190,6 +190,7 @@ class LuaState:
         self._compile = self.core.compile
         self._error_fields = self.prelude.error_fields
         self._make_error = self.prelude.make_error
+        self._userdata_parts = self.prelude.userdata_parts
         self.host_error = self.prelude.host_error
         self.new_payload = self.prelude.new_payload
         self.new_time = self.prelude.new_time
@@ -237,6 +238,21 @@ class LuaState:
             stack=decode_string(stack) if isinstance(stack, bytes) else None,
         )
 
+    def userdata_parts(self, value: Any) -> tuple[str, Any, Any]:
+        parts = self._userdata_parts(value)
+        if not isinstance(parts, tuple):
+            parts = (parts,)
+        tag = as_text(parts[0])
+        if tag == "payload":  # its format, and the value it holds
+            return tag, as_text(parts[1]), parts[2] if len(parts) > 2 else None
+        if tag == "text":
+            return tag, as_text(parts[1]), None
+        return tag, None, None
+
+    @staticmethod
+    def payload_data(format: str, raw: Any) -> Any:
+        return payload_data(format, raw)
+
     def make_error(self, error: MoonwireError) -> Any:
         details = to_lua(self, error.details) if error.details is not None else None
         return self._make_error(error.message.encode(), str(error.kind).encode(), error.retryable, details)
@@ -254,7 +270,7 @@ class LuaState:
             return MoonwireError(str(decode_string(value)), Kind.UNKNOWN)
         if isinstance(value, BaseException):  # raised by a Python function Lua called
             return internal(f"{type(value).__name__}: {value}")
-        if self.lua_type(value) == "table":
+        if self.lua_type(value) == "userdata":
             err = self.error_fields(value)
             if err is not None:
                 return err

@@ -5,7 +5,10 @@ a Lua string becomes ``str`` when it is valid UTF-8 and ``bytes`` otherwise, and
 Python ``str`` is encoded before it reaches Lua (lupa would otherwise hand Lua a Python
 object). Tables become lists when their keys are exactly 1..n (an empty table is an
 empty list, as ``json.encode`` writes it), else dicts. Error objects become
-:class:`MoonwireError`; functions, threads and userdata cannot cross.
+:class:`MoonwireError`, payloads their data, other opaque userdata (times,
+durations...) the text ``tostring`` gives them (Wippy's rule for userdata turned into
+host values); functions and threads cannot cross. ``json.encode`` has rules of its own
+(:data:`Crossing`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import re
 from itertools import accumulate
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ._errors import Kind, MoonwireError
 
@@ -41,6 +44,29 @@ class LuaValues(Protocol):
 
     def make_error(self, error: MoonwireError) -> Any: ...
 
+    def userdata_parts(self, value: Any) -> tuple[str, Any, Any]:
+        """What a userdata is: ``("error", None, None)``, ``("payload", format,
+        value)`` or ``("text", its tostring text, None)``."""
+        ...
+
+    def payload_data(self, format: str, raw: Any) -> Any:
+        """A payload's data held as text or bytes in ``format``, as Python data."""
+        ...
+
+
+Crossing = Literal["host", "json", "native"]
+"""How opaque Lua values become Python data:
+
+``host``: error objects become :class:`MoonwireError`, payloads their data, other
+userdata their text; functions and threads are refused (messages, call arguments,
+results).
+``json``: error objects become their text, other userdata and functions ``None``
+(wippy-modules §3: ``json.encode`` writes ``null`` for them).
+``native``: error objects and other userdata become their text, payloads their data;
+functions are refused (payloads transcoded through Wippy's ``golang/any``)."""
+
+_PAYLOAD_AS_LUA = frozenset({"lua/any", "golang/any", "golang/error"})
+
 
 def decode_string(raw: bytes) -> str | bytes:
     try:
@@ -49,38 +75,40 @@ def decode_string(raw: bytes) -> str | bytes:
         return raw
 
 
-def to_python(state: LuaValues, value: Any) -> Any:
-    """A Lua value as plain Python data.
+def to_python(state: LuaValues, value: Any, crossing: Crossing = "host") -> Any:
+    """A Lua value as plain Python data; opaque values as ``crossing`` says.
 
     Raises:
-        MoonwireError: (Invalid) a function, thread or userdata; nesting deeper than
-            128 (which is also how a cycle ends); more than MAX_VALUES values in all
-            (so a table that shares sub-tables cannot make the copy exponential).
+        MoonwireError: (Invalid) a function or thread (unless ``crossing`` is
+            ``json``); nesting deeper than 128 (which is also how a cycle ends); more
+            than MAX_VALUES values in all (so a table that shares sub-tables cannot make
+            the copy exponential).
     """
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, bytes):
         return decode_string(value)
-    return _to_python(state, value, 0, [MAX_VALUES])
+    return _to_python(state, value, 0, [MAX_VALUES], crossing)
 
 
 MAX_VALUES = 1_000_000
 
 
-def _to_python(state: LuaValues, value: Any, depth: int, budget: list[int]) -> Any:
+def _to_python(state: LuaValues, value: Any, depth: int, budget: list[int], crossing: Crossing) -> Any:
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, bytes):
         return decode_string(value)
-    lua_type = state.lua_type(value)
-    if lua_type != "table":
-        raise MoonwireError(f"cannot pass a Lua {lua_type} outside its Lua state", Kind.INVALID, retryable=False)
     if depth >= MAX_DEPTH:
         raise MoonwireError(f"value nested deeper than {MAX_DEPTH} levels (or it contains itself)", Kind.INVALID,
                             retryable=False)
-    error = state.error_fields(value)
-    if error is not None:
-        return error
+    lua_type = state.lua_type(value)
+    if lua_type == "userdata":
+        return _userdata(state, value, depth, budget, crossing)
+    if lua_type != "table":
+        if crossing == "json":
+            return None
+        raise MoonwireError(f"cannot pass a Lua {lua_type} outside its Lua state", Kind.INVALID, retryable=False)
     items = list(value.items())
     budget[0] -= len(items) + 1
     if budget[0] < 0:
@@ -88,14 +116,29 @@ def _to_python(state: LuaValues, value: Any, depth: int, budget: list[int]) -> A
     n = len(items)
     if all(type(k) is int for k, _ in items) and {k for k, _ in items} == set(range(1, n + 1)):
         items.sort(key=lambda kv: kv[0])
-        return [_to_python(state, v, depth + 1, budget) for _, v in items]
+        return [_to_python(state, v, depth + 1, budget, crossing) for _, v in items]
     out: dict[Any, Any] = {}
     for k, v in items:
         key = decode_string(k) if isinstance(k, bytes) else k
         if not isinstance(key, (str, int, float, bool)):
             raise MoonwireError("table keys must be strings or numbers", Kind.INVALID, retryable=False)
-        out[key] = _to_python(state, v, depth + 1, budget)
+        out[key] = _to_python(state, v, depth + 1, budget, crossing)
     return out
+
+
+def _userdata(state: LuaValues, value: Any, depth: int, budget: list[int], crossing: Crossing) -> Any:
+    tag, a, b = state.userdata_parts(value)
+    if tag == "error":
+        error = state.error_fields(value)
+        assert error is not None
+        return error if crossing == "host" else error.message
+    if crossing == "json":
+        return None
+    if tag == "payload":
+        if a in _PAYLOAD_AS_LUA:
+            return _to_python(state, b, depth + 1, budget, crossing)
+        return state.payload_data(a, b)
+    return a
 
 
 def to_lua(state: LuaValues, value: Any, _depth: int = 0) -> Any:

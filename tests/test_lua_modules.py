@@ -17,76 +17,7 @@ async def value_of(source: str, *args: object, **kwargs: object) -> object:
     return outcome.value
 
 
-# ------------------------------------------------------------------ errors
-
-
-async def test_error_kinds_are_camel_case_constants() -> None:
-    kinds = await value_of("""
-        return function()
-          return {errors.NOT_FOUND, errors.ALREADY_EXISTS, errors.INVALID, errors.PERMISSION_DENIED,
-                  errors.UNAVAILABLE, errors.INTERNAL, errors.CANCELED, errors.CONFLICT, errors.TIMEOUT,
-                  errors.RATE_LIMITED, errors.UNKNOWN}
-        end""")
-    assert kinds == [k.value for k in (Kind.NOT_FOUND, Kind.ALREADY_EXISTS, Kind.INVALID, Kind.PERMISSION_DENIED,
-                                       Kind.UNAVAILABLE, Kind.INTERNAL, Kind.CANCELED, Kind.CONFLICT, Kind.TIMEOUT,
-                                       Kind.RATE_LIMITED, Kind.UNKNOWN)]
-
-
-async def test_error_objects_new_wrap_is_and_methods() -> None:
-    assert await value_of("""
-        return function()
-          local e = errors.new({message = "gone", kind = errors.NOT_FOUND, retryable = false, details = {id = 7}})
-          local w = errors.wrap(e, "loading user")
-          local plain = errors.new("boom")
-          return {
-            e:kind(), e:message(), e:retryable(), e:details().id, tostring(e),
-            w:kind(), w:message(), w:retryable(), errors.is(w, errors.NOT_FOUND), errors.is(w, errors.INVALID),
-            plain:kind(), plain:retryable() == nil, #errors.call_stack(e).frames > 0,
-          }
-        end""") == ["NotFound", "gone", False, 7, "NotFound: gone", "NotFound", "loading user: gone", False, True,
-                    False, "", True, True]
-
-
-async def test_two_string_errors_new_is_rejected() -> None:
-    outcome = await run_lua("return function() return errors.new(errors.INVALID, 'bad') end")
-    assert outcome.error is not None and "errors.new takes one argument" in outcome.error.message
-
-
-async def test_returned_error_keeps_kind_and_retryable() -> None:
-    outcome = await run_lua("""
-        return function() return nil, errors.new({message = "later", kind = errors.UNAVAILABLE, retryable = true}) end""")
-    assert outcome.error is not None
-    assert (outcome.error.kind, outcome.error.message, outcome.error.retryable) == ("Unavailable", "later", True)
-
-
-async def test_raised_string_and_returned_string_errors() -> None:
-    raised = await run_lua("return function() error('kaput', 0) end")
-    assert raised.error is not None and raised.error.message == "kaput"
-    returned = await run_lua("return function() return nil, 'plain' end")
-    assert returned.error is not None and returned.error.message == "plain"
-
-
-# ------------------------------------------------------------------ json
-
-
-async def test_json_round_trip_and_edge_cases() -> None:
-    assert await value_of("""
-        local json = require("json")
-        return function()
-          local back = json.decode('{"a":[1,2,{"b":null}],"s":"\\\\u00e9"}')
-          local _, mixed = json.encode({1, 2, x = 3})
-          local _, sparse = json.encode({[1] = 1, [3] = 3})
-          local bad, derr = json.decode("{nope")
-          return {json.encode({}), json.encode({1, "two", true}), json.encode(0/0), back.a[2], back.s,
-                  mixed:kind(), sparse:kind(), bad == nil, derr:kind()}
-        end""") == ["[]", '[1,"two",true]', "null", 2, "é", "Internal", "Internal", True, "Invalid"]
-
-
-async def test_json_cycle_is_an_error_not_a_hang() -> None:
-    assert await value_of("""
-        local json = require("json")
-        return function() local t = {} t.self = t local s, err = json.encode(t) return s == nil and err:kind() end
-    """) == "Internal"
+# Errors, payload and json: tests/test_lua_errors_data.py.
 
 
 # ------------------------------------------------------------------ time
@@ -274,14 +205,3 @@ async def test_logging_goes_to_the_structured_log(call: str, caplog: pytest.LogC
     record = caplog.records[-1]
     assert record.name.startswith("moonwire.lua")
     assert getattr(record, "unit") == "test:fn"
-
-
-async def test_json_decode_refuses_deep_nesting_before_decoding() -> None:
-    outcome = await run_lua("""
-        local json = require("json")
-        return function()
-          local value, err = json.decode(string.rep("[", 100000))
-          return {value == nil, tostring(err)}
-        end""")
-    assert outcome.error is None, outcome.error
-    assert outcome.value[0] is True and "nested deeper than" in outcome.value[1], outcome.value

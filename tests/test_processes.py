@@ -336,7 +336,9 @@ async def test_process_objects_hold_no_python(tmp_path: Path) -> None:
     # Lua never reaches Python: a Python object would show up as userdata somewhere.
     value = await run(tmp_path, """
         local function walk(v, path, seen)
-          if type(v) == "userdata" then return path end
+          -- A Python object would be userdata with a metatable; the runtime's own opaque
+          -- objects (payloads, errors) hide theirs.
+          if type(v) == "userdata" then return getmetatable(v) ~= false and path or nil end
           if type(v) == "function" then return nil end
           if type(v) ~= "table" or seen[v] then return nil end
           seen[v] = true
