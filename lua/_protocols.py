@@ -18,6 +18,7 @@ from ._values import LuaValues
 
 if TYPE_CHECKING:
     from ._mailbox import Mailbox
+    from ._security_host import Security
 
 
 class DirectProcessCalls(Protocol):
@@ -48,6 +49,7 @@ class Running(Protocol):
     frame_id: str | None
     trap_links: bool
     mailbox: Mailbox | None
+    security: Security | None
 
     @property
     def processes(self) -> DirectProcessCalls: ...

@@ -22,6 +22,7 @@ from ._errors import Kind, MoonwireError, internal, invalid
 from ._data_host import DataFunctions
 from ._host import HostFunctions
 from ._process import ProcessFunctions
+from ._security_host import SecurityFunctions
 from ._time_host import TimeFunctions
 from ._values import decode_string, to_lua, to_python
 
@@ -40,6 +41,7 @@ MODULE_CHUNKS: tuple[tuple[bytes, Callable[[Any], Any]], ...] = tuple(
     for name, functions in (
         ("_time.lua", TimeFunctions),
         ("_data.lua", DataFunctions),
+        ("_security.lua", SecurityFunctions),
     )
 )
 TOKENS_PER_BATCH = 64
