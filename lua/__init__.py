@@ -19,7 +19,7 @@ from ._answer import Answer, Outcome, Pending, settled
 from ._errors import Kind, MoonwireError, internal, invalid, not_found
 from ._mailbox import CANCEL, DEFAULT_MAILBOX_LIMIT, EXIT, LINK_DOWN, Event, Mailbox, Message
 from ._process import SpawnRequest
-from ._security_host import Actor, Security
+from ._security_context import Actor, Security
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay
 from ._unit import TURN, NoServices, Services, Unit
 from ._unit_process import NoProcesses, ProcessServices

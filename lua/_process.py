@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._errors import Kind, MoonwireError, invalid
-from ._security_host import Security
+from ._security_context import Security
 from ._values import LuaValues, to_lua, to_python
 
 if TYPE_CHECKING:

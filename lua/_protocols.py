@@ -18,7 +18,7 @@ from ._values import LuaValues
 
 if TYPE_CHECKING:
     from ._mailbox import Mailbox
-    from ._security_host import Security
+    from ._security_context import Security
 
 
 class DirectProcessCalls(Protocol):

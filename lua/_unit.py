@@ -23,7 +23,7 @@ from ._channel import Channel, Waiter, select
 from ._errors import Kind, MoonwireError, internal, invalid
 from ._holdings import Future, Holdings, Timer
 from ._mailbox import Mailbox
-from ._security_host import Security
+from ._security_context import Security
 from ._state import LuaState
 from ._unit_process import PROCESS_OPS, NoProcesses, ProcessRequests, ProcessServices
 from ._values import to_lua, to_python

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ._answer import Answer
 from ._errors import Kind, MoonwireError
 from ._process import WATCH_VERBS, SpawnRequest, spawn_request, text
-from ._security_host import Security
+from ._security_context import Security
 from ._values import to_python
 
 if TYPE_CHECKING:
