@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
+import nats
 import pytest
 
 from moonwire.lua import Actor, Kind, MoonwireError, Security, SpawnRequest
@@ -333,3 +335,18 @@ async def test_remote_call_and_spawn_run_as_the_caller(tmp_path: Path, nats_serv
     assert out["call"] == {**alice, "scope": True}
     assert out["spawn"] == {**alice, "scope": False}
     assert out["plain"] == {"scope": False, "node": server}
+
+    # The field as any client sends it; a malformed one is Invalid and nothing runs.
+    nc = await nats.connect(nats_server.address)
+    try:
+        headers = {"Content-Type": "application/msgpack"}
+        body = {"args": [], "ctx": {}, "security": {"actor": {"id": "dave", "meta": {"k": 1}}}}
+        reply = await nc.request("mw.fn.srv:whoami", msgpack.packb(body), timeout=10, headers=headers)
+        assert msgpack.unpackb(reply.data) == {"result": {"actor": "dave", "meta": {"k": 1}, "scope": False,
+                                                          "node": server}}
+        body["security"] = {"actor": {"id": 7}}
+        reply = await nc.request("mw.fn.srv:whoami", msgpack.packb(body), timeout=10, headers=headers)
+        error = msgpack.unpackb(reply.data)["error"]
+        assert error["kind"] == Kind.INVALID and "malformed security" in error["message"]
+    finally:
+        await nc.close()

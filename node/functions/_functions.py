@@ -370,8 +370,9 @@ class Functions:
             check_portable(args)
             if context:
                 check_portable(context)
-            security = Security.from_wire(data.get("security")) if isinstance(data, dict) and "args" in data \
-                else None
+            # Only the full form ({"args", "ctx", "security"?}) carries an actor and scope.
+            full = isinstance(data, dict) and "args" in data
+            security = Security.from_wire(data.get("security")) if full else None
         except MoonwireError as err:
             log.warning("bad request for %s: %s", pool.entry.id, err.message)
             self._reply(msg, content_type, pool, Outcome(error=err), bad_request=True)
