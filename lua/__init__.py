@@ -21,6 +21,7 @@ from ._mailbox import CANCEL, DEFAULT_MAILBOX_LIMIT, EXIT, LINK_DOWN, Event, Mai
 from ._process import SpawnRequest
 from ._entries import Entries, RegistryEntry
 from ._registry_host import Registry
+from ._security_context import Actor, Security
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay, syntax_error
 from ._unit import TURN, NoServices, Services, Unit
 from ._unit_process import NoProcesses, ProcessServices
@@ -38,6 +39,8 @@ __all__ = [
     "NoProcesses",
     "ProcessServices",
     "SpawnRequest",
+    "Actor",
+    "Security",
     "HOUR",
     "LUA_VERSION",
     "MICROSECOND",

@@ -438,36 +438,45 @@ end
 
 local ExecutorMethods = {}
 local ExecutorMT = { __index = ExecutorMethods, __name = "executor", __metatable = false }
-local function new_executor(context, options)
-    return setmetatable({ _context = context, _options = options }, ExecutorMT)
+-- `_security`: the actor and scope a call runs as instead of the caller's, set by
+-- with_actor/with_scope ({actor = {id, meta}, policies = {ids}}, see _security.lua);
+-- nil: the caller's.
+local function new_executor(context, options, security)
+    return setmetatable({ _context = context, _options = options, _security = security }, ExecutorMT)
 end
 function ExecutorMethods.with_context(e, values)
     if type(values) ~= "table" then argerror(1, "with_context", "table", values) end
-    return new_executor(merge(e._context, values), e._options)
+    return new_executor(merge(e._context, values), e._options, e._security)
 end
 function ExecutorMethods.with_options(e, options)
     if type(options) ~= "table" then argerror(1, "with_options", "table", options) end
-    return new_executor(e._context, merge(e._options, options))
+    return new_executor(e._context, merge(e._options, options), e._security)
 end
-function ExecutorMethods.with_actor(e, actor) return new_executor(merge(e._context, { ["@actor"] = actor }), e._options) end
-function ExecutorMethods.with_scope(e, scope) return new_executor(merge(e._context, { ["@scope"] = scope }), e._options) end
+-- A nil or non-Actor/Scope argument raises (wippy-modules §5.3).
+function ExecutorMethods.with_actor(e, actor)
+    return new_executor(e._context, e._options, merge(e._security, { actor = M.security_actor(actor, "with_actor") }))
+end
+function ExecutorMethods.with_scope(e, scope)
+    return new_executor(e._context, e._options,
+                        merge(e._security, { policies = M.security_scope(scope, "with_scope") }))
+end
 function ExecutorMethods.call(e, target, ...)
     local bad = check_target(target)
     if bad then return nil, bad end
-    return request("call", target, e._context, e._options, ...)
+    return request("call", target, e._context, e._options, e._security, ...)
 end
 function ExecutorMethods.async(e, target, ...)
     local bad = check_target(target)
     if bad then return nil, bad end
     local ch = channel.new(1)
-    local handle, err = request("async", target, e._context, e._options, handles[ch], ...)
+    local handle, err = request("async", target, e._context, e._options, e._security, handles[ch], ...)
     if handle == nil then return nil, err end
     return new_future(handle, ch)
 end
 
-local plain = new_executor(nil, nil)  -- never handed out: a caller could change its fields
+local plain = new_executor(nil, nil, nil)  -- never handed out: a caller could change its fields
 local funcs = {
-    new = function() return new_executor(nil, nil) end,
+    new = function() return new_executor(nil, nil, nil) end,
     call = function(target, ...) return ExecutorMethods.call(plain, target, ...) end,
     async = function(target, ...) return ExecutorMethods.async(plain, target, ...) end,
 }

@@ -87,31 +87,36 @@ end
 
 local SpawnerMethods = {}
 local SpawnerMT = { __index = SpawnerMethods, __name = "spawner", __metatable = false }
-local function new_spawner(context, options, name, messages, scope)
+-- `security`: the actor and scope the child runs as instead of the caller's (see
+-- ExecutorMethods.with_actor in _prelude.lua); nil: the caller's (spawn) or none (exec).
+local function new_spawner(context, options, name, messages, scope, security)
     return setmetatable({ _context = context, _options = options, _name = name, _messages = messages,
-                          _scope = scope }, SpawnerMT)
+                          _scope = scope, _security = security }, SpawnerMT)
 end
 
 function SpawnerMethods.with_context(s, values)
     if type(values) ~= "table" then argerror(1, "with_context", "table", values) end
-    return new_spawner(merge(s._context, values), s._options, s._name, s._messages, s._scope)
+    return new_spawner(merge(s._context, values), s._options, s._name, s._messages, s._scope, s._security)
 end
 function SpawnerMethods.with_options(s, options)
     if type(options) ~= "table" then argerror(1, "with_options", "table", options) end
-    return new_spawner(s._context, merge(s._options, options), s._name, s._messages, s._scope)
+    return new_spawner(s._context, merge(s._options, options), s._name, s._messages, s._scope, s._security)
 end
 -- `scope` (a process.registry scope, LOCAL by default): a cluster scope registers the
 -- name cluster-wide before the child's first instruction; taken, the spawn fails.
 function SpawnerMethods.with_name(s, name, scope)
     if type(name) ~= "string" or name == "" then argerror(1, "with_name", "non-empty string", name) end
     if scope ~= nil and not SCOPES[scope] then argerror(2, "with_name", "registry scope", scope) end
-    return new_spawner(s._context, s._options, name, s._messages, scope)
+    return new_spawner(s._context, s._options, name, s._messages, scope, s._security)
 end
+-- A nil or non-Actor/Scope argument raises (wippy-modules §5.3).
 function SpawnerMethods.with_actor(s, actor)
-    return new_spawner(merge(s._context, { ["@actor"] = actor }), s._options, s._name, s._messages, s._scope)
+    return new_spawner(s._context, s._options, s._name, s._messages, s._scope,
+                       merge(s._security, { actor = P.security_actor(actor, "with_actor") }))
 end
 function SpawnerMethods.with_scope(s, scope)
-    return new_spawner(merge(s._context, { ["@scope"] = scope }), s._options, s._name, s._messages, s._scope)
+    return new_spawner(s._context, s._options, s._name, s._messages, s._scope,
+                       merge(s._security, { policies = P.security_scope(scope, "with_scope") }))
 end
 function SpawnerMethods.with_message(s, topic, ...)
     local bad = bad_topic(topic)
@@ -119,14 +124,14 @@ function SpawnerMethods.with_message(s, topic, ...)
     local messages = {}
     if s._messages then for i, m in ipairs(s._messages) do messages[i] = m end end
     messages[#messages + 1] = { topic, table_pack(...) }
-    return new_spawner(s._context, s._options, s._name, messages, s._scope)
+    return new_spawner(s._context, s._options, s._name, messages, s._scope, s._security)
 end
 
 local function spawn(s, op, monitor, link, id, host_id, ...)
     local bad = bad_entry(id, host_id)
     if bad then return nil, bad end
     return request(op, id, host_id, table_pack(...), monitor, link, s._context, s._options, s._name, s._messages,
-                   s._scope)
+                   s._scope, s._security)
 end
 function SpawnerMethods.spawn(s, id, h, ...) return spawn(s, "proc_spawn", false, false, id, h, ...) end
 function SpawnerMethods.spawn_monitored(s, id, h, ...) return spawn(s, "proc_spawn", true, false, id, h, ...) end
@@ -134,7 +139,7 @@ function SpawnerMethods.spawn_linked(s, id, h, ...) return spawn(s, "proc_spawn"
 function SpawnerMethods.spawn_linked_monitored(s, id, h, ...) return spawn(s, "proc_spawn", true, true, id, h, ...) end
 function SpawnerMethods.exec(s, id, h, ...) return spawn(s, "proc_exec", false, false, id, h, ...) end
 
-local plain = new_spawner(nil, nil, nil, nil, nil)
+local plain = new_spawner(nil, nil, nil, nil, nil, nil)
 for _, name in ipairs({ "spawn", "spawn_monitored", "spawn_linked", "spawn_linked_monitored", "exec" }) do
     local method = SpawnerMethods[name]
     process[name] = function(id, h, ...) return method(plain, id, h, ...) end

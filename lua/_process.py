@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._errors import Kind, MoonwireError, invalid
+from ._security_context import Security
 from ._values import LuaValues, to_lua, to_python
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ class SpawnRequest:
     scope: str = "local"
     """The registry scope of ``name``: ``local``, or a cluster scope (``eventual``,
     ``consistent``, ``strong``), registered cluster-wide before the child runs."""
+    security: Security | None = None
+    """The actor and scope the child runs as (wippy-modules §5.3): the spawner's, over
+    the parent's for a spawn; only the spawner's for an exec."""
 
 
 WATCH_VERBS = {b"monitor": "monitor", b"unmonitor": "unmonitor", b"link": "link", b"unlink": "unlink"}
@@ -156,8 +160,9 @@ class ProcessFunctions:
 
 
 def spawn_request(state: LuaValues, entry: bytes, host: bytes, packed: Any, monitor: Any, link: Any, context: Any,
-                  options: Any, name: Any, messages: Any, scope: Any = None) -> SpawnRequest:
-    """A :class:`SpawnRequest` from the Lua arguments of ``proc_spawn``/``proc_exec``."""
+                  options: Any, name: Any, messages: Any, scope: Any = None, security: Any = None) -> SpawnRequest:
+    """A :class:`SpawnRequest` from the Lua arguments of ``proc_spawn``/``proc_exec``;
+    its ``security`` is the spawner's own (the unit adds the parent's)."""
     n = packed[b"n"] or 0
     args = [to_python(state, packed[i]) for i in range(1, n + 1)]
     py_context = to_python(state, context) if context is not None else {}
@@ -174,4 +179,5 @@ def spawn_request(state: LuaValues, entry: bytes, host: bytes, packed: Any, moni
         name=None if name is None else text(name, "name"),
         options=py_options if isinstance(py_options, dict) else {}, messages=queued,
         scope="local" if scope is None else text(scope, "scope"),
+        security=None if security is None else Security.from_wire(to_python(state, security)),
     )

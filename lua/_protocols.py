@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._entries import Entries
     from ._env import Environment
     from ._mailbox import Mailbox
+    from ._security_context import Security
 
 
 class DirectProcessCalls(Protocol):
@@ -51,6 +52,7 @@ class Running(Protocol):
     frame_id: str | None
     trap_links: bool
     mailbox: Mailbox | None
+    security: Security | None
 
     @property
     def processes(self) -> DirectProcessCalls: ...

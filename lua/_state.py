@@ -24,6 +24,7 @@ from ._data_host import DataFunctions, payload_data
 from ._host import HostFunctions
 from ._process import ProcessFunctions
 from ._registry_host import EMPTY_REGISTRY, Registry, RegistryFunctions
+from ._security_host import SecurityFunctions
 from ._time_host import TimeFunctions
 from ._typed import TypedSyntaxError, strip
 from ._values import as_text, decode_string, to_lua, to_python
@@ -45,6 +46,7 @@ MODULE_CHUNKS: tuple[tuple[bytes, Callable[[Any], Any]], ...] = tuple(
         ("_data.lua", DataFunctions),
         ("_crypto.lua", CryptoFunctions),
         ("_registry.lua", RegistryFunctions),
+        ("_security.lua", SecurityFunctions),
     )
 )
 TOKENS_PER_BATCH = 64

@@ -23,6 +23,7 @@ from ._channel import Channel, Waiter, select
 from ._errors import Kind, MoonwireError, internal, invalid
 from ._holdings import Future, Holdings, Timer
 from ._mailbox import Mailbox
+from ._security_context import Security
 from ._state import LuaState
 from ._unit_process import PROCESS_OPS, NoProcesses, ProcessRequests, ProcessServices
 from ._values import to_lua, to_python
@@ -34,8 +35,8 @@ class Services(Protocol):
     """What a unit needs from the node it runs on."""
 
     def call(self, caller: Unit | None, target: str, args: list[Any], context: dict[str, Any],
-             options: dict[str, Any]) -> Answer:
-        """Call function ``target``."""
+             options: dict[str, Any], security: Security | None = None) -> Answer:
+        """Call function ``target``, running as ``security`` (the caller's actor and scope)."""
         ...
 
 
@@ -43,7 +44,7 @@ class NoServices:
     """For units that run with no node around them (tests, tools)."""
 
     def call(self, caller: Unit | None, target: str, args: list[Any], context: dict[str, Any],
-             options: dict[str, Any]) -> Outcome:
+             options: dict[str, Any], security: Security | None = None) -> Outcome:
         return Outcome(error=MoonwireError(f"function {target} not found", Kind.NOT_FOUND, retryable=False))
 
 
@@ -68,15 +69,18 @@ class Unit(ProcessRequests):
     __slots__ = (
         "state", "label", "context", "services", "processes", "loop", "main", "threads", "ready", "_holdings",
         "outcome", "_wakeup", "notify", "on_end", "scheduled", "pid", "mailbox",
-        "trap_links", "frame_id", "record", "preempted",
+        "trap_links", "frame_id", "record", "preempted", "security",
     )
 
     def __init__(self, state: LuaState, label: str, *, context: dict[str, Any] | None = None,
                  services: Services | None = None, processes: ProcessServices | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, security: Security | None = None) -> None:
         self.state = state
         self.label = label
         self.context: dict[str, Any] = context if context is not None else {}
+        self.security = security
+        """The actor and scope the unit runs as (wippy-modules §5.3): not context values
+        (``ctx`` does not show them), but passed on the same way."""
         self.services: Services = services if services is not None else NoServices()
         self.processes: ProcessServices = processes if processes is not None else _NO_PROCESSES
         self.loop = loop or asyncio.get_running_loop()
@@ -338,15 +342,18 @@ class Unit(ProcessRequests):
         done = select(cases, bool(has_default), self._waiter(tid))
         return _BLOCKED if done is None else done
 
-    def _call_args(self, args: tuple[Any, ...], context: Any,
-                   options: Any) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    def _call_args(self, args: tuple[Any, ...], context: Any, options: Any,
+                   security: Any) -> tuple[list[Any], dict[str, Any], dict[str, Any], Security | None]:
         state = self.state
         py_args = [to_python(state, a) for a in args]
         merged = dict(self.context)
         if context is not None:
             merged.update(to_python(state, context))
         py_options = to_python(state, options) if options is not None else {}
-        return py_args, merged, py_options if isinstance(py_options, dict) else {}
+        # The callee runs as the caller, unless the executor says otherwise (with_actor/with_scope).
+        runs_as = self.security if security is None else Security.overlay(
+            self.security, Security.from_wire(to_python(state, security)))
+        return py_args, merged, py_options if isinstance(py_options, dict) else {}, runs_as
 
     def _answer(self, outcome: Outcome) -> tuple[Any, ...]:
         if outcome.ok:
@@ -378,14 +385,15 @@ class Unit(ProcessRequests):
         self._when_answered(answer, lambda outcome: self.wake(tid, self._answer(outcome)))
         return _BLOCKED
 
-    def _op_call(self, tid: int, target: bytes, context: Any, options: Any, *args: Any) -> object:
-        py_args, merged, py_options = self._call_args(args, context, options)
-        return self._reply(tid, self.services.call(self, target.decode(), py_args, merged, py_options))
+    def _op_call(self, tid: int, target: bytes, context: Any, options: Any, security: Any, *args: Any) -> object:
+        py_args, merged, py_options, runs_as = self._call_args(args, context, options, security)
+        return self._reply(tid, self.services.call(self, target.decode(), py_args, merged, py_options, runs_as))
 
-    def _op_async(self, tid: int, target: bytes, context: Any, options: Any, channel: Channel, *args: Any) -> object:
-        py_args, merged, py_options = self._call_args(args, context, options)
+    def _op_async(self, tid: int, target: bytes, context: Any, options: Any, security: Any, channel: Channel,
+                  *args: Any) -> object:
+        py_args, merged, py_options, runs_as = self._call_args(args, context, options, security)
         future = Future(self, channel)
-        answer = self.services.call(self, target.decode(), py_args, merged, py_options)
+        answer = self.services.call(self, target.decode(), py_args, merged, py_options, runs_as)
         if isinstance(answer, Outcome):
             future.settle(answer)
         else:

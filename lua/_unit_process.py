@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ._answer import Answer
 from ._errors import Kind, MoonwireError
 from ._process import WATCH_VERBS, SpawnRequest, spawn_request, text
+from ._security_context import Security
 from ._values import to_python
 
 if TYPE_CHECKING:
@@ -98,18 +99,24 @@ class ProcessRequests:
     if TYPE_CHECKING:
         state: LuaState
         processes: ProcessServices
+        security: Security | None
 
         def _reply(self, tid: int, answer: Answer) -> object: ...
 
     def _op_proc_spawn(self, tid: int, *args: Any) -> object:
-        return self._proc_start(tid, self.processes.spawn, args)
+        return self._proc_start(tid, self.processes.spawn, args, inherit=True)
 
     def _op_proc_exec(self, tid: int, *args: Any) -> object:
-        return self._proc_start(tid, self.processes.exec, args)
+        # wippy-modules §5.3 (R): an exec'd child starts without the caller's actor and scope.
+        return self._proc_start(tid, self.processes.exec, args, inherit=False)
 
-    def _proc_start(self, tid: int, start: Callable[[Any, SpawnRequest], Answer], args: tuple[Any, ...]) -> object:
+    def _proc_start(self, tid: int, start: Callable[[Any, SpawnRequest], Answer], args: tuple[Any, ...], *,
+                    inherit: bool) -> object:
         try:
-            answer = start(self, spawn_request(self.state, *args))
+            request = spawn_request(self.state, *args)
+            if inherit:
+                request.security = Security.overlay(self.security, request.security)
+            answer = start(self, request)
         except MoonwireError as err:
             return (None, self.state.make_error(err))
         return self._reply(tid, answer)

@@ -24,7 +24,8 @@ from nats.aio.subscription import Subscription
 
 from moonwire.broker import MSGPACK_HEADERS, Client, Outbox, Requests, Subjects, TaskSet
 from moonwire.lua import (SECOND, Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, NoProcesses, Outcome,
-                          Pending, ProcessServices, Registry, Unit, check_portable, internal, invalid, not_found,
+                          Pending, ProcessServices, Registry, Security, Unit, check_portable, internal, invalid,
+                          not_found,
                           parse_duration, settled)
 
 from ..project import FunctionEntry, LibraryEntry, LuaEntry, Project, ProjectEntries, is_entry_id
@@ -225,24 +226,27 @@ class FunctionPool:
         self._total -= len(self._idle) - len(keep)
         self._idle = keep
 
-    def call(self, args: list[Any], context: dict[str, Any], options: dict[str, Any]) -> Outcome | Awaitable[Outcome]:
-        """Run the function: an Outcome when it finished without waiting, else an awaitable."""
+    def call(self, args: list[Any], context: dict[str, Any], options: dict[str, Any],
+             security: Security | None = None) -> Outcome | Awaitable[Outcome]:
+        """Run the function (as ``security``'s actor and scope): an Outcome when it
+        finished without waiting, else an awaitable."""
         self._calls += 1
         try:
             timeout = _timeout_seconds(options)
             if self.retry is None and timeout is None:
                 worker = self._try_acquire()
                 if worker is not None:
-                    return self._start(*worker, args, context)
+                    return self._start(*worker, args, context, security)
         except MoonwireError as err:  # e.g. the chunk did not load: raised, not returned
             return Outcome(error=err, raised=True)
-        return self._call_with_policy(args, context, timeout)
+        return self._call_with_policy(args, context, timeout, security)
 
-    def _start(self, state: LuaState, fn: Any, args: list[Any], context: dict[str, Any]) -> Outcome | Awaitable[Outcome]:
+    def _start(self, state: LuaState, fn: Any, args: list[Any], context: dict[str, Any],
+               security: Security | None) -> Outcome | Awaitable[Outcome]:
         """Run on an acquired worker: the Outcome when it finished without waiting, else
         an awaitable that finishes it. The worker goes back to the pool either way."""
         unit = Unit(state, self.entry.id, context=context, services=self.functions,
-                    processes=self.functions.processes)
+                    processes=self.functions.processes, security=security)
         try:
             outcome = unit.begin(fn, args)
         except BaseException:  # arguments Lua cannot hold: the worker goes back, not lost
@@ -259,17 +263,18 @@ class FunctionPool:
         finally:
             self._release(state, fn)
 
-    async def _run_once(self, args: list[Any], context: dict[str, Any]) -> Outcome:
+    async def _run_once(self, args: list[Any], context: dict[str, Any], security: Security | None) -> Outcome:
         state, fn = await self._acquire()
-        return await settled(self._start(state, fn, args, context))
+        return await settled(self._start(state, fn, args, context, security))
 
-    async def _call_with_policy(self, args: list[Any], context: dict[str, Any], timeout: float | None) -> Outcome:
+    async def _call_with_policy(self, args: list[Any], context: dict[str, Any], timeout: float | None,
+                                security: Security | None) -> Outcome:
         attempts = self.retry.max_attempts if self.retry else 1
         delay = self.retry.initial_delay if self.retry else 0.0
         for attempt in range(1, attempts + 1):
             try:
                 async with asyncio.timeout(timeout):
-                    outcome = await self._run_once(args, context)
+                    outcome = await self._run_once(args, context, security)
             except TimeoutError:
                 outcome = Outcome(error=MoonwireError(
                     f"call to {self.entry.id} timed out after {timeout * 1000:.0f}ms", Kind.TIMEOUT, retryable=True))
@@ -317,10 +322,10 @@ class Functions:
     # ------------------------------------------------------------ calling
 
     def call(self, caller: Unit | None, target: str, args: list[Any], context: dict[str, Any],
-             options: dict[str, Any]) -> Answer:
+             options: dict[str, Any], security: Security | None = None) -> Answer:
         pool = self.pools.get(target)
         if pool is not None:
-            return pool.call(args, context, options)
+            return pool.call(args, context, options, security)
         if not is_entry_id(target):  # it names no entry anywhere, and must not reach a subject
             return Outcome(error=invalid(f"invalid function id {target!r}: expected namespace:name"))
         if self.requests is None:
@@ -330,8 +335,11 @@ class Functions:
         except MoonwireError as err:
             return Outcome(error=err)
         call = _RemoteCall(target, wait)
+        body: dict[str, Any] = {"args": args, "ctx": context}
+        if security is not None:  # optional: a node that does not know the field ignores it
+            body["security"] = security.to_wire()
         call.abandon = self.requests.request_nowait(
-            self.subjects.function(target), pack({"args": args, "ctx": context}), timeout=wait,
+            self.subjects.function(target), pack(body), timeout=wait,
             headers=MSGPACK_HEADERS, callback=call.on_reply)
         return call
 
@@ -363,16 +371,20 @@ class Functions:
         # reply subject, a dead letter when it cannot run).
         content_type = (msg.headers or {}).get(CONTENT_TYPE)
         try:
-            args, context = parse_request(unpack(msg.data, content_type))
+            data = unpack(msg.data, content_type)
+            args, context = parse_request(data)
             check_portable(args)
             if context:
                 check_portable(context)
+            # Only the full form ({"args", "ctx", "security"?}) carries an actor and scope.
+            full = isinstance(data, dict) and "args" in data
+            security = Security.from_wire(data.get("security")) if full else None
         except MoonwireError as err:
             log.warning("bad request for %s: %s", pool.entry.id, err.message)
             self._reply(msg, content_type, pool, Outcome(error=err), bad_request=True)
             return
         try:
-            result = pool.call(args, context, {})
+            result = pool.call(args, context, {}, security)
         except Exception as err:  # noqa: BLE001 - a bug must not reach the read loop; the caller is told
             log.exception("serving a call to %s failed", pool.entry.id)
             result = Outcome(error=internal(f"serving the call failed: {type(err).__name__}: {err}"))

@@ -240,7 +240,7 @@ class Spawning:
 
         pid = pid or self.pids.next(host.id)
         child = Unit(shard.state, entry.id, context=dict(request.context), services=self.functions,
-                     processes=self, loop=host.loop)
+                     processes=self, loop=host.loop, security=request.security)
         child.pid = pid
         child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit)
         child.notify = host.ready

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from moonwire.lua import Event, Kind, MoonwireError, SpawnRequest, check_portable, invalid
+from moonwire.lua import Event, Kind, MoonwireError, Security, SpawnRequest, check_portable, invalid
 
 from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
 
@@ -54,7 +54,12 @@ def decode_event(kind: str, body: bytes) -> Event:
 
 
 def encode_spawn(request: SpawnRequest, parent: str) -> dict[str, Any]:
-    return {"request": asdict(request), "parent": parent}
+    fields = asdict(request)
+    del fields["security"]  # beside the request: a node that does not know it ignores it
+    body = {"request": fields, "parent": parent}
+    if request.security is not None:
+        body["security"] = request.security.to_wire()
+    return body
 
 
 def decode_spawn(data: dict[str, Any]) -> tuple[SpawnRequest, str]:
@@ -65,6 +70,7 @@ def decode_spawn(data: dict[str, Any]) -> tuple[SpawnRequest, str]:
         if not isinstance(fields, dict) or not isinstance(parent, str):
             raise TypeError("expected {request, parent}")
         request = SpawnRequest(**fields)
+        request.security = Security.from_wire(data.get("security"))  # what fields said is not it
         request.messages = [(str(topic), list(payloads)) for topic, payloads in request.messages]
         if not (isinstance(request.entry, str) and isinstance(request.host, str) and isinstance(request.args, list)
                 and isinstance(request.context, dict) and isinstance(request.options, dict)

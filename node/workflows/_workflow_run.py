@@ -40,7 +40,7 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 from moonwire.broker import Pid
-from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Replay, SpawnRequest, Unit, invalid, to_lua)
+from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Replay, Security, SpawnRequest, Unit, invalid, to_lua)
 
 from ..wire import MSGPACK, pack, unpack
 from ._workflow_codec import (DEFAULT_RETRY, SEND_ACTIVITY, WorkflowInput, activity_options, decode_signal, encode_signal, from_failure, start_options, to_failure, workflow_pid)
@@ -183,7 +183,9 @@ class ActivityCalls:
         self.run = run
 
     def call(self, caller: Unit | None, target: str, args: list[Any], context: dict[str, Any],
-             options: dict[str, Any]) -> Answer:
+             options: dict[str, Any], security: Security | None = None) -> Answer:
+        # A workflow has no actor or scope, nor a `security` module to make one (wippy-modules
+        # §0): `security` is always None here, and an activity runs as no actor.
         try:
             settings = activity_options(options, self.run.context.task_queue)
         except MoonwireError as err:
