@@ -44,27 +44,22 @@ local function duration_of(d, fname)
     return fields(d).ns
 end
 function DurationMethods.nanoseconds(d) return duration_of(d, "nanoseconds") end
-function DurationMethods.microseconds(d)
-    local ns = duration_of(d, "microseconds")
-    return ns >= 0 and ns // 1000 or -((-ns) // 1000)
+-- Go's integer division truncates toward zero; Lua's `//` floors.
+local function quo_rem(n, d)
+    local q = n // d
+    if q < 0 and q * d ~= n then q = q + 1 end
+    return q, n - q * d
 end
-function DurationMethods.milliseconds(d)
-    local ns = duration_of(d, "milliseconds")
-    return ns >= 0 and ns // 1000000 or -((-ns) // 1000000)
+function DurationMethods.microseconds(d) return (quo_rem(duration_of(d, "microseconds"), 1000)) end
+function DurationMethods.milliseconds(d) return (quo_rem(duration_of(d, "milliseconds"), 1000000)) end
+-- Go splits whole and fraction so that large values keep their precision.
+local function in_units(d, unit, fname)
+    local q, r = quo_rem(duration_of(d, fname), unit)
+    return q + r / unit
 end
--- Go splits whole and fractional seconds so that large values keep their precision.
-function DurationMethods.seconds(d)
-    local ns = duration_of(d, "seconds")
-    return (ns // SEC) + (ns % SEC) / 1e9
-end
-function DurationMethods.minutes(d)
-    local ns = duration_of(d, "minutes")
-    return (ns // (60 * SEC)) + (ns % (60 * SEC)) / (60e9)
-end
-function DurationMethods.hours(d)
-    local ns = duration_of(d, "hours")
-    return (ns // (3600 * SEC)) + (ns % (3600 * SEC)) / (3600e9)
-end
+function DurationMethods.seconds(d) return in_units(d, SEC, "seconds") end
+function DurationMethods.minutes(d) return in_units(d, 60 * SEC, "minutes") end
+function DurationMethods.hours(d) return in_units(d, 3600 * SEC, "hours") end
 
 -- A duration argument: nanoseconds (fraction truncated), a Go duration string, or a
 -- Duration. Returns ns, or nil and an INVALID error with Go's message.

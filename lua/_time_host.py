@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import _gotime
+from . import _goparse, _gotime
 from ._duration import format_duration, parse_go_duration
 from ._values import as_text
 
@@ -70,8 +70,8 @@ class TimeFunctions:
     def parse(self, layout: bytes, value: bytes, key: bytes) -> tuple[Any, ...]:
         """``sec, nsec, key, name`` of the parsed time and its location, or ``nil, message``."""
         try:
-            sec, nsec, loc = _gotime.parse_time(as_text(layout), as_text(value), _gotime.location(as_text(key)))
-        except _gotime.ParseError as err:
+            sec, nsec, loc = _goparse.parse_time(as_text(layout), as_text(value), _gotime.location(as_text(key)))
+        except _goparse.ParseError as err:
             return (None, str(err).encode())
         return (sec, nsec, loc.key.encode(), loc.name.encode())
 
