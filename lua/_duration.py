@@ -1,12 +1,11 @@
 """Go-style duration strings ("1h30m", "250ms", "-1.5s"), as Wippy's API and YAML use them.
 
 One parser serves the node's configuration (seconds) and the Lua ``time`` module
-(nanosecond integers), so both accept exactly the same spellings.
+(nanosecond integers), so both accept exactly the same spellings: Go's
+``time.ParseDuration``, whose error messages :func:`parse_go_duration` keeps.
 """
 
 from __future__ import annotations
-
-import re
 
 NANOSECOND = 1
 MICROSECOND = 1_000
@@ -14,6 +13,9 @@ MILLISECOND = 1_000_000
 SECOND = 1_000_000_000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
+
+MAX_DURATION = 2**63 - 1
+"""Go's ``time.Duration`` is an int64 of nanoseconds."""
 
 _UNITS: dict[str, int] = {
     "ns": NANOSECOND,
@@ -25,45 +27,85 @@ _UNITS: dict[str, int] = {
     "m": MINUTE,
     "h": HOUR,
 }
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DIGITS = "0123456789"
 
 
-def parse_duration(text: str) -> int:
-    """Parse a Go duration string into integer nanoseconds.
+def go_quote(text: str) -> str:
+    """``text`` in double quotes, as Go's error messages quote input."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_go_duration(text: str) -> int:
+    """Parse a Go duration string into integer nanoseconds, exactly as Go's
+    ``time.ParseDuration`` does (no surrounding spaces; a bare ``0`` needs no unit).
 
     Raises:
-        ValueError: ``text`` is not a Go duration; the message quotes it.
+        ValueError: ``text`` is not a Go duration; the message is Go's
+            (``time: invalid duration "soon"``, ``time: missing unit in duration "5"``,
+            ``time: unknown unit "d" in duration "1d"``).
     """
-    s = text.strip()
-    sign = 1
+    invalid = ValueError("time: invalid duration " + go_quote(text))
+    s = text
+    negative = False
     if s and s[0] in "+-":
-        sign = -1 if s[0] == "-" else 1
+        negative = s[0] == "-"
         s = s[1:]
     if s == "0":
         return 0
     if not s:
-        raise ValueError(f"invalid duration {text!r}")
+        raise invalid
     total = 0
-    pos = 0
-    while pos < len(s):
-        match = _PART.match(s, pos)
-        if match is None:
-            raise ValueError(
-                f"invalid duration {text!r}: expected a number followed by a unit "
-                "(ns, us, ms, s, m, h), e.g. '1h30m' or '250ms'"
-            )
-        number, unit = match.groups()
-        whole, _, frac = number.partition(".")
-        scale = _UNITS[unit]
+    while s:
+        if s[0] != "." and s[0] not in _DIGITS:
+            raise invalid
+        i = 0
+        while i < len(s) and s[i] in _DIGITS:
+            i += 1
+        whole, s = s[:i], s[i:]
+        frac = ""
+        if s.startswith("."):
+            j = 1
+            while j < len(s) and s[j] in _DIGITS:
+                j += 1
+            frac, s = s[1:j], s[j:]
+        if not whole and not frac:
+            raise invalid
+        i = 0
+        while i < len(s) and s[i] != "." and s[i] not in _DIGITS:
+            i += 1
+        if i == 0:
+            raise ValueError("time: missing unit in duration " + go_quote(text))
+        unit, s = s[:i], s[i:]
+        scale = _UNITS.get(unit)
+        if scale is None:
+            raise ValueError("time: unknown unit " + go_quote(unit) + " in duration " + go_quote(text))
         total += int(whole or 0) * scale
         if frac:
             total += int(frac) * scale // 10 ** len(frac)
-        pos = match.end()
-    return sign * total
+        if total > MAX_DURATION + (1 if negative else 0):
+            raise invalid
+    return -total if negative else total
+
+
+def parse_duration(text: str) -> int:
+    """Parse a Go duration string (surrounding spaces allowed) into integer nanoseconds,
+    for configuration files.
+
+    Raises:
+        ValueError: ``text`` is not a Go duration; the message quotes it.
+    """
+    try:
+        return parse_go_duration(text.strip())
+    except ValueError as err:
+        raise ValueError(
+            f"invalid duration {text!r}: expected a number followed by a unit "
+            "(ns, us, ms, s, m, h), e.g. '1h30m' or '250ms'"
+        ) from err
 
 
 def format_duration(nanoseconds: int) -> str:
-    """Format nanoseconds the way Go's ``time.Duration.String`` does (e.g. ``1m30s``)."""
+    """Format nanoseconds the way Go's ``time.Duration.String`` does (``1h30m0s``,
+    ``1.5s``, ``500ms``, ``1µs``, ``0s``)."""
     if nanoseconds == 0:
         return "0s"
     sign = "-" if nanoseconds < 0 else ""
@@ -71,7 +113,7 @@ def format_duration(nanoseconds: int) -> str:
     if n < SECOND:
         for unit, scale in (("ms", MILLISECOND), ("µs", MICROSECOND), ("ns", NANOSECOND)):
             if n >= scale:
-                return sign + _trim(n / scale) + unit
+                return sign + _decimal(n, scale) + unit
     hours, rest = divmod(n, HOUR)
     minutes, rest = divmod(rest, MINUTE)
     out = sign
@@ -79,9 +121,13 @@ def format_duration(nanoseconds: int) -> str:
         out += f"{hours}h"
     if hours or minutes:
         out += f"{minutes}m"
-    return out + _trim(rest / SECOND) + "s"
+    return out + _decimal(rest, SECOND) + "s"
 
 
-def _trim(value: float) -> str:
-    text = f"{value:.9f}".rstrip("0").rstrip(".")
-    return text or "0"
+def _decimal(value: int, scale: int) -> str:
+    """``value / scale`` in decimal without trailing zeros, computed exactly."""
+    whole, frac = divmod(value, scale)
+    if not frac:
+        return str(whole)
+    digits = len(str(scale)) - 1
+    return f"{whole}.{frac:0{digits}d}".rstrip("0")

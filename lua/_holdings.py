@@ -31,7 +31,9 @@ class Owner(Protocol):
 
 
 class Timer:
-    """``time.after``/``timer``/``ticker``: delivers the fire time into a channel."""
+    """``time.after``/``timer``/``ticker``: delivers the fire time into a channel (a
+    ticker's drops a tick while its buffer is full). A one-shot timer closes its channel
+    after it fires; stopping closes it too, so a blocked receiver gets ``nil, false``."""
 
     def __init__(self, unit: Owner, channel: Channel, ns: int, periodic: bool) -> None:
         self.unit, self.channel, self.periodic = unit, channel, periodic
@@ -47,23 +49,31 @@ class Timer:
         self.handle = None
         self.unit.holdings().timers.discard(self)
         state = self.unit.state
-        self.channel.offer(state.new_time(state.clock(), b"Local"))
+        self.channel.offer(state.new_time(state.clock()))
         if self.periodic:
             self._schedule()
+        else:
+            self.channel.close()
 
     def stop(self) -> bool:
-        """True when the timer was stopped before it fired."""
+        """Close the channel; True when the timer was still armed."""
+        armed = self.handle is not None
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+            self.unit.holdings().timers.discard(self)
+        self.channel.close()
+        return armed
+
+    def reset(self, ns: int) -> bool:
+        """Arm again for ``ns`` from now if still armed (True); a timer that fired or
+        was stopped stays so (False), as Wippy's."""
         if self.handle is None:
             return False
         self.handle.cancel()
-        self.handle = None
-        self.unit.holdings().timers.discard(self)
-        return True
-
-    def reset(self, ns: int) -> None:
-        self.stop()
         self.interval = ns / 1e9
         self._schedule()
+        return True
 
 
 class Future:

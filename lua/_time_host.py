@@ -1,101 +1,103 @@
 """The Python functions behind the Lua ``time`` module of one state (``_time.lua``):
 Go layouts and durations, zones, calendar arithmetic, timers. Trusted Lua code holds
-them as upvalues only; they take and return Lua-ready values.
+them as upvalues only; they take and return Lua-ready values (integers, byte strings).
+
+An instant crosses as ``sec, nsec`` (see :mod:`._gotime`) and a location as its key.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import time
 from typing import TYPE_CHECKING, Any
 
-from . import _gotime
-from ._duration import format_duration, parse_duration
+from . import _goparse, _gotime
+from ._duration import format_duration, parse_go_duration
 from ._values import as_text
 
 if TYPE_CHECKING:
+    from ._holdings import Timer
     from ._protocols import LuaRuntime
+
+_MONOTONIC_START = time.monotonic_ns() - 1
+"""Go's monotonic readings count from the process start (and are never 0)."""
 
 
 class TimeFunctions:
     def __init__(self, state: LuaRuntime) -> None:
         self.state = state
+        # A workflow's clock is its recorded history, with no monotonic reading (Wippy's
+        # workflow clock has none either); its state has a seeded random source.
+        self.monotonic = state.random is None
 
     def table(self) -> Any:
         names = [
-            "format_duration", "parse_duration", "now_ns", "time_add_date", "time_format", "time_field",
-            "time_date", "time_parse", "check_zone", "fixed_zone", "timer_stop", "timer_reset",
+            "now", "civil", "remainder", "format", "string", "date", "add_date", "parse", "load_location",
+            "format_duration", "parse_duration", "timer_stop", "timer_reset",
         ]
         return self.state.table_from({name.encode(): getattr(self, name) for name in names})
 
-    def timer_stop(self, timer: Any) -> bool:
-        return bool(timer.stop())
+    # ------------------------------------------------------------ instants
 
-    def timer_reset(self, timer: Any, ns: int) -> bool:
-        timer.reset(int(ns))
-        return True
+    def now(self) -> tuple[int, int, int | None]:
+        """``sec, nsec, mono``: the state's clock, and outside a workflow a monotonic reading."""
+        sec, nsec = divmod(self.state.clock(), 10**9)
+        mono = time.monotonic_ns() - _MONOTONIC_START if self.monotonic else None
+        return sec, nsec, mono
 
-    # ------------------------------------------------------------ time
+    def civil(self, sec: int, key: bytes) -> tuple[int, ...]:
+        """``year, month, day, hour, minute, second, weekday, year_day`` in the zone."""
+        c = _gotime.civil(int(sec), _gotime.location(as_text(key)))
+        return c.year, c.month, c.day, c.hour, c.minute, c.second, c.weekday, c.yday
 
-    def now_ns(self) -> int:
-        return self.state.clock()
+    def remainder(self, sec: int, nsec: int, d: int) -> int:
+        """``(t - zero time) mod d`` in nanoseconds (Go's ``Round``/``Truncate``), for d > 0."""
+        return ((int(sec) + _gotime.UNIX_TO_ZERO) * 10**9 + int(nsec)) % int(d)
+
+    def format(self, sec: int, nsec: int, key: bytes, layout: bytes) -> bytes:
+        return _gotime.format_time(int(sec), int(nsec), _gotime.location(as_text(key)), as_text(layout)).encode()
+
+    def string(self, sec: int, nsec: int, key: bytes, mono: int | None) -> bytes:
+        loc = _gotime.location(as_text(key))
+        return _gotime.time_string(int(sec), int(nsec), loc, None if mono is None else int(mono)).encode()
+
+    def date(self, year: int, month: int, day: int, hour: int, minute: int, second: int, nsec: int,
+             key: bytes) -> tuple[int, int]:
+        return _gotime.date(year, month, day, hour, minute, second, nsec, _gotime.location(as_text(key)))
+
+    def add_date(self, sec: int, nsec: int, key: bytes, years: int, months: int, days: int) -> tuple[int, int]:
+        return _gotime.add_date(int(sec), int(nsec), _gotime.location(as_text(key)), years, months, days)
+
+    def parse(self, layout: bytes, value: bytes, key: bytes) -> tuple[Any, ...]:
+        """``sec, nsec, key, name`` of the parsed time and its location, or ``nil, message``."""
+        try:
+            sec, nsec, loc = _goparse.parse_time(as_text(layout), as_text(value), _gotime.location(as_text(key)))
+        except _goparse.ParseError as err:
+            return (None, str(err).encode())
+        return (sec, nsec, loc.key.encode(), loc.name.encode())
+
+    def load_location(self, name: bytes) -> tuple[Any, ...]:
+        """``key, name``, or ``nil, message`` for a name not in the zone database."""
+        try:
+            loc = _gotime.load_location(as_text(name))
+        except KeyError as err:
+            return (None, str(err.args[0]).encode())
+        return (loc.key.encode(), loc.name.encode())
+
+    # ------------------------------------------------------------ durations
 
     def format_duration(self, ns: int) -> bytes:
         return format_duration(int(ns)).encode()
 
     def parse_duration(self, text: bytes) -> tuple[Any, ...]:
         try:
-            return (parse_duration(as_text(text)),)
+            return (parse_go_duration(as_text(text)),)
         except ValueError as err:
             return (None, str(err).encode())
 
-    def time_format(self, ns: int, zone: bytes, layout: bytes) -> bytes:
-        return _gotime.format_time(int(ns), as_text(zone), as_text(layout)).encode()
+    # ------------------------------------------------------------ timers
 
-    def time_field(self, ns: int, zone: bytes, field: bytes) -> int:
-        moment = _gotime.to_datetime(int(ns), as_text(zone))
-        name = as_text(field)
-        if name == "nanosecond":
-            return int(ns) % 10**9
-        if name == "weekday":
-            return (moment.weekday() + 1) % 7  # Go: Sunday = 0
-        if name == "yearday":
-            return moment.timetuple().tm_yday
-        return int(getattr(moment, name))
+    def timer_stop(self, timer: Timer) -> bool:
+        return timer.stop()
 
-    def time_add_date(self, ns: int, zone: bytes, years: int, months: int, days: int) -> int:
-        moment = _gotime.to_datetime(int(ns), as_text(zone))
-        month_index = moment.month - 1 + int(months)
-        year = moment.year + int(years) + month_index // 12
-        month = month_index % 12 + 1
-        # Go normalises overflowing days (Jan 31 + 1 month = Mar 3); so does this.
-        base = moment.replace(year=year, month=month, day=1) + timedelta(days=moment.day - 1 + int(days))
-        return _gotime.to_ns(base, int(ns) % 10**9)
-
-    def time_date(self, year: int, month: int, day: int, hour: int, minute: int, second: int, nsec: int,
-                  zone: bytes) -> tuple[Any, ...]:
-        try:
-            tz = _gotime.zone(as_text(zone))
-            # Normalise like Go: months, days, hours... may overflow into the next unit.
-            month_index = int(month) - 1
-            moment = datetime(int(year) + month_index // 12, month_index % 12 + 1, 1, tzinfo=tz)
-            moment += timedelta(days=int(day) - 1, hours=int(hour), minutes=int(minute), seconds=int(second))
-            return (_gotime.to_ns(moment, 0) + int(nsec),)
-        except (KeyError, ValueError, OverflowError) as err:
-            return (None, str(err).encode())
-
-    def time_parse(self, layout: bytes, value: bytes, zone: bytes) -> tuple[Any, ...]:
-        try:
-            ns, zone_name = _gotime.parse_time(as_text(layout), as_text(value), as_text(zone))
-            return (ns, zone_name.encode())
-        except (KeyError, ValueError) as err:
-            return (None, str(err).encode())
-
-    def check_zone(self, name: bytes) -> tuple[Any, ...]:
-        try:
-            _gotime.zone(as_text(name))
-            return (True,)
-        except KeyError as err:
-            return (False, str(err.args[0]).encode())
-
-    def fixed_zone(self, name: bytes, offset: int) -> bytes:
-        return f"fixed:{as_text(name)}:{int(offset)}".encode()
+    def timer_reset(self, timer: Timer, ns: int) -> bool:
+        return timer.reset(int(ns))

@@ -22,63 +22,7 @@ async def value_of(source: str, *args: object, **kwargs: object) -> object:
 
 # ------------------------------------------------------------------ time
 
-
-async def test_durations_and_constants_are_nanoseconds() -> None:
-    assert await value_of("""
-        local time = require("time")
-        return function()
-          local d = time.parse_duration("1h30m")
-          local bad, err = time.parse_duration("soon")
-          return {time.SECOND, time.MILLISECOND, d:minutes(), d:hours(), d:seconds(), tostring(d),
-                  time.parse_duration(5 * time.SECOND):seconds(), bad == nil, err:kind()}
-        end""") == [1_000_000_000, 1_000_000, 90, 1.5, 5400, "1h30m0s", 5, True, "Invalid"]
-
-
-async def test_time_values_format_parse_and_arithmetic() -> None:
-    assert await value_of("""
-        local time = require("time")
-        return function()
-          local t = time.date(2024, 2, 29, 13, 4, 5, 0, time.UTC)
-          local parsed = time.parse(time.RFC3339, "2024-02-29T13:04:05Z")
-          local later = t:add("36h")
-          local bad, err = time.parse(time.RFC3339, "yesterday")
-          return {t:format(time.RFC3339), t:format("Jan 2, 2006 at 3:04pm (MST)"), parsed:equal(t),
-                  later:format(time.DATE_ONLY), later:sub(t):hours(), t:add_date(0, 1, 0):format(time.DATE_ONLY),
-                  t:year(), t:month(), t:weekday(), t:unix(), bad == nil, err:kind()}
-        end""") == ["2024-02-29T13:04:05Z", "Feb 29, 2024 at 1:04pm (UTC)", True, "2024-03-02", 36,
-                    "2024-03-29", 2024, 2, 4, 1709211845, True, "Invalid"]
-
-
-async def test_now_and_sleep() -> None:
-    before = pytime.time_ns()
-    now, slept = await value_of("""
-        local time = require("time")
-        return function()
-          local a = time.now()
-          time.sleep("20ms")
-          return {a:unix_nano(), time.now():sub(a):milliseconds()}
-        end""")
-    assert before <= now <= pytime.time_ns()
-    assert slept >= 20
-
-
-async def test_after_timer_ticker() -> None:
-    assert await value_of("""
-        local time = require("time")
-        return function()
-          local fired = time.after("5ms"):receive()
-          local t = time.timer("1h")
-          local stopped = t:stop()
-          local t2 = time.timer("1h")
-          t2:reset("5ms")
-          local reset_fired = t2:channel():receive()
-          local ticks = 0
-          local ticker = time.ticker("2ms")
-          for i = 1, 3 do ticker:channel():receive() ticks = ticks + 1 end
-          ticker:stop()
-          local _, err = time.after(0)
-          return {fired:unix() > 0, stopped, t:stop(), reset_fired ~= nil, ticks, err:kind()}
-        end""") == [True, True, False, True, 3, "Invalid"]
+# In test_lua_time.py.
 
 
 # ------------------------------------------------------------------ channels, select, coroutines
