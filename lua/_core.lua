@@ -245,7 +245,7 @@ end
 -- code (make_deterministic swaps functions in `safe_os` after views exist); iteration
 -- goes through a closure, so `pairs(view)` hands out lib's values but never lib itself
 -- (handing out `next, lib` let any unit rewrite what all units share). Plain tables
--- nested in `lib` (`time.UTC`, `process.registry`) become views of their own, in place:
+-- nested in `lib` (`payload.format`, `process.registry`) become views of their own, in place:
 -- `lib` is private, and trusted code keeps its own references to the nested tables.
 local function readonly(lib, extra)
     protected[lib] = true  -- also ends the recursion on a cycle of nested tables
@@ -708,6 +708,9 @@ function core.set_token_source(fn)
     token_source = fn
 end
 
+-- Putting lupa's metatable back marks the object for finalisation again (Lua would
+-- call lupa's finaliser in the next cycle); calling it now drops the Python reference
+-- in this one. lupa's finaliser clears its pointer, so the second call does nothing.
 local function release(object)
     debug_setmetatable(object, lupa_meta)
     lupa_gc(object)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import time
+import weakref
 from pathlib import Path
 
 import lupa.lua55 as lupa
@@ -21,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import LocalRuntime, process_project
+from support import LocalRuntime, process_project, run_lua
 
 from moonwire.lua import Limits, LuaState, _state
 
@@ -355,3 +356,36 @@ async def test_heartbeats_flow_while_a_node_runs_hostile_calls(tmp_path: Path, n
     finally:
         await client.close()
     assert f"node hw-{suffix} is down" not in peer.output
+
+
+async def test_opaque_objects_free_their_python_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every userdata object (an error, a time, a payload) wraps a Python token that its
+    finaliser frees: made by the ten thousand and dropped, none stay alive beyond
+    those Lua still holds and the unused pool."""
+    alive: weakref.WeakSet[object] = weakref.WeakSet()
+
+    class Token:
+        __slots__ = ("__weakref__",)
+
+    def tokens() -> tuple[Token, ...]:
+        batch = tuple(Token() for _ in range(_state.TOKENS_PER_BATCH))
+        alive.update(batch)
+        return batch
+
+    monkeypatch.setattr(_state, "_new_tokens", tokens)
+    state = LuaState()
+    outcome = await run_lua("""
+        local time = require("time")
+        return function()
+          for i = 1, 20000 do
+            local e = errors.new("x")
+            local p = payload.new(i)
+            local t = time.unix(i, 0)
+          end
+          keep = {errors.new("kept"), payload.new(1)}
+          return #keep
+        end""", state=state, modules=("time",))
+    assert outcome.error is None and outcome.value == 2, outcome
+    state.core.collect()
+    state.core.collect()
+    assert len(alive) <= 2 + _state.TOKENS_PER_BATCH, len(alive)
