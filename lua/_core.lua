@@ -704,8 +704,16 @@ local token_source = nil  -- Python: returns a batch of fresh tokens
 local tokens, token_count = {}, 0
 local lupa_meta, lupa_gc = nil, nil
 
+-- Also hides lupa's metatable, which every Python object in the state shares (a token,
+-- a Python exception a host function let through): with it, user code could replace
+-- `__call` and see or change every host call of every unit.
 function core.set_token_source(fn)
     token_source = fn
+    tokens = table_pack(token_source())
+    token_count = tokens.n
+    lupa_meta = debug.getmetatable(tokens[1])
+    lupa_gc = lupa_meta.__gc
+    lupa_meta.__metatable = false
 end
 
 -- Putting lupa's metatable back marks the object for finalisation again (Lua would
@@ -731,10 +739,6 @@ function core.new_object(mt, fields)
     if token_count == 0 then
         tokens = table_pack(token_source())
         token_count = tokens.n
-        if lupa_meta == nil then
-            lupa_meta = debug.getmetatable(tokens[1])
-            lupa_gc = lupa_meta.__gc
-        end
     end
     local object = tokens[token_count]
     tokens[token_count] = nil

@@ -223,3 +223,30 @@ async def test_other_units_carry_on_while_one_runs_away() -> None:
     results = await asyncio.gather(*loops)
     assert all(r.error is not None and "instruction budget" in r.error.message for r in results)
     assert (await healthy).value == 15
+
+
+async def test_lupas_metatable_stays_hidden_from_python_errors_and_resurrected_objects() -> None:
+    """lupa gives every Python object in a state one shared metatable; a unit that got
+    it could replace `__call` and see every host call of every unit. Neither a Python
+    exception that reaches Lua nor an opaque object a user finaliser brings back after
+    its own finaliser ran may hand it out."""
+    assert await value_of("""
+        return function()
+          local seen = {}
+          -- A host function that raises (an overflow in Python): whatever pcall returns.
+          local ok, err = pcall(time.date, 1e15, 1, 1, 0, 0, 0, 0, time.utc)
+          seen[#seen + 1] = type(getmetatable(err))
+          -- Resurrection: a table with a finaliser holds an error object made after it;
+          -- both become garbage together, and the object's finaliser runs first.
+          for _ = 1, 200 do
+            local holder = setmetatable({}, {__gc = function(t)
+              seen[#seen + 1] = type(getmetatable(t.obj))
+            end})
+            holder.obj = errors.new("x")
+          end
+          local junk = {}
+          for i = 1, 200000 do junk[i % 1000 + 1] = {i} end  -- let the collector run
+          local kinds = {}
+          for _, kind in ipairs(seen) do kinds[kind] = true end
+          return kinds.table == nil and #seen > 1
+        end""", modules=("time",)) is True
