@@ -15,7 +15,7 @@ local setmetatable, type, error, tostring, select, pairs, ipairs, rawequal, next
 local math_type, math_floor, math_huge = math.type, math.floor, math.huge
 local table_concat, string_format = table.concat, string.format
 local protect = core.protect
-local error_fields = M.error_fields
+local is_error = M.is_error
 
 local info = setmetatable({}, { __mode = "k" })  -- type value -> descriptor
 local TypeMT = { __metatable = false, __name = "type" }
@@ -126,9 +126,9 @@ local PRIMITIVE_CHECKS = {
     never = function() return false end,
     -- Names Wippy's checker knows beyond the eight primitives.
     table = function(v) return type(v) == "table" end,
-    userdata = function(v) return type(v) == "userdata" or type(v) == "table" end,
+    userdata = function(v) return type(v) == "userdata" end,
     thread = function(v) return type(v) == "thread" end,
-    error = function(v) return type(v) == "string" or (type(v) == "table" and error_fields(v) ~= nil) end,
+    error = function(v) return type(v) == "string" or is_error(v) end,
 }
 
 local function check_fields(d, v)
@@ -407,7 +407,9 @@ function types.build(declarations)
             local scope = { declared = declared, params = {} }
             if decl.params and #decl.params > 0 then
                 local tparams = {}
-                local d = { kind = "generic", name = name, instances = {}, tparams = tparams }
+                local d = { kind = "generic", name = name, tparams = tparams,
+                            -- weak: instantiating in a loop cannot fill the state's memory
+                            instances = setmetatable({}, { __mode = "v" }) }
                 local default_args
                 for i, p in ipairs(decl.params) do
                     -- constraints resolve lazily too: they may name later declarations

@@ -482,3 +482,26 @@ def test_annotations_nested_past_any_stack_are_a_syntax_error_not_a_crash(opener
     source = f"local x: {opener * 5000}number{closer * 5000} = 1\nreturn function() return x end".encode()
     problem = syntax_error(source, "deep.lua")
     assert problem is not None and problem.startswith("deep.lua:1: chunk has too many syntax levels"), problem
+
+
+async def test_error_and_userdata_types_know_error_objects_are_userdata(state: LuaState) -> None:
+    assert await value_of("""
+        type R = {err: error}
+        type U = {u: userdata}
+        return function()
+          local e = errors.new("x")
+          return {R:is({err = e}) ~= nil, R:is({err = "text"}) ~= nil, R:is({err = 5}) == nil,
+                  U:is({u = e}) ~= nil, U:is({u = {}}) == nil}
+        end""", state, "types:error") == [True, True, True, True, True]
+
+
+async def test_an_instantiation_is_one_value_while_it_is_in_use(state: LuaState) -> None:
+    # The cache is weak (a unit instantiating in a loop cannot fill the state's memory),
+    # so identity holds for an instance someone still holds.
+    assert await value_of("""
+        type Box<T> = {value: T}
+        return function()
+          local held = Box(string)
+          for _ = 1, 2000 do local _ = Box(number) end
+          return {held == Box(string), Box(number) == Box(number)}
+        end""", state, "types:instances") == [True, True]
