@@ -420,10 +420,11 @@ class _Parser(TypeGrammar):
                 return
 
     def is_label(self) -> bool:
-        """``::name::`` written without spaces: a goto label, not a cast."""
+        """``::name::`` (spaces or not): a goto label, not a cast. A cast is a type,
+        and no type is followed by ``::``; so ``x :: T ::l::`` (a cast, then a label
+        with nothing between) is the one form read wrongly."""
         i = self.i
-        return (self.kinds[i + 1] == "name" and self.kinds[i + 2] == "::"
-                and self.ends[i] == self.starts[i + 1] and self.ends[i + 1] == self.starts[i + 2])
+        return self.kinds[i + 1] == "name" and self.kinds[i + 2] == "::"
 
     def suffixedexp(self) -> str | None:
         """A prefix expression; returns its name when it is a bare name (an

@@ -505,3 +505,18 @@ async def test_an_instantiation_is_one_value_while_it_is_in_use(state: LuaState)
           for _ = 1, 2000 do local _ = Box(number) end
           return {held == Box(string), Box(number) == Box(number)}
         end""", state, "types:instances") == [True, True]
+
+
+async def test_a_goto_label_with_spaces_is_a_label_next_to_casts(state: LuaState) -> None:
+    assert await value_of("""
+        local function f(i: integer): integer return i end
+        return function()
+          local sum = 0
+          for i = 1, 5 do
+            local x = f(i) :: integer
+            if x % 2 == 0 then goto continue end
+            sum = sum + x
+            :: continue ::
+          end
+          return sum
+        end""", state, "types:label") == 9
