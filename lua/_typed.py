@@ -420,11 +420,12 @@ class _Parser(TypeGrammar):
                 return
 
     def is_label(self) -> bool:
-        """``::name::`` (spaces or not): a goto label, not a cast. A cast is a type,
-        and no type is followed by ``::``; so ``x :: T ::l::`` (a cast, then a label
-        with nothing between) is the one form read wrongly."""
+        """``:: name ::`` (spaces or not) is a goto label, not a cast, unless another
+        ``name ::`` follows: ``x :: T ::l::`` is a cast to T, then the label l."""
         i = self.i
-        return self.kinds[i + 1] == "name" and self.kinds[i + 2] == "::"
+        kinds = self.kinds
+        return (kinds[i + 1] == "name" and kinds[i + 2] == "::"
+                and not (kinds[i + 3] == "name" and kinds[i + 4] == "::"))
 
     def suffixedexp(self) -> str | None:
         """A prefix expression; returns its name when it is a bare name (an
