@@ -148,17 +148,18 @@ class Mailbox:
             self.held_events.append(event)
 
     def _to_subscription(self, event: Event) -> bool:
-        """Post a group event to the first subscription that takes its group; False when
+        """Post a group event to every subscription that takes its group; False when
         none does (it goes to ``events()``)."""
         group = event.group or ""
+        taken = False
         for subscription in self._group_subscriptions or ():
             if group.startswith(subscription.match) if subscription.prefix else group == subscription.match:
+                taken = True
                 if len(subscription.channel.buffer) >= GROUP_EVENTS_LIMIT:
                     self.dropped += 1
                 else:
                     subscription.channel.post(event)
-                return True
-        return False
+        return taken
 
     def close(self) -> None:
         """The process ended: wake nobody, hold nothing."""
@@ -243,15 +244,18 @@ class Mailbox:
         return subscription.lua
 
     def unsubscribe_groups(self, channel: Any, flush: bool) -> bool:
-        """End the subscription whose channel is ``channel`` and close it; its buffered
-        events stay readable when ``flush``, else they are dropped."""
-        for subscription in self._group_subscriptions or ():
+        """End the subscription whose channel is ``channel`` and close it (its buffered
+        events stay readable when ``flush``, else they are dropped). True when no other
+        subscription of this process watches what it watched: the watch can go."""
+        subscriptions = self._group_subscriptions or []
+        for subscription in subscriptions:
             if subscription.channel is channel:
-                self._group_subscriptions.remove(subscription)  # type: ignore[union-attr]
+                subscriptions.remove(subscription)
                 if not flush:
                     subscription.channel.buffer.clear()
                 subscription.channel.close()
-                return True
+                return not any(other.match == subscription.match and other.prefix == subscription.prefix
+                               for other in subscriptions)
         return False
 
     def _new_topic(self, as_message: bool) -> _Topic:

@@ -353,7 +353,7 @@ function pg.monitor(group) check_group(group, "monitor") return host.cluster_now
 function pg.demonitor(group) check_group(group, "demonitor") return host.cluster_now("pg.demonitor", group) end
 
 -- Wippy's instance API: `pg.open(scope)` gives an isolated namespace of groups. A
--- scope's groups are cluster groups named `pg=<scope, ':' as '/'>/<group>`, so the flat
+-- scope's groups are cluster groups named `pg=<scope, encoded>/<group>`, so the flat
 -- calls above never meet them by accident; events of an instance's `monitor`/`events`
 -- come on a channel of their own (64 deep, as Wippy's), shaped as Wippy's:
 -- {system = "pg", kind = "member.joined" | "member.left", path = group,
@@ -376,8 +376,10 @@ function SubscriptionMethods.close(sub, options)
     local f = fields_of(sub)
     if f.closed then return true end
     f.closed = true
-    host.cluster_now(f.prefix and "pg.demonitor_prefix" or "pg.demonitor", f.match)
-    host.pg_unsubscribe(handle_of(f.channel, "close"), type(options) == "table" and options.flush == true)
+    local last = host.pg_unsubscribe(handle_of(f.channel, "close"), type(options) == "table" and options.flush == true)
+    if last then  -- no other subscription of this process needs the watch
+        host.cluster_now(f.prefix and "pg.demonitor_prefix" or "pg.demonitor", f.match)
+    end
     return true
 end
 
@@ -501,13 +503,20 @@ function InstanceMethods.release(g)
     return true
 end
 
+-- A scope id as a run of the characters group names allow, one to one and without "/":
+-- "=" starts an escape ("=e" "=", "=s" "/", "=c" ":", "=xHH" any other byte), so the
+-- "/" after it ends the scope and no scope's groups are another scope's.
+local ESCAPES = { ["="] = "=e", ["/"] = "=s", [":"] = "=c" }
+local function encode_scope(scope)
+    return (scope:gsub("[^%w_%.%-]", function(c) return ESCAPES[c] or string.format("=x%02X", c:byte()) end))
+end
+
 -- One value, or nil, err: "" is Invalid. Any `ns:name` string opens a scope (moonwire
 -- needs no `pg.scope` entry; a project that declares them loads them inert).
 function pg.open(scope)
     if type(scope) ~= "string" or scope == "" then
         return nil, host_error("pg.open: scope must be a non-empty scope id", KINDS.INVALID, false)
     end
-    local encoded = scope:gsub(":", "/")
-    return new_object(InstanceMT, { scope = scope, prefix = "pg=" .. encoded .. "/" })
+    return new_object(InstanceMT, { scope = scope, prefix = "pg=" .. encode_scope(scope) .. "/" })
 end
 P.modules.pg = readonly(pg)

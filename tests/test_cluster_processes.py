@@ -478,6 +478,21 @@ async def test_pg_scopes_as_wippy_opens_them(tmp_path: Path, own_nats) -> None:
           result.released = released and released:message()
           local _, empty = pg.open("")
           result.empty = empty and empty:kind()
+          -- Scopes are one to one: neither "a/b" and "a:b", nor a scope and a group's
+          -- slash, meet another scope's groups.
+          local c1, c2 = pg.open("a:b"), pg.open("a/b")
+          local c3, c4 = pg.open("app:chat"), pg.open("app:chat/room")
+          c1:join("g"); c3:join("room/1")
+          result.isolated = {#c2:get_members("g"), #c4:get_members("1"), #c4:which_groups(), #c1:get_members("g")}
+          -- Two subscriptions on one group both get each event; closing one keeps the other.
+          local s1 = c1:monitor("g")
+          local s2 = c1:monitor("g")
+          c1:join("g")
+          local e1, e2 = s1:channel():receive(), s2:channel():receive()
+          s1:close()
+          c1:leave("g")
+          local e3 = s2:channel():receive()
+          result.both = {e1.kind, e2.kind, e3.kind}
           return result
         end"""})
     (project / "_index.yaml").write_text((project / "_index.yaml").read_text().replace(
@@ -490,4 +505,5 @@ async def test_pg_scopes_as_wippy_opens_them(tmp_path: Path, own_nats) -> None:
         "members": 2, "local_members": 2, "other": 0, "other_groups": 0, "groups": ["jobs", "more"],
         "flat": 0, "all_jobs": 2, "left": ["member.left", "more"], "leave_none": "NotFound",
         "closed": True, "released": "pg instance is released", "empty": "Invalid",
+        "isolated": [0, 0, 0, 1], "both": ["member.joined", "member.joined", "member.left"],
     }
