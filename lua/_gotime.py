@@ -135,6 +135,10 @@ def _host_zone() -> tzinfo:
         return timezone.utc
 
 
+WORKFLOW_LOCAL = Location("Local", "Local", abbr="UTC")
+"""``Local`` in a workflow's state: UTC, so every worker replays the same civil times."""
+
+
 @functools.lru_cache(maxsize=1)
 def local() -> Location:
     """Go's ``time.Local``: named ``Local``, with the host's rules (daylight saving too)."""

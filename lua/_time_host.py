@@ -28,6 +28,9 @@ class TimeFunctions:
         # A workflow's clock is its recorded history, with no monotonic reading (Wippy's
         # workflow clock has none either); its state has a seeded random source.
         self.monotonic = state.random is None
+        # ...and its Local zone is UTC, named Local: the host's zone would make a replay
+        # on a worker in another zone take other branches than the recorded run.
+        self.local = _gotime.local() if state.random is None else _gotime.WORKFLOW_LOCAL
 
     def table(self) -> Any:
         names = [
@@ -35,6 +38,10 @@ class TimeFunctions:
             "format_duration", "parse_duration", "timer_stop", "timer_reset",
         ]
         return self.state.table_from({name.encode(): getattr(self, name) for name in names})
+
+    def _location(self, key: bytes) -> _gotime.Location:
+        text = as_text(key)
+        return self.local if text == "Local" else _gotime.location(text)
 
     # ------------------------------------------------------------ instants
 
@@ -46,7 +53,7 @@ class TimeFunctions:
 
     def civil(self, sec: int, key: bytes) -> tuple[int, ...]:
         """``year, month, day, hour, minute, second, weekday, year_day`` in the zone."""
-        c = _gotime.civil(int(sec), _gotime.location(as_text(key)))
+        c = _gotime.civil(int(sec), self._location(key))
         return c.year, c.month, c.day, c.hour, c.minute, c.second, c.weekday, c.yday
 
     def remainder(self, sec: int, nsec: int, d: int) -> int:
@@ -54,23 +61,23 @@ class TimeFunctions:
         return ((int(sec) + _gotime.UNIX_TO_ZERO) * 10**9 + int(nsec)) % int(d)
 
     def format(self, sec: int, nsec: int, key: bytes, layout: bytes) -> bytes:
-        return _gotime.format_time(int(sec), int(nsec), _gotime.location(as_text(key)), as_text(layout)).encode()
+        return _gotime.format_time(int(sec), int(nsec), self._location(key), as_text(layout)).encode()
 
     def string(self, sec: int, nsec: int, key: bytes, mono: int | None) -> bytes:
-        loc = _gotime.location(as_text(key))
+        loc = self._location(key)
         return _gotime.time_string(int(sec), int(nsec), loc, None if mono is None else int(mono)).encode()
 
     def date(self, year: int, month: int, day: int, hour: int, minute: int, second: int, nsec: int,
              key: bytes) -> tuple[int, int]:
-        return _gotime.date(year, month, day, hour, minute, second, nsec, _gotime.location(as_text(key)))
+        return _gotime.date(year, month, day, hour, minute, second, nsec, self._location(key))
 
     def add_date(self, sec: int, nsec: int, key: bytes, years: int, months: int, days: int) -> tuple[int, int]:
-        return _gotime.add_date(int(sec), int(nsec), _gotime.location(as_text(key)), years, months, days)
+        return _gotime.add_date(int(sec), int(nsec), self._location(key), years, months, days)
 
     def parse(self, layout: bytes, value: bytes, key: bytes) -> tuple[Any, ...]:
         """``sec, nsec, key, name`` of the parsed time and its location, or ``nil, message``."""
         try:
-            sec, nsec, loc = _goparse.parse_time(as_text(layout), as_text(value), _gotime.location(as_text(key)))
+            sec, nsec, loc = _goparse.parse_time(as_text(layout), as_text(value), self._location(key))
         except _goparse.ParseError as err:
             return (None, str(err).encode())
         return (sec, nsec, loc.key.encode(), loc.name.encode())
@@ -78,7 +85,8 @@ class TimeFunctions:
     def load_location(self, name: bytes) -> tuple[Any, ...]:
         """``key, name``, or ``nil, message`` for a name not in the zone database."""
         try:
-            loc = _gotime.load_location(as_text(name))
+            text = as_text(name)
+            loc = self.local if text == "Local" else _gotime.load_location(text)
         except KeyError as err:
             return (None, str(err.args[0]).encode())
         return (loc.key.encode(), loc.name.encode())

@@ -4,12 +4,13 @@ Go layouts both ways, zones, timers and tickers."""
 
 from __future__ import annotations
 
+import random
 import time as pytime
 from collections.abc import Iterator
 
 import pytest
 
-from moonwire.lua import _gotime
+from moonwire.lua import LuaState, Replay, _gotime
 from support import run_lua
 
 
@@ -537,3 +538,16 @@ async def test_timer_constructors_return_invalid_errors(call: str) -> None:
         local _, err = time.{call}(0)
         out[#out + 1] = err:message()
         return out""") == [[True, "Invalid"]] * 5 + [f"time.{call}: duration must be > 0"]
+
+
+async def test_local_is_utc_in_a_workflows_state_wherever_the_worker_runs(host_zone: None) -> None:
+    # The host says New York; a workflow replayed on that worker must see the same civil
+    # times as on a worker in UTC, so its Local is UTC (still named Local).
+    source = """
+        return function()
+          local t = time.unix(0, 0)
+          return {t:hour(), tostring(t:location()), t:format("MST"), time.now():hour()}
+        end"""
+    workflow = LuaState(replay=Replay(now_ns=lambda: 3 * 3600 * 10**9, random=random.Random(1)))
+    assert (await run_lua(source, state=workflow)).value == [0, "Local", "UTC", 3]
+    assert (await run_lua(source)).value[:3] == [19, "Local", "EST"]  # outside workflows: the host's
