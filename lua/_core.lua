@@ -92,7 +92,7 @@ local function request(op, ...)
         for i = 1, select("#", ...) do
             local v = select(i, ...)
             local t = type(v)
-            if t == "table" or t == "string" and #v > 256 then
+            if t == "table" or t == "userdata" or t == "string" and #v > 256 then
                 charge_values(...)
                 break
             end
@@ -570,6 +570,8 @@ end
 -- this machine (bench/hostile.py), so a table of a million values would hold the loop for
 -- seconds. The walk below runs under the count hook and charges the conversion ahead.
 local ITEM_COST, TABLE_COST, MAX_DEPTH = 500, 2000, 128
+local release  -- the finaliser of opaque objects (below): what marks one
+local debug_getuservalue = debug.getuservalue
 local function charge_value(v, depth)
     local t = type(v)
     if t == "string" then
@@ -579,13 +581,19 @@ local function charge_value(v, depth)
         for _, item in next, v do
             n = n + 1
             local kind = type(item)
-            if kind == "table" then
+            if kind == "table" or kind == "userdata" then
                 charge_value(item, depth + 1)
             elseif kind == "string" then
                 bytes = bytes + #item
             end
         end
         charge(TABLE_COST + n * ITEM_COST + bytes // BYTES_PER_INSTRUCTION)
+    elseif t == "userdata" and depth <= MAX_DEPTH then
+        -- An opaque object crosses as what it holds (a payload's value, an error's details).
+        local mt = raw_metatable(v)
+        if mt ~= nil and rawget(mt, "__gc") == release then
+            charge_value((debug_getuservalue(v, 1)), depth + 1)
+        end
     end
 end
 
@@ -719,7 +727,7 @@ end
 -- Putting lupa's metatable back marks the object for finalisation again (Lua would
 -- call lupa's finaliser in the next cycle); calling it now drops the Python reference
 -- in this one. lupa's finaliser clears its pointer, so the second call does nothing.
-local function release(object)
+release = function(object)
     debug_setmetatable(object, lupa_meta)
     lupa_gc(object)
 end

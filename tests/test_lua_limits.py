@@ -53,6 +53,11 @@ HOSTILE: dict[str, str] = {
     "json_encode": 'local t = {} for i = 1, 400000 do t[i] = "x" end return #json.encode(t)',
     "json_decode": 'return #json.decode("[" .. string.rep("1,", 2000000) .. "1]")',
     "send_huge": "local t = {} for i = 1, 400000 do t[i] = i end process.send(process.pid(), 'x', t) return 0",
+    # ... and inside the opaque objects that cross as what they hold.
+    "send_payload_huge": "local t = {} for i = 1, 400000 do t[i] = i end "
+                         "process.send(process.pid(), 'x', payload.new(t)) return 0",
+    "call_payload_huge": "local t = {} for i = 1, 400000 do t[i] = i end "
+                         "funcs.call('app:nothing', {payload.new(t)}) return 0",
 }
 
 
