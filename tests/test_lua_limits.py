@@ -56,8 +56,8 @@ HOSTILE: dict[str, str] = {
     # ... and inside the opaque objects that cross as what they hold.
     "send_payload_huge": "local t = {} for i = 1, 400000 do t[i] = i end "
                          "process.send(process.pid(), 'x', payload.new(t)) return 0",
-    "call_payload_huge": "local t = {} for i = 1, 400000 do t[i] = i end "
-                         "funcs.call('app:nothing', {payload.new(t)}) return 0",
+    "spawn_payload_huge": "local t = {} for i = 1, 400000 do t[i] = i end "
+                          "process.spawn('app:nothing', 'app:host', {payload.new(t)}) return 0",
 }
 
 
