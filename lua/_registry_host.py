@@ -9,7 +9,7 @@ Every entry handed to Lua is a fresh copy: no state can change what another sees
 
 from __future__ import annotations
 
-import re
+import re2
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -95,9 +95,11 @@ class Filter:
             elif not isinstance(value, str):
                 continue  # the string operators ignore other values, as Wippy
             elif operator == "~":
+                # RE2, as Wippy's Go regexp: linear time, so no pattern can hold the loop
+                # (Python's backtracking re took 16 s on one 27-character value).
                 try:
-                    parsed.checks.append(("~", name, re.compile(value)))
-                except re.error as err:
+                    parsed.checks.append(("~", name, re2.compile(value)))
+                except re2.error as err:
                     warn(f"registry.find: invalid regex for {key!r} ignored: {err}")
             else:
                 parsed.checks.append((operator, name, value))

@@ -174,6 +174,8 @@ async def ids(registry: Registry, filter_source: str) -> set[str]:
     ('{["^meta.type"] = "hand"}', {"app:api"}),
     ('{["$meta.type"] = "ob"}', {"app:worker"}),
     ('{[".kind"] = "function.lua", ["~meta.description"] = "("}', {"app:api", "app:worker"}),  # bad regex ignored
+    # RE2, Go's syntax (linear time): a backreference is not a regex there, so ignored too
+    ('{[".kind"] = "function.lua", ["~meta.description"] = "(t)\\\\1"}', {"app:api", "app:worker"}),
     ('{[".kind"] = 5}', ALL_IDS),  # non-string root values are ignored
 ])
 async def test_registry_find_filter_keys(registry: Registry, filter_source: str, expected: set[str]) -> None:
