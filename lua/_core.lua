@@ -704,13 +704,33 @@ local token_source = nil  -- Python: returns a batch of fresh tokens
 local tokens, token_count = {}, 0
 local lupa_meta, lupa_gc = nil, nil
 
+-- What a released object keeps: a user finaliser may still hold it (resurrection), and
+-- must then find neither lupa's metatable (shared by every Python object of the state:
+-- replacing its __call intercepted trusted code's calls into Python) nor a working object.
+local Finalised = { __name = "finalised object", __metatable = false,
+                    __index = function() error("attempt to use a finalised object", 2) end }
+
+local function take_lupa_meta()
+    if lupa_meta == nil then
+        lupa_meta = debug.getmetatable(tokens[1])
+        lupa_gc = lupa_meta.__gc
+        lupa_meta.__metatable = false  -- getmetatable() of any Python object says false
+    end
+end
+
 function core.set_token_source(fn)
     token_source = fn
+    if token_count == 0 then
+        tokens = table_pack(token_source())
+        token_count = tokens.n
+    end
+    take_lupa_meta()
 end
 
 local function release(object)
     debug_setmetatable(object, lupa_meta)
-    lupa_gc(object)
+    pcall(lupa_gc, object)
+    debug_setmetatable(object, Finalised)
 end
 
 -- A metatable for an opaque type named `name`: `methods` is its __index (a table or a
@@ -728,10 +748,6 @@ function core.new_object(mt, fields)
     if token_count == 0 then
         tokens = table_pack(token_source())
         token_count = tokens.n
-        if lupa_meta == nil then
-            lupa_meta = debug.getmetatable(tokens[1])
-            lupa_gc = lupa_meta.__gc
-        end
     end
     local object = tokens[token_count]
     tokens[token_count] = nil
