@@ -712,24 +712,37 @@ local token_source = nil  -- Python: returns a batch of fresh tokens
 local tokens, token_count = {}, 0
 local lupa_meta, lupa_gc = nil, nil
 
--- Also hides lupa's metatable, which every Python object in the state shares (a token,
--- a Python exception a host function let through): with it, user code could replace
--- `__call` and see or change every host call of every unit.
-function core.set_token_source(fn)
-    token_source = fn
-    tokens = table_pack(token_source())
-    token_count = tokens.n
-    lupa_meta = debug.getmetatable(tokens[1])
-    lupa_gc = lupa_meta.__gc
-    lupa_meta.__metatable = false
+-- What a released object keeps: a user finaliser may still hold it (resurrection), and
+-- must then find neither lupa's metatable (shared by every Python object of the state:
+-- replacing its __call intercepted trusted code's calls into Python) nor a working object.
+local Finalised = { __name = "finalised object", __metatable = false,
+                    __index = function() error("attempt to use a finalised object", 2) end }
+
+local function take_lupa_meta()
+    if lupa_meta == nil then
+        lupa_meta = debug.getmetatable(tokens[1])
+        lupa_gc = lupa_meta.__gc
+        lupa_meta.__metatable = false  -- getmetatable() of any Python object says false
+    end
 end
 
--- Putting lupa's metatable back marks the object for finalisation again (Lua would
--- call lupa's finaliser in the next cycle); calling it now drops the Python reference
--- in this one. lupa's finaliser clears its pointer, so the second call does nothing.
+-- Also hides lupa's metatable from the state's start (a Python exception a host function
+-- let through carries it too).
+function core.set_token_source(fn)
+    token_source = fn
+    if token_count == 0 then
+        tokens = table_pack(token_source())
+        token_count = tokens.n
+    end
+    take_lupa_meta()
+end
+
+-- lupa's finaliser, run on the object with lupa's metatable back, drops the Python
+-- reference; the object then keeps a metatable with no finaliser and no way in.
 release = function(object)
     debug_setmetatable(object, lupa_meta)
-    lupa_gc(object)
+    pcall(lupa_gc, object)
+    debug_setmetatable(object, Finalised)
 end
 
 -- A metatable for an opaque type named `name`: `methods` is its __index (a table or a

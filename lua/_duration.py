@@ -7,6 +7,8 @@ One parser serves the node's configuration (seconds) and the Lua ``time`` module
 
 from __future__ import annotations
 
+import re
+
 NANOSECOND = 1
 MICROSECOND = 1_000
 MILLISECOND = 1_000_000
@@ -27,7 +29,8 @@ _UNITS: dict[str, int] = {
     "m": MINUTE,
     "h": HOUR,
 }
-_DIGITS = "0123456789"
+_SEGMENT = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]*)")
+"""A duration's segment: whole digits, fraction digits, unit (each may be empty)."""
 
 
 def go_quote(text: str) -> str:
@@ -54,36 +57,34 @@ def parse_go_duration(text: str) -> int:
         return 0
     if not s:
         raise invalid
+    # One match per "<number><unit>" from a position: linear in the text (slicing the
+    # rest after each unit was quadratic: 1 MB of "1h" took 12 s).
     total = 0
-    while s:
-        if s[0] != "." and s[0] not in _DIGITS:
+    pos, n = 0, len(s)
+    while pos < n:
+        m = _SEGMENT.match(s, pos)
+        assert m is not None  # every group may be empty
+        whole, frac, unit = m.group(1), m.group(2), m.group(3)
+        if not whole and frac is None:
             raise invalid
-        i = 0
-        while i < len(s) and s[i] in _DIGITS:
-            i += 1
-        whole, s = s[:i], s[i:]
-        frac = ""
-        if s.startswith("."):
-            j = 1
-            while j < len(s) and s[j] in _DIGITS:
-                j += 1
-            frac, s = s[1:j], s[j:]
+        frac = frac or ""
         if not whole and not frac:
             raise invalid
-        i = 0
-        while i < len(s) and s[i] != "." and s[i] not in _DIGITS:
-            i += 1
-        if i == 0:
+        if not unit:
             raise ValueError("time: missing unit in duration " + go_quote(text))
-        unit, s = s[:i], s[i:]
         scale = _UNITS.get(unit)
         if scale is None:
             raise ValueError("time: unknown unit " + go_quote(unit) + " in duration " + go_quote(text))
+        whole = whole.lstrip("0")
+        if len(whole) > 19:  # past int64 whatever the unit (Go's leadingInt overflows)
+            raise invalid
         total += int(whole or 0) * scale
         if frac:
+            frac = frac[:19]  # Go stops adding digits once they no longer count
             total += int(frac) * scale // 10 ** len(frac)
         if total > MAX_DURATION + (1 if negative else 0):
             raise invalid
+        pos = m.end()
     return -total if negative else total
 
 

@@ -17,6 +17,31 @@ local math_floor, math_ceil, math_tointeger = math.floor, math.ceil, math.tointe
 local MAXINT, MININT = math.maxinteger, math.mininteger
 local host_error, KINDS, argerror = P.host_error, P.kinds, P.argerror
 local new_channel, channel_handle = P.new_channel, P.channel_handle
+local charge = core.charge
+
+-- Every call into Python (_time_host.py) is charged to the instruction budget: one costs
+-- 1-8 us, a thousand instructions' worth, and was one instruction to the count hook (a
+-- loop of tostring(t) held the event loop 12.6 s before its budget ran out). Layouts
+-- and parsed values also cost per byte, and stop at MAX_TEXT bytes: Go's layout scan is
+-- ported with slices, quadratic in Python (160 KB: 1.2 s to parse).
+local HOST_CALL, TEXT_BYTE, MAX_TEXT = 1000, 100, 4096
+do
+    local raw = host
+    host = {}
+    for name, fn in pairs(raw) do
+        host[name] = function(...)
+            charge(HOST_CALL)
+            return fn(...)
+        end
+    end
+end
+-- nil, or why `s` is refused (too long); charges it otherwise.
+local function charge_text(s, what)
+    if #s > MAX_TEXT then
+        return "time: " .. what .. " too long (" .. #s .. " bytes, at most " .. MAX_TEXT .. ")"
+    end
+    charge(#s * TEXT_BYTE)
+end
 
 local SEC = 1000000000
 local ZERO_TO_UNIX = 62135596800  -- seconds from Go's zero time (0001-01-01 UTC) to 1970
@@ -70,6 +95,7 @@ local function to_ns(v)
         if ns == nil then return nil, invalid("time: invalid duration " .. tostring(v)) end
         return ns
     elseif kind == "string" then
+        charge(#v * 30)  -- a match per unit (_duration.py): 1 MB of "1h" takes 0.28 s
         local ns, err = host.parse_duration(v)
         if ns == nil then return nil, invalid(err) end
         return ns
@@ -190,7 +216,10 @@ end
 
 function TimeMethods.format(t, layout)
     local f = self_time(t, "format")
-    return host.format(f.sec, f.nsec, f.key, string_arg(layout, 1, "format"))
+    layout = string_arg(layout, 1, "format")
+    local refused = charge_text(layout, "layout")
+    if refused then error("bad argument #1 to 'format' (" .. refused .. ")", 2) end
+    return host.format(f.sec, f.nsec, f.key, layout)
 end
 function TimeMethods.format_rfc3339(t)
     local f = self_time(t, "format_rfc3339")
@@ -375,6 +404,8 @@ end
 function time.parse(...)
     local layout, value, loc = ...
     layout, value = string_arg(layout, 1, "parse"), string_arg(value, 2, "parse")
+    local refused = charge_text(layout, "layout") or charge_text(value, "value")
+    if refused then return nil, invalid(refused) end
     local key = "Local"
     if select("#", ...) >= 3 then
         if not is_location(loc) then argerror(3, "parse", "Location", loc) end

@@ -22,6 +22,12 @@ _MONOTONIC_START = time.monotonic_ns() - 1
 """Go's monotonic readings count from the process start (and are never 0)."""
 
 
+def _wrap64(sec: int) -> int:
+    """``sec`` wrapped into an int64, as Go's ``time.Date`` overflows (Python's integers
+    do not: a year of math.maxinteger raised OverflowError crossing into Lua)."""
+    return (sec + 2**63) % 2**64 - 2**63
+
+
 class TimeFunctions:
     def __init__(self, state: LuaRuntime) -> None:
         self.state = state
@@ -69,10 +75,12 @@ class TimeFunctions:
 
     def date(self, year: int, month: int, day: int, hour: int, minute: int, second: int, nsec: int,
              key: bytes) -> tuple[int, int]:
-        return _gotime.date(year, month, day, hour, minute, second, nsec, self._location(key))
+        sec, nsec = _gotime.date(year, month, day, hour, minute, second, nsec, self._location(key))
+        return _wrap64(sec), nsec
 
     def add_date(self, sec: int, nsec: int, key: bytes, years: int, months: int, days: int) -> tuple[int, int]:
-        return _gotime.add_date(int(sec), int(nsec), self._location(key), years, months, days)
+        sec, nsec = _gotime.add_date(int(sec), int(nsec), self._location(key), years, months, days)
+        return _wrap64(sec), nsec
 
     def parse(self, layout: bytes, value: bytes, key: bytes) -> tuple[Any, ...]:
         """``sec, nsec, key, name`` of the parsed time and its location, or ``nil, message``."""

@@ -195,18 +195,34 @@ class Tokens:
 
 
 def number_value(text: str) -> int | float:
+    """The value of a number token as Lua reads it: a hexadecimal integer wraps around
+    64 bits, a decimal one too large for them is a float.
+
+    Raises:
+        ValueError: malformed (``0x``, ``0x.``), with Lua's message.
+    """
     lower = text.lower()
-    if lower.startswith("0x"):
-        if "." in lower or "p" in lower:
-            return float.fromhex(text)
-        return int(text, 16)
-    if any(c in lower for c in ".e"):
-        return float(text)
-    return int(text)
+    try:
+        if lower.startswith("0x"):
+            if "." in lower or "p" in lower:
+                return float.fromhex(text)
+            value = int(text, 16) & 0xFFFFFFFFFFFFFFFF
+            return value - (1 << 64) if value >= 1 << 63 else value
+        if any(c in lower for c in ".e") or len(text) > 19:
+            return float(text)
+        value = int(text)
+        return value if value < 1 << 63 else float(text)
+    except ValueError:
+        raise ValueError("malformed number") from None
 
 
 def string_value(token: str) -> str:
-    """The value of a Lua string literal token (for literal types)."""
+    """The value of a Lua string literal token (for literal types), one character per
+    byte as the source text.
+
+    Raises:
+        ValueError: a bad escape sequence, with Lua's message.
+    """
     if token.startswith("["):
         level = token.index("[", 1) + 1
         body = token[level:-level]
@@ -227,18 +243,31 @@ def string_value(token: str) -> str:
             out.append(_ESCAPES[nxt])
             i += 2
         elif nxt == "x":
-            out.append(chr(int(body[i + 2:i + 4], 16)))
+            digits = body[i + 2:i + 4]
+            if not re.fullmatch(r"[0-9a-fA-F]{2}", digits):
+                raise ValueError("hexadecimal digit expected")
+            out.append(chr(int(digits, 16)))
             i += 4
         elif nxt.isdigit():
-            digits = re.match(r"\d{1,3}", body[i + 1:])
+            digits = re.match(r"[0-9]{1,3}", body[i + 1:])
             assert digits is not None
+            if int(digits.group()) > 255:
+                raise ValueError("decimal escape too large")
             out.append(chr(int(digits.group())))
             i += 1 + len(digits.group())
+        elif nxt == "u":
+            code = re.match(r"\{([0-9a-fA-F]{1,8})\}", body[i + 2:])
+            if code is None:
+                raise ValueError("missing '{' or '}' in \\u{xxxx}")
+            value = int(code.group(1), 16)
+            if value > 0x10FFFF:  # Lua takes up to 2^31 (old UTF-8); a literal type need not
+                raise ValueError("UTF-8 value too large")
+            out.append(chr(value).encode("utf-8", "surrogatepass").decode("latin-1"))
+            i += 2 + len(code.group())
         elif nxt == "z":
             i += 2
             while i < len(body) and body[i] in " \t\r\n\f\v":
                 i += 1
         else:
-            out.append(nxt)
-            i += 2
+            raise ValueError("invalid escape sequence")
     return "".join(out)

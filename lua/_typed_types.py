@@ -132,10 +132,10 @@ class TypeGrammar(Tokens):
             negative = kind == "-"
             if negative:
                 self.next()
-            number = number_value(self.values[self.next()])
+            number = self.literal(number_value)
             return {"k": "literal", "value": -number if negative else number}
         if kind == "string":
-            return {"k": "literal", "value": string_value(self.values[self.next()])}
+            return {"k": "literal", "value": self.literal(string_value)}
         if kind == "function":  # `function` as a type name: any function
             self.next()
             return {"k": "func", "params": [], "ret": [], "any": True}
@@ -243,8 +243,18 @@ class TypeGrammar(Tokens):
         if kind == "name" or kind in LUA_KEYWORDS:  # keywords are fine as field names
             return self.values[self.next()]
         if kind == "string":
-            return str(string_value(self.values[self.next()]))
+            return str(self.literal(string_value))
         raise self.error("<name> expected")
+
+    def literal(self, convert: Any) -> Any:
+        """The value of the literal token at the cursor (``convert``: number_value or
+        string_value), consumed; a malformed one is a syntax error there."""
+        try:
+            value = convert(self.values[self.i])
+        except ValueError as err:
+            raise self.error(str(err)) from None
+        self.next()
+        return value
 
     def table_type(self) -> dict[str, Any]:
         """``{}``, ``{T}``, ``{[K]: V}``, ``{name: T, opt?: T}``."""

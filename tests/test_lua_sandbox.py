@@ -250,3 +250,25 @@ async def test_lupas_metatable_stays_hidden_from_python_errors_and_resurrected_o
           for _, kind in ipairs(seen) do kinds[kind] = true end
           return kinds.table == nil and #seen > 1
         end""", modules=("time",)) is True
+
+
+async def test_a_finalised_opaque_object_never_shows_lupas_metatable() -> None:
+    # An opaque object (core.new_object) is released by setting lupa's metatable back and
+    # calling its __gc. A user finaliser that holds the object (set up before it, so it
+    # runs after) resurrected it with lupa's metatable: getmetatable() returned that
+    # shared, writable table, and replacing its __call intercepted every call trusted code
+    # made into Python (arguments, results, the bound host methods themselves).
+    assert await value_of("""
+        return function()
+          local found = {}
+          local holder = setmetatable({}, {__gc = function(self) found.o = self.o end})
+          holder.o = time.now()
+          holder = nil
+          local i = 0
+          while found.o == nil and i < 2000000 do local x = {i} i = i + 1 end
+          for j = 1, 200000 do local x = {j} end  -- the object's own finaliser runs too
+          assert(found.o ~= nil, "the finaliser never ran")
+          local mt = getmetatable(found.o)
+          local ok, err = pcall(function() return found.o:unix() end)
+          return {type(found.o), mt == nil and "nil" or tostring(mt), ok}
+        end""") == ["userdata", "false", False]

@@ -551,3 +551,47 @@ async def test_local_is_utc_in_a_workflows_state_wherever_the_worker_runs(host_z
     workflow = LuaState(replay=Replay(now_ns=lambda: 3 * 3600 * 10**9, random=random.Random(1)))
     assert (await run_lua(source, state=workflow)).value == [0, "Local", "UTC", 3]
     assert (await run_lua(source)).value[:3] == [19, "Local", "EST"]  # outside workflows: the host's
+
+
+# ------------------------------------------------------------------ hostile input (probe)
+
+BUDGET = "instruction budget exceeded"
+
+
+@pytest.mark.parametrize("body", [
+    # One call into Python was one instruction: ~1.7M tostring() calls of 7.5 us held the
+    # loop 12.6 s before the budget ran out (a plain loop: 0.24 s).
+    "local t = time.now() for i = 1, 1e9 do tostring(t) end",
+    "local t = time.now() for i = 1, 1e9 do t:format('2006') end",
+    "local d = time.SECOND for i = 1, 1e9 do tostring(d) end",
+    # Layout scanning and parsing slice their text per element: quadratic (160 KB: 0.3 s
+    # to format, 1.2 s to parse; the 5 MB layout here did not finish in 10 minutes).
+    "return #time.now():format(string.rep('2006 x', 1000000))",
+    "return time.parse(string.rep('x', 5000000) .. '2006', string.rep('x', 5000000) .. '2020')",
+    # The duration parser sliced its text per unit too: 1 MB took 12 s.
+    "return time.parse_duration(string.rep('1h', 500000))",
+])
+async def test_time_calls_into_python_are_charged_to_the_budget(body: str) -> None:
+    start = pytime.monotonic()
+    outcome = await run_lua(f"local time = require('time')\nreturn function()\n{body}\nend")
+    took = pytime.monotonic() - start
+    assert outcome.error is not None, outcome
+    assert BUDGET in outcome.error.message or "too long" in outcome.error.message, outcome.error.message
+    assert took < 3.0, f"held the loop {took:.1f} s"
+
+
+@pytest.mark.parametrize("body", [
+    "return time.date(math.maxinteger, 1, 1, 0, 0, 0, 0, time.utc):unix()",
+    "return time.date(2000, 1, 1, 0, 0, math.maxinteger, 0, time.utc):unix()",
+    "return time.now():add_date(math.maxinteger, math.maxinteger, math.maxinteger):unix()",
+    "return time.unix(math.maxinteger, 0):add_date(1, 0, 0):unix()",
+])
+async def test_dates_past_64_bits_wrap_as_go_does_not_a_python_error(body: str) -> None:
+    # They raised OverflowError ("Python int too large to convert to C long") as an
+    # Internal error; Go's time.Date wraps around int64.
+    assert isinstance(await values_of(body), int)
+
+
+async def test_a_huge_duration_number_is_gos_error_not_pythons() -> None:
+    message = await values_of("local d, err = time.parse_duration(string.rep('9', 100000) .. 'h') return tostring(err)")
+    assert message.startswith('time: invalid duration "99999'), message[:200]

@@ -520,3 +520,19 @@ async def test_a_goto_label_with_spaces_is_a_label_next_to_casts(state: LuaState
           end
           return sum
         end""", state, "types:label") == 9
+
+
+@pytest.mark.parametrize("literal", ['"\\xZZ"', '"\\x"', '"\\999"', "0x", "0x.", "9" * 5000, "9" * 40, "0xFFFFFFFFFFFFFFFFFF"])
+def test_a_bad_literal_in_a_type_is_a_syntax_error_or_lua_s_value(literal: str) -> None:
+    # Literal types are blanked before Lua's compiler sees them, so the pass converts
+    # them itself; a bad escape or number raised ValueError (or OverflowError into Lua)
+    # out of LuaState.load instead of the entry's syntax error.
+    source = f"local a = 1\ntype T = {literal}\nreturn function() return tostring(T) end\n".encode()
+    problem = syntax_error(source, "lit.lua")
+    try:
+        LuaState().load(LuaCode(id="lit:f", source=source, chunkname="lit.lua"))
+    except MoonwireError as err:
+        assert problem is not None and err.message == f"syntax error in lit:f: {problem}"
+        assert problem.startswith("lit.lua:2: "), problem
+    else:
+        assert problem is None
