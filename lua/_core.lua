@@ -52,9 +52,22 @@ local function over_budget()
     error(budget_error, 0)
 end
 
+-- The memory limit user code sees (KiB; nil: none). lupa's own limit sits a reserve
+-- above it: an allocation lupa makes while it holds the GIL (the value a Python
+-- function returns, a wrapper for a Python object) must never fail, because the error
+-- then jumps out with the GIL taken and the next return to Python waits for it for
+-- ever (a frozen node). The hook checks this limit instead, from Lua, where an error is
+-- harmless; a full collection first, as Lua's allocator does before it gives up.
+local memory_limit_kb = nil
+local gc = collectgarbage
+
 local function tick()
     used = used + TICK
     if used > budget then over_budget() end
+    if memory_limit_kb ~= nil and gc("count") > memory_limit_kb then
+        gc("collect")
+        if gc("count") > memory_limit_kb then error("not enough memory", 0) end
+    end
 end
 
 -- Account `cost` instructions' worth of work about to be done by C; fails with the
@@ -139,9 +152,10 @@ end
 
 local core = {}
 
-function core.set_limits(instructions, err)
+function core.set_limits(instructions, err, memory_bytes)
     budget = instructions or 0
     budget_error = err
+    memory_limit_kb = memory_bytes and memory_bytes / 1024 or nil
 end
 
 -- Create a thread that will run fn; its first resume passes fn's arguments. Returns

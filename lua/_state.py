@@ -96,6 +96,13 @@ class Replay:
     random: random.Random
 
 
+def memory_reserve(limit: int) -> int:
+    """How far lupa's hard memory limit sits above the one user code sees: room for the
+    values Python functions hand back between two checks of the limit (every 1000
+    instructions), which the instruction budget keeps small."""
+    return max(32 * MiB, limit // 2)
+
+
 class _Token:
     """What an opaque Lua object (``core.new_object``) wraps: nothing at all."""
 
@@ -156,7 +163,9 @@ class LuaState:
             register_builtins=False,
             unpack_returned_tuples=True,
             attribute_filter=_deny_attributes,
-            max_memory=limits.memory,
+            # The limit user code sees is enforced from Lua (core.set_limits); lupa's
+            # hard limit leaves a reserve for what lupa allocates holding the GIL.
+            max_memory=None if limits.memory is None else limits.memory + memory_reserve(limits.memory),
             **seeding,
         )
         self.core = self.runtime.execute(CORE_SOURCE, self.runtime.execute(PATTERNS_SOURCE))
@@ -176,7 +185,7 @@ class LuaState:
             self.runtime.execute(source, self.core, functions(self).table(), self.prelude)
         self.runtime.execute(PROCESS_SOURCE, self.core, self.table_from(ProcessFunctions(self).table()), self.prelude)
         self.types = self.runtime.execute(TYPES_SOURCE, self.core, self.prelude)
-        self.core.set_limits(limits.instructions or 0, BUDGET_EXCEEDED)
+        self.core.set_limits(limits.instructions or 0, BUDGET_EXCEEDED, limits.memory)
         self.current: Running | None = None
         """The unit whose thread is running (a :class:`Unit`), for ``ctx`` and friends."""
         self.poisoned = False

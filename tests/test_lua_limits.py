@@ -394,3 +394,22 @@ async def test_opaque_objects_free_their_python_tokens(monkeypatch: pytest.Monke
     state.core.collect()
     state.core.collect()
     assert len(alive) <= 2 + _state.TOKENS_PER_BATCH, len(alive)
+
+
+@pytest.mark.parametrize("make", ["errors.new('x')", "channel.new(1)", "uuid.v4()"])
+async def test_memory_filled_by_values_from_python_ends_with_the_memory_error(make: str) -> None:
+    """Values Python hands to Lua (an opaque object's wrapper, a channel, a string) are
+    allocated by lupa while it holds the GIL; when that allocation hit the memory limit
+    the error jumped out with the GIL taken and the node froze for good (a fault probe
+    found it at the default 64 MiB). The limit user code sees is checked from Lua, below
+    lupa's own: the unit ends with the memory error, the state is retired."""
+    outcome = await run_lua(f"""
+        local time, uuid = require("time"), require("uuid")
+        return function()
+          local t = {{}}
+          for i = 1, 1e8 do
+            t[i] = {make}
+            if i % 10000 == 0 then time.sleep(0) end
+          end
+        end""", modules=("time", "uuid"))
+    assert outcome.error is not None and "memory limit exceeded" in outcome.error.message, outcome
