@@ -35,6 +35,11 @@ class _Registration:
     value: Any = None   # for senders: the value offered
 
 
+_NO_WAITERS: tuple[_Registration, ...] = ()
+"""What a channel nobody ever waited on holds instead of a queue of waiters: most never
+see one, and an empty deque is 600 bytes (a flood of channels is Python memory too)."""
+
+
 class Channel:
     __slots__ = ("capacity", "buffer", "closed", "_receivers", "_senders")
 
@@ -42,8 +47,8 @@ class Channel:
         self.capacity = capacity
         self.buffer: deque[Any] = deque()
         self.closed = False
-        self._receivers: deque[_Registration] = deque()
-        self._senders: deque[_Registration] = deque()
+        self._receivers: deque[_Registration] | tuple[_Registration, ...] = _NO_WAITERS
+        self._senders: deque[_Registration] | tuple[_Registration, ...] = _NO_WAITERS
 
     receive_only = False
 
@@ -82,9 +87,13 @@ class Channel:
         return None
 
     def wait_send(self, waiter: Waiter, value: Any, case: int = 0) -> None:
+        if not isinstance(self._senders, deque):
+            self._senders = deque()
         self._senders.append(_Registration(waiter, case, value))
 
     def wait_receive(self, waiter: Waiter, case: int = 0) -> None:
+        if not isinstance(self._receivers, deque):
+            self._receivers = deque()
         self._receivers.append(_Registration(waiter, case))
 
     def offer(self, value: Any) -> bool:
@@ -102,9 +111,9 @@ class Channel:
             sender.waiter.fire((-1, None, False) if sender.case else (False, SEND_ON_CLOSED))
 
     @staticmethod
-    def _pop_live(queue: deque[_Registration]) -> _Registration | None:
+    def _pop_live(queue: deque[_Registration] | tuple[_Registration, ...]) -> _Registration | None:
         while queue:
-            registration = queue.popleft()
+            registration = queue.popleft()  # type: ignore[union-attr]  # a non-empty queue is a deque
             if not registration.waiter.done:
                 return registration
         return None

@@ -60,13 +60,16 @@ end
 -- harmless; a full collection first, as Lua's allocator does before it gives up.
 local memory_limit_kb = nil
 local gc = collectgarbage
+-- Python memory that Lua values keep alive (a channel's Python object), in KiB: counted
+-- against the same limit, so a state cannot pin memory outside it (core.hold).
+local held_kb = 0
 
 local function tick()
     used = used + TICK
     if used > budget then over_budget() end
-    if memory_limit_kb ~= nil and gc("count") > memory_limit_kb then
+    if memory_limit_kb ~= nil and gc("count") + held_kb > memory_limit_kb then
         gc("collect")
-        if gc("count") > memory_limit_kb then error("not enough memory", 0) end
+        if gc("count") + held_kb > memory_limit_kb then error("not enough memory", 0) end
     end
 end
 
@@ -151,6 +154,11 @@ end
 -- ------------------------------------------------------------------ Python's side
 
 local core = {}
+
+-- `bytes` of Python memory held (negative: released) by a Lua value.
+function core.hold(bytes)
+    held_kb = held_kb + bytes / 1024
+end
 
 function core.set_limits(instructions, err, memory_bytes)
     budget = instructions or 0

@@ -253,7 +253,14 @@ local ChannelMT = { __index = ChannelMethods, __name = "channel", __metatable = 
 local handles = setmetatable({}, { __mode = "k" })  -- channel table -> Python channel
 local private = setmetatable({}, { __mode = "k" })  -- timer or future table -> Python handle
 
+-- What a channel's Python object costs (lua/_channel.py, measured with tracemalloc),
+-- counted against the state's memory limit while the channel lives (core.hold).
+local CHANNEL_BYTES = 1024
+local hold = core.hold
+ChannelMT.__gc = function() hold(-CHANNEL_BYTES) end
+
 local function wrap_channel(handle)
+    hold(CHANNEL_BYTES)
     local ch = setmetatable({}, ChannelMT)
     handles[ch] = handle
     return ch
