@@ -315,6 +315,31 @@ class _LinearRegex:
 for _module in (jsonschema._keywords, jsonschema._legacy_keywords, jsonschema._utils):
     _module.re = _LinearRegex()  # type: ignore[attr-defined]
 
+class _TooMuchWork(Exception):
+    """Validation went past the steps the caller's instruction budget allows."""
+
+
+_work = threading.local()
+"""``used`` and ``limit``: keyword checks made by the validation running in this thread,
+and how many the caller's budget allows. A schema's ``$ref``s can fan out, each level
+doubling the work (depth 16 took 3.8 s), so the work is counted, not the schema's size."""
+
+
+def _counted(check: Any) -> Any:
+    def counted(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        _work.used += 1
+        if _work.used > _work.limit:
+            raise _TooMuchWork
+        return check(validator, value, instance, schema)
+    return counted
+
+
+@functools.lru_cache(maxsize=None)
+def _counting(cls: Any) -> Any:
+    """``cls`` (a dialect's validator class) with every keyword check counted."""
+    return jsonschema.validators.extend(cls, {name: _counted(check) for name, check in cls.VALIDATORS.items()})
+
+
 _SCHEMA_CACHE_SIZE = 100
 _schemas: OrderedDict[bytes, Any] = OrderedDict()
 _schemas_lock = threading.Lock()  # workflow states may run in other threads
@@ -338,7 +363,7 @@ def _validator(text: str, schema: Any) -> Any:
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     cls.check_schema(schema)
     # The specifications only: a $ref to anything else is unresolvable, never fetched.
-    validator = cls(schema, registry=SCHEMA_SPECIFICATIONS)
+    validator = _counting(cls)(schema, registry=SCHEMA_SPECIFICATIONS)
     with _schemas_lock:
         _schemas[key] = validator
         while len(_schemas) > _SCHEMA_CACHE_SIZE:
@@ -347,7 +372,11 @@ def _validator(text: str, schema: Any) -> Any:
 
 
 def _validate(schema: Any, instance: Any) -> str | None:
-    """Why ``instance`` fails ``schema`` (a path and the validator's message), or None."""
+    """Why ``instance`` fails ``schema`` (a path and the validator's message), or None.
+
+    Raises:
+        _TooMuchWork: more keyword checks than ``_work.limit``.
+    """
     if not isinstance(schema, (dict, bool)):
         shown = "an array (an empty table encodes as [])" if isinstance(schema, list) else type(schema).__name__
         return f"invalid schema: a schema is an object or a boolean, got {shown}"
@@ -394,8 +423,17 @@ class DataFunctions:
         except MoonwireError as err:
             return (False, err.message.encode())
 
-    def json_validate(self, schema: Any, data: Any, data_is_text: bool) -> bytes | None:
-        """None when ``data`` is valid, else why not (as the error's message)."""
+    def json_validate(self, schema: Any, data: Any, data_is_text: bool, max_steps: float) -> tuple[Any, int]:
+        """``reason, steps``: None when ``data`` is valid, else why not (as the error's
+        message), and the keyword checks it took; more than ``max_steps`` stops it
+        (``max_steps + 1`` checks, which the caller's budget cannot pay)."""
+        _work.used, _work.limit = 0, max_steps
+        try:
+            return (self._json_validate(schema, data, data_is_text), _work.used)
+        except _TooMuchWork:
+            return (None, _work.used)
+
+    def _json_validate(self, schema: Any, data: Any, data_is_text: bool) -> bytes | None:
         try:
             if isinstance(schema, bytes):
                 schema_data = _decode_first(schema)

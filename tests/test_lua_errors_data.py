@@ -433,3 +433,21 @@ async def test_json_schema_patterns_match_in_linear_time() -> None:
                   (json.validate({pattern = "^[a-z]+$"}, "abc"))}
         end""")
     assert value == [False, "Invalid", False, "Invalid", False, True, True]
+
+
+async def test_json_validate_stops_at_the_budget_however_refs_multiply_the_work() -> None:
+    # Each level of `anyOf` two `$ref`s to the next doubles the work (depth 16 held the
+    # loop for 3.8 s); validation is counted in keyword checks and charged.
+    outcome = await run_lua("""
+        return function(depth)
+          local defs = {}
+          for i = 1, depth do
+            local nxt = "#/$defs/d" .. (i + 1)
+            defs["d" .. i] = {anyOf = {{["$ref"] = nxt}, {["$ref"] = nxt}}}
+          end
+          defs["d" .. (depth + 1)] = {type = "string"}
+          local shallow = json.validate({["$defs"] = {d = {type = "number"}}, ["$ref"] = "#/$defs/d"}, 1)
+          assert(shallow == true, "a plain $ref still validates")
+          return json.validate({["$defs"] = defs, ["$ref"] = "#/$defs/d1"}, 1)
+        end""", 24, modules=("json",))
+    assert outcome.error is not None and "instruction budget exceeded" in outcome.error.message, outcome
