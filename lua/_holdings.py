@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from lupa.lua55 import LuaMemoryError
+
 from ._answer import Outcome, Pending
 from ._channel import Channel
 from ._errors import Kind, MoonwireError
@@ -49,7 +51,14 @@ class Timer:
         self.handle = None
         self.unit.holdings().timers.discard(self)
         state = self.unit.state
-        self.channel.offer(state.new_time(state.clock()))
+        try:
+            fired = state.new_time(state.clock())
+        except LuaMemoryError:
+            # The state is full (its unit fails with the memory error); a callback of the
+            # event loop must not raise, and a receiver still wakes: the channel closes.
+            self.channel.close()
+            return
+        self.channel.offer(fired)
         if self.periodic:
             self._schedule()
         else:
@@ -91,7 +100,10 @@ class Future:
         self.outcome = outcome
         if outcome.ok:
             state = self.unit.state
-            self.channel.offer(state.new_payload(to_lua(state, outcome.value)))
+            try:
+                self.channel.offer(state.new_payload(to_lua(state, outcome.value)))
+            except LuaMemoryError:
+                pass  # a full state: the thread wakes to a closed channel (and :result() still has it)
         self.channel.close()  # wakes a thread waiting on the response channel
 
     def snapshot(self) -> tuple[str, Any, MoonwireError | None]:
