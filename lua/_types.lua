@@ -437,6 +437,9 @@ function types.build(declarations)
             end
         end
     end
+    -- Resolved now, while the chunk registers (no instruction budget runs here): a
+    -- resolution cut short by a unit's budget would leave the type half made.
+    for _, t in pairs(declared) do resolve(t) end
     return declared
 end
 
