@@ -198,7 +198,7 @@ def process_project(sources: dict[str, str], *, extra_yaml: str = "") -> dict[st
     files: dict[str, str] = {}
     for name, source in sources.items():
         entries.append(f"  - name: {name}\n    kind: process.lua\n    source: file://{name}.lua\n    method: main\n"
-                       "    modules: [time, json, funcs, ctx]\n")
+                       "    modules: [time, json, funcs, ctx, uuid]\n")
         files[f"{name}.lua"] = source
     files["_index.yaml"] = "namespace: app\nentries:\n" + "".join(entries) + textwrap.indent(textwrap.dedent(extra_yaml).strip("\n") + "\n", "  ")
     return files

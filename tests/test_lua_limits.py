@@ -51,6 +51,8 @@ HOSTILE: dict[str, str] = {
     "insert_front_loop": "local t = {} for i = 1, 1000000 do t[i] = i end for i = 1, 1e9 do table.insert(t, 1, i) end",
     "unpack_loop": "local t = {} for i = 1, 500000 do t[i] = i end for i = 1, 1e9 do select('#', table.unpack(t)) end",
     # Conversions for Python.
+    # Calls into Python: each costs microseconds, one instruction to the hook.
+    "uuid_loop": "local uuid = require('uuid') for i = 1, 1e9 do uuid.v4() end",
     "json_encode": 'local t = {} for i = 1, 400000 do t[i] = "x" end return #json.encode(t)',
     "json_decode": 'return #json.decode("[" .. string.rep("1,", 2000000) .. "1]")',
     "send_huge": "local t = {} for i = 1, 400000 do t[i] = i end process.send(process.pid(), 'x', t) return 0",
@@ -321,7 +323,7 @@ def test_bounded_functions_agree_with_lstrlib_under_a_budget() -> None:
 
 HOSTILE_FUNCTIONS = {
     "app.yaml": "namespace: app\nentries:\n"
-                "  - {name: hostile, kind: function.lua, source: file://hostile.lua, modules: [json]}\n"
+                "  - {name: hostile, kind: function.lua, source: file://hostile.lua, modules: [json, uuid]}\n"
                 "  - {name: add, kind: function.lua, source: file://add.lua}\n",
     "hostile.lua": "local json = require('json')\nlocal cases = {\n"
                    + "\n".join(f"  [{name!r}] = function() {code} end," for name, code in HOSTILE.items()
@@ -410,7 +412,7 @@ async def test_memory_filled_by_values_from_python_ends_with_the_memory_error(ma
           local t = {{}}
           for i = 1, 1e8 do
             t[i] = {make}
-            if i % 10000 == 0 then time.sleep(0) end
+            if i % 1000 == 0 then time.sleep(0) end
           end
         end""", modules=("time", "uuid"))
     assert outcome.error is not None and "memory limit exceeded" in outcome.error.message, outcome
