@@ -387,7 +387,7 @@ async def test_env_memory_storage_is_shared_by_the_nodes_states(tmp_path: Path) 
           storage: mem
           variable: SHARED
         """)
-    files["_index.yaml"] = files["_index.yaml"].replace("modules: [time, json, funcs, ctx]", "modules: [funcs, env]")
+    files["_index.yaml"] = files["_index.yaml"].replace("modules: [time, json, funcs, ctx, uuid]", "modules: [funcs, env]")
     files["reader.lua"] = 'return {main = function() return env.get("SHARED") end}'
     async with LocalRuntime(tmp_path, files) as runtime:
         outcome = await runtime.execute("app:writer", [])  # type: ignore[attr-defined]
