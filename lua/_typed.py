@@ -259,19 +259,6 @@ class _Parser(TypeGrammar):
                                   "line": self.line_of(self.starts[first])})
         self.blank(first, self.i - 1)
 
-    def function_type_after_name(self) -> dict[str, Any]:
-        """``<T>(params): R`` of a method signature in an interface."""
-        if self.kind == "<":
-            self.type_params()
-        open_ = self.expect("(")
-        params = self.type_param_list(")")
-        self.close(")", "(", open_)
-        ret: list[Any] = []
-        if self.kind == ":":
-            self.next()
-            ret = self.return_types(single=True)
-        return {"k": "func", "params": params, "ret": ret}
-
     def for_statement(self) -> None:
         start = self.next()
         names = [self.expect_name()]

@@ -23,6 +23,20 @@ class TypeGrammar(Tokens):
     def exprlist(self) -> None:
         raise NotImplementedError
 
+    def function_type_after_name(self) -> dict[str, Any]:
+        """``<T>(params): R``: what follows ``fun`` in a type, or a method's name in an
+        interface."""
+        if self.kind == "<":
+            self.type_params()
+        open_ = self.expect("(")
+        params = self.type_param_list(")")
+        self.close(")", "(", open_)
+        ret: list[Any] = []
+        if self.kind == ":":
+            self.next()
+            ret = self.return_types(single=True)
+        return {"k": "func", "params": params, "ret": ret}
+
     def type_params(self) -> list[dict[str, Any]]:
         """``<T, U: Base>`` of a generic function or type."""
         self.expect("<")
@@ -170,16 +184,7 @@ class TypeGrammar(Tokens):
             return {"k": "any", "text": "keyof"}
         if value == "fun":
             self.next()
-            if self.kind == "<":
-                self.type_params()
-            open_ = self.expect("(")
-            params = self.type_param_list(")")
-            self.close(")", "(", open_)
-            ret: list[Any] = []
-            if self.kind == ":":
-                self.next()
-                ret = self.return_types(single=True)
-            return {"k": "func", "params": params, "ret": ret}
+            return self.function_type_after_name()
         if value == "interface" and self.kinds[self.i + 1] == "{":
             self.next()
             return self.table_type()
