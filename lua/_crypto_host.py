@@ -19,6 +19,7 @@ import json
 import math
 import secrets
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -351,7 +352,7 @@ class CryptoFunctions:
                      hash_name: bytes) -> tuple[Any, ...]:
         """Derive the key in a worker thread: a channel that receives the key, or false
         should the derivation fail, when done. Only for a unit outside a workflow (the caller
-        checks); the thread is the loop's default executor, and hashlib releases the
+        checks); the thread is one of _DERIVATIONS, and hashlib releases the
         GIL while OpenSSL derives, so the event loop keeps running meanwhile."""
         args = self._pbkdf2_args(password, salt, iterations, length, hash_name)
         if args[0] is None:
@@ -366,8 +367,16 @@ class CryptoFunctions:
                 return  # the unit ended; nobody waits
             channel.offer(task.result() if task.exception() is None else False)
 
-        unit.own(asyncio.to_thread(hashlib.pbkdf2_hmac, name, password, salt, rounds, size), done)
+        derived = asyncio.get_running_loop().run_in_executor(_DERIVATIONS, hashlib.pbkdf2_hmac, name, password, salt,
+                                                             rounds, size)
+        unit.own(derived, done)
         return (channel,)
+
+
+_DERIVATIONS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="moonwire-pbkdf2")
+"""Where long key derivations run: threads of their own, two at most, so that units
+deriving keys at once queue here instead of filling the loop's default executor,
+which the node needs for other work (name lookups when NATS reconnects)."""
 
 
 def _is_number(value: Any) -> bool:
