@@ -277,6 +277,12 @@ function system.cluster.size()
     local members = host.cluster_now("cluster.members")
     return members and #members or 0
 end
+-- moonwire runs no Raft: Wippy answers these so when Raft is off.
+function system.node.role() return "non-member" end
+function system.cluster.leader() return "" end
+function system.node.addr()
+    return nil, host_error("node.addr: moonwire nodes advertise no address; they meet on NATS", KINDS.INTERNAL, false)
+end
 -- Not re-entrant; held → false, err (ALREADY_EXISTS). Without `timeout` it fails at once
 -- when held (as Wippy's); with one (a duration), it waits that long for the lock to be
 -- freed. Released by `release`, when the holder exits, or when its node goes down.

@@ -149,3 +149,12 @@ async def test_logging_goes_to_the_structured_log(call: str, caplog: pytest.LogC
     record = caplog.records[-1]
     assert record.name.startswith("moonwire.lua")
     assert getattr(record, "unit") == "test:fn"
+
+
+async def test_system_answers_role_leader_and_addr_as_wippy_without_raft() -> None:
+    outcome = await run_lua("""
+        return function()
+          local addr, err = system.node.addr()
+          return {system.node.role(), system.cluster.leader(), addr == nil, err:kind()}
+        end""", modules=("system",))
+    assert outcome.value == ["non-member", "", True, "Internal"], outcome
