@@ -304,8 +304,8 @@ class BoundedCalls:
 
 
 class BucketStore(BoundedCalls):
-    """What a store on one key-value bucket shares with the others (``_groups.py`` uses
-    it; ``_names.py`` shares only its bounded calls, :class:`BoundedCalls`): the bucket
+    """What a store on one key-value bucket shares with the others (``_groups.py``,
+    ``_names.py``): the bucket
     opened at :meth:`start`, or, when JetStream is missing or silent, one warning and a
     try every ``retry_interval``; a watch of every key feeding the store's replica
     through :meth:`_apply`; every round trip bounded, each Unavailable counted in
@@ -374,11 +374,14 @@ class BucketStore(BoundedCalls):
         log.info("%s: bucket %s open", self.what, self.bucket)
         await self._opened()
 
-    async def _stop_following(self) -> None:
-        """Cancel the work :meth:`_soon` started and end the watch (or the wait for
-        JetStream); the store is unavailable after."""
-        await self._writes.stop()
+    async def _stop_following(self, drain: float = 0.0) -> None:
+        """End the work :meth:`_soon` started (given ``drain`` seconds to finish first;
+        nothing new starts meanwhile) and the watch (or the wait for JetStream); the
+        store is unavailable after."""
         tasks, self._tasks = self._tasks, None
+        if drain and len(self._writes):
+            await self._writes.drain(drain)
+        await self._writes.stop()
         if tasks is not None:
             await tasks.stop()
         self._kv = None

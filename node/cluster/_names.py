@@ -12,7 +12,6 @@ round trip. docs/cluster.md has the design and what it rejected.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,10 +21,9 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
-from moonwire.broker import TaskSet
 from moonwire.lua import Kind, MoonwireError, invalid
 
-from ._jetstream import BoundedCalls, Conflict, bounded, earlier_incarnation, open_bucket, retry_every, watch_all
+from ._jetstream import BucketStore, Conflict, earlier_incarnation
 from ._names_upkeep import Upkeep, describe
 from ._replica import Change, Holder, Replica, name_problem
 
@@ -58,7 +56,7 @@ class NamesStatistics:
     node-down) and this node registered again."""
 
 
-class ClusterNames(Upkeep, BoundedCalls):
+class ClusterNames(Upkeep, BucketStore):
     """Cluster-wide names for processes, one per node (``node`` at ``incarnation``).
 
     Args:
@@ -82,27 +80,11 @@ class ClusterNames(Upkeep, BoundedCalls):
     def __init__(self, nats: NatsClient, *, prefix: str, node: str, incarnation: str, replicas: int = 1,
                  timeout: float = 2.0, retry_interval: float = 5.0, on_change: Change | None = None,
                  store: str = "names") -> None:
-        self.nats = nats
-        self.bucket = prefix.replace(".", "_") + "_" + store
-        self.what = f"cluster {store}"
+        super().__init__(nats, bucket=prefix.replace(".", "_") + "_" + store, what=f"cluster {store}",
+                         replicas=replicas, timeout=timeout, retry_interval=retry_interval)
         self.node = node
         self.incarnation = incarnation
-        self.replicas = replicas
-        self.timeout = timeout
-        self.retry_interval = retry_interval
         self._replica = Replica(on_change)
-        self._kv: KeyValue | None = None
-        self._js = nats.jetstream(timeout=timeout)
-        self._tasks: TaskSet | None = None
-        """The watch, or the wait for JetStream."""
-        self.unavailable_level = logging.WARNING
-        """The level of the one line saying JetStream did not answer at start (the node's
-        :class:`Cluster` says it once for all its stores)."""
-        self.unavailable_at_start: str | None = None
-        """Why the bucket could not be opened at start, if it could not."""
-        self._writes = TaskSet(log)
-        """Releases, sweeps and node-down deletes started by the ``*_soon`` methods."""
-        self._watcher: KeyValue.KeyWatcher | None = None
         self._registering: Counter[str] = Counter()
         """PID -> registers of it in flight."""
         self._freeing: Counter[str] = Counter()
@@ -113,79 +95,24 @@ class ClusterNames(Upkeep, BoundedCalls):
         self.alive: Callable[[str], bool] | None = None
         """Set by the node: whether a PID of this node is a live process (a name of an
         exited one is never registered again by healing)."""
-        self._stats = Counter[str]()
 
     # ------------------------------------------------------------ lifecycle
-
-    @property
-    def available(self) -> bool:
-        """True once the bucket is open and the replica loaded."""
-        return self._kv is not None
-
-    async def start(self) -> None:
-        """Open (or create) the bucket, load every name into the replica and follow the
-        bucket's changes; then delete the names an earlier incarnation of this node
-        left behind.
-
-        Never raises for a missing or silent JetStream: :attr:`available` stays False,
-        one warning names the cause, and a task tries again every ``retry_interval``.
-        """
-        if self._tasks is not None:
-            raise RuntimeError("ClusterNames started twice")
-        self._tasks = TaskSet(log)
-        try:
-            await self._open()
-        except MoonwireError as err:
-            self.unavailable_at_start = err.message
-            log.log(self.unavailable_level, "%s are unavailable until JetStream answers (tried bucket %s): %s; "
-                    "trying again, at least every %gs", self.what, self.bucket, err.message, self.retry_interval)
-            self._tasks.start(retry_every(self.retry_interval, self._open, self.what), f"{self.what}: waiting for JetStream")
 
     async def stop(self) -> None:
         """Stop following the bucket, once the releases already started have finished
         (each is bounded by ``timeout``): a node that stops cleanly frees the names of
         the processes it stopped. Names still held stay; node-down frees them."""
-        tasks, self._tasks = self._tasks, None
-        if len(self._writes):
-            await self._writes.drain(self.timeout * ATTEMPTS)
-        await self._writes.stop()
-        if tasks is not None:
-            await tasks.stop()
-        self._kv = None
-        if self._watcher is not None:
-            await self._close_watcher(self._watcher)
-            self._watcher = None
+        await self._stop_following(drain=self.timeout * ATTEMPTS)
 
-    async def _open(self) -> None:
-        kv = await open_bucket(self.nats, self.bucket, replicas=self.replicas, timeout=self.timeout,
-                               description=f"moonwire {self.what} (docs/cluster.md)")
-        watcher = await bounded(watch_all(kv), self.timeout, f"watching the bucket {self.bucket!r}")
+    def _reset(self) -> None:
         self._replica.clear()
-        try:
-            # nats-py's watcher yields the last entry of every key, then None once it
-            # has delivered them all (num_pending 0), then each change as it happens.
-            while (entry := await bounded(watcher.updates(timeout=None), self.timeout,
-                                          f"loading the names in {self.bucket!r}")) is not None:
-                self._apply(entry)
-        except BaseException:
-            await self._close_watcher(watcher)
-            raise
-        self._watcher = watcher
-        assert self._tasks is not None
-        self._tasks.start(self._follow(watcher), f"{self.what}: watching {self.bucket}")
-        self._kv = kv
-        log.info("%s: bucket %s open, %d held", self.what, self.bucket, len(self._replica))
+
+    async def _opened(self) -> None:
+        """At start: delete the names an earlier incarnation of this node left behind."""
+        log.info("%s: %d held", self.what, len(self._replica))
         earlier = [(name, holder) for name, holder in self._replica.items()
                    if holder.node == self.node and earlier_incarnation(holder.incarnation, self.incarnation)]
         await self._free(earlier, f"an earlier incarnation of node {self.node}")
-
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
-        # The watch is an ordered consumer: nats-py recreates it from the next revision
-        # when it misses heartbeats (its server died) or sees a gap, so it survives a
-        # reconnect to another server of the cluster.
-        async for entry in watcher:
-            if entry is not None:
-                self._apply(entry)
 
     def _apply(self, entry: KeyValue.Entry) -> None:
         self._stats["watched"] += 1
@@ -206,13 +133,6 @@ class ClusterNames(Upkeep, BoundedCalls):
                 and self.is_gone(holder.pid) and self._tasks is not None):  # a write that landed late
             self._writes.start(self._free([(entry.key, holder)], f"process {holder.pid} exited while registering it"),
                                f"{self.what}: sweep {entry.key}")
-
-    async def _close_watcher(self, watcher: KeyValue.KeyWatcher) -> None:
-        try:
-            async with asyncio.timeout(self.timeout):
-                await watcher.stop()
-        except Exception as err:  # the connection may be gone already: nothing to undo
-            log.debug("%s: stopping the watch: %s", self.what, err)
 
     # ------------------------------------------------------------ reading (no round trip)
 
