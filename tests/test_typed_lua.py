@@ -4,7 +4,6 @@ the 5.4 meaning of loop-variable assignments under Lua 5.5, and runtime type val
 from __future__ import annotations
 
 import textwrap
-import time
 
 import pytest
 
@@ -451,7 +450,7 @@ async def test_type_values_cannot_be_changed_and_are_shared(state: LuaState) -> 
 
 # ------------------------------------------------------------------ speed
 
-def test_the_pass_is_fast_and_cached() -> None:
+def test_the_pass_is_cached_by_source() -> None:
     block = """
 type Point{n} = {{x: number, y: number, label: string?}}
 local function dist{n}(a: Point{n}, b: Point{n}): number
@@ -466,15 +465,9 @@ end
 """
     source = "".join(block.format(n=i) for i in range(200)).encode()
     assert source.count(b"\n") >= 2000
-    start = time.perf_counter()
+    # Every Lua state loading the entry shares one result (speed: bench/typed_lua.py).
     first = strip(source, "big.lua")
-    took = time.perf_counter() - start
-    start = time.perf_counter()
-    again = strip(source, "big.lua")
-    cached = time.perf_counter() - start
-    assert again is first and len(first.declarations) == 200
-    assert took < 0.5, f"stripping 2,000 lines took {took * 1000:.0f} ms"  # measured: about 30 ms
-    assert cached < 0.001
+    assert strip(source, "big.lua") is first and len(first.declarations) == 200
 
 
 @pytest.mark.parametrize("opener,closer", [("(", ")"), ("{", "}"), ("A<", ">")])
