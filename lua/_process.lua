@@ -166,6 +166,14 @@ function process.cancel(dest, reason)
     return request("proc_cancel", dest, reason)
 end
 
+-- Replaces the calling process's code and keeps its PID, mailbox, names, monitors and
+-- links (wippy-modules §12.1); inside a workflow, continues as new (§12.4). Never
+-- returns on success. A non-string `id` means the current entry.
+function process.upgrade(id, ...)
+    if type(id) ~= "string" then id = nil end
+    return request("proc_upgrade", id, table_pack(...))
+end
+
 -- Requests: a watch on another node's process returns once that node has it in place.
 for _, verb in ipairs({ "monitor", "unmonitor", "link", "unlink" }) do
     process[verb] = function(dest)

@@ -77,6 +77,12 @@ class ProcessServices(Protocol):
         the cluster's members): its value."""
         ...
 
+    def upgrade(self, unit: Any, entry: str | None, args: list[Any]) -> Answer:
+        """``process.upgrade``: replace the unit's code with ``entry``'s (None: its own
+        entry's, as it is now) and call the new ``method`` with ``args``. The answer
+        settles only on failure (the unit's thread never resumes on success)."""
+        ...
+
 
 class NoProcesses:
     """For units that run with no node around them: every process call fails clearly."""
@@ -86,7 +92,7 @@ class NoProcesses:
                             retryable=False)
 
     pid_of = send = spawn = exec = terminate = cancel = watch = register = lookup = unregister = _fail
-    cluster_call = cluster_now = _fail
+    cluster_call = cluster_now = upgrade = _fail
 
 
 class ProcessRequests:
@@ -135,6 +141,13 @@ class ProcessRequests:
         return self._proc(tid, lambda: self.processes.lookup(
             self, text(name, "name"), None if node is None else text(node, "node")))
 
+    def _op_proc_upgrade(self, tid: int, entry: Any, packed: Any) -> object:
+        state = self.state
+        n = packed[b"n"] or 0
+        args = [to_python(state, packed[i]) for i in range(1, n + 1)]
+        return self._proc(tid, lambda: self.processes.upgrade(
+            self, None if entry is None else text(entry, "entry id"), args))
+
     def _op_cluster(self, tid: int, verb: bytes, *args: Any) -> object:
         state = self.state
         return self._proc(tid, lambda: self.processes.cluster_call(
@@ -153,6 +166,6 @@ PROCESS_OPS: dict[bytes, Callable[..., Any]] = {
     b"proc_spawn": ProcessRequests._op_proc_spawn, b"proc_exec": ProcessRequests._op_proc_exec,
     b"proc_terminate": ProcessRequests._op_proc_terminate, b"proc_watch": ProcessRequests._op_proc_watch,
     b"proc_cancel": ProcessRequests._op_proc_cancel, b"proc_lookup": ProcessRequests._op_proc_lookup,
-    b"cluster": ProcessRequests._op_cluster,
+    b"proc_upgrade": ProcessRequests._op_proc_upgrade, b"cluster": ProcessRequests._op_cluster,
 }
 """The process requests a Lua thread can make, by name (merged into the unit's)."""
