@@ -17,6 +17,7 @@ from moonwire.lua import MoonwireError, Outcome, syntax_error
 from .._node import Node, NodeFailed
 from ..project import ConfigError, LuaEntry, ProjectInvalid, load_config, load_project
 from ..servers import EmbeddedServerError
+from ..telemetry import MetricsUnavailable
 from ..workflows import TemporalUnavailable
 from ._common import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, json_args, load, print_outcome,
                       print_problems)
@@ -37,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             entry, *entry_args = args.execute
             return print_outcome(asyncio.run(_execute(node, entry, json_args(entry_args))))
         asyncio.run(_serve(node))
-    except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable, NodeFailed) as err:
+    except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable, NodeFailed, MetricsUnavailable) as err:
         log.error("%s", err)
         return EXIT_FAILURE
     except MoonwireError as err:  # e.g. a worker option the SDK has no equivalent for

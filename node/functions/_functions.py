@@ -29,13 +29,14 @@ from moonwire.lua import (SECOND, Answer, Kind, Limits, LuaCode, LuaState, Moonw
                           parse_duration, settled)
 
 from ..project import FunctionEntry, LibraryEntry, LuaEntry, Project, ProjectEntries, is_entry_id
+from ..telemetry import CallCounts
 from ..wire import CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome, unpack
 
 log = logging.getLogger("moonwire.functions")
 
 
 DEFAULT_REMOTE_TIMEOUT = 60.0
-_QUEUE_GROUP = "moonwire"
+QUEUE_GROUP = "moonwire"
 
 
 class CodeLoader:
@@ -149,6 +150,7 @@ class FunctionPool:
         self._total = 0
         self._waiters: deque[asyncio.Future[tuple[LuaState, Any]]] = deque()
         self._calls = 0
+        self.stats = functions.calls.of(entry.id)
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(self.entry.id, self.kind, self._total, len(self._idle), len(self._waiters),
@@ -229,7 +231,11 @@ class FunctionPool:
     def call(self, args: list[Any], context: dict[str, Any], options: dict[str, Any],
              security: Security | None = None) -> Outcome | Awaitable[Outcome]:
         """Run the function (as ``security``'s actor and scope): an Outcome when it
-        finished without waiting, else an awaitable."""
+        finished without waiting, else an awaitable. Counted (and timed) in ``stats``."""
+        return self.stats.timed(time.perf_counter(), self._call(args, context, options, security))
+
+    def _call(self, args: list[Any], context: dict[str, Any], options: dict[str, Any],
+              security: Security | None) -> Outcome | Awaitable[Outcome]:
         self._calls += 1
         try:
             timeout = _timeout_seconds(options)
@@ -307,6 +313,7 @@ class Functions:
         self.registry = Registry(ProjectEntries(project))
         """The project's entries and environment variables for every Lua state of this
         node (``registry``, ``env``): one, so memory storages are the node's."""
+        self.calls = CallCounts()  # what each local function ran: the metrics, $SRV.STATS
         self.pools: dict[str, FunctionPool] = {}
         for entry in project.of_kind("function.lua"):
             assert isinstance(entry, FunctionEntry)
@@ -360,9 +367,14 @@ class Functions:
             return
         for entry_id, pool in self.pools.items():
             self._subscriptions.append(await self.nats.subscribe_direct(
-                self.subjects.function(entry_id), functools.partial(self._serve_one, pool=pool), queue=_QUEUE_GROUP))
+                self.subjects.function(entry_id), functools.partial(self._serve_one, pool=pool), queue=QUEUE_GROUP))
         if self.pools:
             log.info("serving %d function(s): %s", len(self.pools), ", ".join(sorted(self.pools)))
+
+    def served(self) -> list[str]:
+        """The entry ids whose ``mw.fn.<id>`` this node serves now (its ``nats micro`` endpoints)."""
+        start = len(self.subjects.function(""))
+        return [subscription.subject[start:] for subscription in self._subscriptions]
 
     def _serve_one(self, msg: Msg, pool: FunctionPool) -> None:
         # Called from the connection's read loop: answer at once when the call finishes

@@ -21,6 +21,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from moonwire.broker import Pid, PidAllocator
@@ -30,6 +31,7 @@ from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Mailbox, Message, M
 from ..cluster import Cluster
 from ..functions import CodeLoader, Functions
 from ..project import HostSettings, Project
+from ..telemetry import ProcessCounts
 from ..wire import decode_spawn, noproc
 from ._clustered import ClusterCalls
 from ._exits import Exits
@@ -74,6 +76,9 @@ class ProcessTable(Spawning, Exits, ClusterCalls):
         self._empty.set()
         self.mailbox_limit = HostSettings().mailbox_limit
         self.started = time.monotonic()
+        self.counts = ProcessCounts(node)
+        self.metrics: Callable[[], dict[str, float]] | None = None
+        """The node's metrics by name, for ``info`` (``moonwire nodes``); set by the node."""
 
     # ------------------------------------------------------------ lookups
 
@@ -153,12 +158,12 @@ class ProcessTable(Spawning, Exits, ClusterCalls):
             raise not_found(f"no process with uid {uid} on node {self.node}")
         self._post(record, message)
 
-    @staticmethod
-    def _post(target: ProcessRecord, message: Message) -> None:
+    def _post(self, target: ProcessRecord, message: Message) -> None:
         assert target.unit.mailbox is not None
         if not target.unit.mailbox.post(message):
             raise MoonwireError(f"mailbox of {target.pid} is full ({target.unit.mailbox.limit} unread messages)",
                                 Kind.UNAVAILABLE, retryable=True)
+        self.counts.received(message.sender)
 
     def _elsewhere(self, dest: str) -> tuple[Target, Pid] | None:
         """Where ``dest`` lives when it is the PID of a workflow or of a process on
@@ -330,6 +335,8 @@ class ProcessTable(Spawning, Exits, ClusterCalls):
             "workers": sorted(self.workflows.workers), "uptime": now - self.started, "processes": len(self.records),
             **self.remote.describe(),
         }
+        if self.metrics is not None and not processes:
+            info["metrics"] = self.metrics()
         if processes:
             info["list"] = [
                 {"pid": r.pid, "entry": r.entry, "host": r.host,

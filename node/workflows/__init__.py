@@ -11,7 +11,7 @@ deterministic Lua side), the gateway that carries messages to and from workflows
 * ``_workflow_codec.py``: what crosses to Temporal: inputs, signals, failures, options.
 
 Owns: Temporal clients and workers. May import: ``project``, ``wire``, ``functions``,
-``processes``, broker, lua.
+``processes``, ``telemetry``, broker, lua.
 """
 
 from ._gateway import running_workflows, workflow_status
