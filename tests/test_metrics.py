@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from moonwire.lua import Kind, MoonwireError, Outcome
 from moonwire.node import ServerProcess, free_port
 from moonwire.node.project._config import listen_address
-from moonwire.node.telemetry import (MAILBOX_BUCKETS, OTHER, CallCounts, CallStats, Latency, NodeMetrics,
+from moonwire.node.telemetry import (MAILBOX_BUCKETS, OTHER, Buckets, CallCounts, CallStats, NodeMetrics,
                                      ProcessCounts, dead_letter_labels, kind_label, node_down_reason)
 from support import run_cli, wait_until, write_project
 
@@ -149,8 +149,8 @@ async def test_scrape_values_move_with_work(tmp_path: Path, nats_server: ServerP
         assert delta("moonwire_messages_received_total", origin="remote") == 0
         # The sleeper holds its 5: one process in the (le=16) bucket, none empty but the others.
         assert value(after, "moonwire_mailbox_depth_gsum") == 5
-        assert value(after, "moonwire_mailbox_depth_bucket", le="4") == value(after, "moonwire_mailbox_depth_gcount") - 1
-        assert value(after, "moonwire_mailbox_depth_bucket", le="16") == value(after, "moonwire_mailbox_depth_gcount")
+        assert value(after, "moonwire_mailbox_depth_bucket", le="4.0") == value(after, "moonwire_mailbox_depth_gcount") - 1
+        assert value(after, "moonwire_mailbox_depth_bucket", le="16.0") == value(after, "moonwire_mailbox_depth_gcount")
         assert delta("moonwire_dead_letters_total", source="inbox", reason="no_process") == 1
         assert delta("moonwire_function_calls_total", entry="app:hello") == 3
         assert delta("moonwire_function_call_errors_total", entry="app:hello", kind="Unknown") == 1
@@ -408,7 +408,7 @@ def test_listen_address_and_latency_buckets() -> None:
     for bad in ("9464", "host:", "host:port", "h:70000"):
         with pytest.raises(ValueError, match="is not HOST:PORT"):
             listen_address(bad)
-    latency = Latency((1.0, 2.0))
+    latency = Buckets((1.0, 2.0))
     for v in (0.5, 1.0, 1.5, 9.0):
         latency.observe(v)
     assert latency.cumulative() == [("1.0", 2), ("2.0", 3), ("+Inf", 4)] and latency.sum == 12.0

@@ -9,12 +9,12 @@ so they may import it, not it them. See ``docs/operations.md``.
 """
 
 from ._collector import NodeMetrics, Parts, dead_letter_labels
-from ._counts import (LATENCY_BUCKETS, MAILBOX_BUCKETS, OTHER, CallCounts, CallStats, Latency, ProcessCounts,
+from ._counts import (LATENCY_BUCKETS, MAILBOX_BUCKETS, OTHER, Buckets, CallCounts, CallStats, ProcessCounts,
                       kind_label, node_down_reason)
 from ._http import MetricsServer, MetricsUnavailable
 from ._micro import SERVICE_NAME, MicroService, endpoint_name
 from ._workflow_counts import WorkflowCounts
 
-__all__ = ["LATENCY_BUCKETS", "MAILBOX_BUCKETS", "OTHER", "SERVICE_NAME", "CallCounts", "CallStats", "Latency",
+__all__ = ["LATENCY_BUCKETS", "MAILBOX_BUCKETS", "OTHER", "SERVICE_NAME", "Buckets", "CallCounts", "CallStats",
            "MetricsServer", "MetricsUnavailable", "MicroService", "NodeMetrics", "Parts", "ProcessCounts",
            "WorkflowCounts", "dead_letter_labels", "endpoint_name", "kind_label", "node_down_reason"]

@@ -20,7 +20,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeHistogramMetricFam
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ._counts import MAILBOX_BUCKETS, ORIGINS, CallStats, ProcessCounts, mailbox_buckets
+from ._counts import MAILBOX_BUCKETS, ORIGINS, Buckets, CallStats, ProcessCounts
 from ._workflow_counts import OUTCOMES, WorkflowCounts
 
 log = logging.getLogger("moonwire.telemetry")
@@ -207,9 +207,11 @@ class NodeMetrics(Collector):
                 received.add_metric([origin], by_origin[origin])
             sent.add_metric(["local"], by_origin["local"])
             with _reading("mailboxes"):
-                depths = [record.unit.mailbox.depth() for record in list(table.records.values())
-                          if record.unit.mailbox is not None]
-                depth.add_metric([], mailbox_buckets(depths, MAILBOX_BUCKETS), sum(depths))
+                depths = Buckets(MAILBOX_BUCKETS)
+                for record in list(table.records.values()):
+                    if record.unit.mailbox is not None:
+                        depths.observe(record.unit.mailbox.depth())
+                depth.add_metric([], depths.cumulative(), depths.sum)
         for route, count in parts.sent.items():
             sent.add_metric([route], count())
         if parts.dropped_to_down_nodes is not None:

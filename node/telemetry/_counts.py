@@ -46,9 +46,9 @@ def kind_label(error: MoonwireError) -> str:
     return "Unknown" if not kind else OTHER
 
 
-class Latency:
+class Buckets:
     """A histogram with :data:`LATENCY_BUCKETS` (or ``bounds``): counts per bucket (not
-    cumulative; the last is +Inf), their sum."""
+    cumulative; the last is +Inf), and the sum of what was observed."""
 
     __slots__ = ("bounds", "counts", "sum")
 
@@ -85,7 +85,7 @@ class CallStats:
     def __init__(self) -> None:
         self.calls = 0
         self.errors: dict[str, int] = {}
-        self.latency = Latency()
+        self.latency = Buckets()
         self.last_error = ""
 
     @property
@@ -255,19 +255,6 @@ def bounded(name: str, known: Collection[str]) -> str:
     return name if name in known else OTHER
 
 
-def mailbox_buckets(depths: list[int], bounds: tuple[int, ...]) -> list[tuple[str, int]]:
-    """Cumulative ``(le, count)`` of ``depths`` over ``bounds`` (then ``+Inf``)."""
-    counts = [0] * (len(bounds) + 1)
-    for depth in depths:
-        counts[bisect_left(bounds, depth)] += 1
-    out: list[tuple[str, int]] = []
-    running = 0
-    for bound, count in zip((*map(str, bounds), "+Inf"), counts):
-        running += count
-        out.append((bound, running))
-    return out
-
-
-MAILBOX_BUCKETS: tuple[int, ...] = (0, 1, 4, 16, 64, 256, 1024, 4096, 16384)
+MAILBOX_BUCKETS: tuple[float, ...] = (0, 1, 4, 16, 64, 256, 1024, 4096, 16384)
 """Upper bounds of the mailbox depth histogram (messages waiting): empty, one, a few,
 tens, hundreds, thousands; the default mailbox limit is 4096."""

@@ -23,7 +23,7 @@ from temporalio.worker import (ActivityInboundInterceptor, ExecuteActivityInput,
 
 from moonwire.lua import MoonwireError, Outcome
 
-from ._counts import OTHER, CallCounts, Latency, bounded
+from ._counts import OTHER, Buckets, CallCounts, bounded
 
 WORKFLOW_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
                                        6 * 3600.0, 86400.0, 7 * 86400.0)
@@ -47,7 +47,7 @@ class WorkflowCounts(Interceptor):
         self.started: dict[str, int] = {}
         self.finished: dict[tuple[str, str], int] = {}
         self.task_failures: dict[str, int] = {}
-        self.durations: dict[str, Latency] = {}
+        self.durations: dict[str, Buckets] = {}
         self.lock = threading.Lock()
         """Held while counting (in a workflow thread) and while reading."""
         counts = self
@@ -99,7 +99,7 @@ class WorkflowCounts(Interceptor):
             self.finished[(name, outcome)] = self.finished.get((name, outcome), 0) + 1
             latency = self.durations.get(name)
             if latency is None:
-                latency = self.durations[name] = Latency(WORKFLOW_BUCKETS)
+                latency = self.durations[name] = Buckets(WORKFLOW_BUCKETS)
             latency.observe(seconds)
 
 
