@@ -224,7 +224,7 @@ class Node:
         inboxes = NodeInboxes(self._data, outbox, self.subjects, self.name, processes.deliver,
                               processes.deliver_event, dead_letters, max_body=self.config.max_message_bytes,
                               streams=streams, cluster=ClusterDelivery(cluster.names.lookup, cluster.groups.local_members,
-                                                                      processes.route))
+                                                                      processes.route_in))
         cluster.on_broadcast = inboxes.on_group
         await inboxes.start()
         self._steps.append(_Step("process inboxes", lambda remaining: inboxes.stop()))
@@ -238,7 +238,7 @@ class Node:
         streams_task = self._loops.start(_keep_streams(streams, inboxes.handle), "streams")
         self._steps.append(_Step("streams", lambda remaining: _stop_streams(streams_task, acks)))
         self._steps.append(_Step("temporal workers", lambda remaining: workflows.stop()))
-        await workflows.start(self.temporal_address, processes.route, run_workers=self.config.workers)
+        await workflows.start(self.temporal_address, processes.route_in, run_workers=self.config.workers)
         control = ControlPlane(self._nats, outbox, self.subjects, self.name, processes, streams,
                                dead_letters.publish)
         await control.start()

@@ -15,6 +15,7 @@ import asyncio
 import inspect
 import json
 import re
+import signal
 import socket
 import uuid
 from collections.abc import Iterable
@@ -88,16 +89,18 @@ def value(scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: st
 
 
 async def metrics_node(tmp_path: Path, spawn_node, nats_url: str, name: str, prefix: str,
-                       files: dict[str, str] = PROJECT):
+                       files: dict[str, str] = PROJECT, args: tuple[str, ...] = ()):
     port = free_port()
     node = await spawn_node(write_project(tmp_path / name, files), name, nats_url=nats_url,
-                            args=("--prefix", prefix, "--metrics", f"127.0.0.1:{port}"))
+                            args=("--prefix", prefix, "--metrics", f"127.0.0.1:{port}", *args))
     return node, f"127.0.0.1:{port}"
 
 
 async def test_scrape_values_move_with_work(tmp_path: Path, nats_server: ServerProcess, spawn_node) -> None:
     prefix = "mtr"
-    node, address = await metrics_node(tmp_path, spawn_node, nats_server.address, "met1", prefix)
+    # A short shutdown: the sleeper below ignores its CANCEL and is terminated at the end.
+    node, address = await metrics_node(tmp_path, spawn_node, nats_server.address, "met1", prefix,
+                                       args=("--shutdown-timeout", "3s"))
     nc = await nats.connect(nats_server.address)
     try:
         status, text = scrape(address)
@@ -180,6 +183,15 @@ async def test_scrape_values_move_with_work(tmp_path: Path, nats_server: ServerP
             value(after, "moonwire_function_calls_total", entry="app:hello")
         assert info["metrics"]['moonwire_processes{host="app:host"}'] == 1
         assert not any(key.endswith("_bucket") or "_bucket{" in key for key in info["metrics"])
+
+        # A scrape during shutdown (the runtime stopping, the sleeper not yet gone) is
+        # answered; /healthz says the node is not ready any more.
+        node.process.send_signal(signal.SIGTERM)
+        await node.wait_for_line("stopping runtime")
+        assert scrape(address)[0] == 200
+        assert scrape(address, "/healthz")[0] == 503
+        assert await node.wait() == 0
+        assert "Traceback" not in node.output
     finally:
         await nc.close()
 
@@ -374,9 +386,10 @@ async def test_call_stats_time_an_awaited_call() -> None:
 
 def test_process_counts_origins_and_reasons() -> None:
     counts = ProcessCounts("n1")
+    counts.delivered = 7  # two sent here, five entered from elsewhere:
     for sender in ("", "{n1@app:host|a-1}", "{n1@funcs|a-2}", "{n2@app:host|b-1}", "{@app:worker|wf-1}"):
         counts.received(sender)
-    assert counts.by_origin() == {"local": 2, "remote": 1, "workflow": 1, "outside": 1}
+    assert counts.by_origin() == {"local": 4, "remote": 1, "workflow": 1, "outside": 1}
     counts.exited("app:host", None)
     counts.exited("app:host", MoonwireError("x", Kind.CANCELED))
     assert counts.exits == {("app:host", "normal"): 1, ("app:host", "Canceled"): 1}

@@ -157,13 +157,21 @@ class ProcessTable(Spawning, Exits, ClusterCalls):
         if record is None:
             raise not_found(f"no process with uid {uid} on node {self.node}")
         self._post(record, message)
+        self.counts.received(message.sender)
+
+    def route_in(self, dest: str, message: Message) -> None:
+        """:meth:`route` for a message that entered this node other than from one of its
+        processes (a cluster name's or group's subject, a workflow's send activity):
+        counted by its origin."""
+        self.route(dest, message)
+        self.counts.received(message.sender)
 
     def _post(self, target: ProcessRecord, message: Message) -> None:
         assert target.unit.mailbox is not None
         if not target.unit.mailbox.post(message):
             raise MoonwireError(f"mailbox of {target.pid} is full ({target.unit.mailbox.limit} unread messages)",
                                 Kind.UNAVAILABLE, retryable=True)
-        self.counts.received(message.sender)
+        self.counts.delivered += 1  # by origin: see route_in
 
     def _elsewhere(self, dest: str) -> tuple[Target, Pid] | None:
         """Where ``dest`` lives when it is the PID of a workflow or of a process on

@@ -109,6 +109,15 @@ class CallStats:
 
         Written ``stats.timed(time.perf_counter(), run(...))``: the arguments are
         evaluated left to right, so the clock is read before the call runs."""
+        if answer.__class__ is Outcome:  # the common case, inlined: ~0.3 us less per call
+            seconds = time.perf_counter() - started
+            self.calls += 1
+            latency = self.latency
+            latency.counts[bisect_left(latency.bounds, seconds)] += 1
+            latency.sum += seconds
+            if answer.error is not None:  # type: ignore[union-attr]
+                self.failed(answer.error)  # type: ignore[union-attr]
+            return answer
         if isinstance(answer, Outcome):
             self.record(answer, time.perf_counter() - started)
             return answer
@@ -197,14 +206,20 @@ of this node, of another node, a workflow, or outside moonwire (no sender: ``nat
 
 class ProcessCounts:
     """What the process table counts: spawns and exits per host (exits by reason: normal
-    or the error's kind), messages delivered by origin, node-down events by reason."""
+    or the error's kind), messages delivered, node-down events by reason.
 
-    __slots__ = ("spawns", "exits", "local", "remote", "workflow", "outside", "node_downs", "_mine")
+    Messages are counted by origin without classifying each local one: every delivery
+    bumps ``delivered`` (one attribute add on the local path), and only those that
+    entered the node from elsewhere (:meth:`received`: the inbox subscription, a cluster
+    name's or group's subject, a workflow's send activity) are classified by sender;
+    local is what is left."""
+
+    __slots__ = ("spawns", "exits", "delivered", "remote", "workflow", "outside", "node_downs", "_mine")
 
     def __init__(self, node: str) -> None:
         self.spawns: dict[str, int] = {}
         self.exits: dict[tuple[str, str], int] = {}
-        self.local = self.remote = self.workflow = self.outside = 0
+        self.delivered = self.remote = self.workflow = self.outside = 0
         self.node_downs: dict[str, int] = {}
         self._mine = f"{{{node}@"
 
@@ -216,18 +231,19 @@ class ProcessCounts:
         self.exits[key] = self.exits.get(key, 0) + 1
 
     def received(self, sender: str) -> None:
-        """A message from ``sender`` (a PID, or "" from outside) entered a local mailbox."""
+        """A message that entered this node from elsewhere, from ``sender`` (a PID, or ""
+        from outside moonwire), was delivered (and counted in ``delivered``)."""
         if not sender:
             self.outside += 1
-        elif sender.startswith(self._mine):
-            self.local += 1
         elif sender.startswith("{@"):  # a workflow's PID names no node
             self.workflow += 1
-        else:
+        elif not sender.startswith(self._mine):  # one of ours, sent round (a group broadcast): local
             self.remote += 1
 
     def by_origin(self) -> dict[str, int]:
-        return {"local": self.local, "remote": self.remote, "workflow": self.workflow, "outside": self.outside}
+        entered = self.remote + self.workflow + self.outside
+        return {"local": self.delivered - entered, "remote": self.remote, "workflow": self.workflow,
+                "outside": self.outside}
 
     def node_down(self, reason: str) -> None:
         """A node was declared down (``broker.Membership``'s reason, as an enum)."""
