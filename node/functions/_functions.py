@@ -232,20 +232,17 @@ class FunctionPool:
              security: Security | None = None) -> Outcome | Awaitable[Outcome]:
         """Run the function (as ``security``'s actor and scope): an Outcome when it
         finished without waiting, else an awaitable. Counted (and timed) in ``stats``."""
-        return self.stats.timed(time.perf_counter(), self._call(args, context, options, security))
-
-    def _call(self, args: list[Any], context: dict[str, Any], options: dict[str, Any],
-              security: Security | None) -> Outcome | Awaitable[Outcome]:
+        started = time.perf_counter()
         self._calls += 1
         try:
             timeout = _timeout_seconds(options)
             if self.retry is None and timeout is None:
                 worker = self._try_acquire()
                 if worker is not None:
-                    return self._start(*worker, args, context, security)
+                    return self.stats.timed(started, self._start(*worker, args, context, security))
         except MoonwireError as err:  # e.g. the chunk did not load: raised, not returned
-            return Outcome(error=err, raised=True)
-        return self._call_with_policy(args, context, timeout, security)
+            return self.stats.timed(started, Outcome(error=err, raised=True))
+        return self.stats.timed(started, self._call_with_policy(args, context, timeout, security))
 
     def _start(self, state: LuaState, fn: Any, args: list[Any], context: dict[str, Any],
                security: Security | None) -> Outcome | Awaitable[Outcome]:
