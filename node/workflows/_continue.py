@@ -1,0 +1,80 @@
+"""Continue-as-new (wippy-modules §12.4): ``process.upgrade(id?, ...)`` inside a
+workflow ends the run and starts the next one of the same workflow (same workflow id,
+so the same PID; a new run id) as workflow type ``id`` or the current one, with the
+arguments as its input, on the same task queue, with the same context values, memo and
+search attributes.
+
+Beyond Wippy, nothing sent to the workflow is lost on the way (Temporal drops what a
+run received and did not handle): the messages still in the run's mailbox when it
+upgrades, and the signals that reach it before it has finished (a send it made is
+still leaving, a signal arrived in the same workflow task), go into the next run's
+input as startup messages, ahead of any later signal. Updates cannot move to another
+run: the ones not answered yet fail (``UpdateBook.close_all``).
+
+A monitor of the workflow sees none of this: it watches the workflow id's result and
+follows the chain of runs to the last one's end (``handle.result()`` follows runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from temporalio import workflow
+
+from moonwire.lua import Kind, Mailbox, Message, MoonwireError, invalid
+
+from ._updates import is_update_pid
+from ._workflow_codec import WorkflowInput
+
+MAX_INPUT = 1 << 20
+"""Bytes of the next run's input (arguments and carried messages) beyond which the
+upgrade is refused: Temporal refuses a payload over 2 MB (its default blob limit) by
+failing the workflow task again and again, which nothing in Lua could then repair."""
+
+
+@dataclass(slots=True)
+class Continuation:
+    """A run that is continuing as new: what the next run starts with."""
+
+    workflow_type: str
+    args: list[Any]
+    started: WorkflowInput
+    """The current run's input: its context values and parent carry over."""
+    messages: list[Message] = field(default_factory=list)
+    """Carried messages: the mailbox's undelivered ones, then those arriving since."""
+
+    def carry(self, message: Message) -> None:
+        self.messages.append(message)
+
+    def next_input(self) -> bytes:
+        return WorkflowInput(self.args, self.started.context, self.messages, self.started.parent).encode()
+
+    def complete(self) -> NoReturn:
+        """End the run: Temporal starts the next one (raises ContinueAsNewError)."""
+        workflow.continue_as_new(self.next_input(), workflow=self.workflow_type)
+
+
+def continuation(entry: str | None, args: list[Any], current_type: str, started: WorkflowInput, mailbox: Mailbox,
+                 check: Callable[[str], object]) -> Continuation:
+    """The continuation ``process.upgrade(entry, *args)`` asks for, carrying what
+    ``mailbox`` holds (except updates). ``check`` raises for a workflow type this
+    worker cannot run.
+
+    Raises:
+        MoonwireError: NotFound for an entry this worker does not run (``check``'s
+            reason), Invalid for an input too large; nothing has changed then.
+    """
+    workflow_type = entry or current_type
+    try:
+        check(workflow_type)
+    except MoonwireError as err:
+        raise MoonwireError(f"upgrade: {err.message}", err.kind or Kind.NOT_FOUND, retryable=False) from None
+    carried = [message for message in mailbox.undelivered() if not is_update_pid(message.sender)]
+    planned = Continuation(workflow_type, args, started, carried)
+    size = len(planned.next_input())
+    if size > MAX_INPUT:
+        raise invalid(f"upgrade: the next run's input would be {size} bytes ({len(carried)} carried messages), "
+                      f"over {MAX_INPUT}; receive some messages first, or pass less")
+    return planned
