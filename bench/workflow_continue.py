@@ -29,14 +29,10 @@ from pathlib import Path
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import Client
 
-from moonwire.broker import Subjects
-from moonwire.node import free_port, load_project, start_temporal
-from moonwire.node.functions._functions import Functions
 from moonwire.node.wire import MSGPACK, unpack
 from moonwire.node.workflows._workflow_codec import WorkflowInput, encode_signal
-from moonwire.node.workflows._workflows import Workflows
 
-from _support import pct, write
+from _support import lua_workflows, pct
 
 PROJECT = {
     "_index.yaml": """
@@ -135,27 +131,13 @@ async def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
         # As the tests' server: runs of one workflow may follow each other within a second.
-        server = await start_temporal(root / "temporal", port=free_port(), extra=(
-            "--dynamic-config-value", 'history.workflowIdReuseMinimalInterval="0s"'))
-        try:
-            files = dict(PROJECT)
-            files["_index.yaml"] = files["_index.yaml"].replace("ADDRESS", server.address)
-            project = load_project(write(root / "p", files))
-            subjects = Subjects()
-            functions = Functions(project, subjects)
-            workflows = Workflows("bench", project, subjects, functions, functions.code)
-            await workflows.start(None, lambda dest, message: None)
-            client = await Client.connect(server.address)
+        async with lua_workflows(Path(tmp), PROJECT, server_args=(
+                "--dynamic-config-value", 'history.workflowIdReuseMinimalInterval="0s"')) as (client, _):
             print(f"{args.iterations} iterations, a message taken every {args.pace} "
                   f"({args.iterations // args.pace} signals from two senders)")
             show(f"continue every {args.every}", await run_once(client, args.iterations, args.every, args.pace))
             show("never (baseline)", await run_once(client, args.iterations, args.iterations + 1, args.pace))
-            await workflows.stop()
-        finally:
-            server.process.kill()
-            await server.process.wait()
 
 
 if __name__ == "__main__":
