@@ -43,6 +43,9 @@ from ..wire import MSGPACK, pack, unpack
 from ._workflow_codec import to_failure
 
 UPDATE_PID_PREFIX = "{update|"
+MAX_ANSWER = 1 << 20
+"""Bytes an answer may take (msgpack): Temporal refuses a payload over 2 MB by failing
+the workflow task again and again, which Lua could not repair."""
 
 
 def update_pid(update_id: str) -> str:
@@ -118,15 +121,15 @@ class UpdateBook:
                 update.accepted = True
                 return
             reason = _text(first, "update rejected")
-            self._settle(dest, error=MoonwireError(reason, Kind.INVALID, retryable=False))
+            self._settle(dest, error=_bounded(MoonwireError(reason, Kind.INVALID, retryable=False)))
         elif topic in ("ok", "error"):
             if not update.accepted:
                 raise invalid(f"update {update.name!r} not accepted (state: pending): send \"ack\" first")
             if topic == "ok":
-                self._settle(dest, value=first)
+                self._settle(dest, result=_packed(first))
             else:
                 error = first if isinstance(first, MoonwireError) else MoonwireError(_text(first, "update failed"))
-                self._settle(dest, error=error)
+                self._settle(dest, error=_bounded(error))
         else:
             raise invalid(f"unknown update response: {topic} (expected ack/nak/ok/error)")
 
@@ -143,14 +146,32 @@ class UpdateBook:
         """Fail update ``dest`` (it could not be delivered)."""
         self._settle(dest, error=error)
 
-    def _settle(self, dest: str, *, value: Any = None, error: MoonwireError | None = None) -> None:
+    def _settle(self, dest: str, *, result: bytes = b"", error: MoonwireError | None = None) -> None:
         update = self._open.pop(dest)
         if update.answer.done():
             return
         if error is None:
-            update.answer.set_result(pack(value))
+            update.answer.set_result(result)
         else:
             update.answer.set_exception(to_failure(error))
+
+
+def _packed(value: Any) -> bytes:
+    """``value`` as msgpack, when that fits in MAX_ANSWER bytes.
+
+    Raises:
+        MoonwireError: (Invalid) it does not; the update stays as it was.
+    """
+    packed = pack(value)
+    if len(packed) > MAX_ANSWER:
+        raise invalid(f"an update's answer may take {MAX_ANSWER} bytes, not {len(packed)}")
+    return packed
+
+
+def _bounded(error: MoonwireError) -> MoonwireError:
+    """``error``, when it fits in MAX_ANSWER bytes (see :func:`_packed`)."""
+    _packed(error)
+    return error
 
 
 def _text(value: Any, default: str) -> str:
