@@ -35,7 +35,6 @@ def update_project(temporal: ServerProcess, queue: str) -> dict[str, str]:
               - {{name: host, kind: process.host}}
               - {{name: counter, kind: workflow.lua, source: file://counter.lua}}
               - {{name: stepper, kind: workflow.lua, source: file://stepper.lua}}
-              - {{name: caller, kind: function.lua, source: file://caller.lua, modules: [time]}}
               - {{name: across, kind: process.lua, source: file://across.lua, method: main}}
         """,
         # Answers updates as Wippy's example does; each topic shows one rule of §12.5.
@@ -83,7 +82,8 @@ def update_project(temporal: ServerProcess, queue: str) -> dict[str, str]:
             end
         """,
         # process.update from a function: each answer the workflow can give, and the
-        # caller's own mistakes.
+        # caller's own mistakes. It runs on a node of a project with no Temporal entries
+        # (FAR_INDEX), which asks a node that has a client (the gateway).
         "caller.lua": """
             return function(pid)
               local r = {}
@@ -148,6 +148,13 @@ def update_project(temporal: ServerProcess, queue: str) -> dict[str, str]:
     }
 
 
+FAR_INDEX = """
+    namespace: app
+    entries:
+      - {name: caller, kind: function.lua, source: file://caller.lua}
+"""
+
+
 @pytest.fixture
 def project(tmp_path: Path, temporal_server: ServerProcess) -> Path:
     return write_project(tmp_path / "wf", update_project(temporal_server, f"upd-{time.monotonic_ns()}"))
@@ -160,6 +167,9 @@ def _body(value: object) -> RawValue:
 async def test_updates_from_lua_the_cli_and_a_temporal_client(project: Path, nats_server: ServerProcess,
                                                               temporal_server: ServerProcess, spawn_node) -> None:
     await spawn_node(project, "up1", nats_url=nats_server.address)
+    far = write_project(project.parent / "far", {"_index.yaml": FAR_INDEX,
+                                                 "caller.lua": (project / "caller.lua").read_text()})
+    await spawn_node(far, "up2", nats_url=nats_server.address)
     client = await Client.connect(temporal_server.address)
     workflow_id = f"counter-{time.monotonic_ns()}"
     pid = f"{{@app:worker|{workflow_id}}}"
@@ -167,7 +177,7 @@ async def test_updates_from_lua_the_cli_and_a_temporal_client(project: Path, nat
     handle = await client.start_workflow("app:counter", msgpack.packb({"args": [], "ctx": {}}), id=workflow_id,
                                          task_queue=queue)
 
-    # From a Lua function (process.update).
+    # From a Lua function (process.update) on a node without a client for the worker.
     code, out, err = await run_cli("call", "app:caller", json.dumps(pid), "--nats", nats_server.address)
     assert code == 0, err
     r = json.loads(out)
