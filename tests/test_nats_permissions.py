@@ -27,11 +27,7 @@ import trustme
 from nats.aio.client import Client as NatsClient
 
 from moonwire.node import ServerProcess, free_port, start_nats
-from support import NodeProcess, run_cli, write_project
-
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-AUTH_CONF = DEPLOY / "nats-auth.conf"
-TLS_CONF = DEPLOY / "nats-tls.conf"
+from support import AUTH_CONF, TLS_CONF, NodeProcess, run_cli, write_project
 IDENTITIES = ("node", "client", "admin")
 
 PROJECT = {
