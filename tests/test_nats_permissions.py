@@ -26,6 +26,7 @@ import pytest
 import trustme
 from nats.aio.client import Client as NatsClient
 
+from moonwire.broker import BrokerUnavailable, ConnectOptions, connect
 from moonwire.node import ServerProcess, free_port, start_nats
 from support import AUTH_CONF, TLS_CONF, NodeProcess, run_cli, write_project
 IDENTITIES = ("node", "client", "admin")
@@ -243,31 +244,38 @@ async def test_the_client_cannot_spawn_cancel_terminate_or_reach_jetstream(broke
 async def test_wrong_credentials_are_one_clear_line(nkey_broker: Broker, tmp_path: Path) -> None:
     stranger = tmp_path / "stranger.nk"
     nkey_pair(stranger)  # a valid key the server does not know
-    not_a_seed = tmp_path / "public.txt"
-    not_a_seed.write_text(nkey_pair(tmp_path / "other.nk"))
-    not_creds = tmp_path / "x.creds"
-    not_creds.write_text("hello\n")
     url = nkey_broker.url
-    cases = {
-        ("--set", f"nats.nkeys_seed={stranger}"): "the server refused the credentials (authorization violation)",
-        (): "the server refused the credentials (authorization violation)",
-        ("--set", f"nats.nkeys_seed={tmp_path / 'missing.nk'}"): f"nkey seed file {tmp_path / 'missing.nk'}: "
-                                                                "No such file or directory",
-        ("--set", f"nats.nkeys_seed={not_a_seed}"): f"nkey seed file {not_a_seed}: not an nkey seed",
-        ("--creds", str(not_creds)): f"NATS credentials file {not_creds}: not a .creds file",
-    }
+    refused = "the server refused the credentials (authorization violation)"
     # A node with refused credentials says so and exits non-zero, without a traceback.
     node = NodeProcess(write_project(tmp_path / "p", PROJECT), "refused", nats_url=url,
                        args=("--set", f"nats.nkeys_seed={stranger}"))
     await node.start(ready=None)
-    results = await asyncio.gather(*(run_cli("ps", "--nats", url, *flags) for flags in cases))
-    for (flags, reason), (code, out, err) in zip(cases.items(), results):
-        assert code == 1 and out == "", (flags, err)
-        assert err.startswith(f"error: cannot connect to NATS at {url}: {reason}"), (flags, err)
-        assert len(err.strip().splitlines()) == 1, err
+    results = await asyncio.gather(run_cli("ps", "--nats", url, "--set", f"nats.nkeys_seed={stranger}"),
+                                   run_cli("ps", "--nats", url, "--creds", str(tmp_path / "missing.creds")))
+    reasons = [refused, f"NATS credentials file {tmp_path / 'missing.creds'}: No such file or directory"]
+    for reason, (code, out, err) in zip(reasons, results):
+        assert code == 1 and out == "", err
+        assert err.strip().splitlines() == [f"error: cannot connect to NATS at {url}: {reason}"]
     assert await node.wait() == 1
-    assert "Traceback" not in node.output
-    assert "the server refused the credentials (authorization violation)" in node.output
+    assert "Traceback" not in node.output and refused in node.output
+
+    # The other ways a credential is wrong, through the same connect (in this process).
+    not_a_seed = tmp_path / "public.txt"
+    not_a_seed.write_text(nkey_pair(tmp_path / "other.nk"))
+    not_creds = tmp_path / "x.creds"
+    not_creds.write_text("hello\n")
+    cases = [
+        (ConnectOptions([url]), refused),
+        (ConnectOptions([url], nkeys_seed=str(tmp_path / "missing.nk")),
+         f"nkey seed file {tmp_path / 'missing.nk'}: No such file or directory"),
+        (ConnectOptions([url], nkeys_seed=str(not_a_seed)), f"nkey seed file {not_a_seed}: not an nkey seed"),
+        (ConnectOptions([url], creds_file=str(not_creds)), f"NATS credentials file {not_creds}: not a .creds file"),
+        (ConnectOptions([url], tls_ca_file=str(not_creds)), f"TLS CA file {not_creds}: not a PEM certificate"),
+    ]
+    for options, reason in cases:
+        with pytest.raises(BrokerUnavailable) as caught:
+            await connect(options)
+        assert str(caught.value).startswith(f"cannot connect to NATS at {url}: {reason}"), options
 
 
 async def test_tls_without_a_client_certificate_or_from_another_ca_is_refused(tls_broker: Broker,
@@ -277,25 +285,23 @@ async def test_tls_without_a_client_certificate_or_from_another_ca_is_refused(tl
     other.cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "other.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "other.key"))
-    ca = tls_broker.cli_args["client"][1]  # "nats.tls.ca_file=..."
-    plain = tls_broker.url.replace("tls://", "nats://")
-    cases = [
-        (plain, ()),                                    # no TLS at all
-        (tls_broker.url, ("--set", ca)),                # TLS, no client certificate
-        (tls_broker.url, ("--set", ca, "--set", f"nats.tls.cert_file={tmp_path / 'other.pem'}",
-                          "--set", f"nats.tls.key_file={tmp_path / 'other.key'}")),  # signed by another CA
-        (tls_broker.url, ("--set", f"nats.tls.ca_file={tmp_path / 'other-ca.pem'}")),  # server not trusted
+    ca = str(Path(tls_broker.cli_args["client"][1].split("=", 1)[1]))
+    url, plain = tls_broker.url, tls_broker.url.replace("tls://", "nats://")
+    cases = [  # what is wrong, and what the error says (a TLS 1.3 refusal may arrive as a dropped connection)
+        (ConnectOptions([plain]), ("certificate verify failed",)),  # no TLS settings: the system's CAs
+        (ConnectOptions([url], tls_ca_file=ca), ("alert certificate required", "client certificate")),
+        (ConnectOptions([url], tls_ca_file=ca, tls_cert_file=str(tmp_path / "other.pem"),
+                        tls_key_file=str(tmp_path / "other.key")), ("alert unknown ca", "client certificate")),
+        (ConnectOptions([url], tls_ca_file=str(tmp_path / "other-ca.pem")), ("certificate verify failed",)),
     ]
-    reasons = [("certificate verify failed",),                          # the server's is not from a trusted CA
-               ("alert certificate required", "client certificate"),  # the server wants one (an alert, or a drop)
-               ("alert unknown ca", "client certificate"),            # the server does not trust its CA
-               ("certificate verify failed",)]
-    results = await asyncio.gather(*(run_cli("ps", "--nats", url, *flags) for url, flags in cases))
-    for (url, flags), reason, (code, out, err) in zip(cases, reasons, results):
-        assert code == 1 and out == "", (flags, err)
-        assert err.startswith(f"error: cannot connect to NATS at {url}: "), (flags, err)
-        assert any(why in err.lower() for why in reason) and len(err.strip().splitlines()) == 1, err
-        assert "Traceback" not in err
+    for options, reason in cases:
+        with pytest.raises(BrokerUnavailable) as caught:
+            await asyncio.wait_for(connect(options), 15)  # refused at once, not after retries
+        assert any(why in str(caught.value).lower() for why in reason), caught.value
+    # The command line says it in one line.
+    code, out, err = await run_cli("ps", "--nats", url, "--set", f"nats.tls.ca_file={ca}")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: cannot connect to NATS at {url}: "), err
 
 
 # ------------------------------------------------------------ a .creds file (operator mode)
