@@ -126,17 +126,36 @@ def _cluster(args: argparse.Namespace) -> tuple[ResolvedConfig, list[str]] | int
     return resolved, servers
 
 
+class _Denied(Exception):
+    """The server refused this identity a subject the command needs."""
+
+
 def talk(args: argparse.Namespace, work: Callable[[NatsClient, Subjects], Awaitable[T]]) -> T | int:
-    """Connect to the cluster, run ``work``, disconnect: its result, or an exit status."""
+    """Connect to the cluster, run ``work``, disconnect: its result, or an exit status.
+
+    A publish the server refuses to this identity (its NATS permissions) ends the
+    command at once with that refusal, rather than after the request's timeout."""
     cluster = _cluster(args)
     if isinstance(cluster, int):
         return cluster
     resolved, servers = cluster
 
     async def talk() -> T:
-        nc = await connect(resolved.config.connect_options(servers))
+        denied: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def on_denied(message: str) -> None:
+            if not denied.done():
+                denied.set_result(message)
+
+        nc = await connect(resolved.config.connect_options(servers), on_denied=on_denied)
         try:
-            return await work(nc, Subjects(resolved.config.prefix))
+            working = asyncio.ensure_future(work(nc, Subjects(resolved.config.prefix)))
+            await asyncio.wait({working, denied}, return_when=asyncio.FIRST_COMPLETED)
+            if denied.done():  # the server's -ERR comes before the answer to anything sent after it
+                working.cancel()
+                await asyncio.wait({working})
+                raise _Denied(denied.result())
+            return working.result()
         finally:
             await nc.close()
 
@@ -144,4 +163,8 @@ def talk(args: argparse.Namespace, work: Callable[[NatsClient, Subjects], Awaita
         return asyncio.run(talk())
     except BrokerUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    except _Denied as err:
+        print(f"error: PermissionDenied: {err} (the NATS server does not allow this identity to do that)",
+              file=sys.stderr)
         return EXIT_FAILURE

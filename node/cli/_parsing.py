@@ -28,6 +28,7 @@ from ..project import ConfigError
 _CONFIG_FLAGS = {
     "node": "node",
     "nats": "nats.url",
+    "creds": "nats.creds_file",
     "prefix": "prefix",
     "state_dir": "state_dir",
     "shutdown_timeout": "shutdown_timeout",
@@ -46,6 +47,8 @@ def global_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--project", type=Path, metavar="DIR",
                        help="project folder, for its moonwire.yaml and its embedded NATS server (default: .)")
     group.add_argument("--nats", metavar="URL", help="NATS server URL(s), comma-separated; default: embedded server")
+    group.add_argument("--creds", metavar="FILE", help="NATS credentials file (.creds: JWT and nkey seed); other "
+                       "credentials: --set nats.nkeys_seed=FILE, nats.user/nats.password, nats.tls.* (docs/deploy.md)")
     group.add_argument("--prefix", help="subject prefix (default mw)")
     group.add_argument("--state-dir", metavar="DIR", help="state folder, relative to the project (default .moonwire)")
     group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
