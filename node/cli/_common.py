@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -26,6 +29,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 T = TypeVar("T")
+
+log = logging.getLogger("moonwire")
 
 _LEVELS = ["debug", "info", "warning", "error"]
 
@@ -168,3 +173,25 @@ def talk(args: argparse.Namespace, work: Callable[[NatsClient, Subjects], Awaita
         print(f"error: PermissionDenied: {err} (the NATS server does not allow this identity to do that)",
               file=sys.stderr)
         return EXIT_FAILURE
+
+
+def stop_on_signals(first: Callable[[], None]) -> None:
+    """On the running loop: the first SIGINT/SIGTERM calls ``first`` (an orderly stop),
+    a second exits the process at once with status 130."""
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("%s received; shutting down (send it again to force an immediate exit)",
+                     signal.Signals(signum).name)
+            first()
+        else:
+            log.warning("second signal: exiting now")
+            logging.shutdown()
+            os._exit(EXIT_INTERRUPTED)  # embedded servers follow through the parent-death signal
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)

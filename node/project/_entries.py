@@ -198,9 +198,12 @@ DEFAULT_HOST_MEMORY_LIMIT = 256 * 1024 * 1024
 
 
 class HostSettings(LuaLimits):
-    """``host:`` of a ``process.host``. ``workers``/``queue_size``/``local_queue_size`` are
-    wippy's and accepted (one event loop runs every host here); the rest are moonwire's."""
+    """``host:`` of a ``process.host``. ``max_processes`` is Wippy's and enforced (none:
+    no limit). ``workers``/``queue_size``/``local_queue_size`` are Wippy's and accepted but
+    ignored, with a warning at load (``_checks.py`` says why); the rest are moonwire's."""
 
+    max_processes: int | None = Field(None, ge=1, description="processes the host holds at most; a spawn past it "
+                                      "is refused with Unavailable")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     queue_size: int = Field(1024, ge=1)
     local_queue_size: int = Field(256, ge=1)
