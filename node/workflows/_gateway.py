@@ -120,7 +120,7 @@ class Gateway:
             target, message = signal.target, signal.message
             try:
                 handle = workflow_handle(self.hosts, target)
-                await handle.signal(message.topic, encode_signal(message.sender, message.payloads))
+                await handle.signal(message.topic, args=encode_signal(message.sender, message.payloads))
             except Exception as err:  # noqa: BLE001 - one bad signal must not stop the sender: it is dead-lettered
                 if isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND:
                     reason = f"no running workflow {target.uid} on worker {target.host}: {err}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, TLSConfig, WorkflowFailureError, WorkflowHandle
+from temporalio.common import RawValue
 from temporalio.runtime import LogForwardingConfig, LoggingConfig, TelemetryConfig, TelemetryFilter
 from temporalio.runtime import Runtime as TemporalRuntime
 from temporalio.service import RPCError, RPCStatusCode
@@ -26,7 +27,8 @@ from moonwire.lua import Kind, Limits, MoonwireError, Outcome, invalid, not_foun
 
 from ..functions import CodeLoader
 from ..project import Project, TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
-from ..wire import MSGPACK, unpack
+from ._carry import CARRY
+from ._payloads import decode
 from ._workflow_codec import duration_option, from_failure
 from ._workflow_run import WorkerContext, register_replay
 
@@ -108,7 +110,7 @@ async def connect_client(entry: TemporalClientEntry, embedded_address: str | Non
     elif entry.auth.type == "api_key":
         tls = True  # API keys travel over TLS only
     try:
-        return await Client.connect(address, namespace=entry.namespace,
+        return await Client.connect(address, namespace=entry.namespace, interceptors=[CARRY],
                                     api_key=entry.auth.api_key if entry.auth.type == "api_key" else None,
                                     tls=tls, connect_timeout=timedelta(seconds=entry.connection_timeout))
     except RuntimeError as err:  # what the SDK's core raises for a failed connect
@@ -141,7 +143,7 @@ def workflow_handle(hosts: Mapping[str, Host], pid: Pid) -> WorkflowHandle[Any, 
     if host is None:
         raise MoonwireError(f"this node has no temporal.client for worker {pid.host}", Kind.UNAVAILABLE,
                             retryable=False)
-    return host.client.get_workflow_handle(pid.uid, result_type=bytes)
+    return host.client.get_workflow_handle(pid.uid, result_type=RawValue)
 
 
 async def workflow_result(hosts: Mapping[str, Host], pid: Pid) -> Outcome:
@@ -150,7 +152,7 @@ async def workflow_result(hosts: Mapping[str, Host], pid: Pid) -> Outcome:
     while True:
         try:
             handle = workflow_handle(hosts, pid)
-            return Outcome(value=unpack(await handle.result(), MSGPACK))
+            return Outcome(value=decode(await handle.result()))
         except WorkflowFailureError as err:
             return Outcome(error=from_failure(err))
         except RPCError as err:
@@ -204,7 +206,7 @@ def workflow_replayer(project: Project) -> Replayer:
 
     context = WorkerContext(worker=workers[0].id, task_queue=queues[workers[0].id], code=any_workflow,
                             task_queues=queues.get, limits=Limits(), mailbox_limit=4096)
-    return Replayer(workflows=[register_replay(context)])
+    return Replayer(workflows=[register_replay(context)], interceptors=[CARRY])
 
 
 def registered_worker(entry: WorkflowEntry) -> str | None:

@@ -1,5 +1,6 @@
 """What crosses between moonwire and Temporal, as plain functions with no state: a
-workflow's PID, its start input and signal bodies, errors as Temporal failures and
+workflow's PID, its start input and signal arguments (payloads from ``_payloads.py``,
+moonwire's fields in the header of ``_carry.py``), errors as Temporal failures and
 back, and the ``temporal.workflow.*``/``activity.*`` options as SDK keywords.
 
 Both sides use it: the workflow run (``_workflow_run.py``, inside a worker's
@@ -10,11 +11,13 @@ side (``_workflows.py``, ``_gateway.py``, ``_temporal.py``).
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowFailureError
 from temporalio.common import RetryPolicy, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import (
@@ -31,6 +34,8 @@ from moonwire.lua import Kind, Message, MoonwireError, internal, invalid
 
 from ..functions import millis_or_duration
 from ..wire import MSGPACK, pack, unpack
+from ._carry import carry, incoming
+from ._payloads import decode, decode_all, encode_all, is_legacy
 
 SEND_ACTIVITY = "moonwire.send"
 """The activity behind ``process.send`` from a workflow to a plain process (no entry
@@ -63,30 +68,54 @@ class WorkflowInput:
     messages: list[Message]
     parent: str = ""
 
-    def encode(self) -> bytes:
-        return pack({"args": self.args, "ctx": self.context, "parent": self.parent,
-                     "messages": [[m.topic, m.payloads, m.sender] for m in self.messages]})
+    def encode(self) -> list[Any]:
+        """The start's arguments: a payload per Lua argument, then the rest for the header."""
+        return [*encode_all(self.args), *carry({
+            "ctx": self.context, "parent": self.parent,
+            "messages": [[m.topic, m.payloads, m.sender] for m in self.messages]})]
 
     @staticmethod
-    def decode(body: bytes) -> WorkflowInput:
-        data = unpack(body, MSGPACK)
-        if not isinstance(data, dict) or not isinstance(data.get("args", []), list):
-            raise invalid("a workflow input must be a map with a list of args")
-        messages = [Message(str(topic), list(payloads), str(sender))
-                    for topic, payloads, sender in data.get("messages") or []]
-        return WorkflowInput(list(data.get("args") or []), dict(data.get("ctx") or {}), messages,
-                             str(data.get("parent") or ""))
+    def decode(args: Sequence[Any], header: Payload | None) -> WorkflowInput:
+        """From a start's payloads and ``moonwire`` header, or the one map the previous
+        codec wrote.
+
+        Raises:
+            MoonwireError: (Invalid) naming what does not decode.
+        """
+        if is_legacy(args):
+            data = decode(args[0])
+            if not isinstance(data, dict) or not isinstance(data.get("args", []), list):
+                raise invalid("a workflow input must be a map with a list of args")
+            values, fields = list(data.get("args") or []), data
+        else:
+            values, fields = decode_all(args), incoming(header)
+        context = fields.get("ctx") or {}
+        messages = fields.get("messages") or []
+        if not isinstance(context, dict) or not isinstance(messages, list) or not all(
+                isinstance(m, list) and len(m) == 3 and isinstance(m[1], list) for m in messages):
+            raise invalid("the moonwire header of a start needs a map ctx and messages of [topic, payloads, sender]")
+        return WorkflowInput(values, context, [Message(str(t), list(p), str(s)) for t, p, s in messages],
+                             str(fields.get("parent") or ""))
 
 
-def encode_signal(sender: str, payloads: list[Any]) -> bytes:
-    return pack({"from": sender, "payloads": payloads})
+def encode_signal(sender: str, payloads: list[Any]) -> list[Any]:
+    """A signal's arguments: a payload per message payload, the sender for the header."""
+    return [*encode_all(payloads), *carry({"from": sender})]
 
 
-def decode_signal(topic: str, body: bytes) -> Message:
-    data = unpack(body, MSGPACK)
-    if not isinstance(data, dict) or not isinstance(data.get("payloads"), list):
-        raise invalid("a signal body must be a map with a list of payloads")
-    return Message(topic, data["payloads"], str(data.get("from") or ""))
+def decode_signal(topic: str, args: Sequence[Any]) -> Message:
+    """A signal as a message: its payloads, the sender from its header (the call being
+    handled), or the one map the previous codec wrote.
+
+    Raises:
+        MoonwireError: (Invalid) naming what does not decode.
+    """
+    if is_legacy(args):
+        data = decode(args[0])
+        if not isinstance(data, dict) or not isinstance(data.get("payloads"), list):
+            raise invalid("a signal body must be a map with a list of payloads")
+        return Message(topic, data["payloads"], str(data.get("from") or ""))
+    return Message(topic, decode_all(args), str(incoming().get("from") or ""))
 
 
 # ---------------------------------------------------------------- errors across Temporal

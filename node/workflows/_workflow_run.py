@@ -22,7 +22,8 @@ catch non-deterministic *Python* in user workflow code, and there is none here; 
 user's code is Lua, whose non-determinism the state above removes.
 
 What crosses to and from Temporal (inputs, signal bodies, failures, options) is encoded
-by ``_workflow_codec.py``.
+by ``_workflow_codec.py``; values become payloads in ``_payloads.py`` (JSON when it holds
+them).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from temporalio.exceptions import ActivityError, ChildWorkflowError, WorkflowAlr
 from moonwire.broker import Pid
 from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Replay, Security, SpawnRequest, Unit, invalid, to_lua)
 
-from ..wire import MSGPACK, pack, unpack
+from ._carry import HEADER, carry
+from ._payloads import decode, encode, encode_all
 from ._workflow_codec import (DEFAULT_RETRY, SEND_ACTIVITY, WorkflowInput, activity_options, decode_signal, encode_signal, from_failure, start_options, to_failure, workflow_pid)
 
 log = logging.getLogger("moonwire.workflows")
@@ -111,7 +113,7 @@ class WorkflowRun:
         if not self.unit.mailbox.post(message):
             workflow.logger.warning("signal %r dropped: the inbox of %s is full", message.topic, self.pid)
 
-    async def execute(self) -> bytes:
+    async def execute(self) -> RawValue:
         """Run the Lua code to its end: its result, or a failure for Temporal."""
         try:
             code = self.context.code(self.info.workflow_type)
@@ -139,7 +141,10 @@ class WorkflowRun:
                                "deterministic inside a workflow (use time.now())")
         outcome: Outcome = driver.result()
         if outcome.ok:
-            return pack(outcome.value)
+            try:
+                return encode(outcome.value)
+            except MoonwireError as err:
+                raise to_failure(err) from None
         assert outcome.error is not None
         error = outcome.error
         if self.cancel_requested and error.kind == Kind.CANCELED:
@@ -190,14 +195,20 @@ class ActivityCalls:
             settings = activity_options(options, self.run.context.task_queue)
         except MoonwireError as err:
             return Outcome(error=err)
-        return self._execute(target, pack({"args": args, "ctx": context}), settings)
-
-    async def _execute(self, target: str, body: bytes, settings: dict[str, Any]) -> Outcome:
         try:
-            result = await workflow.execute_activity(target, body, result_type=bytes, **settings)
+            body = [*encode_all(args), *carry({"ctx": context})]
+        except MoonwireError as err:
+            return Outcome(error=err)
+        return self._execute(target, body, settings)
+
+    async def _execute(self, target: str, args: list[Any], settings: dict[str, Any]) -> Outcome:
+        try:
+            result = await workflow.execute_activity(target, args=args, result_type=RawValue, **settings)
+            return Outcome(value=decode(result))
         except ActivityError as err:
             return Outcome(error=from_failure(err))
-        return Outcome(value=unpack(result, MSGPACK))
+        except MoonwireError as err:
+            return Outcome(error=err)
 
 
 class WorkflowProcesses:
@@ -211,13 +222,13 @@ class WorkflowProcesses:
 
     def send(self, unit: Unit, dest: str, topic: str, payloads: list[Any]) -> None:
         pid = Pid.parse(dest)
-        body = encode_signal(self.run.pid, payloads)
         if pid is not None and pid.is_workflow:
             handle = workflow.get_external_workflow_handle(pid.uid)
-            self.run.send_in_order(lambda: handle.signal(topic, body))
+            body = encode_signal(self.run.pid, payloads)
+            self.run.send_in_order(lambda: handle.signal(topic, args=body))
             return
         # A plain process: at least once, through an activity any node can run.
-        message = pack({"dest": dest, "topic": topic, "payloads": payloads, "from": self.run.pid})
+        message = encode({"dest": dest, "topic": topic, "payloads": payloads, "from": self.run.pid})
         self.run.send_in_order(lambda: workflow.execute_activity(
             SEND_ACTIVITY, message, task_queue=self.run.context.task_queue,
             start_to_close_timeout=timedelta(seconds=30), retry_policy=DEFAULT_RETRY))
@@ -242,20 +253,22 @@ class WorkflowProcesses:
                              [Message(t, p, self.run.pid) for t, p in request.messages], self.run.pid).encode()
         return self._start_child(request.entry, str(workflow_id), task_queue, body, child_pid, wait_exit, options)
 
-    async def _start_child(self, entry: str, workflow_id: str, task_queue: str, body: bytes, child_pid: str,
+    async def _start_child(self, entry: str, workflow_id: str, task_queue: str, body: list[Any], child_pid: str,
                            wait_exit: bool, options: dict[str, Any]) -> Outcome:
         try:
-            handle = await workflow.start_child_workflow(entry, body, id=workflow_id, task_queue=task_queue,
-                                                         result_type=bytes, **options)
+            handle = await workflow.start_child_workflow(entry, args=body, id=workflow_id, task_queue=task_queue,
+                                                         result_type=RawValue, **options)
         except WorkflowAlreadyStartedError:
             return Outcome(error=MoonwireError(f"workflow {child_pid} already exists", Kind.ALREADY_EXISTS,
                                                retryable=False))
 
         async def outcome() -> Outcome:
             try:
-                return Outcome(value=unpack(await handle, MSGPACK))
+                return Outcome(value=decode(await handle))
             except ChildWorkflowError as err:
                 return Outcome(error=from_failure(err))
+            except MoonwireError as err:
+                return Outcome(error=err)
 
         if wait_exit:
             return await outcome()
@@ -338,8 +351,7 @@ class LuaWorkflow:
     @workflow.signal(dynamic=True)
     def on_signal(self, name: str, args: Sequence[RawValue]) -> None:
         try:
-            body = workflow.payload_converter().from_payload(args[0].payload, bytes) if args else b""
-            message = decode_signal(name, body)
+            message = decode_signal(name, args)
         except Exception as err:  # noqa: BLE001 - a bad signal must not fail the workflow
             workflow.logger.warning("signal %r dropped: %s", name, err)
             return
@@ -349,13 +361,12 @@ class LuaWorkflow:
             self.run_.post(message)
 
     @workflow.run
-    async def run(self, args: Sequence[RawValue]) -> bytes:
+    async def run(self, args: Sequence[RawValue]) -> RawValue:
         context = _CONTEXTS.get(workflow.info().task_queue, _REPLAY)
         if context is None:  # the worker is stopping: let another take the task
             raise RuntimeError(f"no moonwire worker for task queue {workflow.info().task_queue}")
         try:
-            body = workflow.payload_converter().from_payload(args[0].payload, bytes) if args else b""
-            started = WorkflowInput.decode(body) if body else WorkflowInput([], {}, [])
+            started = WorkflowInput.decode(args, workflow.info().headers.get(HEADER))
         except Exception as err:  # noqa: BLE001
             raise to_failure(invalid(f"bad workflow input: {err}")) from None
         self.run_ = WorkflowRun(context, started)

@@ -41,8 +41,10 @@ from moonwire.lua import (EXIT, LINK_DOWN, Event, Kind, Limits, Message, Moonwir
 from ..functions import CodeLoader, Functions
 from ..processes import DEFAULT_MAX_BODY, DeadLetters, Fire, encode
 from ..project import Project, TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
-from ..wire import MSGPACK, pack, unpack
+from ._carry import incoming
 from ._gateway import SIGNALS_WAITING, Gateway
+from ._payloads import decode, decode_all, is_legacy
+from ._payloads import encode as to_payload
 from ._temporal import (Host, connect_client, registered_worker, task_queue_of, worker_context, worker_options, workflow_handle, workflow_result)
 from ._workflow_codec import SEND_ACTIVITY, WorkflowInput, encode_signal, start_options, to_failure, workflow_pid
 from ._workflow_run import register_worker, unregister_worker
@@ -134,30 +136,35 @@ class Workflows:
 
     def _activity(self) -> Callable[..., Any]:
         @activity.defn(dynamic=True)
-        async def run_function(args: Sequence[RawValue]) -> bytes:
+        async def run_function(args: Sequence[RawValue]) -> RawValue:
             name = activity.info().activity_type
-            body = activity.payload_converter().from_payload(args[0].payload, bytes) if args else b""
             try:
-                data = unpack(body, MSGPACK)
                 if name == SEND_ACTIVITY:
-                    self._send_from_workflow(data)
-                    return pack(True)
-                if not isinstance(data, dict) or not isinstance(data.get("args", []), list):
-                    raise invalid("an activity input must be a map with a list of args")
-                outcome = await settled(self.functions.call(None, name, list(data.get("args") or []),
-                                                       dict(data.get("ctx") or {}), {}))
+                    self._send_from_workflow(decode(args[0]) if args else None)
+                    return to_payload(True)
+                if is_legacy(args):  # the one map the previous codec wrote
+                    data = decode(args[0])
+                    if not isinstance(data, dict) or not isinstance(data.get("args", []), list):
+                        raise invalid("an activity input must be a map with a list of args")
+                    values, context = list(data.get("args") or []), data.get("ctx")
+                else:
+                    values, context = decode_all(args), incoming().get("ctx")
+                if not isinstance(context or {}, dict):
+                    raise invalid("an activity's context must be a map")
+                outcome = await settled(self.functions.call(None, name, values, dict(context or {}), {}))
+                if outcome.ok:
+                    return to_payload(outcome.value)
             except MoonwireError as err:
                 raise to_failure(err) from None
-            if outcome.ok:
-                return pack(outcome.value)
             assert outcome.error is not None
             raise to_failure(outcome.error)
 
         return run_function
 
     def _send_from_workflow(self, data: Any) -> None:
-        if not isinstance(data, dict):
-            raise invalid("a send activity input must be a map")
+        if not isinstance(data, dict) or not isinstance(data.get("payloads"), list) or not all(
+                isinstance(data.get(k), str) for k in ("dest", "topic", "from")):
+            raise invalid("a send activity input must be a map of dest, topic, payloads and from")
         assert self._route is not None  # workers run only once started
         self._route(str(data["dest"]), Message(str(data["topic"]), list(data["payloads"]), str(data["from"])))
 
@@ -218,10 +225,10 @@ class Workflows:
             # ignored, the startup messages are still delivered.
             handle = host.client.get_workflow_handle(workflow_id)
             for message in messages:
-                await handle.signal(message.topic, encode_signal(parent, message.payloads))
+                await handle.signal(message.topic, args=encode_signal(parent, message.payloads))
             return pid
         try:
-            await host.client.start_workflow(request.entry, body, id=workflow_id, task_queue=host.task_queue,
+            await host.client.start_workflow(request.entry, args=body, id=workflow_id, task_queue=host.task_queue,
                                              **options)
         except WorkflowAlreadyStartedError:
             raise MoonwireError(f"workflow {pid} already exists", Kind.ALREADY_EXISTS, retryable=False) from None

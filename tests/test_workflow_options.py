@@ -1,0 +1,239 @@
+"""Workflow options (wippy-modules §12.6, wippy-surface §3.9) against the real Temporal
+dev server: values as JSON payloads (msgpack where JSON would change them), and
+histories recorded by the previous (msgpack) codec."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+from temporalio.common import RawValue
+
+from moonwire.lua import Kind, MoonwireError
+from moonwire.node import ServerProcess, load_project
+from moonwire.node.wire import pack
+from moonwire.node.workflows import workflow_replayer
+from moonwire.node.workflows._payloads import decode, encode, json_form
+from support import run_cli, write_project
+
+LEGACY = Path(__file__).parent / "data" / "legacy_workflow"
+
+
+def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
+    return {
+        "_index.yaml": f"""
+            namespace: app
+            entries:
+              - {{name: temporal, kind: temporal.client, address: "{temporal.address}"}}
+              - {{name: worker, kind: temporal.worker, client: temporal, task_queue: {queue}}}
+              - {{name: double, kind: function.lua, source: file://double.lua}}
+              - {{name: echo, kind: workflow.lua, source: file://echo.lua, modules: [funcs]}}
+              - {{name: mirror, kind: workflow.lua, source: file://mirror.lua, modules: [funcs]}}
+              - {{name: starter, kind: process.lua, source: file://starter.lua, method: main}}
+        """,
+        "double.lua": "return function(v) if math.type(v) == 'integer' then return v * 2 end return v end",
+        "echo.lua": """
+            local funcs = require("funcs")
+            return function(order)
+              local doubled = funcs.call("app:double", order.order_id)
+              local msg = process.inbox():receive()
+              return { order_id = order.order_id, doubled = doubled, by = msg:payload():data().by, from = msg:from() }
+            end
+        """,
+        "mirror.lua": 'local funcs = require("funcs") return function(v) return funcs.call("app:double", v) end',
+        "starter.lua": """
+            local function same(a, b)
+              if type(a) ~= type(b) then return false end
+              if type(a) == "number" then
+                if a ~= a then return b ~= b end
+                return a == b and math.type(a) == math.type(b)
+              end
+              if type(a) ~= "table" then return a == b end
+              for k, v in pairs(a) do if not same(v, b[k]) then return false end end
+              for k in pairs(b) do if a[k] == nil then return false end end
+              return true
+            end
+            local function kind(err) return err and { kind = err:kind(), message = err:message() } end
+            return { main = function(mode, suffix)
+              if mode == "json" then
+                local pid = process.spawn_monitored("app:echo", "app:worker", { order_id = 7 })
+                process.send(pid, "approve", { by = "bob" })
+                local exit = process.events():receive()
+                return { pid = pid, result = exit.result.value, me = process.pid() }
+              end
+              if mode == "odd" then
+                local odd = { 1.0, math.maxinteger, 0/0, math.huge, "\\255\\0", "caf\\xc3\\xa9",
+                              { [1] = "a", [2] = "b", x = 1 }, { [3] = "sparse" }, { [true] = "bool key" },
+                              { [1.5] = "float key" }, {} }
+                local pid = process.spawn_monitored("app:mirror", "app:worker", odd)
+                local back = process.events():receive().result.value
+                local report = { pid = pid, all = same(odd, back) }
+                for i = 1, #odd do report[i] = same(odd[i], back[i]) end
+                return report
+              end
+            end }
+        """,
+    }
+
+
+@pytest.fixture
+def project(tmp_path: Path, temporal_server: ServerProcess) -> Path:
+    return write_project(tmp_path / "wf", project_files(temporal_server, f"wfo-{time.monotonic_ns()}"))
+
+
+async def run_starter(project: Path, nats: ServerProcess, node: str, *args: str) -> Any:
+    code, out, err = await run_cli("run", str(project), "--node", node, "--nats", nats.address,
+                                   "-x", "app:starter", *args)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def handle_of(client: Client, pid: str) -> WorkflowHandle[Any, Any]:
+    return client.get_workflow_handle(pid[pid.index("|") + 1:-1])
+
+
+async def events(handle: WorkflowHandle[Any, Any], kind: int) -> list[Any]:
+    return [e async for e in handle.fetch_history_events() if e.event_type == kind]
+
+
+def shown(payload: Payload) -> tuple[bytes, bytes]:
+    return payload.metadata["encoding"], payload.data
+
+
+# ---------------------------------------------------------------- payloads
+
+
+async def test_inputs_results_signals_and_activities_are_json(project: Path, nats_server, temporal_server) -> None:
+    got = await run_starter(project, nats_server, "wo1", "json")
+    assert got["result"] == {"order_id": 7, "doubled": 14, "by": "bob", "from": got["me"]}
+    assert isinstance(got["result"]["doubled"], int)  # an integer stays one through JSON
+    handle = handle_of(await Client.connect(temporal_server.address), got["pid"])
+
+    started = (await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED))[0]
+    attributes = started.workflow_execution_started_event_attributes
+    assert [shown(p) for p in attributes.input.payloads] == [(b"json/plain", b'{"order_id":7}')]
+    # moonwire's own fields travel in a header, readable too.
+    assert shown(attributes.header.fields["moonwire"]) == (b"json/plain", json.dumps(
+        {"parent": got["me"]}, separators=(",", ":")).encode())
+    scheduled = (await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED))[0]
+    assert [shown(p) for p in scheduled.activity_task_scheduled_event_attributes.input.payloads] == \
+        [(b"json/plain", b"7")]
+    completed = (await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED))[0]
+    assert [shown(p) for p in completed.activity_task_completed_event_attributes.result.payloads] == \
+        [(b"json/plain", b"14")]
+    signaled = (await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED))[0]
+    signal = signaled.workflow_execution_signaled_event_attributes
+    assert signal.signal_name == "approve"
+    assert [shown(p) for p in signal.input.payloads] == [(b"json/plain", b'{"by":"bob"}')]
+    assert json.loads(signal.header.fields["moonwire"].data) == {"from": got["me"]}
+    done = (await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED))[0]
+    result = done.workflow_execution_completed_event_attributes.result.payloads
+    assert result[0].metadata["encoding"] == b"json/plain"
+    assert json.loads(result[0].data) == got["result"]
+    # Any Temporal client reads the result without knowing moonwire.
+    assert await handle.result() == got["result"]
+
+
+async def test_values_json_would_change_travel_as_msgpack(project: Path, nats_server, temporal_server) -> None:
+    got = await run_starter(project, nats_server, "wo2", "odd")
+    # float 1.0, maxinteger, NaN, inf, binary, UTF-8, mixed keys, sparse, boolean and float keys, {}
+    assert got["all"] is True and all(got[str(i)] is True for i in range(1, 12)), got
+    handle = handle_of(await Client.connect(temporal_server.address), got["pid"])
+    started = (await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED))[0]
+    assert [p.metadata["encoding"] for p in started.workflow_execution_started_event_attributes.input.payloads] == \
+        [b"binary/msgpack"]
+    completed = (await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED))[0]
+    assert completed.activity_task_completed_event_attributes.result.payloads[0].metadata["encoding"] == \
+        b"binary/msgpack"
+
+
+def test_the_codec_keeps_every_value_and_picks_json_only_when_it_is_exact() -> None:
+    exact = [None, True, 0, -7, 2**63 - 1, 1.0, -0.0, 1e300, "", "café", [], [1, [2.5, None]],
+             {"a": {"b": [{"c": "d"}]}}, "\u2028"]
+    for value in exact:
+        raw = encode(value)
+        assert raw.payload.metadata["encoding"] == b"json/plain", value
+        back = decode(raw)
+        assert back == value and type(back) is type(value), value
+    assert json_form(1.0) == b"1.0" and json_form({"order_id": 7}) == b'{"order_id":7}'
+    changed = [b"\xff", {1: "a"}, {"a": {2: "b"}}, {True: 1}, {1.5: 2}, float("nan"), float("inf"),
+               MoonwireError("boom", Kind.INVALID, details={"n": 1})]
+    for value in changed:
+        raw = encode(value)
+        assert raw.payload.metadata["encoding"] == b"binary/msgpack", value
+    with pytest.raises(MoonwireError, match="cannot send this value"):  # no Lua string is one (_values.py)
+        encode(["\ud800"])
+    assert math.isnan(decode(encode(float("nan"))))
+    assert decode(encode({1: "a"})) == {1: "a"} and decode(encode(b"\xff")) == b"\xff"
+    error = decode(encode(MoonwireError("boom", Kind.INVALID, details={"n": 1})))
+    assert isinstance(error, MoonwireError) and error.kind == Kind.INVALID and error.details == {"n": 1}
+    # What the previous codec wrote (msgpack marked binary/plain) and an SDK's None.
+    assert decode(Payload(metadata={"encoding": b"binary/plain"}, data=pack({"args": [1]}))) == {"args": [1]}
+    assert decode(Payload(metadata={"encoding": b"binary/null"})) is None
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (Payload(metadata={"encoding": b"json/plain"}, data=b"{not json"), "not JSON"),
+    (Payload(metadata={"encoding": b"json/plain"}, data=b"\xff\xfe"), "not JSON"),
+    (Payload(metadata={"encoding": b"json/plain"}, data=b"[" * 10_000 + b"]" * 10_000), "nested deeper"),
+    (Payload(metadata={"encoding": b"binary/msgpack"}, data=b"\xc1"), "malformed msgpack"),
+    (Payload(metadata={"encoding": b"binary/msgpack"}, data=b"\xd4\x07\x00"), "extension type 7"),
+    (Payload(metadata={"encoding": b"binary/protobuf"}, data=b""), "binary/protobuf"),
+    (Payload(metadata={}, data=b"7"), "encoding 'none'"),
+    (Payload(metadata={"encoding": b"json/plain"}, data=b"1" * (8 * 1024 * 1024 + 1)), "over the limit"),
+])
+def test_a_payload_that_does_not_decode_is_invalid_naming_why(payload: Payload, reason: str) -> None:
+    with pytest.raises(MoonwireError) as caught:
+        decode(payload)
+    assert caught.value.kind == Kind.INVALID and reason in caught.value.message
+
+
+# ---------------------------------------------------------------- the previous codec
+
+
+def legacy_project(root: Path, address: str, queue: str) -> Path:
+    files = {f.name: f.read_text().replace("ADDRESS", address).replace("QUEUE", queue)
+             for f in LEGACY.iterdir() if f.suffix in (".yaml", ".lua")}
+    return write_project(root, files)
+
+
+async def test_a_history_recorded_by_the_msgpack_codec_replays(tmp_path: Path) -> None:
+    """``data/legacy_workflow/history.json`` was recorded by moonwire before this codec
+    (main at 1604a32): input, startup message, context, activity, child workflow and
+    signal all msgpack marked binary/plain. Each value the workflow receives is checked
+    in its Lua code, so one decoded differently fails the replay."""
+    history = WorkflowHistory.from_json("legacy-flow-1", (LEGACY / "history.json").read_text())
+    encodings = {p.metadata["encoding"] for e in history.events
+                 for p in e.workflow_execution_started_event_attributes.input.payloads}
+    assert encodings == {b"binary/plain"}
+    project = load_project(legacy_project(tmp_path / "p", "127.0.0.1:7233", "legacy-rec"))
+    replayed = await workflow_replayer(project).replay_workflow(history, raise_on_replay_failure=False)
+    assert replayed.replay_failure is None, replayed.replay_failure
+
+
+async def test_a_workflow_started_by_the_msgpack_codec_runs_on(tmp_path: Path, nats_server, temporal_server,
+                                                               spawn_node) -> None:
+    """A workflow started and signalled as the previous codec did (what a node of the
+    previous version sends during an upgrade) runs to its end on the current one."""
+    queue = f"legacy-{time.monotonic_ns()}"
+    await spawn_node(legacy_project(tmp_path / "p", temporal_server.address, queue), "wo6",
+                     nats_url=nats_server.address)
+    client = await Client.connect(temporal_server.address)  # the SDK writes bytes as binary/plain
+    starter = "{n1@app:host|starter}"
+    body = pack({"args": [{"order_id": 7, "total": 12.5}, "rush"], "ctx": {"tenant": "t1"}, "parent": starter,
+                 "messages": [["hello", ["m1"], starter]]})
+    handle = await client.start_workflow("legacy:flow", body, id=f"legacy-{queue}", task_queue=queue,
+                                         result_type=RawValue)
+    async for event in handle.fetch_history_events(wait_new_event=True):
+        if event.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED:
+            break
+    await handle.signal("go", pack({"from": "{n1@app:host|sender}", "payloads": [{"ok": True}, b"\xff\x00"]}))
+    result = await handle.result()
+    assert decode(result) == {"order": 7, "doubled": 14, "half": 1.25, "raw": b"\xff\x00"}
