@@ -1,9 +1,11 @@
 """Workflow options (wippy-modules §12.6, wippy-surface §3.9) against the real Temporal
-dev server: values as JSON payloads (msgpack where JSON would change them), and
-histories recorded by the previous (msgpack) codec."""
+dev server: values as JSON payloads (msgpack where JSON would change them), search
+attributes and memo at start and from ``workflow.attrs``, and histories recorded by
+the previous (msgpack) codec."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -12,18 +14,23 @@ from typing import Any
 
 import pytest
 from temporalio.api.common.v1 import Payload
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, IndexedValueType
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
-from temporalio.common import RawValue
+from temporalio.common import RawValue, SearchAttributeKey
 
 from moonwire.lua import Kind, MoonwireError
 from moonwire.node import ServerProcess, load_project
 from moonwire.node.wire import pack
+from moonwire.node.project import TemporalClientEntry
 from moonwire.node.workflows import workflow_replayer
 from moonwire.node.workflows._payloads import decode, encode, json_form
+from moonwire.node.workflows._search import memo, register
 from support import run_cli, write_project
 
 LEGACY = Path(__file__).parent / "data" / "legacy_workflow"
+
+SEARCH = "{MwCustomer: Keyword, MwTotal: Double, MwPriority: Int, MwUrgent: Bool, MwTags: KeywordList, MwDue: Datetime}"
 
 
 def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
@@ -31,11 +38,12 @@ def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
         "_index.yaml": f"""
             namespace: app
             entries:
-              - {{name: temporal, kind: temporal.client, address: "{temporal.address}"}}
+              - {{name: temporal, kind: temporal.client, address: "{temporal.address}", search_attributes: {SEARCH}}}
               - {{name: worker, kind: temporal.worker, client: temporal, task_queue: {queue}}}
               - {{name: double, kind: function.lua, source: file://double.lua}}
               - {{name: echo, kind: workflow.lua, source: file://echo.lua, modules: [funcs]}}
               - {{name: mirror, kind: workflow.lua, source: file://mirror.lua, modules: [funcs]}}
+              - {{name: tracked, kind: workflow.lua, source: file://tracked.lua, modules: [workflow]}}
               - {{name: starter, kind: process.lua, source: file://starter.lua, method: main}}
         """,
         "double.lua": "return function(v) if math.type(v) == 'integer' then return v * 2 end return v end",
@@ -48,6 +56,33 @@ def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
             end
         """,
         "mirror.lua": 'local funcs = require("funcs") return function(v) return funcs.call("app:double", v) end',
+        "tracked.lua": """
+            local workflow = require("workflow")
+            local function try(...)
+              local ok, err = workflow.attrs(...)
+              return { ok = ok, kind = err and err:kind(), message = err and err:message() }
+            end
+            return function()
+              local r = {}
+              r.set = try({ search = { MwPriority = 5, MwTotal = 12, MwTags = { "a", "b" }, MwUrgent = true },
+                            memo = { note = "hi", nested = { deep = { 1, 2.5 } }, odd = "\\255" } })
+              r.integral_float = try({ search = { MwPriority = 6.0 } })  -- an integral float is an Int
+              r.undeclared = try({ search = { MwNope = 1 } })
+              r.wrong = try({ search = { MwPriority = "high" } })
+              r.fraction = try({ search = { MwPriority = 6.5 } })
+              r.list = try({ search = { MwTags = { "a", 1 } } })
+              r.time = try({ search = { MwDue = "tomorrow" } })
+              r.big = try({ search = { MwCustomer = string.rep("x", 3000) } })
+              r.neither = try({})
+              r.not_table = try("x")
+              r.search_not_table = try({ search = 5 })
+              r.memo_keys = try({ memo = { [1] = "a", x = 2 } })
+              local cycle = {} cycle.me = cycle
+              r.cycle = try({ memo = { c = cycle } })
+              process.inbox():receive()  -- "done"
+              return r
+            end
+        """,
         "starter.lua": """
             local function same(a, b)
               if type(a) ~= type(b) then return false end
@@ -77,6 +112,18 @@ def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
                 local report = { pid = pid, all = same(odd, back) }
                 for i = 1, #odd do report[i] = same(odd[i], back[i]) end
                 return report
+              end
+              if mode == "search" then
+                local pid, err = process.with_options({
+                  ["temporal.workflow.search_attributes"] = { MwCustomer = "c-" .. suffix,
+                                                              MwDue = "2026-01-02T03:04:05Z" },
+                  ["temporal.workflow.memo"] = { team = "blue" },
+                }):spawn("app:tracked", "app:worker")
+                local _, undeclared = process.with_options({ ["temporal.workflow.search_attributes"] = { MwNope = "x" } })
+                                             :spawn("app:tracked", "app:worker")
+                local _, wrong = process.with_options({ ["temporal.workflow.search_attributes"] = { MwPriority = "high" } })
+                                        :spawn("app:tracked", "app:worker")
+                return { pid = pid, err = kind(err), undeclared = kind(undeclared), wrong = kind(wrong) }
               end
             end }
         """,
@@ -193,6 +240,90 @@ def test_a_payload_that_does_not_decode_is_invalid_naming_why(payload: Payload, 
     with pytest.raises(MoonwireError) as caught:
         decode(payload)
     assert caught.value.kind == Kind.INVALID and reason in caught.value.message
+
+
+# ---------------------------------------------------------------- search attributes and memo
+
+
+async def test_search_attributes_at_start_and_from_attrs(project: Path, nats_server, temporal_server,
+                                                         spawn_node) -> None:
+    await spawn_node(project, "wo3", nats_url=nats_server.address)  # runs the workflow past the starter
+    suffix = str(time.monotonic_ns())
+    got = await run_starter(project, nats_server, "wo3s", "search", suffix)
+    assert "err" not in got, got
+    assert got["undeclared"]["kind"] == "Invalid" and "'MwNope' is not declared" in got["undeclared"]["message"]
+    assert "temporal.client app:temporal" in got["undeclared"]["message"]
+    assert got["wrong"]["kind"] == "Invalid"
+    assert "MwPriority is declared Int: an integer expected, got a string" in got["wrong"]["message"]
+
+    client = await Client.connect(temporal_server.address)
+    query = f'MwCustomer = "c-{suffix}" AND MwPriority = 6 AND MwUrgent = true AND MwTags = "b"'
+    deadline = time.monotonic() + 15
+    while not [w async for w in client.list_workflows(query)]:  # visibility is updated shortly after
+        assert time.monotonic() < deadline, f"no workflow matches {query}"
+        await asyncio.sleep(0.1)
+    handle = handle_of(client, got["pid"])
+    described = await handle.describe()
+    attributes = described.typed_search_attributes
+    assert attributes.get(SearchAttributeKey.for_keyword("MwCustomer")) == f"c-{suffix}"
+    assert attributes.get(SearchAttributeKey.for_int("MwPriority")) == 6
+    assert attributes.get(SearchAttributeKey.for_float("MwTotal")) == 12.0  # an integer, declared Double
+    assert attributes.get(SearchAttributeKey.for_keyword_list("MwTags")) == ["a", "b"]
+    assert attributes.get(SearchAttributeKey.for_datetime("MwDue")).isoformat() == "2026-01-02T03:04:05+00:00"
+    raw_memo = described.raw_info.memo.fields
+    assert shown(raw_memo["team"]) == (b"json/plain", b'"blue"')  # at start
+    assert shown(raw_memo["nested"]) == (b"json/plain", b'{"deep":[1,2.5]}')  # from workflow.attrs
+    assert raw_memo["odd"].metadata["encoding"] == b"binary/msgpack" and decode(raw_memo["odd"]) == b"\xff"
+
+    await handle.signal("done")  # from a plain Temporal client: no moonwire header needed
+    r = await handle.result()
+    assert r["set"] == {"ok": True} and r["integral_float"] == {"ok": True}
+    for name, part in (("undeclared", "'MwNope' is not declared"),
+                       ("wrong", "MwPriority is declared Int: an integer expected, got a string"),
+                       ("fraction", "MwPriority is declared Int: an integer expected, got a float"),
+                       ("list", "MwTags is declared KeywordList: an array of strings expected"),
+                       ("time", "MwDue is declared Datetime: an RFC 3339 time string"),
+                       ("big", "MwCustomer is 3002 bytes, over Temporal's limit of 2048"),
+                       ("neither", "give search, memo or both"),
+                       ("not_table", "expects a table"),
+                       ("search_not_table", "search must be a table"),
+                       ("memo_keys", "keys must be non-empty strings, not an integer"),
+                       ("cycle", "nested deeper than 128")):
+        assert r[name]["kind"] == "Invalid" and part in r[name]["message"], (name, r[name])
+    # Refused calls change nothing: the workflow ran on.
+    assert (await handle.describe()).typed_search_attributes.get(SearchAttributeKey.for_int("MwPriority")) == 6
+
+
+async def test_declared_attributes_are_registered_and_a_clash_stops_the_node(tmp_path: Path,
+                                                                               temporal_server) -> None:
+    suffix = time.monotonic_ns()
+    project = load_project(write_project(tmp_path / "p", {"_index.yaml": f"""
+        namespace: app
+        entries:
+          - {{name: temporal, kind: temporal.client, address: "{temporal_server.address}",
+              search_attributes: {{MwA{suffix}: keyword_list, MwB{suffix}: int}}}}
+    """}))
+    entry = project.get("app:temporal")
+    assert isinstance(entry, TemporalClientEntry)
+    assert entry.search_attributes == {f"MwA{suffix}": "KeywordList", f"MwB{suffix}": "Int"}
+    client = await Client.connect(temporal_server.address)
+    await register(client, entry)
+    await register(client, entry)  # again (another node starting): nothing to add, no error
+    listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace="default"))
+    assert listed.custom_attributes[f"MwA{suffix}"] == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD_LIST
+    clash = entry.model_copy(update={"search_attributes": {f"MwB{suffix}": "Keyword"}})
+    with pytest.raises(MoonwireError) as caught:
+        await register(client, clash)
+    assert f"search attribute MwB{suffix} is declared Keyword, but namespace default has it as Int" in \
+        caught.value.message
+    with pytest.raises(ValueError, match="type 'Integer' is not one of Keyword, Text, Int"):
+        TemporalClientEntry(id="app:t", search_attributes={"X": "Integer"})
+
+
+def test_a_memo_over_temporals_payload_limit_is_invalid() -> None:
+    assert memo({"a": "x" * 1000}, "m")["a"].payload.metadata["encoding"] == b"json/plain"
+    with pytest.raises(MoonwireError, match="memo of 2097154 bytes, over Temporal's payload limit"):
+        memo({"a": "x" * (2 * 1024 * 1024)}, "m")
 
 
 # ---------------------------------------------------------------- the previous codec

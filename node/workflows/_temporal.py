@@ -29,6 +29,7 @@ from ..functions import CodeLoader
 from ..project import Project, TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
 from ._carry import CARRY
 from ._payloads import decode
+from ._search import Declared
 from ._workflow_codec import duration_option, from_failure
 from ._workflow_run import WorkerContext, register_replay
 
@@ -175,7 +176,8 @@ def worker_context(project: Project, code: CodeLoader, worker: TemporalWorkerEnt
                    task_queues: Callable[[str], str | None], *, limits: Limits = Limits(),
                    mailbox_limit: int = 4096) -> WorkerContext:
     """What the Lua workflows of ``worker`` need: the code of the entries registered
-    with it (an entry naming no worker runs on any), and the task queue of every worker."""
+    with it (an entry naming no worker runs on any), the task queue of every worker and
+    the search attributes each worker's client declares."""
 
     def code_of(workflow_type: str) -> Any:
         entry = project.get(workflow_type)
@@ -186,7 +188,15 @@ def worker_context(project: Project, code: CodeLoader, worker: TemporalWorkerEnt
         return code.code(entry)
 
     return WorkerContext(worker=worker.id, task_queue=task_queue_of(project, worker), code=code_of,
-                         task_queues=task_queues, limits=limits, mailbox_limit=mailbox_limit)
+                         task_queues=task_queues, limits=limits, mailbox_limit=mailbox_limit,
+                         declared=lambda w: declared_of(project, w))
+
+
+def declared_of(project: Project, worker: str) -> Declared:
+    """The search attributes declared on the client of worker entry ``worker``."""
+    entry = project.get(worker)
+    client = project.get(entry.client) if isinstance(entry, TemporalWorkerEntry) else None
+    return Declared.of(client) if isinstance(client, TemporalClientEntry) else Declared()
 
 
 def workflow_replayer(project: Project) -> Replayer:
@@ -205,7 +215,8 @@ def workflow_replayer(project: Project) -> Replayer:
         return code.code(entry)
 
     context = WorkerContext(worker=workers[0].id, task_queue=queues[workers[0].id], code=any_workflow,
-                            task_queues=queues.get, limits=Limits(), mailbox_limit=4096)
+                            task_queues=queues.get, limits=Limits(), mailbox_limit=4096,
+                            declared=lambda w: declared_of(project, w))
     return Replayer(workflows=[register_replay(context)], interceptors=[CARRY])
 
 

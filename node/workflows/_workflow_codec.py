@@ -36,6 +36,7 @@ from ..functions import millis_or_duration
 from ..wire import MSGPACK, pack, unpack
 from ._carry import carry, incoming
 from ._payloads import decode, decode_all, encode_all, is_legacy
+from ._search import Declared, memo, search_attributes
 
 SEND_ACTIVITY = "moonwire.send"
 """The activity behind ``process.send`` from a workflow to a plain process (no entry
@@ -206,14 +207,15 @@ def activity_options(options: dict[str, Any], task_queue: str) -> dict[str, Any]
 
 
 _BOTH = frozenset({"execution_timeout", "run_timeout", "task_timeout", "retry_policy", "cron_schedule", "memo",
-                   "id_reuse_policy"})
+                   "search_attributes", "id_reuse_policy"})
 _TOP_LEVEL = frozenset({"start_delay", "id_conflict_policy"})
 _CHILD = frozenset({"parent_close_policy"})
 
 
-def start_options(options: dict[str, Any], *, child: bool) -> dict[str, Any]:
+def start_options(options: dict[str, Any], *, child: bool, declared: Declared = Declared()) -> dict[str, Any]:
     """The ``temporal.workflow.*`` spawner options (except ``id``) as keyword arguments
-    of start_workflow or, for a ``child``, start_child_workflow.
+    of start_workflow or, for a ``child``, start_child_workflow. Search attributes must
+    be among ``declared`` (those of the target worker's client).
 
     Raises:
         MoonwireError: (Invalid) an unknown option, one that does not apply to this kind
@@ -239,9 +241,9 @@ def start_options(options: dict[str, Any], *, child: bool) -> dict[str, Any]:
         elif name == "cron_schedule":
             out[name] = str(value)
         elif name == "memo":
-            if not isinstance(value, dict):
-                raise invalid(f"{key} must be a table")
-            out[name] = dict(value)
+            out[name] = memo(value, key)
+        elif name == "search_attributes":
+            out[name] = search_attributes(value, declared, key)
         elif name == "id_reuse_policy":
             out[name] = _choice(value, key, WorkflowIDReusePolicy)
         elif name == "id_conflict_policy":

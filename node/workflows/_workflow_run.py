@@ -23,7 +23,7 @@ user's code is Lua, whose non-determinism the state above removes.
 
 What crosses to and from Temporal (inputs, signal bodies, failures, options) is encoded
 by ``_workflow_codec.py``; values become payloads in ``_payloads.py`` (JSON when it holds
-them).
+them), and ``workflow.attrs`` is typed and checked by ``_search.py``.
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 from moonwire.broker import Pid
-from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Replay, Security, SpawnRequest, Unit, invalid, to_lua)
+from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Replay, Security, SpawnRequest, Unit, invalid, to_lua, to_python)
 
 from ._carry import HEADER, carry
 from ._payloads import decode, encode, encode_all
+from ._search import Declared, memo, search_updates
 from ._workflow_codec import (DEFAULT_RETRY, SEND_ACTIVITY, WorkflowInput, activity_options, decode_signal, encode_signal, from_failure, start_options, to_failure, workflow_pid)
 
 log = logging.getLogger("moonwire.workflows")
@@ -67,6 +68,8 @@ class WorkerContext:
     """The task queue of a worker entry id, None when it is not a worker."""
     limits: Limits
     mailbox_limit: int
+    declared: Callable[[str], Declared] = lambda worker: Declared()
+    """The search attributes declared on a worker's client."""
 
 
 class WorkflowRun:
@@ -86,7 +89,7 @@ class WorkflowRun:
         self.state.add_workflow_module({
             "info": self._info, "history_length": lambda: workflow.info().get_current_history_length(),
             "history_size": lambda: workflow.info().get_current_history_size(), "version": self._version,
-            "worker": lambda: context.worker.encode(),
+            "worker": lambda: context.worker.encode(), "attrs": self._attrs,
         })
         self.started = started
         self.cancel_requested = False
@@ -103,6 +106,20 @@ class WorkflowRun:
             "history_length": info.get_current_history_length(), "history_size": info.get_current_history_size(),
             "pid": self.pid,
         })
+
+    def _attrs(self, search: Any, memos: Any) -> Any:
+        """``workflow.attrs{search=, memo=}``: true, or nil and the reason (Invalid)."""
+        try:
+            updates = search_updates(to_python(self.state, search), self.context.declared(self.context.worker),
+                                     "workflow.attrs search") if search is not None else []
+            fields = memo(to_python(self.state, memos), "workflow.attrs memo") if memos is not None else {}
+        except MoonwireError as err:
+            return None, err.message.encode()
+        if updates:
+            workflow.upsert_search_attributes(updates)
+        if fields:
+            workflow.upsert_memo(fields)
+        return True
 
     @staticmethod
     def _version(change_id: bytes, low: int, high: int) -> int:
@@ -246,7 +263,7 @@ class WorkflowProcesses:
         if task_queue is None:
             return Outcome(error=invalid(
                 f"inside a workflow, process.spawn starts child workflows: {request.host} is not a temporal.worker"))
-        options = start_options(request.options, child=True)
+        options = start_options(request.options, child=True, declared=self.run.context.declared(request.host))
         workflow_id = request.name or request.options.get("temporal.workflow.id") or self.run.child_id()
         child_pid = workflow_pid(request.host, str(workflow_id))
         body = WorkflowInput(request.args, request.context,

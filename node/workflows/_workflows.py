@@ -45,7 +45,8 @@ from ._carry import incoming
 from ._gateway import SIGNALS_WAITING, Gateway
 from ._payloads import decode, decode_all, is_legacy
 from ._payloads import encode as to_payload
-from ._temporal import (Host, connect_client, registered_worker, task_queue_of, worker_context, worker_options, workflow_handle, workflow_result)
+from ._search import register as register_search_attributes
+from ._temporal import (Host, TemporalUnavailable, connect_client, declared_of, registered_worker, task_queue_of, worker_context, worker_options, workflow_handle, workflow_result)
 from ._workflow_codec import SEND_ACTIVITY, WorkflowInput, encode_signal, start_options, to_failure, workflow_pid
 from ._workflow_run import register_worker, unregister_worker
 
@@ -96,6 +97,10 @@ class Workflows:
             assert isinstance(client_entry, TemporalClientEntry)
             if entry.client not in clients:
                 clients[entry.client] = await connect_client(client_entry, embedded_address, self.project.root)
+                try:
+                    await register_search_attributes(clients[entry.client], client_entry)
+                except MoonwireError as err:
+                    raise TemporalUnavailable(err.message) from None
             self.hosts[entry.id] = Host(entry, clients[entry.client], task_queue_of(self.project, entry))
         for host in self.hosts.values() if run_workers else ():
             context = worker_context(self.project, self.code, host.entry, self.task_queue,
@@ -218,7 +223,7 @@ class Workflows:
             raise invalid(f"workflow id {workflow_id!r} may only hold letters, digits, '_', '-' and ':'")
         messages = [Message(topic, payloads, parent) for topic, payloads in request.messages]
         body = WorkflowInput(request.args, request.context, messages, parent).encode()
-        options = start_options(request.options, child=False)
+        options = start_options(request.options, child=False, declared=declared_of(self.project, request.host))
         conflict = options.setdefault("id_conflict_policy", WorkflowIDConflictPolicy.USE_EXISTING)
         if explicit and conflict == WorkflowIDConflictPolicy.USE_EXISTING and await self._running(host, workflow_id):
             # Dedupe (wippy-surface §3.9): the running one's PID; the new input is
@@ -232,6 +237,10 @@ class Workflows:
                                              **options)
         except WorkflowAlreadyStartedError:
             raise MoonwireError(f"workflow {pid} already exists", Kind.ALREADY_EXISTS, retryable=False) from None
+        except RPCError as err:
+            if err.status == RPCStatusCode.INVALID_ARGUMENT:  # a search attribute the namespace does not have, say
+                raise invalid(f"workflow {request.entry} did not start: {err.message}") from None
+            raise
         return pid
 
     # ------------------------------------------------------------ results and watches
