@@ -1,7 +1,8 @@
 """Workflow options (wippy-modules §12.6, wippy-surface §3.9) against the real Temporal
 dev server: values as JSON payloads (msgpack where JSON would change them), search
-attributes and memo at start and from ``workflow.attrs``, and histories recorded by
-the previous (msgpack) codec."""
+attributes and memo at start and from ``workflow.attrs``,
+``execution_error_when_already_started``, and histories recorded by the previous
+(msgpack) codec."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
               - {{name: echo, kind: workflow.lua, source: file://echo.lua, modules: [funcs]}}
               - {{name: mirror, kind: workflow.lua, source: file://mirror.lua, modules: [funcs]}}
               - {{name: tracked, kind: workflow.lua, source: file://tracked.lua, modules: [workflow]}}
+              - {{name: quick, kind: workflow.lua, source: file://quick.lua}}
+              - {{name: waiting, kind: workflow.lua, source: file://waiting.lua}}
               - {{name: starter, kind: process.lua, source: file://starter.lua, method: main}}
         """,
         "double.lua": "return function(v) if math.type(v) == 'integer' then return v * 2 end return v end",
@@ -56,6 +59,8 @@ def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
             end
         """,
         "mirror.lua": 'local funcs = require("funcs") return function(v) return funcs.call("app:double", v) end',
+        "quick.lua": "return function() return 1 end",
+        "waiting.lua": "return function() return process.inbox():receive():topic() end",
         "tracked.lua": """
             local workflow = require("workflow")
             local function try(...)
@@ -115,15 +120,34 @@ def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
               end
               if mode == "search" then
                 local pid, err = process.with_options({
-                  ["temporal.workflow.search_attributes"] = { MwCustomer = "c-" .. suffix,
-                                                              MwDue = "2026-01-02T03:04:05Z" },
-                  ["temporal.workflow.memo"] = { team = "blue" },
+                  ["workflow.search_attributes"] = { MwCustomer = "c-" .. suffix, MwDue = "2026-01-02T03:04:05Z" },
+                  ["workflow.memo"] = { team = "blue" },
                 }):spawn("app:tracked", "app:worker")
                 local _, undeclared = process.with_options({ ["temporal.workflow.search_attributes"] = { MwNope = "x" } })
                                              :spawn("app:tracked", "app:worker")
                 local _, wrong = process.with_options({ ["temporal.workflow.search_attributes"] = { MwPriority = "high" } })
                                         :spawn("app:tracked", "app:worker")
                 return { pid = pid, err = kind(err), undeclared = kind(undeclared), wrong = kind(wrong) }
+              end
+              if mode == "already" then
+                local id = "once-" .. suffix
+                local a = process.with_options({ ["workflow.id"] = id }):spawn("app:waiting", "app:worker")
+                local same_pid = process.with_options({ ["workflow.id"] = id }):spawn("app:waiting", "app:worker")
+                local _, refused = process.with_options({ ["workflow.id"] = id,
+                  ["workflow.execution_error_when_already_started"] = true }):spawn("app:waiting", "app:worker")
+                local explicit = process.with_options({ ["workflow.id"] = id, ["workflow.id_conflict_policy"] = "use_existing",
+                  ["workflow.execution_error_when_already_started"] = true }):spawn("app:waiting", "app:worker")
+                local _, not_bool = process.with_options({ ["temporal.workflow.id"] = id,
+                  ["temporal.workflow.execution_error_when_already_started"] = "yes" }):spawn("app:waiting", "app:worker")
+                process.send(a, "stop")
+                local closed = { ["workflow.id"] = "quick-" .. suffix, ["workflow.id_reuse_policy"] = "reject_duplicate" }
+                local q = process.with_options(closed):spawn_monitored("app:quick", "app:worker")
+                process.events():receive()
+                local again = process.with_options(closed):spawn("app:quick", "app:worker")
+                closed["workflow.execution_error_when_already_started"] = true
+                local _, closed_refused = process.with_options(closed):spawn("app:quick", "app:worker")
+                return { same = same_pid == a, refused = kind(refused), explicit = explicit == a,
+                         not_bool = kind(not_bool), again = again == q, closed_refused = kind(closed_refused) }
               end
             end }
         """,
@@ -324,6 +348,21 @@ def test_a_memo_over_temporals_payload_limit_is_invalid() -> None:
     assert memo({"a": "x" * 1000}, "m")["a"].payload.metadata["encoding"] == b"json/plain"
     with pytest.raises(MoonwireError, match="memo of 2097154 bytes, over Temporal's payload limit"):
         memo({"a": "x" * (2 * 1024 * 1024)}, "m")
+
+
+# ---------------------------------------------------------------- start options
+
+
+async def test_execution_error_when_already_started(project: Path, nats_server) -> None:
+    got = await run_starter(project, nats_server, "wo4", "already", str(time.monotonic_ns()))
+    assert got["same"] is True  # an explicit id dedupes by default
+    assert got["refused"]["kind"] == "AlreadyExists"  # ... unless asked to fail
+    assert got["explicit"] is True  # an explicit id_conflict_policy wins over the flag
+    assert got["not_bool"]["kind"] == "Invalid" and "must be a boolean" in got["not_bool"]["message"]
+    # Closed, and the reuse policy refuses a new run: the existing PID, as Wippy (the Go
+    # SDK's flag) answers, or AlreadyExists when the flag asks for it.
+    assert got["again"] is True
+    assert got["closed_refused"]["kind"] == "AlreadyExists"
 
 
 # ---------------------------------------------------------------- the previous codec

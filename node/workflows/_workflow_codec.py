@@ -1,7 +1,7 @@
 """What crosses between moonwire and Temporal, as plain functions with no state: a
 workflow's PID, its start input and signal arguments (payloads from ``_payloads.py``,
 moonwire's fields in the header of ``_carry.py``), errors as Temporal failures and
-back, and the ``temporal.workflow.*``/``activity.*`` options as SDK keywords.
+back, and the ``workflow.*``/``activity.*`` options as SDK keywords.
 
 Both sides use it: the workflow run (``_workflow_run.py``, inside a worker's
 deterministic loop, so nothing here may read the clock, random or I/O) and the node's
@@ -11,7 +11,7 @@ side (``_workflows.py``, ``_gateway.py``, ``_temporal.py``).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -208,14 +208,34 @@ def activity_options(options: dict[str, Any], task_queue: str) -> dict[str, Any]
 
 _BOTH = frozenset({"execution_timeout", "run_timeout", "task_timeout", "retry_policy", "cron_schedule", "memo",
                    "search_attributes", "id_reuse_policy"})
-_TOP_LEVEL = frozenset({"start_delay", "id_conflict_policy"})
+_TOP_LEVEL = frozenset({"start_delay", "id_conflict_policy", "execution_error_when_already_started"})
 _CHILD = frozenset({"parent_close_policy"})
+_PREFIXES = ("workflow.", "temporal.workflow.")
+"""Wippy's names for the start options: ``workflow.*``, and ``temporal.workflow.*`` as
+it still accepts; the first wins when both name one option."""
 
 
-def start_options(options: dict[str, Any], *, child: bool, declared: Declared = Declared()) -> dict[str, Any]:
-    """The ``temporal.workflow.*`` spawner options (except ``id``) as keyword arguments
-    of start_workflow or, for a ``child``, start_child_workflow. Search attributes must
-    be among ``declared`` (those of the target worker's client).
+def workflow_options(options: Mapping[Any, Any]) -> dict[str, tuple[str, Any]]:
+    """The workflow start options among a spawner's, by bare name: (key as given, value)."""
+    out: dict[str, tuple[str, Any]] = {}
+    for prefix in reversed(_PREFIXES):
+        for key, value in options.items():
+            if isinstance(key, str) and key.startswith(prefix):
+                out[key[len(prefix):]] = (key, value)
+    return out
+
+
+def workflow_id_option(options: Mapping[Any, Any]) -> Any:
+    """``workflow.id`` (or ``temporal.workflow.id``), None when not given."""
+    found = workflow_options(options).get("id")
+    return found[1] if found is not None else None
+
+
+def start_options(options: Mapping[Any, Any], *, child: bool, declared: Declared = Declared()) -> dict[str, Any]:
+    """The ``workflow.*``/``temporal.workflow.*`` spawner options (except ``id``) as
+    keyword arguments of start_workflow or, for a ``child``, start_child_workflow;
+    ``execution_error_when_already_started`` stays under its own name, for the caller.
+    Search attributes must be among ``declared`` (those of the target worker's client).
 
     Raises:
         MoonwireError: (Invalid) an unknown option, one that does not apply to this kind
@@ -223,10 +243,9 @@ def start_options(options: dict[str, Any], *, child: bool, declared: Declared = 
     """
     out: dict[str, Any] = {}
     allowed = _BOTH | (_CHILD if child else _TOP_LEVEL)
-    for key, value in options.items():
-        if not isinstance(key, str) or not key.startswith("temporal.workflow.") or key == "temporal.workflow.id":
+    for name, (key, value) in workflow_options(options).items():
+        if name == "id":
             continue
-        name = key[len("temporal.workflow."):]
         if name not in allowed:
             if name in _CHILD:
                 raise invalid(f"{key} applies to child workflows (spawned inside a workflow) only")
@@ -244,6 +263,10 @@ def start_options(options: dict[str, Any], *, child: bool, declared: Declared = 
             out[name] = memo(value, key)
         elif name == "search_attributes":
             out[name] = search_attributes(value, declared, key)
+        elif name == "execution_error_when_already_started":
+            if not isinstance(value, bool):
+                raise invalid(f"{key} must be a boolean, not {value!r}")
+            out[name] = value
         elif name == "id_reuse_policy":
             out[name] = _choice(value, key, WorkflowIDReusePolicy)
         elif name == "id_conflict_policy":

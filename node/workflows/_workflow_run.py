@@ -46,7 +46,7 @@ from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, Lu
 from ._carry import HEADER, carry
 from ._payloads import decode, encode, encode_all
 from ._search import Declared, memo, search_updates
-from ._workflow_codec import (DEFAULT_RETRY, SEND_ACTIVITY, WorkflowInput, activity_options, decode_signal, encode_signal, from_failure, start_options, to_failure, workflow_pid)
+from ._workflow_codec import (DEFAULT_RETRY, SEND_ACTIVITY, WorkflowInput, activity_options, decode_signal, encode_signal, from_failure, start_options, to_failure, workflow_id_option, workflow_pid)
 
 log = logging.getLogger("moonwire.workflows")
 
@@ -264,7 +264,7 @@ class WorkflowProcesses:
             return Outcome(error=invalid(
                 f"inside a workflow, process.spawn starts child workflows: {request.host} is not a temporal.worker"))
         options = start_options(request.options, child=True, declared=self.run.context.declared(request.host))
-        workflow_id = request.name or request.options.get("temporal.workflow.id") or self.run.child_id()
+        workflow_id = request.name or workflow_id_option(request.options) or self.run.child_id()
         child_pid = workflow_pid(request.host, str(workflow_id))
         body = WorkflowInput(request.args, request.context,
                              [Message(t, p, self.run.pid) for t, p in request.messages], self.run.pid).encode()

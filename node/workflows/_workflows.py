@@ -47,7 +47,7 @@ from ._payloads import decode, decode_all, is_legacy
 from ._payloads import encode as to_payload
 from ._search import register as register_search_attributes
 from ._temporal import (Host, TemporalUnavailable, connect_client, declared_of, registered_worker, task_queue_of, worker_context, worker_options, workflow_handle, workflow_result)
-from ._workflow_codec import SEND_ACTIVITY, WorkflowInput, encode_signal, start_options, to_failure, workflow_pid
+from ._workflow_codec import SEND_ACTIVITY, WorkflowInput, encode_signal, start_options, to_failure, workflow_id_option, workflow_pid
 from ._workflow_run import register_worker, unregister_worker
 
 log = logging.getLogger("moonwire.workflows")
@@ -216,7 +216,7 @@ class Workflows:
         worker = registered_worker(entry)
         if worker not in (None, request.host):
             raise invalid(f"{request.entry} is registered with worker {worker}, not {request.host}")
-        explicit = request.name or request.options.get("temporal.workflow.id")
+        explicit = request.name or workflow_id_option(request.options)
         workflow_id = str(explicit) if explicit else f"{request.entry}-{uuid.uuid4().hex[:16]}"
         pid = workflow_pid(request.host, workflow_id)
         if Pid.parse(pid) is None:
@@ -224,24 +224,44 @@ class Workflows:
         messages = [Message(topic, payloads, parent) for topic, payloads in request.messages]
         body = WorkflowInput(request.args, request.context, messages, parent).encode()
         options = start_options(request.options, child=False, declared=declared_of(self.project, request.host))
-        conflict = options.setdefault("id_conflict_policy", WorkflowIDConflictPolicy.USE_EXISTING)
+        # Wippy's rule: an explicit id dedupes unless execution_error_when_already_started
+        # says otherwise; an explicit id_conflict_policy wins over both.
+        error_if_started = options.pop("execution_error_when_already_started", not explicit)
+        conflict = options.setdefault("id_conflict_policy", WorkflowIDConflictPolicy.FAIL if error_if_started
+                                      else WorkflowIDConflictPolicy.USE_EXISTING)
+        use_existing = conflict == WorkflowIDConflictPolicy.USE_EXISTING or (
+            conflict != WorkflowIDConflictPolicy.FAIL and not error_if_started)
         if explicit and conflict == WorkflowIDConflictPolicy.USE_EXISTING and await self._running(host, workflow_id):
             # Dedupe (wippy-surface §3.9): the running one's PID; the new input is
             # ignored, the startup messages are still delivered.
-            handle = host.client.get_workflow_handle(workflow_id)
-            for message in messages:
-                await handle.signal(message.topic, args=encode_signal(parent, message.payloads))
+            await self._signal_all(host, workflow_id, messages, parent)
             return pid
         try:
-            await host.client.start_workflow(request.entry, args=body, id=workflow_id, task_queue=host.task_queue,
-                                             **options)
+            await host.client.start_workflow(request.entry, args=body, id=workflow_id,
+                                             task_queue=host.task_queue, **options)
         except WorkflowAlreadyStartedError:
-            raise MoonwireError(f"workflow {pid} already exists", Kind.ALREADY_EXISTS, retryable=False) from None
+            # Closed, and the id reuse policy refuses a new run (or running, and
+            # id_conflict_policy = fail): the existing one's PID unless asked to fail.
+            if not use_existing:
+                raise MoonwireError(f"workflow {pid} already exists", Kind.ALREADY_EXISTS, retryable=False) from None
+            try:
+                await self._signal_all(host, workflow_id, messages, parent)
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                raise MoonwireError(f"workflow {pid} already ran and is closed: its startup messages cannot be "
+                                    "delivered", Kind.ALREADY_EXISTS, retryable=False) from None
         except RPCError as err:
             if err.status == RPCStatusCode.INVALID_ARGUMENT:  # a search attribute the namespace does not have, say
                 raise invalid(f"workflow {request.entry} did not start: {err.message}") from None
             raise
         return pid
+
+    @staticmethod
+    async def _signal_all(host: Host, workflow_id: str, messages: list[Message], sender: str) -> None:
+        handle = host.client.get_workflow_handle(workflow_id)
+        for message in messages:
+            await handle.signal(message.topic, args=encode_signal(sender, message.payloads))
 
     # ------------------------------------------------------------ results and watches
 
