@@ -1,8 +1,8 @@
 """Workflow options (wippy-modules §12.6, wippy-surface §3.9) against the real Temporal
 dev server: values as JSON payloads (msgpack where JSON would change them), search
 attributes and memo at start and from ``workflow.attrs``,
-``execution_error_when_already_started``, and histories recorded by the previous
-(msgpack) codec."""
+``execution_error_when_already_started``, ``meta.temporal.workflow.name``, and
+histories recorded by the previous (msgpack) codec."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from moonwire.node.project import TemporalClientEntry
 from moonwire.node.workflows import workflow_replayer
 from moonwire.node.workflows._payloads import decode, encode, json_form
 from moonwire.node.workflows._search import memo, register
+from moonwire.node.workflows._temporal import workflow_types
 from support import run_cli, write_project
 
 LEGACY = Path(__file__).parent / "data" / "legacy_workflow"
@@ -47,6 +48,11 @@ def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
               - {{name: tracked, kind: workflow.lua, source: file://tracked.lua, modules: [workflow]}}
               - {{name: quick, kind: workflow.lua, source: file://quick.lua}}
               - {{name: waiting, kind: workflow.lua, source: file://waiting.lua}}
+              - name: renamed
+                kind: workflow.lua
+                source: file://renamed.lua
+                modules: [workflow]
+                meta: {{temporal: {{workflow: {{name: MwOrderFlow}}}}}}
               - {{name: starter, kind: process.lua, source: file://starter.lua, method: main}}
         """,
         "double.lua": "return function(v) if math.type(v) == 'integer' then return v * 2 end return v end",
@@ -86,6 +92,23 @@ def project_files(temporal: ServerProcess, queue: str) -> dict[str, str]:
               r.cycle = try({ memo = { c = cycle } })
               process.inbox():receive()  -- "done"
               return r
+            end
+        """,
+        "renamed.lua": """
+            local workflow = require("workflow")
+            return function(mode, parent)
+              if mode == "child" then
+                process.send(parent, "pong", { n = 1 })  -- signals from workflow to workflow
+                process.inbox():receive()  -- "bye"
+                return workflow.info().workflow_type
+              end
+              local child = process.spawn("app:renamed", "app:worker", "child", process.pid())
+              local got = {}
+              for _ = 1, 2 do local m = process.inbox():receive() got[m:topic()] = m end  -- "pong", "go"
+              process.send(got.pong:from(), "bye")
+              local exit = process.events():receive()
+              return { type = workflow.info().workflow_type, child = exit.result.value,
+                       pong = got.pong:payload():data(), pong_from = got.pong:from() == child }
             end
         """,
         "starter.lua": """
@@ -363,6 +386,53 @@ async def test_execution_error_when_already_started(project: Path, nats_server) 
     # SDK's flag) answers, or AlreadyExists when the flag asks for it.
     assert got["again"] is True
     assert got["closed_refused"]["kind"] == "AlreadyExists"
+
+
+async def test_a_workflow_type_name_of_its_own(project: Path, nats_server, temporal_server, spawn_node) -> None:
+    await spawn_node(project, "wo5", nats_url=nats_server.address)
+    cli = ("--nats", nats_server.address)
+    code, out, err = await run_cli("spawn", "app:renamed", '"top"', "--host", "app:worker", *cli)
+    assert code == 0, err
+    pid = out.strip()
+    client = await Client.connect(temporal_server.address)
+    handle = handle_of(client, pid)
+    assert (await handle.describe()).workflow_type == "MwOrderFlow"
+    code, out, err = await run_cli("workflow", "show", pid, "--json", *cli)
+    assert code == 0, err
+    assert json.loads(out)["type"] == "app:renamed" and json.loads(out)["workflow_type"] == "MwOrderFlow"
+    deadline = time.monotonic() + 10
+    while True:  # ps names the entry (visibility is updated shortly after the start)
+        code, out, err = await run_cli("ps", "--json", *cli)
+        assert code == 0, err
+        listed = {w["pid"]: w["type"] for w in json.loads(out)["workflows"]["app:worker"]["list"]}
+        if pid in listed:
+            assert listed[pid] == "app:renamed"
+            break
+        assert time.monotonic() < deadline, listed
+        await asyncio.sleep(0.1)
+    code, _, err = await run_cli("send", pid, "go", *cli)
+    assert code == 0, err
+    child = (await events(handle, EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED))[0]
+    child_attributes = child.start_child_workflow_execution_initiated_event_attributes
+    assert child_attributes.workflow_type.name == "MwOrderFlow"
+    assert await handle.result() == {"type": "MwOrderFlow", "child": "MwOrderFlow", "pong": {"n": 1},
+                                     "pong_from": True}
+    replayed = await workflow_replayer(load_project(project)).replay_workflow(await handle.fetch_history(),
+                                                                              raise_on_replay_failure=False)
+    assert replayed.replay_failure is None
+
+
+def test_two_workflows_with_one_type_name_do_not_start(tmp_path: Path) -> None:
+    project = load_project(write_project(tmp_path / "p", {"_index.yaml": """
+        namespace: app
+        entries:
+          - {name: a, kind: workflow.lua, source: file://w.lua, meta: {temporal: {workflow: {name: app:b}}}}
+          - {name: b, kind: workflow.lua, source: file://w.lua}
+    """, "w.lua": "return function() end"}))
+    with pytest.raises(MoonwireError) as caught:
+        workflow_types(project)
+    assert caught.value.kind == Kind.INVALID
+    assert "app:a and app:b both have Temporal type 'app:b'" in caught.value.message
 
 
 # ---------------------------------------------------------------- the previous codec

@@ -1,7 +1,7 @@
 """What crosses between moonwire and Temporal, as plain functions with no state: a
-workflow's PID, its start input and signal arguments (payloads from ``_payloads.py``,
-moonwire's fields in the header of ``_carry.py``), errors as Temporal failures and
-back, and the ``workflow.*``/``activity.*`` options as SDK keywords.
+workflow's PID and type, its start input and signal arguments (payloads from
+``_payloads.py``, moonwire's fields in the header of ``_carry.py``), errors as Temporal
+failures and back, and the ``workflow.*``/``activity.*`` options as SDK keywords.
 
 Both sides use it: the workflow run (``_workflow_run.py``, inside a worker's
 deterministic loop, so nothing here may read the clock, random or I/O) and the node's
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -57,6 +57,21 @@ _NOT_RETRYABLE = frozenset({Kind.INVALID, Kind.NOT_FOUND, Kind.PERMISSION_DENIED
 def workflow_pid(worker: str, workflow_id: str) -> str:
     """A workflow's PID: its worker in place of the host and no node (DESIGN §7)."""
     return str(Pid("", worker, workflow_id))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowTypes:
+    """Temporal workflow type names: an entry's ``meta.temporal.workflow.name``, else its id."""
+
+    named: Mapping[str, str] = field(default_factory=dict)
+    """Entry id -> type name, for the entries that name their type."""
+
+    def of(self, entry: str) -> str:
+        return self.named.get(entry, entry)
+
+    def entry(self, type_name: str) -> str:
+        """The entry behind a workflow type (the type itself when no entry names it)."""
+        return next((entry for entry, named in self.named.items() if named == type_name), type_name)
 
 
 @dataclass(frozen=True, slots=True)

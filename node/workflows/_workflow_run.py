@@ -46,7 +46,7 @@ from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, Lu
 from ._carry import HEADER, carry
 from ._payloads import decode, encode, encode_all
 from ._search import Declared, memo, search_updates
-from ._workflow_codec import (DEFAULT_RETRY, SEND_ACTIVITY, WorkflowInput, activity_options, decode_signal, encode_signal, from_failure, start_options, to_failure, workflow_id_option, workflow_pid)
+from ._workflow_codec import (DEFAULT_RETRY, SEND_ACTIVITY, WorkflowInput, WorkflowTypes, activity_options, decode_signal, encode_signal, from_failure, start_options, to_failure, workflow_id_option, workflow_pid)
 
 log = logging.getLogger("moonwire.workflows")
 
@@ -68,6 +68,8 @@ class WorkerContext:
     """The task queue of a worker entry id, None when it is not a worker."""
     limits: Limits
     mailbox_limit: int
+    types: WorkflowTypes = WorkflowTypes()
+    """Temporal workflow type names (``meta.temporal.workflow.name``)."""
     declared: Callable[[str], Declared] = lambda worker: Declared()
     """The search attributes declared on a worker's client."""
 
@@ -81,7 +83,7 @@ class WorkflowRun:
         self.info = info
         self.pid = workflow_pid(context.worker, info.workflow_id)
         self.state = LuaState(context.limits, replay=Replay(now_ns=workflow.time_ns, random=workflow.new_random()))
-        self.unit = Unit(self.state, info.workflow_type, context=dict(started.context),
+        self.unit = Unit(self.state, context.types.entry(info.workflow_type), context=dict(started.context),
                          services=ActivityCalls(self), processes=WorkflowProcesses(self),
                          loop=asyncio.get_running_loop())
         self.unit.pid = self.pid
@@ -133,7 +135,7 @@ class WorkflowRun:
     async def execute(self) -> RawValue:
         """Run the Lua code to its end: its result, or a failure for Temporal."""
         try:
-            code = self.context.code(self.info.workflow_type)
+            code = self.context.code(self.context.types.entry(self.info.workflow_type))
         except MoonwireError as err:
             # As the SDK does for an unregistered type: fail the task, so a worker that
             # has the entry (or this one, redeployed) can take it.
@@ -263,18 +265,20 @@ class WorkflowProcesses:
         if task_queue is None:
             return Outcome(error=invalid(
                 f"inside a workflow, process.spawn starts child workflows: {request.host} is not a temporal.worker"))
-        options = start_options(request.options, child=True, declared=self.run.context.declared(request.host))
+        context = self.run.context
+        options = start_options(request.options, child=True, declared=context.declared(request.host))
         workflow_id = request.name or workflow_id_option(request.options) or self.run.child_id()
         child_pid = workflow_pid(request.host, str(workflow_id))
         body = WorkflowInput(request.args, request.context,
                              [Message(t, p, self.run.pid) for t, p in request.messages], self.run.pid).encode()
-        return self._start_child(request.entry, str(workflow_id), task_queue, body, child_pid, wait_exit, options)
+        return self._start_child(context.types.of(request.entry), str(workflow_id), task_queue, body, child_pid,
+                                 wait_exit, options)
 
-    async def _start_child(self, entry: str, workflow_id: str, task_queue: str, body: list[Any], child_pid: str,
-                           wait_exit: bool, options: dict[str, Any]) -> Outcome:
+    async def _start_child(self, workflow_type: str, workflow_id: str, task_queue: str, body: list[Any],
+                           child_pid: str, wait_exit: bool, options: dict[str, Any]) -> Outcome:
         try:
-            handle = await workflow.start_child_workflow(entry, args=body, id=workflow_id, task_queue=task_queue,
-                                                         result_type=RawValue, **options)
+            handle = await workflow.start_child_workflow(workflow_type, args=body, id=workflow_id,
+                                                         task_queue=task_queue, result_type=RawValue, **options)
         except WorkflowAlreadyStartedError:
             return Outcome(error=MoonwireError(f"workflow {child_pid} already exists", Kind.ALREADY_EXISTS,
                                                retryable=False))

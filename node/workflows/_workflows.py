@@ -46,7 +46,7 @@ from ._gateway import SIGNALS_WAITING, Gateway
 from ._payloads import decode, decode_all, is_legacy
 from ._payloads import encode as to_payload
 from ._search import register as register_search_attributes
-from ._temporal import (Host, TemporalUnavailable, connect_client, declared_of, registered_worker, task_queue_of, worker_context, worker_options, workflow_handle, workflow_result)
+from ._temporal import (Host, TemporalUnavailable, connect_client, declared_of, registered_worker, task_queue_of, worker_context, worker_options, workflow_handle, workflow_result, workflow_types)
 from ._workflow_codec import SEND_ACTIVITY, WorkflowInput, encode_signal, start_options, to_failure, workflow_id_option, workflow_pid
 from ._workflow_run import register_worker, unregister_worker
 
@@ -78,8 +78,10 @@ class Workflows:
         # Apart from the rest: each worker shuts down gracefully before its run is awaited.
         self._worker_runs = TaskSet(log)
         self._watches: dict[str, dict[tuple[str, bool], asyncio.Task[None]]] = {}  # by watcher
+        self.types = workflow_types(project)
         self._gateway = Gateway(node, subjects, self.hosts, nats=nats, connection=gateway, outbox=outbox,
-                                dead_letters=dead_letters, max_body=max_body, signals_waiting=signals_waiting)
+                                dead_letters=dead_letters, max_body=max_body, signals_waiting=signals_waiting,
+                                types=self.types)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -237,7 +239,7 @@ class Workflows:
             await self._signal_all(host, workflow_id, messages, parent)
             return pid
         try:
-            await host.client.start_workflow(request.entry, args=body, id=workflow_id,
+            await host.client.start_workflow(self.types.of(request.entry), args=body, id=workflow_id,
                                              task_queue=host.task_queue, **options)
         except WorkflowAlreadyStartedError:
             # Closed, and the id reuse policy refuses a new run (or running, and
