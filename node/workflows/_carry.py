@@ -5,9 +5,9 @@ Temporal UI and any Temporal client see ``{"order_id":7}`` and nothing else. Wha
 moonwire needs besides travels in the header ``moonwire`` of the same call, one payload
 holding a map:
 
-* starting a workflow or a child: ``ctx`` (the spawner's context values), ``messages``
-  (the ``with_message`` startup messages, ``[topic, payloads, sender]`` each) and
-  ``parent`` (the spawner's PID);
+* starting a workflow, a child or a continue-as-new: ``ctx`` (the spawner's context
+  values), ``messages`` (the ``with_message`` startup messages, ``[topic, payloads,
+  sender]`` each) and ``parent`` (the spawner's PID);
 * a signal: ``from`` (the sender's PID);
 * an activity: ``ctx``.
 
@@ -30,7 +30,7 @@ import contextvars
 import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from temporalio import client, worker
 from temporalio.api.common.v1 import Payload
@@ -143,6 +143,10 @@ class _WorkflowOut(worker.WorkflowOutboundInterceptor):
     async def signal_external_workflow(self, input: worker.SignalExternalWorkflowInput) -> None:
         _outgoing(input)
         await super().signal_external_workflow(input)
+
+    def continue_as_new(self, input: worker.ContinueAsNewInput) -> NoReturn:
+        _outgoing(input)
+        super().continue_as_new(input)
 
 
 CARRY = CarryInterceptor()
