@@ -269,12 +269,32 @@ class TemporalClientEntry(_HasLifecycle):
     auth: TemporalAuth = TemporalAuth()
     tls: TemporalTls = TemporalTls()
     health_check: dict[str, Any] = Field(default_factory=dict)
+    search_attributes: dict[str, str] = Field(
+        default_factory=dict, description="The namespace's custom search attributes, name -> type (Keyword, Text, "
+        "Int, Double, Bool, Datetime, KeywordList); nodes register them at start (docs/workflows.md).")
 
     references = _LIFECYCLE_REFS
 
     @property
     def embedded(self) -> bool:
         return self.address in (None, "", EMBEDDED)
+
+    @field_validator("search_attributes")
+    @classmethod
+    def _search_attribute_types(cls, value: dict[str, str]) -> dict[str, str]:
+        types = {t.lower(): t for t in SEARCH_ATTRIBUTE_TYPES}
+        out = {}
+        for name, kind in value.items():
+            canonical = types.get(str(kind).replace("_", "").lower())
+            if not name or canonical is None:
+                raise ValueError(f"search attribute {name!r}: type {kind!r} is not one of "
+                                 f"{', '.join(SEARCH_ATTRIBUTE_TYPES)}")
+            out[name] = canonical
+        return out
+
+
+SEARCH_ATTRIBUTE_TYPES = ("Keyword", "Text", "Int", "Double", "Bool", "Datetime", "KeywordList")
+"""Temporal's search attribute types, by its own names."""
 
 
 class TemporalWorkerEntry(_HasLifecycle):
