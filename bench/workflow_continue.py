@@ -28,9 +28,9 @@ from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import Client
+from temporalio.common import RawValue
 
-from moonwire.node.wire import MSGPACK, unpack
-from moonwire.node.workflows._workflow_codec import WorkflowInput, encode_signal
+from moonwire.node.workflows._payloads import decode
 
 from _support import lua_workflows, pct
 
@@ -75,20 +75,21 @@ async def run_once(client: Client, iterations: int, every: int, pace: int) -> di
              "got": {"tick": [], "poke": [], "done": []}}
     workflow_id = f"can-{uuid.uuid4()}"
     start = time.perf_counter()
-    handle = await client.start_workflow("b:loop", WorkflowInput([state], {}, []).encode(), id=workflow_id,
-                                         task_queue="bench-can", result_type=bytes)
+    # A plain Temporal client: the state goes as JSON, the signals carry no sender.
+    handle = await client.start_workflow("b:loop", state, id=workflow_id, task_queue="bench-can",
+                                         result_type=RawValue)
 
     latencies: list[float] = []
 
     async def sender(topic: str) -> None:
         for n in range(1, counts[topic] + 1):
             sent = time.perf_counter()
-            await handle.signal(topic, encode_signal("", [n]))
+            await handle.signal(topic, n)
             latencies.append((time.perf_counter() - sent) * 1000)
-        await handle.signal("done", encode_signal("", [topic]))
+        await handle.signal("done", topic)
 
     await asyncio.gather(sender("tick"), sender("poke"))
-    result = unpack(await handle.result(), MSGPACK)
+    result = decode(await handle.result())
     elapsed = time.perf_counter() - start
 
     lengths: list[int] = []

@@ -25,9 +25,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio import activity, workflow
+from temporalio.common import RawValue
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
-
-from moonwire.node.workflows._workflow_codec import WorkflowInput, encode_signal
 
 from _support import lua_workflows, pct
 
@@ -88,11 +87,10 @@ async def main() -> None:
             raw = Worker(client, task_queue="bench-raw", workflows=[RawOne, RawWaiter], activities=[raw_noop],
                          workflow_runner=UnsandboxedWorkflowRunner())
             raw_task = asyncio.create_task(raw.run())
-            empty = WorkflowInput([], {}, []).encode()
-
+            # A plain client starts and signals the Lua workflows: no arguments, no moonwire header.
             async def lua_one() -> None:
-                await client.execute_workflow("b:one", empty, id=f"l-{uuid.uuid4()}", task_queue="bench-lua",
-                                              result_type=bytes)
+                await client.execute_workflow("b:one", id=f"l-{uuid.uuid4()}", task_queue="bench-lua",
+                                              result_type=RawValue)
 
             async def raw_one() -> None:
                 await client.execute_workflow(RawOne.run, id=f"r-{uuid.uuid4()}", task_queue="bench-raw")
@@ -124,12 +122,12 @@ async def main() -> None:
 
             signal_rt: dict[str, list[float]] = {"moonwire": [], "raw temporalio": []}
             for _ in range(max(args.runs // 2, 10)):
-                lua = await client.start_workflow("b:waiter", empty, id=f"lw-{uuid.uuid4()}",
-                                                  task_queue="bench-lua", result_type=bytes)
+                lua = await client.start_workflow("b:waiter", id=f"lw-{uuid.uuid4()}",
+                                                  task_queue="bench-lua", result_type=RawValue)
                 plain = await client.start_workflow(RawWaiter.run, id=f"rw-{uuid.uuid4()}", task_queue="bench-raw")
                 await asyncio.sleep(0.05)  # let both reach their wait, so only the signal is timed
                 start = time.perf_counter()
-                await lua.signal("go", encode_signal("", []))
+                await lua.signal("go")
                 await lua.result()
                 signal_rt["moonwire"].append((time.perf_counter() - start) * 1000)
                 start = time.perf_counter()

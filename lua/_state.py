@@ -218,7 +218,7 @@ class LuaState:
 
     def add_workflow_module(self, functions: dict[str, Callable[..., Any]]) -> None:
         """Make ``require("workflow")`` available, backed by ``functions`` (``info``,
-        ``history_length``, ``history_size``, ``version``, ``worker``): the running
+        ``history_length``, ``history_size``, ``version``, ``worker``, ``attrs``): the running
         workflow's, supplied by the node."""
         table = self.table_from({name.encode(): fn for name, fn in functions.items()})
         self.runtime.execute(WORKFLOW_SOURCE, self.core, table, self.prelude)

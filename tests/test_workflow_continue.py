@@ -13,8 +13,8 @@ from pathlib import Path
 import msgpack
 import nats
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
 from temporalio.api.enums.v1 import WorkflowTaskFailedCause
+from temporalio.client import Client
 
 from moonwire.node import ServerProcess, load_project, workflow_replayer
 from support import run_cli, write_project
@@ -171,7 +171,7 @@ async def test_10000_iterations_continuing_as_new_lose_no_signal(tmp_path: Path,
             nonlocal poked
             for _ in range(n):
                 poked += 1
-                await handle.signal("poke", _signal_body(poked))
+                await handle.signal("poke", poked)  # plain JSON, no moonwire header
 
         assert await asyncio.wait_for(observed.get(), 60) == ("started", f"{{@app:worker|{workflow_id}}}")
         await poke(POKES_AT_ONCE)
@@ -179,7 +179,7 @@ async def test_10000_iterations_continuing_as_new_lose_no_signal(tmp_path: Path,
             assert await asyncio.wait_for(observed.get(), 60) == ("progress", report)
             if report in POKE_AT:
                 await poke(1)
-        await handle.signal("done", _signal_body("test"))
+        await handle.signal("done", "test")
     finally:
         await nc.close()
 
@@ -223,11 +223,6 @@ async def test_10000_iterations_continuing_as_new_lose_no_signal(tmp_path: Path,
         assert result.replay_failure is None, result.replay_failure
 
 
-def _signal_body(value: object) -> bytes:
-    """A signal as moonwire encodes one (what ``moonwire send`` and processes send)."""
-    return msgpack.packb({"from": "", "payloads": [value]})
-
-
 async def test_continue_as_another_type_carries_messages_and_context(tmp_path: Path, nats_server: ServerProcess,
                                                                      temporal_server: ServerProcess) -> None:
     project = write_project(tmp_path / "wf", continue_project(temporal_server, f"can-{time.monotonic_ns()}"))
@@ -238,7 +233,8 @@ async def test_continue_as_another_type_carries_messages_and_context(tmp_path: P
     assert got["kind"] == "pid.exit" and got["from"] == got["pid"] and "error" not in got
     result = got["result"]
     assert result["type"] == "app:second" and result["n"] == 42 and result["pid"] == got["pid"]
-    # The first run read nothing: its startup message and the send that followed moved on, in order.
+    # The first run read nothing: its startup message and the send that followed moved on,
+    # in order, in the next run's moonwire header with the context values.
     assert result["got"] == ["hello=1", "world=2"]
     assert result["ctx"] == "v"
     errs = result["errs"]

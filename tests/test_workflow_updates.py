@@ -160,7 +160,8 @@ def project(tmp_path: Path, temporal_server: ServerProcess) -> Path:
     return write_project(tmp_path / "wf", update_project(temporal_server, f"upd-{time.monotonic_ns()}"))
 
 
-def _body(value: object) -> RawValue:
+def _legacy(value: object) -> RawValue:
+    """An argument as moonwire wrote one before its payloads were JSON: msgpack, ``binary/plain``."""
     return RawValue(Payload(metadata={"encoding": b"binary/plain"}, data=msgpack.packb(value)))
 
 
@@ -174,8 +175,7 @@ async def test_updates_from_lua_the_cli_and_a_temporal_client(project: Path, nat
     workflow_id = f"counter-{time.monotonic_ns()}"
     pid = f"{{@app:worker|{workflow_id}}}"
     queue = load_project(project).get("app:worker").task_queue  # type: ignore[union-attr]
-    handle = await client.start_workflow("app:counter", msgpack.packb({"args": [], "ctx": {}}), id=workflow_id,
-                                         task_queue=queue)
+    handle = await client.start_workflow("app:counter", id=workflow_id, task_queue=queue)
 
     # From a Lua function (process.update) on a node without a client for the worker.
     code, out, err = await run_cli("call", "app:caller", json.dumps(pid), "--nats", nats_server.address)
@@ -206,10 +206,16 @@ async def test_updates_from_lua_the_cli_and_a_temporal_client(project: Path, nat
     code, out, err = await run_cli("workflow", "query", pid, "nope", *cli)
     assert code == 1 and "unknown query type: nope" in err
 
-    # From a plain Temporal client: JSON arguments are read too; an argument that does
-    # not decode is refused before delivery, and nothing of it is recorded.
+    # From a plain Temporal client: JSON arguments in, a JSON result out (what the UI
+    # shows); msgpack arguments (the previous codec's binary/plain, binary/msgpack) are
+    # read too; an argument that does not decode is refused before delivery, and nothing
+    # of it is recorded.
     assert await handle.query("state") == {}
-    assert msgpack.unpackb(await handle.execute_update("add", 3, result_type=bytes))["total"] == 15
+    answer = await handle.execute_update("add", 3, result_type=RawValue)
+    assert answer.payload.metadata["encoding"] == b"json/plain"
+    assert json.loads(answer.payload.data)["total"] == 15
+    msgpacked = RawValue(Payload(metadata={"encoding": b"binary/msgpack"}, data=msgpack.packb(2)))
+    assert (await handle.execute_update("add", msgpacked))["total"] == 17
     with pytest.raises(WorkflowUpdateFailedError) as refused:
         await handle.execute_update("add", RawValue(Payload(metadata={"encoding": b"binary/plain"}, data=b"\xc1")),
                                     id="undecodable")
@@ -219,7 +225,7 @@ async def test_updates_from_lua_the_cli_and_a_temporal_client(project: Path, nat
     # A flood: every update is answered or refused clearly; none is lost or counted twice.
     async def add_one(i: int) -> bool:
         try:
-            await handle.execute_update("add", args=[_body(1)], id=f"flood-{i}", result_type=bytes)
+            await handle.execute_update("add", args=[_legacy(1)], id=f"flood-{i}")
             return True
         except RPCError as err:  # Temporal's bound on updates in flight per workflow
             assert "limit" in err.message.lower() or "exhausted" in err.message.lower(), err
@@ -227,11 +233,11 @@ async def test_updates_from_lua_the_cli_and_a_temporal_client(project: Path, nat
 
     added = sum(await asyncio.gather(*(add_one(i) for i in range(40))))
     assert added > 0
-    total = msgpack.unpackb(await handle.execute_update("total", result_type=bytes))
-    assert total == 15 + added
+    total = await handle.execute_update("total")
+    assert total == 17 + added
     print(f"\nflood: {added} of 40 concurrent updates answered, {40 - added} refused (Temporal bounds those in flight)")
-    assert msgpack.unpackb(await handle.execute_update("stop", result_type=bytes)) == total
-    final = msgpack.unpackb(await handle.result())
+    assert await handle.execute_update("stop") == total
+    final = await handle.result()
     assert final == {"total": total, "gone": "unknown update: " + final["gone"].split(": ", 1)[1]}
     assert final["gone"].startswith("unknown update: ")
 

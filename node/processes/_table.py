@@ -34,7 +34,7 @@ from ..wire import decode_spawn, noproc
 from ._clustered import ClusterCalls
 from ._exits import Exits
 from ._hosts import ProcessHost
-from ._records import FUNCTION_HOST, ProcessRecord, link, monitor
+from ._records import FUNCTION_HOST, TERMINAL_HOST, ProcessRecord, link, monitor
 from ._spawning import Spawning
 from ._targets import NO_WORKFLOWS, UNREACHABLE, RemoteTarget, Target, WorkflowTarget
 
@@ -336,6 +336,9 @@ class ProcessTable(Spawning, Exits, ClusterCalls):
             "node": self.node, "incarnation": self.pids.epoch, "hosts": self.spawn_hosts(),
             "workers": sorted(self.workflows.workers), "uptime": now - self.started, "processes": len(self.records),
             **self.remote.describe(),
+            "host_processes": {h.id: {"processes": h.processes, "starting": h.starting,
+                                      "max_processes": h.settings.max_processes}
+                               for h in self.hosts.values() if h.id != TERMINAL_HOST},
         }
         if processes:
             info["list"] = [

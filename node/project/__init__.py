@@ -5,6 +5,7 @@ Owns: what a project *is* (entries, problems) and how a node is configured.
 May import: ``moonwire.broker`` and ``moonwire.lua`` (for tokens and durations); no other room.
 """
 
+from ._commands import Command, commands
 from ._config import ConfigError, NodeConfig, ResolvedConfig, load_config
 from ._entries import (
     Entry,
@@ -27,4 +28,4 @@ from ._project import Problem, Project, ProjectInvalid, is_entry_id, load_projec
 from ._env import ENV_KINDS  # registers the env.* kinds in KNOWN_KINDS
 from ._registry import ProjectEntries
 
-__all__ = ["ConfigError", "ENV_KINDS", "Entry", "FunctionEntry", "HostSettings", "InertEntry", "KNOWN_KINDS", "LibraryEntry", "Lifecycle", "LuaEntry", "NodeConfig", "Problem", "ProcessEntry", "ProcessHostEntry", "ProcessServiceEntry", "Project", "ProjectEntries", "ProjectInvalid", "ResolvedConfig", "RestartPolicy", "TemporalClientEntry", "TemporalWorkerEntry", "WorkflowEntry", "is_entry_id", "load_config", "load_project"]
+__all__ = ["Command", "ConfigError", "ENV_KINDS", "Entry", "FunctionEntry", "HostSettings", "InertEntry", "KNOWN_KINDS", "LibraryEntry", "Lifecycle", "LuaEntry", "NodeConfig", "Problem", "ProcessEntry", "ProcessHostEntry", "ProcessServiceEntry", "Project", "ProjectEntries", "ProjectInvalid", "ResolvedConfig", "RestartPolicy", "TemporalClientEntry", "TemporalWorkerEntry", "WorkflowEntry", "commands", "is_entry_id", "load_config", "load_project"]

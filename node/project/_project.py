@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ._checks import host_findings
+from ._commands import command_findings
 from ._config import CONFIG_FILE
 from ._entries import KNOWN_KINDS, Entry, InertEntry, LuaEntry
 from ._yaml import LocatedList, LocatedMap, YamlError, interpolate_env, line_of, load_yaml
@@ -325,6 +327,17 @@ class _Loader:
                 self.problem(raw.file, line_of(raw.data, loc) or raw.line, cycle[0], _dotted(loc),
                              f"{what}: {' -> '.join([*cycle, cycle[0]])}")
 
+    def check_entries(self, project: Project, raws: dict[str, _Raw]) -> None:
+        """Commands, and host settings accepted but ignored (``_checks.py``)."""
+        def where(entry_id: str) -> str:
+            return f"{self._rel(raws[entry_id].file)}:{raws[entry_id].line}"
+
+        for finding in (*command_findings(project.entries, where), *host_findings(project.entries)):
+            raw = raws[finding.entry]
+            found = Problem(self._rel(raw.file), line_of(raw.data, finding.loc) or raw.line, raw.id,
+                            _dotted(finding.loc), finding.reason)
+            (self.problems if finding.error else self.warnings).append(found)
+
     def load(self) -> Project:
         project = Project(root=self.root)
         raws: dict[str, _Raw] = {}
@@ -342,6 +355,7 @@ class _Loader:
                     project.locations[raw.id] = Location(raw.file, raw.line)
         self.check_references(raws)
         self.check_cycles(raws)
+        self.check_entries(project, raws)
         self.problems.sort(key=lambda p: (p.file, p.line or 0))
         self.warnings.sort(key=lambda p: (p.file, p.line or 0))
         project.warnings = self.warnings

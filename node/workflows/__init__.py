@@ -9,6 +9,9 @@ deterministic Lua side), the gateway that carries messages to and from workflows
   its client), a workflow's handle and result, the replayer.
 * ``_workflow_run.py``: the Lua workflow run inside a Temporal worker (deterministic).
 * ``_workflow_codec.py``: what crosses to Temporal: inputs, signals, failures, options.
+* ``_payloads.py``: values as payloads (JSON when it holds them, else msgpack).
+* ``_carry.py``: moonwire's fields of a call in its ``moonwire`` header, and the interceptor.
+* ``_search.py``: search attributes and memo, typed and checked; registering them.
 * ``_continue.py``: continue-as-new (``process.upgrade`` inside a workflow), carrying
   the messages not yet received into the next run.
 * ``_updates.py``: Temporal updates and queries inside a workflow (updates as messages

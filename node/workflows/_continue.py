@@ -22,16 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from temporalio import workflow
+from temporalio.common import RawValue
 
 from moonwire.lua import Kind, Mailbox, Message, MoonwireError, invalid
 
+from ._carry import Carry
 from ._updates import is_update_pid
 from ._workflow_codec import WorkflowInput
 
 MAX_INPUT = 1 << 20
-"""Bytes of the next run's input (arguments and carried messages) beyond which the
-upgrade is refused: Temporal refuses a payload over 2 MB (its default blob limit) by
-failing the workflow task again and again, which nothing in Lua could then repair."""
+"""Bytes of the next run's input (its payloads and its ``moonwire`` header: arguments,
+carried messages, context) beyond which the upgrade is refused: Temporal refuses a
+payload over 2 MB (its default blob limit) by failing the workflow task again and
+again, which nothing in Lua could then repair."""
 
 
 @dataclass(slots=True)
@@ -48,12 +51,24 @@ class Continuation:
     def carry(self, message: Message) -> None:
         self.messages.append(message)
 
-    def next_input(self) -> bytes:
+    def next_input(self) -> list[Any]:
+        """The next run's start arguments, as any start's (``WorkflowInput.encode``): a
+        payload per argument, then the context, messages and parent for the ``moonwire``
+        header, which the interceptor moves there (``_carry.py``).
+
+        Raises:
+            MoonwireError: (Invalid) an argument that cannot be sent to Temporal.
+        """
         return WorkflowInput(self.args, self.started.context, self.messages, self.started.parent).encode()
 
     def complete(self) -> NoReturn:
         """End the run: Temporal starts the next one (raises ContinueAsNewError)."""
-        workflow.continue_as_new(self.next_input(), workflow=self.workflow_type)
+        workflow.continue_as_new(args=self.next_input(), workflow=self.workflow_type)
+
+
+def input_size(args: list[Any]) -> int:
+    """Bytes of a start's arguments: its payloads and its header's."""
+    return sum(len(arg.payload.data) for arg in args if isinstance(arg, (RawValue, Carry)))
 
 
 def continuation(entry: str | None, args: list[Any], current_type: str, started: WorkflowInput, mailbox: Mailbox,
@@ -64,7 +79,8 @@ def continuation(entry: str | None, args: list[Any], current_type: str, started:
 
     Raises:
         MoonwireError: NotFound for an entry this worker does not run (``check``'s
-            reason), Invalid for an input too large; nothing has changed then.
+            reason), Invalid for an input too large or that cannot be sent; nothing has
+            changed then.
     """
     workflow_type = entry or current_type
     try:
@@ -73,7 +89,10 @@ def continuation(entry: str | None, args: list[Any], current_type: str, started:
         raise MoonwireError(f"upgrade: {err.message}", err.kind or Kind.NOT_FOUND, retryable=False) from None
     carried = [message for message in mailbox.undelivered() if not is_update_pid(message.sender)]
     planned = Continuation(workflow_type, args, started, carried)
-    size = len(planned.next_input())
+    try:
+        size = input_size(planned.next_input())
+    except MoonwireError as err:
+        raise invalid(f"upgrade: {err.message}") from None
     if size > MAX_INPUT:
         raise invalid(f"upgrade: the next run's input would be {size} bytes ({len(carried)} carried messages), "
                       f"over {MAX_INPUT}; receive some messages first, or pass less")

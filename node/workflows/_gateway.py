@@ -37,7 +37,7 @@ from ..processes import DeadLetters, Undeliverable, decode, encode
 from ..wire import CONTENT_TYPE, Unanswered, Why, answer, ask, unpack
 from ._requests import QUERY_TIMEOUT, serve_ask
 from ._temporal import Host, workflow_handle, workflow_result
-from ._workflow_codec import encode_signal, workflow_pid
+from ._workflow_codec import WorkflowTypes, encode_signal, workflow_pid
 
 log = logging.getLogger("moonwire.workflows")
 
@@ -77,7 +77,7 @@ class Gateway:
 
     def __init__(self, node: str, subjects: Subjects, hosts: Mapping[str, Host], *, nats: NatsClient | None,
                  connection: BrokerClient | None, outbox: Outbox | None, dead_letters: DeadLetters | None,
-                 max_body: int, signals_waiting: int) -> None:
+                 max_body: int, signals_waiting: int, types: WorkflowTypes = WorkflowTypes()) -> None:
         self.node = node
         self.subjects = subjects
         self.hosts = hosts
@@ -88,6 +88,8 @@ class Gateway:
         self.outbox = outbox
         self.dead_letters = dead_letters
         self.max_body = max_body
+        self.types = types
+        """Temporal type -> entry, for listings (``meta.temporal.workflow.name``)."""
         self._tasks = TaskSet(log)
         # Bounded: what waits here waits for one RPC at a time (~700/s measured).
         self._signals: asyncio.Queue[_Signal] = asyncio.Queue(signals_waiting)
@@ -137,7 +139,7 @@ class Gateway:
             target, message = signal.target, signal.message
             try:
                 handle = workflow_handle(self.hosts, target)
-                await handle.signal(message.topic, encode_signal(message.sender, message.payloads))
+                await handle.signal(message.topic, args=encode_signal(message.sender, message.payloads))
             except Exception as err:  # noqa: BLE001 - one bad signal must not stop the sender: it is dead-lettered
                 if isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND:
                     reason = f"no running workflow {target.uid} on worker {target.host}: {err}"
@@ -252,7 +254,8 @@ class Gateway:
         try:
             if limit > 0:
                 async for execution in host.client.list_workflows(query, limit=limit):
-                    listed.append({"pid": str(workflow_pid(worker, execution.id)), "type": execution.workflow_type,
+                    listed.append({"pid": str(workflow_pid(worker, execution.id)),
+                                   "type": self.types.entry(execution.workflow_type),
                                    "worker": worker, "status": "running",
                                    "uptime": (now - execution.start_time).total_seconds(),
                                    "history_length": execution.history_length})
@@ -278,11 +281,13 @@ class Gateway:
         status = described.status.name.lower() if described.status is not None else "unknown"
         out: dict[str, Any] = {
             "pid": str(pid), "workflow_id": described.id, "run_id": described.run_id,
-            "type": described.workflow_type, "task_queue": described.task_queue, "status": status,
+            "type": self.types.entry(described.workflow_type), "task_queue": described.task_queue, "status": status,
             "started": described.start_time.isoformat() if described.start_time else None,
             "closed": described.close_time.isoformat() if described.close_time else None,
             "history_length": described.history_length,
         }
+        if out["type"] != described.workflow_type:  # meta.temporal.workflow.name
+            out["workflow_type"] = described.workflow_type
         if described.close_time is not None:
             outcome = await workflow_result(self.hosts, pid)
             if outcome.ok:

@@ -2,9 +2,10 @@
 its worker: ``process.update`` on a node that has one, and the gateway serving the CLI
 (``moonwire workflow update|query``) and nodes that have none (``_gateway.py``).
 
-An update's arguments travel as msgpack, one ``binary/plain`` payload each (what the
-workflow decodes, ``_updates.py``); its result comes back the same way. A query's
-answer is what Temporal's JSON converter made of it.
+An update's arguments travel as any values moonwire gives Temporal, a payload each
+(``_payloads.py``: JSON when it holds the value, else msgpack), and its result comes
+back the same way (``_updates.py``), so the Temporal UI and other clients read both. A
+query's answer is what Temporal's JSON converter made of it.
 
 Waiting is bounded: an update or query not answered within its timeout gives Timeout.
 The update itself stays with the workflow, which may still answer it (nobody hears);
@@ -20,13 +21,14 @@ from typing import Any, TypeVar
 
 from temporalio.client import WorkflowQueryFailedError, WorkflowQueryRejectedError, WorkflowUpdateFailedError
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.common import RawValue
 from temporalio.service import RPCError, RPCStatusCode
 
 from moonwire.broker import Pid
 from moonwire.lua import Kind, MoonwireError, Outcome, invalid, not_found
 
 from ..functions import millis_or_duration
-from ..wire import MSGPACK, pack, unpack
+from ._payloads import decode, encode_all
 from ._temporal import Host, workflow_handle
 from ._workflow_codec import from_failure
 
@@ -92,8 +94,8 @@ async def update_workflow(hosts: Mapping[str, Host], pid: Pid, name: str, args: 
     what = f"update {name!r}"
     try:
         handle = workflow_handle(hosts, pid)
-        payloads = [pack(arg) for arg in args]
-        answered, result = await _within(handle.execute_update(name, args=payloads, result_type=bytes), timeout)
+        answered, result = await _within(handle.execute_update(name, args=encode_all(args), result_type=RawValue),
+                                         timeout)
     except MoonwireError as err:
         return Outcome(error=err)
     except WorkflowUpdateFailedError as err:
@@ -105,7 +107,10 @@ async def update_workflow(hosts: Mapping[str, Host], pid: Pid, name: str, args: 
     if not answered or result is None:
         return Outcome(error=MoonwireError(f"{what} to {pid} not answered within {timeout:g}s (the workflow keeps it "
                                            "and may still answer it)", Kind.TIMEOUT, retryable=True))
-    return Outcome(value=unpack(result, MSGPACK))
+    try:
+        return Outcome(value=decode(result))
+    except MoonwireError as err:
+        return Outcome(error=err)
 
 
 async def query_workflow(hosts: Mapping[str, Host], pid: Pid, name: str, timeout: float = QUERY_TIMEOUT) -> Outcome:

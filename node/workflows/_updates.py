@@ -39,13 +39,15 @@ from temporalio.exceptions import ApplicationError
 
 from moonwire.lua import Kind, Message, MoonwireError, invalid
 
-from ..wire import MSGPACK, pack, unpack
+from ..wire import pack
+from ._payloads import decode, encode
 from ._workflow_codec import to_failure
 
 UPDATE_PID_PREFIX = "{update|"
 MAX_ANSWER = 1 << 20
-"""Bytes an answer may take (msgpack): Temporal refuses a payload over 2 MB by failing
-the workflow task again and again, which Lua could not repair."""
+"""Bytes an answer may take (its payload, or an error's details): Temporal refuses a
+payload over 2 MB by failing the workflow task again and again, which Lua could not
+repair."""
 
 
 def update_pid(update_id: str) -> str:
@@ -58,31 +60,26 @@ def is_update_pid(dest: str) -> bool:
 
 
 def decode_update_args(args: Sequence[RawValue]) -> list[Any]:
-    """An update's arguments as Lua-bound values: a ``binary/plain`` payload is
-    moonwire's msgpack (what ``process.update`` and the CLI send), anything else what
-    Temporal's converter makes of it (JSON from ``temporal workflow update``, say).
+    """An update's arguments as Lua-bound values, each a payload as a signal's are
+    (``_payloads.py``: ``json/plain`` from any Temporal client, ``binary/msgpack``,
+    the previous codec's ``binary/plain``).
 
     Raises:
         MoonwireError: (Invalid) an argument that does not decode, naming it.
     """
-    converter = workflow.payload_converter()
     values = []
     for index, raw in enumerate(args, start=1):
         try:
-            if raw.payload.metadata.get("encoding") == b"binary/plain":
-                values.append(unpack(raw.payload.data, MSGPACK))
-            else:
-                values.append(converter.from_payload(raw.payload))
-        except Exception as err:  # noqa: BLE001 - the caller is told which argument and why
-            reason = err.message if isinstance(err, MoonwireError) else f"{type(err).__name__}: {err}"
-            raise invalid(f"update argument {index} does not decode: {reason}") from None
+            values.append(decode(raw))
+        except MoonwireError as err:  # the caller is told which argument and why
+            raise invalid(f"update argument {index} does not decode: {err.message}") from None
     return values
 
 
 @dataclass(slots=True)
 class _Update:
     name: str
-    answer: asyncio.Future[bytes]
+    answer: asyncio.Future[RawValue]
     accepted: bool = False
 
 
@@ -95,11 +92,11 @@ class UpdateBook:
     def __len__(self) -> int:
         return len(self._open)
 
-    def open(self, update_id: str, name: str, payloads: list[Any]) -> tuple[Message, asyncio.Future[bytes]]:
+    def open(self, update_id: str, name: str, payloads: list[Any]) -> tuple[Message, asyncio.Future[RawValue]]:
         """Register update ``update_id``: the message to deliver, and the future its
-        answer settles (its result as msgpack, or an ApplicationError)."""
+        answer settles (its result as a payload, or an ApplicationError)."""
         sender = update_pid(update_id)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[RawValue] = asyncio.get_running_loop().create_future()
         self._open[sender] = _Update(name, future)
         return Message(name, payloads, sender), future
 
@@ -126,7 +123,7 @@ class UpdateBook:
             if not update.accepted:
                 raise invalid(f"update {update.name!r} not accepted (state: pending): send \"ack\" first")
             if topic == "ok":
-                self._settle(dest, result=_packed(first))
+                self._settle(dest, result=_result(first))
             else:
                 error = first if isinstance(first, MoonwireError) else MoonwireError(_text(first, "update failed"))
                 self._settle(dest, error=_bounded(error))
@@ -146,32 +143,38 @@ class UpdateBook:
         """Fail update ``dest`` (it could not be delivered)."""
         self._settle(dest, error=error)
 
-    def _settle(self, dest: str, *, result: bytes = b"", error: MoonwireError | None = None) -> None:
+    def _settle(self, dest: str, *, result: RawValue | None = None, error: MoonwireError | None = None) -> None:
         update = self._open.pop(dest)
         if update.answer.done():
             return
         if error is None:
+            assert result is not None
             update.answer.set_result(result)
         else:
             update.answer.set_exception(to_failure(error))
 
 
-def _packed(value: Any) -> bytes:
-    """``value`` as msgpack, when that fits in MAX_ANSWER bytes.
+def _result(value: Any) -> RawValue:
+    """``value`` as the update's result payload (JSON when it holds the value, else
+    msgpack: ``_payloads.py``), when it fits in MAX_ANSWER bytes.
 
     Raises:
-        MoonwireError: (Invalid) it does not; the update stays as it was.
+        MoonwireError: (Invalid) it does not, or it cannot be sent; the update stays as it was.
     """
-    packed = pack(value)
-    if len(packed) > MAX_ANSWER:
-        raise invalid(f"an update's answer may take {MAX_ANSWER} bytes, not {len(packed)}")
-    return packed
+    payload = encode(value)
+    _within_limit(len(payload.payload.data))
+    return payload
 
 
 def _bounded(error: MoonwireError) -> MoonwireError:
-    """``error``, when it fits in MAX_ANSWER bytes (see :func:`_packed`)."""
-    _packed(error)
+    """``error``, when its details (msgpack, ``to_failure``) fit in MAX_ANSWER bytes."""
+    _within_limit(len(pack(error)))
     return error
+
+
+def _within_limit(size: int) -> None:
+    if size > MAX_ANSWER:
+        raise invalid(f"an update's answer may take {MAX_ANSWER} bytes, not {size}")
 
 
 def _text(value: Any, default: str) -> str:
@@ -208,7 +211,7 @@ class UpdateHandlers:
     updates: UpdateBook
 
     @workflow.update(dynamic=True)
-    async def on_update(self, name: str, args: Sequence[RawValue]) -> bytes:
+    async def on_update(self, name: str, args: Sequence[RawValue]) -> RawValue:
         """An update, delivered as a message from ``{update|<id>}``; answered when Lua
         sends ``ok`` or ``error`` there, or ``nak``."""
         message, answer = self.updates.open(workflow.current_update_info().id, name, decode_update_args(args))
