@@ -15,8 +15,10 @@ import nats
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.enums.v1 import WorkflowTaskFailedCause
 from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
 
 from moonwire.node import ServerProcess, load_project, workflow_replayer
+from moonwire.node.workflows._payloads import decode
 from support import run_cli, write_project
 
 ITERATIONS, EVERY, PACE = 10_000, 500, 250
@@ -41,13 +43,15 @@ def continue_project(temporal: ServerProcess, queue: str) -> dict[str, str]:
         "_index.yaml": f"""
             namespace: app
             entries:
-              - {{name: temporal, kind: temporal.client, address: "{temporal.address}"}}
+              - {{name: temporal, kind: temporal.client, address: "{temporal.address}",
+                  search_attributes: {{MwCustomer: Keyword, MwPriority: Int}}}}
               - {{name: worker, kind: temporal.worker, client: temporal, task_queue: {queue}}}
               - {{name: other, kind: temporal.worker, client: temporal, task_queue: {queue}-other}}
               - {{name: host, kind: process.host}}
               - {{name: loop, kind: workflow.lua, source: file://loop.lua, modules: [workflow]}}
               - {{name: first, kind: workflow.lua, source: file://first.lua}}
               - {{name: second, kind: workflow.lua, source: file://second.lua, modules: [workflow, ctx]}}
+              - {{name: marked, kind: workflow.lua, source: file://marked.lua, modules: [workflow]}}
               - name: elsewhere
                 kind: workflow.lua
                 source: file://second.lua
@@ -55,6 +59,7 @@ def continue_project(temporal: ServerProcess, queue: str) -> dict[str, str]:
                 meta: {{temporal: {{workflow: {{worker: other}}}}}}
               - {{name: driver, kind: process.lua, source: file://driver.lua, method: main}}
               - {{name: chain, kind: process.lua, source: file://chain.lua, method: main}}
+              - {{name: marking, kind: process.lua, source: file://marking.lua, method: main}}
         """,
         # 10,000 iterations of pure Lua; each 250th takes one message (waiting for it when
         # none is there: 40 in all, every one the senders send); each 500th tells the
@@ -126,6 +131,30 @@ def continue_project(temporal: ServerProcess, queue: str) -> dict[str, str]:
                        got = { a:topic() .. "=" .. a:payload():data(), b:topic() .. "=" .. b:payload():data() },
                        ctx = ctx.get("k") }
             end
+        """,
+        # Sets search attributes and memo in its first run, then continues as new; the
+        # last run sees a memo value no JSON holds, so it is msgpack.
+        "marked.lua": """
+            local workflow = require("workflow")
+            return function(run)
+              if run == 1 then
+                local ok, err = workflow.attrs({ search = { MwPriority = 7 },
+                                                 memo = { note = { by = "run 1" }, odd = "\\xff" } })
+                if not ok then return nil, err end
+                process.upgrade(nil, 2)
+              end
+              return { run = run, type = workflow.info().workflow_type }
+            end
+        """,
+        "marking.lua": """
+            return { main = function(customer)
+              local pid, err = process.with_options({ ["workflow.search_attributes"] = { MwCustomer = customer },
+                                                      ["workflow.memo"] = { team = "blue" } })
+                                      :spawn_monitored("app:marked", "app:worker", 1)
+              if not pid then return nil, err end
+              local ev = process.events():receive()
+              return { pid = pid, result = ev.result.value, error = ev.result.error and tostring(ev.result.error) }
+            end }
         """,
         "chain.lua": """
             return { main = function()
@@ -242,3 +271,26 @@ async def test_continue_as_another_type_carries_messages_and_context(tmp_path: P
     assert errs["missing"].startswith("NotFound upgrade: no workflow.lua entry app:nope")
     assert errs["elsewhere"] == "NotFound"  # registered with another worker
     assert errs["big"].startswith("Invalid upgrade: the next run's input would be")
+
+async def test_memo_and_search_attributes_carry_over(tmp_path: Path, nats_server: ServerProcess,
+                                                     temporal_server: ServerProcess) -> None:
+    project = write_project(tmp_path / "wf", continue_project(temporal_server, f"can-{time.monotonic_ns()}"))
+    customer = f"c-{time.monotonic_ns()}"
+    code, out, err = await run_cli("run", str(project), "--node", "can4", "--nats", nats_server.address,
+                                   "-x", "app:marking", json.dumps(customer))
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["result"] == {"run": 2, "type": "app:marked"}, got
+    client = await Client.connect(temporal_server.address)
+    workflow_id = got["pid"][got["pid"].index("|") + 1:-1]
+    last = await client.get_workflow_handle(workflow_id).describe()
+    assert last.raw_info.execution.run_id != last.raw_info.first_run_id  # the run that continued
+    # Set at start, and by workflow.attrs in the first run: typed, in the last run.
+    attributes = last.typed_search_attributes
+    assert attributes.get(SearchAttributeKey.for_keyword("MwCustomer")) == customer
+    assert attributes.get(SearchAttributeKey.for_int("MwPriority")) == 7
+    memo = last.raw_info.memo.fields
+    assert (memo["team"].metadata["encoding"], memo["team"].data) == (b"json/plain", b'"blue"')
+    assert (memo["note"].metadata["encoding"], memo["note"].data) == (b"json/plain", b'{"by":"run 1"}')
+    assert memo["odd"].metadata["encoding"] == b"binary/msgpack" and decode(memo["odd"]) == b"\xff"
+

@@ -62,8 +62,15 @@ class Continuation:
         return WorkflowInput(self.args, self.started.context, self.messages, self.started.parent).encode()
 
     def complete(self) -> NoReturn:
-        """End the run: Temporal starts the next one (raises ContinueAsNewError)."""
-        workflow.continue_as_new(args=self.next_input(), workflow=self.workflow_type)
+        """End the run: Temporal starts the next one (raises ContinueAsNewError), with the
+        current run's memo and search attributes as they are now (set at start and by
+        ``workflow.attrs``; the SDK keeps them current in ``workflow.info()``). Passed
+        explicitly: left unset, the dev server carried the search attributes upserted
+        since the start but only the memo given at start (measured)."""
+        info = workflow.info()
+        workflow.continue_as_new(args=self.next_input(), workflow=self.workflow_type,
+                                 memo={name: RawValue(payload) for name, payload in info.raw_memo.items()},
+                                 search_attributes=info.typed_search_attributes)
 
 
 def input_size(args: list[Any]) -> int:
