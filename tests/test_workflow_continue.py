@@ -50,8 +50,16 @@ def continue_project(temporal: ServerProcess, queue: str) -> dict[str, str]:
               - {{name: host, kind: process.host}}
               - {{name: loop, kind: workflow.lua, source: file://loop.lua, modules: [workflow]}}
               - {{name: first, kind: workflow.lua, source: file://first.lua}}
-              - {{name: second, kind: workflow.lua, source: file://second.lua, modules: [workflow, ctx]}}
-              - {{name: marked, kind: workflow.lua, source: file://marked.lua, modules: [workflow]}}
+              - name: second
+                kind: workflow.lua
+                source: file://second.lua
+                modules: [workflow, ctx]
+                meta: {{temporal: {{workflow: {{name: MwSecond}}}}}}
+              - name: marked
+                kind: workflow.lua
+                source: file://marked.lua
+                modules: [workflow]
+                meta: {{temporal: {{workflow: {{name: MwMarked}}}}}}
               - name: elsewhere
                 kind: workflow.lua
                 source: file://second.lua
@@ -261,7 +269,8 @@ async def test_continue_as_another_type_carries_messages_and_context(tmp_path: P
     got = json.loads(out)
     assert got["kind"] == "pid.exit" and got["from"] == got["pid"] and "error" not in got
     result = got["result"]
-    assert result["type"] == "app:second" and result["n"] == 42 and result["pid"] == got["pid"]
+    # Continued as entry app:second, whose Temporal type is MwSecond (meta.temporal.workflow.name).
+    assert result["type"] == "MwSecond" and result["n"] == 42 and result["pid"] == got["pid"]
     # The first run read nothing: its startup message and the send that followed moved on,
     # in order, in the next run's moonwire header with the context values.
     assert result["got"] == ["hello=1", "world=2"]
@@ -280,7 +289,7 @@ async def test_memo_and_search_attributes_carry_over(tmp_path: Path, nats_server
                                    "-x", "app:marking", json.dumps(customer))
     assert code == 0, err
     got = json.loads(out)
-    assert got["result"] == {"run": 2, "type": "app:marked"}, got
+    assert got["result"] == {"run": 2, "type": "MwMarked"}, got  # upgrade(nil): its own type name, kept
     client = await Client.connect(temporal_server.address)
     workflow_id = got["pid"][got["pid"].index("|") + 1:-1]
     last = await client.get_workflow_handle(workflow_id).describe()

@@ -28,7 +28,7 @@ from moonwire.lua import Kind, Mailbox, Message, MoonwireError, invalid
 
 from ._carry import Carry
 from ._updates import is_update_pid
-from ._workflow_codec import WorkflowInput
+from ._workflow_codec import WorkflowInput, WorkflowTypes
 
 MAX_INPUT = 1 << 20
 """Bytes of the next run's input (its payloads and its ``moonwire`` header: arguments,
@@ -42,6 +42,7 @@ class Continuation:
     """A run that is continuing as new: what the next run starts with."""
 
     workflow_type: str
+    """The next run's Temporal type (``meta.temporal.workflow.name`` applied)."""
     args: list[Any]
     started: WorkflowInput
     """The current run's input: its context values and parent carry over."""
@@ -79,19 +80,21 @@ def input_size(args: list[Any]) -> int:
 
 
 def continuation(entry: str | None, args: list[Any], current_type: str, started: WorkflowInput, mailbox: Mailbox,
-                 check: Callable[[str], object]) -> Continuation:
+                 check: Callable[[str], object], types: WorkflowTypes) -> Continuation:
     """The continuation ``process.upgrade(entry, *args)`` asks for, carrying what
-    ``mailbox`` holds (except updates). ``check`` raises for a workflow type this
-    worker cannot run.
+    ``mailbox`` holds (except updates). ``check`` raises for an entry this worker cannot
+    run; ``types`` names an entry's Temporal type.
 
     Raises:
         MoonwireError: NotFound for an entry this worker does not run (``check``'s
             reason), Invalid for an input too large or that cannot be sent; nothing has
             changed then.
     """
-    workflow_type = entry or current_type
+    # Without an entry the type stays as it is (a run started under an entry's old type
+    # name continues under it); with one, the entry's type name.
+    workflow_type = types.of(entry) if entry else current_type
     try:
-        check(workflow_type)
+        check(entry or types.entry(current_type))
     except MoonwireError as err:
         raise MoonwireError(f"upgrade: {err.message}", err.kind or Kind.NOT_FOUND, retryable=False) from None
     carried = [message for message in mailbox.undelivered() if not is_update_pid(message.sender)]

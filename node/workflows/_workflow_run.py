@@ -149,7 +149,7 @@ class WorkflowRun:
         assert self.unit.mailbox is not None
         try:
             self.continuing = continuation(entry, args, self.info.workflow_type, self.started, self.unit.mailbox,
-                                           self.context.code)
+                                           self.context.code, self.context.types)
         except MoonwireError as err:
             return Outcome(error=err)
         self.unit.abort(MoonwireError("continued as new", Kind.CANCELED, retryable=False))
