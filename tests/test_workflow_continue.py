@@ -68,6 +68,8 @@ def continue_project(temporal: ServerProcess, queue: str) -> dict[str, str]:
               - {{name: driver, kind: process.lua, source: file://driver.lua, method: main}}
               - {{name: chain, kind: process.lua, source: file://chain.lua, method: main}}
               - {{name: marking, kind: process.lua, source: file://marking.lua, method: main}}
+              - {{name: parting, kind: workflow.lua, source: file://parting.lua}}
+              - {{name: farewell, kind: process.lua, source: file://farewell.lua, method: main, modules: [time]}}
         """,
         # 10,000 iterations of pure Lua; each 250th takes one message (waiting for it when
         # none is there: 40 in all, every one the senders send); each 500th tells the
@@ -162,6 +164,26 @@ def continue_project(temporal: ServerProcess, queue: str) -> dict[str, str]:
               if not pid then return nil, err end
               local ev = process.events():receive()
               return { pid = pid, result = ev.result.value, error = ev.result.error and tostring(ev.result.error) }
+            end }
+        """,
+        # Sends and returns at once: the send must still leave (the run winds down first).
+        "parting.lua": """
+            return function(to)
+              process.send(to, "bye", "from the workflow")
+              return "done"
+            end
+        """,
+        "farewell.lua": """
+            return { main = function()
+              local pid = process.spawn_monitored("app:parting", "app:worker", process.pid())
+              local inbox, events, give_up = process.inbox(), process.events(), time.after("20s")
+              local got = {}
+              while got.bye == nil or got.exit == nil do
+                local r = channel.select({ inbox:case_receive(), events:case_receive(), give_up:case_receive() })
+                if r.channel == give_up then break end
+                if r.channel == events then got.exit = r.value.result.value else got.bye = r.value:payload():data() end
+              end
+              return got
             end }
         """,
         "chain.lua": """
@@ -281,6 +303,7 @@ async def test_continue_as_another_type_carries_messages_and_context(tmp_path: P
     assert errs["elsewhere"] == "NotFound"  # registered with another worker
     assert errs["big"].startswith("Invalid upgrade: the next run's input would be")
 
+
 async def test_memo_and_search_attributes_carry_over(tmp_path: Path, nats_server: ServerProcess,
                                                      temporal_server: ServerProcess) -> None:
     project = write_project(tmp_path / "wf", continue_project(temporal_server, f"can-{time.monotonic_ns()}"))
@@ -303,3 +326,11 @@ async def test_memo_and_search_attributes_carry_over(tmp_path: Path, nats_server
     assert (memo["note"].metadata["encoding"], memo["note"].data) == (b"json/plain", b'{"by":"run 1"}')
     assert memo["odd"].metadata["encoding"] == b"binary/msgpack" and decode(memo["odd"]) == b"\xff"
 
+
+async def test_a_send_just_before_returning_leaves(tmp_path: Path, nats_server: ServerProcess,
+                                                  temporal_server: ServerProcess) -> None:
+    project = write_project(tmp_path / "wf", continue_project(temporal_server, f"can-{time.monotonic_ns()}"))
+    code, out, err = await run_cli("run", str(project), "--node", "can5", "--nats", nats_server.address,
+                                   "-x", "app:farewell")
+    assert code == 0, err
+    assert json.loads(out) == {"bye": "from the workflow", "exit": "done"}
