@@ -222,12 +222,16 @@ class WorkflowRun:
 
     def own(self, work: Awaitable[Any], what: str) -> None:
         """Run ``work`` as a child of the unit; a failure is logged (it cannot be returned)."""
+        self.unit.own(work, self._logged(what))
 
-        def done(task: asyncio.Task[Any]) -> None:
+    def _logged(self, what: str) -> Callable[[asyncio.Future[Any]], None]:
+        """A done-callback that logs the failure of ``what``."""
+
+        def done(task: asyncio.Future[Any]) -> None:
             if not task.cancelled() and task.exception() is not None:
                 workflow.logger.warning("%s from %s failed: %s", what, self.pid, task.exception())
 
-        self.unit.own(work, done)
+        return done
 
     def send_in_order(self, work: Callable[[], Awaitable[Any]]) -> None:
         """Sends leave one after another, so they arrive in the order they were made."""
@@ -242,11 +246,7 @@ class WorkflowRun:
         # run ends, so a send made just before returning or upgrading still leaves.
         task = asyncio.ensure_future(chained())
         self._sends = task
-        task.add_done_callback(self._sent)
-
-    def _sent(self, task: asyncio.Future[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            workflow.logger.warning("a send from %s failed: %s", self.pid, task.exception())
+        task.add_done_callback(self._logged("a send"))
 
     def child_id(self) -> str:
         return f"{self.info.workflow_id}-{next(self._children)}"
