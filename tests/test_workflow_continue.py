@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import nats
@@ -282,13 +283,19 @@ async def test_10000_iterations_continuing_as_new_lose_no_signal(tmp_path: Path,
         assert result.replay_failure is None, result.replay_failure
 
 
+async def run_entry(tmp_path: Path, nats_server: ServerProcess, temporal_server: ServerProcess, node: str,
+                    entry: str, *args: str) -> Any:
+    """Run ``entry`` of the project (``run -x``) on a node of its own: what it returned."""
+    project = write_project(tmp_path / "wf", continue_project(temporal_server, f"can-{time.monotonic_ns()}"))
+    code, out, err = await run_cli("run", str(project), "--node", node, "--nats", nats_server.address,
+                                   "-x", entry, *args)
+    assert code == 0, err
+    return json.loads(out)
+
+
 async def test_continue_as_another_type_carries_messages_and_context(tmp_path: Path, nats_server: ServerProcess,
                                                                      temporal_server: ServerProcess) -> None:
-    project = write_project(tmp_path / "wf", continue_project(temporal_server, f"can-{time.monotonic_ns()}"))
-    code, out, err = await run_cli("run", str(project), "--node", "can3", "--nats", nats_server.address,
-                                   "-x", "app:chain")
-    assert code == 0, err
-    got = json.loads(out)
+    got = await run_entry(tmp_path, nats_server, temporal_server, "can3", "app:chain")
     assert got["kind"] == "pid.exit" and got["from"] == got["pid"] and "error" not in got
     result = got["result"]
     # Continued as entry app:second, whose Temporal type is MwSecond (meta.temporal.workflow.name).
@@ -306,12 +313,8 @@ async def test_continue_as_another_type_carries_messages_and_context(tmp_path: P
 
 async def test_memo_and_search_attributes_carry_over(tmp_path: Path, nats_server: ServerProcess,
                                                      temporal_server: ServerProcess) -> None:
-    project = write_project(tmp_path / "wf", continue_project(temporal_server, f"can-{time.monotonic_ns()}"))
     customer = f"c-{time.monotonic_ns()}"
-    code, out, err = await run_cli("run", str(project), "--node", "can4", "--nats", nats_server.address,
-                                   "-x", "app:marking", json.dumps(customer))
-    assert code == 0, err
-    got = json.loads(out)
+    got = await run_entry(tmp_path, nats_server, temporal_server, "can4", "app:marking", json.dumps(customer))
     assert got["result"] == {"run": 2, "type": "MwMarked"}, got  # upgrade(nil): its own type name, kept
     client = await Client.connect(temporal_server.address)
     workflow_id = got["pid"][got["pid"].index("|") + 1:-1]
@@ -329,8 +332,5 @@ async def test_memo_and_search_attributes_carry_over(tmp_path: Path, nats_server
 
 async def test_a_send_just_before_returning_leaves(tmp_path: Path, nats_server: ServerProcess,
                                                   temporal_server: ServerProcess) -> None:
-    project = write_project(tmp_path / "wf", continue_project(temporal_server, f"can-{time.monotonic_ns()}"))
-    code, out, err = await run_cli("run", str(project), "--node", "can5", "--nats", nats_server.address,
-                                   "-x", "app:farewell")
-    assert code == 0, err
-    assert json.loads(out) == {"bye": "from the workflow", "exit": "done"}
+    got = await run_entry(tmp_path, nats_server, temporal_server, "can5", "app:farewell")
+    assert got == {"bye": "from the workflow", "exit": "done"}
