@@ -25,16 +25,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio import activity, workflow
-from temporalio.client import Client
 from temporalio.common import RawValue
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from moonwire.broker import Subjects
-from moonwire.node import free_port, load_project, start_temporal
-from moonwire.node.functions._functions import Functions
-from moonwire.node.workflows._workflows import Workflows
-
-from _support import pct, write
+from _support import lua_workflows, pct
 
 PROJECT = {
     "_index.yaml": """
@@ -87,17 +81,7 @@ async def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        server = await start_temporal(root / "temporal", port=free_port())
-        try:
-            files = dict(PROJECT)
-            files["_index.yaml"] = files["_index.yaml"].replace("ADDRESS", server.address)
-            project = load_project(write(root / "p", files))
-            subjects = Subjects()
-            functions = Functions(project, subjects)
-            workflows = Workflows("bench", project, subjects, functions, functions.code)
-            await workflows.start(None, lambda dest, message: None)
-            client = await Client.connect(server.address)
+        async with lua_workflows(Path(tmp), PROJECT) as (client, _):
             # Unsandboxed, as moonwire's Lua workflow is: with the SDK's sandbox, 100 raw
             # workflows at once took over 5 s per task on a 2-core machine.
             raw = Worker(client, task_queue="bench-raw", workflows=[RawOne, RawWaiter], activities=[raw_noop],
@@ -156,10 +140,6 @@ async def main() -> None:
 
             await raw.shutdown()
             await raw_task
-            await workflows.stop()
-        finally:
-            server.process.kill()
-            await server.process.wait()
 
 
 if __name__ == "__main__":

@@ -117,6 +117,15 @@ class Mailbox:
             total += sum(len(topic.channel.buffer) for topic in self._topics.values())
         return total
 
+    def undelivered(self) -> list[Message]:
+        """The messages not yet received, left in place: those held, then the inbox's,
+        then each listened topic's (in arrival order within each)."""
+        out = list(self.held or ())
+        for topic in (self._inbox, *self._topics.values()):
+            if topic is not None:
+                out.extend(topic.channel.buffer)
+        return out
+
     def post(self, message: Message) -> bool:
         """Route ``message``; False (and nothing delivered) when the mailbox is full."""
         if self.depth() >= self.limit:

@@ -138,9 +138,17 @@ function SpawnerMethods.spawn_monitored(s, id, h, ...) return spawn(s, "proc_spa
 function SpawnerMethods.spawn_linked(s, id, h, ...) return spawn(s, "proc_spawn", false, true, id, h, ...) end
 function SpawnerMethods.spawn_linked_monitored(s, id, h, ...) return spawn(s, "proc_spawn", true, true, id, h, ...) end
 function SpawnerMethods.exec(s, id, h, ...) return spawn(s, "proc_exec", false, false, id, h, ...) end
+-- A Temporal update to workflow `pid` (a moonwire addition: Wippy sends none from Lua):
+-- its result, or nil, err. Waits for the workflow's answer at most the spawner's
+-- `update.timeout` option (default 30 s).
+function SpawnerMethods.update(s, pid, name, ...)
+    local bad = bad_dest(pid) or bad_topic(name)
+    if bad then return nil, bad end
+    return request("proc_update", pid, name, s._options, table_pack(...))
+end
 
 local plain = new_spawner(nil, nil, nil, nil, nil, nil)
-for _, name in ipairs({ "spawn", "spawn_monitored", "spawn_linked", "spawn_linked_monitored", "exec" }) do
+for _, name in ipairs({ "spawn", "spawn_monitored", "spawn_linked", "spawn_linked_monitored", "exec", "update" }) do
     local method = SpawnerMethods[name]
     process[name] = function(id, h, ...) return method(plain, id, h, ...) end
 end

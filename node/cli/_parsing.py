@@ -186,10 +186,20 @@ def build_parser() -> CommandGroup:
     ps.add_argument("--json", action="store_true", help="print the answers as JSON")
     ps.add_argument("--node", dest="target_node", metavar="NODE", help="only this node")
 
-    show = top.group("workflow", "inspect workflows").command(
-        "show", "print a workflow's status, and its result or error once it has closed")
+    workflow = top.group("workflow", "inspect workflows, send them updates and queries")
+    show = workflow.command("show", "print a workflow's status, and its result or error once it has closed")
     show.add_argument("pid", metavar="PID", help="the workflow, e.g. '{@app:worker|app:order-1}'")
     show.add_argument("--json", action="store_true", help="print the answer as JSON")
+    update = workflow.command("update", "send a Temporal update to a workflow, wait for its answer and print it "
+                              "as JSON (the workflow gets a message from {update|<id>})")
+    update.add_argument("pid", metavar="PID", help="the workflow, e.g. '{@app:worker|app:order-1}'")
+    update.add_argument("name", metavar="NAME", help="the update's name (the message's topic)")
+    update.add_argument("args", nargs="*", metavar="ARG", help="arguments, each JSON (or a plain string)")
+    update.add_argument("--timeout", default="30s", metavar="DURATION",
+                        help="wait at most this long for the answer (default 30s; the update stays with the workflow)")
+    query = workflow.command("query", "query a workflow (pid: its workflow id; state) and print the answer as JSON")
+    query.add_argument("pid", metavar="PID", help="the workflow, e.g. '{@app:worker|app:order-1}'")
+    query.add_argument("name", metavar="NAME")
 
     nodes = top.command("nodes", "list the live nodes, their hosts and heartbeat age, how often each flapped "
                         "(declared down, then heard again), sends dropped towards nodes believed down")

@@ -180,6 +180,13 @@ class ProcessTable(Spawning, Exits, ClusterCalls):
     def terminate(self, unit: Unit | None, dest: str) -> Answer | None:
         return self._signal(unit, "terminate", dest, {})
 
+    def update(self, unit: Unit | None, dest: str, name: str, args: list[Any], options: dict[str, Any]) -> Answer:
+        """``process.update``: Temporal update ``name`` to the workflow ``dest`` names."""
+        pid = Pid.parse(self._pid_of_dest(dest))
+        if pid is None or not pid.is_workflow:
+            raise invalid(f"process.update sends to a workflow: {dest!r} is not a workflow PID")
+        return self.workflows.update(pid, name, args, options)
+
     def _signal(self, unit: Unit | None, verb: str, dest: str, body: dict[str, Any]) -> Answer | None:
         """``cancel`` or ``terminate``: done here for a local target (None), else an answer
         settled once the target's node has done it (NotFound when it does not exist)."""

@@ -9,13 +9,17 @@
 * ``<prefix>.wfq.<worker>``: status requests (a workflow's status and result, a worker's
   running workflows), and :func:`workflow_status`/:func:`running_workflows`, the CLI's
   side of them.
+* ``<prefix>.wfq.<worker>.ask``: updates and queries (``_requests.py``) for the CLI and
+  for nodes without a client for the worker (:func:`workflow_update`,
+  :func:`workflow_query`). Apart from status requests, and bounded on their own: an
+  update may wait for the workflow's answer for as long as its caller allows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -31,6 +35,7 @@ from moonwire.lua import Kind, Message, MoonwireError, Outcome, internal, invali
 
 from ..processes import DeadLetters, Undeliverable, decode, encode
 from ..wire import CONTENT_TYPE, Unanswered, Why, answer, ask, unpack
+from ._requests import QUERY_TIMEOUT, serve_ask
 from ._temporal import Host, workflow_handle, workflow_result
 from ._workflow_codec import WorkflowTypes, encode_signal, workflow_pid
 
@@ -42,6 +47,15 @@ SIGNALS_WAITING = 1024
 past it a signal from the gateway is dead-lettered and a process's send fails."""
 STATUS_REQUESTS = 64
 """Status requests (``mw.wfq``) answered at once; each holds a task waiting for Temporal."""
+ASKS = 256
+"""Updates and queries (``mw.wfq.<worker>.ask``) served at once; each holds a task
+waiting for the workflow's answer."""
+ANSWER_MARGIN = 2.0
+"""Seconds an asker waits beyond its ask's own timeout, for the gateway's answer to travel."""
+
+
+def ask_subject(subjects: Subjects, worker: str) -> str:
+    return subjects.workflow_status(worker) + ".ask"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +94,8 @@ class Gateway:
         # Bounded: what waits here waits for one RPC at a time (~700/s measured).
         self._signals: asyncio.Queue[_Signal] = asyncio.Queue(signals_waiting)
         self._subscriptions: list[Subscription] = []
-        self._status_requests = 0
+        self._on_status = self._serving(STATUS_REQUESTS, "status requests", self._status)
+        self._on_ask = self._serving(ASKS, "updates and queries", lambda data: serve_ask(self.hosts, data))
 
     async def start(self) -> None:
         """Start the signal sender and subscribe to every worker's subjects."""
@@ -96,6 +111,8 @@ class Gateway:
                     self.subjects.workflows(worker), queue=GATEWAY_QUEUE, cb=self._on_gateway_async))
             self._subscriptions.append(await self.nats.subscribe(
                 self.subjects.workflow_status(worker), queue=GATEWAY_QUEUE, cb=self._on_status))
+            self._subscriptions.append(await self.nats.subscribe(
+                ask_subject(self.subjects, worker), queue=GATEWAY_QUEUE, cb=self._on_ask))
 
     async def stop(self) -> None:
         """Unsubscribe, then end the sender and the status requests being answered."""
@@ -167,42 +184,54 @@ class Gateway:
                               f"{self._signals.maxsize} signals are waiting to be sent to Temporal from node "
                               f"{self.node} already")
 
-    async def _on_status(self, msg: Msg) -> None:
-        """``{"pid": ...}``: the workflow's status, and its result or error once closed.
-        ``{"running": <worker>, "limit": n}``: the worker's running workflows.
+    def _serving(self, limit: int, what: str,
+                 reply: Callable[[Any], Awaitable[Any]]) -> Callable[[Msg], Awaitable[None]]:
+        """A subscription callback serving requests with ``reply`` (the decoded body ->
+        the answer's value; MoonwireError for an error answer).
 
         Each request ends in its answer (a value or an error), or without a reply subject
         in nothing when it was served and in a dead letter when it was not. At most
-        STATUS_REQUESTS are answered at once (each waits for Temporal); past that, at once
-        with Unavailable."""
-        if self._status_requests >= STATUS_REQUESTS:
-            self._answer(msg, Outcome(error=MoonwireError(f"node {self.node} is answering {STATUS_REQUESTS} status "
-                                                          "requests already", Kind.UNAVAILABLE, retryable=True)))
-            return
-        self._status_requests += 1
-        self._tasks.start(self._answer_status(msg), "a status request")
+        ``limit`` are served at once (each waits for Temporal); past that, the answer is
+        Unavailable at once."""
+        serving = 0
 
-    async def _answer_status(self, msg: Msg) -> None:
-        try:
-            data = unpack(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
-            if isinstance(data, dict) and "running" in data:
-                limit = data.get("limit", 1000)
-                if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= 100_000:
-                    limit = 1000
-                reply = Outcome(value=await self.running(str(data["running"]), limit))
-            else:
-                pid = Pid.parse(str(data.get("pid"))) if isinstance(data, dict) else None
-                if pid is None or not pid.is_workflow:
-                    raise invalid("a status request is {\"pid\": <workflow PID>} or {\"running\": <worker>}")
-                reply = Outcome(value=await self.status(pid))
-        except MoonwireError as err:
-            reply = Outcome(error=err)
-        except Exception as err:  # noqa: BLE001 - the asker is told; a bug is logged once here
-            log.exception("a status request on %s failed", msg.subject)
-            reply = Outcome(error=internal(f"status request failed: {type(err).__name__}: {err}"))
-        finally:
-            self._status_requests -= 1
-        self._answer(msg, reply)
+        async def on_request(msg: Msg) -> None:
+            nonlocal serving
+            if serving >= limit:
+                self._answer(msg, Outcome(error=MoonwireError(f"node {self.node} is serving {limit} {what} already",
+                                                              Kind.UNAVAILABLE, retryable=True)))
+                return
+            serving += 1
+
+            async def serve() -> None:
+                nonlocal serving
+                try:
+                    answer = Outcome(value=await reply(unpack(msg.data, (msg.headers or {}).get(CONTENT_TYPE))))
+                except MoonwireError as err:
+                    answer = Outcome(error=err)
+                except Exception as err:  # noqa: BLE001 - the asker is told; a bug is logged once here
+                    log.exception("serving %s on %s failed", what, msg.subject)
+                    answer = Outcome(error=internal(f"{what}: {type(err).__name__}: {err}"))
+                finally:
+                    serving -= 1
+                self._answer(msg, answer)
+
+            self._tasks.start(serve(), f"serving {what}")
+
+        return on_request
+
+    async def _status(self, data: Any) -> Any:
+        """``{"pid": ...}``: the workflow's status, and its result or error once closed.
+        ``{"running": <worker>, "limit": n}``: the worker's running workflows."""
+        if isinstance(data, dict) and "running" in data:
+            limit = data.get("limit", 1000)
+            if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= 100_000:
+                limit = 1000
+            return await self.running(str(data["running"]), limit)
+        pid = Pid.parse(str(data.get("pid"))) if isinstance(data, dict) else None
+        if pid is None or not pid.is_workflow:
+            raise invalid("a status request is {\"pid\": <workflow PID>} or {\"running\": <worker>}")
+        return await self.status(pid)
 
     def _answer(self, msg: Msg, reply: Outcome) -> None:
         if self.outbox is not None:
@@ -284,11 +313,27 @@ async def running_workflows(nc: NatsClient, subjects: Subjects, worker: str, lim
     return await _ask_worker(nc, subjects, worker, {"running": worker, "limit": limit}, timeout)
 
 
+async def workflow_update(nc: NatsClient, subjects: Subjects, pid: Pid, name: str, args: list[Any],
+                          timeout: float) -> Outcome:
+    """Send update ``name`` to workflow ``pid`` through a node that has a client for its
+    worker, and wait for the answer at most ``timeout`` seconds (the CLI, a node without
+    a client)."""
+    body = {"ask": "update", "pid": str(pid), "name": name, "args": args, "timeout": timeout}
+    return await _ask_worker(nc, subjects, pid.host, body, timeout + ANSWER_MARGIN, ask_subject(subjects, pid.host))
+
+
+async def workflow_query(nc: NatsClient, subjects: Subjects, pid: Pid, name: str) -> Outcome:
+    """Query ``name`` of workflow ``pid`` through a node that has a client for its worker."""
+    body = {"ask": "query", "pid": str(pid), "name": name}
+    return await _ask_worker(nc, subjects, pid.host, body, QUERY_TIMEOUT + ANSWER_MARGIN,
+                             ask_subject(subjects, pid.host))
+
+
 async def _ask_worker(nc: NatsClient, subjects: Subjects, worker: str, body: dict[str, Any],
-                      timeout: float) -> Outcome:
+                      timeout: float, subject: str | None = None) -> Outcome:
     def unanswered(missing: Unanswered) -> MoonwireError:
         if missing.why is Why.NO_RESPONDERS:
             return not_found(f"no node has a temporal.client for worker {worker}")
         return MoonwireError(f"no answer about worker {worker}: {missing}", Kind.UNAVAILABLE, retryable=True)
 
-    return await ask(nc, subjects.workflow_status(worker), body, unanswered, timeout)
+    return await ask(nc, subject or subjects.workflow_status(worker), body, unanswered, timeout)

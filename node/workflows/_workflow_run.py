@@ -41,11 +41,13 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 from moonwire.broker import Pid
-from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Replay, Security, SpawnRequest, Unit, invalid, to_lua, to_python)
+from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Pending, Replay, Security, SpawnRequest, Unit, invalid, to_lua, to_python)
 
 from ._carry import HEADER, carry
+from ._continue import Continuation, continuation
 from ._payloads import decode, encode, encode_all
 from ._search import Declared, memo, search_updates
+from ._updates import UpdateBook, UpdateHandlers, is_update_pid
 from ._workflow_codec import (DEFAULT_RETRY, SEND_ACTIVITY, WorkflowInput, WorkflowTypes, activity_options, decode_signal, encode_signal, from_failure, start_options, to_failure, workflow_id_option, workflow_pid)
 
 log = logging.getLogger("moonwire.workflows")
@@ -77,7 +79,7 @@ class WorkerContext:
 class WorkflowRun:
     """One execution (or replay) of a Lua workflow."""
 
-    def __init__(self, context: WorkerContext, started: WorkflowInput) -> None:
+    def __init__(self, context: WorkerContext, started: WorkflowInput, updates: UpdateBook | None = None) -> None:
         info = workflow.info()
         self.context = context
         self.info = info
@@ -97,6 +99,9 @@ class WorkflowRun:
         self.cancel_requested = False
         self._children = itertools.count(1)
         self._sends: asyncio.Future[None] | None = None
+        self.updates = updates if updates is not None else UpdateBook()
+        self.continuing: Continuation | None = None
+        """Set by ``process.upgrade``: the run is continuing as new (``_continue.py``)."""
         for message in started.messages:  # before any signal (wippy-surface §3.9)
             self.post(message)
 
@@ -127,10 +132,49 @@ class WorkflowRun:
     def _version(change_id: bytes, low: int, high: int) -> int:
         return high if workflow.patched(change_id.decode()) else low
 
-    def post(self, message: Message) -> None:
+    def post(self, message: Message) -> bool:
+        """Deliver a signal or update; False (logged) when the inbox is full."""
+        if self.continuing is not None:  # upgrading: for the next run
+            self.continuing.carry(message)
+            return True
         assert self.unit.mailbox is not None
         if not self.unit.mailbox.post(message):
-            workflow.logger.warning("signal %r dropped: the inbox of %s is full", message.topic, self.pid)
+            workflow.logger.warning("message %r dropped: the inbox of %s is full", message.topic, self.pid)
+            return False
+        return True
+
+    def upgrade(self, entry: str | None, args: list[Any]) -> Answer:
+        """``process.upgrade``: continue as new once this run has wound down (see
+        :meth:`execute`); the Lua code ends now. The answer settles only on failure."""
+        assert self.unit.mailbox is not None
+        try:
+            self.continuing = continuation(entry, args, self.info.workflow_type, self.started, self.unit.mailbox,
+                                           self.context.code, self.context.types)
+        except MoonwireError as err:
+            return Outcome(error=err)
+        self.unit.abort(MoonwireError("continued as new", Kind.CANCELED, retryable=False))
+        return Pending()
+
+    def refuses(self) -> str | None:
+        """Why a message (an update) cannot be taken now, if it cannot."""
+        if self.unit.outcome is not None:
+            return (f"workflow {self.pid} is ending this run (it returned, failed or continues as new): send the "
+                    "update again")
+        mailbox = self.unit.mailbox
+        if mailbox is not None and mailbox.depth() >= mailbox.limit:
+            return f"the inbox of {self.pid} is full ({mailbox.limit} unread messages)"
+        return None
+
+    async def _wind_down(self) -> None:
+        """Before the run completes or continues as new: its sends leave, its unanswered
+        updates fail, and every handler has finished (Temporal drops what is in flight
+        when a run closes; a signal handler still running would lose its message)."""
+        if self._sends is not None:
+            await asyncio.wait([self._sends])
+        self.updates.close_all("the workflow continued as new" if self.continuing is not None
+                               else "the workflow ended")
+        if not workflow.all_handlers_finished():
+            await workflow.wait_condition(workflow.all_handlers_finished)
 
     async def execute(self) -> RawValue:
         """Run the Lua code to its end: its result, or a failure for Temporal."""
@@ -158,6 +202,9 @@ class WorkflowRun:
             # Failing the task (not the workflow) keeps history clean; a fixed deploy resumes it.
             raise RuntimeError(f"workflow {self.info.workflow_type} called {self.state.violation}, which is not "
                                "deterministic inside a workflow (use time.now())")
+        await self._wind_down()
+        if self.continuing is not None:
+            self.continuing.complete()
         outcome: Outcome = driver.result()
         if outcome.ok:
             try:
@@ -175,12 +222,16 @@ class WorkflowRun:
 
     def own(self, work: Awaitable[Any], what: str) -> None:
         """Run ``work`` as a child of the unit; a failure is logged (it cannot be returned)."""
+        self.unit.own(work, self._logged(what))
 
-        def done(task: asyncio.Task[Any]) -> None:
+    def _logged(self, what: str) -> Callable[[asyncio.Future[Any]], None]:
+        """A done-callback that logs the failure of ``what``."""
+
+        def done(task: asyncio.Future[Any]) -> None:
             if not task.cancelled() and task.exception() is not None:
                 workflow.logger.warning("%s from %s failed: %s", what, self.pid, task.exception())
 
-        self.unit.own(work, done)
+        return done
 
     def send_in_order(self, work: Callable[[], Awaitable[Any]]) -> None:
         """Sends leave one after another, so they arrive in the order they were made."""
@@ -191,10 +242,11 @@ class WorkflowRun:
                 await asyncio.wait([previous])
             await work()
 
-        # The workflow loop's task, owned by the unit (below), not by a node TaskSet.
+        # The workflow loop's task, owned by the run: the last one is awaited before the
+        # run ends, so a send made just before returning or upgrading still leaves.
         task = asyncio.ensure_future(chained())
         self._sends = task
-        self.own(task, "a send")
+        task.add_done_callback(self._logged("a send"))
 
     def child_id(self) -> str:
         return f"{self.info.workflow_id}-{next(self._children)}"
@@ -240,6 +292,9 @@ class WorkflowProcesses:
         return self.run.pid
 
     def send(self, unit: Unit, dest: str, topic: str, payloads: list[Any]) -> None:
+        if is_update_pid(dest):  # an update's answer (wippy-modules §12.5)
+            self.run.updates.answer(dest, topic, payloads)
+            return
         pid = Pid.parse(dest)
         if pid is not None and pid.is_workflow:
             handle = workflow.get_external_workflow_handle(pid.uid)
@@ -323,6 +378,12 @@ class WorkflowProcesses:
     def register(self, unit: Unit, name: str, pid: str | None) -> None:
         raise invalid("the name registry is not available inside a workflow")
 
+    def upgrade(self, unit: Unit, entry: str | None, args: list[Any]) -> Answer:
+        return self.run.upgrade(entry, args)
+
+    def update(self, unit: Unit, dest: str, name: str, args: list[Any], options: dict[str, Any]) -> Answer:
+        raise invalid("process.update is not available inside a workflow (send it a signal with process.send)")
+
     def lookup(self, unit: Unit, name: str, node: str | None) -> Answer:
         return Outcome(error=invalid("the name registry is not available inside a workflow"))
 
@@ -362,12 +423,13 @@ def unregister_worker(context: WorkerContext) -> None:
 
 
 @workflow.defn(dynamic=True, sandboxed=False)
-class LuaWorkflow:
+class LuaWorkflow(UpdateHandlers):
     """Every ``workflow.lua`` entry: the workflow type is the entry id."""
 
     def __init__(self) -> None:
         self.run_: WorkflowRun | None = None
         self.early: list[Message] = []
+        self.updates = UpdateBook()
 
     @workflow.signal(dynamic=True)
     def on_signal(self, name: str, args: Sequence[RawValue]) -> None:
@@ -390,7 +452,7 @@ class LuaWorkflow:
             started = WorkflowInput.decode(args, workflow.info().headers.get(HEADER))
         except Exception as err:  # noqa: BLE001
             raise to_failure(invalid(f"bad workflow input: {err}")) from None
-        self.run_ = WorkflowRun(context, started)
+        self.run_ = WorkflowRun(context, started, self.updates)
         for message in self.early:
             self.run_.post(message)
         self.early.clear()

@@ -42,15 +42,20 @@ from ..functions import CodeLoader, Functions
 from ..processes import DEFAULT_MAX_BODY, DeadLetters, Fire, encode
 from ..project import Project, TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
 from ._carry import incoming
-from ._gateway import SIGNALS_WAITING, Gateway
+from ._gateway import SIGNALS_WAITING, Gateway, workflow_update
 from ._payloads import decode, decode_all, is_legacy
 from ._payloads import encode as to_payload
+from ._requests import update_timeout, update_workflow
 from ._search import register as register_search_attributes
 from ._temporal import (Host, TemporalUnavailable, connect_client, declared_of, registered_worker, task_queue_of, worker_context, worker_options, workflow_handle, workflow_result, workflow_types)
 from ._workflow_codec import SEND_ACTIVITY, WorkflowInput, encode_signal, start_options, to_failure, workflow_id_option, workflow_pid
 from ._workflow_run import register_worker, unregister_worker
 
 log = logging.getLogger("moonwire.workflows")
+
+UPDATES_WAITING = 1024
+"""Updates this node's units may wait on at once (each holds a task); past it,
+``process.update`` fails at once with Unavailable."""
 
 
 class Workflows:
@@ -78,6 +83,8 @@ class Workflows:
         # Apart from the rest: each worker shuts down gracefully before its run is awaited.
         self._worker_runs = TaskSet(log)
         self._watches: dict[str, dict[tuple[str, bool], asyncio.Task[None]]] = {}  # by watcher
+        self.nats = nats
+        self._updates_waiting = 0
         self.types = workflow_types(project)
         self._gateway = Gateway(node, subjects, self.hosts, nats=nats, connection=gateway, outbox=outbox,
                                 dead_letters=dead_letters, max_body=max_body, signals_waiting=signals_waiting,
@@ -331,6 +338,40 @@ class Workflows:
             del self._watches[watcher]
         if task is not None:
             task.cancel()
+
+    # ------------------------------------------------------------ updates
+
+    def update(self, pid: Pid, name: str, args: list[Any], options: dict[str, Any]) -> Pending:
+        """``process.update``: Temporal update ``name`` to workflow ``pid``, through this
+        node's client for its worker or the gateway of a node that has one; its result or
+        error (Timeout past the ``update.timeout`` option).
+
+        Raises:
+            MoonwireError: Invalid for a bad ``update.timeout``; Unavailable when
+                UPDATES_WAITING updates from this node wait already.
+        """
+        timeout = update_timeout(options)
+        if self._updates_waiting >= UPDATES_WAITING:
+            raise MoonwireError(f"{UPDATES_WAITING} updates from node {self.node} are waiting for answers already",
+                                Kind.UNAVAILABLE, retryable=True)
+        pending = Pending()
+
+        async def ask() -> None:
+            self._updates_waiting += 1
+            try:
+                if pid.host in self.hosts:
+                    outcome = await update_workflow(self.hosts, pid, name, args, timeout)
+                elif self.nats is not None:
+                    outcome = await workflow_update(self.nats, self.subjects, pid, name, args, timeout)
+                else:
+                    outcome = Outcome(error=MoonwireError(f"no temporal.client for worker {pid.host} on this node",
+                                                          Kind.UNAVAILABLE, retryable=False))
+            finally:
+                self._updates_waiting -= 1
+            pending.settle(outcome)
+
+        pending.abandon = self._tasks.start(ask(), f"update {name} to {pid}").cancel
+        return pending
 
     # ------------------------------------------------------------ signals, cancel, terminate
 
