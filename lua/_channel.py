@@ -150,6 +150,14 @@ def select(cases: list[tuple[str, Channel, Any]], has_default: bool, waiter: Wai
     return None
 
 
+class Handed(tuple):  # type: ignore[type-arg]
+    """The resume values of a thread a :class:`PostChannel` handed an item to, with the
+    item itself: until that thread runs, the item is not yet received, and
+    ``process.upgrade`` (which discards the thread) gives it back to the mailbox."""
+
+    item: Any
+
+
 class PostChannel(Channel):
     """A process's inbox, events or topic channel: filled by the node, never by Lua.
 
@@ -167,7 +175,9 @@ class PostChannel(Channel):
     def post(self, item: Any) -> None:
         receiver = self._pop_live(self._receivers)
         if receiver is not None:
-            receiver.waiter.fire(_received(receiver.case, self.decode(item), True))
+            values = Handed(_received(receiver.case, self.decode(item), True))
+            values.item = item
+            receiver.waiter.fire(values)
         else:
             self.buffer.append(item)
 
