@@ -33,6 +33,7 @@ _CONFIG_FLAGS = {
     "shutdown_timeout": "shutdown_timeout",
     "log_level": "log.level",
     "log_format": "log.format",
+    "watch": "watch",
 }
 
 
@@ -140,6 +141,9 @@ def build_parser() -> CommandGroup:
                      help="run ENTRY to completion with the ARGs (each JSON, or a plain string), print only its "
                           "result as JSON on stdout and exit (non-zero on an error result); the node's INFO logs "
                           "are hidden unless -v. Put DIR before -x, or use --project: after it DIR is an ARG")
+    run.add_argument("--watch", action="store_true", default=None,
+                     help="reload changed Lua files and entries without restarting the node (running processes "
+                          "keep their code until they upgrade); a change that does not load is refused and logged")
     _node_options(run)
 
     call = top.command("call", "call a function on the running cluster and print its result as JSON")
