@@ -348,7 +348,12 @@ class Unit(ProcessRequests):
         return (Timer(self, channel, int(ns), bool(periodic)),)
 
     def _waiter(self, tid: int) -> Waiter:
-        return Waiter(functools.partial(self.wake, tid))
+        waiter = Waiter(functools.partial(self.wake, tid))
+        # No thread can appear while the only one waits: only then may a sibling upgrade
+        # the process before this thread gets what a mailbox channel hands it.
+        if len(self.threads) > 1:
+            waiter.keep = True
+        return waiter
 
     def _op_chan_send(self, tid: int, channel: Channel, value: Any) -> object:
         done = channel.try_send(value)
