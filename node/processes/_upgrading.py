@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from moonwire.lua import Answer, Kind, LuaCode, MoonwireError, Outcome, Pending, Unit, invalid, not_found
@@ -90,8 +91,8 @@ class Upgrading:
 
     def outdated(self, current: Callable[[str], LuaCode | None]) -> int:
         """After a code reload: tell every upgradable process whose code (its entry's or
-        an import's, at any depth) is no longer ``current`` (OUTDATED, with those entries'
-        ids as ``sources``). A process whose entry is gone, or no longer a process, is
+        an import's, at any depth) is no longer ``current`` (OUTDATED, with the ids of
+        the entries whose own code changed as ``sources``). A process whose entry is gone, or no longer a process, is
         not told (an upgrade to it would fail). Returns how many were told."""
         told = 0
         now = time.time()
@@ -101,11 +102,21 @@ class Upgrading:
                 continue
             if not isinstance(self.project.get(record.entry), ProcessEntry):
                 continue
-            sources = [code.id for code in _closure(record.code) if current(code.id) is not code]
+            sources = [code.id for code in _closure(record.code) if _changed(code, current(code.id))]
+            if not sources and current(record.code.id) is not record.code:  # only how it imports changed
+                sources = [record.code.id]
             if sources:
                 unit.mailbox.post_outdated(sources, now)
                 told += 1
         return told
+
+
+def _changed(running: LuaCode, current: LuaCode | None) -> bool:
+    """Whether ``current`` differs from ``running`` in its own code (source, method,
+    modules, kind), not merely in what it imports (the import is a source of its own)."""
+    if current is running:
+        return False
+    return current is None or replace(current, imports=(), revision=0) != replace(running, imports=(), revision=0)
 
 
 def _closure(code: LuaCode) -> Iterator[LuaCode]:
