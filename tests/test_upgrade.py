@@ -435,3 +435,33 @@ async def test_an_upgrade_loop_leaves_memory_flat_and_the_loop_free(tmp_path: Pa
     # counts above are the sharp check: whatever a leak kept would be reachable.
     assert memory2 - memory1 <= 48 * (1 << refs2.bit_length()) + 32 * 1024, (memory1, memory2, refs1, refs2)
     assert probe.turns >= 10  # 2000 upgrades took many turns of the loop, not one
+
+
+HUGE = """
+    return { main = function(parent, n, state)
+      if state then process.send(parent, "carried", #state) return end
+      local big = {}
+      for i = 1, n do big[i] = i end
+      process.upgrade(nil, parent, n, big)
+    end }"""
+
+
+async def test_upgrade_arguments_are_charged_like_a_send(tmp_path: Path) -> None:
+    """The state an upgrade carries is copied within the process's instruction budget:
+    a large one passes, a huge one ends the process with the budget's error instead of
+    holding the event loop while it converts."""
+    files = process_project({"huge": HUGE, "driver": """
+        return { main = function()
+          process.set_options({ trap_links = true })
+          local me, events = process.pid(), process.events()
+          process.spawn_monitored("app:huge", "app:host", me, 5000)
+          local carried = process.inbox():receive():payload():data()
+          events:receive()
+          process.spawn_monitored("app:huge", "app:host", me, 500000)
+          local err = events:receive().result.error
+          return { carried = carried, error = err and err:message() }
+        end }"""})
+    async with LocalRuntime(tmp_path, files) as runtime:
+        value = await execute(runtime, "app:driver")
+    assert value["carried"] == 5000
+    assert "instruction budget exceeded" in value["error"]
