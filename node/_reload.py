@@ -31,7 +31,7 @@ from typing import Any
 
 from moonwire.lua import syntax_error
 
-from .functions import CodePlan
+from .functions import CodePlan, reload_pools
 from .project import CONFIG_FILE, LUA_KINDS, LuaEntry, Project, ProjectEntries, ProjectInvalid, load_project, snapshot
 from ._runtime import Runtime
 
@@ -132,7 +132,7 @@ class CodeReload:
         project.entries, project.locations, project.warnings = entries, locations, fresh.warnings
         self.code.commit(plan)
         runtime.functions.registry.entries = ProjectEntries(project)
-        added, changed, removed = await runtime.functions.reload()
+        added, changed, removed = await reload_pools(runtime.functions)
         told = runtime.processes.outdated(self.code.current)
         self.applied += 1
         processes = sorted(entry_id for entry_id in plan.changed if project.entries[entry_id].kind == "process.lua")

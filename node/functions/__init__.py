@@ -6,5 +6,6 @@ Owns: function pools and calls. May import: ``project``, ``wire``, broker, lua.
 
 from ._code import CodeLoader, CodePlan
 from ._functions import Functions, call_function, millis_or_duration
+from ._reload import reload_pools
 
-__all__ = ["CodeLoader", "CodePlan", "Functions", "call_function", "millis_or_duration"]
+__all__ = ["CodeLoader", "CodePlan", "Functions", "call_function", "millis_or_duration", "reload_pools"]

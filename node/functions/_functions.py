@@ -328,41 +328,19 @@ class Functions:
         if self.nats is None:
             return
         for entry_id in self.pools:
-            await self._subscribe(entry_id)
+            await self.subscribe(entry_id)
         if self.pools:
             log.info("serving %d function(s): %s", len(self.pools), ", ".join(sorted(self.pools)))
 
-    async def _subscribe(self, entry_id: str) -> None:
+    async def subscribe(self, entry_id: str) -> None:
+        """Serve ``entry_id`` on its queue group (from its pool as it is at each request)."""
         if self.nats is not None:
             self._subscriptions[entry_id] = await self.nats.subscribe_direct(
                 self.subjects.function(entry_id), functools.partial(self._serve_current, entry_id), queue=_QUEUE_GROUP)
 
-    async def reload(self) -> tuple[list[str], list[str], list[str]]:
-        """After a code reload (the project and the code loader hold the new code): a
-        pool and a subscription for each new function, a new pool for each function
-        whose entry or code changed (calls in flight finish on the old one), none for
-        a removed one. Returns the ids added, changed and removed."""
-        wanted = {e.id: e for e in self.project.of_kind("function.lua") if isinstance(e, FunctionEntry)}
-        added: list[str] = []
-        changed: list[str] = []
-        removed = [entry_id for entry_id in self.pools if entry_id not in wanted]
-        for entry_id in removed:
-            del self.pools[entry_id]
-            if (subscription := self._subscriptions.pop(entry_id, None)) is not None:
-                await subscription.unsubscribe()
-        for entry_id, entry in wanted.items():
-            old, code = self.pools.get(entry_id), self.code.code(entry)
-            if old is not None and old.entry == entry and old.code is code:
-                continue
-            pool = self.pools[entry_id] = FunctionPool(entry, code, self)
-            (changed if old is not None else added).append(entry_id)
-            try:
-                pool.prewarm()
-            except MoonwireError as err:  # as a pool that starts lazily: its calls fail with this
-                log.error("%s: its new code does not load: %s", entry_id, err.message)
-            if old is None:
-                await self._subscribe(entry_id)
-        return added, changed, removed
+    async def unsubscribe(self, entry_id: str) -> None:
+        if (subscription := self._subscriptions.pop(entry_id, None)) is not None:
+            await subscription.unsubscribe()
 
     def _serve_current(self, entry_id: str, msg: Msg) -> None:
         """A request for ``entry_id``, served by its pool as it is now (a reload may have
