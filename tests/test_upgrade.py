@@ -469,3 +469,69 @@ async def test_upgrade_arguments_are_charged_like_a_send(tmp_path: Path) -> None
         value = await execute(runtime, "app:driver")
     assert value["carried"] == 5000
     assert "instruction budget exceeded" in value["error"]
+
+
+# Answers "read" with the OUTDATED events it has (without waiting); "upgrade": the same,
+# from its next incarnation.
+OUTDATED_READER = """
+    return { main = function(upgradable, reply_to)
+      process.set_options({ upgradable = upgradable })
+      local inbox, events = process.inbox(), process.events()
+      local function report(to)
+        local seen = {}
+        while true do
+          local r = channel.select({ events:case_receive(), default = true })
+          if r.default then break end
+          seen[#seen + 1] = { kind = r.value.kind, sources = r.value.sources, from = r.value.from }
+        end
+        process.send(to, "seen", seen)
+      end
+      if reply_to then report(reply_to) end
+      while true do
+        local m = inbox:receive()
+        if m:topic() == "upgrade" then process.upgrade(nil, upgradable, m:from()) end
+        report(m:from())
+      end
+    end }"""
+
+READ_DRIVER = """
+    return { main = function(pid, topic)
+      process.send(pid, topic or "read")
+      return process.inbox():receive():payload():data()
+    end }"""
+
+
+async def test_outdated_goes_to_upgradable_processes_once_until_received(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from moonwire.lua import SpawnRequest
+
+    files = process_project({"reader": OUTDATED_READER, "driver": READ_DRIVER, "lib": "return {}"})
+    files["_index.yaml"] = files["_index.yaml"].replace(
+        "source: file://reader.lua\n    method: main\n",
+        "source: file://reader.lua\n    method: main\n    imports: {lib: app:lib}\n")
+    async with LocalRuntime(tmp_path, files) as runtime:
+        table = runtime.processes
+        told = table.start(SpawnRequest("app:reader", "app:host", [True]))
+        untold = table.start(SpawnRequest("app:reader", "app:host", [False]))
+        assert not await execute(runtime, "app:driver", told)  # running, nothing yet
+        code = table.records[told].code
+        lib = dict(code.imports)["lib"]
+        new_reader = replace(code, source=code.source + b"\n")
+        new_lib = replace(lib, source=b"return { v = 2 }")
+
+        def current(changed: dict[str, Any]) -> Any:
+            return lambda entry_id: changed.get(entry_id, {code.id: code, lib.id: lib}.get(entry_id))
+
+        assert table.outdated(current({code.id: new_reader})) == 1            # the untold one is not told
+        assert table.outdated(current({code.id: new_reader, lib.id: new_lib})) == 1
+        first = await execute(runtime, "app:driver", told)
+        assert first == [{"kind": "pid.outdated", "sources": ["app:reader", "app:lib"], "from": ""}]
+        assert not await execute(runtime, "app:driver", untold)
+        table.outdated(current({lib.id: new_lib}))                            # after it was received: anew
+        assert await execute(runtime, "app:driver", told) == [
+            {"kind": "pid.outdated", "sources": ["app:lib"], "from": ""}]
+        table.outdated(current({lib.id: new_lib}))
+        assert not await execute(runtime, "app:driver", told, "upgrade")     # the upgrade dropped it
+        table.terminate(None, told)
+        table.terminate(None, untold)
