@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._answer import Answer
+from ._answer import BLOCKED, Answer
 from ._errors import Kind, MoonwireError
 from ._process import WATCH_VERBS, SpawnRequest, spawn_request, text
 from ._security_context import Security
@@ -111,6 +111,7 @@ class ProcessRequests:
         state: LuaState
         processes: ProcessServices
         security: Security | None
+        threads: set[int]
 
         def _reply(self, tid: int, answer: Answer) -> object: ...
 
@@ -148,10 +149,15 @@ class ProcessRequests:
 
     def _op_proc_upgrade(self, tid: int, entry: Any, packed: Any) -> object:
         state = self.state
-        n = packed[b"n"] or 0
-        args = [to_python(state, packed[i]) for i in range(1, n + 1)]
-        return self._proc(tid, lambda: self.processes.upgrade(
-            self, None if entry is None else text(entry, "entry id"), args))
+        try:  # arguments Lua cannot copy: nothing is upgraded, the caller gets nil, err
+            n = packed[b"n"] or 0
+            args = [to_python(state, packed[i]) for i in range(1, n + 1)]
+            answer = self.processes.upgrade(self, None if entry is None else text(entry, "entry id"), args)
+        except MoonwireError as err:
+            return (None, state.make_error(err))
+        if tid not in self.threads:  # replaced (or ended): the calling thread went with the old code
+            return BLOCKED
+        return self._reply(tid, answer)
 
     def _op_proc_update(self, tid: int, dest: bytes, name: bytes, options: Any, packed: Any) -> object:
         state = self.state

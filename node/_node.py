@@ -34,6 +34,7 @@ from .workflows import Workflows
 from .functions import Functions
 from .cluster import Cluster, replicas_for
 from .processes import READ_TURN, ControlPlane, DeadLetters, ClusterDelivery, NodeInboxes, RemoteNodes
+from ._reload import CodeReload
 from ._runtime import Runtime
 from .project import Project
 
@@ -233,6 +234,9 @@ class Node:
         # second kept for the steps after them.
         self._steps.append(_Step("runtime", lambda remaining: runtime.stop(max(remaining - 1.0, 0.5))))
         await runtime.start()
+        if self.config.watch:  # moonwire run --watch
+            watching = self._loops.start(CodeReload(runtime).run(), "code reload")
+            self._steps.append(_Step("code reload", lambda remaining: _cancel_and_wait(watching)))
         # nats-py buffers SUBs: a round trip here means that once the node says it is
         # running, the server routes to every inbox, queue group and control subject.
         await self._nats.flush()

@@ -34,6 +34,7 @@ _CONFIG_FLAGS = {
     "shutdown_timeout": "shutdown_timeout",
     "log_level": "log.level",
     "log_format": "log.format",
+    "watch": "watch",
 }
 
 
@@ -157,6 +158,9 @@ def build_parser() -> CommandGroup:
                           "result as JSON on stdout and exit (1 on an error result; a process's integer result is "
                           "the exit status); the node's INFO logs are hidden unless -v. Put DIR before -x, or use "
                           "--project: after it DIR is an ARG")
+    run.add_argument("--watch", action="store_true", default=None,
+                     help="reload changed Lua files and entries without restarting the node (running processes "
+                          "keep their code until they upgrade); a change that does not load is refused and logged")
     _node_options(run)
 
     call = top.command("call", "call a function on the running cluster and print its result as JSON")

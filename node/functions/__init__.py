@@ -4,6 +4,8 @@ local and remote ``funcs.call``, and the function subjects a node serves.
 Owns: function pools and calls. May import: ``project``, ``wire``, broker, lua.
 """
 
-from ._functions import CodeLoader, Functions, call_function, millis_or_duration
+from ._code import CodeLoader, CodePlan
+from ._functions import Functions, call_function, millis_or_duration
+from ._reload import reload_pools
 
-__all__ = ["CodeLoader", "Functions", "call_function", "millis_or_duration"]
+__all__ = ["CodeLoader", "CodePlan", "Functions", "call_function", "millis_or_duration", "reload_pools"]

@@ -246,7 +246,8 @@ class Spawning:
         remote_parent = Pid.parse(parent) if parent and local_parent is None else None
         if parent and local_parent is None and remote_parent is None:
             raise invalid(f"parent {parent!r} is not a PID")
-        shard, export = host.instantiate(self.code.code(entry))
+        code = self.code.code(entry)
+        shard, export = host.instantiate(code)
 
         pid = pid or self.pids.next(host.id)
         child = Unit(shard.state, entry.id, context=dict(request.context), services=self.functions,
@@ -254,7 +255,7 @@ class Spawning:
         child.pid = pid
         child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit)
         child.notify = host.ready
-        record = ProcessRecord(pid, child, entry.id, host.id, shard)
+        record = ProcessRecord(pid, child, entry.id, host.id, shard, code=code)
         self._add(record)
         if local_name is not None:
             self._name(local_name, record)

@@ -7,10 +7,10 @@ the call). Delivery between local processes is synchronous: ``send`` puts the me
 the receiver's mailbox before it returns, so messages from one sender arrive in send
 order, and an EXIT (posted when the sender has exited) arrives after all of them.
 
-The table is assembled from three files: this one (records, lookups, messages,
+The table is assembled from these files: this one (records, lookups, messages,
 monitors and links, names, the control verbs other nodes ask for), ``_spawning.py``
-(spawn here, on another node, or as a workflow) and ``_exits.py`` (what an exit tells
-whom, node-down, shutdown). A PID that is not here is asked of its target
+(spawn here, on another node, or as a workflow), ``_exits.py`` (what an exit tells
+whom, node-down, shutdown) and ``_upgrading.py`` (``process.upgrade``, OUTDATED). A PID that is not here is asked of its target
 (``_targets.py``), chosen once from the PID by :meth:`ProcessTable._elsewhere`.
 """
 
@@ -37,11 +37,12 @@ from ._hosts import ProcessHost
 from ._records import FUNCTION_HOST, TERMINAL_HOST, ProcessRecord, link, monitor
 from ._spawning import Spawning
 from ._targets import NO_WORKFLOWS, UNREACHABLE, RemoteTarget, Target, WorkflowTarget
+from ._upgrading import Upgrading
 
 log = logging.getLogger("moonwire.processes")
 
 
-class ProcessTable(Spawning, Exits, ClusterCalls):
+class ProcessTable(Spawning, Exits, ClusterCalls, Upgrading):
     """Implements :class:`lua.ProcessServices` for every unit on this node."""
 
     def __init__(self, node: str, project: Project, functions: Functions, hosts: dict[str, ProcessHost], *,

@@ -26,7 +26,8 @@ log = logging.getLogger("moonwire.project")
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_SKIP_DIRS = {"node_modules", "__pycache__", "venv"}
+SKIP_DIRS = {"node_modules", "__pycache__", "venv"}
+"""Folders the loader never looks in (nor `--watch`), besides hidden ones."""
 _LOCK_FILE = "wippy.lock"
 
 
@@ -169,7 +170,7 @@ class _Loader:
         seen: set[Path] = set()
         for scan_root in self.scan_roots():
             for dirpath, dirnames, filenames in os.walk(scan_root):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
                 for name in sorted(filenames):
                     path = Path(dirpath, name)
                     if path.suffix not in (".yaml", ".yml") or path in seen:
