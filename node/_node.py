@@ -35,6 +35,7 @@ from .workflows import Workflows
 from .functions import QUEUE_GROUP, Functions
 from .cluster import Cluster, replicas_for
 from .processes import READ_TURN, ControlPlane, DeadLetters, ClusterDelivery, NodeInboxes, RemoteNodes
+from ._reload import CodeReload
 from ._runtime import Runtime
 from .telemetry import MetricsServer, MicroService, NodeMetrics, Parts
 from .project import Project
@@ -253,6 +254,9 @@ class Node:
         # second kept for the steps after them.
         self._steps.append(_Step("runtime", lambda remaining: runtime.stop(max(remaining - 1.0, 0.5))))
         await runtime.start()
+        if self.config.watch:  # moonwire run --watch
+            watching = self._loops.start(CodeReload(runtime).run(), "code reload")
+            self._steps.append(_Step("code reload", lambda remaining: _cancel_and_wait(watching)))
         if self.config.metrics.discovery:  # `nats micro`: the functions are served by now
             micro = MicroService(self._nats, lambda subject, body: outbox.publish_nowait(subject, body),
                                  node=self.name, version=__version__, subject_of=self.subjects.function,

@@ -97,6 +97,18 @@ def cmd_ps(args: argparse.Namespace) -> int:
     return _print_missing(nodes, failed)
 
 
+def _hosts(answer: dict[str, Any]) -> str:
+    """A node's hosts, each with ``(processes/max_processes)`` when it has a limit."""
+    counts = answer.get("host_processes", {})
+
+    def one(host: str) -> str:
+        count = counts.get(host) or {}
+        limit = count.get("max_processes")
+        return f"{host}({count['processes'] + count.get('starting', 0)}/{limit})" if limit else host
+
+    return ",".join(one(host) for host in answer["hosts"]) or "-"
+
+
 def cmd_nodes(args: argparse.Namespace) -> int:
     result = talk(args, lambda nc, subjects: survey(nc, subjects, "info"))
     if isinstance(result, int):
@@ -140,7 +152,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         heartbeat = _age(ages[node]) if node in ages else "-"
         if node in down:
             heartbeat = f"{heartbeat} ({believed_down(node)})"
-        rows.append([node, answer["incarnation"], ",".join(answer["hosts"]) or "-", str(answer["processes"]),
+        rows.append([node, answer["incarnation"], _hosts(answer), str(answer["processes"]),
                      _age(answer["uptime"]), heartbeat, flapped(node), str(answer.get("dropped_to_down_nodes", 0))])
     for node in result.missing:
         heartbeat = f"{_age(ages[node])} (no answer)" if node in ages else "(no answer)"

@@ -4,6 +4,8 @@ local and remote ``funcs.call``, and the function subjects a node serves.
 Owns: function pools and calls. May import: ``project``, ``wire``, ``telemetry``, broker, lua.
 """
 
-from ._functions import QUEUE_GROUP, CodeLoader, Functions, call_function, millis_or_duration
+from ._code import CodeLoader, CodePlan
+from ._functions import QUEUE_GROUP, Functions, call_function, millis_or_duration
+from ._reload import reload_pools
 
-__all__ = ["QUEUE_GROUP", "CodeLoader", "Functions", "call_function", "millis_or_duration"]
+__all__ = ["QUEUE_GROUP", "CodeLoader", "CodePlan", "Functions", "call_function", "millis_or_duration", "reload_pools"]

@@ -15,7 +15,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -28,46 +27,16 @@ from moonwire.lua import (SECOND, Answer, Kind, Limits, LuaCode, LuaState, Moonw
                           not_found,
                           parse_duration, settled)
 
-from ..project import FunctionEntry, LibraryEntry, LuaEntry, Project, ProjectEntries, is_entry_id
+from ..project import FunctionEntry, Project, ProjectEntries, is_entry_id
 from ..telemetry import CallCounts
 from ..wire import CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome, unpack
+from ._code import CodeLoader
 
 log = logging.getLogger("moonwire.functions")
 
 
 DEFAULT_REMOTE_TIMEOUT = 60.0
 QUEUE_GROUP = "moonwire"
-
-
-class CodeLoader:
-    """Entry code as :class:`LuaCode`, read from disk once per entry."""
-
-    def __init__(self, project: Project) -> None:
-        self.project = project
-        self._cache: dict[str, LuaCode] = {}
-
-    def code(self, entry: LuaEntry) -> LuaCode:
-        cached = self._cache.get(entry.id)
-        if cached is not None:
-            return cached
-        imports = []
-        for alias, target in entry.imports.items():
-            # Any Lua entry (the loader checked the kind and that imports form no cycle);
-            # the importer gets its chunk's value, whatever the kind.
-            imported = self.project.entries[target]
-            assert isinstance(imported, LuaEntry)
-            imports.append((alias, self.code(imported)))
-        code = LuaCode(
-            id=entry.id,
-            source=Path(entry.source).read_bytes(),
-            chunkname=str(Path(entry.source).relative_to(self.project.root)),
-            method=entry.method,
-            modules=frozenset(entry.modules),
-            imports=tuple(imports),
-            is_library=isinstance(entry, LibraryEntry),
-        )
-        self._cache[entry.id] = code
-        return code
 
 
 def millis_or_duration(value: Any, what: str) -> float:
@@ -315,7 +284,7 @@ class Functions:
         for entry in project.of_kind("function.lua"):
             assert isinstance(entry, FunctionEntry)
             self.pools[entry.id] = FunctionPool(entry, self.code.code(entry), self)
-        self._subscriptions: list[Subscription] = []
+        self._subscriptions: dict[str, Subscription] = {}
         self._inflight = TaskSet(log)
         """Calls that did not finish at once, each answered by its own task."""
         self.dead_letter = dead_letter
@@ -362,16 +331,35 @@ class Functions:
             pool.prewarm()
         if self.nats is None:
             return
-        for entry_id, pool in self.pools.items():
-            self._subscriptions.append(await self.nats.subscribe_direct(
-                self.subjects.function(entry_id), functools.partial(self._serve_one, pool=pool), queue=QUEUE_GROUP))
+        for entry_id in self.pools:
+            await self.subscribe(entry_id)
         if self.pools:
             log.info("serving %d function(s): %s", len(self.pools), ", ".join(sorted(self.pools)))
 
+    async def subscribe(self, entry_id: str) -> None:
+        """Serve ``entry_id`` on its queue group (from its pool as it is at each request)."""
+        if self.nats is not None:
+            self._subscriptions[entry_id] = await self.nats.subscribe_direct(
+                self.subjects.function(entry_id), functools.partial(self._serve_current, entry_id), queue=QUEUE_GROUP)
+
     def served(self) -> list[str]:
         """The entry ids whose ``mw.fn.<id>`` this node serves now (its ``nats micro`` endpoints)."""
-        start = len(self.subjects.function(""))
-        return [subscription.subject[start:] for subscription in self._subscriptions]
+        return list(self._subscriptions)
+
+    async def unsubscribe(self, entry_id: str) -> None:
+        if (subscription := self._subscriptions.pop(entry_id, None)) is not None:
+            await subscription.unsubscribe()
+
+    def _serve_current(self, entry_id: str, msg: Msg) -> None:
+        """A request for ``entry_id``, served by its pool as it is now (a reload may have
+        replaced it, or removed it while the request was on its way)."""
+        pool = self.pools.get(entry_id)
+        if pool is not None:
+            self._serve_one(msg, pool)
+        elif msg.reply and self.outbox is not None:
+            body, headers = encode_reply(Outcome(error=not_found(f"function {entry_id} not found")),
+                                         (msg.headers or {}).get(CONTENT_TYPE))
+            self.outbox.publish_nowait(msg.reply, body, headers=headers)
 
     def _serve_one(self, msg: Msg, pool: FunctionPool) -> None:
         # Called from the connection's read loop: answer at once when the call finishes
@@ -427,7 +415,7 @@ class Functions:
         self.outbox.publish_nowait(msg.reply, body, headers=headers)
 
     async def stop(self) -> None:
-        for subscription in self._subscriptions:
+        for subscription in self._subscriptions.values():
             await subscription.unsubscribe()
         self._subscriptions.clear()
         await self._inflight.stop()

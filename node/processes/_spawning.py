@@ -183,21 +183,31 @@ class Spawning:
         check_scope(request.scope)
         cluster = self._cluster()
         host = self._placement(request)[1]
+        try:  # the child's slot is held while its name is registered: a full host refuses at once
+            slot = host.reserve()
+        except MoonwireError as err:
+            return Outcome(error=err)
         pid, name = self.pids.next(host.id), request.name
 
         async def register_then_start() -> str:
             try:
                 await cluster.names.register(name, pid)
+                slot.release()  # and taken again by start(), with no await in between
                 return self.start(request, parent, on_exit, pid=pid)
             except BaseException:
                 # No child: a write that timed out may still land, now or later, for a
                 # PID that will never run; abandoning it frees the name whenever it does.
                 cluster.names.abandon(pid)
                 raise
+            finally:
+                slot.release()
 
-        # Abandoned while registering (the spawner ended): the same.
+        def abandoned() -> None:  # the spawner ended while registering: the same
+            slot.release()
+            cluster.names.abandon(pid)
+
         return cluster.call(register_then_start(), f"spawning {request.entry} as cluster name {name!r}",
-                            on_abandon=lambda: cluster.names.abandon(pid))
+                            on_abandon=abandoned)
 
     def _placement(self, request: SpawnRequest) -> tuple[ProcessEntry, ProcessHost]:
         """The entry and the host of a spawn here.
@@ -238,7 +248,8 @@ class Spawning:
         remote_parent = Pid.parse(parent) if parent and local_parent is None else None
         if parent and local_parent is None and remote_parent is None:
             raise invalid(f"parent {parent!r} is not a PID")
-        shard, export = host.instantiate(self.code.code(entry))
+        code = self.code.code(entry)
+        shard, export = host.instantiate(code)
 
         pid = pid or self.pids.next(host.id)
         child = Unit(shard.state, entry.id, context=dict(request.context), services=self.functions,
@@ -246,7 +257,7 @@ class Spawning:
         child.pid = pid
         child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit)
         child.notify = host.ready
-        record = ProcessRecord(pid, child, entry.id, host.id, shard)
+        record = ProcessRecord(pid, child, entry.id, host.id, shard, code=code)
         self._add(record)
         self.counts.spawned(host.id)
         if local_name is not None:

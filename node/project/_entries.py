@@ -198,9 +198,12 @@ DEFAULT_HOST_MEMORY_LIMIT = 256 * 1024 * 1024
 
 
 class HostSettings(LuaLimits):
-    """``host:`` of a ``process.host``. ``workers``/``queue_size``/``local_queue_size`` are
-    wippy's and accepted (one event loop runs every host here); the rest are moonwire's."""
+    """``host:`` of a ``process.host``. ``max_processes`` is Wippy's and enforced (none:
+    no limit). ``workers``/``queue_size``/``local_queue_size`` are Wippy's and accepted but
+    ignored, with a warning at load (``_checks.py`` says why); the rest are moonwire's."""
 
+    max_processes: int | None = Field(None, ge=1, description="processes the host holds at most; a spawn past it "
+                                      "is refused with Unavailable")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     queue_size: int = Field(1024, ge=1)
     local_queue_size: int = Field(256, ge=1)
@@ -266,12 +269,32 @@ class TemporalClientEntry(_HasLifecycle):
     auth: TemporalAuth = TemporalAuth()
     tls: TemporalTls = TemporalTls()
     health_check: dict[str, Any] = Field(default_factory=dict)
+    search_attributes: dict[str, str] = Field(
+        default_factory=dict, description="The namespace's custom search attributes, name -> type (Keyword, Text, "
+        "Int, Double, Bool, Datetime, KeywordList); nodes register them at start (docs/workflows.md).")
 
     references = _LIFECYCLE_REFS
 
     @property
     def embedded(self) -> bool:
         return self.address in (None, "", EMBEDDED)
+
+    @field_validator("search_attributes")
+    @classmethod
+    def _search_attribute_types(cls, value: dict[str, str]) -> dict[str, str]:
+        types = {t.lower(): t for t in SEARCH_ATTRIBUTE_TYPES}
+        out = {}
+        for name, kind in value.items():
+            canonical = types.get(str(kind).replace("_", "").lower())
+            if not name or canonical is None:
+                raise ValueError(f"search attribute {name!r}: type {kind!r} is not one of "
+                                 f"{', '.join(SEARCH_ATTRIBUTE_TYPES)}")
+            out[name] = canonical
+        return out
+
+
+SEARCH_ATTRIBUTE_TYPES = ("Keyword", "Text", "Int", "Double", "Bool", "Datetime", "KeywordList")
+"""Temporal's search attribute types, by its own names."""
 
 
 class TemporalWorkerEntry(_HasLifecycle):
