@@ -4,6 +4,7 @@ local and remote ``funcs.call``, and the function subjects a node serves.
 Owns: function pools and calls. May import: ``project``, ``wire``, broker, lua.
 """
 
-from ._functions import CodeLoader, Functions, call_function, millis_or_duration
+from ._functions import CodeLoader, Functions, call_function
+from ._options import millis_or_duration
 
 __all__ = ["CodeLoader", "Functions", "call_function", "millis_or_duration"]

@@ -23,12 +23,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from moonwire.broker import MSGPACK_HEADERS, Client, Outbox, Requests, Subjects, TaskSet
-from moonwire.lua import (SECOND, Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, NoProcesses, Outcome,
-                          Pending, ProcessServices, Registry, Security, Unit, check_portable, internal, invalid,
-                          not_found,
-                          parse_duration, settled)
+from moonwire.lua import (Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, NoProcesses, Outcome, Pending,
+                          ProcessServices, Registry, Security, Unit, check_portable, internal, invalid, not_found,
+                          settled)
 
 from ..project import FunctionEntry, LibraryEntry, LuaEntry, Project, ProjectEntries, is_entry_id
+from ._options import timed_out, timeout_seconds as _timeout_seconds
 from ..wire import CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome, unpack
 
 log = logging.getLogger("moonwire.functions")
@@ -67,29 +67,6 @@ class CodeLoader:
         )
         self._cache[entry.id] = code
         return code
-
-
-def millis_or_duration(value: Any, what: str) -> float:
-    """Seconds from an option that is a number of milliseconds or a duration string
-    (wippy-surface §0: funcs and Temporal options read bare numbers as ms).
-
-    Raises:
-        MoonwireError: (Invalid) naming ``what``.
-    """
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return value / 1000
-    if isinstance(value, str):
-        try:
-            return parse_duration(value) / SECOND
-        except ValueError as err:
-            raise invalid(f"{what}: {err}") from err
-    raise invalid(f"{what} must be a positive number of milliseconds or a duration, got {value!r}")
-
-
-def _timeout_seconds(options: dict[str, Any]) -> float | None:
-    """The ``timeout`` option, in seconds."""
-    value = options.get("timeout") if options else None
-    return None if value is None else millis_or_duration(value, "timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,8 +253,8 @@ class FunctionPool:
                 async with asyncio.timeout(timeout):
                     outcome = await self._run_once(args, context, security)
             except TimeoutError:
-                outcome = Outcome(error=MoonwireError(
-                    f"call to {self.entry.id} timed out after {timeout * 1000:.0f}ms", Kind.TIMEOUT, retryable=True))
+                assert timeout is not None
+                outcome = Outcome(error=timed_out(self.entry.id, timeout))
             except MoonwireError as err:
                 outcome = Outcome(error=err, raised=True)
             if outcome.ok or attempt == attempts or not outcome.error or not outcome.error.is_retryable():
@@ -445,8 +422,7 @@ def call_unanswered(target: str, missing: Unanswered) -> MoonwireError:
     if missing.why is Why.NO_RESPONDERS:
         return not_found(f"function {target} not found: no node serves it")
     if missing.why is Why.TIMEOUT:
-        return MoonwireError(f"call to {target} timed out after {missing.wait * 1000:.0f}ms", Kind.TIMEOUT,
-                             retryable=True)
+        return timed_out(target, missing.wait)
     return MoonwireError(f"call to {target} abandoned: {missing}", Kind.CANCELED, retryable=True)
 
 
