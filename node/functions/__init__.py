@@ -6,5 +6,6 @@ Owns: function pools and calls. May import: ``project``, ``wire``, broker, lua.
 
 from ._functions import CodeLoader, Functions, call_function
 from ._options import millis_or_duration
+from ._process_functions import CALLER_CANCELED
 
-__all__ = ["CodeLoader", "Functions", "call_function", "millis_or_duration"]
+__all__ = ["CALLER_CANCELED", "CodeLoader", "Functions", "call_function", "millis_or_duration"]

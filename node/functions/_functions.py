@@ -29,6 +29,7 @@ from moonwire.lua import (Answer, Kind, Limits, LuaCode, LuaState, MoonwireError
 
 from ..project import FunctionEntry, LibraryEntry, LuaEntry, Project, ProjectEntries, is_entry_id
 from ._options import timed_out, timeout_seconds as _timeout_seconds
+from ._process_functions import ProcessFunction, process_functions
 from ..wire import CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome, unpack
 
 log = logging.getLogger("moonwire.functions")
@@ -295,12 +296,14 @@ class Functions:
         """Where a call without a reply subject that cannot be served goes."""
         self.processes: ProcessServices = NoProcesses()
         """The process API of function calls: the node's process table (:meth:`use_processes`)."""
+        self.process_functions = process_functions(project, self)
+        """Process entries with a ``default_host``, called and served as functions."""
 
     # ------------------------------------------------------------ calling
 
     def call(self, caller: Unit | None, target: str, args: list[Any], context: dict[str, Any],
              options: dict[str, Any], security: Security | None = None) -> Answer:
-        pool = self.pools.get(target)
+        pool = self.pools.get(target) or self.process_functions.get(target)
         if pool is not None:
             return pool.call(args, context, options, security)
         if not is_entry_id(target):  # it names no entry anywhere, and must not reach a subject
@@ -335,13 +338,14 @@ class Functions:
             pool.prewarm()
         if self.nats is None:
             return
-        for entry_id, pool in self.pools.items():
+        served = {**self.pools, **self.process_functions}
+        for entry_id, pool in served.items():
             self._subscriptions.append(await self.nats.subscribe_direct(
                 self.subjects.function(entry_id), functools.partial(self._serve_one, pool=pool), queue=_QUEUE_GROUP))
-        if self.pools:
-            log.info("serving %d function(s): %s", len(self.pools), ", ".join(sorted(self.pools)))
+        if served:
+            log.info("serving %d function(s): %s", len(served), ", ".join(sorted(served)))
 
-    def _serve_one(self, msg: Msg, pool: FunctionPool) -> None:
+    def _serve_one(self, msg: Msg, pool: FunctionPool | ProcessFunction) -> None:
         # Called from the connection's read loop: answer at once when the call finishes
         # without waiting, else hand it to a task owned by this service. Its one body:
         # nothing raises into the read loop; every call ends in a reply (or, without a
@@ -370,10 +374,10 @@ class Functions:
             return
         self._inflight.start(self._reply_later(msg, content_type, pool, result), f"serving {pool.entry.id}")
 
-    async def _reply_later(self, msg: Msg, content_type: str | None, pool: FunctionPool,
-                           result: Awaitable[Outcome]) -> None:
+    async def _reply_later(self, msg: Msg, content_type: str | None, pool: FunctionPool | ProcessFunction,
+                           result: Answer) -> None:
         try:
-            outcome = await result
+            outcome = await settled(result)
         except MoonwireError as err:
             outcome = Outcome(error=err)
         except Exception as err:  # noqa: BLE001 - the caller is told, not left to time out
@@ -381,7 +385,7 @@ class Functions:
             outcome = Outcome(error=internal(f"serving the call failed: {type(err).__name__}: {err}"))
         self._reply(msg, content_type, pool, outcome)
 
-    def _reply(self, msg: Msg, content_type: str | None, pool: FunctionPool, outcome: Outcome,
+    def _reply(self, msg: Msg, content_type: str | None, pool: FunctionPool | ProcessFunction, outcome: Outcome,
                bad_request: bool = False) -> None:
         if not msg.reply:
             if bad_request and self.dead_letter is not None:
