@@ -7,5 +7,7 @@ Owns: function pools and calls. May import: ``project``, ``wire``, broker, lua.
 from ._functions import CodeLoader, Functions, call_function
 from ._options import millis_or_duration
 from ._process_functions import CALLER_CANCELED
+from ._served import ServedCalls, watch_calls
 
-__all__ = ["CALLER_CANCELED", "CodeLoader", "Functions", "call_function", "millis_or_duration"]
+__all__ = ["CALLER_CANCELED", "CodeLoader", "Functions", "ServedCalls", "call_function", "millis_or_duration",
+           "watch_calls"]

@@ -22,7 +22,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from moonwire.broker import MSGPACK_HEADERS, Client, Outbox, Requests, Subjects, TaskSet
+from moonwire.broker import Client, Outbox, Requests, Subjects, TaskSet
 from moonwire.lua import (Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, NoProcesses, Outcome, Pending,
                           ProcessServices, Registry, Security, Unit, check_portable, internal, invalid, not_found,
                           settled)
@@ -30,6 +30,7 @@ from moonwire.lua import (Answer, Kind, Limits, LuaCode, LuaState, MoonwireError
 from ..project import FunctionEntry, LibraryEntry, LuaEntry, Project, ProjectEntries, is_entry_id
 from ._options import timed_out, timeout_seconds as _timeout_seconds
 from ._process_functions import ProcessFunction, process_functions
+from ._served import ServedCalls
 from ..wire import CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome, unpack
 
 log = logging.getLogger("moonwire.functions")
@@ -298,6 +299,8 @@ class Functions:
         """The process API of function calls: the node's process table (:meth:`use_processes`)."""
         self.process_functions = process_functions(project, self)
         """Process entries with a ``default_host``, called and served as functions."""
+        self.served: ServedCalls | None = None
+        """The calls served for other nodes that did not finish at once (set by the node)."""
 
     # ------------------------------------------------------------ calling
 
@@ -320,7 +323,7 @@ class Functions:
             body["security"] = security.to_wire()
         call.abandon = self.requests.request_nowait(
             self.subjects.function(target), pack(body), timeout=wait,
-            headers=MSGPACK_HEADERS, callback=call.on_reply)
+            headers=self.requests.headers, callback=call.on_reply)
         return call
 
     # ------------------------------------------------------------ serving
@@ -372,7 +375,9 @@ class Functions:
         if isinstance(result, Outcome):
             self._reply(msg, content_type, pool, result)
             return
-        self._inflight.start(self._reply_later(msg, content_type, pool, result), f"serving {pool.entry.id}")
+        task = self._inflight.start(self._reply_later(msg, content_type, pool, result), f"serving {pool.entry.id}")
+        if self.served is not None:  # a calling node is told who took it, and can give it up
+            self.served.took(msg, task)
 
     async def _reply_later(self, msg: Msg, content_type: str | None, pool: FunctionPool | ProcessFunction,
                            result: Answer) -> None:
