@@ -154,6 +154,7 @@ async def test_a_request_lost_in_a_dying_node_fails_with_node_down(tmp_path: Pat
     await caller.wait_for_line(rf"node {server_name} is up")
     if what == "call":
         await caller.wait_for_line(rf"node {peer_name} is up")
+    await caller.wait_for_line(r"driver \{")  # for a cancel, its child runs on the server by then
     os.kill(server.pid, signal.SIGSTOP)
     await send_go(url, caller)
     await caller.wait_for_line(rf"{what} {target}")
