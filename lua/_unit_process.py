@@ -42,6 +42,12 @@ class ProcessServices(Protocol):
         """Start a process and answer with its result when it exits."""
         ...
 
+    def call_process(self, request: SpawnRequest, reason: str) -> Answer:
+        """Start a process here for a function call (a process entry with
+        ``default_host``) and answer with its result when it exits; dropping the answer
+        sends the process CANCEL with ``reason`` (it may still run on)."""
+        ...
+
     def terminate(self, unit: Any, dest: str) -> Answer | None:
         """None when done at once, else an answer settled when the target's node has done it."""
         ...
@@ -96,7 +102,7 @@ class NoProcesses:
         raise MoonwireError("the process API needs a node (this unit runs without one)", Kind.UNAVAILABLE,
                             retryable=False)
 
-    pid_of = send = spawn = exec = terminate = cancel = watch = register = lookup = unregister = _fail
+    pid_of = send = spawn = exec = call_process = terminate = cancel = watch = register = lookup = unregister = _fail
     cluster_call = cluster_now = upgrade = update = _fail
 
 

@@ -8,6 +8,7 @@ from moonwire.lua import MoonwireError
 
 from ..project import FunctionEntry
 from ._functions import FunctionPool, Functions
+from ._process_functions import process_functions
 
 log = logging.getLogger("moonwire.functions")
 
@@ -37,4 +38,24 @@ async def reload_pools(functions: Functions) -> tuple[list[str], list[str], list
             log.error("%s: its new code does not load: %s", entry_id, err.message)
         if old is None:
             await functions.subscribe(entry_id)
+    await _reload_process_functions(functions, added, changed, removed)
     return added, changed, removed
+
+
+async def _reload_process_functions(functions: Functions, added: list[str], changed: list[str],
+                                    removed: list[str]) -> None:
+    """Process entries served as functions (``meta.default_host``): they spawn with the
+    code loader's current code, so only entries that gained, lost or changed the key
+    matter."""
+    old, wanted = functions.process_functions, process_functions(functions.project, functions)
+    functions.process_functions = wanted
+    for entry_id in old.keys() - wanted.keys():
+        removed.append(entry_id)
+        if entry_id not in functions.pools:
+            await functions.unsubscribe(entry_id)
+    for entry_id, served in wanted.items():
+        if entry_id not in old:
+            added.append(entry_id)
+            await functions.subscribe(entry_id)
+        elif old[entry_id].host != served.host:
+            changed.append(entry_id)
