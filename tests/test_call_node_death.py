@@ -23,7 +23,8 @@ import nats
 import pytest
 
 from moonwire.node import ServerProcess
-from support import NodeProcess, write_project
+from conftest import monitor_json
+from support import NodeProcess, wait_until, write_project
 
 FAST_LIVENESS = ("--set", "heartbeat.interval=200ms", "--set", "heartbeat.down_after=1s")
 _names = itertools.count(1)
@@ -117,6 +118,16 @@ async def send_go(url: str, node: NodeProcess) -> None:
         await nc.close()
 
 
+def delivered_to(server: ServerProcess, node: str, subject: str) -> int:
+    """Messages the broker has routed to ``node``'s subscriptions on ``subject`` (a
+    subject ending in "." counts every subscription under it)."""
+    connz = monitor_json(server, "connz?subs=detail")
+    return sum(sub.get("msgs", 0) for conn in connz.get("connections", ())
+               if (conn.get("name") or "").startswith(f"moonwire-{node}")
+               for sub in conn.get("subscriptions_list_detail") or ()
+               if sub["subject"] == subject or (subject.endswith(".") and sub["subject"].startswith(subject)))
+
+
 def assert_node_down(result: dict[str, Any], node: str) -> None:
     assert result["kind"] == "Unavailable", result
     assert result["message"].startswith(f"node down: node {node} is unreachable (no heartbeat for"), result
@@ -156,8 +167,14 @@ async def test_a_request_lost_in_a_dying_node_fails_with_node_down(tmp_path: Pat
         await caller.wait_for_line(rf"node {peer_name} is up")
     await caller.wait_for_line(r"driver \{")  # for a cancel, its child runs on the server by then
     os.kill(server.pid, signal.SIGSTOP)
+    subject = "mw.fn.app:add" if what == "call" else f"mw.ctl.{server_name}."
+    before = delivered_to(nats_server, server_name, subject)
     await send_go(url, caller)
     await caller.wait_for_line(rf"{what} {target}")
+    # In flight: the broker holds the request for the frozen node. Killed before the
+    # request reached the broker, the node would have no subscription left to take it.
+    await wait_until(lambda: delivered_to(nats_server, server_name, subject) > before, 10,
+                     f"the {what} request to reach {server_name}'s subscription")
     await server.kill()
     assert_node_down(await result_of(caller), server_name)
     if what == "call":
