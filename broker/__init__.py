@@ -15,8 +15,8 @@ Environment:
 """
 
 from ._client import FAST_PATH, Client, Headers
-from ._envelope import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, MSGPACK_HEADERS, TOPIC_HEADER, Envelope,
-                        batch_items)
+from ._envelope import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, MSGPACK_HEADERS, TOPIC_HEADER, TRACE_HEADER,
+                        Envelope, batch_items)
 from ._connection import BrokerUnavailable, ConnectOptions, connect, tls_context
 from ._membership import Membership, Peer
 from ._pid import Pid, PidAllocator
@@ -41,6 +41,7 @@ __all__ = [
     "FROM_HEADER",
     "MSGPACK",
     "TOPIC_HEADER",
+    "TRACE_HEADER",
     "batch_items",
     "BrokerUnavailable",
     "ConnectOptions",

@@ -44,6 +44,9 @@ class Message:
     topic: str
     payloads: list[Any]
     sender: str = ""  # "" when the sender is not a process (the CLI, a plain NATS client)
+    trace: str | None = None
+    """The sender's ``traceparent``: the receiving process works in it once it takes
+    the message (``_trace.py``)."""
 
 
 @dataclass(slots=True)
@@ -90,12 +93,15 @@ class _GroupSubscription:
 
 
 class Mailbox:
-    __slots__ = ("state", "limit", "held", "held_events", "dropped", "_inbox", "_events", "_topics",
+    __slots__ = ("state", "limit", "owner", "held", "held_events", "dropped", "_inbox", "_events", "_topics",
                  "_group_subscriptions")
 
-    def __init__(self, state: MailboxState, limit: int = DEFAULT_MAILBOX_LIMIT) -> None:
+    def __init__(self, state: MailboxState, limit: int = DEFAULT_MAILBOX_LIMIT, owner: Any = None) -> None:
         self.state = state
         self.limit = limit
+        self.owner = owner
+        """The unit whose mailbox this is: a message it takes sets its ``trace``, as an
+        OpenTelemetry consumer handles each message in the trace it came with."""
         # Most processes subscribe before anything arrives: the queues for held
         # messages and events exist only once something is held.
         self.held: deque[Message] | None = None
@@ -264,12 +270,16 @@ class Mailbox:
 
     def _message_to_lua(self, message: Message) -> Any:
         state = self.state
+        if self.owner is not None:
+            self.owner.trace = message.trace
         return state.new_message(message.topic.encode(), message.sender.encode(),
                                  *[to_lua(state, p) for p in message.payloads])
 
     def _payload_to_lua(self, message: Message) -> Any:
         # A raw listen hands over the value itself: none is nil, one is the value,
         # several are a list of them (wippy leaves several undocumented).
+        if self.owner is not None:
+            self.owner.trace = message.trace
         if not message.payloads:
             return None
         if len(message.payloads) == 1:

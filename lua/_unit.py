@@ -25,6 +25,7 @@ from ._holdings import Future, Holdings, Timer
 from ._mailbox import Mailbox
 from ._security_context import Security
 from ._state import LuaState
+from ._trace import new_traceparent, trace_id
 from ._unit_process import PROCESS_OPS, NoProcesses, ProcessRequests, ProcessServices
 from ._values import to_lua, to_python
 
@@ -69,12 +70,13 @@ class Unit(ProcessRequests):
     __slots__ = (
         "state", "label", "context", "services", "processes", "loop", "main", "threads", "ready", "_holdings",
         "outcome", "_wakeup", "notify", "on_end", "scheduled", "pid", "mailbox",
-        "trap_links", "frame_id", "record", "preempted", "security",
+        "trap_links", "frame_id", "record", "preempted", "security", "trace",
     )
 
     def __init__(self, state: LuaState, label: str, *, context: dict[str, Any] | None = None,
                  services: Services | None = None, processes: ProcessServices | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None, security: Security | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, security: Security | None = None,
+                 trace: str | None = None) -> None:
         self.state = state
         self.label = label
         self.context: dict[str, Any] = context if context is not None else {}
@@ -106,6 +108,24 @@ class Unit(ProcessRequests):
         self.frame_id: str | None = None
         self.record: Any = None
         """The node's record of this unit as a process, if it is one."""
+        self.trace = trace
+        """The ``traceparent`` of the work under way (``_trace.py``): the call's, or for a
+        process the one of the message it took last; None until one comes or is needed."""
+
+    def traceparent(self) -> str:
+        """The unit's trace context, a new trace if it has none yet (it logs, calls,
+        sends or spawns for the first time)."""
+        trace = self.trace
+        if trace is None:
+            trace = self.trace = new_traceparent()
+        return trace
+
+    def log_fields(self) -> dict[str, Any]:
+        """What a log record about this unit carries (``entry``, ``pid``, ``trace_id``)."""
+        fields = {"entry": self.label, "trace_id": trace_id(self.traceparent())}
+        if self.pid is not None:
+            fields["pid"] = self.pid
+        return fields
 
     # ------------------------------------------------------------ driving
 

@@ -40,10 +40,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from moonwire.broker import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Client, Envelope, Headers, Outbox, Pid, Streams, Subjects, Tally, batch_items, reason_key)
-from moonwire.lua import Event, Message, MoonwireError, check_portable, loads_json
+from moonwire.lua import Event, Message, MoonwireError, check_portable, loads_json, parse_traceparent
 
 from ..cluster import MAX_NAME
-from ..wire import EVENT_HEADER, JSON, decode_event, pack, unpack
+from ..wire import EVENT_HEADER, JSON, decode_event, pack, request_trace, unpack
 
 log = logging.getLogger("moonwire.inboxes")
 
@@ -79,7 +79,7 @@ def encode(message: Message) -> tuple[bytes, dict[str, str]]:
 
 
 def envelope(message: Message) -> Envelope:
-    return Envelope(message.topic, message.sender, pack(message.payloads))
+    return Envelope(message.topic, message.sender, pack(message.payloads), message.trace or "")
 
 
 def decode(topic_from_subject: str, headers: dict[str, str], body: bytes, max_body: int) -> Message:
@@ -114,7 +114,7 @@ def decode(topic_from_subject: str, headers: dict[str, str], body: bytes, max_bo
         raise Undeliverable(err.message) from None
     except UnicodeDecodeError:
         raise Undeliverable("a text body is not UTF-8") from None
-    return _checked_payloads(topic, sender, payloads)
+    return _checked_payloads(topic, sender, payloads, request_trace(None, headers))
 
 
 def decode_item(item: bytes, max_body: int, known_sender: str = "") -> Message:
@@ -129,12 +129,12 @@ def decode_item(item: bytes, max_body: int, known_sender: str = "") -> Message:
         fields = unpack(item, MSGPACK)
     except MoonwireError as err:
         raise Undeliverable(err.message) from None
-    if not (isinstance(fields, list) and len(fields) == 3 and isinstance(fields[0], str)
+    if not (isinstance(fields, list) and len(fields) in (3, 4) and isinstance(fields[0], str)
             and isinstance(fields[1], str)):
-        raise Undeliverable("a batch item must be [topic, sender, payloads]")
-    topic, sender, payloads = fields
+        raise Undeliverable("a batch item must be [topic, sender, payloads] or [topic, sender, payloads, trace]")
+    topic, sender, payloads = fields[:3]
     _check_address(topic, "" if sender == known_sender else sender)
-    return _checked_payloads(topic, sender, payloads)
+    return _checked_payloads(topic, sender, payloads, parse_traceparent(fields[3]) if len(fields) == 4 else None)
 
 
 def _check_address(topic: str, sender: str) -> None:
@@ -146,14 +146,14 @@ def _check_address(topic: str, sender: str) -> None:
         raise Undeliverable(f"{FROM_HEADER} {sender!r} is not a PID")
 
 
-def _checked_payloads(topic: str, sender: str, payloads: object) -> Message:
+def _checked_payloads(topic: str, sender: str, payloads: object, trace: str | None) -> Message:
     if not isinstance(payloads, list):
         raise Undeliverable(f"a msgpack body must be a list of payloads, got {type(payloads).__name__}")
     try:
         check_portable(payloads)
     except MoonwireError as err:
         raise Undeliverable(err.message) from None
-    return Message(topic, payloads, sender)
+    return Message(topic, payloads, sender, trace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,10 +326,11 @@ class NodeInboxes:
                 # Alone, as it would have come without a batch (or as the item it is).
                 try:
                     fields = unpack(item, MSGPACK)
-                    if not (isinstance(fields, list) and len(fields) == 3 and isinstance(fields[0], str)
+                    if not (isinstance(fields, list) and len(fields) in (3, 4) and isinstance(fields[0], str)
                             and isinstance(fields[1], str)):  # header values must be strings
                         raise TypeError("not an item")
-                    body, headers = Envelope(fields[0], fields[1], pack(fields[2])).alone()
+                    trace = parse_traceparent(fields[3]) if len(fields) == 4 else None
+                    body, headers = Envelope(fields[0], fields[1], pack(fields[2]), trace or "").alone()
                 except (MoonwireError, TypeError, ValueError):
                     body, headers = item, {CONTENT_TYPE: MSGPACK}
                 self.stats.dead_lettered += 1

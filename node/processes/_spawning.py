@@ -240,9 +240,9 @@ class Spawning:
 
         pid = pid or self.pids.next(host.id)
         child = Unit(shard.state, entry.id, context=dict(request.context), services=self.functions,
-                     processes=self, loop=host.loop, security=request.security)
+                     processes=self, loop=host.loop, security=request.security, trace=request.trace)
         child.pid = pid
-        child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit)
+        child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit, child)
         child.notify = host.ready
         record = ProcessRecord(pid, child, entry.id, host.id, shard)
         self._add(record)

@@ -1,0 +1,73 @@
+"""The trace context of a unit: a W3C ``traceparent`` that a chain of calls, sends and
+spawns carries from unit to unit and node to node, so that one trace id follows the
+chain through every node's logs (docs/operations.md, *Tracing*).
+
+A unit holds it as the ``traceparent`` text itself (``00-<trace id>-<parent id>-<flags>``,
+55 characters), forwarded unchanged: moonwire records no spans of its own, and the W3C
+rules let a participant that does not record pass the header on as it came. An
+OpenTelemetry hook (``SpanHook``) may put a span of its own in between.
+
+A unit begins a trace only when it needs one and has none: when it logs, calls, sends
+or spawns. One that does none of these costs nothing; one that does makes the id once
+(about half a microsecond) and passes a reference after that.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, Protocol
+
+TRACEPARENT = "traceparent"
+"""The header (W3C Trace Context; what OpenTelemetry's propagators read on NATS too)."""
+
+MAX_TRACEPARENT = 512
+"""A longer value is refused before it is looked at (W3C: a later version may add fields
+after the 55 characters of version 00, never many)."""
+
+_VERSION_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_LATER = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL)
+_ZERO_TRACE = "0" * 32
+_ZERO_PARENT = "0" * 16
+
+
+def new_traceparent() -> str:
+    """A new trace: a random trace id and parent id, sampled. Not from a workflow's
+    seeded random (that would change what a replayed workflow draws)."""
+    bits = random.getrandbits(192)
+    return f"00-{bits >> 64:032x}-{(bits & 0xFFFFFFFFFFFFFFFF) | 1:016x}-01"
+
+
+def parse_traceparent(value: Any) -> str | None:
+    """``value`` as a version-00 ``traceparent``, or None when it is not a valid one
+    (any type, any length: it may come from any client). A later version is read by
+    its first four fields, as W3C asks, and passed on as version 00."""
+    if not isinstance(value, str) or len(value) > MAX_TRACEPARENT:
+        return None
+    if len(value) == 55 and _VERSION_00.fullmatch(value) is not None:
+        trace_id, parent = value[3:35], value[36:52]
+    else:
+        later = _LATER.fullmatch(value)
+        if later is None or later.group(1) in ("00", "ff"):  # 00 has exactly 55 characters
+            return None
+        trace_id, parent = later.group(2), later.group(3)
+        value = f"00-{trace_id}-{parent}-{later.group(4)}"
+    if trace_id == _ZERO_TRACE or parent == _ZERO_PARENT:
+        return None
+    return value
+
+
+def trace_id(traceparent: str) -> str:
+    """The 32 hex digits of the trace id of a valid ``traceparent``."""
+    return traceparent[3:35]
+
+
+class SpanHook(Protocol):
+    """What an OpenTelemetry integration gives :class:`~moonwire.lua.Unit`: a span per
+    function call, begun with the call's ``traceparent`` (None: none came) and ended
+    with its outcome. ``begin`` returns the span and the ``traceparent`` the call carries
+    onward (the span's own, so its callees are its children)."""
+
+    def begin(self, name: str, traceparent: str | None) -> tuple[Any, str]: ...
+
+    def end(self, span: Any, error: Any) -> None: ...

@@ -1,0 +1,199 @@
+"""Trace ids across nodes (docs/operations.md, *Tracing*): one ``funcs.call`` chain over
+three real node processes is followed by one trace id in their JSON logs; an outside
+caller's ``traceparent`` is honoured, a malformed one ignored; a process message carries
+its sender's trace, and a process works in the trace of the message it took."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import nats
+
+from moonwire.broker import Envelope
+from moonwire.lua import parse_traceparent
+from moonwire.node.processes import decode
+from moonwire.node.processes._inboxes import decode_item
+
+from conftest import SpawnNode
+from support import run_cli, wait_until, write_project
+
+FIRST = """
+    local funcs = require("funcs")
+    local logger = require("logger")
+    return function(tag)
+      logger:info("first", {tag = tag})
+      local r, err = funcs.call("tb:second", tag)
+      if err then error(err) end
+      return r
+    end"""
+SECOND = """
+    local funcs = require("funcs")
+    local logger = require("logger")
+    return function(tag)
+      logger:info("second", {tag = tag})
+      local r, err = funcs.call("tc:third", tag)
+      if err then error(err) end
+      return r
+    end"""
+THIRD = """
+    local logger = require("logger")
+    return function(tag)
+      logger:info("third", {tag = tag})
+      return "done " .. tag
+    end"""
+RELAY = """
+    local logger = require("logger")
+    return function()
+      assert(process.registry.register("relay"))
+      local inbox = process.inbox()
+      while true do
+        local msg = inbox:receive()
+        local tag = msg:payload():data()
+        logger:info("relay", {tag = tag})
+        local sink = assert(process.registry.lookup("sink", "tc3"))
+        process.send(sink, "fwd", tag)
+      end
+    end"""
+SINK = """
+    local logger = require("logger")
+    return function()
+      assert(process.registry.register("sink"))
+      local inbox = process.inbox()
+      while true do
+        logger:info("sink", {tag = inbox:receive():payload():data()})
+      end
+    end"""
+
+
+def project(root: Path, namespace: str, functions: dict[str, str], service: str | None = None) -> Path:
+    lines = [f"namespace: {namespace}", "entries:"]
+    files: dict[str, str] = {}
+    for name, source in functions.items():
+        lines.append(f"  - {{name: {name}, kind: function.lua, source: file://{name}.lua, modules: [funcs, logger]}}")
+        files[f"{name}.lua"] = source
+    if service is not None:
+        lines += ["  - {name: host, kind: process.host, lifecycle: {auto_start: true}}",
+                  f"  - {{name: {service}, kind: process.lua, source: file://{service}.lua, modules: [logger]}}",
+                  f"  - {{name: {service}.service, kind: process.service, process: {service}, host: host, "
+                  "lifecycle: {auto_start: true}}"]
+        files[f"{service}.lua"] = {"relay": RELAY, "sink": SINK}[service]
+    files["_index.yaml"] = "\n".join(lines) + "\n"
+    return write_project(root / namespace, files)
+
+
+async def registered(nc: nats.NATS, prefix: str, node: str, name: str) -> str:
+    """The PID registered as ``name`` on ``node``, once its service has registered it
+    (a poll: the registration announces itself nowhere)."""
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        reply = await nc.request(f"{prefix}.ctl.{node}.lookup", json.dumps({"name": name}).encode(), timeout=10)
+        answer = json.loads(reply.data)
+        if "result" in answer:
+            return str(answer["result"])
+        assert asyncio.get_running_loop().time() < deadline, answer
+        await asyncio.sleep(0.05)
+
+
+def lua_records(lines: list[str], tag: str) -> list[dict[str, Any]]:
+    """The JSON log records the project's Lua wrote for ``tag``."""
+    records = []
+    for line in lines:
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        if record["logger"].startswith("moonwire.lua") and (record.get("fields") or {}).get("tag") == tag:
+            records.append(record)
+    return records
+
+
+async def test_one_trace_id_follows_a_call_chain_across_three_nodes(
+        tmp_path: Path, nats_server, spawn_node: SpawnNode) -> None:
+    prefix = f"tr{uuid.uuid4().hex[:8]}"
+    args = ("--prefix", prefix, "--log-format", "json")
+    n1 = await spawn_node(project(tmp_path, "ta", {"first": FIRST}), "ta1", nats_url=nats_server.address, args=args)
+    n2 = await spawn_node(project(tmp_path, "tb", {"second": SECOND}, "relay"), "tb2", nats_url=nats_server.address,
+                          args=args)
+    n3 = await spawn_node(project(tmp_path, "tc", {"third": THIRD}, "sink"), "tc3", nats_url=nats_server.address,
+                          args=args)
+    nodes = (n1, n2, n3)
+
+    def chain(tag: str) -> list[dict[str, Any]]:
+        return [record for node in nodes for record in lua_records(node.lines, tag)]
+
+    async def logged(tag: str, count: int) -> list[dict[str, Any]]:
+        await wait_until(lambda: len(chain(tag)) >= count, 20, f"{count} log records tagged {tag}")
+        return chain(tag)
+
+    # 1. From the CLI (no trace): the chain begins one at its first node.
+    code, out, err = await run_cli("call", "ta:first", "cli", "--nats", nats_server.address, "--prefix", prefix)
+    assert code == 0 and json.loads(out) == "done cli", err
+    records = await logged("cli", 3)
+    assert [(r["node"], r["entry"]) for r in records] == [
+        ("ta1", "ta:first"), ("tb2", "tb:second"), ("tc3", "tc:third")]
+    assert len({r["trace_id"] for r in records}) == 1 and re.fullmatch(r"[0-9a-f]{32}", records[0]["trace_id"])
+
+    nc = await nats.connect(nats_server.address)
+    try:
+        # 2. An outside caller's traceparent is honoured all along the chain.
+        outside = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        reply = await nc.request(f"{prefix}.fn.ta:first", json.dumps(["traced"]).encode(),
+                                 headers={"traceparent": outside}, timeout=10)
+        assert json.loads(reply.data) == {"result": "done traced"}
+        assert {r["trace_id"] for r in await logged("traced", 3)} == {"4bf92f3577b34da6a3ce929d0e0e4736"}
+
+        # 3. A malformed one (oversized, or not hex) is ignored: the call runs, in a trace of its own.
+        for tag, bad in (("huge", "00-" + "a" * 5000), ("nothex", "00-4bf92f3577b34da6a3ce929d0e0e473Z-00f067aa0ba902b7-01"),
+                         ("zeros", f"00-{'0' * 32}-00f067aa0ba902b7-01")):
+            reply = await nc.request(f"{prefix}.fn.ta:first", json.dumps([tag]).encode(),
+                                     headers={"traceparent": bad}, timeout=10)
+            assert json.loads(reply.data) == {"result": f"done {tag}"}
+            ids = {r["trace_id"] for r in await logged(tag, 3)}
+            assert len(ids) == 1 and re.fullmatch(r"[0-9a-f]{32}", ids.pop())
+
+        # 4. A message to a process: the relay (tb2) works in the message's trace and its
+        # send to the sink on tc3 carries it; a message without one gets a trace of its own.
+        relay = await registered(nc, prefix, "tb2", "relay")
+        await registered(nc, prefix, "tc3", "sink")  # the relay looks it up
+        inbox = f"{prefix}.p.tb2.{relay[relay.index('|') + 1:-1]}"
+        other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        await nc.publish(f"{inbox}.hello", json.dumps("msg1").encode(), headers={"traceparent": other})
+        await nc.publish(f"{inbox}.hello", json.dumps("msg2").encode())
+        await nc.flush()
+        first = await logged("msg1", 2)
+        assert [(r["node"], r["entry"]) for r in first] == [("tb2", "tb:relay"), ("tc3", "tc:sink")]
+        assert {r["trace_id"] for r in first} == {"0af7651916cd43dd8448eb211c80319c"}
+        assert first[0]["pid"] == relay
+        second = await logged("msg2", 2)
+        assert len({r["trace_id"] for r in second}) == 1
+        assert second[0]["trace_id"] != "0af7651916cd43dd8448eb211c80319c"
+    finally:
+        await nc.close()
+
+
+def test_traceparent_is_checked_before_it_is_kept() -> None:
+    valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert parse_traceparent(valid) == valid
+    # A later version is read by its first fields and passed on as version 00.
+    assert parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra") == valid
+    for bad in (None, 42, b"00-x", "", valid.upper(), valid + "-more", "ff" + valid[2:], "00-" + "a" * 600,
+                valid.replace("00f067aa0ba902b7", "0" * 16), valid.replace("-", "_")):
+        assert parse_traceparent(bad) is None, bad
+
+
+def test_a_process_message_keeps_its_trace_alone_and_in_a_batch() -> None:
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    payloads = msgpack.packb([1, "two"])
+    body, headers = Envelope("t", "", payloads, trace).alone()
+    assert decode("", headers, body, 1024).trace == trace
+    assert decode_item(Envelope("t", "", payloads, trace).item(), 1024).trace == trace
+    assert decode_item(Envelope("t", "", payloads).item(), 1024).trace is None
+    # A malformed trace in an item or header costs the message nothing but its trace.
+    item = b"\x94" + msgpack.packb("t") + msgpack.packb("") + payloads + msgpack.packb("junk")
+    assert decode_item(item, 1024).payloads == [1, "two"] and decode_item(item, 1024).trace is None
+    assert decode("", {**headers, "traceparent": "x" * 9000}, body, 1024).trace is None
