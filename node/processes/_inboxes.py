@@ -43,12 +43,10 @@ from moonwire.broker import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, T
 from moonwire.lua import Event, Message, MoonwireError, check_portable, loads_json, parse_traceparent
 
 from ..cluster import MAX_NAME
-from ..wire import EVENT_HEADER, JSON, decode_event, pack, request_trace, unpack
+from ..wire import DLQ_REASON, DLQ_SUBJECT, EVENT_HEADER, JSON, decode_event, pack, request_trace, unpack
 
 log = logging.getLogger("moonwire.inboxes")
 
-REASON_HEADER = "Mw-Dlq-Reason"
-SUBJECT_HEADER = "Mw-Dlq-Subject"
 DEFAULT_MAX_BODY = 1024 * 1024
 DEAD_LETTERS_WAITING = 4096
 """Dead letters that may wait for the data connection's write buffer; past it one is
@@ -449,8 +447,8 @@ def _dead_letter_headers(headers: dict[str, str] | None, subject: str, reason: s
     """The message's headers plus the reason and subject: a :class:`broker.Headers` (the
     fast publish path) when every header is one it can encode, else a plain dict."""
     merged = dict(headers or {})
-    merged[REASON_HEADER] = " ".join(reason.splitlines())  # a header value holds no line break
-    merged[SUBJECT_HEADER] = subject
+    merged[DLQ_REASON] = " ".join(reason.splitlines())  # a header value holds no line break
+    merged[DLQ_SUBJECT] = subject
     try:
         return Headers(merged)
     except ValueError:

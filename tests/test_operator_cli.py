@@ -1,0 +1,188 @@
+"""The operator's commands through the real CLI against real nodes (docs/operations.md):
+``top``, ``ps --watch``, ``nodes --watch``, ``dlq`` (list, replay, purge)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import nats
+
+from conftest import SpawnNode
+from support import MOONWIRE, NodeProcess, run_cli, write_project
+
+PROJECT = {
+    "_index.yaml": """
+        namespace: app
+        entries:
+          - {name: host, kind: process.host, lifecycle: {auto_start: true}}
+          - {name: idle, kind: process.lua, source: file://idle.lua}
+          - {name: catcher, kind: process.lua, source: file://catcher.lua}
+          - {name: quick, kind: process.lua, source: file://quick.lua}
+          - {name: idle.service, kind: process.service, process: idle, host: host, lifecycle: {auto_start: true}}
+    """,
+    "idle.lua": "return function() process.inbox():receive() end",
+    "catcher.lua": """
+        return function()
+          local msg = process.inbox():receive()
+          print("caught " .. tostring(msg:payload():data()))
+        end""",
+    "quick.lua": "return function() end",
+}
+
+
+def prefix() -> str:
+    return f"op{uuid.uuid4().hex[:8]}"
+
+
+async def cli(url: str, pre: str, *args: str) -> tuple[int, str, str]:
+    return await run_cli(*args, "--nats", url, "--prefix", pre)
+
+
+async def test_top_once_shows_the_nodes_their_hosts_and_a_node_that_does_not_answer(
+        tmp_path: Path, nats_server, spawn_node: SpawnNode) -> None:
+    pre = prefix()
+    project = write_project(tmp_path / "p", PROJECT)
+    # A long node-down window: the killed node stays a known peer that does not answer.
+    args = ("--prefix", pre, "--set", "heartbeat.down_after=30s")
+    await spawn_node(project, "top1", nats_url=nats_server.address, args=args)
+    top2 = await spawn_node(project, "top2", nats_url=nats_server.address, args=args)
+    code, out, err = await cli(nats_server.address, pre, "top", "--once", "--interval", "0.2")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("--- moonwire top") and "2 node(s), 2 process(es), 0 dead letter(s) kept" in out
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith(("top1", "top2", "app:host"))}
+    assert rows["top1"][2] == "1" and rows["top2"][2] == "1"  # PROCS
+    assert [line.split()[:3] for line in lines if line.startswith("app:host")] == [
+        ["app:host", "top1", "1"], ["app:host", "top2", "1"]]
+    await top2.kill()
+    code, out, err = await cli(nats_server.address, pre, "top", "--once", "--interval", "0.2")
+    assert code == 1 and "no answer from node(s): top2" in out
+    assert any(line.split()[:2] == ["top2", "(no"] for line in out.splitlines()), out
+
+
+async def watched(command: str, url: str, pre: str) -> None:
+    """Run ``moonwire COMMAND --watch``, see it redraw twice, stop it with SIGINT: exit 0."""
+    process = await asyncio.create_subprocess_exec(
+        MOONWIRE, command, "--watch", "0.2", "--nats", url, "--prefix", pre,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=dict(os.environ))
+    assert process.stdout is not None
+    frames: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(frames) < 3:  # two whole frames: the third has begun
+                line = (await process.stdout.readline()).decode()
+                if not line:
+                    assert process.stderr is not None
+                    raise AssertionError(f"{command} --watch ended early: {(await process.stderr.read()).decode()}")
+                if line.startswith(f"--- moonwire {command}"):
+                    frames.append(line)
+                elif frames:
+                    frames[-1] += line
+        assert all("wat1" in frame for frame in frames[:2]), frames
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_ps_and_nodes_watch_redraw_until_sigint(tmp_path: Path, nats_server, spawn_node: SpawnNode) -> None:
+    pre = prefix()
+    await spawn_node(write_project(tmp_path / "p", PROJECT), "wat1", nats_url=nats_server.address,
+                     args=("--prefix", pre))
+    await asyncio.gather(watched("ps", nats_server.address, pre), watched("nodes", nats_server.address, pre))
+
+
+async def letters(url: str, pre: str, count: int, *args: str) -> list[dict[str, object]]:
+    """The letters ``moonwire dlq --json`` lists, once there are ``count`` (a poll: a
+    letter is stored a moment after the send that caused it returned)."""
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        code, out, err = await cli(url, pre, "dlq", "--json", *args)
+        assert code == 0, err
+        found = [json.loads(line) for line in out.splitlines()]
+        if len(found) >= count or asyncio.get_running_loop().time() > deadline:
+            assert len(found) == count, found
+            return found
+        await asyncio.sleep(0.1)
+
+
+async def test_dlq_lists_replays_and_purges_dead_letters(tmp_path: Path, nats_server,
+                                                         spawn_node: SpawnNode) -> None:
+    pre, url = prefix(), nats_server.address
+    node: NodeProcess = await spawn_node(write_project(tmp_path / "p", PROJECT), "dlq1", nats_url=url,
+                                         args=("--prefix", pre))
+    # A send to a PID that has exited: dead-lettered, kept, listed with its reason.
+    code, out, err = await cli(url, pre, "spawn", "app:quick", "--host", "app:host")
+    assert code == 0, err
+    gone = out.strip()
+    code, _, err = await cli(url, pre, "send", gone, "hello", '{"n": 1}')
+    assert code == 0, err
+    [letter] = await letters(url, pre, 1)
+    uid = gone[gone.index("|") + 1:-1]
+    assert letter["node"] == "dlq1" and letter["subject"] == f"{pre}.p.dlq1.{uid}"
+    assert letter["reason"] == f"no process with uid {uid} on node dlq1" and letter["body"] == 'hello: [{"n": 1}]'
+    code, out, _ = await cli(url, pre, "dlq")
+    assert code == 0 and "no process with uid" in out and "ID" in out.splitlines()[0]
+
+    # Replayed while its target is still gone: dead-lettered again, with its reason and a
+    # count, under a new id; the one replay publishes it once (it is not read again), and
+    # the old letter is gone.
+    code, out, err = await cli(url, pre, "dlq", "replay", str(letter["id"]), "999999")
+    assert code == 1 and "replayed 1 letter(s)" in out and "no letter 999999" in err, err
+    [again] = await letters(url, pre, 1)
+    assert again["id"] != letter["id"] and again["replays"] == 1 and again["reason"] == letter["reason"]
+
+    # A message to a cluster name nobody holds, replayed once a process holds it: delivered.
+    code, _, err = await cli(url, pre, "send", "catch-me", "hello", '"second chance"')
+    assert code == 0, err
+    named = [x for x in await letters(url, pre, 2) if x["subject"] == f"{pre}.n.catch-me"]
+    assert len(named) == 1 and "no process holds the cluster name 'catch-me'" in str(named[0]["reason"])
+    code, _, err = await cli(url, pre, "spawn", "app:catcher", "--host", "app:host", "--name", "catch-me",
+                             "--scope", "eventual")
+    assert code == 0, err
+    code, out, err = await cli(url, pre, "dlq", "replay", str(named[0]["id"]))
+    assert code == 0 and "replayed 1 letter(s)" in out, err
+    await node.wait_for_line("caught second chance")
+    assert [x["subject"] for x in await letters(url, pre, 1)] == [f"{pre}.p.dlq1.{uid}"]
+
+    # Only the data plane is replayed: a letter claiming a control subject stays put.
+    nc = await nats.connect(url)
+    try:
+        await nc.publish(f"{pre}.dlq.dlq1", b"{}", headers={"Mw-Dlq-Subject": f"{pre}.ctl.dlq1.terminate",
+                                                           "Mw-Dlq-Reason": "forged"})
+        await nc.flush()
+    finally:
+        await nc.close()
+    forged = [x for x in await letters(url, pre, 2) if x["reason"] == "forged"]
+    code, out, err = await cli(url, pre, "dlq", "replay", "--all", "--rate", "0")
+    assert code == 1 and f"letter {forged[0]['id']} not replayed" in err and "1 refused" in out
+    assert {x["reason"] for x in await letters(url, pre, 2)} == {"forged", letter["reason"]}
+
+    code, out, err = await cli(url, pre, "dlq", "purge", "--node", "dlq1")
+    assert code == 0 and "purged 2 letter(s) from node dlq1" in out, err
+    code, out, _ = await cli(url, pre, "dlq")
+    assert code == 0 and "no dead letters kept" in out
+
+
+async def test_dlq_replays_a_flood_once_and_loses_none(tmp_path: Path, nats_server, spawn_node: SpawnNode) -> None:
+    pre, url = prefix(), nats_server.address
+    await spawn_node(write_project(tmp_path / "p", PROJECT), "fld1", nats_url=url, args=("--prefix", pre))
+    nc = await nats.connect(url)
+    try:
+        for n in range(300):  # to a process that never existed
+            await nc.publish(f"{pre}.p.fld1.nosuch-1.flood", json.dumps(n).encode())
+        await nc.flush()
+    finally:
+        await nc.close()
+    assert len(await letters(url, pre, 300, "--limit", "1000")) == 300
+    code, out, err = await cli(url, pre, "dlq", "replay", "--all", "--rate", "0")
+    assert code == 0 and "replayed 300 letter(s)" in out, err
+    after = await letters(url, pre, 300, "--limit", "1000")
+    assert {x["replays"] for x in after} == {1} and sorted(int(str(x["body"])) for x in after) == list(range(300))
