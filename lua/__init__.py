@@ -22,7 +22,7 @@ from ._process import SpawnRequest
 from ._entries import Entries, RegistryEntry
 from ._registry_host import Registry
 from ._security_context import Actor, Security
-from ._trace import TRACEPARENT, new_traceparent, parse_traceparent, trace_id
+from ._trace import TRACEPARENT, new_traceparent, parse_traceparent, run_trace, trace_id
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay, syntax_error
 from ._unit import TURN, NoServices, Services, Unit
 from ._unit_process import NoProcesses, ProcessServices
@@ -33,6 +33,7 @@ __all__ = [
     "TRACEPARENT",
     "new_traceparent",
     "parse_traceparent",
+    "run_trace",
     "trace_id",
     "CANCEL",
     "DEFAULT_MAILBOX_LIMIT",

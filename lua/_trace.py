@@ -5,7 +5,7 @@ chain through every node's logs (docs/operations.md, *Tracing*).
 A unit holds it as the ``traceparent`` text itself (``00-<trace id>-<parent id>-<flags>``,
 55 characters), forwarded unchanged: moonwire records no spans of its own, and the W3C
 rules let a participant that does not record pass the header on as it came. An
-OpenTelemetry hook (``SpanHook``) may put a span of its own in between.
+OpenTelemetry integration would put a span of its own in between (docs/operations.md).
 
 A unit begins a trace only when it needs one and has none: when it logs, calls, sends
 or spawns. One that does none of these costs nothing; one that does makes the id once
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any, Protocol
+from typing import Any
 
 TRACEPARENT = "traceparent"
 """The header (W3C Trace Context; what OpenTelemetry's propagators read on NATS too)."""
@@ -38,23 +38,34 @@ def new_traceparent() -> str:
     return f"00-{bits >> 64:032x}-{(bits & 0xFFFFFFFFFFFFFFFF) | 1:016x}-01"
 
 
+_CHECKED: dict[str, None] = {}
+"""Version-00 values found valid lately: a chain's calls and messages repeat one value,
+so most checks are a look-up (cleared when full)."""
+_CHECKED_MAX = 1024
+
+
 def parse_traceparent(value: Any) -> str | None:
     """``value`` as a version-00 ``traceparent``, or None when it is not a valid one
     (any type, any length: it may come from any client). A later version is read by
     its first four fields, as W3C asks, and passed on as version 00."""
     if not isinstance(value, str) or len(value) > MAX_TRACEPARENT:
         return None
+    if value in _CHECKED:
+        return value
     if len(value) == 55 and _VERSION_00.fullmatch(value) is not None:
-        trace_id, parent = value[3:35], value[36:52]
+        trace, parent, version_00 = value[3:35], value[36:52], value
     else:
         later = _LATER.fullmatch(value)
         if later is None or later.group(1) in ("00", "ff"):  # 00 has exactly 55 characters
             return None
-        trace_id, parent = later.group(2), later.group(3)
-        value = f"00-{trace_id}-{parent}-{later.group(4)}"
-    if trace_id == _ZERO_TRACE or parent == _ZERO_PARENT:
+        trace, parent = later.group(2), later.group(3)
+        version_00 = f"00-{trace}-{parent}-{later.group(4)}"
+    if trace == _ZERO_TRACE or parent == _ZERO_PARENT:
         return None
-    return value
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[version_00] = None
+    return version_00
 
 
 def trace_id(traceparent: str) -> str:
@@ -62,12 +73,8 @@ def trace_id(traceparent: str) -> str:
     return traceparent[3:35]
 
 
-class SpanHook(Protocol):
-    """What an OpenTelemetry integration gives :class:`~moonwire.lua.Unit`: a span per
-    function call, begun with the call's ``traceparent`` (None: none came) and ended
-    with its outcome. ``begin`` returns the span and the ``traceparent`` the call carries
-    onward (the span's own, so its callees are its children)."""
-
-    def begin(self, name: str, traceparent: str | None) -> tuple[Any, str]: ...
-
-    def end(self, span: Any, error: Any) -> None: ...
+def run_trace(run_id: str) -> str | None:
+    """The trace of a workflow run: its run id (a UUID) as the trace id, so that every
+    replay of the run logs the same one and it reads beside Temporal's own tooling."""
+    digits = run_id.replace("-", "").lower()
+    return parse_traceparent(f"00-{digits}-{digits[:16]}-01")

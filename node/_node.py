@@ -32,7 +32,7 @@ from .servers import EmbeddedServers
 from .project import TemporalClientEntry
 from .workflows import Workflows
 from .functions import Functions
-from .cluster import Cluster, keep_dead_letters, replicas_for
+from .cluster import Cluster, replicas_for
 from .processes import READ_TURN, ControlPlane, DeadLetters, ClusterDelivery, NodeInboxes, RemoteNodes
 from ._runtime import Runtime
 from .project import Project
@@ -196,9 +196,6 @@ class Node:
                           expect=membership.expect)
         await cluster.start()
         self._steps.append(_Step("cluster", lambda remaining: cluster.stop()))
-        # Kept, not only published: `moonwire dlq` reads them later (node/cluster/_dead_letters.py).
-        await keep_dead_letters(self._nats, self.subjects, replicas=self.config.cluster.replicas
-                                or replicas_for(self._nats), timeout=self.config.cluster.timeout)
         runtime = self.runtime = Runtime(self.name, self.project, self.subjects, functions=functions, pids=pids,
                                          remote=remote, workflows=workflows, cluster=cluster,
                                          hearing=membership.hearing)

@@ -16,7 +16,7 @@ import msgpack
 import nats
 
 from moonwire.broker import Envelope
-from moonwire.lua import parse_traceparent
+from moonwire.lua import parse_traceparent, run_trace
 from moonwire.node.processes import decode
 from moonwire.node.processes._inboxes import decode_item
 
@@ -197,3 +197,9 @@ def test_a_process_message_keeps_its_trace_alone_and_in_a_batch() -> None:
     item = b"\x94" + msgpack.packb("t") + msgpack.packb("") + payloads + msgpack.packb("junk")
     assert decode_item(item, 1024).payloads == [1, "two"] and decode_item(item, 1024).trace is None
     assert decode("", {**headers, "traceparent": "x" * 9000}, body, 1024).trace is None
+
+
+def test_a_workflow_run_traces_under_its_run_id() -> None:
+    assert run_trace("0192f3a2-7c3b-7e21-9d4e-1a2b3c4d5e6f") == \
+        "00-0192f3a27c3b7e219d4e1a2b3c4d5e6f-0192f3a27c3b7e21-01"
+    assert run_trace("not a run id") is None

@@ -87,9 +87,10 @@ class StoredLetter:
 
 
 async def keep_dead_letters(nc: NatsClient, subjects: Subjects, *, replicas: int, timeout: float,
-                            limits: Limits = LIMITS) -> bool:
-    """Create the dead-letter stream when it is missing. False (and one warning) when
-    JetStream does not answer: dead letters are then only published."""
+                            limits: Limits = LIMITS, level: int = logging.WARNING) -> bool:
+    """Create the dead-letter stream when it is missing. False (and one line at
+    ``level``) when JetStream does not answer: dead letters are then only published,
+    until a node starts with JetStream there."""
     js = nc.jetstream(timeout=timeout)
     name = stream_name(subjects.prefix)
 
@@ -111,7 +112,7 @@ async def keep_dead_letters(nc: NatsClient, subjects: Subjects, *, replicas: int
     try:
         await bounded(ensure(), timeout, f"keeping dead letters in the stream {name!r}")
     except MoonwireError as err:
-        log.warning("dead letters are published but not kept: %s", err.message)
+        log.log(level, "dead letters are published but not kept: %s", err.message)
         return False
     return True
 

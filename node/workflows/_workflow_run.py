@@ -40,7 +40,7 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 from moonwire.broker import Pid
-from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Replay, Security, SpawnRequest, Unit, invalid, to_lua)
+from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Replay, Security, SpawnRequest, Unit, invalid, run_trace, to_lua)
 
 from ..wire import MSGPACK, pack, unpack
 from ._workflow_codec import (DEFAULT_RETRY, SEND_ACTIVITY, WorkflowInput, activity_options, decode_signal, encode_signal, from_failure, start_options, to_failure, workflow_pid)
@@ -80,6 +80,7 @@ class WorkflowRun:
                          services=ActivityCalls(self), processes=WorkflowProcesses(self),
                          loop=asyncio.get_running_loop())
         self.unit.pid = self.pid
+        self.unit.trace = run_trace(info.run_id)  # the same on every replay: logs of a run share it
         self.unit.mailbox = Mailbox(self.state, context.mailbox_limit)
         self.state.add_workflow_module({
             "info": self._info, "history_length": lambda: workflow.info().get_current_history_length(),
