@@ -186,3 +186,25 @@ async def test_dlq_replays_a_flood_once_and_loses_none(tmp_path: Path, nats_serv
     assert code == 0 and "replayed 300 letter(s)" in out, err
     after = await letters(url, pre, 300, "--limit", "1000")
     assert {x["replays"] for x in after} == {1} and sorted(int(str(x["body"])) for x in after) == list(range(300))
+
+
+def test_top_reads_rates_from_the_metrics_of_two_samples(capsys) -> None:
+    """Pure logic: the typed view of a status answer, and rates between two samples
+    (the counters come from the answer's ``metrics`` map, when a node has one)."""
+    from moonwire.node.cli._top import NodeStatus, Sample, render
+
+    def answer(messages: float, dead: float, inbox: int) -> dict[str, object]:
+        return {"node": "m1", "uptime": 90.0, "processes": 3, "hosts": ["app:host", "app:idle"],
+                "list": [{"host": "app:host", "inbox": inbox}, {"host": "app:host", "inbox": 1},
+                         {"host": "app:host", "inbox": 0}],
+                "metrics": {"moonwire_messages_delivered_total": messages, "dead_letters_total": dead, "x": "text"}}
+
+    before = Sample(10.0, {"m1": NodeStatus.from_answer(answer(1000, 5, 0))}, [], {"m1": 5})
+    after = Sample(12.0, {"m1": NodeStatus.from_answer(answer(3000, 9, 7))}, ["m2"], {"m1": 9})
+    assert render(after, before) == 1  # m2 did not answer
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    assert rows["m1"] == ["m1", "90.0s", "3", "1000", "8", "7", "9", "2.0"]
+    assert rows["m2"][:3] == ["m2", "(no", "answer)"]
+    hosts = [line.split() for line in out.splitlines() if line.startswith("app:")]
+    assert hosts == [["app:host", "m1", "3", "8", "7"], ["app:idle", "m1", "0", "0", "0"]]

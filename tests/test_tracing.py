@@ -23,24 +23,19 @@ from moonwire.node.processes._inboxes import decode_item
 from conftest import SpawnNode
 from support import run_cli, wait_until, write_project
 
-FIRST = """
+def calling(target: str) -> str:
+    """A function that logs its tag, then calls ``target`` with it."""
+    return f"""
     local funcs = require("funcs")
     local logger = require("logger")
     return function(tag)
-      logger:info("first", {tag = tag})
-      local r, err = funcs.call("tb:second", tag)
+      logger:info("calling {target}", {{tag = tag}})
+      local r, err = funcs.call("{target}", tag)
       if err then error(err) end
       return r
     end"""
-SECOND = """
-    local funcs = require("funcs")
-    local logger = require("logger")
-    return function(tag)
-      logger:info("second", {tag = tag})
-      local r, err = funcs.call("tc:third", tag)
-      if err then error(err) end
-      return r
-    end"""
+
+
 THIRD = """
     local logger = require("logger")
     return function(tag)
@@ -116,8 +111,8 @@ async def test_one_trace_id_follows_a_call_chain_across_three_nodes(
         tmp_path: Path, nats_server, spawn_node: SpawnNode) -> None:
     prefix = f"tr{uuid.uuid4().hex[:8]}"
     args = ("--prefix", prefix, "--log-format", "json")
-    n1 = await spawn_node(project(tmp_path, "ta", {"first": FIRST}), "ta1", nats_url=nats_server.address, args=args)
-    n2 = await spawn_node(project(tmp_path, "tb", {"second": SECOND}, "relay"), "tb2", nats_url=nats_server.address,
+    n1 = await spawn_node(project(tmp_path, "ta", {"first": calling("tb:second")}), "ta1", nats_url=nats_server.address, args=args)
+    n2 = await spawn_node(project(tmp_path, "tb", {"second": calling("tc:third")}, "relay"), "tb2", nats_url=nats_server.address,
                           args=args)
     n3 = await spawn_node(project(tmp_path, "tc", {"third": THIRD}, "sink"), "tc3", nats_url=nats_server.address,
                           args=args)
@@ -148,7 +143,8 @@ async def test_one_trace_id_follows_a_call_chain_across_three_nodes(
         assert {r["trace_id"] for r in await logged("traced", 3)} == {"4bf92f3577b34da6a3ce929d0e0e4736"}
 
         # 3. A malformed one (oversized, or not hex) is ignored: the call runs, in a trace of its own.
-        for tag, bad in (("huge", "00-" + "a" * 5000), ("nothex", "00-4bf92f3577b34da6a3ce929d0e0e473Z-00f067aa0ba902b7-01"),
+        for tag, bad in (("huge", "00-" + "a" * 5000),
+                         ("nothex", "00-4bf92f3577b34da6a3ce929d0e0e473Z-00f067aa0ba902b7-01"),
                          ("zeros", f"00-{'0' * 32}-00f067aa0ba902b7-01")):
             reply = await nc.request(f"{prefix}.fn.ta:first", json.dumps([tag]).encode(),
                                      headers={"traceparent": bad}, timeout=10)

@@ -103,6 +103,13 @@ async def sample(nc: NatsClient, subjects: Subjects, limit: int) -> Sample:
     return Sample(time.monotonic(), nodes, sorted(answers.missing), letters)
 
 
+def _kept(sample: Sample | None, node: str) -> float | None:
+    """The letters the stream kept for ``node`` at ``sample``; None: not known."""
+    if sample is None or sample.letters is None:
+        return None
+    return float(sample.letters.get(node, 0))
+
+
 def _rate(now: float | None, before: float | None, seconds: float) -> str:
     if now is None or before is None or seconds <= 0:
         return "-"
@@ -132,11 +139,8 @@ def render(current: Sample, previous: Sample | None) -> int:
         dead_now = status.counter(DEAD_LETTERS)
         if dead_now is not None:
             dead_rate = _rate(dead_now, before.counter(DEAD_LETTERS) if before else None, seconds)
-        else:
-            kept_before = (previous.letters or {}).get(name, 0) if previous is not None and previous.letters is not None \
-                else None
-            dead_rate = _rate(float(letters.get(name, 0)) if current.letters is not None else None,
-                              None if kept_before is None else float(kept_before), seconds)
+        else:  # without the node's counter: how fast its letters grow in the stream
+            dead_rate = _rate(_kept(current, name), _kept(previous, name), seconds)
         loads = status.hosts.values()
         partial = "+" if status.listed < status.processes else ""
         rows.append([name, age(status.uptime), str(status.processes),

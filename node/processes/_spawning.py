@@ -263,7 +263,7 @@ class Spawning:
         if on_exit is not None:
             record.exit_hooks = [on_exit]
         for topic, payloads in request.messages:
-            child.mailbox.post(Message(topic, payloads, parent))
+            child.mailbox.post(Message(topic, payloads, parent, request.trace))
         try:
             child.start(export, request.args)
         except MoonwireError as err:  # arguments Lua cannot hold: it exits before it ran
