@@ -13,9 +13,11 @@ NATS message (a *batch*; nothing waits to form one, so a batch never adds latenc
     Content-Type: application/msgpack     body: msgpack array of bin items
     Mw-Batch: <number of items>
 
-where each item is the msgpack array ``[topic, sender, [payloads...]]``, with the
-``traceparent`` as a fourth element when there is one. An item is a separate bin so
-that the receiver can size it and dead-letter it alone.
+where each item is the msgpack array ``[topic, sender, [payloads...]]``. An item is a
+separate bin so that the receiver can size it and dead-letter it alone. When every item
+has the same trace (one sender's burst, the usual batch) the batch carries it once, in
+a ``traceparent`` header; otherwise each item that has one carries it as a fourth
+element (``[topic, sender, [payloads...], traceparent]``), which wins over the header.
 """
 
 from __future__ import annotations
@@ -65,18 +67,24 @@ class Envelope:
         """About its size in a batch (the strings' lengths in characters)."""
         return len(self.payloads) + len(self.topic) + len(self.sender) + len(self.trace) + 8
 
-    def item(self) -> bytes:
-        """This message as an item of a batch."""
+    def item(self, trace: bool = True) -> bytes:
+        """This message as an item of a batch (with its trace unless ``trace`` is false:
+        the batch carries it)."""
         head = msgpack.packb(self.topic) + msgpack.packb(self.sender)
-        if self.trace:
+        if trace and self.trace:
             return b"\x94" + head + self.payloads + msgpack.packb(self.trace)
         return b"\x93" + head + self.payloads
 
 
 def batch(envelopes: list[Envelope]) -> tuple[bytes, dict[str, str]]:
     """The body and headers of one NATS message carrying ``envelopes`` in order."""
-    return (msgpack.packb([e.item() for e in envelopes], use_bin_type=True),
-            {CONTENT_TYPE: MSGPACK, BATCH_HEADER: str(len(envelopes))})
+    headers = {CONTENT_TYPE: MSGPACK, BATCH_HEADER: str(len(envelopes))}
+    trace = envelopes[0].trace
+    if not all(e.trace == trace for e in envelopes):  # several senders: each item its own
+        return msgpack.packb([e.item() for e in envelopes], use_bin_type=True), headers
+    if trace:
+        headers[TRACE_HEADER] = trace
+    return msgpack.packb([e.item(False) for e in envelopes], use_bin_type=True), headers
 
 
 def batch_items(body: bytes) -> list[bytes]:

@@ -15,10 +15,12 @@ from typing import Any
 import msgpack
 import nats
 
-from moonwire.broker import Envelope
+from moonwire.broker import Envelope, batch_items
+from moonwire.broker._envelope import batch
 from moonwire.lua import parse_traceparent, run_trace
 from moonwire.node.processes import decode
 from moonwire.node.processes._inboxes import decode_item
+from moonwire.node.wire import request_trace
 
 from conftest import SpawnNode
 from support import run_cli, wait_until, write_project
@@ -193,6 +195,26 @@ def test_a_process_message_keeps_its_trace_alone_and_in_a_batch() -> None:
     item = b"\x94" + msgpack.packb("t") + msgpack.packb("") + payloads + msgpack.packb("junk")
     assert decode_item(item, 1024).payloads == [1, "two"] and decode_item(item, 1024).trace is None
     assert decode("", {**headers, "traceparent": "x" * 9000}, body, 1024).trace is None
+
+
+def test_a_batch_carries_one_senders_trace_once_and_mixed_traces_per_item() -> None:
+    one, other = ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                  "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    payloads = msgpack.packb([1])
+
+    def received(envelopes: list[Envelope]) -> tuple[dict[str, str], list[str | None]]:
+        body, headers = batch(envelopes)
+        shared = request_trace(None, headers)
+        return headers, [decode_item(item, 1024, "", shared).trace for item in batch_items(body)]
+
+    headers, traces = received([Envelope("t", "", payloads, one)] * 3)
+    assert headers["traceparent"] == one and traces == [one] * 3
+    assert one.encode() not in batch([Envelope("t", "", payloads, one)] * 3)[0]  # once, in the header
+    headers, traces = received([Envelope("t", "", payloads, one), Envelope("t", "", payloads),
+                                Envelope("t", "", payloads, other)])
+    assert "traceparent" not in headers and traces == [one, None, other]
+    headers, traces = received([Envelope("t", "", payloads)] * 2)
+    assert "traceparent" not in headers and traces == [None, None]
 
 
 def test_a_workflow_run_traces_under_its_run_id() -> None:

@@ -115,8 +115,9 @@ def decode(topic_from_subject: str, headers: dict[str, str], body: bytes, max_bo
     return _checked_payloads(topic, sender, payloads, request_trace(None, headers))
 
 
-def decode_item(item: bytes, max_body: int, known_sender: str = "") -> Message:
-    """The message an item of a batch carries (``known_sender``: one already checked).
+def decode_item(item: bytes, max_body: int, known_sender: str = "", batch_trace: str | None = None) -> Message:
+    """The message an item of a batch carries (``known_sender``: one already checked;
+    ``batch_trace``: the batch's, for an item without its own)
 
     Raises:
         Undeliverable: naming what is wrong with it.
@@ -132,7 +133,8 @@ def decode_item(item: bytes, max_body: int, known_sender: str = "") -> Message:
         raise Undeliverable("a batch item must be [topic, sender, payloads] or [topic, sender, payloads, trace]")
     topic, sender, payloads = fields[:3]
     _check_address(topic, "" if sender == known_sender else sender)
-    return _checked_payloads(topic, sender, payloads, parse_traceparent(fields[3]) if len(fields) == 4 else None)
+    return _checked_payloads(topic, sender, payloads,
+                             parse_traceparent(fields[3]) if len(fields) == 4 else batch_trace)
 
 
 def _check_address(topic: str, sender: str) -> None:
@@ -313,10 +315,10 @@ class NodeInboxes:
         except ValueError as err:
             self._dead_letter(msg, str(err))
             return
-        sender = ""
+        sender, shared = "", request_trace(None, msg.headers)  # one sender's burst: its trace, once
         for item in items:
             try:
-                message = decode_item(item, self.max_body, sender)
+                message = decode_item(item, self.max_body, sender, shared)
                 sender = message.sender
                 self.deliver(uid, message)
                 self.stats.delivered += 1
@@ -327,7 +329,7 @@ class NodeInboxes:
                     if not (isinstance(fields, list) and len(fields) in (3, 4) and isinstance(fields[0], str)
                             and isinstance(fields[1], str)):  # header values must be strings
                         raise TypeError("not an item")
-                    trace = parse_traceparent(fields[3]) if len(fields) == 4 else None
+                    trace = parse_traceparent(fields[3]) if len(fields) == 4 else shared
                     body, headers = Envelope(fields[0], fields[1], pack(fields[2]), trace or "").alone()
                 except (MoonwireError, TypeError, ValueError):
                     body, headers = item, {CONTENT_TYPE: MSGPACK}
