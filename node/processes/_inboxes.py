@@ -131,10 +131,10 @@ def decode_item(item: bytes, max_body: int, known_sender: str = "", batch_trace:
     if not (isinstance(fields, list) and len(fields) in (3, 4) and isinstance(fields[0], str)
             and isinstance(fields[1], str)):
         raise Undeliverable("a batch item must be [topic, sender, payloads] or [topic, sender, payloads, trace]")
-    topic, sender, payloads = fields[:3]
+    topic, sender, payloads = fields[0], fields[1], fields[2]
     _check_address(topic, "" if sender == known_sender else sender)
     return _checked_payloads(topic, sender, payloads,
-                             parse_traceparent(fields[3]) if len(fields) == 4 else batch_trace)
+                             batch_trace if len(fields) == 3 else parse_traceparent(fields[3]))
 
 
 def _check_address(topic: str, sender: str) -> None:
