@@ -22,7 +22,7 @@ from ._process import SpawnRequest
 from ._entries import Entries, RegistryEntry
 from ._registry_host import Registry
 from ._security_context import Actor, Security
-from ._trace import TRACEPARENT, new_traceparent, parse_traceparent, run_trace, trace_id
+from ._trace import TRACEPARENT, SpanHook, new_traceparent, parse_traceparent, run_trace, set_span_hook, trace_id
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay, syntax_error
 from ._unit import TURN, NoServices, Services, Unit
 from ._unit_process import NoProcesses, ProcessServices
@@ -34,6 +34,8 @@ __all__ = [
     "new_traceparent",
     "parse_traceparent",
     "run_trace",
+    "SpanHook",
+    "set_span_hook",
     "trace_id",
     "CANCEL",
     "DEFAULT_MAILBOX_LIMIT",

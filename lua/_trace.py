@@ -4,8 +4,9 @@ chain through every node's logs (docs/operations.md, *Tracing*).
 
 A unit holds it as the ``traceparent`` text itself (``00-<trace id>-<parent id>-<flags>``,
 55 characters), forwarded unchanged: moonwire records no spans of its own, and the W3C
-rules let a participant that does not record pass the header on as it came. An
-OpenTelemetry integration would put a span of its own in between (docs/operations.md).
+rules let a participant that does not record pass the header on as it came. With a
+:class:`SpanHook` installed (OpenTelemetry, ``moonwire[otel]``: ``node/cli/_otel.py``),
+each function call is a span of its own in between (docs/operations.md).
 
 A unit begins a trace only when it needs one and has none: when it logs, calls, sends
 or spawns. One that does none of these costs nothing; one that does makes the id once
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+from typing import Any, Protocol
 
 TRACEPARENT = "traceparent"
 """The header (W3C Trace Context; what OpenTelemetry's propagators read on NATS too)."""
@@ -78,3 +79,27 @@ def run_trace(run_id: str) -> str | None:
     replay of the run logs the same one and it reads beside Temporal's own tooling."""
     digits = run_id.replace("-", "").lower()
     return parse_traceparent(f"00-{digits}-{digits[:16]}-01")
+
+
+class SpanHook(Protocol):
+    """A span per function call (an OpenTelemetry integration). ``begin`` is given the
+    entry and the call's ``traceparent`` (None: it came with none) and returns the span
+    and the ``traceparent`` the call carries on (the span's own: its callees are its
+    children); ``end`` is given the span and the call's error (None: it returned)."""
+
+    def begin(self, name: str, traceparent: str | None) -> tuple[Any, str]: ...
+
+    def end(self, span: Any, error: Any) -> None: ...
+
+
+class _Spans:
+    hook: SpanHook | None = None
+
+
+SPANS = _Spans()
+"""The installed span hook, read by every function call (None: no spans, the default)."""
+
+
+def set_span_hook(hook: SpanHook | None) -> None:
+    """Install ``hook`` for every function call from now on (None: remove it)."""
+    SPANS.hook = hook

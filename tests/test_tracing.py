@@ -14,6 +14,7 @@ from typing import Any
 
 import msgpack
 import nats
+import pytest
 
 from moonwire.broker import Envelope, batch_items
 from moonwire.broker._envelope import batch
@@ -221,3 +222,71 @@ def test_a_workflow_run_traces_under_its_run_id() -> None:
     assert run_trace("0192f3a2-7c3b-7e21-9d4e-1a2b3c4d5e6f") == \
         "00-0192f3a27c3b7e219d4e1a2b3c4d5e6f-0192f3a27c3b7e21-01"
     assert run_trace("not a run id") is None
+
+
+OUTER = """
+    local funcs = require("funcs")
+    return function(fail)
+      local r, err = funcs.call("ot:inner", fail)
+      if err then return nil, err end
+      return r
+    end"""
+INNER = "return function(fail) if fail then error('inner failed') end return 'ok' end"
+
+
+def otel_project(root: Path) -> Path:
+    return write_project(root, {
+        "_index.yaml": """
+            namespace: ot
+            entries:
+              - {name: outer, kind: function.lua, source: file://outer.lua, modules: [funcs]}
+              - {name: inner, kind: function.lua, source: file://inner.lua}
+        """, "outer.lua": OUTER, "inner.lua": INNER})
+
+
+async def test_with_opentelemetry_each_function_call_is_a_span_in_the_callers_trace(tmp_path: Path) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from moonwire.broker import Subjects
+    from moonwire.lua import set_span_hook, settled
+    from moonwire.node import load_project
+    from moonwire.node.cli._otel import OtelSpans
+    from moonwire.node.functions._functions import Functions
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    functions = Functions(load_project(otel_project(tmp_path / "p"), environ={}), Subjects())
+    outside = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    set_span_hook(OtelSpans(provider.get_tracer("test"), "n1"))
+    try:
+        ok = await settled(functions.pools["ot:outer"].call([False], {}, {}, None, outside))
+        failed = await settled(functions.pools["ot:outer"].call([True], {}, {}, None, None))
+    finally:
+        set_span_hook(None)
+    assert ok.value == "ok" and failed.error is not None
+    spans = {(span.name, span.context.trace_id): span for span in exported.get_finished_spans()}
+    assert len(spans) == 4
+    outer, inner = spans[("ot:outer", 0x4bf92f3577b34da6a3ce929d0e0e4736)], \
+        spans[("ot:inner", 0x4bf92f3577b34da6a3ce929d0e0e4736)]
+    assert outer.parent.span_id == 0x00f067aa0ba902b7 and inner.parent.span_id == outer.context.span_id
+    assert outer.attributes["moonwire.node"] == "n1" and outer.status.is_ok
+    [bad_inner] = [s for (name, _), s in spans.items() if name == "ot:inner" and s is not inner]
+    assert not bad_inner.status.is_ok and bad_inner.attributes["moonwire.error.kind"] == ""
+    # Without the hook, no span and no cost beyond one check.
+    assert (await settled(functions.pools["ot:outer"].call([False], {}, {}, None, None))).value == "ok"
+    assert len(exported.get_finished_spans()) == 4
+
+
+async def test_moonwire_run_exports_spans_when_otel_traces_exporter_asks(tmp_path: Path, nats_server) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    code, out, err = await run_cli("run", str(otel_project(tmp_path / "p")), "--node", "otel1", "--nats",
+                                   nats_server.address, "-x", "ot:outer", "false",
+                                   env={"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "shop"})
+    assert code == 0 and json.loads(out) == "ok", err
+    names = re.findall(r'"name": "(ot:\w+)"', err)
+    assert sorted(names) == ["ot:inner", "ot:outer"], err
+    assert '"service.name": "shop"' in err and '"moonwire.node": "otel1"' in err

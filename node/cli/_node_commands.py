@@ -21,6 +21,7 @@ from ..workflows import TemporalUnavailable
 from ._common import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, json_args, load, print_outcome,
                       print_problems)
 from ._logging import setup_logging
+from ._otel import install_spans
 from ._parsing import config_flags
 
 log = logging.getLogger("moonwire")
@@ -32,6 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     node = Node(*loaded)
+    spans = install_spans(node.name)  # OpenTelemetry, when OTEL_TRACES_EXPORTER asks (_otel.py)
     try:
         if args.execute:
             entry, *entry_args = args.execute
@@ -45,6 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:
+        if spans is not None:
+            spans.shutdown()  # exports what is still buffered
     return EXIT_OK
 
 
