@@ -9,8 +9,14 @@ import os
 import signal
 import uuid
 from pathlib import Path
+from typing import Any
 
 import nats
+
+from moonwire.broker import Subjects
+from moonwire.lua import Message
+from moonwire.node.cluster import DeadLetterStore, StoredLetter
+from moonwire.node.processes import encode as encode_message
 
 from conftest import SpawnNode
 from support import MOONWIRE, NodeProcess, run_cli, write_project
@@ -99,18 +105,32 @@ async def test_ps_and_nodes_watch_redraw_until_sigint(tmp_path: Path, nats_serve
     await asyncio.gather(watched("ps", nats_server.address, pre), watched("nodes", nats_server.address, pre))
 
 
-async def letters(url: str, pre: str, count: int, *args: str) -> list[dict[str, object]]:
-    """The letters ``moonwire dlq --json`` lists, once there are ``count`` (a poll: a
-    letter is stored a moment after the send that caused it returned)."""
+async def kept(nc: nats.NATS, pre: str, count: int) -> list[StoredLetter]:
+    """The letters the stream keeps, once it keeps ``count`` (a letter is stored a
+    moment after the send that caused it returned: a poll)."""
+    store = DeadLetterStore(nc, Subjects(pre))
     deadline = asyncio.get_running_loop().time() + 20
-    while True:
-        code, out, err = await cli(url, pre, "dlq", "--json", *args)
-        assert code == 0, err
-        found = [json.loads(line) for line in out.splitlines()]
-        if len(found) >= count or asyncio.get_running_loop().time() > deadline:
-            assert len(found) == count, found
-            return found
-        await asyncio.sleep(0.1)
+    while (await store.js.stream_info(store.name)).state.messages != count:
+        assert asyncio.get_running_loop().time() < deadline, f"the stream never kept {count} letters"
+        await asyncio.sleep(0.05)
+    return [letter async for letter in store.letters()]
+
+
+async def listed(nc: nats.NATS, url: str, pre: str, count: int, *args: str) -> list[dict[str, object]]:
+    """What ``moonwire dlq --json`` lists, once the stream keeps ``count`` letters."""
+    await kept(nc, pre, count)
+    code, out, err = await cli(url, pre, "dlq", "--json", *args)
+    assert code == 0, err
+    found = [json.loads(line) for line in out.splitlines()]
+    assert len(found) == count, found
+    return found
+
+
+async def request(nc: nats.NATS, subject: str, body: dict[str, Any]) -> Any:
+    """A control request from outside (docs/wire.md): its result."""
+    reply = json.loads((await nc.request(subject, json.dumps(body).encode(), timeout=10)).data)
+    assert "result" in reply, reply
+    return reply["result"]
 
 
 async def test_dlq_lists_replays_and_purges_dead_letters(tmp_path: Path, nats_server,
@@ -118,57 +138,57 @@ async def test_dlq_lists_replays_and_purges_dead_letters(tmp_path: Path, nats_se
     pre, url = prefix(), nats_server.address
     node: NodeProcess = await spawn_node(write_project(tmp_path / "p", PROJECT), "dlq1", nats_url=url,
                                          args=("--prefix", pre))
-    # A send to a PID that has exited: dead-lettered, kept, listed with its reason.
-    code, out, err = await cli(url, pre, "spawn", "app:quick", "--host", "app:host")
-    assert code == 0, err
-    gone = out.strip()
-    code, _, err = await cli(url, pre, "send", gone, "hello", '{"n": 1}')
-    assert code == 0, err
-    [letter] = await letters(url, pre, 1)
-    uid = gone[gone.index("|") + 1:-1]
-    assert letter["node"] == "dlq1" and letter["subject"] == f"{pre}.p.dlq1.{uid}"
-    assert letter["reason"] == f"no process with uid {uid} on node dlq1" and letter["body"] == 'hello: [{"n": 1}]'
-    code, out, _ = await cli(url, pre, "dlq")
-    assert code == 0 and "no process with uid" in out and "ID" in out.splitlines()[0]
-
-    # Replayed while its target is still gone: dead-lettered again, with its reason and a
-    # count, under a new id; the one replay publishes it once (it is not read again), and
-    # the old letter is gone.
-    code, out, err = await cli(url, pre, "dlq", "replay", str(letter["id"]), "999999")
-    assert code == 1 and "replayed 1 letter(s)" in out and "no letter 999999" in err, err
-    [again] = await letters(url, pre, 1)
-    assert again["id"] != letter["id"] and again["replays"] == 1 and again["reason"] == letter["reason"]
-
-    # A message to a cluster name nobody holds, replayed once a process holds it: delivered.
-    code, _, err = await cli(url, pre, "send", "catch-me", "hello", '"second chance"')
-    assert code == 0, err
-    named = [x for x in await letters(url, pre, 2) if x["subject"] == f"{pre}.n.catch-me"]
-    assert len(named) == 1 and "no process holds the cluster name 'catch-me'" in str(named[0]["reason"])
-    code, _, err = await cli(url, pre, "spawn", "app:catcher", "--host", "app:host", "--name", "catch-me",
-                             "--scope", "eventual")
-    assert code == 0, err
-    code, out, err = await cli(url, pre, "dlq", "replay", str(named[0]["id"]))
-    assert code == 0 and "replayed 1 letter(s)" in out, err
-    await node.wait_for_line("caught second chance")
-    assert [x["subject"] for x in await letters(url, pre, 1)] == [f"{pre}.p.dlq1.{uid}"]
-
-    # Only the data plane is replayed: a letter claiming a control subject stays put.
     nc = await nats.connect(url)
     try:
+        # A send to a PID that has exited: dead-lettered, kept, listed with its reason.
+        spawned = await request(nc, f"{pre}.ctl.dlq1.spawn", {"entry": "app:quick", "host": "app:host"})
+        gone = str(spawned["pid"])
+        uid = gone[gone.index("|") + 1:-1]
+        deadline = asyncio.get_running_loop().time() + 20
+        while any(p["pid"] == gone for p in (await request(nc, f"{pre}.ctl.dlq1.ps", {}))["list"]):
+            assert asyncio.get_running_loop().time() < deadline, "the quick process never exited"
+            await asyncio.sleep(0.05)  # a poll: its exit announces itself nowhere outside
+        body, headers = encode_message(Message("hello", [{"n": 1}]))
+        await nc.publish(f"{pre}.p.dlq1.{uid}", body, headers=headers)
+        [letter] = await listed(nc, url, pre, 1)
+        assert letter["node"] == "dlq1" and letter["subject"] == f"{pre}.p.dlq1.{uid}" and uid
+        assert letter["reason"] == f"no process with uid {uid} on node dlq1" and letter["body"] == 'hello: [{"n": 1}]'
+        code, out, _ = await cli(url, pre, "dlq")
+        assert code == 0 and "no process with uid" in out and "ID" in out.splitlines()[0]
+
+        # Replayed while its target is still gone: dead-lettered again, with its reason and
+        # a count, under a new id; the one replay publishes it once (it is not read again),
+        # and the old letter is gone.
+        code, out, err = await cli(url, pre, "dlq", "replay", str(letter["id"]), "999999")
+        assert code == 1 and "replayed 1 letter(s)" in out and "no letter 999999" in err, err
+        [again] = await listed(nc, url, pre, 1)
+        assert again["id"] != letter["id"] and again["replays"] == 1 and again["reason"] == letter["reason"]
+
+        # A message to a cluster name nobody holds, replayed once a process holds it: delivered.
+        await nc.publish(f"{pre}.n.catch-me.hello", json.dumps("second chance").encode())
+        [named] = [x for x in await kept(nc, pre, 2) if x.subject == f"{pre}.n.catch-me.hello"]
+        assert "no process holds the cluster name 'catch-me'" in named.reason
+        await request(nc, f"{pre}.ctl.dlq1.spawn", {"entry": "app:catcher", "host": "app:host", "name": "catch-me",
+                                                    "scope": "eventual"})
+        code, out, err = await cli(url, pre, "dlq", "replay", str(named.seq))
+        assert code == 0 and "replayed 1 letter(s)" in out, err
+        await node.wait_for_line("caught second chance")
+        assert [x.subject for x in await kept(nc, pre, 1)] == [f"{pre}.p.dlq1.{uid}"]
+
+        # Only the data plane is replayed: a letter claiming a control subject stays put.
         await nc.publish(f"{pre}.dlq.dlq1", b"{}", headers={"Mw-Dlq-Subject": f"{pre}.ctl.dlq1.terminate",
                                                            "Mw-Dlq-Reason": "forged"})
-        await nc.flush()
+        [forged] = [x for x in await kept(nc, pre, 2) if x.reason == "forged"]
+        code, out, err = await cli(url, pre, "dlq", "replay", "--all", "--rate", "0")
+        assert code == 1 and f"letter {forged.seq} not replayed" in err and "1 refused" in out
+        assert {x.reason for x in await kept(nc, pre, 2)} == {"forged", letter["reason"]}
+
+        code, out, err = await cli(url, pre, "dlq", "purge", "--node", "dlq1")
+        assert code == 0 and "purged 2 letter(s) from node dlq1" in out, err
+        code, out, _ = await cli(url, pre, "dlq")
+        assert code == 0 and "no dead letters kept" in out
     finally:
         await nc.close()
-    forged = [x for x in await letters(url, pre, 2) if x["reason"] == "forged"]
-    code, out, err = await cli(url, pre, "dlq", "replay", "--all", "--rate", "0")
-    assert code == 1 and f"letter {forged[0]['id']} not replayed" in err and "1 refused" in out
-    assert {x["reason"] for x in await letters(url, pre, 2)} == {"forged", letter["reason"]}
-
-    code, out, err = await cli(url, pre, "dlq", "purge", "--node", "dlq1")
-    assert code == 0 and "purged 2 letter(s) from node dlq1" in out, err
-    code, out, _ = await cli(url, pre, "dlq")
-    assert code == 0 and "no dead letters kept" in out
 
 
 async def test_dlq_replays_a_flood_once_and_loses_none(tmp_path: Path, nats_server, spawn_node: SpawnNode) -> None:
@@ -178,13 +198,12 @@ async def test_dlq_replays_a_flood_once_and_loses_none(tmp_path: Path, nats_serv
     try:
         for n in range(300):  # to a process that never existed
             await nc.publish(f"{pre}.p.fld1.nosuch-1.flood", json.dumps(n).encode())
-        await nc.flush()
+        await kept(nc, pre, 300)
+        code, out, err = await cli(url, pre, "dlq", "replay", "--all", "--rate", "0")
+        assert code == 0 and "replayed 300 letter(s)" in out, err
+        after = await listed(nc, url, pre, 300, "--limit", "1000")
     finally:
         await nc.close()
-    assert len(await letters(url, pre, 300, "--limit", "1000")) == 300
-    code, out, err = await cli(url, pre, "dlq", "replay", "--all", "--rate", "0")
-    assert code == 0 and "replayed 300 letter(s)" in out, err
-    after = await letters(url, pre, 300, "--limit", "1000")
     assert {x["replays"] for x in after} == {1} and sorted(int(str(x["body"])) for x in after) == list(range(300))
 
 

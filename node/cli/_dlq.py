@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -70,27 +71,33 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 async def _list(args: argparse.Namespace, store: DeadLetterStore) -> int:
     rows = [["ID", "TIME", "NODE", "SUBJECT", "REASON", "REPLAYS", "BODY"]]
-    shown = more = 0
-    async for letter in store.letters(args.target_node):
-        if shown >= args.limit:
-            more += 1
-            continue
-        shown += 1
-        if args.json:
-            print(json.dumps({"id": letter.seq, "time": letter.time.isoformat(), "node": letter.node,
-                              "subject": letter.subject, "reason": letter.reason, "replays": letter.replays,
-                              "headers": letter.headers, "body": summary(letter)}, ensure_ascii=False))
-        else:
-            rows.append([str(letter.seq), letter.time.strftime("%Y-%m-%d %H:%M:%S"), letter.node, letter.subject,
-                         letter.reason, str(letter.replays), summary(letter)])
+    kept = sum(n for node, n in (await store.counts()).items() if args.target_node in (None, node))
+    shown = 0
+    async with contextlib.aclosing(store.letters(args.target_node)) as letters:
+        async for letter in letters:
+            if shown >= args.limit:
+                break
+            shown += 1
+            _show(args, letter, rows)
     if not args.json:
         if shown:
             table(rows)
-        else:
+        elif not kept:
             print("no dead letters kept" + (f" from node {args.target_node}" if args.target_node else ""))
-    if more:
-        print(f"({more} more; raise --limit to see them)", file=sys.stderr)
+    if kept > shown:
+        print(f"({kept - shown} more; raise --limit to see them)", file=sys.stderr)
     return EXIT_OK
+
+
+def _show(args: argparse.Namespace, letter: StoredLetter, rows: list[list[str]]) -> None:
+    """Print ``letter`` as a JSON line, or add it to the table's ``rows``."""
+    if args.json:
+        print(json.dumps({"id": letter.seq, "time": letter.time.isoformat(), "node": letter.node,
+                          "subject": letter.subject, "reason": letter.reason, "replays": letter.replays,
+                          "headers": letter.headers, "body": summary(letter)}, ensure_ascii=False))
+    else:
+        rows.append([str(letter.seq), letter.time.strftime("%Y-%m-%d %H:%M:%S"), letter.node, letter.subject,
+                     letter.reason, str(letter.replays), summary(letter)])
 
 
 async def _replay(args: argparse.Namespace, store: DeadLetterStore) -> int:
@@ -101,24 +108,25 @@ async def _replay(args: argparse.Namespace, store: DeadLetterStore) -> int:
     replayed: list[int] = []
     refused = 0
     started = time.monotonic()
-    async for letter in store.letters(args.target_node, until=until):
-        if wanted and letter.seq not in wanted:
-            continue
-        wanted.discard(letter.seq)
-        reason = store.refusal(letter)
-        if reason is not None:
-            refused += 1
-            print(f"error: letter {letter.seq} not replayed: {reason}", file=sys.stderr)
-            continue
-        if args.rate:  # a flood replayed at once would only be dead-lettered again
-            await asyncio.sleep(max(0.0, started + len(replayed) / args.rate - time.monotonic()))
-        await store.replay(letter)
-        replayed.append(letter.seq)
-        if len(replayed) % REPLAY_CHUNK == 0:  # out of the stream as they go: an interrupted replay
-            await store.nc.flush()             # repeats at most one chunk
-            await store.delete(replayed[-REPLAY_CHUNK:])
-        if args.ids and not wanted:
-            break
+    async with contextlib.aclosing(store.letters(args.target_node, until=until)) as letters:
+        async for letter in letters:
+            if args.ids and letter.seq not in wanted:
+                continue
+            wanted.discard(letter.seq)
+            reason = store.refusal(letter)
+            if reason is not None:
+                refused += 1
+                print(f"error: letter {letter.seq} not replayed: {reason}", file=sys.stderr)
+                continue
+            if args.rate:  # a flood replayed at once would only be dead-lettered again
+                await asyncio.sleep(max(0.0, started + len(replayed) / args.rate - time.monotonic()))
+            await store.replay(letter)
+            replayed.append(letter.seq)
+            if len(replayed) % REPLAY_CHUNK == 0:  # out of the stream as they go: an interrupted
+                await store.nc.flush()             # replay repeats at most one chunk
+                await store.delete(replayed[-REPLAY_CHUNK:])
+            if args.ids and not wanted:
+                break
     await store.nc.flush()
     await store.delete(replayed[len(replayed) - len(replayed) % REPLAY_CHUNK:])
     for seq in sorted(wanted):
