@@ -290,3 +290,36 @@ async def test_moonwire_run_exports_spans_when_otel_traces_exporter_asks(tmp_pat
     names = re.findall(r'"name": "(ot:\w+)"', err)
     assert sorted(names) == ["ot:inner", "ot:outer"], err
     assert '"service.name": "shop"' in err and '"moonwire.node": "otel1"' in err
+
+
+async def test_a_workflow_logs_and_its_activities_log_under_its_run_id(tmp_path: Path, nats_server,
+                                                                        temporal_server) -> None:
+    queue = f"tw-{uuid.uuid4().hex[:8]}"
+    project = write_project(tmp_path / "p", {
+        "_index.yaml": f"""
+            namespace: tw
+            entries:
+              - {{name: temporal, kind: temporal.client, address: "{temporal_server.address}"}}
+              - {{name: worker, kind: temporal.worker, client: temporal, task_queue: {queue}}}
+              - {{name: go, kind: function.lua, source: file://go.lua}}
+              - {{name: logit, kind: function.lua, source: file://logit.lua, modules: [logger]}}
+              - {{name: flow, kind: workflow.lua, source: file://flow.lua, modules: [funcs, logger, workflow]}}
+        """,
+        "go.lua": "return function() return process.exec('tw:flow', 'tw:worker') end",
+        "logit.lua": "local logger = require('logger') return function() logger:info('activity', {tag = 'wf'}) "
+                     "return true end",
+        "flow.lua": """
+            local funcs, logger, workflow = require("funcs"), require("logger"), require("workflow")
+            return function()
+              logger:info("workflow", {tag = "wf"})
+              assert(funcs.call("tw:logit"))
+              return workflow.info().run_id
+            end""",
+    })
+    code, out, err = await run_cli("run", str(project), "--node", "tw1", "--nats", nats_server.address,
+                                   "--prefix", f"tw{uuid.uuid4().hex[:8]}", "--log-format", "json", "-x", "tw:go")
+    assert code == 0, err
+    run_id = json.loads(out).replace("-", "")
+    records = lua_records(err.splitlines(), "wf")
+    assert sorted(r["entry"] for r in records) == ["tw:flow", "tw:logit"], err
+    assert {r["trace_id"] for r in records} == {run_id}

@@ -324,8 +324,8 @@ class Functions:
     # ------------------------------------------------------------ calling
 
     def call(self, caller: Unit | None, target: str, args: list[Any], context: dict[str, Any],
-             options: dict[str, Any], security: Security | None = None) -> Answer:
-        pool, trace = self.pools.get(target), caller.traceparent() if caller is not None else None
+             options: dict[str, Any], security: Security | None = None, trace: str | None = None) -> Answer:
+        pool, trace = self.pools.get(target), caller.traceparent() if caller is not None else trace
         if pool is not None:
             return pool.call(args, context, options, security, trace)
         if not is_entry_id(target):  # it names no entry anywhere, and must not reach a subject

@@ -191,7 +191,8 @@ class ActivityCalls:
             settings = activity_options(options, self.run.context.task_queue)
         except MoonwireError as err:
             return Outcome(error=err)
-        return self._execute(target, pack({"args": args, "ctx": context}), settings)
+        trace = caller.traceparent() if caller is not None else None  # the run's: the same on replay
+        return self._execute(target, pack({"args": args, "ctx": context, "trace": trace}), settings)
 
     async def _execute(self, target: str, body: bytes, settings: dict[str, Any]) -> Outcome:
         try:

@@ -41,7 +41,7 @@ from moonwire.lua import (EXIT, LINK_DOWN, Event, Kind, Limits, Message, Moonwir
 from ..functions import CodeLoader, Functions
 from ..processes import DEFAULT_MAX_BODY, DeadLetters, Fire, encode
 from ..project import Project, TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
-from ..wire import MSGPACK, pack, unpack
+from ..wire import MSGPACK, pack, request_trace, unpack
 from ._gateway import SIGNALS_WAITING, Gateway
 from ._temporal import (Host, connect_client, registered_worker, task_queue_of, worker_context, worker_options, workflow_handle, workflow_result)
 from ._workflow_codec import SEND_ACTIVITY, WorkflowInput, encode_signal, start_options, to_failure, workflow_pid
@@ -145,7 +145,8 @@ class Workflows:
                 if not isinstance(data, dict) or not isinstance(data.get("args", []), list):
                     raise invalid("an activity input must be a map with a list of args")
                 outcome = await settled(self.functions.call(None, name, list(data.get("args") or []),
-                                                       dict(data.get("ctx") or {}), {}))
+                                                       dict(data.get("ctx") or {}), {},
+                                                       trace=request_trace(data, None)))
             except MoonwireError as err:
                 raise to_failure(err) from None
             if outcome.ok:
