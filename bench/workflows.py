@@ -25,16 +25,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio import activity, workflow
-from temporalio.client import Client
+from temporalio.common import RawValue
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from moonwire.broker import Subjects
-from moonwire.node import free_port, load_project, start_temporal
-from moonwire.node.functions._functions import Functions
-from moonwire.node.workflows._workflow_codec import WorkflowInput, encode_signal
-from moonwire.node.workflows._workflows import Workflows
-
-from _support import pct, write
+from _support import lua_workflows, pct
 
 PROJECT = {
     "_index.yaml": """
@@ -87,27 +81,16 @@ async def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        server = await start_temporal(root / "temporal", port=free_port())
-        try:
-            files = dict(PROJECT)
-            files["_index.yaml"] = files["_index.yaml"].replace("ADDRESS", server.address)
-            project = load_project(write(root / "p", files))
-            subjects = Subjects()
-            functions = Functions(project, subjects)
-            workflows = Workflows("bench", project, subjects, functions, functions.code)
-            await workflows.start(None, lambda dest, message: None)
-            client = await Client.connect(server.address)
+        async with lua_workflows(Path(tmp), PROJECT) as (client, _):
             # Unsandboxed, as moonwire's Lua workflow is: with the SDK's sandbox, 100 raw
             # workflows at once took over 5 s per task on a 2-core machine.
             raw = Worker(client, task_queue="bench-raw", workflows=[RawOne, RawWaiter], activities=[raw_noop],
                          workflow_runner=UnsandboxedWorkflowRunner())
             raw_task = asyncio.create_task(raw.run())
-            empty = WorkflowInput([], {}, []).encode()
-
+            # A plain client starts and signals the Lua workflows: no arguments, no moonwire header.
             async def lua_one() -> None:
-                await client.execute_workflow("b:one", empty, id=f"l-{uuid.uuid4()}", task_queue="bench-lua",
-                                              result_type=bytes)
+                await client.execute_workflow("b:one", id=f"l-{uuid.uuid4()}", task_queue="bench-lua",
+                                              result_type=RawValue)
 
             async def raw_one() -> None:
                 await client.execute_workflow(RawOne.run, id=f"r-{uuid.uuid4()}", task_queue="bench-raw")
@@ -139,12 +122,12 @@ async def main() -> None:
 
             signal_rt: dict[str, list[float]] = {"moonwire": [], "raw temporalio": []}
             for _ in range(max(args.runs // 2, 10)):
-                lua = await client.start_workflow("b:waiter", empty, id=f"lw-{uuid.uuid4()}",
-                                                  task_queue="bench-lua", result_type=bytes)
+                lua = await client.start_workflow("b:waiter", id=f"lw-{uuid.uuid4()}",
+                                                  task_queue="bench-lua", result_type=RawValue)
                 plain = await client.start_workflow(RawWaiter.run, id=f"rw-{uuid.uuid4()}", task_queue="bench-raw")
                 await asyncio.sleep(0.05)  # let both reach their wait, so only the signal is timed
                 start = time.perf_counter()
-                await lua.signal("go", encode_signal("", []))
+                await lua.signal("go")
                 await lua.result()
                 signal_rt["moonwire"].append((time.perf_counter() - start) * 1000)
                 start = time.perf_counter()
@@ -157,10 +140,6 @@ async def main() -> None:
 
             await raw.shutdown()
             await raw_task
-            await workflows.stop()
-        finally:
-            server.process.kill()
-            await server.process.wait()
 
 
 if __name__ == "__main__":

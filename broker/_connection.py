@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import nats
 
 from ._client import Client
+from ._credentials import BadCredentials, check_keys, load_tls
 
 log = logging.getLogger("moonwire.broker")
+
+_PERMISSIONS = "permissions violation"
+"""What the server's error says when it refuses this identity a subject (nats-py passes
+it to the error callback and keeps the connection)."""
 
 
 class BrokerUnavailable(Exception):
@@ -43,23 +49,33 @@ class ConnectOptions:
 
 
 def tls_context(options: ConnectOptions) -> ssl.SSLContext | None:
-    """An SSL context when any TLS file is configured, else None (plain or URL-driven TLS)."""
-    if not (options.tls_ca_file or options.tls_cert_file):
-        return None
-    context = ssl.create_default_context(cafile=options.tls_ca_file)
-    if options.tls_cert_file:
-        context.load_cert_chain(options.tls_cert_file, options.tls_key_file)
-    return context
+    """An SSL context when any TLS file is configured, else None (plain or URL-driven TLS).
+
+    Raises:
+        BadCredentials: a CA, certificate or key file is missing or does not load.
+    """
+    return load_tls(options.tls_ca_file, options.tls_cert_file, options.tls_key_file)
 
 
-async def connect(options: ConnectOptions) -> Client:
+def _tls(options: ConnectOptions, context: ssl.SSLContext | None) -> bool:
+    return context is not None or any(url.startswith("tls://") for url in options.servers)
+
+
+async def connect(options: ConnectOptions, *, on_denied: Callable[[str], None] | None = None) -> Client:
     """Connect, or raise :class:`BrokerUnavailable` naming the URLs.
 
     The first connection is not retried: a node that cannot reach its broker at start
     should say so and exit, not hang. Once connected, nats-py reconnects for ever.
+    The credential files are read first, so a bad one is named before any server is asked.
+
+    Args:
+        on_denied: called with the server's message when it refuses a publish or a
+            subscription to this identity (a permissions violation); without it, that
+            is logged as a warning.
 
     Raises:
-        BrokerUnavailable: no server accepted the connection.
+        BrokerUnavailable: no server accepted the connection, or the credentials are
+            unusable (the cause names the file) or were refused.
     """
     kwargs: dict[str, object] = {
         "servers": options.servers,
@@ -80,7 +96,11 @@ async def connect(options: ConnectOptions) -> Client:
         kwargs["nkeys_seed"] = options.nkeys_seed
     if options.creds_file is not None:
         kwargs["user_credentials"] = options.creds_file
-    context = tls_context(options)
+    try:
+        check_keys(options.creds_file, options.nkeys_seed)
+        context = tls_context(options)
+    except BadCredentials as err:
+        raise BrokerUnavailable(list(options.servers), err) from err
     if context is not None:
         kwargs["tls"] = context
         if options.tls_hostname:
@@ -96,10 +116,18 @@ async def connect(options: ConnectOptions) -> Client:
             subject = err.sub.subject if err.sub is not None else err.subject
             client.slow_consumer_drops.note(subject, "%s: dropped a message on %s (subscription %s): its pending "
                                             "queue is full (slow consumer)", options.name, err.subject, subject)
+        elif connected and on_denied is not None and _PERMISSIONS in str(err).lower():
+            on_denied(str(err))
         elif connected:
             log.warning("NATS error on %s: %s", options.name, err)
         else:
             errors.append(err)
+            if isinstance(err, ssl.SSLError):
+                # A certificate the other side refuses stays refused: end the first
+                # connect now, raised out of nats-py's retry loop, without its close:
+                # nats-py 2.16 then waits for ever for the failed TLS transport to
+                # close (its retry, and a close() of the client, both hung here).
+                raise err
 
     async def on_disconnected() -> None:
         if not (client.is_closed or client.is_draining):  # our own close is not an outage
@@ -118,5 +146,15 @@ async def connect(options: ConnectOptions) -> Client:
         client.options["max_reconnect_attempts"] = -1
         return client
     except (OSError, asyncio.TimeoutError, nats.errors.Error) as err:
-        cause: BaseException = errors[0] if errors else err
+        # The real cause, for the message: a TLS refusal may follow a first attempt
+        # that only saw the connection drop.
+        cause: BaseException = next((e for e in errors if isinstance(e, ssl.SSLError)), errors[0] if errors else err)
+        if _tls(options, context) and isinstance(cause, (ConnectionError, nats.errors.UnexpectedEOF)):
+            # A TLS 1.3 server refuses a client certificate after the handshake, so the
+            # refusal often arrives as a dropped connection, not as an alert.
+            cause = ConnectionError(f"the server closed the TLS connection ({cause or type(cause).__name__}): it "
+                                    f"may require a client certificate signed by a CA it trusts (nats.tls.cert_file, "
+                                    f"nats.tls.key_file)")
+        if isinstance(cause, nats.errors.AuthorizationError) or "authorization violation" in str(cause).lower():
+            cause = PermissionError("the server refused the credentials (authorization violation)")
         raise BrokerUnavailable(list(options.servers), cause) from err

@@ -17,7 +17,7 @@ from ._duration import (
 )
 from ._answer import Answer, Outcome, Pending, settled
 from ._errors import Kind, MoonwireError, internal, invalid, not_found
-from ._mailbox import CANCEL, DEFAULT_MAILBOX_LIMIT, EXIT, LINK_DOWN, Event, Mailbox, Message
+from ._mailbox import CANCEL, DEFAULT_MAILBOX_LIMIT, EXIT, LINK_DOWN, OUTDATED, Event, Mailbox, Message
 from ._process import SpawnRequest
 from ._entries import Entries, RegistryEntry
 from ._registry_host import Registry
@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_MAILBOX_LIMIT",
     "EXIT",
     "LINK_DOWN",
+    "OUTDATED",
     "Event",
     "Mailbox",
     "Message",

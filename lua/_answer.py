@@ -80,6 +80,10 @@ class Pending:
 Answer = Outcome | Pending | Awaitable[Outcome]
 """What a service gives back: an Outcome now, a Pending settled by callback, or an awaitable."""
 
+BLOCKED = object()
+"""What a unit's request handler returns when the requesting thread does not resume now
+(it waits, or it is gone: ``process.upgrade`` replaced it)."""
+
 
 async def settled(answer: Answer) -> Outcome:
     """Wait for a service's answer, whichever form it took (for callers outside a unit)."""

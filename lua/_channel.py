@@ -22,6 +22,9 @@ class Waiter:
 
     resume: Callable[[tuple[Any, ...]], None]
     done: bool = False
+    keep: bool = False
+    """Its thread has siblings: one may upgrade the process before this thread runs, so
+    an item a :class:`PostChannel` hands it travels with its values (:class:`Handed`)."""
 
     def fire(self, values: tuple[Any, ...]) -> None:
         self.done = True
@@ -150,6 +153,16 @@ def select(cases: list[tuple[str, Channel, Any]], has_default: bool, waiter: Wai
     return None
 
 
+class Handed(tuple):  # type: ignore[type-arg]
+    """The resume values of a thread a :class:`PostChannel` handed an item to, with the
+    item itself: until that thread runs, the item is not yet received, and
+    ``process.upgrade`` (which discards the thread) gives it back to the mailbox. Made
+    only for a thread with siblings (``Waiter.keep``): a sole thread runs before anything
+    else of its unit can, so it always receives what it was handed."""
+
+    item: Any
+
+
 class PostChannel(Channel):
     """A process's inbox, events or topic channel: filled by the node, never by Lua.
 
@@ -167,7 +180,11 @@ class PostChannel(Channel):
     def post(self, item: Any) -> None:
         receiver = self._pop_live(self._receivers)
         if receiver is not None:
-            receiver.waiter.fire(_received(receiver.case, self.decode(item), True))
+            values = _received(receiver.case, self.decode(item), True)
+            if receiver.waiter.keep:
+                values = Handed(values)
+                values.item = item
+            receiver.waiter.fire(values)
         else:
             self.buffer.append(item)
 

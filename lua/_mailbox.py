@@ -8,12 +8,16 @@ or are held until ``events()`` is called.
 
 The bound counts every message not yet received (held or buffered in a channel); past
 it, :meth:`Mailbox.post` refuses the message and the node decides what the sender sees.
+
+``process.upgrade`` keeps the mailbox and discards the old code's subscriptions
+(:meth:`Mailbox.reset`): what was not received is held again, in arrival order, for the
+new code's ``inbox()``, ``listen()`` and ``events()``.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,7 +28,7 @@ from ._values import LuaValues, to_lua
 DEFAULT_MAILBOX_LIMIT = 4096
 
 # Event kinds, as `process.event` spells them in Lua (_process.lua).
-EXIT, LINK_DOWN, CANCEL = "pid.exit", "pid.link.down", "pid.cancel"
+EXIT, LINK_DOWN, CANCEL, OUTDATED = "pid.exit", "pid.link.down", "pid.cancel", "pid.outdated"
 
 
 class MailboxState(LuaValues, Protocol):
@@ -62,6 +66,8 @@ class Event:
     reason: str | None = None
     group: str | None = None
     """The process group of a ``pg.monitor`` event."""
+    sources: list[str] | None = None
+    """OUTDATED: the ids of the entries whose code changed (the process's own, its imports)."""
 
     @property
     def has_result(self) -> bool:
@@ -92,9 +98,19 @@ class _GroupSubscription:
     lua: Any = None
 
 
+Held = Any
+"""What a mailbox keeps of a message not yet received: the :class:`Message`, or once the
+process has listened to a topic, ``(arrival number, Message)``: messages then wait in
+several queues, and ``process.upgrade`` merges them back in arrival order."""
+
+
+def _message(item: Held) -> Message:
+    return item if type(item) is Message else item[1]
+
+
 class Mailbox:
     __slots__ = ("state", "limit", "owner", "held", "held_events", "dropped", "_inbox", "_events", "_topics",
-                 "_group_subscriptions")
+                 "_group_subscriptions", "_arrivals", "_outdated")
 
     def __init__(self, state: MailboxState, limit: int = DEFAULT_MAILBOX_LIMIT, owner: Any = None) -> None:
         self.state = state
@@ -104,13 +120,18 @@ class Mailbox:
         OpenTelemetry consumer handles each message in the trace it came with."""
         # Most processes subscribe before anything arrives: the queues for held
         # messages and events exist only once something is held.
-        self.held: deque[Message] | None = None
+        self.held: deque[Held] | None = None
         self.held_events: deque[Event] | None = None
         self.dropped = 0
         self._inbox: _Topic | None = None
         self._events: _Topic | None = None
         self._topics: dict[str, _Topic] = {}
         self._group_subscriptions: list[_GroupSubscription] | None = None
+        self._arrivals: int | None = None
+        """Messages numbered so far, from the first ``listen()`` on (None before: one queue
+        keeps the order by itself)."""
+        self._outdated: Event | None = None
+        """The OUTDATED event posted and not yet received, which later changes join."""
 
     # ------------------------------------------------------------ node side
 
@@ -123,15 +144,40 @@ class Mailbox:
             total += sum(len(topic.channel.buffer) for topic in self._topics.values())
         return total
 
+    def undelivered(self) -> list[Message]:
+        """The messages not yet received, left in place: those held, then the inbox's,
+        then each listened topic's (in arrival order within each)."""
+        out = list(self.held or ())
+        for topic in (self._inbox, *self._topics.values()):
+            if topic is not None:
+                out.extend(topic.channel.buffer)
+        return out
+
     def post(self, message: Message) -> bool:
         """Route ``message``; False (and nothing delivered) when the mailbox is full."""
         if self.depth() >= self.limit:
             self.dropped += 1
             return False
-        self._route(message)
+        if self._arrivals is None:
+            self._route(message, message.topic)
+        else:
+            self._arrivals += 1
+            self._route((self._arrivals, message), message.topic)
         return True
 
-    def post_event(self, event: Event) -> None:
+    def post_outdated(self, sources: list[str], at: float) -> None:
+        """The code of ``sources`` changed under this (upgradable) process. One OUTDATED
+        waits at a time: until the process receives it, later changes join its
+        ``sources``; an upgrade drops it (the process runs the current code then)."""
+        pending = self._outdated
+        if pending is not None and pending.sources is not None:
+            pending.sources.extend(source for source in sources if source not in pending.sources)
+            return
+        event = self._outdated = Event(OUTDATED, "", at, sources=list(sources))
+        if not self.post_event(event):
+            self._outdated = None
+
+    def post_event(self, event: Event) -> bool:
         """Deliver a lifecycle event. An EXIT or LINK_DOWN is never dropped: each ends a
         monitor or link the process holds, so there are never more of them than it
         made. Any other event (a CANCEL, which others send as often as they like; a
@@ -139,19 +185,21 @@ class Mailbox:
         past the bound is dropped and counted: a process that never reads its events
         cannot be made to grow without limit."""
         if event.group is not None and self._group_subscriptions and self._to_subscription(event):
-            return
+            return True
         bounded = not event.has_result
         if self._events is not None:
             if bounded and len(self._events.channel.buffer) >= self.limit:
                 self.dropped += 1
-                return
+                return False
             self._events.channel.post(event)
         elif self.held_events is None:
             self.held_events = deque((event,))
         elif bounded and len(self.held_events) >= self.limit:
             self.dropped += 1
+            return False
         else:
             self.held_events.append(event)
+        return True
 
     def _to_subscription(self, event: Event) -> bool:
         """Post a group event to every subscription that takes its group; False when
@@ -168,24 +216,50 @@ class Mailbox:
         return taken
 
     def close(self) -> None:
-        """The process ended: wake nobody, hold nothing."""
+        """The process ended: wake nobody, hold nothing. The channels are let go too: the
+        Lua state holds each channel's Python object (whose decoder is this mailbox) for
+        as long as Python holds the Lua side of it, a cycle through both collectors that
+        neither can break (every exited process that had read its inbox stayed in memory)."""
         self.held = self.held_events = None
         for topic in (self._inbox, self._events, *self._topics.values(), *(self._group_subscriptions or ())):
             if topic is not None:
                 topic.channel.buffer.clear()
                 topic.channel.close()
+        self._inbox = self._events = None
+        self._topics = {}
         self._group_subscriptions = None
 
-    def _route(self, message: Message) -> None:
-        topic = self._topics.get(message.topic)
+    def reset(self, handed: Iterable[Message | Event]) -> None:
+        """``process.upgrade``: the old code's ``inbox``, ``events``, ``listen`` and ``pg``
+        subscriptions end (their channels close) and what they had not delivered is held
+        again, in arrival order, with ``handed`` (items given to a thread of the old code
+        that had not run since) first. Group events a ``pg`` subscription took go with
+        it, and so does a pending OUTDATED: the process now runs the current code."""
+        handed = list(handed)
+        first: list[Held] = []     # arrived before the first listen(), so before any numbered one
+        numbered: list[Held] = []
+        for item in (*(item for item in handed if type(item) is not Event), *(self.held or ()),
+                     *(self._inbox.channel.take_all() if self._inbox is not None else ()),
+                     *(item for topic in self._topics.values() for item in topic.channel.take_all())):
+            (first if type(item) is Message else numbered).append(item)
+        numbered.sort(key=lambda item: item[0])
+        events = [*(item for item in handed if type(item) is Event and item.group is None),
+                  *(self.held_events or ()), *(self._events.channel.take_all() if self._events is not None else ())]
+        self.close()
+        self.held = deque(first + numbered) or None
+        self.held_events = deque(event for event in events if event.kind != OUTDATED) or None
+        self._outdated = None
+
+    def _route(self, item: Held, topic_name: str) -> None:
+        topic = self._topics.get(topic_name)
         if topic is not None:
-            topic.channel.post(message)
+            topic.channel.post(item)
         elif self._inbox is not None:
-            self._inbox.channel.post(message)
+            self._inbox.channel.post(item)
         elif self.held is None:
-            self.held = deque((message,))
+            self.held = deque((item,))
         else:
-            self.held.append(message)
+            self.held.append(item)
 
     # ------------------------------------------------------------ Lua side
 
@@ -194,8 +268,8 @@ class Mailbox:
         if self._inbox is None:
             self._inbox = self._new_topic(True)
             held, self.held = self.held, None
-            for message in held or ():
-                self._route(message)
+            for item in held or ():
+                self._route(item, _message(item).topic)
         return self._inbox.lua
 
     def events(self) -> Any:
@@ -215,10 +289,18 @@ class Mailbox:
             return existing.lua
         listener = self._new_topic(as_message)
         self._topics[topic] = listener
+        if self._arrivals is None:  # several queues from now on: number what arrives, and what is held
+            self._arrivals = 0
+            if self.held:
+                numbered: deque[Held] = deque()
+                for item in self.held:
+                    self._arrivals += 1
+                    numbered.append((self._arrivals, item))
+                self.held = numbered
         if self.held:
-            keep: deque[Message] = deque()
-            for message in self.held:
-                (listener.channel.post if message.topic == topic else keep.append)(message)
+            keep: deque[Held] = deque()
+            for item in self.held:
+                (listener.channel.post if _message(item).topic == topic else keep.append)(item)
             self.held = keep or None
         return listener.lua
 
@@ -228,8 +310,8 @@ class Mailbox:
         for name, topic in self._topics.items():
             if topic.channel is channel:
                 del self._topics[name]
-                for message in topic.channel.take_all():
-                    self._route(message)
+                for item in topic.channel.take_all():
+                    self._route(item, _message(item).topic)
                 topic.channel.close()
                 return True
         return False
@@ -268,16 +350,17 @@ class Mailbox:
         channel = PostChannel(self._message_to_lua if as_message else self._payload_to_lua)
         return _Topic(channel, self.state.wrap_channel(channel), as_message)
 
-    def _message_to_lua(self, message: Message) -> Any:
-        state = self.state
+    def _message_to_lua(self, item: Held) -> Any:
+        state, message = self.state, _message(item)
         if self.owner is not None:
             self.owner.trace = message.trace
         return state.new_message(message.topic.encode(), message.sender.encode(),
                                  *[to_lua(state, p) for p in message.payloads])
 
-    def _payload_to_lua(self, message: Message) -> Any:
+    def _payload_to_lua(self, item: Held) -> Any:
         # A raw listen hands over the value itself: none is nil, one is the value,
         # several are a list of them (wippy leaves several undocumented).
+        message = _message(item)
         if self.owner is not None:
             self.owner.trace = message.trace
         if not message.payloads:
@@ -289,9 +372,12 @@ class Mailbox:
     def _event_to_lua(self, event: Event) -> Any:
         state = self.state
         if not event.has_result:
+            if event is self._outdated:  # received: a later change posts a new one
+                self._outdated = None
             return state.new_event(event.kind.encode(), event.sender.encode(), event.at, False, None, None,
                                    None if event.reason is None else event.reason.encode(),
-                                   None if event.group is None else event.group.encode())
+                                   None if event.group is None else event.group.encode(),
+                                   None if event.sources is None else to_lua(state, event.sources))
         error = state.make_error(event.error) if event.error is not None else None
         return state.new_event(event.kind.encode(), event.sender.encode(), event.at, True,
                                to_lua(state, event.value), error, None, None)

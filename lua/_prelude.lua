@@ -495,20 +495,28 @@ modules.funcs = readonly(funcs)
 
 -- ====================================================================== code
 
--- Compiled entry code, by entry id: the chunk (called with an environment, see
--- core.compile), the modules its entry may require and its imports (alias -> id).
+-- Compiled entry code, by key (the entry id, with a revision after a reload): the
+-- chunk (called with an environment, see core.compile), the modules its entry may
+-- require and its imports (alias -> the imported code, registered before it). An
+-- instance refers to its code itself, so a newer revision can replace the key while
+-- instances of the older one still require from theirs.
 local codes = {}
 local new_env = core.new_env
 
 function M.register_code(id, chunk, allowed, imports, types)
-    codes[id] = { chunk = chunk, allowed = allowed, imports = imports, types = types }
+    local resolved = {}
+    for alias, dep in pairs(imports) do resolved[alias] = codes[dep] end
+    codes[id] = { chunk = chunk, allowed = allowed, imports = resolved, types = types }
 end
 
--- Run entry `id`'s chunk in a fresh environment and return what it returns. `loaded`
--- holds the libraries this instance has required (by entry id): a library is loaded
+function M.forget_code(id)
+    codes[id] = nil
+end
+
+-- Run `code`'s chunk in a fresh environment and return what it returns. `loaded`
+-- holds the libraries this instance has required (by code): a library is loaded
 -- once per instance, on first require, so instances never share module state.
-local function instantiate(id, loaded)
-    local code = codes[id]
+local function instantiate(code, loaded)
     local env = new_env()
     env.require = function(name)
         if type(name) ~= "string" then argerror(1, "require", "string", name) end
@@ -547,7 +555,7 @@ local function instantiate(id, loaded)
 end
 
 function M.instantiate(id)
-    return instantiate(id, {})
+    return instantiate(codes[id], {})
 end
 
 -- ====================================================================== exports

@@ -24,11 +24,12 @@ local MessageMT = { __index = MessageMethods, __name = "message", __metatable = 
 function P.new_message(topic, from, ...)
     return setmetatable({ _topic = topic, _from = from, _payloads = { ... }, _n = select("#", ...) }, MessageMT)
 end
-function P.new_event(kind, from, at, has_result, value, err, reason, group)
+function P.new_event(kind, from, at, has_result, value, err, reason, group, sources)
     local event = { kind = kind, from = from, at = at }
     if has_result then event.result = { value = value, error = err } end
     if reason ~= nil then event.reason = reason end
     if group ~= nil then event.group = group end
+    if sources ~= nil then event.sources = sources end  -- OUTDATED: the entries whose code changed
     return event
 end
 
@@ -138,9 +139,17 @@ function SpawnerMethods.spawn_monitored(s, id, h, ...) return spawn(s, "proc_spa
 function SpawnerMethods.spawn_linked(s, id, h, ...) return spawn(s, "proc_spawn", false, true, id, h, ...) end
 function SpawnerMethods.spawn_linked_monitored(s, id, h, ...) return spawn(s, "proc_spawn", true, true, id, h, ...) end
 function SpawnerMethods.exec(s, id, h, ...) return spawn(s, "proc_exec", false, false, id, h, ...) end
+-- A Temporal update to workflow `pid` (a moonwire addition: Wippy sends none from Lua):
+-- its result, or nil, err. Waits for the workflow's answer at most the spawner's
+-- `update.timeout` option (default 30 s).
+function SpawnerMethods.update(s, pid, name, ...)
+    local bad = bad_dest(pid) or bad_topic(name)
+    if bad then return nil, bad end
+    return request("proc_update", pid, name, s._options, table_pack(...))
+end
 
 local plain = new_spawner(nil, nil, nil, nil, nil, nil)
-for _, name in ipairs({ "spawn", "spawn_monitored", "spawn_linked", "spawn_linked_monitored", "exec" }) do
+for _, name in ipairs({ "spawn", "spawn_monitored", "spawn_linked", "spawn_linked_monitored", "exec", "update" }) do
     local method = SpawnerMethods[name]
     process[name] = function(id, h, ...) return method(plain, id, h, ...) end
 end
@@ -171,6 +180,7 @@ end
 -- returns on success. A non-string `id` means the current entry.
 function process.upgrade(id, ...)
     if type(id) ~= "string" then id = nil end
+    charge_values(...)  -- the arguments are copied for the new code: paid from the budget first
     return request("proc_upgrade", id, table_pack(...))
 end
 
@@ -197,7 +207,7 @@ function process.set_options(options)
             return false, host_error("process option '" .. k .. "' must be a boolean", KINDS.INVALID, false)
         end
     end
-    return host.proc_set_options(options.trap_links)
+    return host.proc_set_options(options.trap_links, options.upgradable)
 end
 
 -- ---------------------------------------------------------------- receiving

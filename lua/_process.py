@@ -102,12 +102,14 @@ class ProcessFunctions:
 
     def proc_options(self) -> Any:
         unit = self._unit()
-        return self.state.table_from({b"trap_links": unit.trap_links, b"upgradable": False})
+        return self.state.table_from({b"trap_links": unit.trap_links, b"upgradable": unit.upgradable})
 
-    def proc_set_options(self, trap_links: Any) -> bool:
+    def proc_set_options(self, trap_links: Any, upgradable: Any = None) -> bool:
         unit = self._unit()
         if trap_links is not None:
             unit.trap_links = bool(trap_links)
+        if upgradable is not None:
+            unit.upgradable = bool(upgradable)
         return True
 
     def _mailbox(self) -> Any:

@@ -51,6 +51,7 @@ class Running(Protocol):
     pid: str | None
     frame_id: str | None
     trap_links: bool
+    upgradable: bool
     mailbox: Mailbox | None
     security: Security | None
 

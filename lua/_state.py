@@ -84,6 +84,14 @@ class LuaCode:
     modules: frozenset[str] = frozenset()
     imports: tuple[tuple[str, LuaCode], ...] = ()
     is_library: bool = False
+    revision: int = 0
+    """Which reading of the entry this is: 0 when the node started, a new number each
+    time a reload (``moonwire run --watch``) changed it or one of its imports."""
+
+    @property
+    def key(self) -> str:
+        """What a state registers this code as: its entry id, with the revision after a reload."""
+        return f"{self.id}#{self.revision}" if self.revision else self.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,15 +218,17 @@ class LuaState:
         self.new_event = self.prelude.new_event
         self.new_group_event = self.prelude.new_group_event
         self._register_code = self.prelude.register_code
+        self._forget_code = self.prelude.forget_code
         self._instantiate = self.prelude.instantiate
         self._build_types = self.types.build
         self.core.set_globals(self.prelude.globals, self.types.library_views)
         self.types.adopt_string_view(self.core.new_env()[b"string"])
-        self._registered: set[str] = set()
+        self._registered: dict[str, str] = {}
+        """Entry id -> the key of the code registered for it (one revision at a time)."""
 
     def add_workflow_module(self, functions: dict[str, Callable[..., Any]]) -> None:
         """Make ``require("workflow")`` available, backed by ``functions`` (``info``,
-        ``history_length``, ``history_size``, ``version``, ``worker``): the running
+        ``history_length``, ``history_size``, ``version``, ``worker``, ``attrs``): the running
         workflow's, supplied by the node."""
         table = self.table_from({name.encode(): fn for name, fn in functions.items()})
         self.runtime.execute(WORKFLOW_SOURCE, self.core, table, self.prelude)
@@ -328,11 +338,11 @@ class LuaState:
         Raises:
             MoonwireError: see :meth:`instantiate`.
         """
-        loaded = self._loaded.get(code.id)
+        loaded = self._loaded.get(code.key)
         if loaded is not None:
             return loaded.export
         export = self.instantiate(code)
-        self._loaded[code.id] = _Loaded(export)
+        self._loaded[code.key] = _Loaded(export)
         return export
 
     def instantiate(self, code: LuaCode) -> Any:
@@ -345,21 +355,32 @@ class LuaState:
                 the chunk, or no such method.
         """
         self._register(code)
-        value = self._run_chunk(code, self._instantiate, code.id.encode())
+        value = self._run_chunk(code, self._instantiate, code.key.encode())
         if code.is_library:
             return True if value is None else value  # as Lua's require: a chunk returning nothing loads as true
         return self._export(code, value)
 
+    def prepare(self, code: LuaCode) -> None:
+        """Compile ``code`` and its imports into this state without running anything.
+
+        Raises:
+            MoonwireError: a syntax error (with file and line).
+        """
+        self._register(code)
+
     def _register(self, code: LuaCode) -> None:
-        if code.id in self._registered:
+        previous = self._registered.get(code.id)
+        if previous == code.key:
             return
         for _, library in code.imports:
             self._register(library)
         compiled, types = self._compile_typed(code)
         allowed = self.table_from({name.encode(): True for name in code.modules})
-        imports = self.table_from({alias.encode(): library.id.encode() for alias, library in code.imports})
-        self._register_code(code.id.encode(), compiled, allowed, imports, types)
-        self._registered.add(code.id)
+        imports = self.table_from({alias.encode(): library.key.encode() for alias, library in code.imports})
+        self._register_code(code.key.encode(), compiled, allowed, imports, types)
+        if previous is not None:  # an older revision: instances of it keep their own reference to it
+            self._forget_code(previous.encode())
+        self._registered[code.id] = code.key
 
     def _compile_typed(self, code: LuaCode) -> tuple[Any, Any]:
         """The compiled chunk of ``code`` and its declared types (a Lua table, or None).

@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ._answer import Answer, Outcome, Pending
-from ._channel import Channel, Waiter, select
+from ._answer import BLOCKED, Answer, Outcome, Pending
+from ._channel import Channel, Handed, Waiter, select
 from ._errors import Kind, MoonwireError, internal, invalid
 from ._holdings import Future, Holdings, Timer
 from ._mailbox import Mailbox
@@ -29,7 +29,7 @@ from ._trace import SPANS, new_traceparent, trace_id
 from ._unit_process import PROCESS_OPS, NoProcesses, ProcessRequests, ProcessServices
 from ._values import to_lua, to_python
 
-_BLOCKED = object()
+_BLOCKED = BLOCKED
 
 
 class Services(Protocol):
@@ -70,7 +70,7 @@ class Unit(ProcessRequests):
     __slots__ = (
         "state", "label", "context", "services", "processes", "loop", "main", "threads", "ready", "_holdings",
         "outcome", "_wakeup", "notify", "on_end", "scheduled", "pid", "mailbox",
-        "trap_links", "frame_id", "record", "preempted", "security", "trace", "span",
+        "trap_links", "upgradable", "frame_id", "record", "preempted", "security", "trace", "span",
     )
 
     def __init__(self, state: LuaState, label: str, *, context: dict[str, Any] | None = None,
@@ -105,6 +105,8 @@ class Unit(ProcessRequests):
         self.pid: str | None = None
         self.mailbox: Mailbox | None = None
         self.trap_links = False
+        self.upgradable = False
+        """``set_options{upgradable = true}``: the process is told (OUTDATED) when its code changes."""
         self.frame_id: str | None = None
         self.record: Any = None
         """The node's record of this unit as a process, if it is one."""
@@ -167,12 +169,40 @@ class Unit(ProcessRequests):
     def start(self, fn: Any, args: list[Any]) -> None:
         """Create the main thread and hand the unit to its scheduler (``notify``); it
         first runs when the scheduler steps it."""
-        lua_args = self._lua_args(args)
+        self._launch(fn, self._lua_args(args))
+
+    def _launch(self, fn: Any, lua_args: tuple[Any, ...]) -> None:
         self.main = self.state.spawn(fn)
         self.threads.add(self.main)
         self.ready.append((self.main, lua_args))  # the first resume passes the arguments
         if self.notify is not None:
             self.notify(self)
+
+    def replace(self, fn: Any, args: list[Any]) -> None:
+        """``process.upgrade``: end every thread, timer, call and subscription of the
+        running code, and start ``fn(*args)`` as the unit's new main thread. The unit
+        keeps its PID, context, security and options, and its mailbox keeps what the old
+        code had not received (``Mailbox.reset``). Nothing the old code waited for can
+        resume the new one: thread ids are never reused (a late wake-up finds no such
+        thread) and every pending answer, timer and child task is dropped.
+
+        Raises:
+            MoonwireError: Lua cannot hold ``args`` (nothing was replaced then).
+        """
+        lua_args = self._lua_args(args)
+        # Items a mailbox channel handed to a thread that has not run since: not received.
+        handed = [values.item for _, values in self.ready if isinstance(values, Handed)]
+        old = list(self.threads)
+        self.threads.clear()
+        self.ready.clear()
+        for tid in old:
+            self.state.kill(tid)
+        if self._holdings is not None:
+            holdings, self._holdings = self._holdings, None
+            holdings.release()
+        if self.mailbox is not None:
+            self.mailbox.reset(handed)
+        self._launch(fn, lua_args)
 
     def _lua_args(self, args: list[Any]) -> tuple[Any, ...]:
         return tuple([to_lua(self.state, a) for a in args])
@@ -345,7 +375,12 @@ class Unit(ProcessRequests):
         return (Timer(self, channel, int(ns), bool(periodic)),)
 
     def _waiter(self, tid: int) -> Waiter:
-        return Waiter(functools.partial(self.wake, tid))
+        waiter = Waiter(functools.partial(self.wake, tid))
+        # No thread can appear while the only one waits: only then may a sibling upgrade
+        # the process before this thread gets what a mailbox channel hands it.
+        if len(self.threads) > 1:
+            waiter.keep = True
+        return waiter
 
     def _op_chan_send(self, tid: int, channel: Channel, value: Any) -> object:
         done = channel.try_send(value)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._answer import Answer
+from ._answer import BLOCKED, Answer
 from ._errors import Kind, MoonwireError
 from ._process import WATCH_VERBS, SpawnRequest, spawn_request, text
 from ._security_context import Security
@@ -40,6 +40,12 @@ class ProcessServices(Protocol):
 
     def exec(self, unit: Any | None, request: SpawnRequest) -> Answer:
         """Start a process and answer with its result when it exits."""
+        ...
+
+    def call_process(self, request: SpawnRequest, reason: str) -> Answer:
+        """Start a process here for a function call (a process entry with
+        ``default_host``) and answer with its result when it exits; dropping the answer
+        sends the process CANCEL with ``reason`` (it may still run on)."""
         ...
 
     def terminate(self, unit: Any, dest: str) -> Answer | None:
@@ -83,6 +89,11 @@ class ProcessServices(Protocol):
         settles only on failure (the unit's thread never resumes on success)."""
         ...
 
+    def update(self, unit: Any, dest: str, name: str, args: list[Any], options: dict[str, Any]) -> Answer:
+        """``process.update`` (a moonwire addition): send Temporal update ``name`` with
+        ``args`` to workflow ``dest``; the answer is its result or error."""
+        ...
+
 
 class NoProcesses:
     """For units that run with no node around them: every process call fails clearly."""
@@ -91,8 +102,8 @@ class NoProcesses:
         raise MoonwireError("the process API needs a node (this unit runs without one)", Kind.UNAVAILABLE,
                             retryable=False)
 
-    pid_of = send = spawn = exec = terminate = cancel = watch = register = lookup = unregister = _fail
-    cluster_call = cluster_now = upgrade = _fail
+    pid_of = send = spawn = exec = call_process = terminate = cancel = watch = register = lookup = unregister = _fail
+    cluster_call = cluster_now = upgrade = update = _fail
 
 
 class ProcessRequests:
@@ -106,6 +117,7 @@ class ProcessRequests:
         state: LuaState
         processes: ProcessServices
         security: Security | None
+        threads: set[int]
 
         def _reply(self, tid: int, answer: Answer) -> object: ...
 
@@ -146,10 +158,24 @@ class ProcessRequests:
 
     def _op_proc_upgrade(self, tid: int, entry: Any, packed: Any) -> object:
         state = self.state
+        try:  # arguments Lua cannot copy: nothing is upgraded, the caller gets nil, err
+            n = packed[b"n"] or 0
+            args = [to_python(state, packed[i]) for i in range(1, n + 1)]
+            answer = self.processes.upgrade(self, None if entry is None else text(entry, "entry id"), args)
+        except MoonwireError as err:
+            return (None, state.make_error(err))
+        if tid not in self.threads:  # replaced (or ended): the calling thread went with the old code
+            return BLOCKED
+        return self._reply(tid, answer)
+
+    def _op_proc_update(self, tid: int, dest: bytes, name: bytes, options: Any, packed: Any) -> object:
+        state = self.state
         n = packed[b"n"] or 0
         args = [to_python(state, packed[i]) for i in range(1, n + 1)]
-        return self._proc(tid, lambda: self.processes.upgrade(
-            self, None if entry is None else text(entry, "entry id"), args))
+        py_options = to_python(state, options) if options is not None else {}
+        return self._proc(tid, lambda: self.processes.update(
+            self, text(dest, "destination"), text(name, "update name"), args,
+            py_options if isinstance(py_options, dict) else {}))
 
     def _op_cluster(self, tid: int, verb: bytes, *args: Any) -> object:
         state = self.state
@@ -169,6 +195,7 @@ PROCESS_OPS: dict[bytes, Callable[..., Any]] = {
     b"proc_spawn": ProcessRequests._op_proc_spawn, b"proc_exec": ProcessRequests._op_proc_exec,
     b"proc_terminate": ProcessRequests._op_proc_terminate, b"proc_watch": ProcessRequests._op_proc_watch,
     b"proc_cancel": ProcessRequests._op_proc_cancel, b"proc_lookup": ProcessRequests._op_proc_lookup,
-    b"proc_upgrade": ProcessRequests._op_proc_upgrade, b"cluster": ProcessRequests._op_cluster,
+    b"proc_upgrade": ProcessRequests._op_proc_upgrade, b"proc_update": ProcessRequests._op_proc_update,
+    b"cluster": ProcessRequests._op_cluster,
 }
 """The process requests a Lua thread can make, by name (merged into the unit's)."""

@@ -23,6 +23,28 @@ function workflow.version(change_id, min, max)
     return host.version(change_id, min, max)
 end
 
+-- Upsert search attributes and memo (wippy-modules §12.6): true, or nil and an Invalid
+-- error. Search attributes must be declared on the worker's temporal.client; their values
+-- are typed by the declared type (node/workflows/_search.py).
+function workflow.attrs(opts)
+    if type(opts) ~= "table" then
+        return nil, host_error("workflow.attrs: expects a table {search = ..., memo = ...}", KINDS.INVALID, false)
+    end
+    local search, memo = opts.search, opts.memo
+    if search == nil and memo == nil then
+        return nil, host_error("workflow.attrs: give search, memo or both", KINDS.INVALID, false)
+    end
+    if search ~= nil and type(search) ~= "table" then
+        return nil, host_error("workflow.attrs: search must be a table", KINDS.INVALID, false)
+    end
+    if memo ~= nil and type(memo) ~= "table" then
+        return nil, host_error("workflow.attrs: memo must be a table", KINDS.INVALID, false)
+    end
+    local ok, reason = host.attrs(search, memo)
+    if not ok then return nil, host_error(reason, KINDS.INVALID, false) end
+    return true
+end
+
 -- A child workflow on this workflow's worker; waits for its result.
 function workflow.exec(id, ...)
     if type(id) ~= "string" then return nil, host_error("workflow.exec: id must be a string", KINDS.INVALID, false) end

@@ -31,9 +31,10 @@ from moonwire.lua import Outcome
 from .servers import EmbeddedServers
 from .project import TemporalClientEntry
 from .workflows import Workflows
-from .functions import Functions
+from .functions import Functions, watch_calls
 from .cluster import Cluster, replicas_for
 from .processes import READ_TURN, ControlPlane, DeadLetters, ClusterDelivery, NodeInboxes, RemoteNodes
+from ._reload import CodeReload
 from ._runtime import Runtime
 from .project import Project
 
@@ -179,12 +180,17 @@ class Node:
             interval=heartbeat.interval, down_after=heartbeat.down_after,
             # Heard only once membership starts, below, when the process table exists.
             on_down=lambda node, incarnation, reason: (streams.forget(node),
-                                                       processes.node_down(node, incarnation, reason)),
+                                                       processes.node_down(node, incarnation, reason),
+                                                       calls_node_down(node, incarnation, reason)),
             # Not when a live peer cut this node off: what it holds is its own still.
             on_gone=lambda node, incarnation: cluster.node_down(node, incarnation))
         remote = RemoteNodes(self.name, self.subjects, outbox, requests, membership)
         functions = Functions(self.project, self.subjects, self._nats, requests, outbox,
                               dead_letter=dead_letters.publish)
+        # A request names this node; the node serving it says when it took it, so either
+        # side's death ends the other's wait or work (functions/_served.py).
+        functions.served, calls_node_down = watch_calls(requests, membership, outbox.publish_nowait, self.subjects,
+                                                        self.name, pids.epoch)
         workflows = Workflows(self.name, self.project, self.subjects, functions, functions.code, nats=self._nats,
                               outbox=outbox, max_body=self.config.max_message_bytes, gateway=self._data,
                               dead_letters=dead_letters)
@@ -233,6 +239,9 @@ class Node:
         # second kept for the steps after them.
         self._steps.append(_Step("runtime", lambda remaining: runtime.stop(max(remaining - 1.0, 0.5))))
         await runtime.start()
+        if self.config.watch:  # moonwire run --watch
+            watching = self._loops.start(CodeReload(runtime).run(), "code reload")
+            self._steps.append(_Step("code reload", lambda remaining: _cancel_and_wait(watching)))
         # nats-py buffers SUBs: a round trip here means that once the node says it is
         # running, the server routes to every inbox, queue group and control subject.
         await self._nats.flush()

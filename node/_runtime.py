@@ -33,7 +33,7 @@ class Runtime:
         self.project = project
         self.functions = functions if functions is not None else Functions(project, subjects)
         registry = self.functions.registry  # one per node: memory env storages are shared
-        self.hosts = {entry.id: ProcessHost(entry.id, entry.host, loop, registry=registry)
+        self.hosts = {entry.id: ProcessHost(entry.id, entry.host, loop, registry=registry, node=node)
                       for entry in project.of_kind("process.host") if isinstance(entry, ProcessHostEntry)}
         # `run -x` of a process.lua needs a host that every node has (wippy's terminal.host).
         self.hosts.setdefault(TERMINAL_HOST, ProcessHost(TERMINAL_HOST, HostSettings(), loop, registry=registry))

@@ -26,8 +26,11 @@ async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
 
 @pytest.fixture(scope="session")
 async def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServerProcess]:
-    """A real Temporal dev server on a free port, tuned as the embedded one is."""
-    server = await start_temporal(tmp_path_factory.mktemp("temporal"), port=free_port())
+    """A real Temporal dev server on a free port, tuned as the embedded one is, except
+    that a workflow may continue as new more than once a second (the server's default
+    spacing, against runaway loops, would make the continue-as-new tests last minutes)."""
+    server = await start_temporal(tmp_path_factory.mktemp("temporal"), port=free_port(),
+                                  extra=("--dynamic-config-value", 'history.workflowIdReuseMinimalInterval="0s"'))
     yield server
     await server.stop()
 

@@ -13,8 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 MOONWIRE = str(Path(sys.executable).parent / "moonwire")
-CLUSTER_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nats-cluster.conf"
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+CLUSTER_CONF = DEPLOY / "nats-cluster.conf"
 """The NATS cluster configuration of ``deploy/``, which the cluster tests use."""
+AUTH_CONF = DEPLOY / "nats-auth.conf"
+TLS_CONF = DEPLOY / "nats-tls.conf"
+"""moonwire's NATS authorization (nkeys; TLS client certificates), which tests/test_nats_permissions.py starts."""
 
 
 def write_project(root: Path, files: dict[str, str]) -> Path:

@@ -227,3 +227,8 @@ def test_top_reads_rates_from_the_metrics_of_two_samples(capsys) -> None:
     assert rows["m2"][:3] == ["m2", "(no", "answer)"]
     hosts = [line.split() for line in out.splitlines() if line.startswith("app:")]
     assert hosts == [["app:host", "m1", "3", "8", "7"], ["app:idle", "m1", "0", "0", "0"]]
+    # A node that counts its processes per host (host_processes): counts past the list.
+    counted = NodeStatus.from_answer({**answer(0, 0, 0), "processes": 5000,
+                                      "host_processes": {"app:host": {"processes": 4990}, "app:idle": {"processes": 10}}})
+    assert counted.hosts["app:host"].processes == 4990 and counted.hosts["app:idle"].processes == 10
+    assert counted.hosts["app:host"].mailbox == 1 and counted.counted == {"app:host", "app:idle"}

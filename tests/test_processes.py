@@ -284,8 +284,12 @@ async def test_processes_do_not_share_globals_or_module_state(tmp_path: Path) ->
           process.send(b, "bump")
           process.send(a, "report"); process.send(b, "report")
           local inbox = process.inbox()
-          local r1, r2 = inbox:receive():payload():data(), inbox:receive():payload():data()
-          return { r1, r2, shared == nil }
+          local reports = {}  -- a and b run in parallel: either may report first
+          for _ = 1, 2 do
+            local msg = inbox:receive()
+            reports[msg:from() == a and 1 or 2] = msg:payload():data()
+          end
+          return { reports[1], reports[2], shared == nil }
         end }""", counter="""
         count = 0
         local calls = 0

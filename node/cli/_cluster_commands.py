@@ -1,5 +1,5 @@
 """Commands that act on a running cluster from outside it: ``call`` a function, ``send``
-a message, ``spawn`` a process or workflow, ``workflow show``."""
+a message, ``spawn`` a process or workflow, ``workflow show|update|query``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ..cluster import name_problem
 from ..functions import call_function
 from ..processes import encode as encode_message
 from ..processes import spawn_from_outside
-from ..workflows import workflow_status
+from ..workflows import workflow_query, workflow_status, workflow_update
 from ._common import EXIT_OK, EXIT_USAGE, json_args, print_outcome, talk
 
 
@@ -67,10 +67,42 @@ def cmd_spawn(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_workflow_show(args: argparse.Namespace) -> int:
-    pid = Pid.parse(args.pid)
+def _workflow_pid(text: str) -> Pid | None:
+    pid = Pid.parse(text)
     if pid is None or not pid.is_workflow:
-        print(f"error: {args.pid!r} is not a workflow PID (expected {{@worker|workflow id}})", file=sys.stderr)
+        print(f"error: {text!r} is not a workflow PID (expected {{@worker|workflow id}})", file=sys.stderr)
+        return None
+    return pid
+
+
+def cmd_workflow_update(args: argparse.Namespace) -> int:
+    pid = _workflow_pid(args.pid)
+    if pid is None:
+        return EXIT_USAGE
+    if not args.name or args.name.startswith("@"):
+        print("error: the update's name must be non-empty and must not start with @", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        timeout = parse_duration(args.timeout) / SECOND
+    except ValueError as err:
+        print(f"error: --timeout: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    outcome = talk(args, lambda nc, subjects: workflow_update(nc, subjects, pid, args.name, json_args(args.args),
+                                                              timeout))
+    return outcome if isinstance(outcome, int) else print_outcome(outcome)
+
+
+def cmd_workflow_query(args: argparse.Namespace) -> int:
+    pid = _workflow_pid(args.pid)
+    if pid is None:
+        return EXIT_USAGE
+    outcome = talk(args, lambda nc, subjects: workflow_query(nc, subjects, pid, args.name))
+    return outcome if isinstance(outcome, int) else print_outcome(outcome)
+
+
+def cmd_workflow_show(args: argparse.Namespace) -> int:
+    pid = _workflow_pid(args.pid)
+    if pid is None:
         return EXIT_USAGE
     outcome = talk(args, lambda nc, subjects: workflow_status(nc, subjects, pid))
     if isinstance(outcome, int):

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -26,6 +29,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 T = TypeVar("T")
+
+log = logging.getLogger("moonwire")
 
 _LEVELS = ["debug", "info", "warning", "error"]
 
@@ -126,17 +131,36 @@ def _cluster(args: argparse.Namespace) -> tuple[ResolvedConfig, list[str]] | int
     return resolved, servers
 
 
+class _Denied(Exception):
+    """The server refused this identity a subject the command needs."""
+
+
 def talk(args: argparse.Namespace, work: Callable[[NatsClient, Subjects], Awaitable[T]]) -> T | int:
-    """Connect to the cluster, run ``work``, disconnect: its result, or an exit status."""
+    """Connect to the cluster, run ``work``, disconnect: its result, or an exit status.
+
+    A publish the server refuses to this identity (its NATS permissions) ends the
+    command at once with that refusal, rather than after the request's timeout."""
     cluster = _cluster(args)
     if isinstance(cluster, int):
         return cluster
     resolved, servers = cluster
 
     async def talk() -> T:
-        nc = await connect(resolved.config.connect_options(servers))
+        denied: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def on_denied(message: str) -> None:
+            if not denied.done():
+                denied.set_result(message)
+
+        nc = await connect(resolved.config.connect_options(servers), on_denied=on_denied)
         try:
-            return await work(nc, Subjects(resolved.config.prefix))
+            working = asyncio.ensure_future(work(nc, Subjects(resolved.config.prefix)))
+            await asyncio.wait({working, denied}, return_when=asyncio.FIRST_COMPLETED)
+            if denied.done():  # the server's -ERR comes before the answer to anything sent after it
+                working.cancel()
+                await asyncio.wait({working})
+                raise _Denied(denied.result())
+            return working.result()
         finally:
             await nc.close()
 
@@ -145,3 +169,29 @@ def talk(args: argparse.Namespace, work: Callable[[NatsClient, Subjects], Awaita
     except BrokerUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
+    except _Denied as err:
+        print(f"error: PermissionDenied: {err} (the NATS server does not allow this identity to do that)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def stop_on_signals(first: Callable[[], None]) -> None:
+    """On the running loop: the first SIGINT/SIGTERM calls ``first`` (an orderly stop),
+    a second exits the process at once with status 130."""
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("%s received; shutting down (send it again to force an immediate exit)",
+                     signal.Signals(signum).name)
+            first()
+        else:
+            log.warning("second signal: exiting now")
+            logging.shutdown()
+            os._exit(EXIT_INTERRUPTED)  # embedded servers follow through the parent-death signal
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)

@@ -63,12 +63,12 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 def _listing(args: argparse.Namespace, title: str, frame: Frame) -> int:
     """Print ``frame`` once, or (``--watch``) again and again until Ctrl-C."""
-    if args.watch is None:
+    if args.redraw is None:
         return talk(args, frame)
-    if args.watch <= 0:
+    if args.redraw <= 0:
         print("error: --watch takes a number of seconds > 0", file=sys.stderr)
         return EXIT_USAGE
-    return talk(args, lambda nc, subjects: watching(nc, subjects, frame, interval=args.watch, title=title))
+    return talk(args, lambda nc, subjects: watching(nc, subjects, frame, interval=args.redraw, title=title))
 
 
 async def _ps(args: argparse.Namespace, nc: NatsClient, subjects: Subjects) -> int:
@@ -102,6 +102,18 @@ async def _ps(args: argparse.Namespace, nc: NatsClient, subjects: Subjects) -> i
                          "", "", "", "", ""])
     table(rows)
     return _print_missing(nodes, failed)
+
+
+def _hosts(answer: dict[str, Any]) -> str:
+    """A node's hosts, each with ``(processes/max_processes)`` when it has a limit."""
+    counts = answer.get("host_processes", {})
+
+    def one(host: str) -> str:
+        count = counts.get(host) or {}
+        limit = count.get("max_processes")
+        return f"{host}({count['processes'] + count.get('starting', 0)}/{limit})" if limit else host
+
+    return ",".join(one(host) for host in answer["hosts"]) or "-"
 
 
 async def _nodes(args: argparse.Namespace, nc: NatsClient, subjects: Subjects) -> int:
@@ -145,7 +157,7 @@ async def _nodes(args: argparse.Namespace, nc: NatsClient, subjects: Subjects) -
         heartbeat = age(ages[node]) if node in ages else "-"
         if node in down:
             heartbeat = f"{heartbeat} ({believed_down(node)})"
-        rows.append([node, answer["incarnation"], ",".join(answer["hosts"]) or "-", str(answer["processes"]),
+        rows.append([node, answer["incarnation"], _hosts(answer), str(answer["processes"]),
                      age(answer["uptime"]), heartbeat, flapped(node), str(answer.get("dropped_to_down_nodes", 0))])
     for node in result.missing:
         heartbeat = f"{age(ages[node])} (no answer)" if node in ages else "(no answer)"

@@ -34,6 +34,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def _not_tls_eof_noise(record: logging.LogRecord) -> bool:
+    # nats-py's protocol answers True to eof_received (keep the transport open), which
+    # asyncio ignores, with a warning, on a TLS transport: at every TLS connection the
+    # server ends (a command's own close included). Nothing is wrong; drop the line.
+    return not record.getMessage().startswith("returning true from eof_received() has no effect when using ssl")
+
+
 def setup_logging(level: str = "info", fmt: str = "console", *, lua_level: str | None = None,
                   node: str | None = None) -> None:
     """One handler on stderr at ``level``; the project's Lua logs (``moonwire.lua``:
@@ -45,6 +52,7 @@ def setup_logging(level: str = "info", fmt: str = "console", *, lua_level: str |
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    handler.addFilter(_not_tls_eof_noise)
     root.setLevel(level.upper())
     # nats-py and temporalio are chatty at INFO about reconnects we already report.
     for noisy in ("nats", "temporalio"):

@@ -1,25 +1,22 @@
-"""Commands that read a project here: ``run`` (a node, or one entry with ``-x``),
-``check`` and ``config``."""
+"""Commands that read a project here: ``run`` (a node; or one entry with ``-x``, or a
+command, to completion: ``_commands_run.py``), ``check`` and ``config``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import os
-import signal
 import sys
-from typing import Any
 
 from moonwire.broker import BrokerUnavailable
-from moonwire.lua import MoonwireError, Outcome, syntax_error
+from moonwire.lua import MoonwireError, syntax_error
 
 from .._node import Node, NodeFailed
 from ..project import ConfigError, LuaEntry, ProjectInvalid, load_config, load_project
 from ..servers import EmbeddedServerError
 from ..workflows import TemporalUnavailable
-from ._common import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, json_args, load, print_outcome,
-                      print_problems)
+from ._commands_run import cmd_list, run_to_completion, target, usage_problem
+from ._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, load, print_problems, stop_on_signals
 from ._logging import setup_logging
 from ._otel import install_spans
 from ._parsing import config_flags
@@ -28,16 +25,22 @@ log = logging.getLogger("moonwire")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    # With -x, stdout is the answer and the node only the means: its INFO lines stay away.
-    loaded = load(args, quiet=bool(args.execute))
+    if (problem := usage_problem(args)) is not None:
+        return problem
+    if args.list_commands:
+        return cmd_list(args)
+    # With -x or a command, stdout is the answer and the node only the means: its INFO lines stay away.
+    loaded = load(args, quiet=bool(args.execute or args.run_command))
     if isinstance(loaded, int):
         return loaded
+    what = target(args, loaded[1])
+    if isinstance(what, int):
+        return what
     node = Node(*loaded)
     spans = install_spans(node.name)  # OpenTelemetry, when OTEL_TRACES_EXPORTER asks (_otel.py)
     try:
-        if args.execute:
-            entry, *entry_args = args.execute
-            return print_outcome(asyncio.run(_execute(node, entry, json_args(entry_args))))
+        if what is not None:
+            return run_to_completion(node, what)
         asyncio.run(_serve(node))
     except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable, NodeFailed) as err:
         log.error("%s", err)
@@ -53,29 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _execute(node: Node, entry: str, args: list[Any]) -> Outcome:
-    async with node.running():
-        return await node.execute(entry, args)
-
-
 async def _serve(node: Node) -> None:
-    loop = asyncio.get_running_loop()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            log.info("%s received; shutting down (send it again to force an immediate exit)",
-                     signal.Signals(signum).name)
-            node.request_stop()
-        else:
-            log.warning("second signal: exiting now")
-            logging.shutdown()
-            os._exit(EXIT_INTERRUPTED)  # embedded servers follow through the parent-death signal
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
+    stop_on_signals(node.request_stop)
     await node.serve()
 
 

@@ -28,11 +28,13 @@ from ..project import ConfigError
 _CONFIG_FLAGS = {
     "node": "node",
     "nats": "nats.url",
+    "creds": "nats.creds_file",
     "prefix": "prefix",
     "state_dir": "state_dir",
     "shutdown_timeout": "shutdown_timeout",
     "log_level": "log.level",
     "log_format": "log.format",
+    "watch": "watch",
 }
 
 
@@ -46,6 +48,8 @@ def global_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--project", type=Path, metavar="DIR",
                        help="project folder, for its moonwire.yaml and its embedded NATS server (default: .)")
     group.add_argument("--nats", metavar="URL", help="NATS server URL(s), comma-separated; default: embedded server")
+    group.add_argument("--creds", metavar="FILE", help="NATS credentials file (.creds: JWT and nkey seed); other "
+                       "credentials: --set nats.nkeys_seed=FILE, nats.user/nats.password, nats.tls.* (docs/deploy.md)")
     group.add_argument("--prefix", help="subject prefix (default mw)")
     group.add_argument("--state-dir", metavar="DIR", help="state folder, relative to the project (default .moonwire)")
     group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -64,7 +68,7 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
 def _project_argument(parser: argparse.ArgumentParser) -> None:
     # The positional of `run`, `test`, `check` and `config`, kept apart from --project so that
     # giving both differently is an error, not a silent choice.
-    parser.add_argument("project_arg", nargs="?", type=Path, metavar="DIR", help="project folder (default: .)")
+    parser.add_argument("project_arg", nargs="?", metavar="DIR", help="project folder (default: .)")
 
 
 class CommandGroup:
@@ -123,7 +127,12 @@ class CommandGroup:
 
 def _settle_project(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     positional = vars(args).pop("project_arg", None)
+    if positional is not None and args.project is not None and hasattr(args, "run_command"):
+        # `run --project DIR NAME ARG...`: the folder is given, so the first word is the command.
+        args.command_args = [args.run_command, *args.command_args] if args.run_command is not None else []
+        args.run_command, positional = positional, None
     if positional is not None:
+        positional = Path(positional)
         if args.project is not None and args.project != positional:
             parser.error(f"two projects given: {positional} and --project {args.project}")
         args.project = positional
@@ -134,12 +143,24 @@ def _settle_project(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 def build_parser() -> CommandGroup:
     top = CommandGroup("moonwire", "Run Lua functions, processes and workflows on a NATS-connected fleet.")
 
-    run = top.command("run", "run a node for a project until SIGINT/SIGTERM, or run one entry with -x")
+    run = top.command("run", "run a node for a project until SIGINT/SIGTERM, run one entry with -x, or run one of "
+                      "the project's commands (meta.command)")
     _project_argument(run)
+    # `run DIR NAME ARG...`: a command (node/cli/_commands_run.py). DIR comes first when NAME is given.
+    run.add_argument("run_command", nargs="?", metavar="COMMAND",
+                     help="run the process entry whose meta.command.name is COMMAND on the terminal host, with each "
+                          "ARG as a string argument, print its result as -x does and exit with the status it "
+                          "returns; an ARG starting with '-' goes after --")
+    run.add_argument("command_args", nargs="*", metavar="ARG", help=argparse.SUPPRESS)
+    run.add_argument("--list", dest="list_commands", action="store_true", help="list the project's commands and exit")
     run.add_argument("-x", dest="execute", nargs="+", metavar=("ENTRY", "ARG"),
                      help="run ENTRY to completion with the ARGs (each JSON, or a plain string), print only its "
-                          "result as JSON on stdout and exit (non-zero on an error result); the node's INFO logs "
-                          "are hidden unless -v. Put DIR before -x, or use --project: after it DIR is an ARG")
+                          "result as JSON on stdout and exit (1 on an error result; a process's integer result is "
+                          "the exit status); the node's INFO logs are hidden unless -v. Put DIR before -x, or use "
+                          "--project: after it DIR is an ARG")
+    run.add_argument("--watch", action="store_true", default=None,
+                     help="reload changed Lua files and entries without restarting the node (running processes "
+                          "keep their code until they upgrade); a change that does not load is refused and logged")
     _node_options(run)
 
     call = top.command("call", "call a function on the running cluster and print its result as JSON")
@@ -168,18 +189,29 @@ def build_parser() -> CommandGroup:
                     help="at most this many processes per node and workflows per worker (default 1000)")
     ps.add_argument("--json", action="store_true", help="print the answers as JSON")
     ps.add_argument("--node", dest="target_node", metavar="NODE", help="only this node")
-    ps.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
+    # dest: `run --watch` is a configuration flag (`watch`), this one is not.
+    ps.add_argument("--watch", dest="redraw", nargs="?", const=2.0, type=float, metavar="SECONDS",
                     help="redraw every SECONDS (default 2) until Ctrl-C")
 
-    show = top.group("workflow", "inspect workflows").command(
-        "show", "print a workflow's status, and its result or error once it has closed")
+    workflow = top.group("workflow", "inspect workflows, send them updates and queries")
+    show = workflow.command("show", "print a workflow's status, and its result or error once it has closed")
     show.add_argument("pid", metavar="PID", help="the workflow, e.g. '{@app:worker|app:order-1}'")
     show.add_argument("--json", action="store_true", help="print the answer as JSON")
+    update = workflow.command("update", "send a Temporal update to a workflow, wait for its answer and print it "
+                              "as JSON (the workflow gets a message from {update|<id>})")
+    update.add_argument("pid", metavar="PID", help="the workflow, e.g. '{@app:worker|app:order-1}'")
+    update.add_argument("name", metavar="NAME", help="the update's name (the message's topic)")
+    update.add_argument("args", nargs="*", metavar="ARG", help="arguments, each JSON (or a plain string)")
+    update.add_argument("--timeout", default="30s", metavar="DURATION",
+                        help="wait at most this long for the answer (default 30s; the update stays with the workflow)")
+    query = workflow.command("query", "query a workflow (pid: its workflow id; state) and print the answer as JSON")
+    query.add_argument("pid", metavar="PID", help="the workflow, e.g. '{@app:worker|app:order-1}'")
+    query.add_argument("name", metavar="NAME")
 
     nodes = top.command("nodes", "list the live nodes, their hosts and heartbeat age, how often each flapped "
                         "(declared down, then heard again), sends dropped towards nodes believed down")
     nodes.add_argument("--json", action="store_true", help="print the answers as JSON")
-    nodes.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
+    nodes.add_argument("--watch", dest="redraw", nargs="?", const=2.0, type=float, metavar="SECONDS",
                        help="redraw every SECONDS (default 2) until Ctrl-C")
     operator_commands(top)
 

@@ -41,6 +41,8 @@ letters grow in the dead-letter stream."""
 @dataclass(frozen=True, slots=True)
 class HostLoad:
     processes: int = 0
+    """Its processes: the node's count (``host_processes``) when it gives one, else those
+    listed."""
     mailbox: int = 0
     """Messages waiting in the mailboxes of its processes."""
     deepest: int = 0
@@ -59,6 +61,8 @@ class NodeStatus:
     of these only)."""
     hosts: dict[str, HostLoad]
     metrics: dict[str, float] = field(default_factory=dict)
+    counted: frozenset[str] = frozenset()
+    """Hosts whose process count is the node's own (``host_processes``), not the list's."""
 
     @classmethod
     def from_answer(cls, answer: Mapping[str, Any]) -> NodeStatus:
@@ -69,10 +73,14 @@ class NodeStatus:
             host = str(process["host"])
             load, depth = hosts.get(host, HostLoad()), int(process["inbox"])
             hosts[host] = HostLoad(load.processes + 1, load.mailbox + depth, max(load.deepest, depth))
+        for host, count in (answer.get("host_processes") or {}).items():  # exact, whatever the list held
+            load = hosts.get(str(host), HostLoad())
+            hosts[str(host)] = HostLoad(int(count["processes"]), load.mailbox, load.deepest)
         metrics = {str(name).removeprefix("moonwire_"): float(value)
                    for name, value in (answer.get("metrics") or {}).items()
                    if isinstance(value, (int, float)) and not isinstance(value, bool)}
-        return cls(str(answer["node"]), float(answer["uptime"]), int(answer["processes"]), len(listed), hosts, metrics)
+        return cls(str(answer["node"]), float(answer["uptime"]), int(answer["processes"]), len(listed), hosts, metrics,
+                   frozenset(str(host) for host in answer.get("host_processes") or {}))
 
     def counter(self, names: tuple[str, ...]) -> float | None:
         return next((self.metrics[name] for name in names if name in self.metrics), None)
@@ -148,7 +156,8 @@ def render(current: Sample, previous: Sample | None) -> int:
                      f"{sum(load.mailbox for load in loads)}{partial}", str(max((l.deepest for l in loads), default=0)),
                      str(letters.get(name, 0)) if current.letters is not None else "-", dead_rate])
         for host, load in sorted(status.hosts.items()):
-            hosts.append([host, name, f"{load.processes}{partial}", f"{load.mailbox}{partial}", str(load.deepest)])
+            counted = "" if host in status.counted else partial
+            hosts.append([host, name, f"{load.processes}{counted}", f"{load.mailbox}{partial}", str(load.deepest)])
     for name in current.missing:
         rows.append([name, "(no answer)", "?", "?", "?", "?", str(letters.get(name, "-")), "?"])
     table(rows)

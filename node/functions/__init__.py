@@ -4,6 +4,12 @@ local and remote ``funcs.call``, and the function subjects a node serves.
 Owns: function pools and calls. May import: ``project``, ``wire``, broker, lua.
 """
 
-from ._functions import CodeLoader, Functions, call_function, millis_or_duration
+from ._code import CodeLoader, CodePlan
+from ._functions import Functions, call_function
+from ._options import millis_or_duration
+from ._process_functions import CALLER_CANCELED
+from ._reload import reload_pools
+from ._served import ServedCalls, watch_calls
 
-__all__ = ["CodeLoader", "Functions", "call_function", "millis_or_duration"]
+__all__ = ["CALLER_CANCELED", "CodeLoader", "CodePlan", "Functions", "ServedCalls", "call_function",
+           "millis_or_duration", "reload_pools", "watch_calls"]

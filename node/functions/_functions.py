@@ -15,22 +15,24 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from moonwire.broker import MSGPACK_HEADERS, Client, Outbox, Requests, Subjects, TaskSet
-from moonwire.lua import (SECOND, Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, NoProcesses, Outcome,
-                          Pending, ProcessServices, Registry, Security, Unit, check_portable, internal, invalid,
-                          not_found,
-                          parse_duration, settled)
+from moonwire.broker import Client, Outbox, Requests, Subjects, TaskSet
+from moonwire.lua import (Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, NoProcesses, Outcome, Pending,
+                          ProcessServices, Registry, Security, Unit, check_portable, internal, invalid, not_found,
+                          settled)
 
-from ..project import FunctionEntry, LibraryEntry, LuaEntry, Project, ProjectEntries, is_entry_id
+from ..project import FunctionEntry, Project, ProjectEntries, is_entry_id
+from ._options import timed_out, timeout_seconds as _timeout_seconds
+from ._process_functions import ProcessFunction, process_functions
+from ._served import ServedCalls
 from ..wire import (CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome,
                     request_trace, unpack)
+from ._code import CodeLoader
 
 log = logging.getLogger("moonwire.functions")
 
@@ -39,58 +41,6 @@ DEFAULT_REMOTE_TIMEOUT = 60.0
 _QUEUE_GROUP = "moonwire"
 
 
-class CodeLoader:
-    """Entry code as :class:`LuaCode`, read from disk once per entry."""
-
-    def __init__(self, project: Project) -> None:
-        self.project = project
-        self._cache: dict[str, LuaCode] = {}
-
-    def code(self, entry: LuaEntry) -> LuaCode:
-        cached = self._cache.get(entry.id)
-        if cached is not None:
-            return cached
-        imports = []
-        for alias, target in entry.imports.items():
-            # Any Lua entry (the loader checked the kind and that imports form no cycle);
-            # the importer gets its chunk's value, whatever the kind.
-            imported = self.project.entries[target]
-            assert isinstance(imported, LuaEntry)
-            imports.append((alias, self.code(imported)))
-        code = LuaCode(
-            id=entry.id,
-            source=Path(entry.source).read_bytes(),
-            chunkname=str(Path(entry.source).relative_to(self.project.root)),
-            method=entry.method,
-            modules=frozenset(entry.modules),
-            imports=tuple(imports),
-            is_library=isinstance(entry, LibraryEntry),
-        )
-        self._cache[entry.id] = code
-        return code
-
-
-def millis_or_duration(value: Any, what: str) -> float:
-    """Seconds from an option that is a number of milliseconds or a duration string
-    (wippy-surface §0: funcs and Temporal options read bare numbers as ms).
-
-    Raises:
-        MoonwireError: (Invalid) naming ``what``.
-    """
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return value / 1000
-    if isinstance(value, str):
-        try:
-            return parse_duration(value) / SECOND
-        except ValueError as err:
-            raise invalid(f"{what}: {err}") from err
-    raise invalid(f"{what} must be a positive number of milliseconds or a duration, got {value!r}")
-
-
-def _timeout_seconds(options: dict[str, Any]) -> float | None:
-    """The ``timeout`` option, in seconds."""
-    value = options.get("timeout") if options else None
-    return None if value is None else millis_or_duration(value, "timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,8 +228,8 @@ class FunctionPool:
                 async with asyncio.timeout(timeout):
                     outcome = await self._run_once(args, context, security, trace)
             except TimeoutError:
-                outcome = Outcome(error=MoonwireError(
-                    f"call to {self.entry.id} timed out after {timeout * 1000:.0f}ms", Kind.TIMEOUT, retryable=True))
+                assert timeout is not None
+                outcome = Outcome(error=timed_out(self.entry.id, timeout))
             except MoonwireError as err:
                 outcome = Outcome(error=err, raised=True)
             if outcome.ok or attempt == attempts or not outcome.error or not outcome.error.is_retryable():
@@ -313,19 +263,24 @@ class Functions:
         for entry in project.of_kind("function.lua"):
             assert isinstance(entry, FunctionEntry)
             self.pools[entry.id] = FunctionPool(entry, self.code.code(entry), self)
-        self._subscriptions: list[Subscription] = []
+        self._subscriptions: dict[str, Subscription] = {}
         self._inflight = TaskSet(log)
         """Calls that did not finish at once, each answered by its own task."""
         self.dead_letter = dead_letter
         """Where a call without a reply subject that cannot be served goes."""
         self.processes: ProcessServices = NoProcesses()
         """The process API of function calls: the node's process table (:meth:`use_processes`)."""
+        self.process_functions = process_functions(project, self)
+        """Process entries with a ``default_host``, called and served as functions."""
+        self.served: ServedCalls | None = None
+        """The calls served for other nodes that did not finish at once (set by the node)."""
 
     # ------------------------------------------------------------ calling
 
     def call(self, caller: Unit | None, target: str, args: list[Any], context: dict[str, Any],
              options: dict[str, Any], security: Security | None = None, trace: str | None = None) -> Answer:
-        pool, trace = self.pools.get(target), caller.traceparent() if caller is not None else trace
+        pool = self.pools.get(target) or self.process_functions.get(target)
+        trace = caller.traceparent() if caller is not None else trace
         if pool is not None:
             return pool.call(args, context, options, security, trace)
         if not is_entry_id(target):  # it names no entry anywhere, and must not reach a subject
@@ -342,7 +297,7 @@ class Functions:
             body["security"] = security.to_wire()
         call.abandon = self.requests.request_nowait(
             self.subjects.function(target), pack(body), timeout=wait,
-            headers=MSGPACK_HEADERS, callback=call.on_reply)
+            headers=self.requests.headers, callback=call.on_reply)
         return call
 
     # ------------------------------------------------------------ serving
@@ -360,13 +315,34 @@ class Functions:
             pool.prewarm()
         if self.nats is None:
             return
-        for entry_id, pool in self.pools.items():
-            self._subscriptions.append(await self.nats.subscribe_direct(
-                self.subjects.function(entry_id), functools.partial(self._serve_one, pool=pool), queue=_QUEUE_GROUP))
-        if self.pools:
-            log.info("serving %d function(s): %s", len(self.pools), ", ".join(sorted(self.pools)))
+        served = [*self.pools, *self.process_functions]
+        for entry_id in served:
+            await self.subscribe(entry_id)
+        if served:
+            log.info("serving %d function(s): %s", len(served), ", ".join(sorted(served)))
 
-    def _serve_one(self, msg: Msg, pool: FunctionPool) -> None:
+    async def subscribe(self, entry_id: str) -> None:
+        """Serve ``entry_id`` on its queue group (from its pool as it is at each request)."""
+        if self.nats is not None:
+            self._subscriptions[entry_id] = await self.nats.subscribe_direct(
+                self.subjects.function(entry_id), functools.partial(self._serve_current, entry_id), queue=_QUEUE_GROUP)
+
+    async def unsubscribe(self, entry_id: str) -> None:
+        if (subscription := self._subscriptions.pop(entry_id, None)) is not None:
+            await subscription.unsubscribe()
+
+    def _serve_current(self, entry_id: str, msg: Msg) -> None:
+        """A request for ``entry_id``, served by its pool (or process entry) as it is now
+        (a reload may have replaced it, or removed it while the request was on its way)."""
+        pool = self.pools.get(entry_id) or self.process_functions.get(entry_id)
+        if pool is not None:
+            self._serve_one(msg, pool)
+        elif msg.reply and self.outbox is not None:
+            body, headers = encode_reply(Outcome(error=not_found(f"function {entry_id} not found")),
+                                         (msg.headers or {}).get(CONTENT_TYPE))
+            self.outbox.publish_nowait(msg.reply, body, headers=headers)
+
+    def _serve_one(self, msg: Msg, pool: FunctionPool | ProcessFunction) -> None:
         # Called from the connection's read loop: answer at once when the call finishes
         # without waiting, else hand it to a task owned by this service. Its one body:
         # nothing raises into the read loop; every call ends in a reply (or, without a
@@ -394,12 +370,14 @@ class Functions:
         if isinstance(result, Outcome):
             self._reply(msg, content_type, pool, result)
             return
-        self._inflight.start(self._reply_later(msg, content_type, pool, result), f"serving {pool.entry.id}")
+        task = self._inflight.start(self._reply_later(msg, content_type, pool, result), f"serving {pool.entry.id}")
+        if self.served is not None:  # a calling node is told who took it, and can give it up
+            self.served.took(msg, task)
 
-    async def _reply_later(self, msg: Msg, content_type: str | None, pool: FunctionPool,
-                           result: Awaitable[Outcome]) -> None:
+    async def _reply_later(self, msg: Msg, content_type: str | None, pool: FunctionPool | ProcessFunction,
+                           result: Answer) -> None:
         try:
-            outcome = await result
+            outcome = await settled(result)
         except MoonwireError as err:
             outcome = Outcome(error=err)
         except Exception as err:  # noqa: BLE001 - the caller is told, not left to time out
@@ -407,7 +385,7 @@ class Functions:
             outcome = Outcome(error=internal(f"serving the call failed: {type(err).__name__}: {err}"))
         self._reply(msg, content_type, pool, outcome)
 
-    def _reply(self, msg: Msg, content_type: str | None, pool: FunctionPool, outcome: Outcome,
+    def _reply(self, msg: Msg, content_type: str | None, pool: FunctionPool | ProcessFunction, outcome: Outcome,
                bad_request: bool = False) -> None:
         if not msg.reply:
             if bad_request and self.dead_letter is not None:
@@ -421,7 +399,7 @@ class Functions:
         self.outbox.publish_nowait(msg.reply, body, headers=headers)
 
     async def stop(self) -> None:
-        for subscription in self._subscriptions:
+        for subscription in self._subscriptions.values():
             await subscription.unsubscribe()
         self._subscriptions.clear()
         await self._inflight.stop()
@@ -448,8 +426,7 @@ def call_unanswered(target: str, missing: Unanswered) -> MoonwireError:
     if missing.why is Why.NO_RESPONDERS:
         return not_found(f"function {target} not found: no node serves it")
     if missing.why is Why.TIMEOUT:
-        return MoonwireError(f"call to {target} timed out after {missing.wait * 1000:.0f}ms", Kind.TIMEOUT,
-                             retryable=True)
+        return timed_out(target, missing.wait)
     return MoonwireError(f"call to {target} abandoned: {missing}", Kind.CANCELED, retryable=True)
 
 

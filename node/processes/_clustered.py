@@ -231,6 +231,10 @@ class ClusterCalls:
         group monitors (a look-up per store when it has none)."""
         if self.cluster is not None:
             self.cluster.exited(pid)
+        self._unwatch_groups(pid)
+
+    def _unwatch_groups(self, pid: str) -> None:
+        """Drop every group monitor of ``pid`` (it exited, or upgraded: its subscriptions went)."""
         watched = self._groups_watched.get(pid)
         if watched:  # the exit path: nothing built for the many processes that monitor no group
             for group in list(watched):

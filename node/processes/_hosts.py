@@ -12,6 +12,13 @@ an instance in a shared state well under 1 KiB (docs/architecture.md has the fig
 Why not one state for all: a memory limit is per state, so a process that allocates
 without bound can only disturb the processes of its own shard, and a shard that ran
 out of memory takes no new processes and is dropped when its last process exits.
+
+``max_processes`` bounds the processes a host holds, counting those on their way in (a
+spawn with a cluster name holds a :class:`Reservation` while the name is registered):
+a spawn past it is refused with a retryable Unavailable naming the host and the limit,
+before anything is placed, and a slot is free again the moment a process has exited.
+Wippy's other host settings (``workers``, ``queue_size``, ``local_queue_size``) are
+accepted and ignored, with a warning at load (``project/_checks.py`` says why).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from moonwire.lua import TURN, Limits, LuaCode, LuaState, MoonwireError, Registry, Unit, internal
+from moonwire.lua import TURN, Kind, Limits, LuaCode, LuaState, MoonwireError, Registry, Unit, internal
 
 from ..project import HostSettings
 
@@ -46,14 +53,33 @@ class HostStatistics:
     memory_bytes: int
     ready: int
     steps: int
+    starting: int = 0
+    """Processes on their way in (a cluster name being registered); they count against the limit."""
+    max_processes: int | None = None
+
+
+class Reservation:
+    """A slot of a host held for a spawn on its way in; :meth:`release` (idempotent)
+    gives it back, just before the process takes its own slot or when it never will."""
+
+    __slots__ = ("_host",)
+
+    def __init__(self, host: ProcessHost) -> None:
+        self._host: ProcessHost | None = host
+
+    def release(self) -> None:
+        if self._host is not None:
+            self._host.starting -= 1
+            self._host = None
 
 
 class ProcessHost:
     """One ``process.host`` entry: where its processes' Lua runs and when."""
 
     def __init__(self, host_id: str, settings: HostSettings, loop: asyncio.AbstractEventLoop | None = None, *,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, node: str = "") -> None:
         self.id = host_id
+        self.node = node
         self.registry = registry
         self.settings = settings
         self.limits = Limits(memory=settings.memory_limit, instructions=settings.instruction_budget)
@@ -63,11 +89,41 @@ class ProcessHost:
         self._drain_pending = False
         self._steps = 0
         self.processes = 0
+        self.starting = 0
+        """Reservations held (:meth:`reserve`)."""
 
     def statistics(self) -> HostStatistics:
         return HostStatistics(self.id, self.processes, len(self._shards),
                               sum(shard.state.memory_used() for shard in self._shards), len(self._run_queue),
-                              self._steps)
+                              self._steps, self.starting, self.settings.max_processes)
+
+    # ------------------------------------------------------------ admission
+
+    def admit(self) -> None:
+        """Whether one more process may come in (raises when not).
+
+        Raises:
+            MoonwireError: Unavailable (retryable), naming the host and its limit.
+        """
+        limit = self.settings.max_processes
+        if limit is not None and self.processes + self.starting >= limit:
+            where = f" on node {self.node}" if self.node else ""
+            held = self.processes + self.starting
+            starting = f", {self.starting} of them starting" if self.starting else ""
+            raise MoonwireError(
+                f"process host {self.id}{where} is full: max_processes {limit} reached "
+                f"({held} process{'' if held == 1 else 'es'}{starting})", Kind.UNAVAILABLE, retryable=True,
+                details={"host": self.id, "max_processes": limit})
+
+    def reserve(self) -> Reservation:
+        """A slot held for a process on its way in; see :class:`Reservation`.
+
+        Raises:
+            MoonwireError: Unavailable when the host is full (:meth:`admit`).
+        """
+        self.admit()
+        self.starting += 1
+        return Reservation(self)
 
     # ------------------------------------------------------------ placing processes
 
@@ -75,8 +131,10 @@ class ProcessHost:
         """A new instance of ``code``'s export in a shard with room.
 
         Raises:
-            MoonwireError: the code does not compile or load (nothing is placed then).
+            MoonwireError: Unavailable when the host is full (:meth:`admit`), or the code
+                does not compile or load (nothing is placed then).
         """
+        self.admit()
         shard = self._shard_with_room()
         export = shard.state.instantiate(code)
         shard.live += 1

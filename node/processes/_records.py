@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from moonwire.lua import Event, Outcome, Pending, Unit
+from moonwire.lua import Event, LuaCode, Outcome, Pending, Unit
 
 from ._hosts import Shard
 
@@ -33,6 +33,7 @@ class ProcessRecord:
     exec_waits: dict[str, Pending] | None = None  # remote children this process execs
     spawning: int = 0  # remote spawns with a monitor, link or exec awaiting the child's PID
     early: list[Event] | None = None  # events from other nodes that arrived before that PID
+    code: LuaCode | None = None  # what a process runs (a function call's PID: None), for reloads
 
 
 def monitor(watcher: ProcessRecord, target: ProcessRecord) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from moonwire.broker import Pid, PidAllocator
 from moonwire.lua import (LINK_DOWN, Answer, Event, Kind, Mailbox, Message, MoonwireError, Outcome, Pending,
@@ -46,6 +46,8 @@ class Spawning:
     if TYPE_CHECKING:
         def _cluster(self) -> Cluster: ...
 
+        def control(self, verb: str, data: dict[str, Any]) -> Any: ...
+
     def spawn_hosts(self) -> list[str]:
         """The hosts other nodes may spawn on here: process hosts (all but the built-in
         terminal host) and Temporal workers."""
@@ -56,6 +58,25 @@ class Spawning:
 
     def exec(self, unit: Unit | None, request: SpawnRequest) -> Answer:
         return self._spawn(unit, request, wait_exit=True)
+
+    def call_process(self, request: SpawnRequest, reason: str) -> Answer:
+        """A process entry called as a function (wippy-modules §12.2): start it here, on
+        its ``default_host``, with no parent; the answer is its exit result, and the
+        exit hook is the hidden watcher. Dropping the answer (the caller gave up) posts
+        CANCEL with ``reason``; the process decides what to do with it."""
+        pending = Pending()
+        try:
+            pid = self.start(request, on_exit=pending.settle)
+        except MoonwireError as err:
+            return Outcome(error=err)
+
+        def cancel() -> None:
+            record = self.records.get(pid)
+            if record is not None and record.unit.outcome is None:
+                self.control("cancel", {"target": pid, "reason": reason})
+
+        pending.abandon = cancel
+        return pending
 
     def _spawn(self, unit: Unit | None, request: SpawnRequest, wait_exit: bool) -> Answer:
         """Spawn here when this node runs the host (and the spawner pins no other node),
@@ -181,21 +202,31 @@ class Spawning:
         check_scope(request.scope)
         cluster = self._cluster()
         host = self._placement(request)[1]
+        try:  # the child's slot is held while its name is registered: a full host refuses at once
+            slot = host.reserve()
+        except MoonwireError as err:
+            return Outcome(error=err)
         pid, name = self.pids.next(host.id), request.name
 
         async def register_then_start() -> str:
             try:
                 await cluster.names.register(name, pid)
+                slot.release()  # and taken again by start(), with no await in between
                 return self.start(request, parent, on_exit, pid=pid)
             except BaseException:
                 # No child: a write that timed out may still land, now or later, for a
                 # PID that will never run; abandoning it frees the name whenever it does.
                 cluster.names.abandon(pid)
                 raise
+            finally:
+                slot.release()
 
-        # Abandoned while registering (the spawner ended): the same.
+        def abandoned() -> None:  # the spawner ended while registering: the same
+            slot.release()
+            cluster.names.abandon(pid)
+
         return cluster.call(register_then_start(), f"spawning {request.entry} as cluster name {name!r}",
-                            on_abandon=lambda: cluster.names.abandon(pid))
+                            on_abandon=abandoned)
 
     def _placement(self, request: SpawnRequest) -> tuple[ProcessEntry, ProcessHost]:
         """The entry and the host of a spawn here.
@@ -236,7 +267,8 @@ class Spawning:
         remote_parent = Pid.parse(parent) if parent and local_parent is None else None
         if parent and local_parent is None and remote_parent is None:
             raise invalid(f"parent {parent!r} is not a PID")
-        shard, export = host.instantiate(self.code.code(entry))
+        code = self.code.code(entry)
+        shard, export = host.instantiate(code)
 
         pid = pid or self.pids.next(host.id)
         child = Unit(shard.state, entry.id, context=dict(request.context), services=self.functions,
@@ -244,7 +276,7 @@ class Spawning:
         child.pid = pid
         child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit, child)
         child.notify = host.ready
-        record = ProcessRecord(pid, child, entry.id, host.id, shard)
+        record = ProcessRecord(pid, child, entry.id, host.id, shard, code=code)
         self._add(record)
         if local_name is not None:
             self._name(local_name, record)

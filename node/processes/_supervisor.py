@@ -229,6 +229,9 @@ class Supervisor:
             return None
         if isinstance(started, Outcome):
             log.error("service %s could not start: %s", service.id, started.error)
+            # Decided: start() returns; this one retries by its policy in the background
+            # (its host may be full for a while), and what requires it waits for `running`.
+            service.decided.set()
             return started
         service.pid = service._instance = started
         service.state = ServiceState.RUNNING

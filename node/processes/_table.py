@@ -7,10 +7,10 @@ the call). Delivery between local processes is synchronous: ``send`` puts the me
 the receiver's mailbox before it returns, so messages from one sender arrive in send
 order, and an EXIT (posted when the sender has exited) arrives after all of them.
 
-The table is assembled from three files: this one (records, lookups, messages,
+The table is assembled from these files: this one (records, lookups, messages,
 monitors and links, names, the control verbs other nodes ask for), ``_spawning.py``
-(spawn here, on another node, or as a workflow) and ``_exits.py`` (what an exit tells
-whom, node-down, shutdown). A PID that is not here is asked of its target
+(spawn here, on another node, or as a workflow), ``_exits.py`` (what an exit tells
+whom, node-down, shutdown) and ``_upgrading.py`` (``process.upgrade``, OUTDATED). A PID that is not here is asked of its target
 (``_targets.py``), chosen once from the PID by :meth:`ProcessTable._elsewhere`.
 """
 
@@ -34,14 +34,15 @@ from ..wire import decode_spawn, noproc
 from ._clustered import ClusterCalls
 from ._exits import Exits
 from ._hosts import ProcessHost
-from ._records import FUNCTION_HOST, ProcessRecord, link, monitor
+from ._records import FUNCTION_HOST, TERMINAL_HOST, ProcessRecord, link, monitor
 from ._spawning import Spawning
 from ._targets import NO_WORKFLOWS, UNREACHABLE, RemoteTarget, Target, WorkflowTarget
+from ._upgrading import Upgrading
 
 log = logging.getLogger("moonwire.processes")
 
 
-class ProcessTable(Spawning, Exits, ClusterCalls):
+class ProcessTable(Spawning, Exits, ClusterCalls, Upgrading):
     """Implements :class:`lua.ProcessServices` for every unit on this node."""
 
     def __init__(self, node: str, project: Project, functions: Functions, hosts: dict[str, ProcessHost], *,
@@ -180,6 +181,13 @@ class ProcessTable(Spawning, Exits, ClusterCalls):
 
     def terminate(self, unit: Unit | None, dest: str) -> Answer | None:
         return self._signal(unit, "terminate", dest, {})
+
+    def update(self, unit: Unit | None, dest: str, name: str, args: list[Any], options: dict[str, Any]) -> Answer:
+        """``process.update``: Temporal update ``name`` to the workflow ``dest`` names."""
+        pid = Pid.parse(self._pid_of_dest(dest))
+        if pid is None or not pid.is_workflow:
+            raise invalid(f"process.update sends to a workflow: {dest!r} is not a workflow PID")
+        return self.workflows.update(pid, name, args, options)
 
     def _signal(self, unit: Unit | None, verb: str, dest: str, body: dict[str, Any]) -> Answer | None:
         """``cancel`` or ``terminate``: done here for a local target (None), else an answer
@@ -330,6 +338,9 @@ class ProcessTable(Spawning, Exits, ClusterCalls):
             "node": self.node, "incarnation": self.pids.epoch, "hosts": self.spawn_hosts(),
             "workers": sorted(self.workflows.workers), "uptime": now - self.started, "processes": len(self.records),
             **self.remote.describe(),
+            "host_processes": {h.id: {"processes": h.processes, "starting": h.starting,
+                                      "max_processes": h.settings.max_processes}
+                               for h in self.hosts.values() if h.id != TERMINAL_HOST},
         }
         if processes:
             info["list"] = [

@@ -77,6 +77,12 @@ class WorkflowTarget(Target, Protocol):
         """Start a workflow; its PID, or with ``wait_exit`` its result. ``fire`` gets the
         EXIT or LINK_DOWN for the monitor or link ``parent`` asked for."""
 
+    def update(self, pid: Pid, name: str, args: list[Any], options: dict[str, Any]) -> Answer:
+        """Send Temporal update ``name`` to workflow ``pid``: its result or error.
+
+        Raises:
+            MoonwireError: a bad option."""
+
 
 class _Unreachable:
     """What this node cannot reach (it has no broker): every operation that would need
@@ -147,6 +153,9 @@ class NoWorkflows(_Unreachable):
 
     def spawn(self, request: SpawnRequest, parent: str, wait_exit: bool, fire: Fire) -> Pending:
         raise self._error(Pid("", request.host, request.entry))
+
+    def update(self, pid: Pid, name: str, args: list[Any], options: dict[str, Any]) -> Answer:
+        raise self._error(pid)
 
 
 UNREACHABLE: RemoteTarget = NoNodes()

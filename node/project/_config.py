@@ -97,6 +97,7 @@ class NodeConfig(_Strict):
     max_message_bytes: ByteSize = Field(1024 * 1024, ge=64, description="largest message body a process accepts")
     workers: bool = Field(True, description="run the project's temporal.worker entries; false: this node "
                                             "only starts, signals and watches workflows")
+    watch: bool = Field(False, description="reload changed Lua code and entries while running (run --watch)")
     log: LogConfig = LogConfig()
 
     @field_validator("node")

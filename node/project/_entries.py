@@ -171,7 +171,28 @@ class FunctionEntry(LuaEntry):
 class ProcessEntry(LuaEntry):
     kind: Literal["process.lua"] = "process.lua"
 
-    references = (*LuaEntry.references, _ACTIVITY_REF)
+    # wippy-modules §12.2: a process entry with a default host is also a function.
+    references = (*LuaEntry.references, _ACTIVITY_REF, ("meta.default_host", ("process.host",)),
+                  ("meta.options.default_host", ("process.host",)))
+
+    @field_validator("meta")
+    @classmethod
+    def _default_host_is_an_id(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        options = meta.get("options", {})
+        for where, holder in (("default_host", meta), ("options.default_host", options)):
+            if isinstance(holder, dict) and "default_host" in holder and not (
+                    isinstance(holder["default_host"], str) and holder["default_host"]):
+                raise ValueError(f"{where} must be a process.host id (namespace:name), "
+                                 f"got {holder['default_host']!r}")
+        return meta
+
+    @property
+    def default_host(self) -> str | None:
+        """The host a call of this entry as a function spawns it on: ``meta.options.default_host``,
+        else ``meta.default_host`` (wippy-modules §12.2); None: not a function."""
+        options = self.meta.get("options")
+        host = options.get("default_host") if isinstance(options, dict) else None
+        return host or self.meta.get("default_host") or None
 
 
 class WorkflowEntry(LuaEntry):
@@ -198,9 +219,12 @@ DEFAULT_HOST_MEMORY_LIMIT = 256 * 1024 * 1024
 
 
 class HostSettings(LuaLimits):
-    """``host:`` of a ``process.host``. ``workers``/``queue_size``/``local_queue_size`` are
-    wippy's and accepted (one event loop runs every host here); the rest are moonwire's."""
+    """``host:`` of a ``process.host``. ``max_processes`` is Wippy's and enforced (none:
+    no limit). ``workers``/``queue_size``/``local_queue_size`` are Wippy's and accepted but
+    ignored, with a warning at load (``_checks.py`` says why); the rest are moonwire's."""
 
+    max_processes: int | None = Field(None, ge=1, description="processes the host holds at most; a spawn past it "
+                                      "is refused with Unavailable")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     queue_size: int = Field(1024, ge=1)
     local_queue_size: int = Field(256, ge=1)
@@ -266,12 +290,32 @@ class TemporalClientEntry(_HasLifecycle):
     auth: TemporalAuth = TemporalAuth()
     tls: TemporalTls = TemporalTls()
     health_check: dict[str, Any] = Field(default_factory=dict)
+    search_attributes: dict[str, str] = Field(
+        default_factory=dict, description="The namespace's custom search attributes, name -> type (Keyword, Text, "
+        "Int, Double, Bool, Datetime, KeywordList); nodes register them at start (docs/workflows.md).")
 
     references = _LIFECYCLE_REFS
 
     @property
     def embedded(self) -> bool:
         return self.address in (None, "", EMBEDDED)
+
+    @field_validator("search_attributes")
+    @classmethod
+    def _search_attribute_types(cls, value: dict[str, str]) -> dict[str, str]:
+        types = {t.lower(): t for t in SEARCH_ATTRIBUTE_TYPES}
+        out = {}
+        for name, kind in value.items():
+            canonical = types.get(str(kind).replace("_", "").lower())
+            if not name or canonical is None:
+                raise ValueError(f"search attribute {name!r}: type {kind!r} is not one of "
+                                 f"{', '.join(SEARCH_ATTRIBUTE_TYPES)}")
+            out[name] = canonical
+        return out
+
+
+SEARCH_ATTRIBUTE_TYPES = ("Keyword", "Text", "Int", "Double", "Bool", "Datetime", "KeywordList")
+"""Temporal's search attribute types, by its own names."""
 
 
 class TemporalWorkerEntry(_HasLifecycle):

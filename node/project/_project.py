@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ._checks import host_findings
+from ._commands import command_findings
 from ._config import CONFIG_FILE
 from ._entries import KNOWN_KINDS, Entry, InertEntry, LuaEntry
 from ._yaml import LocatedList, LocatedMap, YamlError, interpolate_env, line_of, load_yaml
@@ -24,7 +26,8 @@ log = logging.getLogger("moonwire.project")
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_SKIP_DIRS = {"node_modules", "__pycache__", "venv"}
+SKIP_DIRS = {"node_modules", "__pycache__", "venv"}
+"""Folders the loader never looks in (nor `--watch`), besides hidden ones."""
 _LOCK_FILE = "wippy.lock"
 
 
@@ -167,7 +170,7 @@ class _Loader:
         seen: set[Path] = set()
         for scan_root in self.scan_roots():
             for dirpath, dirnames, filenames in os.walk(scan_root):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
                 for name in sorted(filenames):
                     path = Path(dirpath, name)
                     if path.suffix not in (".yaml", ".yml") or path in seen:
@@ -325,6 +328,17 @@ class _Loader:
                 self.problem(raw.file, line_of(raw.data, loc) or raw.line, cycle[0], _dotted(loc),
                              f"{what}: {' -> '.join([*cycle, cycle[0]])}")
 
+    def check_entries(self, project: Project, raws: dict[str, _Raw]) -> None:
+        """Commands, and host settings accepted but ignored (``_checks.py``)."""
+        def where(entry_id: str) -> str:
+            return f"{self._rel(raws[entry_id].file)}:{raws[entry_id].line}"
+
+        for finding in (*command_findings(project.entries, where), *host_findings(project.entries)):
+            raw = raws[finding.entry]
+            found = Problem(self._rel(raw.file), line_of(raw.data, finding.loc) or raw.line, raw.id,
+                            _dotted(finding.loc), finding.reason)
+            (self.problems if finding.error else self.warnings).append(found)
+
     def load(self) -> Project:
         project = Project(root=self.root)
         raws: dict[str, _Raw] = {}
@@ -342,6 +356,7 @@ class _Loader:
                     project.locations[raw.id] = Location(raw.file, raw.line)
         self.check_references(raws)
         self.check_cycles(raws)
+        self.check_entries(project, raws)
         self.problems.sort(key=lambda p: (p.file, p.line or 0))
         self.warnings.sort(key=lambda p: (p.file, p.line or 0))
         project.warnings = self.warnings

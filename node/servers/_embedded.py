@@ -226,8 +226,10 @@ async def start_nats(data_dir: Path, *, port: int | None = None, monitor_port: i
     return ServerProcess("nats-server", f"nats://127.0.0.1:{port}", port, process, log_path, monitor_url)
 
 
-async def start_temporal(data_dir: Path, *, port: int | None = None, timeout: float = 60.0) -> ServerProcess:
-    """Start ``temporal server start-dev`` with a SQLite file in ``data_dir``.
+async def start_temporal(data_dir: Path, *, port: int | None = None, timeout: float = 60.0,
+                         extra: tuple[str, ...] = ()) -> ServerProcess:
+    """Start ``temporal server start-dev`` with a SQLite file in ``data_dir`` (and the
+    ``extra`` arguments: more dynamic configuration, say).
 
     Returns once the frontend answers and the ``default`` namespace exists.
 
@@ -244,6 +246,7 @@ async def start_temporal(data_dir: Path, *, port: int | None = None, timeout: fl
         "--db-filename", str(data_dir / "temporal.db"),
         "--log-level", "warn",
         *TEMPORAL_TUNING,
+        *extra,
     ]
     process = await _spawn("temporal", argv, log_path)
     started = time.monotonic()

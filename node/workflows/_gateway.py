@@ -9,13 +9,17 @@
 * ``<prefix>.wfq.<worker>``: status requests (a workflow's status and result, a worker's
   running workflows), and :func:`workflow_status`/:func:`running_workflows`, the CLI's
   side of them.
+* ``<prefix>.wfq.<worker>.ask``: updates and queries (``_requests.py``) for the CLI and
+  for nodes without a client for the worker (:func:`workflow_update`,
+  :func:`workflow_query`). Apart from status requests, and bounded on their own: an
+  update may wait for the workflow's answer for as long as its caller allows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -31,8 +35,9 @@ from moonwire.lua import Kind, Message, MoonwireError, Outcome, internal, invali
 
 from ..processes import DeadLetters, Undeliverable, decode, encode
 from ..wire import CONTENT_TYPE, Unanswered, Why, answer, ask, unpack
+from ._requests import QUERY_TIMEOUT, serve_ask
 from ._temporal import Host, workflow_handle, workflow_result
-from ._workflow_codec import encode_signal, workflow_pid
+from ._workflow_codec import WorkflowTypes, encode_signal, workflow_pid
 
 log = logging.getLogger("moonwire.workflows")
 
@@ -42,6 +47,15 @@ SIGNALS_WAITING = 1024
 past it a signal from the gateway is dead-lettered and a process's send fails."""
 STATUS_REQUESTS = 64
 """Status requests (``mw.wfq``) answered at once; each holds a task waiting for Temporal."""
+ASKS = 256
+"""Updates and queries (``mw.wfq.<worker>.ask``) served at once; each holds a task
+waiting for the workflow's answer."""
+ANSWER_MARGIN = 2.0
+"""Seconds an asker waits beyond its ask's own timeout, for the gateway's answer to travel."""
+
+
+def ask_subject(subjects: Subjects, worker: str) -> str:
+    return subjects.workflow_status(worker) + ".ask"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +77,7 @@ class Gateway:
 
     def __init__(self, node: str, subjects: Subjects, hosts: Mapping[str, Host], *, nats: NatsClient | None,
                  connection: BrokerClient | None, outbox: Outbox | None, dead_letters: DeadLetters | None,
-                 max_body: int, signals_waiting: int) -> None:
+                 max_body: int, signals_waiting: int, types: WorkflowTypes = WorkflowTypes()) -> None:
         self.node = node
         self.subjects = subjects
         self.hosts = hosts
@@ -74,11 +88,14 @@ class Gateway:
         self.outbox = outbox
         self.dead_letters = dead_letters
         self.max_body = max_body
+        self.types = types
+        """Temporal type -> entry, for listings (``meta.temporal.workflow.name``)."""
         self._tasks = TaskSet(log)
         # Bounded: what waits here waits for one RPC at a time (~700/s measured).
         self._signals: asyncio.Queue[_Signal] = asyncio.Queue(signals_waiting)
         self._subscriptions: list[Subscription] = []
-        self._status_requests = 0
+        self._on_status = self._serving(STATUS_REQUESTS, "status requests", self._status)
+        self._on_ask = self._serving(ASKS, "updates and queries", lambda data: serve_ask(self.hosts, data))
 
     async def start(self) -> None:
         """Start the signal sender and subscribe to every worker's subjects."""
@@ -94,6 +111,8 @@ class Gateway:
                     self.subjects.workflows(worker), queue=GATEWAY_QUEUE, cb=self._on_gateway_async))
             self._subscriptions.append(await self.nats.subscribe(
                 self.subjects.workflow_status(worker), queue=GATEWAY_QUEUE, cb=self._on_status))
+            self._subscriptions.append(await self.nats.subscribe(
+                ask_subject(self.subjects, worker), queue=GATEWAY_QUEUE, cb=self._on_ask))
 
     async def stop(self) -> None:
         """Unsubscribe, then end the sender and the status requests being answered."""
@@ -120,7 +139,7 @@ class Gateway:
             target, message = signal.target, signal.message
             try:
                 handle = workflow_handle(self.hosts, target)
-                await handle.signal(message.topic, encode_signal(message.sender, message.payloads))
+                await handle.signal(message.topic, args=encode_signal(message.sender, message.payloads))
             except Exception as err:  # noqa: BLE001 - one bad signal must not stop the sender: it is dead-lettered
                 if isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND:
                     reason = f"no running workflow {target.uid} on worker {target.host}: {err}"
@@ -165,42 +184,54 @@ class Gateway:
                               f"{self._signals.maxsize} signals are waiting to be sent to Temporal from node "
                               f"{self.node} already")
 
-    async def _on_status(self, msg: Msg) -> None:
-        """``{"pid": ...}``: the workflow's status, and its result or error once closed.
-        ``{"running": <worker>, "limit": n}``: the worker's running workflows.
+    def _serving(self, limit: int, what: str,
+                 reply: Callable[[Any], Awaitable[Any]]) -> Callable[[Msg], Awaitable[None]]:
+        """A subscription callback serving requests with ``reply`` (the decoded body ->
+        the answer's value; MoonwireError for an error answer).
 
         Each request ends in its answer (a value or an error), or without a reply subject
         in nothing when it was served and in a dead letter when it was not. At most
-        STATUS_REQUESTS are answered at once (each waits for Temporal); past that, at once
-        with Unavailable."""
-        if self._status_requests >= STATUS_REQUESTS:
-            self._answer(msg, Outcome(error=MoonwireError(f"node {self.node} is answering {STATUS_REQUESTS} status "
-                                                          "requests already", Kind.UNAVAILABLE, retryable=True)))
-            return
-        self._status_requests += 1
-        self._tasks.start(self._answer_status(msg), "a status request")
+        ``limit`` are served at once (each waits for Temporal); past that, the answer is
+        Unavailable at once."""
+        serving = 0
 
-    async def _answer_status(self, msg: Msg) -> None:
-        try:
-            data = unpack(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
-            if isinstance(data, dict) and "running" in data:
-                limit = data.get("limit", 1000)
-                if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= 100_000:
-                    limit = 1000
-                reply = Outcome(value=await self.running(str(data["running"]), limit))
-            else:
-                pid = Pid.parse(str(data.get("pid"))) if isinstance(data, dict) else None
-                if pid is None or not pid.is_workflow:
-                    raise invalid("a status request is {\"pid\": <workflow PID>} or {\"running\": <worker>}")
-                reply = Outcome(value=await self.status(pid))
-        except MoonwireError as err:
-            reply = Outcome(error=err)
-        except Exception as err:  # noqa: BLE001 - the asker is told; a bug is logged once here
-            log.exception("a status request on %s failed", msg.subject)
-            reply = Outcome(error=internal(f"status request failed: {type(err).__name__}: {err}"))
-        finally:
-            self._status_requests -= 1
-        self._answer(msg, reply)
+        async def on_request(msg: Msg) -> None:
+            nonlocal serving
+            if serving >= limit:
+                self._answer(msg, Outcome(error=MoonwireError(f"node {self.node} is serving {limit} {what} already",
+                                                              Kind.UNAVAILABLE, retryable=True)))
+                return
+            serving += 1
+
+            async def serve() -> None:
+                nonlocal serving
+                try:
+                    answer = Outcome(value=await reply(unpack(msg.data, (msg.headers or {}).get(CONTENT_TYPE))))
+                except MoonwireError as err:
+                    answer = Outcome(error=err)
+                except Exception as err:  # noqa: BLE001 - the asker is told; a bug is logged once here
+                    log.exception("serving %s on %s failed", what, msg.subject)
+                    answer = Outcome(error=internal(f"{what}: {type(err).__name__}: {err}"))
+                finally:
+                    serving -= 1
+                self._answer(msg, answer)
+
+            self._tasks.start(serve(), f"serving {what}")
+
+        return on_request
+
+    async def _status(self, data: Any) -> Any:
+        """``{"pid": ...}``: the workflow's status, and its result or error once closed.
+        ``{"running": <worker>, "limit": n}``: the worker's running workflows."""
+        if isinstance(data, dict) and "running" in data:
+            limit = data.get("limit", 1000)
+            if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= 100_000:
+                limit = 1000
+            return await self.running(str(data["running"]), limit)
+        pid = Pid.parse(str(data.get("pid"))) if isinstance(data, dict) else None
+        if pid is None or not pid.is_workflow:
+            raise invalid("a status request is {\"pid\": <workflow PID>} or {\"running\": <worker>}")
+        return await self.status(pid)
 
     def _answer(self, msg: Msg, reply: Outcome) -> None:
         if self.outbox is not None:
@@ -223,7 +254,8 @@ class Gateway:
         try:
             if limit > 0:
                 async for execution in host.client.list_workflows(query, limit=limit):
-                    listed.append({"pid": str(workflow_pid(worker, execution.id)), "type": execution.workflow_type,
+                    listed.append({"pid": str(workflow_pid(worker, execution.id)),
+                                   "type": self.types.entry(execution.workflow_type),
                                    "worker": worker, "status": "running",
                                    "uptime": (now - execution.start_time).total_seconds(),
                                    "history_length": execution.history_length})
@@ -249,11 +281,13 @@ class Gateway:
         status = described.status.name.lower() if described.status is not None else "unknown"
         out: dict[str, Any] = {
             "pid": str(pid), "workflow_id": described.id, "run_id": described.run_id,
-            "type": described.workflow_type, "task_queue": described.task_queue, "status": status,
+            "type": self.types.entry(described.workflow_type), "task_queue": described.task_queue, "status": status,
             "started": described.start_time.isoformat() if described.start_time else None,
             "closed": described.close_time.isoformat() if described.close_time else None,
             "history_length": described.history_length,
         }
+        if out["type"] != described.workflow_type:  # meta.temporal.workflow.name
+            out["workflow_type"] = described.workflow_type
         if described.close_time is not None:
             outcome = await workflow_result(self.hosts, pid)
             if outcome.ok:
@@ -279,11 +313,27 @@ async def running_workflows(nc: NatsClient, subjects: Subjects, worker: str, lim
     return await _ask_worker(nc, subjects, worker, {"running": worker, "limit": limit}, timeout)
 
 
+async def workflow_update(nc: NatsClient, subjects: Subjects, pid: Pid, name: str, args: list[Any],
+                          timeout: float) -> Outcome:
+    """Send update ``name`` to workflow ``pid`` through a node that has a client for its
+    worker, and wait for the answer at most ``timeout`` seconds (the CLI, a node without
+    a client)."""
+    body = {"ask": "update", "pid": str(pid), "name": name, "args": args, "timeout": timeout}
+    return await _ask_worker(nc, subjects, pid.host, body, timeout + ANSWER_MARGIN, ask_subject(subjects, pid.host))
+
+
+async def workflow_query(nc: NatsClient, subjects: Subjects, pid: Pid, name: str) -> Outcome:
+    """Query ``name`` of workflow ``pid`` through a node that has a client for its worker."""
+    body = {"ask": "query", "pid": str(pid), "name": name}
+    return await _ask_worker(nc, subjects, pid.host, body, QUERY_TIMEOUT + ANSWER_MARGIN,
+                             ask_subject(subjects, pid.host))
+
+
 async def _ask_worker(nc: NatsClient, subjects: Subjects, worker: str, body: dict[str, Any],
-                      timeout: float) -> Outcome:
+                      timeout: float, subject: str | None = None) -> Outcome:
     def unanswered(missing: Unanswered) -> MoonwireError:
         if missing.why is Why.NO_RESPONDERS:
             return not_found(f"no node has a temporal.client for worker {worker}")
         return MoonwireError(f"no answer about worker {worker}: {missing}", Kind.UNAVAILABLE, retryable=True)
 
-    return await ask(nc, subjects.workflow_status(worker), body, unanswered, timeout)
+    return await ask(nc, subject or subjects.workflow_status(worker), body, unanswered, timeout)

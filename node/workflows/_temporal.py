@@ -2,7 +2,8 @@
 ``temporal.client`` (TLS, API key, the SDK core's logs routed away from stdout), a
 ``temporal.worker`` entry's settings (task queue, ``worker_options``, what its Lua
 workflows need), the :class:`Host` that pairs a worker entry with its client, reading a
-workflow's handle and result through the hosts, and the replayer.
+workflow's handle and result through the hosts, the Temporal type names of the
+project's workflows, and the replayer.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, TLSConfig, WorkflowFailureError, WorkflowHandle
+from temporalio.common import RawValue
 from temporalio.runtime import LogForwardingConfig, LoggingConfig, TelemetryConfig, TelemetryFilter
 from temporalio.runtime import Runtime as TemporalRuntime
 from temporalio.service import RPCError, RPCStatusCode
@@ -26,8 +28,10 @@ from moonwire.lua import Kind, Limits, MoonwireError, Outcome, invalid, not_foun
 
 from ..functions import CodeLoader
 from ..project import Project, TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
-from ..wire import MSGPACK, unpack
-from ._workflow_codec import duration_option, from_failure
+from ._carry import CARRY
+from ._payloads import decode
+from ._search import Declared
+from ._workflow_codec import WorkflowTypes, duration_option, from_failure
 from ._workflow_run import WorkerContext, register_replay
 
 log = logging.getLogger("moonwire.workflows")
@@ -108,7 +112,7 @@ async def connect_client(entry: TemporalClientEntry, embedded_address: str | Non
     elif entry.auth.type == "api_key":
         tls = True  # API keys travel over TLS only
     try:
-        return await Client.connect(address, namespace=entry.namespace,
+        return await Client.connect(address, namespace=entry.namespace, interceptors=[CARRY],
                                     api_key=entry.auth.api_key if entry.auth.type == "api_key" else None,
                                     tls=tls, connect_timeout=timedelta(seconds=entry.connection_timeout))
     except RuntimeError as err:  # what the SDK's core raises for a failed connect
@@ -141,7 +145,7 @@ def workflow_handle(hosts: Mapping[str, Host], pid: Pid) -> WorkflowHandle[Any, 
     if host is None:
         raise MoonwireError(f"this node has no temporal.client for worker {pid.host}", Kind.UNAVAILABLE,
                             retryable=False)
-    return host.client.get_workflow_handle(pid.uid, result_type=bytes)
+    return host.client.get_workflow_handle(pid.uid, result_type=RawValue)
 
 
 async def workflow_result(hosts: Mapping[str, Host], pid: Pid) -> Outcome:
@@ -150,7 +154,7 @@ async def workflow_result(hosts: Mapping[str, Host], pid: Pid) -> Outcome:
     while True:
         try:
             handle = workflow_handle(hosts, pid)
-            return Outcome(value=unpack(await handle.result(), MSGPACK))
+            return Outcome(value=decode(await handle.result()))
         except WorkflowFailureError as err:
             return Outcome(error=from_failure(err))
         except RPCError as err:
@@ -173,18 +177,58 @@ def worker_context(project: Project, code: CodeLoader, worker: TemporalWorkerEnt
                    task_queues: Callable[[str], str | None], *, limits: Limits = Limits(),
                    mailbox_limit: int = 4096) -> WorkerContext:
     """What the Lua workflows of ``worker`` need: the code of the entries registered
-    with it (an entry naming no worker runs on any), and the task queue of every worker."""
+    with it (an entry naming no worker runs on any), the task queue of every worker, the
+    workflows' type names and the search attributes each worker's client declares.
 
-    def code_of(workflow_type: str) -> Any:
-        entry = project.get(workflow_type)
+    Raises:
+        MoonwireError: (Invalid) two workflow entries with one Temporal type name.
+    """
+
+    def code_of(entry_id: str) -> Any:
+        entry = project.get(entry_id)
         if not isinstance(entry, WorkflowEntry):
-            raise not_found(f"no workflow.lua entry {workflow_type}")
+            raise not_found(f"no workflow.lua entry {entry_id}")
         if registered_worker(entry) not in (None, worker.id):
-            raise not_found(f"{workflow_type} is registered with worker {registered_worker(entry)}, not {worker.id}")
+            raise not_found(f"{entry_id} is registered with worker {registered_worker(entry)}, not {worker.id}")
         return code.code(entry)
 
     return WorkerContext(worker=worker.id, task_queue=task_queue_of(project, worker), code=code_of,
-                         task_queues=task_queues, limits=limits, mailbox_limit=mailbox_limit)
+                         task_queues=task_queues, limits=limits, mailbox_limit=mailbox_limit,
+                         types=workflow_types(project), declared=lambda w: declared_of(project, w))
+
+
+def declared_of(project: Project, worker: str) -> Declared:
+    """The search attributes declared on the client of worker entry ``worker``."""
+    entry = project.get(worker)
+    client = project.get(entry.client) if isinstance(entry, TemporalWorkerEntry) else None
+    return Declared.of(client) if isinstance(client, TemporalClientEntry) else Declared()
+
+
+def workflow_types(project: Project) -> WorkflowTypes:
+    """The Temporal type name of every workflow entry that names one
+    (``meta.temporal.workflow.name``; the others' type is their id).
+
+    Raises:
+        MoonwireError: (Invalid) a name that is not a non-empty string, or a type name two
+            entries would share (with each other, or with another entry's id).
+    """
+    named: dict[str, str] = {}
+    for entry in project.of_kind("workflow.lua"):
+        assert isinstance(entry, WorkflowEntry)
+        name = _temporal_meta(entry).get("name")
+        if name is None or name == entry.id:
+            continue
+        if not isinstance(name, str) or not name:
+            raise invalid(f"{entry.id}: meta.temporal.workflow.name must be a non-empty string")
+        named[entry.id] = name
+    owners: dict[str, str] = {}
+    for entry in project.of_kind("workflow.lua"):
+        type_name = named.get(entry.id, entry.id)
+        if type_name in owners:
+            raise invalid(f"workflow entries {owners[type_name]} and {entry.id} both have Temporal type {type_name!r} "
+                          "(meta.temporal.workflow.name)")
+        owners[type_name] = entry.id
+    return WorkflowTypes(named)
 
 
 def workflow_replayer(project: Project) -> Replayer:
@@ -203,12 +247,19 @@ def workflow_replayer(project: Project) -> Replayer:
         return code.code(entry)
 
     context = WorkerContext(worker=workers[0].id, task_queue=queues[workers[0].id], code=any_workflow,
-                            task_queues=queues.get, limits=Limits(), mailbox_limit=4096)
-    return Replayer(workflows=[register_replay(context)])
+                            task_queues=queues.get, limits=Limits(), mailbox_limit=4096,
+                            types=workflow_types(project), declared=lambda w: declared_of(project, w))
+    return Replayer(workflows=[register_replay(context)], interceptors=[CARRY])
 
 
 def registered_worker(entry: WorkflowEntry) -> str | None:
     """The worker ``meta.temporal.workflow.worker`` names, if any."""
-    temporal = entry.meta.get("temporal") if isinstance(entry.meta, dict) else None
-    found = temporal.get("workflow", {}).get("worker") if isinstance(temporal, dict) else None
+    found = _temporal_meta(entry).get("worker")
     return found if isinstance(found, str) else None
+
+
+def _temporal_meta(entry: WorkflowEntry) -> dict[str, Any]:
+    """``meta.temporal.workflow`` of an entry ({} when it has none)."""
+    temporal = entry.meta.get("temporal") if isinstance(entry.meta, dict) else None
+    found = temporal.get("workflow") if isinstance(temporal, dict) else None
+    return found if isinstance(found, dict) else {}

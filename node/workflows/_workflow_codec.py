@@ -1,6 +1,7 @@
 """What crosses between moonwire and Temporal, as plain functions with no state: a
-workflow's PID, its start input and signal bodies, errors as Temporal failures and
-back, and the ``temporal.workflow.*``/``activity.*`` options as SDK keywords.
+workflow's PID and type, its start input and signal arguments (payloads from
+``_payloads.py``, moonwire's fields in the header of ``_carry.py``), errors as Temporal
+failures and back, and the ``workflow.*``/``activity.*`` options as SDK keywords.
 
 Both sides use it: the workflow run (``_workflow_run.py``, inside a worker's
 deterministic loop, so nothing here may read the clock, random or I/O) and the node's
@@ -10,11 +11,13 @@ side (``_workflows.py``, ``_gateway.py``, ``_temporal.py``).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowFailureError
 from temporalio.common import RetryPolicy, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import (
@@ -31,6 +34,9 @@ from moonwire.lua import Kind, Message, MoonwireError, internal, invalid
 
 from ..functions import millis_or_duration
 from ..wire import MSGPACK, pack, unpack
+from ._carry import carry, incoming
+from ._payloads import decode, decode_all, encode_all, is_legacy
+from ._search import Declared, memo, search_attributes
 
 SEND_ACTIVITY = "moonwire.send"
 """The activity behind ``process.send`` from a workflow to a plain process (no entry
@@ -54,6 +60,21 @@ def workflow_pid(worker: str, workflow_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkflowTypes:
+    """Temporal workflow type names: an entry's ``meta.temporal.workflow.name``, else its id."""
+
+    named: Mapping[str, str] = field(default_factory=dict)
+    """Entry id -> type name, for the entries that name their type."""
+
+    def of(self, entry: str) -> str:
+        return self.named.get(entry, entry)
+
+    def entry(self, type_name: str) -> str:
+        """The entry behind a workflow type (the type itself when no entry names it)."""
+        return next((entry for entry, named in self.named.items() if named == type_name), type_name)
+
+
+@dataclass(frozen=True, slots=True)
 class WorkflowInput:
     """What a workflow is started with: its arguments, the spawner's context, the
     startup messages (``with_message``) and the PID that spawned it."""
@@ -63,30 +84,54 @@ class WorkflowInput:
     messages: list[Message]
     parent: str = ""
 
-    def encode(self) -> bytes:
-        return pack({"args": self.args, "ctx": self.context, "parent": self.parent,
-                     "messages": [[m.topic, m.payloads, m.sender] for m in self.messages]})
+    def encode(self) -> list[Any]:
+        """The start's arguments: a payload per Lua argument, then the rest for the header."""
+        return [*encode_all(self.args), *carry({
+            "ctx": self.context, "parent": self.parent,
+            "messages": [[m.topic, m.payloads, m.sender] for m in self.messages]})]
 
     @staticmethod
-    def decode(body: bytes) -> WorkflowInput:
-        data = unpack(body, MSGPACK)
-        if not isinstance(data, dict) or not isinstance(data.get("args", []), list):
-            raise invalid("a workflow input must be a map with a list of args")
-        messages = [Message(str(topic), list(payloads), str(sender))
-                    for topic, payloads, sender in data.get("messages") or []]
-        return WorkflowInput(list(data.get("args") or []), dict(data.get("ctx") or {}), messages,
-                             str(data.get("parent") or ""))
+    def decode(args: Sequence[Any], header: Payload | None) -> WorkflowInput:
+        """From a start's payloads and ``moonwire`` header, or the one map the previous
+        codec wrote.
+
+        Raises:
+            MoonwireError: (Invalid) naming what does not decode.
+        """
+        if is_legacy(args):
+            data = decode(args[0])
+            if not isinstance(data, dict) or not isinstance(data.get("args", []), list):
+                raise invalid("a workflow input must be a map with a list of args")
+            values, fields = list(data.get("args") or []), data
+        else:
+            values, fields = decode_all(args), incoming(header)
+        context = fields.get("ctx") or {}
+        messages = fields.get("messages") or []
+        if not isinstance(context, dict) or not isinstance(messages, list) or not all(
+                isinstance(m, list) and len(m) == 3 and isinstance(m[1], list) for m in messages):
+            raise invalid("the moonwire header of a start needs a map ctx and messages of [topic, payloads, sender]")
+        return WorkflowInput(values, context, [Message(str(t), list(p), str(s)) for t, p, s in messages],
+                             str(fields.get("parent") or ""))
 
 
-def encode_signal(sender: str, payloads: list[Any]) -> bytes:
-    return pack({"from": sender, "payloads": payloads})
+def encode_signal(sender: str, payloads: list[Any]) -> list[Any]:
+    """A signal's arguments: a payload per message payload, the sender for the header."""
+    return [*encode_all(payloads), *carry({"from": sender})]
 
 
-def decode_signal(topic: str, body: bytes) -> Message:
-    data = unpack(body, MSGPACK)
-    if not isinstance(data, dict) or not isinstance(data.get("payloads"), list):
-        raise invalid("a signal body must be a map with a list of payloads")
-    return Message(topic, data["payloads"], str(data.get("from") or ""))
+def decode_signal(topic: str, args: Sequence[Any]) -> Message:
+    """A signal as a message: its payloads, the sender from its header (the call being
+    handled), or the one map the previous codec wrote.
+
+    Raises:
+        MoonwireError: (Invalid) naming what does not decode.
+    """
+    if is_legacy(args):
+        data = decode(args[0])
+        if not isinstance(data, dict) or not isinstance(data.get("payloads"), list):
+            raise invalid("a signal body must be a map with a list of payloads")
+        return Message(topic, data["payloads"], str(data.get("from") or ""))
+    return Message(topic, decode_all(args), str(incoming().get("from") or ""))
 
 
 # ---------------------------------------------------------------- errors across Temporal
@@ -177,14 +222,35 @@ def activity_options(options: dict[str, Any], task_queue: str) -> dict[str, Any]
 
 
 _BOTH = frozenset({"execution_timeout", "run_timeout", "task_timeout", "retry_policy", "cron_schedule", "memo",
-                   "id_reuse_policy"})
-_TOP_LEVEL = frozenset({"start_delay", "id_conflict_policy"})
+                   "search_attributes", "id_reuse_policy"})
+_TOP_LEVEL = frozenset({"start_delay", "id_conflict_policy", "execution_error_when_already_started"})
 _CHILD = frozenset({"parent_close_policy"})
+_PREFIXES = ("workflow.", "temporal.workflow.")
+"""Wippy's names for the start options: ``workflow.*``, and ``temporal.workflow.*`` as
+it still accepts; the first wins when both name one option."""
 
 
-def start_options(options: dict[str, Any], *, child: bool) -> dict[str, Any]:
-    """The ``temporal.workflow.*`` spawner options (except ``id``) as keyword arguments
-    of start_workflow or, for a ``child``, start_child_workflow.
+def workflow_options(options: Mapping[Any, Any]) -> dict[str, tuple[str, Any]]:
+    """The workflow start options among a spawner's, by bare name: (key as given, value)."""
+    out: dict[str, tuple[str, Any]] = {}
+    for prefix in reversed(_PREFIXES):
+        for key, value in options.items():
+            if isinstance(key, str) and key.startswith(prefix):
+                out[key[len(prefix):]] = (key, value)
+    return out
+
+
+def workflow_id_option(options: Mapping[Any, Any]) -> Any:
+    """``workflow.id`` (or ``temporal.workflow.id``), None when not given."""
+    found = workflow_options(options).get("id")
+    return found[1] if found is not None else None
+
+
+def start_options(options: Mapping[Any, Any], *, child: bool, declared: Declared = Declared()) -> dict[str, Any]:
+    """The ``workflow.*``/``temporal.workflow.*`` spawner options (except ``id``) as
+    keyword arguments of start_workflow or, for a ``child``, start_child_workflow;
+    ``execution_error_when_already_started`` stays under its own name, for the caller.
+    Search attributes must be among ``declared`` (those of the target worker's client).
 
     Raises:
         MoonwireError: (Invalid) an unknown option, one that does not apply to this kind
@@ -192,10 +258,9 @@ def start_options(options: dict[str, Any], *, child: bool) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     allowed = _BOTH | (_CHILD if child else _TOP_LEVEL)
-    for key, value in options.items():
-        if not isinstance(key, str) or not key.startswith("temporal.workflow.") or key == "temporal.workflow.id":
+    for name, (key, value) in workflow_options(options).items():
+        if name == "id":
             continue
-        name = key[len("temporal.workflow."):]
         if name not in allowed:
             if name in _CHILD:
                 raise invalid(f"{key} applies to child workflows (spawned inside a workflow) only")
@@ -210,9 +275,13 @@ def start_options(options: dict[str, Any], *, child: bool) -> dict[str, Any]:
         elif name == "cron_schedule":
             out[name] = str(value)
         elif name == "memo":
-            if not isinstance(value, dict):
-                raise invalid(f"{key} must be a table")
-            out[name] = dict(value)
+            out[name] = memo(value, key)
+        elif name == "search_attributes":
+            out[name] = search_attributes(value, declared, key)
+        elif name == "execution_error_when_already_started":
+            if not isinstance(value, bool):
+                raise invalid(f"{key} must be a boolean, not {value!r}")
+            out[name] = value
         elif name == "id_reuse_policy":
             out[name] = _choice(value, key, WorkflowIDReusePolicy)
         elif name == "id_conflict_policy":

@@ -41,13 +41,22 @@ from moonwire.lua import (EXIT, LINK_DOWN, Event, Kind, Limits, Message, Moonwir
 from ..functions import CodeLoader, Functions
 from ..processes import DEFAULT_MAX_BODY, DeadLetters, Fire, encode
 from ..project import Project, TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
-from ..wire import MSGPACK, pack, request_trace, unpack
-from ._gateway import SIGNALS_WAITING, Gateway
-from ._temporal import (Host, connect_client, registered_worker, task_queue_of, worker_context, worker_options, workflow_handle, workflow_result)
-from ._workflow_codec import SEND_ACTIVITY, WorkflowInput, encode_signal, start_options, to_failure, workflow_pid
+from ..wire import request_trace
+from ._carry import incoming
+from ._gateway import SIGNALS_WAITING, Gateway, workflow_update
+from ._payloads import decode, decode_all, is_legacy
+from ._payloads import encode as to_payload
+from ._requests import update_timeout, update_workflow
+from ._search import register as register_search_attributes
+from ._temporal import (Host, TemporalUnavailable, connect_client, declared_of, registered_worker, task_queue_of, worker_context, worker_options, workflow_handle, workflow_result, workflow_types)
+from ._workflow_codec import SEND_ACTIVITY, WorkflowInput, encode_signal, start_options, to_failure, workflow_id_option, workflow_pid
 from ._workflow_run import register_worker, unregister_worker
 
 log = logging.getLogger("moonwire.workflows")
+
+UPDATES_WAITING = 1024
+"""Updates this node's units may wait on at once (each holds a task); past it,
+``process.update`` fails at once with Unavailable."""
 
 
 class Workflows:
@@ -75,8 +84,12 @@ class Workflows:
         # Apart from the rest: each worker shuts down gracefully before its run is awaited.
         self._worker_runs = TaskSet(log)
         self._watches: dict[str, dict[tuple[str, bool], asyncio.Task[None]]] = {}  # by watcher
+        self.nats = nats
+        self._updates_waiting = 0
+        self.types = workflow_types(project)
         self._gateway = Gateway(node, subjects, self.hosts, nats=nats, connection=gateway, outbox=outbox,
-                                dead_letters=dead_letters, max_body=max_body, signals_waiting=signals_waiting)
+                                dead_letters=dead_letters, max_body=max_body, signals_waiting=signals_waiting,
+                                types=self.types)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -94,6 +107,10 @@ class Workflows:
             assert isinstance(client_entry, TemporalClientEntry)
             if entry.client not in clients:
                 clients[entry.client] = await connect_client(client_entry, embedded_address, self.project.root)
+                try:
+                    await register_search_attributes(clients[entry.client], client_entry)
+                except MoonwireError as err:
+                    raise TemporalUnavailable(err.message) from None
             self.hosts[entry.id] = Host(entry, clients[entry.client], task_queue_of(self.project, entry))
         for host in self.hosts.values() if run_workers else ():
             context = worker_context(self.project, self.code, host.entry, self.task_queue,
@@ -134,31 +151,37 @@ class Workflows:
 
     def _activity(self) -> Callable[..., Any]:
         @activity.defn(dynamic=True)
-        async def run_function(args: Sequence[RawValue]) -> bytes:
+        async def run_function(args: Sequence[RawValue]) -> RawValue:
             name = activity.info().activity_type
-            body = activity.payload_converter().from_payload(args[0].payload, bytes) if args else b""
             try:
-                data = unpack(body, MSGPACK)
                 if name == SEND_ACTIVITY:
-                    self._send_from_workflow(data)
-                    return pack(True)
-                if not isinstance(data, dict) or not isinstance(data.get("args", []), list):
-                    raise invalid("an activity input must be a map with a list of args")
-                outcome = await settled(self.functions.call(None, name, list(data.get("args") or []),
-                                                       dict(data.get("ctx") or {}), {},
+                    self._send_from_workflow(decode(args[0]) if args else None)
+                    return to_payload(True)
+                if is_legacy(args):  # the one map the previous codec wrote
+                    data = decode(args[0])
+                    if not isinstance(data, dict) or not isinstance(data.get("args", []), list):
+                        raise invalid("an activity input must be a map with a list of args")
+                    values, context = list(data.get("args") or []), data.get("ctx")
+                else:
+                    values, data = decode_all(args), incoming()
+                    context = data.get("ctx")
+                if not isinstance(context or {}, dict):
+                    raise invalid("an activity's context must be a map")
+                outcome = await settled(self.functions.call(None, name, values, dict(context or {}), {},
                                                        trace=request_trace(data, None)))
+                if outcome.ok:
+                    return to_payload(outcome.value)
             except MoonwireError as err:
                 raise to_failure(err) from None
-            if outcome.ok:
-                return pack(outcome.value)
             assert outcome.error is not None
             raise to_failure(outcome.error)
 
         return run_function
 
     def _send_from_workflow(self, data: Any) -> None:
-        if not isinstance(data, dict):
-            raise invalid("a send activity input must be a map")
+        if not isinstance(data, dict) or not isinstance(data.get("payloads"), list) or not all(
+                isinstance(data.get(k), str) for k in ("dest", "topic", "from")):
+            raise invalid("a send activity input must be a map of dest, topic, payloads and from")
         assert self._route is not None  # workers run only once started
         self._route(str(data["dest"]), Message(str(data["topic"]), list(data["payloads"]), str(data["from"])))
 
@@ -205,28 +228,52 @@ class Workflows:
         worker = registered_worker(entry)
         if worker not in (None, request.host):
             raise invalid(f"{request.entry} is registered with worker {worker}, not {request.host}")
-        explicit = request.name or request.options.get("temporal.workflow.id")
+        explicit = request.name or workflow_id_option(request.options)
         workflow_id = str(explicit) if explicit else f"{request.entry}-{uuid.uuid4().hex[:16]}"
         pid = workflow_pid(request.host, workflow_id)
         if Pid.parse(pid) is None:
             raise invalid(f"workflow id {workflow_id!r} may only hold letters, digits, '_', '-' and ':'")
         messages = [Message(topic, payloads, parent) for topic, payloads in request.messages]
         body = WorkflowInput(request.args, request.context, messages, parent).encode()
-        options = start_options(request.options, child=False)
-        conflict = options.setdefault("id_conflict_policy", WorkflowIDConflictPolicy.USE_EXISTING)
+        options = start_options(request.options, child=False, declared=declared_of(self.project, request.host))
+        # Wippy's rule: an explicit id dedupes unless execution_error_when_already_started
+        # says otherwise; an explicit id_conflict_policy wins over both.
+        error_if_started = options.pop("execution_error_when_already_started", not explicit)
+        conflict = options.setdefault("id_conflict_policy", WorkflowIDConflictPolicy.FAIL if error_if_started
+                                      else WorkflowIDConflictPolicy.USE_EXISTING)
+        use_existing = conflict == WorkflowIDConflictPolicy.USE_EXISTING or (
+            conflict != WorkflowIDConflictPolicy.FAIL and not error_if_started)
         if explicit and conflict == WorkflowIDConflictPolicy.USE_EXISTING and await self._running(host, workflow_id):
             # Dedupe (wippy-surface §3.9): the running one's PID; the new input is
             # ignored, the startup messages are still delivered.
-            handle = host.client.get_workflow_handle(workflow_id)
-            for message in messages:
-                await handle.signal(message.topic, encode_signal(parent, message.payloads))
+            await self._signal_all(host, workflow_id, messages, parent)
             return pid
         try:
-            await host.client.start_workflow(request.entry, body, id=workflow_id, task_queue=host.task_queue,
-                                             **options)
+            await host.client.start_workflow(self.types.of(request.entry), args=body, id=workflow_id,
+                                             task_queue=host.task_queue, **options)
         except WorkflowAlreadyStartedError:
-            raise MoonwireError(f"workflow {pid} already exists", Kind.ALREADY_EXISTS, retryable=False) from None
+            # Closed, and the id reuse policy refuses a new run (or running, and
+            # id_conflict_policy = fail): the existing one's PID unless asked to fail.
+            if not use_existing:
+                raise MoonwireError(f"workflow {pid} already exists", Kind.ALREADY_EXISTS, retryable=False) from None
+            try:
+                await self._signal_all(host, workflow_id, messages, parent)
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                raise MoonwireError(f"workflow {pid} already ran and is closed: its startup messages cannot be "
+                                    "delivered", Kind.ALREADY_EXISTS, retryable=False) from None
+        except RPCError as err:
+            if err.status == RPCStatusCode.INVALID_ARGUMENT:  # a search attribute the namespace does not have, say
+                raise invalid(f"workflow {request.entry} did not start: {err.message}") from None
+            raise
         return pid
+
+    @staticmethod
+    async def _signal_all(host: Host, workflow_id: str, messages: list[Message], sender: str) -> None:
+        handle = host.client.get_workflow_handle(workflow_id)
+        for message in messages:
+            await handle.signal(message.topic, args=encode_signal(sender, message.payloads))
 
     # ------------------------------------------------------------ results and watches
 
@@ -294,6 +341,40 @@ class Workflows:
             del self._watches[watcher]
         if task is not None:
             task.cancel()
+
+    # ------------------------------------------------------------ updates
+
+    def update(self, pid: Pid, name: str, args: list[Any], options: dict[str, Any]) -> Pending:
+        """``process.update``: Temporal update ``name`` to workflow ``pid``, through this
+        node's client for its worker or the gateway of a node that has one; its result or
+        error (Timeout past the ``update.timeout`` option).
+
+        Raises:
+            MoonwireError: Invalid for a bad ``update.timeout``; Unavailable when
+                UPDATES_WAITING updates from this node wait already.
+        """
+        timeout = update_timeout(options)
+        if self._updates_waiting >= UPDATES_WAITING:
+            raise MoonwireError(f"{UPDATES_WAITING} updates from node {self.node} are waiting for answers already",
+                                Kind.UNAVAILABLE, retryable=True)
+        pending = Pending()
+
+        async def ask() -> None:
+            self._updates_waiting += 1
+            try:
+                if pid.host in self.hosts:
+                    outcome = await update_workflow(self.hosts, pid, name, args, timeout)
+                elif self.nats is not None:
+                    outcome = await workflow_update(self.nats, self.subjects, pid, name, args, timeout)
+                else:
+                    outcome = Outcome(error=MoonwireError(f"no temporal.client for worker {pid.host} on this node",
+                                                          Kind.UNAVAILABLE, retryable=False))
+            finally:
+                self._updates_waiting -= 1
+            pending.settle(outcome)
+
+        pending.abandon = self._tasks.start(ask(), f"update {name} to {pid}").cancel
+        return pending
 
     # ------------------------------------------------------------ signals, cancel, terminate
 
