@@ -121,6 +121,8 @@ class ProcessRequests:
 
         def _reply(self, tid: int, answer: Answer) -> object: ...
 
+        def traceparent(self) -> str: ...
+
     def _op_proc_spawn(self, tid: int, *args: Any) -> object:
         return self._proc_start(tid, self.processes.spawn, args, inherit=True)
 
@@ -132,6 +134,7 @@ class ProcessRequests:
                     inherit: bool) -> object:
         try:
             request = spawn_request(self.state, *args)
+            request.trace = self.traceparent()
             if inherit:
                 request.security = Security.overlay(self.security, request.security)
             answer = start(self, request)

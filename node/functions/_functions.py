@@ -30,7 +30,8 @@ from ..project import FunctionEntry, Project, ProjectEntries, is_entry_id
 from ._options import timed_out, timeout_seconds as _timeout_seconds
 from ._process_functions import ProcessFunction, process_functions
 from ._served import ServedCalls
-from ..wire import CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome, unpack
+from ..wire import (CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome,
+                    request_trace, unpack)
 from ._code import CodeLoader
 
 log = logging.getLogger("moonwire.functions")
@@ -177,26 +178,26 @@ class FunctionPool:
         self._idle = keep
 
     def call(self, args: list[Any], context: dict[str, Any], options: dict[str, Any],
-             security: Security | None = None) -> Outcome | Awaitable[Outcome]:
-        """Run the function (as ``security``'s actor and scope): an Outcome when it
-        finished without waiting, else an awaitable."""
+             security: Security | None = None, trace: str | None = None) -> Outcome | Awaitable[Outcome]:
+        """Run the function (as ``security``'s actor and scope, in ``trace``): an Outcome
+        when it finished without waiting, else an awaitable."""
         self._calls += 1
         try:
             timeout = _timeout_seconds(options)
             if self.retry is None and timeout is None:
                 worker = self._try_acquire()
                 if worker is not None:
-                    return self._start(*worker, args, context, security)
+                    return self._start(*worker, args, context, security, trace)
         except MoonwireError as err:  # e.g. the chunk did not load: raised, not returned
             return Outcome(error=err, raised=True)
-        return self._call_with_policy(args, context, timeout, security)
+        return self._call_with_policy(args, context, timeout, security, trace)
 
     def _start(self, state: LuaState, fn: Any, args: list[Any], context: dict[str, Any],
-               security: Security | None) -> Outcome | Awaitable[Outcome]:
+               security: Security | None, trace: str | None) -> Outcome | Awaitable[Outcome]:
         """Run on an acquired worker: the Outcome when it finished without waiting, else
         an awaitable that finishes it. The worker goes back to the pool either way."""
         unit = Unit(state, self.entry.id, context=context, services=self.functions,
-                    processes=self.functions.processes, security=security)
+                    processes=self.functions.processes, security=security, trace=trace)
         try:
             outcome = unit.begin(fn, args)
         except BaseException:  # arguments Lua cannot hold: the worker goes back, not lost
@@ -213,18 +214,19 @@ class FunctionPool:
         finally:
             self._release(state, fn)
 
-    async def _run_once(self, args: list[Any], context: dict[str, Any], security: Security | None) -> Outcome:
+    async def _run_once(self, args: list[Any], context: dict[str, Any], security: Security | None,
+                        trace: str | None) -> Outcome:
         state, fn = await self._acquire()
-        return await settled(self._start(state, fn, args, context, security))
+        return await settled(self._start(state, fn, args, context, security, trace))
 
     async def _call_with_policy(self, args: list[Any], context: dict[str, Any], timeout: float | None,
-                                security: Security | None) -> Outcome:
+                                security: Security | None, trace: str | None) -> Outcome:
         attempts = self.retry.max_attempts if self.retry else 1
         delay = self.retry.initial_delay if self.retry else 0.0
         for attempt in range(1, attempts + 1):
             try:
                 async with asyncio.timeout(timeout):
-                    outcome = await self._run_once(args, context, security)
+                    outcome = await self._run_once(args, context, security, trace)
             except TimeoutError:
                 assert timeout is not None
                 outcome = Outcome(error=timed_out(self.entry.id, timeout))
@@ -276,10 +278,11 @@ class Functions:
     # ------------------------------------------------------------ calling
 
     def call(self, caller: Unit | None, target: str, args: list[Any], context: dict[str, Any],
-             options: dict[str, Any], security: Security | None = None) -> Answer:
+             options: dict[str, Any], security: Security | None = None, trace: str | None = None) -> Answer:
         pool = self.pools.get(target) or self.process_functions.get(target)
+        trace = caller.traceparent() if caller is not None else trace
         if pool is not None:
-            return pool.call(args, context, options, security)
+            return pool.call(args, context, options, security, trace)
         if not is_entry_id(target):  # it names no entry anywhere, and must not reach a subject
             return Outcome(error=invalid(f"invalid function id {target!r}: expected namespace:name"))
         if self.requests is None:
@@ -289,7 +292,7 @@ class Functions:
         except MoonwireError as err:
             return Outcome(error=err)
         call = _RemoteCall(target, wait)
-        body: dict[str, Any] = {"args": args, "ctx": context}
+        body: dict[str, Any] = {"args": args, "ctx": context, "trace": trace}
         if security is not None:  # optional: a node that does not know the field ignores it
             body["security"] = security.to_wire()
         call.abandon = self.requests.request_nowait(
@@ -354,12 +357,13 @@ class Functions:
             # Only the full form ({"args", "ctx", "security"?}) carries an actor and scope.
             full = isinstance(data, dict) and "args" in data
             security = Security.from_wire(data.get("security")) if full else None
+            trace = request_trace(data if full else None, msg.headers)
         except MoonwireError as err:
             log.warning("bad request for %s: %s", pool.entry.id, err.message)
             self._reply(msg, content_type, pool, Outcome(error=err), bad_request=True)
             return
         try:
-            result = pool.call(args, context, {}, security)
+            result = pool.call(args, context, {}, security, trace)
         except Exception as err:  # noqa: BLE001 - a bug must not reach the read loop; the caller is told
             log.exception("serving a call to %s failed", pool.entry.id)
             result = Outcome(error=internal(f"serving the call failed: {type(err).__name__}: {err}"))

@@ -51,14 +51,14 @@ class ProcessFunction:
         self.functions = functions
 
     def call(self, args: list[Any], context: dict[str, Any], options: dict[str, Any],
-             security: Security | None = None) -> Answer:
+             security: Security | None = None, trace: str | None = None) -> Answer:
         """Start the process and answer with its exit result. ``context`` and
         ``security`` are the caller's and are not passed on (wippy-modules §5.3);
-        ``options`` may bound the call (``timeout``)."""
+        ``options`` may bound the call (``timeout``); the process works in ``trace``."""
         try:
             timeout = timeout_seconds(options)
-            answer = self.functions.processes.call_process(SpawnRequest(self.entry.id, self.host, list(args)),
-                                                           CALLER_CANCELED)
+            answer = self.functions.processes.call_process(
+                SpawnRequest(self.entry.id, self.host, list(args), trace=trace), CALLER_CANCELED)
         except MoonwireError as err:
             return Outcome(error=err)
         if timeout is None or not isinstance(answer, Pending):

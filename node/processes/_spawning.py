@@ -272,9 +272,9 @@ class Spawning:
 
         pid = pid or self.pids.next(host.id)
         child = Unit(shard.state, entry.id, context=dict(request.context), services=self.functions,
-                     processes=self, loop=host.loop, security=request.security)
+                     processes=self, loop=host.loop, security=request.security, trace=request.trace)
         child.pid = pid
-        child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit)
+        child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit, child)
         child.notify = host.ready
         record = ProcessRecord(pid, child, entry.id, host.id, shard, code=code)
         self._add(record)
@@ -295,7 +295,7 @@ class Spawning:
         if on_exit is not None:
             record.exit_hooks = [on_exit]
         for topic, payloads in request.messages:
-            child.mailbox.post(Message(topic, payloads, parent))
+            child.mailbox.post(Message(topic, payloads, parent, request.trace))
         try:
             child.start(export, request.args)
         except MoonwireError as err:  # arguments Lua cannot hold: it exits before it ran

@@ -107,7 +107,7 @@ class ProcessTable(Spawning, Exits, ClusterCalls, Upgrading):
         if unit.pid is None:  # a function call using the process API: a PID for the call
             pid = self.pids.next(FUNCTION_HOST)
             unit.pid = pid
-            unit.mailbox = Mailbox(unit.state, self.mailbox_limit)
+            unit.mailbox = Mailbox(unit.state, self.mailbox_limit, unit)
             self._add(ProcessRecord(pid, unit, unit.label, FUNCTION_HOST, None))
         return unit.pid
 
@@ -121,7 +121,8 @@ class ProcessTable(Spawning, Exits, ClusterCalls, Upgrading):
     # ------------------------------------------------------------ messages
 
     def send(self, unit: Unit | None, dest: str, topic: str, payloads: list[Any]) -> None:
-        self.route(dest, Message(topic, payloads, self.pid_of(unit) if unit is not None else ""))
+        self.route(dest, Message(topic, payloads, self.pid_of(unit), unit.traceparent()) if unit is not None
+                   else Message(topic, payloads))
 
     def route(self, dest: str, message: Message) -> None:
         """Deliver ``message`` to ``dest``: a local process, a process on another node,

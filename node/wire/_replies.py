@@ -81,6 +81,9 @@ def _encode(outcome: Outcome, as_msgpack: bool) -> bytes:
 
 DeadLetter = Callable[[str, bytes, "dict[str, str] | None", str], None]
 """Republishes a message (subject, body, headers) with a reason to the dead-letter queue."""
+DLQ_REASON = "Mw-Dlq-Reason"
+DLQ_SUBJECT = "Mw-Dlq-Subject"
+"""The headers a dead letter gets beside its own: why, and the subject it came on."""
 
 
 def answer(msg: Msg, outcome: Outcome, publish: Callable[..., None], dead_letter: DeadLetter) -> None:
