@@ -1,0 +1,71 @@
+"""``moonwire run --watch`` with process entries served as functions (``meta.default_host``):
+an entry that turns from a process-function into a function (or back) keeps exactly one
+subscription on its queue group, so removing it later leaves none that answers."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from moonwire.broker import Subjects
+from moonwire.node.functions import call_function
+from conftest import monitor_json
+from support import NodeProcess, wait_until, write_project
+
+RELOADED = "moonwire.reload: reloaded"
+HEAD = """
+namespace: app
+entries:
+  - {name: host, kind: process.host}
+  - {name: keep, kind: function.lua, source: file://keep.lua}
+"""
+AS_PROCESS = HEAD + "  - {name: x, kind: process.lua, source: file://xp.lua, method: main, meta: {default_host: host}}\n"
+AS_FUNCTION = HEAD + "  - {name: x, kind: function.lua, source: file://xf.lua}\n"
+
+
+@pytest.fixture
+async def client(nats_server: Any) -> Any:
+    nc = await nats.connect(nats_server.address)
+    yield nc
+    await nc.close()
+
+
+async def call(nc: Any, target: str) -> Any:
+    outcome = await call_function(nc, Subjects(), target, [], {}, 10.0)
+    return outcome.value if outcome.error is None else ("error", outcome.error.kind)
+
+
+async def reloads(node: NodeProcess, count: int) -> None:
+    await wait_until(lambda: sum(RELOADED in line for line in node.lines) >= count, 30,
+                     lambda: f"{count} reloads in:\n{node.output}")
+
+
+def subscriptions(server: Any, subject: str) -> int:
+    connections = monitor_json(server, "connz?subs=1")["connections"]
+    return sum(s == subject for c in connections for s in c.get("subscriptions_list", []))
+
+
+async def test_process_function_turned_function_keeps_one_subscription(project_dir: Path, nats_server: Any,
+                                                                       spawn_node: Any, client: Any) -> None:
+    write_project(project_dir, {"_index.yaml": AS_PROCESS, "keep.lua": "return function() return 'k' end\n",
+                                "xp.lua": "return { main = function() return 'process' end }\n",
+                                "xf.lua": "return function() return 'function' end\n"})
+    node = await spawn_node(project_dir, "w1", nats_url=nats_server.address, args=("--watch",))
+    subject = Subjects().function("app:x")
+    assert await call(client, "app:x") == "process"
+    assert subscriptions(nats_server, subject) == 1
+
+    (project_dir / "_index.yaml").write_text(textwrap.dedent(AS_FUNCTION))
+    await reloads(node, 1)
+    assert await call(client, "app:x") == "function"
+    assert subscriptions(nats_server, subject) == 1
+
+    (project_dir / "_index.yaml").write_text(textwrap.dedent(HEAD))           # x goes
+    await reloads(node, 2)
+    await wait_until(lambda: subscriptions(nats_server, subject) == 0, 10,
+                     lambda: f"no subscription left on {subject}: {subscriptions(nats_server, subject)}")
+    assert await call(client, "app:keep") == "k"
