@@ -69,3 +69,20 @@ async def test_process_function_turned_function_keeps_one_subscription(project_d
     await wait_until(lambda: subscriptions(nats_server, subject) == 0, 10,
                      lambda: f"no subscription left on {subject}: {subscriptions(nats_server, subject)}")
     assert await call(client, "app:keep") == "k"
+
+
+async def test_a_process_function_on_a_host_added_by_a_reload_is_not_served(project_dir: Path, nats_server: Any,
+                                                                            spawn_node: Any, client: Any) -> None:
+    # A host added by a reload runs only after a restart: a process entry whose
+    # default_host is that host cannot start here, so this node must not take its calls
+    # (on its queue group it would take a share of them from nodes that run the host).
+    write_project(project_dir, {"_index.yaml": HEAD, "keep.lua": "return function() return 'k' end\n",
+                                "xp.lua": "return { main = function() return 'process' end }\n"})
+    node = await spawn_node(project_dir, "w1", nats_url=nats_server.address, args=("--watch",))
+    (project_dir / "_index.yaml").write_text(textwrap.dedent(
+        HEAD + "  - {name: later, kind: process.host}\n"
+               "  - {name: x, kind: process.lua, source: file://xp.lua, method: main, meta: {default_host: later}}\n"))
+    await reloads(node, 1)
+    assert "entry app:later (process.host) was added" in node.output
+    assert await call(client, "app:keep") == "k"
+    assert subscriptions(nats_server, Subjects().function("app:x")) == 0
