@@ -62,6 +62,8 @@ async def test_process_function_turned_function_keeps_one_subscription(project_d
     (project_dir / "_index.yaml").write_text(textwrap.dedent(AS_FUNCTION))
     await reloads(node, 1)
     assert await call(client, "app:x") == "function"
+    reloaded = [line for line in node.lines if RELOADED in line][0]
+    assert "functions changed: app:x" in reloaded and "added" not in reloaded and "removed" not in reloaded, reloaded
     assert subscriptions(nats_server, subject) == 1
 
     (project_dir / "_index.yaml").write_text(textwrap.dedent(HEAD))           # x goes

@@ -49,13 +49,26 @@ async def _reload_process_functions(functions: Functions, added: list[str], chan
     matter."""
     old, wanted = functions.process_functions, process_functions(functions.project, functions)
     functions.process_functions = wanted
+    # An id that turned from one kind of function into the other is changed, not added
+    # and removed: it is served throughout (by the pool path above or below).
     for entry_id in old.keys() - wanted.keys():
-        removed.append(entry_id)
-        if entry_id not in functions.pools:
+        if entry_id in functions.pools:
+            _moved(entry_id, added, changed)
+        else:
+            removed.append(entry_id)
             await functions.unsubscribe(entry_id)
     for entry_id, served in wanted.items():
         if entry_id not in old:
-            added.append(entry_id)
+            if entry_id in removed:
+                _moved(entry_id, removed, changed)
+            else:
+                added.append(entry_id)
             await functions.subscribe(entry_id)
         elif old[entry_id].host != served.host:
             changed.append(entry_id)
+
+
+def _moved(entry_id: str, source: list[str], changed: list[str]) -> None:
+    if entry_id in source:
+        source.remove(entry_id)
+    changed.append(entry_id)
