@@ -88,3 +88,46 @@ async def test_a_process_function_on_a_host_added_by_a_reload_is_not_served(proj
     assert "entry app:later (process.host) was added" in node.output
     assert await call(client, "app:keep") == "k"
     assert subscriptions(nats_server, Subjects().function("app:x")) == 0
+
+
+async def test_a_request_while_a_reload_changes_subscriptions_finds_the_entry_as_it_is_now(tmp_path: Path) -> None:
+    # In-process (the window is an await inside the reload, which a real node cannot be
+    # made to hit on purpose): app:x turns from a function into a process-function while
+    # app:gone is removed; a request for app:x that arrives while the reload waits for
+    # the server (unsubscribing app:gone) is served, never answered NotFound.
+    from types import SimpleNamespace
+
+    from moonwire.broker import MSGPACK_HEADERS
+    from moonwire.node import load_project
+    from moonwire.node.functions import Functions, reload_pools
+    from moonwire.node.wire import pack, unpack
+
+    as_function = AS_FUNCTION + "  - {name: gone, kind: function.lua, source: file://xf.lua}\n"
+    files = {"keep.lua": "return function() return 'k' end\n", "xf.lua": "return function() return 'f' end\n",
+             "xp.lua": "return { main = function() return 'process' end }\n"}
+    root = tmp_path / "p"
+    project = load_project(write_project(root, {**files, "_index.yaml": as_function}))
+    answers: list[Any] = []
+
+    class Outbox:
+        def publish_nowait(self, subject: str, body: bytes, **_: Any) -> None:
+            answers.append(unpack(body, "application/msgpack"))
+
+    def request_x() -> None:
+        functions._serve_current("app:x", SimpleNamespace(subject="mw.fn.app:x", reply="_INBOX.r", data=pack(
+            {"args": [], "ctx": {}}), headers=MSGPACK_HEADERS))
+
+    class Subscription:
+        async def unsubscribe(self) -> None:
+            request_x()
+
+    class Nats:
+        async def subscribe_direct(self, *_: Any, **__: Any) -> Subscription:
+            return Subscription()
+
+    functions = Functions(project, Subjects(), nats=Nats(), outbox=Outbox())  # type: ignore[arg-type]
+    await functions.serve()
+    project.entries = load_project(write_project(root, {**files, "_index.yaml": AS_PROCESS})).entries
+    assert await reload_pools(functions) == ([], ["app:x"], ["app:gone"])
+    assert answers, "no request was made during the reload"
+    assert all("NotFound" not in str(answer) for answer in answers), answers
