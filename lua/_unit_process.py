@@ -170,9 +170,12 @@ class ProcessRequests:
 
     def _op_proc_update(self, tid: int, dest: bytes, name: bytes, options: Any, packed: Any) -> object:
         state = self.state
-        n = packed[b"n"] or 0
-        args = [to_python(state, packed[i]) for i in range(1, n + 1)]
-        py_options = to_python(state, options) if options is not None else {}
+        try:  # arguments Lua cannot copy: the caller gets nil, err, as from process.send
+            n = packed[b"n"] or 0
+            args = [to_python(state, packed[i]) for i in range(1, n + 1)]
+            py_options = to_python(state, options) if options is not None else {}
+        except MoonwireError as err:
+            return (None, state.make_error(err))
         return self._proc(tid, lambda: self.processes.update(
             self, text(dest, "destination"), text(name, "update name"), args,
             py_options if isinstance(py_options, dict) else {}))

@@ -322,8 +322,10 @@ class Functions:
             log.info("serving %d function(s): %s", len(served), ", ".join(sorted(served)))
 
     async def subscribe(self, entry_id: str) -> None:
-        """Serve ``entry_id`` on its queue group (from its pool as it is at each request)."""
-        if self.nats is not None:
+        """Serve ``entry_id`` on its queue group (from its pool as it is at each request).
+        Once: an entry that turns from a process-function into a function (a reload) is
+        subscribed already, and a second subscription would outlive its removal."""
+        if self.nats is not None and entry_id not in self._subscriptions:
             self._subscriptions[entry_id] = await self.nats.subscribe_direct(
                 self.subjects.function(entry_id), functools.partial(self._serve_current, entry_id), queue=_QUEUE_GROUP)
 

@@ -21,12 +21,15 @@ decides what to do with it, and its eventual result goes to nobody.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Protocol
 
 from moonwire.lua import Answer, MoonwireError, Outcome, Pending, ProcessServices, Security, SpawnRequest
 
 from ..project import ProcessEntry, Project
 from ._options import timed_out, timeout_seconds
+
+log = logging.getLogger("moonwire.functions")
 
 CALLER_CANCELED = "caller context canceled"
 """The reason of the CANCEL a process called as a function gets when the call is given up."""
@@ -91,9 +94,17 @@ def _within(answer: Pending, timeout: float, target: str) -> Pending:
 
 
 def process_functions(project: Project, functions: HasProcesses) -> dict[str, ProcessFunction]:
-    """Every process entry of ``project`` that is also a function, by id."""
+    """Every process entry of ``project`` that is also a function, by id. Not one whose
+    host the node does not run: a host a code reload added runs only after a restart
+    (the reload keeps the hosts the node started with), and serving its calls here
+    would fail them on a queue group that nodes running the host share."""
     found: dict[str, ProcessFunction] = {}
     for entry in project.of_kind("process.lua"):
         if isinstance(entry, ProcessEntry) and (host := entry.default_host) is not None:
+            running = project.get(host)
+            if running is None or running.kind != "process.host":
+                log.warning("%s is not served as a function here: its default host %s is not running on this "
+                            "node (a host a reload added needs a restart)", entry.id, host)
+                continue
             found[entry.id] = ProcessFunction(entry, host, functions)
     return found

@@ -29,7 +29,7 @@ from moonwire.broker import Outbox, Pid, Streams, Subjects
 from moonwire.lua import MoonwireError, Outcome, Pending, internal, invalid
 
 from ..wire import (CONTENT_TYPE, DeadLetter, answer, decode_outside_spawn, encode_spawn, taken_headers, tell_taken,
-                    unpack)
+                    to_json, unpack)
 from ._remote import ORDERED_VERBS, SPAWN_QUEUE
 from ._table import ProcessTable
 
@@ -106,7 +106,8 @@ class ControlPlane:
         if verb == "abandon":  # a node gave up a call served here (functions/_served.py)
             served = self.table.functions.served
             return served is not None and served.abandon(data["reply"])
-        return self.table.control(verb, data)
+        value = self.table.control(verb, data)
+        return _fitting(value, self.nats.max_payload) if verb in SURVEY_VERBS else value
 
     def _spawn(self, data: dict[str, Any], host: str | None) -> Any:
         """A spawn in moonwire's own form (``{"request", "parent"}``: the answer is the PID)
@@ -150,6 +151,22 @@ class ControlPlane:
 
     def _reply(self, msg: Msg, outcome: Outcome) -> None:
         answer(msg, outcome, self.outbox.publish_nowait, self.dead_letter)
+
+
+def _fitting(info: Any, max_payload: int) -> Any:
+    """A ``ps`` answer whose process list is cut to what one NATS message holds (its
+    counts stay exact): a reply over the server's max_payload is never published, and
+    the node would look silent (``moonwire top``)."""
+    listed = info.get("list") if isinstance(info, dict) else None
+    room = max_payload - 1024  # the reply's map and headers
+    if not listed or max_payload <= 0:
+        return info
+    size = len(to_json({"result": info}))  # a JSON request is answered in JSON, the longer
+    while size > room and listed:
+        listed = listed[:int(len(listed) * room / size * 0.95)]
+        info["list"] = listed
+        size = len(to_json({"result": info}))
+    return info
 
 
 def _unknown(verb: str) -> Any:
