@@ -684,10 +684,27 @@ local string_meta = getmetatable("")
 string_meta.__index = safe_string
 string_meta.__metatable = false
 
+-- `setmetatable` as user code sees it: a `__gc` in the metatable is never called. A
+-- finaliser runs inside whichever unit's code the collector happens to interrupt, with
+-- that unit's context, actor and mailbox (a process's finaliser read another process's
+-- `ctx`). Lua only marks an object for finalisation if its
+-- metatable has `__gc` when it is set, so the field is left out for that moment.
+local function user_setmetatable(t, mt)
+    local finaliser = type(mt) == "table" and rawget(mt, "__gc")
+    if finaliser == nil or finaliser == false then
+        return setmetatable(t, mt)
+    end
+    rawset(mt, "__gc", nil)
+    local ok, err = pcall(setmetatable, t, mt)
+    rawset(mt, "__gc", finaliser)
+    if not ok then error(err, 0) end
+    return t
+end
+
 local base = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
     pcall = pcall, xpcall = xpcall, rawequal = rawequal, rawget = rawget, rawset = guarded_rawset,
-    select = select, setmetatable = setmetatable, getmetatable = getmetatable,
+    select = select, setmetatable = user_setmetatable, getmetatable = getmetatable,
     tonumber = tonumber, tostring = tostring, type = type, _VERSION = _VERSION,
 }
 local libraries = {
