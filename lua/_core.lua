@@ -88,14 +88,18 @@ local refs_meta = debug.getmetatable(refs)  -- lupa's own, { __mode = "v" }, use
 refs_meta.__mode = ""  -- strong; a string either way, so switching it allocates nothing
 
 -- Wrappers handed over since the last release, counted where trusted code gets them
--- (opaque objects' tokens, channels, futures, timers). A release is a full collection,
--- about 0.7 ms per MiB of heap (bench/identity.py --pause), so it comes after as many
--- new wrappers as were alive after the last one, or two per KiB of heap then, or
--- RELEASE_MIN, whichever is most: dead wrappers (some 120 bytes of Lua heap each, as
--- much of Python's) stay within about a quarter of the heap, as Lua's own pause keeps
--- garbage within a multiple of it, and a release costs about 0.35 us per wrapper.
+-- (opaque objects' tokens, channels, futures, timers), in tokens' worth: a token's
+-- wrapper keeps about WRAPPER_BYTES of Python (the token, lupa's dict entry and
+-- reference; 160 bytes of Lua heap with its fields), a channel its Python object's
+-- size more. A release is a full collection, about 0.6 ms per MiB of heap
+-- (bench/identity.py --pause), so it comes after as many new wrappers as were alive
+-- after the last one, or two per KiB of heap then, or RELEASE_MIN, whichever is most:
+-- dead wrappers stay within about a third of the heap (and as much Python memory),
+-- as Lua's own pause keeps garbage within a multiple of it, and a release costs about
+-- 0.3 us per wrapper.
 local RELEASE_MIN = 4096
 local WRAPPERS_PER_KB = 2
+local WRAPPER_BYTES = 200
 local math_max = math.max
 local handed = 0
 local release_after = RELEASE_MIN
@@ -221,9 +225,10 @@ function core.hold(bytes)
     held_kb = held_kb + bytes / 1024
 end
 
--- Trusted code was handed `n` new wrappers of Python objects (see release_wrappers).
-function core.handed(n)
-    handed = handed + n
+-- Trusted code was handed a new wrapper of a Python object that keeps about `bytes` of
+-- Python memory (see release_wrappers; nil: a token's worth).
+function core.handed(bytes)
+    handed = handed + (bytes and bytes / WRAPPER_BYTES or 1)
 end
 
 function core.set_limits(instructions, err, memory_bytes)

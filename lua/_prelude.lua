@@ -261,7 +261,7 @@ ChannelMT.__gc = function() hold(-CHANNEL_BYTES) end
 
 local function wrap_channel(handle)
     hold(CHANNEL_BYTES)
-    handed(1)
+    handed(CHANNEL_BYTES)
     local ch = setmetatable({}, ChannelMT)
     handles[ch] = handle
     return ch
@@ -422,7 +422,7 @@ local FutureMT = { __index = FutureMethods, __name = "future", __metatable = fal
 local function new_future(handle, ch)
     local future = setmetatable({ _channel = ch }, FutureMT)
     private[future] = handle
-    handed(1)
+    handed()
     return future
 end
 M.new_future = new_future

@@ -108,3 +108,18 @@ async def test_lupas_table_does_not_grow_with_the_objects_handed_to_lua() -> Non
         sizes.append(identity.table_health(state)["size"])
     # 30,000 objects a round; before, the table had some 25,000 more slots each round.
     assert sizes[2] - sizes[0] < 64 and sizes[0] < 2 * 4096, sizes
+
+
+async def test_dead_channels_wait_for_a_release_within_a_bound() -> None:
+    # A dead channel's Python object (about 1 KiB) lives until its wrapper is released;
+    # releases come often enough that a flood of channels pins only so many.
+    import gc
+
+    from moonwire.lua._channel import Channel
+
+    state = LuaState(Limits())
+    outcome = await run_lua("return function(n) for _ = 1, n do channel.new(1) end end", 50_000, state=state)
+    assert outcome.error is None, outcome.error
+    gc.collect()
+    alive = sum(isinstance(obj, Channel) for obj in gc.get_objects())
+    assert alive < 2_000, alive
