@@ -84,7 +84,9 @@ local held_kb = 0
 -- be given out again. User code's own finalisers, the only Lua code that could make a
 -- wrapper inside that collection, never run (`user_setmetatable`).
 local refs = debug.getregistry().LUPA_PYTHON_REFERENCES_TABLE
-local refs_meta = debug.getmetatable(refs)  -- lupa's own, { __mode = "v" }, used by nothing else
+local refs_meta = refs and debug.getmetatable(refs)  -- lupa's own, { __mode = "v" }, used by nothing else
+-- Another lupa could keep its wrappers otherwise: stop rather than run unprotected.
+assert(refs_meta and refs_meta.__mode == "v", "lupa's LUPA_PYTHON_REFERENCES_TABLE is not as lua/_core.lua expects")
 refs_meta.__mode = ""  -- strong; a string either way, so switching it allocates nothing
 
 -- Wrappers handed over since the last release, counted where trusted code gets them
