@@ -15,13 +15,13 @@ Environment:
 """
 
 from ._client import FAST_PATH, Client, Headers
-from ._envelope import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, MSGPACK_HEADERS, TOPIC_HEADER, Envelope,
-                        batch_items)
+from ._envelope import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, MSGPACK_HEADERS, TOPIC_HEADER, TRACE_HEADER,
+                        Envelope, batch_items)
 from ._connection import BrokerUnavailable, ConnectOptions, connect, tls_context
 from ._membership import Membership, Peer
 from ._pid import Pid, PidAllocator
-from ._requests import NoResponders, Outbox, ReplyCallback, Requests, RequestTimeout
-from ._streams import ACK_EVERY, SEQ_HEADER, StreamStatistics, Streams
+from ._requests import CALLER, TAKEN, NodeDown, NoResponders, Outbox, ReplyCallback, Requests, RequestTimeout
+from ._streams import ACK_EVERY, AFTER_HEADER, SEQ_HEADER, StreamStatistics, Streams
 from ._subjects import MAX_NAME, Subjects, is_token, name_problem, to_token
 from ._tally import Tally, reason_key
 from ._tasks import TaskSet
@@ -31,6 +31,7 @@ __all__ = [
     "name_problem",
     "TaskSet",
     "ACK_EVERY",
+    "AFTER_HEADER",
     "BATCH_HEADER",
     "CONTENT_TYPE",
     "Client",
@@ -41,10 +42,14 @@ __all__ = [
     "FROM_HEADER",
     "MSGPACK",
     "TOPIC_HEADER",
+    "TRACE_HEADER",
     "batch_items",
     "BrokerUnavailable",
     "ConnectOptions",
     "Membership",
+    "NodeDown",
+    "CALLER",
+    "TAKEN",
     "NoResponders",
     "Peer",
     "Pid",

@@ -38,11 +38,13 @@ def check_keys(creds_file: str | None, nkeys_seed: str | None) -> None:
     """
     if creds_file is not None:
         text = _read("NATS credentials file", creds_file)
-        if b"BEGIN NATS USER JWT" not in text or b"BEGIN USER NKEY SEED" not in text:
+        # The seed is the line after its block's header (nats-py reads it so): a file cut
+        # short there has none.
+        seed_lines = text.split(b"BEGIN USER NKEY SEED", 1)[-1].split(b"\n", 2)
+        if b"BEGIN NATS USER JWT" not in text or b"BEGIN USER NKEY SEED" not in text or len(seed_lines) < 2:
             raise BadCredentials(f"NATS credentials file {creds_file}: not a .creds file (expected a 'NATS USER "
                                  f"JWT' block and a 'USER NKEY SEED' block, as `nsc generate creds` writes)")
-        seed = text.split(b"BEGIN USER NKEY SEED", 1)[1].split(b"\n", 2)[1]
-        _seed_ok("NATS credentials file", creds_file, seed)
+        _seed_ok("NATS credentials file", creds_file, seed_lines[1])
     if nkeys_seed is not None:
         _seed_ok("nkey seed file", nkeys_seed, _read("nkey seed file", nkeys_seed))
 

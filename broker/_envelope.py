@@ -5,6 +5,7 @@ A message alone is published to the receiver's inbox subject as::
     Content-Type: application/msgpack     body: msgpack list of payloads
     Mw-Topic: <topic>
     Mw-From: <sender PID>                 (absent when there is no sender)
+    traceparent: <W3C trace context>      (absent when the sender has no trace)
 
 When the outbox holds several messages in a row for the same inbox, they leave as one
 NATS message (a *batch*; nothing waits to form one, so a batch never adds latency)::
@@ -13,7 +14,10 @@ NATS message (a *batch*; nothing waits to form one, so a batch never adds latenc
     Mw-Batch: <number of items>
 
 where each item is the msgpack array ``[topic, sender, [payloads...]]``. An item is a
-separate bin so that the receiver can size it and dead-letter it alone.
+separate bin so that the receiver can size it and dead-letter it alone. When every item
+has the same trace (one sender's burst, the usual batch) the batch carries it once, in
+a ``traceparent`` header; otherwise each item that has one carries it as a fourth
+element (``[topic, sender, [payloads...], traceparent]``), which wins over the header.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ MSGPACK = "application/msgpack"
 TOPIC_HEADER = "Mw-Topic"
 FROM_HEADER = "Mw-From"
 BATCH_HEADER = "Mw-Batch"
+TRACE_HEADER = "traceparent"
+"""W3C Trace Context, the header OpenTelemetry's propagators use (the receiver checks it)."""
 
 MSGPACK_HEADERS = Headers({CONTENT_TYPE: MSGPACK})
 """The headers of every msgpack body that needs no others (requests, replies)."""
@@ -38,35 +44,50 @@ BATCH_BYTES = 64 * 1024
 saves are negligible beside the bytes themselves)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Envelope:
     """One process message on its way to another node; ``payloads`` is the msgpack
-    encoding of its list of payloads."""
+    encoding of its list of payloads; ``trace`` its ``traceparent`` ("": none). Never
+    changed once made; not frozen, because a frozen dataclass sets each field through
+    ``object.__setattr__`` (20 ns a field, for every remote send)."""
 
     topic: str
     sender: str
     payloads: bytes
+    trace: str = ""
 
     def alone(self) -> tuple[bytes, dict[str, str]]:
         """The body and headers of this message published by itself."""
         headers = {CONTENT_TYPE: MSGPACK, TOPIC_HEADER: self.topic}
         if self.sender:
             headers[FROM_HEADER] = self.sender
+        if self.trace:
+            headers[TRACE_HEADER] = self.trace
         return self.payloads, headers
 
     def size(self) -> int:
         """About its size in a batch (the strings' lengths in characters)."""
-        return len(self.payloads) + len(self.topic) + len(self.sender) + 8
+        return len(self.payloads) + len(self.topic) + len(self.sender) + len(self.trace) + 8
 
-    def item(self) -> bytes:
-        """This message as an item of a batch."""
-        return b"\x93" + msgpack.packb(self.topic) + msgpack.packb(self.sender) + self.payloads
+    def item(self, trace: bool = True) -> bytes:
+        """This message as an item of a batch (with its trace unless ``trace`` is false:
+        the batch carries it)."""
+        head = msgpack.packb(self.topic) + msgpack.packb(self.sender)
+        if trace and self.trace:
+            return b"\x94" + head + self.payloads + msgpack.packb(self.trace)
+        return b"\x93" + head + self.payloads
 
 
 def batch(envelopes: list[Envelope]) -> tuple[bytes, dict[str, str]]:
     """The body and headers of one NATS message carrying ``envelopes`` in order."""
-    return (msgpack.packb([e.item() for e in envelopes], use_bin_type=True),
-            {CONTENT_TYPE: MSGPACK, BATCH_HEADER: str(len(envelopes))})
+    headers = {CONTENT_TYPE: MSGPACK, BATCH_HEADER: str(len(envelopes))}
+    trace = envelopes[0].trace
+    for envelope in envelopes:
+        if envelope.trace != trace:  # several senders: each item its own
+            return msgpack.packb([e.item() for e in envelopes], use_bin_type=True), headers
+    if trace:
+        headers[TRACE_HEADER] = trace
+    return msgpack.packb([e.item(False) for e in envelopes], use_bin_type=True), headers
 
 
 def batch_items(body: bytes) -> list[bytes]:

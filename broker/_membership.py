@@ -205,6 +205,15 @@ class Membership:
                  "reason": p.down_reason, "flaps": p.flaps, "dropped": self.dropped[p.node]}
                 for p in sorted(self.peers.values(), key=lambda p: p.node) if p.down]
 
+    def incarnation_of(self, node: str) -> str | None:
+        """The incarnation of ``node`` this node knows of (heard, or only expected), if any."""
+        peer = self.peers.get(node)
+        return None if peer is None else peer.incarnation
+
+    def live(self) -> list[str]:
+        """The nodes this one has heard and believes alive."""
+        return [peer.node for peer in self.peers.values() if peer.heard and not peer.down]
+
     def expect(self, node: str, incarnation: str) -> None:
         """Watch ``node`` (of ``incarnation``) from now on even if no heartbeat of it has
         arrived yet: a process here depends on it, and a node that dies before its first

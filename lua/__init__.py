@@ -22,6 +22,7 @@ from ._process import SpawnRequest
 from ._entries import Entries, RegistryEntry
 from ._registry_host import Registry
 from ._security_context import Actor, Security
+from ._trace import TRACEPARENT, SpanHook, new_traceparent, parse_traceparent, run_trace, set_span_hook, trace_id
 from ._state import LUA_VERSION, Limits, LuaCode, LuaState, Replay, syntax_error
 from ._unit import TURN, NoServices, Services, Unit
 from ._unit_process import NoProcesses, ProcessServices
@@ -29,6 +30,13 @@ from ._values import MAX_DEPTH, MAX_VALUES, WIRE_DEPTH, check_portable, json_dep
 
 __all__ = [
     "TURN",
+    "TRACEPARENT",
+    "new_traceparent",
+    "parse_traceparent",
+    "run_trace",
+    "SpanHook",
+    "set_span_hook",
+    "trace_id",
     "CANCEL",
     "DEFAULT_MAILBOX_LIMIT",
     "EXIT",

@@ -64,11 +64,78 @@ local gc = collectgarbage
 -- against the same limit, so a state cannot pin memory outside it (core.hold).
 local held_kb = 0
 
+-- ------------------------------------------------------------------ wrappers of Python objects
+--
+-- lupa hands Lua a Python object as a userdata wrapper and finds that wrapper again,
+-- when it hands over the same object, through a dict keyed by the object's address and
+-- a weak table of wrappers (slots from luaL_ref). When a wrapper dies, Lua clears its
+-- slot at once but runs lupa's finaliser, which frees the slot, later, between steps of
+-- the program. A wrapper made in between can be given the cleared slot (luaL_ref takes
+-- the table's length when its free list is empty); the late finaliser then frees that
+-- slot under it, the slot goes to the next object handed over, and handing Lua the
+-- first object again gives it that other object: another process's channel, say
+-- (lupa issue #294; Lua 5.5 often, 5.4 too once the timing is arranged). The same double
+-- release loops lupa's free list, after which the table grows by a slot for every
+-- object handed over, for good.
+--
+-- So the table is strong: no wrapper dies while Lua code runs. `release_wrappers` lets
+-- the dead ones go inside one full collection, which runs every finaliser it makes due
+-- before it returns, with no wrapper made in between: every slot is freed before it can
+-- be given out again. User code's own finalisers, the only Lua code that could make a
+-- wrapper inside that collection, never run (`user_setmetatable`).
+local refs = debug.getregistry().LUPA_PYTHON_REFERENCES_TABLE
+local refs_meta = refs and debug.getmetatable(refs)  -- lupa's own, { __mode = "v" }, used by nothing else
+-- Another lupa could keep its wrappers otherwise: stop rather than run unprotected.
+assert(refs_meta and refs_meta.__mode == "v", "lupa's LUPA_PYTHON_REFERENCES_TABLE is not as lua/_core.lua expects")
+refs_meta.__mode = ""  -- strong; a string either way, so switching it allocates nothing
+
+-- Wrappers handed over since the last release, counted where trusted code gets them
+-- (opaque objects' tokens, channels, futures, timers), in tokens' worth: a token's
+-- wrapper keeps about WRAPPER_BYTES of Python (the token, lupa's dict entry and
+-- reference; 160 bytes of Lua heap with its fields), a channel its Python object's
+-- size more. A release is a full collection, about 0.6 ms per MiB of heap
+-- (bench/identity.py --pause), so it comes after as many new wrappers as were alive
+-- after the last one, or two per KiB of heap then, or RELEASE_MIN, whichever is most:
+-- dead wrappers stay within about a third of the heap (and as much Python memory),
+-- as Lua's own pause keeps garbage within a multiple of it, and a release costs about
+-- 0.3 us per wrapper.
+local RELEASE_MIN = 4096
+local WRAPPERS_PER_KB = 2
+local WRAPPER_BYTES = 200
+local math_max = math.max
+local handed = 0
+local release_after = RELEASE_MIN
+local leftover_holes = 0  -- empty slots that survive a release (none expected)
+
+local function release_wrappers()
+    refs_meta.__mode = "v"
+    gc("collect")
+    refs_meta.__mode = ""
+    local live, present, top = 0, 0, 0
+    for slot, v in next, refs do
+        present = present + 1
+        if slot > top then top = slot end
+        if type(v) == "userdata" then live = live + 1 end
+    end
+    if top - present > leftover_holes then
+        -- A slot still cleared and not freed: an emergency collection inside that one
+        -- (an allocation failing in a finaliser) skipped its finaliser. Run it now,
+        -- while the table is strong, before any wrapper can be made.
+        gc("collect")
+        present = 0
+        for _ in next, refs do present = present + 1 end
+        leftover_holes = top - present
+    end
+    handed = 0
+    release_after = math_max(RELEASE_MIN, live, gc("count") * WRAPPERS_PER_KB // 1)
+end
+
 local function tick()
     used = used + TICK
     if used > budget then over_budget() end
+    if handed > release_after then release_wrappers() end
     if memory_limit_kb ~= nil and gc("count") + held_kb > memory_limit_kb then
-        gc("collect")
+        release_wrappers()
         if gc("count") + held_kb > memory_limit_kb then error("not enough memory", 0) end
     end
 end
@@ -160,6 +227,12 @@ function core.hold(bytes)
     held_kb = held_kb + bytes / 1024
 end
 
+-- Trusted code was handed a new wrapper of a Python object that keeps about `bytes` of
+-- Python memory (see release_wrappers; nil: a token's worth).
+function core.handed(bytes)
+    handed = handed + (bytes and bytes / WRAPPER_BYTES or 1)
+end
+
 function core.set_limits(instructions, err, memory_bytes)
     budget = instructions or 0
     budget_error = err
@@ -190,6 +263,7 @@ function core.resume(id, ...)
     end
     local result = table_pack(coroutine_resume(co, ...))
     used, metering = outer_used, outer_metering
+    if handed > release_after then release_wrappers() end
     if coroutine_status(co) == "dead" then
         threads[id] = nil
         if result[1] then
@@ -231,9 +305,8 @@ function core.thread_count()
     return n
 end
 
-function core.collect()
-    collectgarbage("collect")
-end
+-- A full collection that also lets dead wrappers of Python objects go.
+core.collect = release_wrappers
 
 -- Compile text (never bytecode) into a chunk that runs with the environment it is
 -- called with: `chunk(env)`. One compiled chunk serves every instance (function
@@ -684,10 +757,28 @@ local string_meta = getmetatable("")
 string_meta.__index = safe_string
 string_meta.__metatable = false
 
+-- `setmetatable` as user code sees it: a `__gc` in the metatable is never called. A
+-- finaliser runs inside whichever unit's code the collector happens to interrupt, with
+-- that unit's context, actor and mailbox (a process's finaliser read another process's
+-- `ctx`), and inside release_wrappers it could hand Lua a new wrapper of a Python object
+-- while finalisers are still due. Lua only marks an object for finalisation if its
+-- metatable has `__gc` when it is set, so the field is left out for that moment.
+local function user_setmetatable(t, mt)
+    local finaliser = type(mt) == "table" and rawget(mt, "__gc")
+    if finaliser == nil or finaliser == false then
+        return setmetatable(t, mt)
+    end
+    rawset(mt, "__gc", nil)
+    local ok, err = pcall(setmetatable, t, mt)
+    rawset(mt, "__gc", finaliser)
+    if not ok then error(err, 0) end
+    return t
+end
+
 local base = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
     pcall = pcall, xpcall = xpcall, rawequal = rawequal, rawget = rawget, rawset = guarded_rawset,
-    select = select, setmetatable = setmetatable, getmetatable = getmetatable,
+    select = select, setmetatable = user_setmetatable, getmetatable = getmetatable,
     tonumber = tonumber, tostring = tostring, type = type, _VERSION = _VERSION,
 }
 local libraries = {
@@ -782,6 +873,9 @@ function core.new_object(mt, fields)
     if token_count == 0 then
         tokens = table_pack(token_source())
         token_count = tokens.n
+        handed = handed + token_count
+        -- Here too, for a state without an instruction budget (no count hook).
+        if handed > release_after then release_wrappers() end
     end
     local object = tokens[token_count]
     tokens[token_count] = nil

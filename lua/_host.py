@@ -112,7 +112,8 @@ class HostFunctions:
         if not self.logger.isEnabledFor(py_level):
             return
         unit = self.state.current
-        extra: dict[str, Any] = {"unit": unit.label if unit is not None else None}
+        # The unit's entry, PID and trace id (a trace begins here if it has none).
+        extra: dict[str, Any] = unit.log_fields() if unit is not None else {}
         if fields is not None:
             try:
                 extra["fields"] = to_python(self.state, fields)
@@ -122,7 +123,7 @@ class HostFunctions:
         text = as_text(message)
         if extra.get("fields"):
             text = f"{text} {extra['fields']}"
-        logger.log(py_level, "%s%s", f"[{extra['unit']}] " if extra["unit"] else "", text, extra=extra)
+        logger.log(py_level, "%s%s", f"[{extra['entry']}] " if extra.get("entry") else "", text, extra=extra)
 
     # ------------------------------------------------------------ uuid
 

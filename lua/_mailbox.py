@@ -48,6 +48,9 @@ class Message:
     topic: str
     payloads: list[Any]
     sender: str = ""  # "" when the sender is not a process (the CLI, a plain NATS client)
+    trace: str | None = None
+    """The sender's ``traceparent``: the receiving process works in it once it takes
+    the message (``_trace.py``)."""
 
 
 @dataclass(slots=True)
@@ -106,12 +109,15 @@ def _message(item: Held) -> Message:
 
 
 class Mailbox:
-    __slots__ = ("state", "limit", "held", "held_events", "dropped", "_inbox", "_events", "_topics",
+    __slots__ = ("state", "limit", "owner", "held", "held_events", "dropped", "_inbox", "_events", "_topics",
                  "_group_subscriptions", "_arrivals", "_outdated")
 
-    def __init__(self, state: MailboxState, limit: int = DEFAULT_MAILBOX_LIMIT) -> None:
+    def __init__(self, state: MailboxState, limit: int = DEFAULT_MAILBOX_LIMIT, owner: Any = None) -> None:
         self.state = state
         self.limit = limit
+        self.owner = owner
+        """The unit whose mailbox this is: a message it takes sets its ``trace``, as an
+        OpenTelemetry consumer handles each message in the trace it came with."""
         # Most processes subscribe before anything arrives: the queues for held
         # messages and events exist only once something is held.
         self.held: deque[Held] | None = None
@@ -346,6 +352,8 @@ class Mailbox:
 
     def _message_to_lua(self, item: Held) -> Any:
         state, message = self.state, _message(item)
+        if self.owner is not None:
+            self.owner.trace = message.trace
         return state.new_message(message.topic.encode(), message.sender.encode(),
                                  *[to_lua(state, p) for p in message.payloads])
 
@@ -353,6 +361,8 @@ class Mailbox:
         # A raw listen hands over the value itself: none is nil, one is the value,
         # several are a list of them (wippy leaves several undocumented).
         message = _message(item)
+        if self.owner is not None:
+            self.owner.trace = message.trace
         if not message.payloads:
             return None
         if len(message.payloads) == 1:

@@ -256,11 +256,12 @@ local private = setmetatable({}, { __mode = "k" })  -- timer or future table -> 
 -- What a channel's Python object costs (lua/_channel.py, measured with tracemalloc),
 -- counted against the state's memory limit while the channel lives (core.hold).
 local CHANNEL_BYTES = 1024
-local hold = core.hold
+local hold, handed = core.hold, core.handed
 ChannelMT.__gc = function() hold(-CHANNEL_BYTES) end
 
 local function wrap_channel(handle)
     hold(CHANNEL_BYTES)
+    handed(CHANNEL_BYTES)
     local ch = setmetatable({}, ChannelMT)
     handles[ch] = handle
     return ch
@@ -421,6 +422,7 @@ local FutureMT = { __index = FutureMethods, __name = "future", __metatable = fal
 local function new_future(handle, ch)
     local future = setmetatable({ _channel = ch }, FutureMT)
     private[future] = handle
+    handed()
     return future
 end
 M.new_future = new_future

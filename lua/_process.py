@@ -42,6 +42,8 @@ class SpawnRequest:
     security: Security | None = None
     """The actor and scope the child runs as (wippy-modules §5.3): the spawner's, over
     the parent's for a spawn; only the spawner's for an exec."""
+    trace: str | None = None
+    """The spawner's ``traceparent``: the child works in it until it takes a message."""
 
 
 WATCH_VERBS = {b"monitor": "monitor", b"unmonitor": "unmonitor", b"link": "link", b"unlink": "unlink"}

@@ -347,6 +347,7 @@ local function start_timer(d, fname, mt, capacity)
     local ch = new_channel(capacity)
     local object = new_object(mt, { channel = ch })
     private[object] = request("timer", channel_handle(ch), ns, mt == TickerMT)
+    core.handed()
     return object
 end
 

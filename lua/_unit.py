@@ -25,6 +25,7 @@ from ._holdings import Future, Holdings, Timer
 from ._mailbox import Mailbox
 from ._security_context import Security
 from ._state import LuaState
+from ._trace import SPANS, new_traceparent, trace_id
 from ._unit_process import PROCESS_OPS, NoProcesses, ProcessRequests, ProcessServices
 from ._values import to_lua, to_python
 
@@ -69,12 +70,13 @@ class Unit(ProcessRequests):
     __slots__ = (
         "state", "label", "context", "services", "processes", "loop", "main", "threads", "ready", "_holdings",
         "outcome", "_wakeup", "notify", "on_end", "scheduled", "pid", "mailbox",
-        "trap_links", "upgradable", "frame_id", "record", "preempted", "security",
+        "trap_links", "upgradable", "frame_id", "record", "preempted", "security", "trace", "span",
     )
 
     def __init__(self, state: LuaState, label: str, *, context: dict[str, Any] | None = None,
                  services: Services | None = None, processes: ProcessServices | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None, security: Security | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, security: Security | None = None,
+                 trace: str | None = None) -> None:
         self.state = state
         self.label = label
         self.context: dict[str, Any] = context if context is not None else {}
@@ -108,11 +110,34 @@ class Unit(ProcessRequests):
         self.frame_id: str | None = None
         self.record: Any = None
         """The node's record of this unit as a process, if it is one."""
+        self.trace = trace
+        """The ``traceparent`` of the work under way (``_trace.py``): the call's, or for a
+        process the one of the message it took last; None until one comes or is needed."""
+        self.span: Any = None
+        """The span of a function call, when a span hook is installed (``_trace.py``)."""
+
+    def traceparent(self) -> str:
+        """The unit's trace context, a new trace if it has none yet (it logs, calls,
+        sends or spawns for the first time)."""
+        trace = self.trace
+        if trace is None:
+            trace = self.trace = new_traceparent()
+        return trace
+
+    def log_fields(self) -> dict[str, Any]:
+        """What a log record about this unit carries (``entry``, ``pid``, ``trace_id``)."""
+        fields = {"entry": self.label, "trace_id": trace_id(self.traceparent())}
+        if self.pid is not None:
+            fields["pid"] = self.pid
+        return fields
 
     # ------------------------------------------------------------ driving
 
     def begin(self, fn: Any, args: list[Any]) -> Outcome | None:
         """Start the main thread and run until every thread waits; the outcome if it ended."""
+        hook = SPANS.hook
+        if hook is not None and self.state.random is None:  # a call; a workflow run (it replays) is none
+            self.span, self.trace = hook.begin(self.label, self.trace)
         self._step((fn, self._lua_args(args)))
         return self.outcome
 
@@ -283,6 +308,8 @@ class Unit(ProcessRequests):
         if self.outcome is not None:
             return
         self.outcome = outcome
+        if self.span is not None and (hook := SPANS.hook) is not None:
+            hook.end(self.span, outcome.error)
         if self.threads:
             for tid in self.threads:
                 self.state.kill(tid)

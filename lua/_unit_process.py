@@ -42,6 +42,12 @@ class ProcessServices(Protocol):
         """Start a process and answer with its result when it exits."""
         ...
 
+    def call_process(self, request: SpawnRequest, reason: str) -> Answer:
+        """Start a process here for a function call (a process entry with
+        ``default_host``) and answer with its result when it exits; dropping the answer
+        sends the process CANCEL with ``reason`` (it may still run on)."""
+        ...
+
     def terminate(self, unit: Any, dest: str) -> Answer | None:
         """None when done at once, else an answer settled when the target's node has done it."""
         ...
@@ -96,7 +102,7 @@ class NoProcesses:
         raise MoonwireError("the process API needs a node (this unit runs without one)", Kind.UNAVAILABLE,
                             retryable=False)
 
-    pid_of = send = spawn = exec = terminate = cancel = watch = register = lookup = unregister = _fail
+    pid_of = send = spawn = exec = call_process = terminate = cancel = watch = register = lookup = unregister = _fail
     cluster_call = cluster_now = upgrade = update = _fail
 
 
@@ -115,6 +121,8 @@ class ProcessRequests:
 
         def _reply(self, tid: int, answer: Answer) -> object: ...
 
+        def traceparent(self) -> str: ...
+
     def _op_proc_spawn(self, tid: int, *args: Any) -> object:
         return self._proc_start(tid, self.processes.spawn, args, inherit=True)
 
@@ -126,6 +134,7 @@ class ProcessRequests:
                     inherit: bool) -> object:
         try:
             request = spawn_request(self.state, *args)
+            request.trace = self.traceparent()
             if inherit:
                 request.security = Security.overlay(self.security, request.security)
             answer = start(self, request)
@@ -161,9 +170,12 @@ class ProcessRequests:
 
     def _op_proc_update(self, tid: int, dest: bytes, name: bytes, options: Any, packed: Any) -> object:
         state = self.state
-        n = packed[b"n"] or 0
-        args = [to_python(state, packed[i]) for i in range(1, n + 1)]
-        py_options = to_python(state, options) if options is not None else {}
+        try:  # arguments Lua cannot copy: the caller gets nil, err, as from process.send
+            n = packed[b"n"] or 0
+            args = [to_python(state, packed[i]) for i in range(1, n + 1)]
+            py_options = to_python(state, options) if options is not None else {}
+        except MoonwireError as err:
+            return (None, state.make_error(err))
         return self._proc(tid, lambda: self.processes.update(
             self, text(dest, "destination"), text(name, "update name"), args,
             py_options if isinstance(py_options, dict) else {}))

@@ -32,7 +32,7 @@ from moonwire.lua import Outcome
 from .servers import EmbeddedServers
 from .project import TemporalClientEntry
 from .workflows import Workflows
-from .functions import QUEUE_GROUP, Functions
+from .functions import QUEUE_GROUP, Functions, watch_calls
 from .cluster import Cluster, replicas_for
 from .processes import READ_TURN, ControlPlane, DeadLetters, ClusterDelivery, NodeInboxes, RemoteNodes
 from ._reload import CodeReload
@@ -193,12 +193,17 @@ class Node:
             interval=heartbeat.interval, down_after=heartbeat.down_after,
             # Heard only once membership starts, below, when the process table exists.
             on_down=lambda node, incarnation, reason: (streams.forget(node),
-                                                       processes.node_down(node, incarnation, reason)),
+                                                       processes.node_down(node, incarnation, reason),
+                                                       calls_node_down(node, incarnation, reason)),
             # Not when a live peer cut this node off: what it holds is its own still.
             on_gone=lambda node, incarnation: cluster.node_down(node, incarnation))
         remote = RemoteNodes(self.name, self.subjects, outbox, requests, membership)
         functions = Functions(self.project, self.subjects, self._nats, requests, outbox,
                               dead_letter=dead_letters.publish)
+        # A request names this node; the node serving it says when it took it, so either
+        # side's death ends the other's wait or work (functions/_served.py).
+        functions.served, calls_node_down = watch_calls(requests, membership, outbox.publish_nowait, self.subjects,
+                                                        self.name, pids.epoch)
         workflows = Workflows(self.name, self.project, self.subjects, functions, functions.code, nats=self._nats,
                               outbox=outbox, max_body=self.config.max_message_bytes, gateway=self._data,
                               dead_letters=dead_letters)
@@ -260,7 +265,7 @@ class Node:
         if self.config.metrics.discovery:  # `nats micro`: the functions are served by now
             micro = MicroService(self._nats, lambda subject, body: outbox.publish_nowait(subject, body),
                                  node=self.name, version=__version__, subject_of=self.subjects.function,
-                                 queue_group=QUEUE_GROUP, served=functions.served, calls=functions.calls,
+                                 queue_group=QUEUE_GROUP, served=functions.served_entries, calls=functions.calls,
                                  metadata={"prefix": self.config.prefix, "incarnation": pids.epoch})
             await micro.start()
             self._steps.append(_Step("discovery", lambda remaining: micro.stop()))

@@ -309,3 +309,26 @@ async def test_calls_served_by_one_function_worker_cannot_change_what_later_call
         after = await runtime.execute("app:fn", ["fingerprint"])  # type: ignore[attr-defined]
     assert attack.error is None and attack.value > 500, attack
     assert before.error is None and _diff(before.value, after.value) == [], "\n".join(_diff(before.value, after.value))
+
+
+async def test_a_finaliser_never_runs_inside_another_unit() -> None:
+    # Lua runs a finaliser inside whatever code is running when the collector gets to
+    # it: unit A's `__gc` ran during unit B and read B's context (and could have sent
+    # messages as B). User finalisers never run now (lua/_core.lua, user_setmetatable).
+    state = LuaState()
+    planter = """
+        local ctx = require("ctx")
+        local seen = {}
+        return function(mode)
+          if mode == "plant" then
+            for _ = 1, 50 do setmetatable({}, {__gc = function() seen[#seen + 1] = ctx.get("who") end}) end
+          end
+          return table.concat(seen, ",")
+        end"""
+    await run_lua(planter, "plant", state=state, name="t:a", context={"who": "A"}, modules=MODULES)
+    churn = await run_lua("""
+        return function() local t = {} for i = 1, 200000 do t[i % 1000] = {i} end end""",
+                          state=state, name="t:b", context={"who": "B"}, modules=MODULES)
+    assert churn.error is None
+    seen = await run_lua(planter, "read", state=state, name="t:a", context={"who": "A"}, modules=MODULES)
+    assert seen.value == "", f"unit A's finalisers ran inside unit B and saw: {seen.value}"

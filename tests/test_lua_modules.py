@@ -148,7 +148,8 @@ async def test_logging_goes_to_the_structured_log(call: str, caplog: pytest.LogC
     assert outcome.value is True
     record = caplog.records[-1]
     assert record.name.startswith("moonwire.lua")
-    assert getattr(record, "unit") == "test:fn"
+    assert getattr(record, "entry") == "test:fn"
+    assert len(getattr(record, "trace_id")) == 32  # a unit that logs begins a trace
 
 
 async def test_system_answers_role_leader_and_addr_as_wippy_without_raft() -> None:

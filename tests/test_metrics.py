@@ -146,10 +146,10 @@ async def test_scrape_values_move_with_work(tmp_path: Path, nats_server: ServerP
         assert value(after, "moonwire_processes", host="app:host") == 1  # the sleeper
         assert value(after, "moonwire_lua_memory_bytes", host="app:host") > 0
         # 3 pings + stop, fail, sleep and 5 queued, all from outside; 3 pongs, local.
-        assert delta("moonwire_messages_received_total", origin="outside") == 11
-        assert delta("moonwire_messages_received_total", origin="local") == 3
+        assert delta("moonwire_messages_delivered_total", origin="outside") == 11
+        assert delta("moonwire_messages_delivered_total", origin="local") == 3
         assert delta("moonwire_messages_sent_total", route="local") == 3
-        assert delta("moonwire_messages_received_total", origin="remote") == 0
+        assert delta("moonwire_messages_delivered_total", origin="remote") == 0
         # The sleeper holds its 5: one process in the (le=16) bucket, none empty but the others.
         assert value(after, "moonwire_mailbox_depth_gsum") == 5
         assert value(after, "moonwire_mailbox_depth_bucket", le="4.0") == value(after, "moonwire_mailbox_depth_gcount") - 1
@@ -183,6 +183,11 @@ async def test_scrape_values_move_with_work(tmp_path: Path, nats_server: ServerP
             value(after, "moonwire_function_calls_total", entry="app:hello")
         assert info["metrics"]['moonwire_processes{host="app:host"}'] == 1
         assert not any(key.endswith("_bucket") or "_bucket{" in key for key in info["metrics"])
+        # ... and its ps answer, with each labelled counter's sum (what `moonwire top` reads).
+        ps = json.loads((await nc.request(f"{prefix}.ctl.met1.ps", b"", timeout=5)).data)["result"]
+        assert ps["metrics"]["moonwire_messages_delivered_total"] == sum(
+            value(after, "moonwire_messages_delivered_total", origin=o) for o in ("local", "remote", "workflow", "outside"))
+        assert ps["metrics"]["moonwire_dead_letters_total"] >= 1
 
         # A scrape during shutdown (the runtime stopping, the sleeper not yet gone) is
         # answered; /healthz says the node is not ready any more.

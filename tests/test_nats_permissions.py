@@ -264,12 +264,16 @@ async def test_wrong_credentials_are_one_clear_line(nkey_broker: Broker, tmp_pat
     not_a_seed.write_text(nkey_pair(tmp_path / "other.nk"))
     not_creds = tmp_path / "x.creds"
     not_creds.write_text("hello\n")
+    truncated = tmp_path / "cut.creds"  # cut short after the seed block's first line
+    truncated.write_text("-----BEGIN NATS USER JWT-----\neyJ\n------END NATS USER JWT------\n"
+                         "-----BEGIN USER NKEY SEED-----")
     cases = [
         (ConnectOptions([url]), refused),
         (ConnectOptions([url], nkeys_seed=str(tmp_path / "missing.nk")),
          f"nkey seed file {tmp_path / 'missing.nk'}: No such file or directory"),
         (ConnectOptions([url], nkeys_seed=str(not_a_seed)), f"nkey seed file {not_a_seed}: not an nkey seed"),
         (ConnectOptions([url], creds_file=str(not_creds)), f"NATS credentials file {not_creds}: not a .creds file"),
+        (ConnectOptions([url], creds_file=str(truncated)), f"NATS credentials file {truncated}: not a .creds file"),
         (ConnectOptions([url], tls_ca_file=str(not_creds)), f"TLS CA file {not_creds}: not a PEM certificate"),
     ]
     for options, reason in cases:

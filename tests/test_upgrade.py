@@ -369,9 +369,9 @@ def _python_objects() -> dict[str, int]:
 
 
 # Counts the Lua objects reachable in a state, by type, leaving out lupa's table of
-# references to Python objects: with Lua 5.5, lupa 2.8 leaves a number in it for every
-# Python object Lua ever held (a channel, a timer: any process makes them, upgraded or
-# not), so the state's memory grows by that alone; everything else must stay put.
+# references to Python objects: it keeps a slot for every wrapper alive since the last
+# release (lua/_core.lua, release_wrappers), so its size follows the objects processes
+# made, upgraded or not; everything else must stay put.
 REACHABLE = """
 local seen, counts, skip = {}, {}, debug.getregistry().LUPA_PYTHON_REFERENCES_TABLE
 local stack = { debug.getregistry() }

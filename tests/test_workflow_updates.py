@@ -276,3 +276,20 @@ async def test_unanswered_updates_fail_clearly_across_continue_as_new(project: P
     for history in (first, last):
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
         assert result.replay_failure is None, result.replay_failure
+
+
+async def test_update_arguments_lua_cannot_pass_are_nil_err_not_the_callers_end(tmp_path: Path) -> None:
+    # As process.send and process.upgrade: a function among the arguments (or the options)
+    # is the caller's nil, err; the process goes on (no Temporal is reached).
+    from support import LocalRuntime, process_project
+
+    source = """return { main = function()
+      local r, err = process.update("{wf@x|abc}", "set", function() end)
+      local r2, err2 = process.with_options({ ["update.timeout"] = function() end }):update("{wf@x|abc}", "set")
+      return { r = r == nil, err = tostring(err), r2 = r2 == nil, err2 = tostring(err2) }
+    end }"""
+    async with LocalRuntime(tmp_path, process_project({"p": source})) as runtime:
+        outcome = await asyncio.wait_for(runtime.execute("app:p", []), 10)
+    assert outcome.error is None, outcome.error
+    assert outcome.value["r"] and "cannot pass a Lua function" in outcome.value["err"]
+    assert outcome.value["r2"] and outcome.value["err2"] != "nil"

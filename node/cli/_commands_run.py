@@ -25,7 +25,7 @@ from .._node import Node
 from ..project import Command, ProcessEntry, Project, commands
 from ._common import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, json_args, load, print_outcome,
                       stop_on_signals)
-from ._listings import _table
+from ._listings import table
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not found:
         print(f"no commands in {args.project}: a process.lua entry becomes one with meta.command.name")
         return EXIT_OK
-    _table([["COMMAND", "ENTRY", "MAIN", "DESCRIPTION"],
+    table([["COMMAND", "ENTRY", "MAIN", "DESCRIPTION"],
             *([c.name, c.entry, "yes" if c.main else "-", c.short] for c in found)])
     return EXIT_OK
 

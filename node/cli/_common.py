@@ -69,7 +69,7 @@ def load(args: argparse.Namespace, *, quiet: bool = False) -> tuple[ResolvedConf
     level, loud = log_levels(resolved, args.verbose, quiet=quiet)
     # The project's own Lua logs (print, logger) are its output, not the node's: they
     # stay at the level asked for even when the node is quiet.
-    setup_logging(level, resolved.config.log.format, lua_level=loud)
+    setup_logging(level, resolved.config.log.format, lua_level=loud, node=resolved.config.node)
     try:
         project = load_project(args.project)
     except ProjectInvalid as err:

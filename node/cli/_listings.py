@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -17,7 +17,8 @@ from moonwire.lua import MoonwireError, Outcome
 
 from ..processes import Survey, survey
 from ..workflows import running_workflows
-from ._common import EXIT_FAILURE, EXIT_OK, talk
+from ._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, talk
+from ._watch import Frame, watching
 
 
 def _print_missing(result: Survey, workers: dict[str, MoonwireError] | None = None) -> int:
@@ -34,13 +35,15 @@ def _print_missing(result: Survey, workers: dict[str, MoonwireError] | None = No
     return EXIT_FAILURE if workers else EXIT_OK
 
 
-def _table(rows: list[list[str]]) -> None:
+def table(rows: list[list[str]]) -> None:
+    """Print ``rows`` (the first a heading) in columns."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
-def _age(seconds: float) -> str:
+def age(seconds: float) -> str:
+    """A duration as an operator reads it: ``250ms``, ``12.5s``, ``40m``, ``3.2h``."""
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 120:
@@ -50,27 +53,31 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-@dataclass
-class _Listing:
-    """What ``moonwire ps`` gathers: the nodes' processes and the workers' running workflows."""
-
-    nodes: Survey
-    workflows: dict[str, Outcome]
-
-
 def cmd_ps(args: argparse.Namespace) -> int:
-    async def gather(nc: NatsClient, subjects: Subjects) -> _Listing:
-        nodes = await survey(nc, subjects, "ps", {"limit": args.limit}, node=args.target_node)
-        # Workflows belong to no node: listed when the whole cluster is, once per worker.
-        workers = sorted({w for a in nodes.answers.values() for w in a.get("workers", ())}
-                         if args.target_node is None else ())
-        answers = await asyncio.gather(*(running_workflows(nc, subjects, w, args.limit) for w in workers))
-        return _Listing(nodes, dict(zip(workers, answers)))
+    return _listing(args, "moonwire ps", functools.partial(_ps, args))
 
-    result = talk(args, gather)
-    if isinstance(result, int):
-        return result
-    nodes, workflows = result.nodes, result.workflows
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    return _listing(args, "moonwire nodes", functools.partial(_nodes, args))
+
+
+def _listing(args: argparse.Namespace, title: str, frame: Frame) -> int:
+    """Print ``frame`` once, or (``--watch``) again and again until Ctrl-C."""
+    if args.redraw is None:
+        return talk(args, frame)
+    if args.redraw <= 0:
+        print("error: --watch takes a number of seconds > 0", file=sys.stderr)
+        return EXIT_USAGE
+    return talk(args, lambda nc, subjects: watching(nc, subjects, frame, interval=args.redraw, title=title))
+
+
+async def _ps(args: argparse.Namespace, nc: NatsClient, subjects: Subjects) -> int:
+    nodes = await survey(nc, subjects, "ps", {"limit": args.limit}, node=args.target_node)
+    # Workflows belong to no node: listed when the whole cluster is, once per worker.
+    workers = sorted({w for a in nodes.answers.values() for w in a.get("workers", ())}
+                     if args.target_node is None else ())
+    answers = await asyncio.gather(*(running_workflows(nc, subjects, w, args.limit) for w in workers))
+    workflows: dict[str, Outcome] = dict(zip(workers, answers))
     failed = {w: o.error for w, o in workflows.items() if o.error is not None}
     if args.json:
         print(json.dumps({"nodes": nodes.answers, "missing": nodes.missing,
@@ -82,18 +89,18 @@ def cmd_ps(args: argparse.Namespace) -> int:
     for node in sorted(nodes.answers):
         answer = nodes.answers[node]
         for p in answer.get("list", []):
-            rows.append([p["pid"], p["entry"], p["host"], p["state"], str(p["inbox"]), _age(p["uptime"])])
+            rows.append([p["pid"], p["entry"], p["host"], p["state"], str(p["inbox"]), age(p["uptime"])])
         if answer.get("processes", 0) > len(answer.get("list", [])):
             rows.append([f"({answer['processes'] - len(answer['list'])} more on {node})", "", "", "", "", ""])
     for worker, outcome in workflows.items():
         if not outcome.ok:
             continue
         for w in outcome.value["list"]:
-            rows.append([w["pid"], w["type"], worker, "workflow", "-", _age(w["uptime"])])
+            rows.append([w["pid"], w["type"], worker, "workflow", "-", age(w["uptime"])])
         if outcome.value["workflows"] > len(outcome.value["list"]):
             rows.append([f"({outcome.value['workflows'] - len(outcome.value['list'])} more on {worker})",
                          "", "", "", "", ""])
-    _table(rows)
+    table(rows)
     return _print_missing(nodes, failed)
 
 
@@ -109,10 +116,8 @@ def _hosts(answer: dict[str, Any]) -> str:
     return ",".join(one(host) for host in answer["hosts"]) or "-"
 
 
-def cmd_nodes(args: argparse.Namespace) -> int:
-    result = talk(args, lambda nc, subjects: survey(nc, subjects, "info"))
-    if isinstance(result, int):
-        return result
+async def _nodes(args: argparse.Namespace, nc: NatsClient, subjects: Subjects) -> int:
+    result = await survey(nc, subjects, "info")
     # What the answering nodes say of each node: its freshest heartbeat age, its flaps
     # (the most any one peer counted; when the latest was), and who believes it down.
     ages: dict[str, float] = {}
@@ -123,9 +128,9 @@ def cmd_nodes(args: argparse.Namespace) -> int:
             ages[peer["node"]] = min(ages.get(peer["node"], float("inf")), float(peer["age"]))
         for peer in [*answer.get("peers", []), *answer.get("down", [])]:
             count, last = flaps.get(peer["node"], (0, None))
-            age = peer.get("last_flap_age")
+            flap_age = peer.get("last_flap_age")
             flaps[peer["node"]] = (max(count, int(peer.get("flaps", 0))),
-                                   age if last is None or (age is not None and age < last) else last)
+                                   flap_age if last is None or (flap_age is not None and flap_age < last) else last)
         for peer in answer.get("down", []):
             down.setdefault(peer["node"], []).append({"by": observer, "since": peer["since"],
                                                       "reason": peer["reason"]})
@@ -141,23 +146,23 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
     def flapped(node: str) -> str:
         count, last = flaps.get(node, (0, None))
-        return "-" if not count else f"{count} (last {_age(last)} ago)" if last is not None else str(count)
+        return "-" if not count else f"{count} (last {age(last)} ago)" if last is not None else str(count)
 
     def believed_down(node: str) -> str:
-        return "; ".join(f"down to {d['by']} for {_age(d['since'])}: {d['reason']}" for d in down.get(node, []))
+        return "; ".join(f"down to {d['by']} for {age(d['since'])}: {d['reason']}" for d in down.get(node, []))
 
     rows = [["NODE", "INCARNATION", "HOSTS", "PROCESSES", "UPTIME", "HEARTBEAT", "FLAPS", "DROPPED"]]
     for node in sorted(result.answers):
         answer = result.answers[node]
-        heartbeat = _age(ages[node]) if node in ages else "-"
+        heartbeat = age(ages[node]) if node in ages else "-"
         if node in down:
             heartbeat = f"{heartbeat} ({believed_down(node)})"
         rows.append([node, answer["incarnation"], _hosts(answer), str(answer["processes"]),
-                     _age(answer["uptime"]), heartbeat, flapped(node), str(answer.get("dropped_to_down_nodes", 0))])
+                     age(answer["uptime"]), heartbeat, flapped(node), str(answer.get("dropped_to_down_nodes", 0))])
     for node in result.missing:
-        heartbeat = f"{_age(ages[node])} (no answer)" if node in ages else "(no answer)"
+        heartbeat = f"{age(ages[node])} (no answer)" if node in ages else "(no answer)"
         rows.append([node, "?", "?", "?", "?", heartbeat, flapped(node), "?"])
     for node in sorted(set(down) - set(result.answers) - set(result.missing)):
         rows.append([node, "?", "?", "?", "?", believed_down(node), flapped(node), "?"])
-    _table(rows)
+    table(rows)
     return _print_missing(result)

@@ -11,6 +11,14 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``ts``, ``level``, ``logger``, ``msg``, ``node`` (when
+    known), and what the record carries besides (a unit's ``entry``, ``pid``,
+    ``trace_id``, a Lua logger's ``fields``: docs/operations.md)."""
+
+    def __init__(self, node: str | None = None) -> None:
+        super().__init__()
+        self.node = node
+
     def format(self, record: logging.LogRecord) -> str:
         out = {
             "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
@@ -18,6 +26,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self.node is not None:
+            out["node"] = self.node
         out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
@@ -31,12 +41,13 @@ def _not_tls_eof_noise(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("returning true from eof_received() has no effect when using ssl")
 
 
-def setup_logging(level: str = "info", fmt: str = "console", *, lua_level: str | None = None) -> None:
+def setup_logging(level: str = "info", fmt: str = "console", *, lua_level: str | None = None,
+                  node: str | None = None) -> None:
     """One handler on stderr at ``level``; the project's Lua logs (``moonwire.lua``:
-    print, logger) at ``lua_level`` when given."""
+    print, logger) at ``lua_level`` when given; JSON records name ``node``."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(node))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()

@@ -11,14 +11,17 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from ._cluster_commands import cmd_call, cmd_send, cmd_spawn, cmd_workflow_query, cmd_workflow_show, cmd_workflow_update
+from ._dlq import cmd_dlq
 from ._listings import cmd_nodes, cmd_ps
 from ._node_commands import cmd_check, cmd_config, cmd_run
 from ._parsing import parse_args
 from ._test_command import cmd_test
+from ._top import cmd_top
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "test": cmd_test, "check": cmd_check, "config": cmd_config, "call": cmd_call, "send": cmd_send,
     "spawn": cmd_spawn, "ps": cmd_ps, "nodes": cmd_nodes, "workflow show": cmd_workflow_show,
+    "top": cmd_top, "dlq": cmd_dlq,
     "workflow update": cmd_workflow_update, "workflow query": cmd_workflow_query,
 }
 

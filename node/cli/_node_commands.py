@@ -19,6 +19,7 @@ from ..workflows import TemporalUnavailable
 from ._commands_run import cmd_list, run_to_completion, target, usage_problem
 from ._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, load, print_problems, stop_on_signals
 from ._logging import setup_logging
+from ._otel import install_spans
 from ._parsing import config_flags
 
 log = logging.getLogger("moonwire")
@@ -37,6 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if isinstance(what, int):
         return what
     node = Node(*loaded)
+    spans = install_spans(node.name)  # OpenTelemetry, when OTEL_TRACES_EXPORTER asks (_otel.py)
     try:
         if what is not None:
             return run_to_completion(node, what)
@@ -49,6 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:
+        if spans is not None:
+            spans.shutdown()  # exports what is still buffered
     return EXIT_OK
 
 

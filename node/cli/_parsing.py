@@ -192,6 +192,9 @@ def build_parser() -> CommandGroup:
                     help="at most this many processes per node and workflows per worker (default 1000)")
     ps.add_argument("--json", action="store_true", help="print the answers as JSON")
     ps.add_argument("--node", dest="target_node", metavar="NODE", help="only this node")
+    # dest: `run --watch` is a configuration flag (`watch`), this one is not.
+    ps.add_argument("--watch", dest="redraw", nargs="?", const=2.0, type=float, metavar="SECONDS",
+                    help="redraw every SECONDS (default 2) until Ctrl-C")
 
     workflow = top.group("workflow", "inspect workflows, send them updates and queries")
     show = workflow.command("show", "print a workflow's status, and its result or error once it has closed")
@@ -211,6 +214,9 @@ def build_parser() -> CommandGroup:
     nodes = top.command("nodes", "list the live nodes, their hosts and heartbeat age, how often each flapped "
                         "(declared down, then heard again), sends dropped towards nodes believed down")
     nodes.add_argument("--json", action="store_true", help="print the answers as JSON")
+    nodes.add_argument("--watch", dest="redraw", nargs="?", const=2.0, type=float, metavar="SECONDS",
+                       help="redraw every SECONDS (default 2) until Ctrl-C")
+    operator_commands(top)
 
     test = top.command("test", "run the project's tests (entries with meta.type: test) on a node of its own, "
                        "one at a time by id; exit 0 only when all pass (5: no tests)")
@@ -230,6 +236,25 @@ def build_parser() -> CommandGroup:
     _project_argument(config)
     _node_options(config)
     return top
+
+
+def operator_commands(top: CommandGroup) -> None:
+    """``top`` and ``dlq`` (docs/operations.md)."""
+    view = top.command("top", "a refreshing view of the cluster: nodes, processes per host, message rates, "
+                       "mailbox depth, dead letters (until Ctrl-C)")
+    view.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="between samples (default 1)")
+    view.add_argument("--count", type=int, default=0, metavar="N", help="stop after N frames")
+    view.add_argument("--once", action="store_true", help="print one frame (rates from two samples) and exit")
+    view.add_argument("--limit", type=int, default=10000, help="processes asked of each node a sample (default 10000)")
+    dlq = top.command("dlq", "list the dead letters kept, oldest first; `dlq replay ID...` or `--all` publishes "
+                      "them again where they failed; `dlq purge` deletes them")
+    dlq.add_argument("action", nargs="?", default="list", choices=["list", "replay", "purge"])
+    dlq.add_argument("ids", nargs="*", type=int, metavar="ID", help="letters to replay, by the ID the list shows")
+    dlq.add_argument("--all", action="store_true", help="replay every letter kept (of --node)")
+    dlq.add_argument("--node", dest="target_node", metavar="NODE", help="only the letters this node dead-lettered")
+    dlq.add_argument("--limit", type=int, default=100, help="list at most this many (default 100)")
+    dlq.add_argument("--rate", type=float, default=1000.0, help="replay at most this many a second (0: no bound)")
+    dlq.add_argument("--json", action="store_true", help="list as JSON lines")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

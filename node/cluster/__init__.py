@@ -13,20 +13,24 @@ through a watch, never a consensus of our own.
   names' rules on a bucket of their own, with waiting for a lock to be freed.
 * ``_cluster.py``: :class:`Cluster`, the node's stores together, and running their
   calls for processes.
+* ``_dead_letters.py``: the stream that keeps dead letters, and reading, replaying and
+  purging them (``moonwire dlq``).
 * ``_jetstream.py``: opening and following a bucket (``BucketStore``); the bound and
   the error conversion every round trip goes through.
 
-Owns: cluster-wide state on JetStream KV. May import: ``wire``, broker, lua; nothing
-from ``processes`` or ``workflows``: the process table depends on this room, not the
-other way.
+Owns: cluster-wide state on JetStream (KV buckets; the dead-letter stream). May import:
+``wire``, broker, lua; nothing from ``processes`` or ``workflows``: the process table
+depends on this room, not the other way.
 """
 
 from ._cluster import Cluster
+from ._dead_letters import LIMITS, DeadLetterStore, StoredLetter, keep_dead_letters, stream_name
 from ._groups import ClusterGroups, GroupsStatistics
 from ._jetstream import replicas_for
 from ._locks import ClusterLocks
 from ._names import ClusterNames, NamesStatistics
 from ._replica import MAX_NAME, Holder, name_problem
 
-__all__ = ["MAX_NAME", "Cluster", "ClusterGroups", "ClusterLocks", "ClusterNames", "GroupsStatistics", "Holder",
-           "NamesStatistics", "name_problem", "replicas_for"]
+__all__ = ["LIMITS", "MAX_NAME", "Cluster", "ClusterGroups", "ClusterLocks", "ClusterNames", "DeadLetterStore",
+           "GroupsStatistics", "Holder", "NamesStatistics", "StoredLetter", "keep_dead_letters", "name_problem",
+           "replicas_for", "stream_name"]

@@ -11,9 +11,10 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from moonwire.broker import Client, Pid, TaskSet
+from moonwire.broker import Client, Pid, Subjects, TaskSet
 from moonwire.lua import Kind, MoonwireError, Outcome, Pending, internal
 
+from ._dead_letters import keep_dead_letters
 from ._groups import ClusterGroups
 from ._locks import ClusterLocks
 from ._names import ClusterNames
@@ -39,6 +40,7 @@ class Cluster:
         self.node = node
         self.incarnation = incarnation
         self._expect = expect
+        self._dead_letters = (nats, Subjects(prefix), replicas, timeout)
         self.names = ClusterNames(nats, prefix=prefix, node=node, incarnation=incarnation, replicas=replicas,
                                   timeout=timeout, retry_interval=retry_interval, on_change=self._held)
         self.locks = ClusterLocks(nats, prefix=prefix, node=node, incarnation=incarnation, replicas=replicas,
@@ -61,6 +63,10 @@ class Cluster:
             store.unavailable_level = logging.INFO  # said once, below, for all of them
         await asyncio.gather(self.names.start(), self.locks.start(), self.groups.start())
         missing = [store for store in stores if store.unavailable_at_start is not None]
+        # Kept, not only published: `moonwire dlq` reads them later (_dead_letters.py).
+        nats, subjects, replicas, timeout = self._dead_letters
+        await keep_dead_letters(nats, subjects, replicas=replicas, timeout=timeout,
+                                level=logging.INFO if missing else logging.WARNING)
         if missing:
             log.warning("cluster names, locks and process groups are unavailable until JetStream answers: %s; "
                         "registering in a cluster scope, locks and pg answer Unavailable meanwhile (is the NATS "

@@ -21,15 +21,18 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from moonwire.broker import MSGPACK_HEADERS, Client, Outbox, Requests, Subjects, TaskSet
-from moonwire.lua import (SECOND, Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, NoProcesses, Outcome,
-                          Pending, ProcessServices, Registry, Security, Unit, check_portable, internal, invalid,
-                          not_found,
-                          parse_duration, settled)
+from moonwire.broker import Client, Outbox, Requests, Subjects, TaskSet
+from moonwire.lua import (Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, NoProcesses, Outcome, Pending,
+                          ProcessServices, Registry, Security, Unit, check_portable, internal, invalid, not_found,
+                          settled)
 
 from ..project import FunctionEntry, Project, ProjectEntries, is_entry_id
+from ._options import timed_out, timeout_seconds as _timeout_seconds
+from ._process_functions import ProcessFunction, process_functions
+from ._served import ServedCalls
 from ..telemetry import CallCounts
-from ..wire import CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome, unpack
+from ..wire import (CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome,
+                    request_trace, unpack)
 from ._code import CodeLoader
 
 log = logging.getLogger("moonwire.functions")
@@ -39,27 +42,6 @@ DEFAULT_REMOTE_TIMEOUT = 60.0
 QUEUE_GROUP = "moonwire"
 
 
-def millis_or_duration(value: Any, what: str) -> float:
-    """Seconds from an option that is a number of milliseconds or a duration string
-    (wippy-surface §0: funcs and Temporal options read bare numbers as ms).
-
-    Raises:
-        MoonwireError: (Invalid) naming ``what``.
-    """
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return value / 1000
-    if isinstance(value, str):
-        try:
-            return parse_duration(value) / SECOND
-        except ValueError as err:
-            raise invalid(f"{what}: {err}") from err
-    raise invalid(f"{what} must be a positive number of milliseconds or a duration, got {value!r}")
-
-
-def _timeout_seconds(options: dict[str, Any]) -> float | None:
-    """The ``timeout`` option, in seconds."""
-    value = options.get("timeout") if options else None
-    return None if value is None else millis_or_duration(value, "timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +180,9 @@ class FunctionPool:
         self._idle = keep
 
     def call(self, args: list[Any], context: dict[str, Any], options: dict[str, Any],
-             security: Security | None = None) -> Outcome | Awaitable[Outcome]:
-        """Run the function (as ``security``'s actor and scope): an Outcome when it
-        finished without waiting, else an awaitable. Counted (and timed) in ``stats``."""
+             security: Security | None = None, trace: str | None = None) -> Outcome | Awaitable[Outcome]:
+        """Run the function (as ``security``'s actor and scope, in ``trace``): an Outcome
+        when it finished without waiting, else an awaitable. Counted (and timed) in ``stats``."""
         started = time.perf_counter()
         self._calls += 1
         try:
@@ -208,17 +190,17 @@ class FunctionPool:
             if self.retry is None and timeout is None:
                 worker = self._try_acquire()
                 if worker is not None:
-                    return self.stats.timed(started, self._start(*worker, args, context, security))
+                    return self.stats.timed(started, self._start(*worker, args, context, security, trace))
         except MoonwireError as err:  # e.g. the chunk did not load: raised, not returned
             return self.stats.timed(started, Outcome(error=err, raised=True))
-        return self.stats.timed(started, self._call_with_policy(args, context, timeout, security))
+        return self.stats.timed(started, self._call_with_policy(args, context, timeout, security, trace))
 
     def _start(self, state: LuaState, fn: Any, args: list[Any], context: dict[str, Any],
-               security: Security | None) -> Outcome | Awaitable[Outcome]:
+               security: Security | None, trace: str | None) -> Outcome | Awaitable[Outcome]:
         """Run on an acquired worker: the Outcome when it finished without waiting, else
         an awaitable that finishes it. The worker goes back to the pool either way."""
         unit = Unit(state, self.entry.id, context=context, services=self.functions,
-                    processes=self.functions.processes, security=security)
+                    processes=self.functions.processes, security=security, trace=trace)
         try:
             outcome = unit.begin(fn, args)
         except BaseException:  # arguments Lua cannot hold: the worker goes back, not lost
@@ -235,21 +217,22 @@ class FunctionPool:
         finally:
             self._release(state, fn)
 
-    async def _run_once(self, args: list[Any], context: dict[str, Any], security: Security | None) -> Outcome:
+    async def _run_once(self, args: list[Any], context: dict[str, Any], security: Security | None,
+                        trace: str | None) -> Outcome:
         state, fn = await self._acquire()
-        return await settled(self._start(state, fn, args, context, security))
+        return await settled(self._start(state, fn, args, context, security, trace))
 
     async def _call_with_policy(self, args: list[Any], context: dict[str, Any], timeout: float | None,
-                                security: Security | None) -> Outcome:
+                                security: Security | None, trace: str | None) -> Outcome:
         attempts = self.retry.max_attempts if self.retry else 1
         delay = self.retry.initial_delay if self.retry else 0.0
         for attempt in range(1, attempts + 1):
             try:
                 async with asyncio.timeout(timeout):
-                    outcome = await self._run_once(args, context, security)
+                    outcome = await self._run_once(args, context, security, trace)
             except TimeoutError:
-                outcome = Outcome(error=MoonwireError(
-                    f"call to {self.entry.id} timed out after {timeout * 1000:.0f}ms", Kind.TIMEOUT, retryable=True))
+                assert timeout is not None
+                outcome = Outcome(error=timed_out(self.entry.id, timeout))
             except MoonwireError as err:
                 outcome = Outcome(error=err, raised=True)
             if outcome.ok or attempt == attempts or not outcome.error or not outcome.error.is_retryable():
@@ -291,14 +274,19 @@ class Functions:
         """Where a call without a reply subject that cannot be served goes."""
         self.processes: ProcessServices = NoProcesses()
         """The process API of function calls: the node's process table (:meth:`use_processes`)."""
+        self.process_functions = process_functions(project, self)
+        """Process entries with a ``default_host``, called and served as functions."""
+        self.served: ServedCalls | None = None
+        """The calls served for other nodes that did not finish at once (set by the node)."""
 
     # ------------------------------------------------------------ calling
 
     def call(self, caller: Unit | None, target: str, args: list[Any], context: dict[str, Any],
-             options: dict[str, Any], security: Security | None = None) -> Answer:
-        pool = self.pools.get(target)
+             options: dict[str, Any], security: Security | None = None, trace: str | None = None) -> Answer:
+        pool = self.pools.get(target) or self.process_functions.get(target)
+        trace = caller.traceparent() if caller is not None else trace
         if pool is not None:
-            return pool.call(args, context, options, security)
+            return pool.call(args, context, options, security, trace)
         if not is_entry_id(target):  # it names no entry anywhere, and must not reach a subject
             return Outcome(error=invalid(f"invalid function id {target!r}: expected namespace:name"))
         if self.requests is None:
@@ -308,12 +296,12 @@ class Functions:
         except MoonwireError as err:
             return Outcome(error=err)
         call = _RemoteCall(target, wait)
-        body: dict[str, Any] = {"args": args, "ctx": context}
+        body: dict[str, Any] = {"args": args, "ctx": context, "trace": trace}
         if security is not None:  # optional: a node that does not know the field ignores it
             body["security"] = security.to_wire()
         call.abandon = self.requests.request_nowait(
             self.subjects.function(target), pack(body), timeout=wait,
-            headers=MSGPACK_HEADERS, callback=call.on_reply)
+            headers=self.requests.headers, callback=call.on_reply)
         return call
 
     # ------------------------------------------------------------ serving
@@ -331,18 +319,21 @@ class Functions:
             pool.prewarm()
         if self.nats is None:
             return
-        for entry_id in self.pools:
+        served = [*self.pools, *self.process_functions]
+        for entry_id in served:
             await self.subscribe(entry_id)
-        if self.pools:
-            log.info("serving %d function(s): %s", len(self.pools), ", ".join(sorted(self.pools)))
+        if served:
+            log.info("serving %d function(s): %s", len(served), ", ".join(sorted(served)))
 
     async def subscribe(self, entry_id: str) -> None:
-        """Serve ``entry_id`` on its queue group (from its pool as it is at each request)."""
-        if self.nats is not None:
+        """Serve ``entry_id`` on its queue group (from its pool as it is at each request).
+        Once: an entry that turns from a process-function into a function (a reload) is
+        subscribed already, and a second subscription would outlive its removal."""
+        if self.nats is not None and entry_id not in self._subscriptions:
             self._subscriptions[entry_id] = await self.nats.subscribe_direct(
                 self.subjects.function(entry_id), functools.partial(self._serve_current, entry_id), queue=QUEUE_GROUP)
 
-    def served(self) -> list[str]:
+    def served_entries(self) -> list[str]:
         """The entry ids whose ``mw.fn.<id>`` this node serves now (its ``nats micro`` endpoints)."""
         return list(self._subscriptions)
 
@@ -351,9 +342,9 @@ class Functions:
             await subscription.unsubscribe()
 
     def _serve_current(self, entry_id: str, msg: Msg) -> None:
-        """A request for ``entry_id``, served by its pool as it is now (a reload may have
-        replaced it, or removed it while the request was on its way)."""
-        pool = self.pools.get(entry_id)
+        """A request for ``entry_id``, served by its pool (or process entry) as it is now
+        (a reload may have replaced it, or removed it while the request was on its way)."""
+        pool = self.pools.get(entry_id) or self.process_functions.get(entry_id)
         if pool is not None:
             self._serve_one(msg, pool)
         elif msg.reply and self.outbox is not None:
@@ -361,7 +352,7 @@ class Functions:
                                          (msg.headers or {}).get(CONTENT_TYPE))
             self.outbox.publish_nowait(msg.reply, body, headers=headers)
 
-    def _serve_one(self, msg: Msg, pool: FunctionPool) -> None:
+    def _serve_one(self, msg: Msg, pool: FunctionPool | ProcessFunction) -> None:
         # Called from the connection's read loop: answer at once when the call finishes
         # without waiting, else hand it to a task owned by this service. Its one body:
         # nothing raises into the read loop; every call ends in a reply (or, without a
@@ -376,24 +367,27 @@ class Functions:
             # Only the full form ({"args", "ctx", "security"?}) carries an actor and scope.
             full = isinstance(data, dict) and "args" in data
             security = Security.from_wire(data.get("security")) if full else None
+            trace = request_trace(data if full else None, msg.headers)
         except MoonwireError as err:
             log.warning("bad request for %s: %s", pool.entry.id, err.message)
             self._reply(msg, content_type, pool, Outcome(error=err), bad_request=True)
             return
         try:
-            result = pool.call(args, context, {}, security)
+            result = pool.call(args, context, {}, security, trace)
         except Exception as err:  # noqa: BLE001 - a bug must not reach the read loop; the caller is told
             log.exception("serving a call to %s failed", pool.entry.id)
             result = Outcome(error=internal(f"serving the call failed: {type(err).__name__}: {err}"))
         if isinstance(result, Outcome):
             self._reply(msg, content_type, pool, result)
             return
-        self._inflight.start(self._reply_later(msg, content_type, pool, result), f"serving {pool.entry.id}")
+        task = self._inflight.start(self._reply_later(msg, content_type, pool, result), f"serving {pool.entry.id}")
+        if self.served is not None:  # a calling node is told who took it, and can give it up
+            self.served.took(msg, task)
 
-    async def _reply_later(self, msg: Msg, content_type: str | None, pool: FunctionPool,
-                           result: Awaitable[Outcome]) -> None:
+    async def _reply_later(self, msg: Msg, content_type: str | None, pool: FunctionPool | ProcessFunction,
+                           result: Answer) -> None:
         try:
-            outcome = await result
+            outcome = await settled(result)
         except MoonwireError as err:
             outcome = Outcome(error=err)
         except Exception as err:  # noqa: BLE001 - the caller is told, not left to time out
@@ -401,7 +395,7 @@ class Functions:
             outcome = Outcome(error=internal(f"serving the call failed: {type(err).__name__}: {err}"))
         self._reply(msg, content_type, pool, outcome)
 
-    def _reply(self, msg: Msg, content_type: str | None, pool: FunctionPool, outcome: Outcome,
+    def _reply(self, msg: Msg, content_type: str | None, pool: FunctionPool | ProcessFunction, outcome: Outcome,
                bad_request: bool = False) -> None:
         if not msg.reply:
             if bad_request and self.dead_letter is not None:
@@ -442,8 +436,7 @@ def call_unanswered(target: str, missing: Unanswered) -> MoonwireError:
     if missing.why is Why.NO_RESPONDERS:
         return not_found(f"function {target} not found: no node serves it")
     if missing.why is Why.TIMEOUT:
-        return MoonwireError(f"call to {target} timed out after {missing.wait * 1000:.0f}ms", Kind.TIMEOUT,
-                             retryable=True)
+        return timed_out(target, missing.wait)
     return MoonwireError(f"call to {target} abandoned: {missing}", Kind.CANCELED, retryable=True)
 
 

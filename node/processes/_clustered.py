@@ -128,7 +128,7 @@ class ClusterCalls:
             return cluster.call(cluster.groups.leave(_text(group, "group"), member), f"leaving process group {group!r}")
         if verb == "pg.broadcast":
             group, topic, *payloads = args
-            body, headers = encode(Message(_text(topic, "topic"), payloads, self.pid_of(unit)))
+            body, headers = encode(Message(_text(topic, "topic"), payloads, self.pid_of(unit), unit.traceparent()))
             return cluster.call(_done(cluster.groups.publish(_text(group, "group"), topic, body, headers)),
                                 f"broadcasting to process group {group!r}")
         raise invalid(f"unknown cluster request {verb!r}")

@@ -28,15 +28,16 @@ from nats.aio.subscription import Subscription
 from moonwire.broker import Outbox, Pid, Streams, Subjects
 from moonwire.lua import MoonwireError, Outcome, Pending, internal, invalid
 
-from ..wire import CONTENT_TYPE, DeadLetter, answer, decode_outside_spawn, encode_spawn, unpack
+from ..wire import (CONTENT_TYPE, DeadLetter, answer, decode_outside_spawn, encode_spawn, taken_headers, tell_taken,
+                    to_json, unpack)
 from ._remote import ORDERED_VERBS, SPAWN_QUEUE
 from ._table import ProcessTable
 
 log = logging.getLogger("moonwire.control")
 
 SURVEY_VERBS = frozenset({"info", "ps"})
-CONTROL_VERBS = frozenset({"monitor", "link", "unmonitor", "unlink", "cancel", "terminate", "spawn", "lookup"}
-                          ) | SURVEY_VERBS
+CONTROL_VERBS = frozenset({"monitor", "link", "unmonitor", "unlink", "cancel", "terminate", "spawn", "lookup",
+                           "abandon"}) | SURVEY_VERBS
 _WILDCARDS = frozenset("*>")
 """NATS wildcards: a name holding one was surely meant as a pattern, which no lookup is."""
 
@@ -56,6 +57,7 @@ class ControlPlane:
         self.dead_letter = dead_letter
         """Where a request without a reply subject that cannot be served goes."""
         self._subscriptions: list[Subscription] = []
+        self._taken = taken_headers(node, table.pids.epoch)
 
     async def start(self) -> None:
         """Serve this node's control subject, the survey subjects, and the spawn queue
@@ -101,7 +103,11 @@ class ControlPlane:
         if verb == "spawn":
             return self._spawn(data, None)
         _check_fields(verb, data)
-        return self.table.control(verb, data)
+        if verb == "abandon":  # a node gave up a call served here (functions/_served.py)
+            served = self.table.functions.served
+            return served is not None and served.abandon(data["reply"])
+        value = self.table.control(verb, data)
+        return _fitting(value, self.nats.max_payload) if verb in SURVEY_VERBS else value
 
     def _spawn(self, data: dict[str, Any], host: str | None) -> Any:
         """A spawn in moonwire's own form (``{"request", "parent"}``: the answer is the PID)
@@ -128,7 +134,8 @@ class ControlPlane:
             if not isinstance(data, dict):
                 raise invalid("a control request body must be a map")
             value = run(data)
-            if isinstance(value, Pending):  # answered later (a workflow start, say)
+            if isinstance(value, Pending):  # answered later (a workflow start, say): a node that asks is told
+                tell_taken(msg, self.outbox.publish_nowait, self._taken)
                 value.listen(lambda outcome: self._reply(msg, outcome))
                 return
             outcome = Outcome(value=value)
@@ -144,6 +151,22 @@ class ControlPlane:
 
     def _reply(self, msg: Msg, outcome: Outcome) -> None:
         answer(msg, outcome, self.outbox.publish_nowait, self.dead_letter)
+
+
+def _fitting(info: Any, max_payload: int) -> Any:
+    """A ``ps`` answer whose process list is cut to what one NATS message holds (its
+    counts stay exact): a reply over the server's max_payload is never published, and
+    the node would look silent (``moonwire top``)."""
+    listed = info.get("list") if isinstance(info, dict) else None
+    room = max_payload - 1024  # the reply's map and headers
+    if not listed or max_payload <= 0:
+        return info
+    size = len(to_json({"result": info}))  # a JSON request is answered in JSON, the longer
+    while size > room and listed:
+        listed = listed[:int(len(listed) * room / size * 0.95)]
+        info["list"] = listed
+        size = len(to_json({"result": info}))
+    return info
 
 
 def _unknown(verb: str) -> Any:
@@ -172,6 +195,9 @@ def _check_fields(verb: str, data: dict[str, Any]) -> None:
         for field in ("by", "reason"):
             if not isinstance(data.get(field, ""), str):
                 raise invalid(f"malformed {verb}: {field!r} must be a text")
+    elif verb == "abandon":
+        if not isinstance(data.get("reply"), str):
+            raise invalid("malformed abandon: 'reply' must be the reply subject of a call")
     elif verb in SURVEY_VERBS:
         limit = data.get("limit", 0)
         if not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0):

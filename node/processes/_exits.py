@@ -128,7 +128,8 @@ class Exits:
         outcome = record.unit.outcome
         assert outcome is not None
         if outcome.error is not None and outcome.error.kind != Kind.CANCELED:
-            log.warning("process %s (%s) exited with an error: %s", pid, record.entry, outcome.error)
+            log.warning("process %s (%s) exited with an error: %s", pid, record.entry, outcome.error,
+                        extra=record.unit.log_fields())
         if record.shard is not None:
             self.hosts[record.host].release(record.shard)
             self.counts.exited(record.host, outcome.error)
@@ -163,7 +164,7 @@ class Exits:
                 failed.append(f"LINK_DOWN to {peer_pid}: {type(err).__name__}: {err}")
         if failed:
             log.error("process %s exited; %d of its exit notices failed (the others were sent): %s", pid,
-                      len(failed), "; ".join(failed[:5]))
+                      len(failed), "; ".join(failed[:5]), extra=record.unit.log_fields())
         for hook in record.exit_hooks or ():
             try:
                 hook(outcome)

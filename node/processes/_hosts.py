@@ -186,7 +186,7 @@ class ProcessHost:
             except MoonwireError as err:
                 unit.abort(err)
             except Exception as err:  # noqa: BLE001 - a bug must end one process, not the scheduler
-                log.exception("%s: scheduler error in %s", self.id, unit.pid)
+                log.exception("%s: scheduler error in %s", self.id, unit.pid, extra=unit.log_fields())
                 unit.abort(internal(f"scheduler error: {type(err).__name__}: {err}"))
         if queue:
             self.loop.call_soon(self._drain)

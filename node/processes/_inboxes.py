@@ -40,15 +40,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from moonwire.broker import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Client, Envelope, Headers, Outbox, Pid, Streams, Subjects, Tally, batch_items, reason_key)
-from moonwire.lua import Event, Message, MoonwireError, check_portable, loads_json
+from moonwire.lua import Event, Message, MoonwireError, check_portable, loads_json, parse_traceparent
 
 from ..cluster import MAX_NAME
-from ..wire import EVENT_HEADER, JSON, decode_event, pack, unpack
+from ..wire import DLQ_REASON, DLQ_SUBJECT, EVENT_HEADER, JSON, decode_event, pack, request_trace, unpack
 
 log = logging.getLogger("moonwire.inboxes")
 
-REASON_HEADER = "Mw-Dlq-Reason"
-SUBJECT_HEADER = "Mw-Dlq-Subject"
 DEFAULT_MAX_BODY = 1024 * 1024
 DEAD_LETTERS_WAITING = 4096
 """Dead letters that may wait for the data connection's write buffer; past it one is
@@ -79,7 +77,7 @@ def encode(message: Message) -> tuple[bytes, dict[str, str]]:
 
 
 def envelope(message: Message) -> Envelope:
-    return Envelope(message.topic, message.sender, pack(message.payloads))
+    return Envelope(message.topic, message.sender, pack(message.payloads), message.trace or "")
 
 
 def decode(topic_from_subject: str, headers: dict[str, str], body: bytes, max_body: int) -> Message:
@@ -114,11 +112,12 @@ def decode(topic_from_subject: str, headers: dict[str, str], body: bytes, max_bo
         raise Undeliverable(err.message) from None
     except UnicodeDecodeError:
         raise Undeliverable("a text body is not UTF-8") from None
-    return _checked_payloads(topic, sender, payloads)
+    return _checked_payloads(topic, sender, payloads, request_trace(None, headers))
 
 
-def decode_item(item: bytes, max_body: int, known_sender: str = "") -> Message:
-    """The message an item of a batch carries (``known_sender``: one already checked).
+def decode_item(item: bytes, max_body: int, known_sender: str = "", batch_trace: str | None = None) -> Message:
+    """The message an item of a batch carries (``known_sender``: one already checked;
+    ``batch_trace``: the batch's, for an item without its own)
 
     Raises:
         Undeliverable: naming what is wrong with it.
@@ -129,12 +128,13 @@ def decode_item(item: bytes, max_body: int, known_sender: str = "") -> Message:
         fields = unpack(item, MSGPACK)
     except MoonwireError as err:
         raise Undeliverable(err.message) from None
-    if not (isinstance(fields, list) and len(fields) == 3 and isinstance(fields[0], str)
+    if not (isinstance(fields, list) and len(fields) in (3, 4) and isinstance(fields[0], str)
             and isinstance(fields[1], str)):
-        raise Undeliverable("a batch item must be [topic, sender, payloads]")
-    topic, sender, payloads = fields
+        raise Undeliverable("a batch item must be [topic, sender, payloads] or [topic, sender, payloads, trace]")
+    topic, sender, payloads = fields[0], fields[1], fields[2]
     _check_address(topic, "" if sender == known_sender else sender)
-    return _checked_payloads(topic, sender, payloads)
+    return _checked_payloads(topic, sender, payloads,
+                             batch_trace if len(fields) == 3 else parse_traceparent(fields[3]))
 
 
 def _check_address(topic: str, sender: str) -> None:
@@ -146,14 +146,14 @@ def _check_address(topic: str, sender: str) -> None:
         raise Undeliverable(f"{FROM_HEADER} {sender!r} is not a PID")
 
 
-def _checked_payloads(topic: str, sender: str, payloads: object) -> Message:
+def _checked_payloads(topic: str, sender: str, payloads: object, trace: str | None) -> Message:
     if not isinstance(payloads, list):
         raise Undeliverable(f"a msgpack body must be a list of payloads, got {type(payloads).__name__}")
     try:
         check_portable(payloads)
     except MoonwireError as err:
         raise Undeliverable(err.message) from None
-    return Message(topic, payloads, sender)
+    return Message(topic, payloads, sender, trace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,10 +315,10 @@ class NodeInboxes:
         except ValueError as err:
             self._dead_letter(msg, str(err))
             return
-        sender = ""
+        sender, shared = "", request_trace(None, msg.headers)  # one sender's burst: its trace, once
         for item in items:
             try:
-                message = decode_item(item, self.max_body, sender)
+                message = decode_item(item, self.max_body, sender, shared)
                 sender = message.sender
                 self.deliver(uid, message)
                 self.stats.delivered += 1
@@ -326,10 +326,11 @@ class NodeInboxes:
                 # Alone, as it would have come without a batch (or as the item it is).
                 try:
                     fields = unpack(item, MSGPACK)
-                    if not (isinstance(fields, list) and len(fields) == 3 and isinstance(fields[0], str)
+                    if not (isinstance(fields, list) and len(fields) in (3, 4) and isinstance(fields[0], str)
                             and isinstance(fields[1], str)):  # header values must be strings
                         raise TypeError("not an item")
-                    body, headers = Envelope(fields[0], fields[1], pack(fields[2])).alone()
+                    trace = parse_traceparent(fields[3]) if len(fields) == 4 else shared
+                    body, headers = Envelope(fields[0], fields[1], pack(fields[2]), trace or "").alone()
                 except (MoonwireError, TypeError, ValueError):
                     body, headers = item, {CONTENT_TYPE: MSGPACK}
                 self.stats.dead_lettered += 1
@@ -448,8 +449,8 @@ def _dead_letter_headers(headers: dict[str, str] | None, subject: str, reason: s
     """The message's headers plus the reason and subject: a :class:`broker.Headers` (the
     fast publish path) when every header is one it can encode, else a plain dict."""
     merged = dict(headers or {})
-    merged[REASON_HEADER] = " ".join(reason.splitlines())  # a header value holds no line break
-    merged[SUBJECT_HEADER] = subject
+    merged[DLQ_REASON] = " ".join(reason.splitlines())  # a header value holds no line break
+    merged[DLQ_SUBJECT] = subject
     try:
         return Headers(merged)
     except ValueError:

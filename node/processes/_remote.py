@@ -138,30 +138,33 @@ class RemoteNodes:
                 on_reply: Callable[[Outcome], None]) -> Callable[[], None]:
         """Ask ``node`` to run ``verb``. ``on_reply`` gets the answer's value, or its
         error: NotFound (noproc) when the target does not exist, Unavailable (node down)
-        when no node answers for it or none answers in time. Returns a function that
-        abandons the request."""
+        when no node answers for it, none answers in time, or ``node`` goes down first.
+        Returns a function that abandons the request."""
         # A cancel or terminate travels on the control connection, the messages sent before
         # it on the stream to that node (the data connection there): it carries how far
         # that stream had got, and the target's node runs it only once it got that far.
         return self._ask(self.subjects.control(node, verb), body, on_reply,
-                         lambda missing: node_down(node, str(missing)), after=node if verb in ORDERED_VERBS else "")
+                         lambda missing: node_down(node, str(missing)), node,
+                         after=node if verb in ORDERED_VERBS else "")
 
     def spawn(self, request: SpawnRequest, parent: str, node: str | None,
               on_reply: Callable[[Outcome], None]) -> Callable[[], None]:
         """Start ``request`` on ``node``, or on whichever node runs its host; the answer
         is the child's PID."""
         subject, nobody = spawn_route(self.subjects, request, node)
-        return self._ask(subject, encode_spawn(request, parent), on_reply, nobody)
+        return self._ask(subject, encode_spawn(request, parent), on_reply, nobody, node)
 
     def _ask(self, subject: str, body: dict[str, Any], on_reply: Callable[[Outcome], None],
-             describe: Describe, after: str = "") -> Callable[[], None]:
+             describe: Describe, node: str | None, after: str = "") -> Callable[[], None]:
+        """A request to ``node`` (None: a queue group), which fails with a node-down error
+        if that node (or the one that took it from the queue group) goes down first."""
         def answered(reply: Msg | BaseException) -> None:
             if isinstance(reply, BaseException) and why_unanswered(reply) is Why.STOPPING:
                 return  # the node is stopping; whoever waited is being stopped too
             on_reply(reply_outcome(reply, describe, CONTROL_TIMEOUT))
 
         return self.requests.request_nowait(subject, pack(body), timeout=CONTROL_TIMEOUT, callback=answered,
-                                            headers=MSGPACK_HEADERS, after=after)
+                                            headers=self.requests.headers, after=after, node=node)
 
     def notify(self, verb: str, node: str, body: dict[str, Any]) -> None:
         self.outbox.publish_nowait(self.subjects.control(node, verb), pack(body), headers=MSGPACK_HEADERS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from moonwire.broker import Pid, PidAllocator
 from moonwire.lua import (LINK_DOWN, Answer, Event, Kind, Mailbox, Message, MoonwireError, Outcome, Pending,
@@ -48,6 +48,8 @@ class Spawning:
     if TYPE_CHECKING:
         def _cluster(self) -> Cluster: ...
 
+        def control(self, verb: str, data: dict[str, Any]) -> Any: ...
+
     def spawn_hosts(self) -> list[str]:
         """The hosts other nodes may spawn on here: process hosts (all but the built-in
         terminal host) and Temporal workers."""
@@ -58,6 +60,25 @@ class Spawning:
 
     def exec(self, unit: Unit | None, request: SpawnRequest) -> Answer:
         return self._spawn(unit, request, wait_exit=True)
+
+    def call_process(self, request: SpawnRequest, reason: str) -> Answer:
+        """A process entry called as a function (wippy-modules §12.2): start it here, on
+        its ``default_host``, with no parent; the answer is its exit result, and the
+        exit hook is the hidden watcher. Dropping the answer (the caller gave up) posts
+        CANCEL with ``reason``; the process decides what to do with it."""
+        pending = Pending()
+        try:
+            pid = self.start(request, on_exit=pending.settle)
+        except MoonwireError as err:
+            return Outcome(error=err)
+
+        def cancel() -> None:
+            record = self.records.get(pid)
+            if record is not None and record.unit.outcome is None:
+                self.control("cancel", {"target": pid, "reason": reason})
+
+        pending.abandon = cancel
+        return pending
 
     def _spawn(self, unit: Unit | None, request: SpawnRequest, wait_exit: bool) -> Answer:
         """Spawn here when this node runs the host (and the spawner pins no other node),
@@ -253,9 +274,9 @@ class Spawning:
 
         pid = pid or self.pids.next(host.id)
         child = Unit(shard.state, entry.id, context=dict(request.context), services=self.functions,
-                     processes=self, loop=host.loop, security=request.security)
+                     processes=self, loop=host.loop, security=request.security, trace=request.trace)
         child.pid = pid
-        child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit)
+        child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit, child)
         child.notify = host.ready
         record = ProcessRecord(pid, child, entry.id, host.id, shard, code=code)
         self._add(record)
@@ -277,7 +298,7 @@ class Spawning:
         if on_exit is not None:
             record.exit_hooks = [on_exit]
         for topic, payloads in request.messages:
-            child.mailbox.post(Message(topic, payloads, parent))
+            child.mailbox.post(Message(topic, payloads, parent, request.trace))
         try:
             child.start(export, request.args)
         except MoonwireError as err:  # arguments Lua cannot hold: it exits before it ran

@@ -79,7 +79,7 @@ class ProcessTable(Spawning, Exits, ClusterCalls, Upgrading):
         self.started = time.monotonic()
         self.counts = ProcessCounts(node)
         self.metrics: Callable[[], dict[str, float]] | None = None
-        """The node's metrics by name, for ``info`` (``moonwire nodes``); set by the node."""
+        """The node's metrics by name, for ``info`` and ``ps`` (``moonwire nodes``, ``top``); set by the node."""
 
     # ------------------------------------------------------------ lookups
 
@@ -112,7 +112,7 @@ class ProcessTable(Spawning, Exits, ClusterCalls, Upgrading):
         if unit.pid is None:  # a function call using the process API: a PID for the call
             pid = self.pids.next(FUNCTION_HOST)
             unit.pid = pid
-            unit.mailbox = Mailbox(unit.state, self.mailbox_limit)
+            unit.mailbox = Mailbox(unit.state, self.mailbox_limit, unit)
             self._add(ProcessRecord(pid, unit, unit.label, FUNCTION_HOST, None))
         return unit.pid
 
@@ -126,7 +126,8 @@ class ProcessTable(Spawning, Exits, ClusterCalls, Upgrading):
     # ------------------------------------------------------------ messages
 
     def send(self, unit: Unit | None, dest: str, topic: str, payloads: list[Any]) -> None:
-        self.route(dest, Message(topic, payloads, self.pid_of(unit) if unit is not None else ""))
+        self.route(dest, Message(topic, payloads, self.pid_of(unit), unit.traceparent()) if unit is not None
+                   else Message(topic, payloads))
 
     def route(self, dest: str, message: Message) -> None:
         """Deliver ``message`` to ``dest``: a local process, a process on another node,
@@ -354,7 +355,7 @@ class ProcessTable(Spawning, Exits, ClusterCalls, Upgrading):
                                       "max_processes": h.settings.max_processes}
                                for h in self.hosts.values() if h.id != TERMINAL_HOST},
         }
-        if self.metrics is not None and not processes:
+        if self.metrics is not None:
             info["metrics"] = self.metrics()
         if processes:
             info["list"] = [

@@ -171,7 +171,28 @@ class FunctionEntry(LuaEntry):
 class ProcessEntry(LuaEntry):
     kind: Literal["process.lua"] = "process.lua"
 
-    references = (*LuaEntry.references, _ACTIVITY_REF)
+    # wippy-modules §12.2: a process entry with a default host is also a function.
+    references = (*LuaEntry.references, _ACTIVITY_REF, ("meta.default_host", ("process.host",)),
+                  ("meta.options.default_host", ("process.host",)))
+
+    @field_validator("meta")
+    @classmethod
+    def _default_host_is_an_id(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        options = meta.get("options", {})
+        for where, holder in (("default_host", meta), ("options.default_host", options)):
+            if isinstance(holder, dict) and "default_host" in holder and not (
+                    isinstance(holder["default_host"], str) and holder["default_host"]):
+                raise ValueError(f"{where} must be a process.host id (namespace:name), "
+                                 f"got {holder['default_host']!r}")
+        return meta
+
+    @property
+    def default_host(self) -> str | None:
+        """The host a call of this entry as a function spawns it on: ``meta.options.default_host``,
+        else ``meta.default_host`` (wippy-modules §12.2); None: not a function."""
+        options = self.meta.get("options")
+        host = options.get("default_host") if isinstance(options, dict) else None
+        return host or self.meta.get("default_host") or None
 
 
 class WorkflowEntry(LuaEntry):

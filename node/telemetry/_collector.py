@@ -135,16 +135,24 @@ class NodeMetrics(Collector):
         return encoder(self.registry), content_type
 
     def snapshot(self) -> dict[str, float]:
-        """Every sample but histogram buckets, as ``name{label="value",...}`` -> value:
-        the ``metrics`` of this node's answer to ``info`` (``moonwire nodes``, ``moonwire
-        top``). Averages come from a histogram's ``_sum`` and ``_count``."""
+        """Every sample but histogram buckets, as ``name{label="value",...}`` -> value,
+        and each labelled counter's sum under its bare name (``moonwire_messages_delivered_total``):
+        the ``metrics`` of this node's ``info`` and ``ps`` answers (``moonwire nodes``,
+        ``moonwire top``). Averages come from a histogram's ``_sum`` and ``_count``."""
         out: dict[str, float] = {}
         for family in self.collect():
+            totals: dict[str, float] = {}
             for sample in family.samples:
                 if sample.name.endswith("_bucket"):
                     continue
+                if not sample.labels:
+                    out[sample.name] = sample.value
+                    continue
                 labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
-                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+                out[f"{sample.name}{{{labels}}}"] = sample.value
+                if family.type == "counter":
+                    totals[sample.name] = totals.get(sample.name, 0) + sample.value
+            out.update(totals)
         return out
 
     def collect(self) -> Iterator[Metric]:
@@ -188,7 +196,7 @@ class NodeMetrics(Collector):
         yield from (alive, memory, states, spawns, exits, downs)
 
     def _messages(self, parts: Parts) -> Iterator[Metric]:
-        received = CounterMetricFamily(f"{PREFIX}messages_received", "messages delivered to this node's processes, "
+        delivered = CounterMetricFamily(f"{PREFIX}messages_delivered", "messages delivered to this node's processes, "
                                        "by origin (local, remote, workflow, outside)", labels=["origin"])
         sent = CounterMetricFamily(f"{PREFIX}messages_sent", "messages this node's processes sent, by route "
                                    "(local, remote: another node, workflow: a signal)", labels=["route"])
@@ -204,7 +212,7 @@ class NodeMetrics(Collector):
         if table is not None:
             by_origin = table.counts.by_origin()
             for origin in ORIGINS:
-                received.add_metric([origin], by_origin[origin])
+                delivered.add_metric([origin], by_origin[origin])
             sent.add_metric(["local"], by_origin["local"])
             with _reading("mailboxes"):
                 depths = Buckets(MAILBOX_BUCKETS)
@@ -226,7 +234,7 @@ class NodeMetrics(Collector):
                 for (source, reason), n in totals.items():
                     dead.add_metric([source, reason], n)
                 dead_dropped.add_metric([], statistics.dropped)
-        yield from (received, sent, dropped, depth, dead, dead_dropped)
+        yield from (delivered, sent, dropped, depth, dead, dead_dropped)
 
     def _functions(self, parts: Parts) -> Iterator[Metric]:
         yield from _call_families(("function_calls", "function_call"), "calls of a function run on this node "

@@ -13,7 +13,7 @@ Answers (JSON, on the control connection's outbox, like every reply of the node)
 
 * ``$SRV.PING[.moonwire[.<node>]]``: ``io.nats.micro.v1.ping_response``;
 * ``$SRV.INFO[...]``: ``io.nats.micro.v1.info_response``, the endpoints as
-  ``Functions.served()`` lists them now;
+  ``Functions.served_entries()`` lists them now;
 * ``$SRV.STATS[...]``: ``io.nats.micro.v1.stats_response``: per endpoint the same
   counts the node's metrics export (``Functions.calls``), so a local ``funcs.call`` of a
   function this node serves counts too: it runs that endpoint's code without NATS.

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from moonwire.lua import Event, Kind, MoonwireError, Security, SpawnRequest, check_portable, invalid
+from moonwire.lua import Event, Kind, MoonwireError, Security, SpawnRequest, check_portable, invalid, parse_traceparent
 
 from ._payload import CONTENT_TYPE, MSGPACK, pack, unpack
 
@@ -71,6 +71,7 @@ def decode_spawn(data: dict[str, Any]) -> tuple[SpawnRequest, str]:
             raise TypeError("expected {request, parent}")
         request = SpawnRequest(**fields)
         request.security = Security.from_wire(data.get("security"))  # what fields said is not it
+        request.trace = parse_traceparent(request.trace)  # from the wire: checked, else none
         request.messages = [(str(topic), list(payloads)) for topic, payloads in request.messages]
         if not (isinstance(request.entry, str) and isinstance(request.host, str) and isinstance(request.args, list)
                 and isinstance(request.context, dict) and isinstance(request.options, dict)

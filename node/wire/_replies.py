@@ -28,9 +28,11 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeout
 
-from moonwire.broker import CONTENT_TYPE, MSGPACK, MSGPACK_HEADERS, Headers, NoResponders, RequestTimeout
+from moonwire.broker import (CALLER, CONTENT_TYPE, MSGPACK, MSGPACK_HEADERS, TAKEN, Headers, NodeDown, NoResponders,
+                             RequestTimeout)
 from moonwire.lua import Kind, MoonwireError, Outcome, internal, invalid
 
+from ._events import node_down
 from ._payload import JSON_HEADERS, error_map, pack, to_json, unpack
 
 
@@ -39,6 +41,7 @@ class Why(Enum):
     TIMEOUT = "no answer in time"
     STOPPING = "this node is stopping"
     CLOSED = "the connection to NATS is closed"
+    NODE_DOWN = "the node that took it went down"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,9 @@ def _encode(outcome: Outcome, as_msgpack: bool) -> bytes:
 
 DeadLetter = Callable[[str, bytes, "dict[str, str] | None", str], None]
 """Republishes a message (subject, body, headers) with a reason to the dead-letter queue."""
+DLQ_REASON = "Mw-Dlq-Reason"
+DLQ_SUBJECT = "Mw-Dlq-Subject"
+"""The headers a dead letter gets beside its own: why, and the subject it came on."""
 
 
 def answer(msg: Msg, outcome: Outcome, publish: Callable[..., None], dead_letter: DeadLetter) -> None:
@@ -131,12 +137,32 @@ def why_unanswered(happened: BaseException) -> Why:
         return Why.TIMEOUT
     if isinstance(happened, ConnectionClosedError):
         return Why.CLOSED
+    if isinstance(happened, NodeDown):
+        return Why.NODE_DOWN
     return Why.STOPPING
 
 
 def unanswered(happened: BaseException, describe: Describe, wait: float) -> MoonwireError:
-    """The error for a request that got ``happened`` instead of a reply."""
+    """The error for a request that got ``happened`` instead of a reply: the node-down
+    error when the node holding it went down (the same whatever was asked), else what
+    ``describe`` makes of it."""
+    if isinstance(happened, NodeDown):
+        return node_down(happened.node, happened.reason)
     return describe(Unanswered(why_unanswered(happened), wait))
+
+
+def taken_headers(node: str, incarnation: str) -> Headers:
+    """The headers of this node's notices that it took a request (:func:`tell_taken`)."""
+    return Headers({TAKEN: f"{node}.{incarnation}"})
+
+
+def tell_taken(msg: Msg, publish: Callable[..., None], headers: Headers) -> None:
+    """Tell a node that asked (its request names it, ``Mw-Caller``) that this node took
+    its request and will answer later: the notice the asker needs to fail the request
+    with a node-down error if this node dies first. A client outside moonwire is not
+    told (its first message on the reply subject must be the reply)."""
+    if msg.reply and msg.headers and CALLER in msg.headers:
+        publish(msg.reply, b"", headers=headers)
 
 
 async def ask(nats: NatsClient, subject: str, body: Any, describe: Describe, timeout: float) -> Outcome:

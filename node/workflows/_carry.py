@@ -9,7 +9,8 @@ holding a map:
   values), ``messages`` (the ``with_message`` startup messages, ``[topic, payloads,
   sender]`` each) and ``parent`` (the spawner's PID);
 * a signal: ``from`` (the sender's PID);
-* an activity: ``ctx``.
+* an activity: ``ctx`` and ``trace`` (the workflow run's ``traceparent``, which the
+  function it runs works in).
 
 A call without moonwire's fields (a workflow started or signalled by another Temporal
 client) has no header; the fields are then empty.

@@ -41,7 +41,7 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 from moonwire.broker import Pid
-from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Pending, Replay, Security, SpawnRequest, Unit, invalid, to_lua, to_python)
+from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Pending, Replay, Security, SpawnRequest, Unit, invalid, run_trace, to_lua, to_python)
 
 from ._carry import HEADER, carry
 from ._continue import Continuation, continuation
@@ -89,6 +89,7 @@ class WorkflowRun:
                          services=ActivityCalls(self), processes=WorkflowProcesses(self),
                          loop=asyncio.get_running_loop())
         self.unit.pid = self.pid
+        self.unit.trace = run_trace(info.run_id)  # the same on every replay: logs of a run share it
         self.unit.mailbox = Mailbox(self.state, context.mailbox_limit)
         self.state.add_workflow_module({
             "info": self._info, "history_length": lambda: workflow.info().get_current_history_length(),
@@ -266,8 +267,9 @@ class ActivityCalls:
             settings = activity_options(options, self.run.context.task_queue)
         except MoonwireError as err:
             return Outcome(error=err)
+        trace = caller.traceparent() if caller is not None else None  # the run's: the same on replay
         try:
-            body = [*encode_all(args), *carry({"ctx": context})]
+            body = [*encode_all(args), *carry({"ctx": context, "trace": trace})]
         except MoonwireError as err:
             return Outcome(error=err)
         return self._execute(target, body, settings)

@@ -42,6 +42,7 @@ from ..functions import CodeLoader, Functions
 from ..processes import DEFAULT_MAX_BODY, DeadLetters, Fire, encode
 from ..project import Project, TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
 from ..telemetry import WorkflowCounts
+from ..wire import request_trace
 from ._carry import incoming
 from ._gateway import SIGNALS_WAITING, Gateway, workflow_update
 from ._payloads import decode, decode_all, is_legacy
@@ -167,10 +168,12 @@ class Workflows:
                         raise invalid("an activity input must be a map with a list of args")
                     values, context = list(data.get("args") or []), data.get("ctx")
                 else:
-                    values, context = decode_all(args), incoming().get("ctx")
+                    values, data = decode_all(args), incoming()
+                    context = data.get("ctx")
                 if not isinstance(context or {}, dict):
                     raise invalid("an activity's context must be a map")
-                outcome = await settled(self.functions.call(None, name, values, dict(context or {}), {}))
+                outcome = await settled(self.functions.call(None, name, values, dict(context or {}), {},
+                                                       trace=request_trace(data, None)))
                 if outcome.ok:
                     return to_payload(outcome.value)
             except MoonwireError as err:
