@@ -6,10 +6,14 @@
     beside raw nats-py request/reply between two processes with the same number of
     requests in flight.
 
-    python bench/functions.py [--calls 20000] [--concurrency 64] [--rounds 5]
+    python bench/functions.py [--calls 20000] [--concurrency 64] [--rounds 5] [--metrics]
 
     The remote figure is run in rounds, each running raw then moonwire back to back, and
     the ratio reported is the median of the rounds' ratios.
+
+    --metrics: both nodes serve Prometheus metrics (``--metrics``), and while moonwire's
+    calls run this process scrapes the serving node's /metrics and asks its ``$SRV.STATS``
+    every 100 ms (``nats micro`` discovery is on in every run; it answers only when asked).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import nats
@@ -166,14 +171,23 @@ class RawPair:
 class RemotePair:
     """moonwire: a driver node calling a function served by another node process."""
 
-    def __init__(self, root: Path, url: str, concurrency: int) -> None:
+    def __init__(self, root: Path, url: str, concurrency: int, metrics: bool = False) -> None:
         self.root, self.url, self.concurrency = root, url, concurrency
+        self.metrics = f"127.0.0.1:{free_port()}" if metrics else None
+        self.scrapes = 0
+        self.server_cpu: list[float] = []
+        """CPU seconds of the serving node per call, each run: steadier than calls/s
+        on a shared machine, and where the serving path's own work shows."""
+
+    def _metrics_args(self) -> list[str]:
+        return ["--metrics", f"127.0.0.1:{free_port()}"] if self.metrics else []
 
     async def __aenter__(self) -> RemotePair:
         server_dir = write(self.root / "server", SERVER_PROJECT)
         self.driver_dir = write(self.root / "driver", REMOTE_DRIVER)
         self.server = await asyncio.create_subprocess_exec(
             MOONWIRE, "run", str(server_dir), "--node", "bench-server", "--nats", self.url,
+            *(["--metrics", self.metrics] if self.metrics else []),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         assert self.server.stderr is not None
         while b"serving 1 function" not in await self.server.stderr.readline():
@@ -188,22 +202,53 @@ class RemotePair:
     async def run(self, calls: int) -> float:
         proc = await asyncio.create_subprocess_exec(
             MOONWIRE, "run", str(self.driver_dir), "--node", "bench-driver", "--nats", self.url,
-            "--log-level", "warning", "-x", "d:drive", str(calls), str(self.concurrency),
+            "--log-level", "warning", *self._metrics_args(), "-x", "d:drive", str(calls), str(self.concurrency),
             stdout=asyncio.subprocess.PIPE)
-        out, _ = await proc.communicate()
+        scraping = asyncio.create_task(self._scrape()) if self.metrics else None
+        cpu = _cpu_seconds(self.server.pid)
+        try:
+            out, _ = await proc.communicate()
+        finally:
+            if scraping is not None:
+                scraping.cancel()
+                await asyncio.gather(scraping, return_exceptions=True)
         data = json.loads(out)
+        self.server_cpu.append((_cpu_seconds(self.server.pid) - cpu) / data["calls"])
         return data["calls"] / data["seconds"]
+
+    async def _scrape(self) -> None:
+        """What a Prometheus and a `nats micro stats` would ask of the serving node, far
+        more often than they would (every 100 ms), while the calls run."""
+        nc = await nats.connect(self.url)
+        try:
+            while True:
+                await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://{self.metrics}/metrics").read())
+                await nc.request("$SRV.STATS.moonwire.bench-server", b"", timeout=5)
+                self.scrapes += 1
+                await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def bench_remote(root: Path, url: str, calls: int, concurrency: int,
-                       rounds: int) -> list[tuple[float, float]]:
+                       rounds: int, metrics: bool = False) -> list[tuple[float, float]]:
     """``rounds`` pairs of (moonwire, raw) calls/s, each pair run back to back so that
     both see the same machine (the raw figure swings by a third between minutes here)."""
     pairs = []
-    async with RawPair(url, concurrency) as raw, RemotePair(root, url, concurrency) as remote:
+    async with RawPair(url, concurrency) as raw, RemotePair(root, url, concurrency, metrics) as remote:
         for _ in range(rounds):
             raw_rate = await raw.run(calls)
             pairs.append((await remote.run(calls), raw_rate))
+    if metrics:
+        print(f"    (scraped /metrics and $SRV.STATS {remote.scrapes} times while moonwire's calls ran)")
+    print(f"    serving node CPU per call {'  '.join(f'{c * 1e6:.1f}' for c in remote.server_cpu)} us   "
+          f"(median {statistics.median(remote.server_cpu[1:] or remote.server_cpu) * 1e6:.1f}; the first run warms up)")
     return pairs
 
 
@@ -212,6 +257,7 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--metrics", action="store_true", help="nodes serve metrics, scraped while calls run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -222,7 +268,7 @@ async def main() -> None:
               "   (baseline: same state, no funcs)")
         server = await start_nats(root / "nats", port=free_port())
         try:
-            pairs = await bench_remote(root, server.address, args.calls, args.concurrency, args.rounds)
+            pairs = await bench_remote(root, server.address, args.calls, args.concurrency, args.rounds, args.metrics)
         finally:
             await server.stop()
         ours, raw = max(p[0] for p in pairs), max(p[1] for p in pairs)

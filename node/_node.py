@@ -22,6 +22,7 @@ from nats.aio.client import Client as NatsClient
 
 from nats.aio.msg import Msg
 
+from moonwire import __version__
 from moonwire.broker import (ACK_EVERY, Client, Membership, Outbox, PidAllocator, Requests, Streams, Subjects, TaskSet,
                              connect)
 
@@ -31,11 +32,12 @@ from moonwire.lua import Outcome
 from .servers import EmbeddedServers
 from .project import TemporalClientEntry
 from .workflows import Workflows
-from .functions import Functions, watch_calls
+from .functions import QUEUE_GROUP, Functions, watch_calls
 from .cluster import Cluster, replicas_for
 from .processes import READ_TURN, ControlPlane, DeadLetters, ClusterDelivery, NodeInboxes, RemoteNodes
 from ._reload import CodeReload
 from ._runtime import Runtime
+from .telemetry import MetricsServer, MicroService, NodeMetrics, Parts
 from .project import Project
 
 log = logging.getLogger("moonwire.node")
@@ -76,6 +78,8 @@ class Node:
         self._loops = TaskSet(log, on_failure=self._loop_failed)
         self._loop_failure: tuple[str, BaseException] | None = None
         self._block: asyncio.Task[Any] | None = None
+        self.metrics = NodeMetrics(self.name, __version__, self.config.prefix)
+        self._ready = False  # started, and not stopping: /healthz
 
     @property
     def name(self) -> str:
@@ -135,7 +139,16 @@ class Node:
             block, self._block = self._block, None
             block.cancel()
 
+    def healthy(self) -> bool:
+        """Started, not stopping, and both NATS connections up (``/healthz``)."""
+        return self._ready and all(nc is not None and nc.is_connected for nc in (self._nats, self._data))
+
     async def _start(self) -> None:
+        address = self.config.metrics.address
+        if address is not None:  # first: a taken port stops the start before anything else runs
+            server = MetricsServer(self.metrics, *address, healthy=self.healthy)
+            await server.start()
+            self._steps.append(_Step("metrics server", lambda remaining: server.stop()))
         # Registered first so it is undone last; stopping owns nothing is a no-op.
         self._steps.append(_Step("embedded servers", self._stop_embedded))
         servers = self.config.nats.url or [await self.embedded.nats_url()]
@@ -206,11 +219,18 @@ class Node:
                                          remote=remote, workflows=workflows, cluster=cluster,
                                          hearing=membership.hearing)
         processes = runtime.processes
+        # What the metrics read at scrape time (and `info`, for `moonwire nodes`/`top`).
+        self.metrics.parts = Parts(
+            functions=functions, table=processes, workflows=workflows.counts, dead_letters=dead_letters,
+            sent={"remote": lambda: remote.sent, "workflow": lambda: workflows.sent},
+            dropped_to_down_nodes=lambda: remote.dropped_to_down_nodes,
+            connections={"control": self._nats, "data": self._data})
+        processes.metrics = self.metrics.snapshot
 
         inboxes = NodeInboxes(self._data, outbox, self.subjects, self.name, processes.deliver,
                               processes.deliver_event, dead_letters, max_body=self.config.max_message_bytes,
                               streams=streams, cluster=ClusterDelivery(cluster.names.lookup, cluster.groups.local_members,
-                                                                      processes.route))
+                                                                      processes.route_in))
         cluster.on_broadcast = inboxes.on_group
         await inboxes.start()
         self._steps.append(_Step("process inboxes", lambda remaining: inboxes.stop()))
@@ -224,7 +244,7 @@ class Node:
         streams_task = self._loops.start(_keep_streams(streams, inboxes.handle), "streams")
         self._steps.append(_Step("streams", lambda remaining: _stop_streams(streams_task, acks)))
         self._steps.append(_Step("temporal workers", lambda remaining: workflows.stop()))
-        await workflows.start(self.temporal_address, processes.route, run_workers=self.config.workers)
+        await workflows.start(self.temporal_address, processes.route_in, run_workers=self.config.workers)
         control = ControlPlane(self._nats, outbox, self.subjects, self.name, processes, streams,
                                dead_letters.publish)
         await control.start()
@@ -242,6 +262,14 @@ class Node:
         if self.config.watch:  # moonwire run --watch
             watching = self._loops.start(CodeReload(runtime).run(), "code reload")
             self._steps.append(_Step("code reload", lambda remaining: _cancel_and_wait(watching)))
+        if self.config.metrics.discovery:  # `nats micro`: the functions are served by now
+            micro = MicroService(self._nats, lambda subject, body: outbox.publish_nowait(subject, body),
+                                 node=self.name, version=__version__, subject_of=self.subjects.function,
+                                 queue_group=QUEUE_GROUP, served=functions.served_entries, calls=functions.calls,
+                                 metadata={"prefix": self.config.prefix, "incarnation": pids.epoch})
+            await micro.start()
+            self._steps.append(_Step("discovery", lambda remaining: micro.stop()))
+            self.metrics.parts.discovery = micro.requests
         # nats-py buffers SUBs: a round trip here means that once the node says it is
         # running, the server routes to every inbox, queue group and control subject.
         await self._nats.flush()
@@ -251,6 +279,7 @@ class Node:
         # generation collection: ~4 us of CPU per remote call on a calling node.
         gc.collect()
         gc.freeze()
+        self._ready = True
 
     async def execute(self, entry_id: str, args: list[object]) -> Outcome:
         """Run one entry to completion on this node (``moonwire run -x``)."""
@@ -259,6 +288,7 @@ class Node:
         return await self.runtime.execute(entry_id, args)
 
     async def _shutdown(self) -> None:
+        self._ready = False
         deadline = time.monotonic() + self.config.shutdown_timeout
         first_error: BaseException | None = None
         while self._steps:

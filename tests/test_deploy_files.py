@@ -34,9 +34,9 @@ KUBERNETES = "1.33.0"
 """The Kubernetes version whose schemas the manifests must satisfy (kubernetes-validate
 bundles one set per release)."""
 
-PENDING_KEYS = {"metrics.listen"}
-"""Configuration keys the deploy files set ahead of the branch that adds them (the
-metrics helper's ``metrics.listen``); unknown MOONWIRE_* variables are ignored until then."""
+PENDING_KEYS: set[str] = set()
+"""Configuration keys the deploy files set ahead of the branch that adds them (none now:
+``metrics.listen`` has come); unknown MOONWIRE_* variables are ignored until then."""
 
 
 def compose() -> dict[str, Any]:

@@ -14,6 +14,7 @@ from moonwire.lua import MoonwireError, syntax_error
 from .._node import Node, NodeFailed
 from ..project import ConfigError, LuaEntry, ProjectInvalid, load_config, load_project
 from ..servers import EmbeddedServerError
+from ..telemetry import MetricsUnavailable
 from ..workflows import TemporalUnavailable
 from ._commands_run import cmd_list, run_to_completion, target, usage_problem
 from ._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, load, print_problems, stop_on_signals
@@ -42,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if what is not None:
             return run_to_completion(node, what)
         asyncio.run(_serve(node))
-    except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable, NodeFailed) as err:
+    except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable, NodeFailed, MetricsUnavailable) as err:
         log.error("%s", err)
         return EXIT_FAILURE
     except MoonwireError as err:  # e.g. a worker option the SDK has no equivalent for

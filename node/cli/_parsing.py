@@ -34,6 +34,7 @@ _CONFIG_FLAGS = {
     "shutdown_timeout": "shutdown_timeout",
     "log_level": "log.level",
     "log_format": "log.format",
+    "metrics": "metrics.listen",
     "watch": "watch",
 }
 
@@ -63,6 +64,8 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("node options")
     group.add_argument("--node", help="node name (one subject token); default: derived from the host name")
     group.add_argument("--shutdown-timeout", metavar="DURATION", help="bound on a graceful stop, e.g. 30s")
+    group.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                       "(and /healthz); default: off")
 
 
 def _project_argument(parser: argparse.ArgumentParser) -> None:

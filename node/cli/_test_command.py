@@ -33,6 +33,7 @@ from .._node import Node, NodeFailed
 from ..processes import TERMINAL_HOST
 from ..project import Entry, FunctionEntry, ProcessEntry, Project
 from ..servers import EmbeddedServerError
+from ..telemetry import MetricsUnavailable
 from ..workflows import TemporalUnavailable
 from ._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, load
 
@@ -240,7 +241,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     try:
         results = asyncio.run(main())
-    except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable, NodeFailed) as err:
+    except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable, NodeFailed, MetricsUnavailable) as err:
         log.error("%s", err)
         return EXIT_NODE_FAILED
     except MoonwireError as err:

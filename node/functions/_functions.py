@@ -30,6 +30,7 @@ from ..project import FunctionEntry, Project, ProjectEntries, is_entry_id
 from ._options import timed_out, timeout_seconds as _timeout_seconds
 from ._process_functions import ProcessFunction, process_functions
 from ._served import ServedCalls
+from ..telemetry import CallCounts
 from ..wire import (CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome,
                     request_trace, unpack)
 from ._code import CodeLoader
@@ -38,7 +39,7 @@ log = logging.getLogger("moonwire.functions")
 
 
 DEFAULT_REMOTE_TIMEOUT = 60.0
-_QUEUE_GROUP = "moonwire"
+QUEUE_GROUP = "moonwire"
 
 
 
@@ -100,6 +101,7 @@ class FunctionPool:
         self._total = 0
         self._waiters: deque[asyncio.Future[tuple[LuaState, Any]]] = deque()
         self._calls = 0
+        self.stats = functions.calls.of(entry.id)
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(self.entry.id, self.kind, self._total, len(self._idle), len(self._waiters),
@@ -180,17 +182,18 @@ class FunctionPool:
     def call(self, args: list[Any], context: dict[str, Any], options: dict[str, Any],
              security: Security | None = None, trace: str | None = None) -> Outcome | Awaitable[Outcome]:
         """Run the function (as ``security``'s actor and scope, in ``trace``): an Outcome
-        when it finished without waiting, else an awaitable."""
+        when it finished without waiting, else an awaitable. Counted (and timed) in ``stats``."""
+        started = time.perf_counter()
         self._calls += 1
         try:
             timeout = _timeout_seconds(options)
             if self.retry is None and timeout is None:
                 worker = self._try_acquire()
                 if worker is not None:
-                    return self._start(*worker, args, context, security, trace)
+                    return self.stats.timed(started, self._start(*worker, args, context, security, trace))
         except MoonwireError as err:  # e.g. the chunk did not load: raised, not returned
-            return Outcome(error=err, raised=True)
-        return self._call_with_policy(args, context, timeout, security, trace)
+            return self.stats.timed(started, Outcome(error=err, raised=True))
+        return self.stats.timed(started, self._call_with_policy(args, context, timeout, security, trace))
 
     def _start(self, state: LuaState, fn: Any, args: list[Any], context: dict[str, Any],
                security: Security | None, trace: str | None) -> Outcome | Awaitable[Outcome]:
@@ -259,6 +262,7 @@ class Functions:
         self.registry = Registry(ProjectEntries(project))
         """The project's entries and environment variables for every Lua state of this
         node (``registry``, ``env``): one, so memory storages are the node's."""
+        self.calls = CallCounts()  # what each local function ran: the metrics, $SRV.STATS
         self.pools: dict[str, FunctionPool] = {}
         for entry in project.of_kind("function.lua"):
             assert isinstance(entry, FunctionEntry)
@@ -327,7 +331,11 @@ class Functions:
         subscribed already, and a second subscription would outlive its removal."""
         if self.nats is not None and entry_id not in self._subscriptions:
             self._subscriptions[entry_id] = await self.nats.subscribe_direct(
-                self.subjects.function(entry_id), functools.partial(self._serve_current, entry_id), queue=_QUEUE_GROUP)
+                self.subjects.function(entry_id), functools.partial(self._serve_current, entry_id), queue=QUEUE_GROUP)
+
+    def served_entries(self) -> list[str]:
+        """The entry ids whose ``mw.fn.<id>`` this node serves now (its ``nats micro`` endpoints)."""
+        return list(self._subscriptions)
 
     async def unsubscribe(self, entry_id: str) -> None:
         if (subscription := self._subscriptions.pop(entry_id, None)) is not None:

@@ -5,7 +5,7 @@ through the workflows room) with the control plane that serves other nodes
 (``_control.py``).
 
 Owns: every local process and the routes to processes elsewhere.
-May import: ``project``, ``wire``, ``functions``, ``cluster``, broker, lua.
+May import: ``project``, ``wire``, ``functions``, ``cluster``, ``telemetry``, broker, lua.
 """
 
 from ._control import ControlPlane

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from moonwire.broker import Pid
 from moonwire.lua import CANCEL, EXIT, LINK_DOWN, Event, Kind, MoonwireError, Outcome, Unit
 
+from ..telemetry import ProcessCounts
 from ..wire import node_down as node_down_error
 from ._hosts import ProcessHost
 from ._records import LINKED_FAILURE, ProcessRecord
@@ -43,6 +44,7 @@ class Exits:
     _exits: deque[ProcessRecord]
     _exiting: bool
     _empty: asyncio.Event
+    counts: ProcessCounts
 
     if TYPE_CHECKING:
         def _left_cluster(self, pid: str) -> None: ...
@@ -81,6 +83,7 @@ class Exits:
         links from there are forgotten."""
         error = node_down_error(node, reason)
         prefix = f"{incarnation}-"
+        self.counts.node_down(reason)
 
         def there(pid: str) -> bool:
             parsed = Pid.parse(pid)
@@ -129,6 +132,7 @@ class Exits:
                         extra=record.unit.log_fields())
         if record.shard is not None:
             self.hosts[record.host].release(record.shard)
+            self.counts.exited(record.host, outcome.error)
         for name in record.names or ():
             if self.names.get(name) == pid:
                 del self.names[name]

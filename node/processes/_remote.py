@@ -70,6 +70,7 @@ class RemoteNodes:
         self.requests = requests
         self.membership = membership
         self.dropped_to_down_nodes = 0
+        self.sent = 0
 
     # ------------------------------------------------------------ the Target interface
 
@@ -79,6 +80,7 @@ class RemoteNodes:
             self.membership.note_dropped(pid.node)
             return
         # No acknowledgement across nodes (wippy-surface §3.1): in the stream to its node.
+        self.sent += 1
         self.outbox.send_nowait(self.subjects.inbox(pid.node, pid.uid), envelope(message), pid.node)
 
     def end(self, pid: Pid, verb: str, by: str, reason: str) -> Answer:

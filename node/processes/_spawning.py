@@ -19,6 +19,7 @@ from moonwire.lua import (LINK_DOWN, Answer, Event, Kind, Mailbox, Message, Moon
 
 from ..functions import CodeLoader, Functions
 from ..project import ProcessEntry, Project
+from ..telemetry import ProcessCounts
 from ._hosts import ProcessHost
 from ._clustered import check_scope
 from ._records import ExitHook, ProcessRecord, link, monitor
@@ -42,6 +43,7 @@ class Spawning:
     names: dict[str, str]
     remote: RemoteTarget
     workflows: WorkflowTarget
+    counts: ProcessCounts
 
     if TYPE_CHECKING:
         def _cluster(self) -> Cluster: ...
@@ -278,6 +280,7 @@ class Spawning:
         child.notify = host.ready
         record = ProcessRecord(pid, child, entry.id, host.id, shard, code=code)
         self._add(record)
+        self.counts.spawned(host.id)
         if local_name is not None:
             self._name(local_name, record)
         if local_parent is not None:

@@ -21,6 +21,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from moonwire.broker import Pid, PidAllocator
@@ -30,6 +31,7 @@ from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Mailbox, Message, M
 from ..cluster import Cluster
 from ..functions import CodeLoader, Functions
 from ..project import HostSettings, Project
+from ..telemetry import ProcessCounts
 from ..wire import decode_spawn, noproc
 from ._clustered import ClusterCalls
 from ._exits import Exits
@@ -75,6 +77,9 @@ class ProcessTable(Spawning, Exits, ClusterCalls, Upgrading):
         self._empty.set()
         self.mailbox_limit = HostSettings().mailbox_limit
         self.started = time.monotonic()
+        self.counts = ProcessCounts(node)
+        self.metrics: Callable[[], dict[str, float]] | None = None
+        """The node's metrics by name, for ``info`` and ``ps`` (``moonwire nodes``, ``top``); set by the node."""
 
     # ------------------------------------------------------------ lookups
 
@@ -154,13 +159,21 @@ class ProcessTable(Spawning, Exits, ClusterCalls, Upgrading):
         if record is None:
             raise not_found(f"no process with uid {uid} on node {self.node}")
         self._post(record, message)
+        self.counts.received(message.sender)
 
-    @staticmethod
-    def _post(target: ProcessRecord, message: Message) -> None:
+    def route_in(self, dest: str, message: Message) -> None:
+        """:meth:`route` for a message that entered this node other than from one of its
+        processes (a cluster name's or group's subject, a workflow's send activity):
+        counted by its origin."""
+        self.route(dest, message)
+        self.counts.received(message.sender)
+
+    def _post(self, target: ProcessRecord, message: Message) -> None:
         assert target.unit.mailbox is not None
         if not target.unit.mailbox.post(message):
             raise MoonwireError(f"mailbox of {target.pid} is full ({target.unit.mailbox.limit} unread messages)",
                                 Kind.UNAVAILABLE, retryable=True)
+        self.counts.delivered += 1  # by origin: see route_in
 
     def _elsewhere(self, dest: str) -> tuple[Target, Pid] | None:
         """Where ``dest`` lives when it is the PID of a workflow or of a process on
@@ -342,6 +355,8 @@ class ProcessTable(Spawning, Exits, ClusterCalls, Upgrading):
                                       "max_processes": h.settings.max_processes}
                                for h in self.hosts.values() if h.id != TERMINAL_HOST},
         }
+        if self.metrics is not None:
+            info["metrics"] = self.metrics()
         if processes:
             info["list"] = [
                 {"pid": r.pid, "entry": r.entry, "host": r.host,

@@ -84,6 +84,40 @@ class LogConfig(_Strict):
         return value.lower() if isinstance(value, str) else value
 
 
+class MetricsConfig(_Strict):
+    """What the node tells operators (docs/operations.md)."""
+
+    listen: str | None = Field(None, description="HOST:PORT to serve Prometheus metrics (/metrics) and /healthz "
+                               "on; unset: no metrics server")
+    discovery: bool = Field(True, description="answer NATS service discovery ($SRV, `nats micro`): one service "
+                            "per node, an endpoint per function it serves")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            listen_address(value)
+            return value.strip()
+        return None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return None if self.listen is None else listen_address(self.listen)
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """``(host, port)`` of ``HOST:PORT`` (``[::1]:9464`` for IPv6; no host: every interface).
+
+    Raises:
+        ValueError: naming what is wrong.
+    """
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 0.0.0.0:9464, 127.0.0.1:9464)")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return host or "0.0.0.0", int(port)
+
+
 class NodeConfig(_Strict):
     """The effective configuration of one node."""
 
@@ -99,6 +133,7 @@ class NodeConfig(_Strict):
                                             "only starts, signals and watches workflows")
     watch: bool = Field(False, description="reload changed Lua code and entries while running (run --watch)")
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("node")
     @classmethod

@@ -20,7 +20,7 @@ deterministic Lua side), the gateway that carries messages to and from workflows
   ``moonwire workflow update|query``).
 
 Owns: Temporal clients and workers. May import: ``project``, ``wire``, ``functions``,
-``processes``, broker, lua.
+``processes``, ``telemetry``, broker, lua.
 """
 
 from ._gateway import running_workflows, workflow_query, workflow_status, workflow_update

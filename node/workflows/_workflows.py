@@ -41,6 +41,7 @@ from moonwire.lua import (EXIT, LINK_DOWN, Event, Kind, Limits, Message, Moonwir
 from ..functions import CodeLoader, Functions
 from ..processes import DEFAULT_MAX_BODY, DeadLetters, Fire, encode
 from ..project import Project, TemporalClientEntry, TemporalWorkerEntry, WorkflowEntry
+from ..telemetry import WorkflowCounts
 from ..wire import request_trace
 from ._carry import incoming
 from ._gateway import SIGNALS_WAITING, Gateway, workflow_update
@@ -87,6 +88,9 @@ class Workflows:
         self.nats = nats
         self._updates_waiting = 0
         self.types = workflow_types(project)
+        # The workers' interceptor: labels from the entry ids and type names of the project.
+        self.counts = WorkflowCounts({*project.entries, *self.types.named.values(), SEND_ACTIVITY})
+        self.sent = 0  # messages to workflows from this node's processes
         self._gateway = Gateway(node, subjects, self.hosts, nats=nats, connection=gateway, outbox=outbox,
                                 dead_letters=dead_letters, max_body=max_body, signals_waiting=signals_waiting,
                                 types=self.types)
@@ -117,7 +121,8 @@ class Workflows:
                                      limits=self.limits, mailbox_limit=self.mailbox_limit)
             host.context = context
             host.worker = Worker(host.client, task_queue=host.task_queue, workflows=[register_worker(context)],
-                                 activities=[self._activity()], **worker_options(host.entry))
+                                 activities=[self._activity()], interceptors=[self.counts],
+                                 **worker_options(host.entry))
             host.running = self._worker_runs.start(host.worker.run(), f"worker {host.entry.id}")
             log.info("temporal worker %s on task queue %s", host.entry.id, host.task_queue)
         await self._gateway.start()
@@ -381,6 +386,7 @@ class Workflows:
     def send(self, target: Pid, message: Message) -> None:
         """Signal workflow ``target`` (in order with this node's other signals), or hand
         the message to the nodes that run its worker when this one does not."""
+        self.sent += 1
         if target.host in self.hosts:
             self._gateway.signal_nowait(target, message)
         elif self.outbox is not None:
