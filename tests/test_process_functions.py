@@ -219,3 +219,21 @@ async def test_served_to_other_nodes_the_cli_and_plain_nats_clients(tmp_path: Pa
 
     code, out, err = await run_cli("call", "app:add", "20", "22", "--nats", url, cwd=tmp_path)
     assert (code, json.loads(out)) == (0, 42), err
+
+
+async def test_calls_are_counted_and_timed_as_a_functions_are(tmp_path: Path) -> None:
+    """What the metrics and ``$SRV.STATS`` read: a process-function's calls end in its
+    latency histogram when the process exits, its errors by kind."""
+    driver = """return { main = function()
+        local funcs = require("funcs")
+        assert(funcs.call("app:add", 1, 2) == 3)
+        local _, err = funcs.call("app:fail", "no")
+        return err:kind()
+      end }"""
+    async with LocalRuntime(tmp_path, project_files(drivers={"driver": driver})) as runtime:
+        outcome = await runtime.execute("app:driver", [])
+        assert outcome.error is None, outcome.error
+        add, fail = runtime.functions.calls.of("app:add"), runtime.functions.calls.of("app:fail")
+        assert (add.calls, add.error_count) == (1, 0)
+        assert (fail.calls, fail.error_count, fail.errors) == (1, 1, {"Conflict": 1})
+        assert fail.last_error.startswith("Conflict: refused: no")

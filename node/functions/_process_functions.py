@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from typing import Any, Protocol
 
 from moonwire.lua import Answer, MoonwireError, Outcome, Pending, ProcessServices, Security, SpawnRequest
 
 from ..project import ProcessEntry, Project
+from ..telemetry import CallCounts
 from ._options import timed_out, timeout_seconds
 
 log = logging.getLogger("moonwire.functions")
@@ -40,33 +42,36 @@ class HasProcesses(Protocol):
     over once the table exists)."""
 
     processes: ProcessServices
+    calls: CallCounts
 
 
 class ProcessFunction:
     """One process entry served as a function: what ``Functions`` calls and serves
     beside its pools (the same ``entry`` and ``call``)."""
 
-    __slots__ = ("entry", "host", "functions")
+    __slots__ = ("entry", "host", "functions", "stats")
 
     def __init__(self, entry: ProcessEntry, host: str, functions: HasProcesses) -> None:
         self.entry = entry
         self.host = host
         self.functions = functions
+        self.stats = functions.calls.of(entry.id)  # as a pool's: the metrics, $SRV.STATS
 
     def call(self, args: list[Any], context: dict[str, Any], options: dict[str, Any],
              security: Security | None = None, trace: str | None = None) -> Answer:
         """Start the process and answer with its exit result. ``context`` and
         ``security`` are the caller's and are not passed on (wippy-modules §5.3);
         ``options`` may bound the call (``timeout``); the process works in ``trace``."""
+        started = perf_counter()
         try:
             timeout = timeout_seconds(options)
             answer = self.functions.processes.call_process(
                 SpawnRequest(self.entry.id, self.host, list(args), trace=trace), CALLER_CANCELED)
         except MoonwireError as err:
-            return Outcome(error=err)
-        if timeout is None or not isinstance(answer, Pending):
-            return answer
-        return _within(answer, timeout, self.entry.id)
+            answer = Outcome(error=err)
+        if timeout is not None and isinstance(answer, Pending):
+            answer = _within(answer, timeout, self.entry.id)
+        return self.stats.timed(started, answer)  # type: ignore[return-value]
 
 
 def _within(answer: Pending, timeout: float, target: str) -> Pending:

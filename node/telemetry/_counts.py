@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Collection, Coroutine, Generator
 from typing import Any
 from prometheus_client.utils import floatToGoString
 
-from moonwire.lua import Kind, MoonwireError, Outcome
+from moonwire.lua import Kind, MoonwireError, Outcome, Pending
 
 OTHER = "(other)"
 """The label value of whatever is outside a bounded set (an entry id the project does
@@ -107,7 +107,8 @@ class CallStats:
         self.errors[kind] = self.errors.get(kind, 0) + 1
         self.last_error = f"{error.kind or 'Unknown'}: {error.message}"[:256]
 
-    def timed(self, started: float, answer: Outcome | Awaitable[Outcome]) -> Outcome | Awaitable[Outcome]:
+    def timed(self, started: float, answer: Outcome | Awaitable[Outcome] | Pending
+              ) -> Outcome | Awaitable[Outcome] | Pending:
         """``answer`` (of a call begun at ``perf_counter()`` ``started``), counted when it
         is settled: now for an Outcome, else when the coroutine it is ends.
 
@@ -124,8 +125,21 @@ class CallStats:
         if isinstance(answer, Outcome):
             self.record(answer, time.perf_counter() - started)
             return answer
+        if isinstance(answer, Pending):  # a process called as a function: settled by its exit
+            return self._timed_pending(started, answer)
         assert isinstance(answer, Coroutine)
         return _Timed(answer, self, started)
+
+    def _timed_pending(self, started: float, answer: Pending) -> Pending:
+        # A Pending has one listener, and that is its caller's: this one stands between.
+        timed = Pending(abandon=answer.drop)
+
+        def ended(outcome: Outcome) -> None:
+            self.record(outcome, time.perf_counter() - started)
+            timed.settle(outcome)
+
+        answer.listen(ended)
+        return timed
 
 
 class _Timed(Coroutine[Any, Any, Outcome]):
