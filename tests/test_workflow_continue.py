@@ -334,3 +334,22 @@ async def test_a_send_just_before_returning_leaves(tmp_path: Path, nats_server: 
                                                   temporal_server: ServerProcess) -> None:
     got = await run_entry(tmp_path, nats_server, temporal_server, "can5", "app:farewell")
     assert got == {"bye": "from the workflow", "exit": "done"}
+
+
+def test_messages_arriving_while_a_run_winds_down_are_carried_only_while_the_next_input_has_room() -> None:
+    """A signal that reaches a closing run is carried to the next one, unless it would
+    take that run's input over MAX_INPUT (Temporal would then fail its first task again
+    and again): it is refused, as a full inbox refuses one, and the rest still fit."""
+    from moonwire.lua import Message
+    from moonwire.node.workflows._continue import MAX_INPUT, Continuation, input_size
+    from moonwire.node.workflows._workflow_codec import WorkflowInput
+
+    started = WorkflowInput(["arg"], {"user": "u"}, [])
+    plan = Continuation("app:loop", [1], started)
+    plan.size = input_size(plan.next_input())
+    big = Message("big", ["x" * (MAX_INPUT // 2)], "{@w|sender}")
+    assert plan.carry(big)
+    assert plan.carry(Message("small", [1], "{@w|sender}"))
+    assert not plan.carry(big)  # a second one would not fit
+    assert [m.topic for m in plan.messages] == ["big", "small"]
+    assert input_size(plan.next_input()) <= plan.size <= MAX_INPUT  # the running count never underestimates

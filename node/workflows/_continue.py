@@ -48,9 +48,22 @@ class Continuation:
     """The current run's input: its context values and parent carry over."""
     messages: list[Message] = field(default_factory=list)
     """Carried messages: the mailbox's undelivered ones, then those arriving since."""
+    size: int = 0
+    """Bytes of the next run's input with the messages carried so far."""
 
-    def carry(self, message: Message) -> None:
+    def carry(self, message: Message) -> bool:
+        """Carry a message that arrived while the run winds down; False when it would
+        take the next run's input over :data:`MAX_INPUT` (it is not carried then, as a
+        message a full inbox refuses)."""
+        try:
+            added = message_size(message)
+        except MoonwireError:
+            return False
+        if self.size + added > MAX_INPUT:
+            return False
         self.messages.append(message)
+        self.size += added
+        return True
 
     def next_input(self) -> list[Any]:
         """The next run's start arguments, as any start's (``WorkflowInput.encode``): a
@@ -77,6 +90,11 @@ class Continuation:
 def input_size(args: list[Any]) -> int:
     """Bytes of a start's arguments: its payloads and its header's."""
     return sum(len(arg.payload.data) for arg in args if isinstance(arg, (RawValue, Carry)))
+
+
+def message_size(message: Message) -> int:
+    """Bytes one carried message adds to a start's input (its share of the header)."""
+    return input_size(WorkflowInput([], {}, [message]).encode()) - input_size(WorkflowInput([], {}, []).encode())
 
 
 def continuation(entry: str | None, args: list[Any], current_type: str, started: WorkflowInput, mailbox: Mailbox,
@@ -106,4 +124,5 @@ def continuation(entry: str | None, args: list[Any], current_type: str, started:
     if size > MAX_INPUT:
         raise invalid(f"upgrade: the next run's input would be {size} bytes ({len(carried)} carried messages), "
                       f"over {MAX_INPUT}; receive some messages first, or pass less")
+    planned.size = size
     return planned

@@ -135,8 +135,11 @@ class WorkflowRun:
 
     def post(self, message: Message) -> bool:
         """Deliver a signal or update; False (logged) when the inbox is full."""
-        if self.continuing is not None:  # upgrading: for the next run
-            self.continuing.carry(message)
+        if self.continuing is not None:  # upgrading: for the next run, if its input has room
+            if not self.continuing.carry(message):
+                workflow.logger.warning("message %r dropped: the next run's input of %s is full", message.topic,
+                                        self.pid)
+                return False
             return True
         assert self.unit.mailbox is not None
         if not self.unit.mailbox.post(message):
