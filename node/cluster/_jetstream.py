@@ -11,6 +11,7 @@ requests, each with the full client timeout. So each operation as a whole runs u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -167,8 +168,23 @@ async def follow_bucket(kv: KeyValue, apply: Callable[[KeyValue.Entry], None], t
     try:
         # nats-py's watcher yields the last entry of every key, then None once it has
         # delivered them all (num_pending 0), then each change as it happens.
+        seen = 0
         while (entry := await bounded(watcher.updates(timeout=None), timeout, f"loading {what}")) is not None:
             apply(entry)
+            seen = max(seen, entry.revision or 0)
+        # The marker can come first: when the consumer's info (num_pending 0) reaches the
+        # client before the entries the server had already sent, nats-py counts nothing
+        # received and marks the load done with the entries still on their way (seen
+        # under load, without the fast paths). The load ends with the last entry the
+        # server says it delivered.
+        # (An entry nats-py skips, a marker of a kind it does not know, would never come:
+        # the wait for it ends at ``timeout`` with what has come.)
+        info = await bounded(watcher._sub.consumer_info(), timeout, f"loading {what}")
+        with contextlib.suppress(MoonwireError):
+            while seen < info.delivered.stream_seq:
+                if (entry := await bounded(watcher.updates(timeout=None), timeout, f"loading {what}")) is not None:
+                    apply(entry)
+                    seen = max(seen, entry.revision or 0)
     except BaseException:
         await stop_watch(watcher, timeout)
         raise
