@@ -2,11 +2,75 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def parser(doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark takes: ``--json`` (print, as
+    the last line, one JSON object of every figure) and ``--loop`` (the event loop to run
+    the benchmark and its raw baselines on)."""
+    result = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     **kwargs)
+    result.add_argument("--json", action="store_true",
+                        help="print one JSON object of every figure as the last line")
+    result.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the event loop for the benchmark and its baselines (default asyncio)")
+    return result
+
+
+class Figures:
+    """Every figure a benchmark prints, kept under a stable key so that ``--json`` prints
+    them all as one object on the last line. Keys are documented at the top of each script.
+
+    ``figures.add("a.ratio", lua / raw)`` records one; ``figures.median(key, values)``
+    records the median of several rounds (and the rounds under ``key + "_rounds"``)."""
+
+    def __init__(self, args: argparse.Namespace | None = None) -> None:
+        self.json = bool(getattr(args, "json", False))
+        self.values: dict[str, Any] = {"machine": machine(getattr(args, "loop", "asyncio"))}
+
+    def add(self, key: str, value: T) -> T:
+        self.values[key] = value
+        return value
+
+    def median(self, key: str, values: list[float]) -> float:
+        self.values[key + "_rounds"] = list(values)
+        return self.add(key, statistics.median(values))
+
+    def emit(self) -> None:
+        """Print the JSON line (only with ``--json``); call once, last."""
+        if self.json:
+            print(json.dumps(self.values, sort_keys=True, default=str), flush=True)
+
+
+def machine(loop: str = "asyncio") -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "loop": loop, "load1": round(os.getloadavg()[0], 2)}
+
+
+def run(main: Callable[[], Coroutine[Any, Any, T]], loop: str = "asyncio") -> T:
+    """Run ``main()`` on the chosen event loop (``uvloop`` needs the ``uvloop`` package)."""
+    if loop == "uvloop":
+        import uvloop  # noqa: PLC0415  (only when asked for)
+
+        if sys.version_info >= (3, 12):
+            return uvloop.run(main())
+        uvloop.install()
+    return asyncio.run(main())
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
