@@ -12,11 +12,17 @@
 The processes run on a real scheduler with no broker (local messages never touch NATS).
 
     python bench/processes.py [--messages 200000] [--rounds 20000] [--spawns 50000] [--idle 100000]
+                              [--json] [--loop asyncio|uvloop]
+
+With ``--json`` the last line is one JSON object with these keys: ``machine``;
+``a.moonwire_msgs_per_s``, ``a.raw_msgs_per_s``, ``a.ratio``; ``b.moonwire_p50_us``,
+``b.moonwire_p99_us``, ``b.raw_p50_us``, ``b.raw_p99_us``, ``b.ratio_p50``;
+``c.moonwire_per_s``, ``c.raw_per_s``, ``c.ratio``; ``d.moonwire_kib``, ``d.lua_heap_kib``,
+``d.raw_kib``, ``d.alive``, ``d.states``, ``d.start_s``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import os
@@ -28,7 +34,7 @@ from moonwire.broker import Subjects
 from moonwire.node import load_project
 from moonwire.node._runtime import Runtime
 
-from _support import pct, write
+from _support import Figures, parser, pct, run, write
 
 PROJECT = {
     "_index.yaml": """
@@ -158,12 +164,8 @@ async def raw_idle_tasks(n: int) -> float:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=20_000)
-    parser.add_argument("--spawns", type=int, default=50_000)
-    parser.add_argument("--idle", type=int, default=100_000)
-    opts = parser.parse_args()
+    opts = ARGS
+    figures = Figures(opts)
 
     root = write(Path(tempfile.mkdtemp(prefix="mw-bench-")), PROJECT)
     runtime = Runtime("bench", load_project(root), Subjects())
@@ -180,6 +182,8 @@ async def main() -> None:
         raw = await raw_queue_throughput(opts.messages)
         seconds, _ = await timed("b:producer", opts.messages)
         lua = opts.messages / seconds
+        figures.add("a.moonwire_msgs_per_s", lua), figures.add("a.raw_msgs_per_s", raw)
+        figures.add("a.ratio", lua / raw)
         print(f"(a) throughput     moonwire {lua:>10,.0f} msg/s   raw asyncio.Queue {raw:>10,.0f} msg/s   "
               f"ratio {lua / raw:.3f}  (target >= 0.1)")
 
@@ -187,6 +191,9 @@ async def main() -> None:
         raw_rt = await raw_ping_pong(opts.rounds)
         _, samples = await timed("b:client", opts.rounds)
         rt = [float(s) for s in samples]  # type: ignore[attr-defined]
+        figures.add("b.moonwire_p50_us", pct(rt, .5) / 1e3), figures.add("b.moonwire_p99_us", pct(rt, .99) / 1e3)
+        figures.add("b.raw_p50_us", pct(raw_rt, .5) / 1e3), figures.add("b.raw_p99_us", pct(raw_rt, .99) / 1e3)
+        figures.add("b.ratio_p50", pct(rt, .5) / pct(raw_rt, .5))
         print(f"(b) round trip     moonwire p50 {pct(rt, .5) / 1e3:6.1f} us p99 {pct(rt, .99) / 1e3:6.1f} us   "
               f"raw queues p50 {pct(raw_rt, .5) / 1e3:6.1f} us p99 {pct(raw_rt, .99) / 1e3:6.1f} us")
 
@@ -194,6 +201,8 @@ async def main() -> None:
         raw_rate = await raw_task_rate(opts.spawns)
         seconds, _ = await timed("b:spawner", opts.spawns)
         rate = opts.spawns / seconds
+        figures.add("c.moonwire_per_s", rate), figures.add("c.raw_per_s", raw_rate)
+        figures.add("c.ratio", rate / raw_rate)
         print(f"(c) spawn+exit     moonwire {rate:>10,.0f} /s      raw asyncio tasks {raw_rate:>10,.0f} /s   "
               f"(target >= 20,000/s)")
 
@@ -211,12 +220,23 @@ async def main() -> None:
         gc.collect()
         per = (rss_bytes() - before) / opts.idle
         stats = runtime.hosts["b:host"].statistics()
+        figures.add("d.moonwire_kib", per / 1024), figures.add("d.lua_heap_kib", stats.memory_bytes / opts.idle / 1024)
+        figures.add("d.raw_kib", raw_per / 1024), figures.add("d.alive", opts.idle)
+        figures.add("d.states", stats.states), figures.add("d.start_s", took)
         print(f"(d) idle memory    moonwire {per / 1024:6.2f} KiB/process ({opts.idle:,} alive, {stats.states} Lua "
               f"states, Lua heap {stats.memory_bytes / opts.idle / 1024:.2f} KiB each, started in {took:.1f}s)   "
               f"raw asyncio task {raw_per / 1024:.2f} KiB   (target <= 10 KiB; Erlang 2.6 KiB)")
     finally:
         await runtime.stop(5.0)
+    figures.emit()
 
+
+PARSER = parser(__doc__)
+PARSER.add_argument("--messages", type=int, default=200_000)
+PARSER.add_argument("--rounds", type=int, default=20_000)
+PARSER.add_argument("--spawns", type=int, default=50_000)
+PARSER.add_argument("--idle", type=int, default=100_000)
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ARGS = PARSER.parse_args()
+    run(main, ARGS.loop)
