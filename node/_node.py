@@ -35,6 +35,7 @@ from .workflows import Workflows
 from .functions import QUEUE_GROUP, Functions, watch_calls
 from .cluster import Cluster, replicas_for
 from .processes import READ_TURN, ControlPlane, DeadLetters, ClusterDelivery, NodeInboxes, RemoteNodes
+from ._loop import loop_name
 from ._reload import CodeReload
 from ._runtime import Runtime
 from .telemetry import MetricsServer, MicroService, NodeMetrics, Parts
@@ -98,7 +99,8 @@ class Node:
     async def serve(self) -> None:
         """Start, run until :meth:`request_stop`, then shut down."""
         async with self.running():
-            log.info("node %s running; stop with Ctrl-C or SIGTERM", self.name)
+            log.info("node %s running on %s; stop with Ctrl-C or SIGTERM", self.name,
+                     loop_name(asyncio.get_running_loop()))
             await self._stop_requested.wait()
 
     @contextlib.asynccontextmanager

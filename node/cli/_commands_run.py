@@ -21,6 +21,7 @@ from typing import Any
 
 from moonwire.lua import Outcome
 
+from .._loop import run_on
 from .._node import Node
 from ..project import Command, ProcessEntry, Project, commands
 from ._common import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, json_args, load, print_outcome,
@@ -103,7 +104,7 @@ def run_to_completion(node: Node, what: Target) -> int:
             await asyncio.wait([job])
             return None
 
-    outcome = asyncio.run(execute())
+    outcome = run_on(node.config.loop, execute())
     if outcome is None:
         return EXIT_INTERRUPTED
     print_outcome(outcome)

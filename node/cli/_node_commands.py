@@ -4,13 +4,13 @@ command, to completion: ``_commands_run.py``), ``check`` and ``config``."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
 from moonwire.broker import BrokerUnavailable
 from moonwire.lua import MoonwireError, syntax_error
 
+from .._loop import LoopUnavailable, run_on
 from .._node import Node, NodeFailed
 from ..project import ConfigError, LuaEntry, ProjectInvalid, load_config, load_project
 from ..servers import EmbeddedServerError
@@ -42,8 +42,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if what is not None:
             return run_to_completion(node, what)
-        asyncio.run(_serve(node))
-    except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable, NodeFailed, MetricsUnavailable) as err:
+        run_on(node.config.loop, _serve(node))
+    except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable, NodeFailed, MetricsUnavailable,
+            LoopUnavailable) as err:
         log.error("%s", err)
         return EXIT_FAILURE
     except MoonwireError as err:  # e.g. a worker option the SDK has no equivalent for

@@ -36,6 +36,7 @@ _CONFIG_FLAGS = {
     "log_format": "log.format",
     "metrics": "metrics.listen",
     "watch": "watch",
+    "loop": "loop",
 }
 
 
@@ -66,6 +67,8 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shutdown-timeout", metavar="DURATION", help="bound on a graceful stop, e.g. 30s")
     group.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics "
                        "(and /healthz); default: off")
+    group.add_argument("--loop", choices=["auto", "asyncio", "uvloop"],
+                       help="event loop (default auto: uvloop when installed on Linux, else asyncio)")
 
 
 def _project_argument(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from moonwire.broker import BrokerUnavailable
 from moonwire.lua import SECOND, MoonwireError, Outcome, SpawnRequest, parse_duration, settled
 
+from .._loop import LoopUnavailable, run_on
 from .._node import Node, NodeFailed
 from ..processes import TERMINAL_HOST
 from ..project import Entry, FunctionEntry, ProcessEntry, Project
@@ -240,8 +241,9 @@ def cmd_test(args: argparse.Namespace) -> int:
             return await run_tests(node, tests, default_timeout)
 
     try:
-        results = asyncio.run(main())
-    except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable, NodeFailed, MetricsUnavailable) as err:
+        results = run_on(node.config.loop, main())
+    except (BrokerUnavailable, EmbeddedServerError, TemporalUnavailable, NodeFailed, MetricsUnavailable,
+            LoopUnavailable) as err:
         log.error("%s", err)
         return EXIT_NODE_FAILED
     except MoonwireError as err:

@@ -132,6 +132,9 @@ class NodeConfig(_Strict):
     workers: bool = Field(True, description="run the project's temporal.worker entries; false: this node "
                                             "only starts, signals and watches workflows")
     watch: bool = Field(False, description="reload changed Lua code and entries while running (run --watch)")
+    loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto", description="the event loop: auto is uvloop when installed on Linux (moonwire[uvloop]), else "
+                            "asyncio's own")
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
 
