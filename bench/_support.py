@@ -63,7 +63,12 @@ def machine(loop: str = "asyncio") -> dict[str, Any]:
 
 
 def run(main: Callable[[], Coroutine[Any, Any, T]], loop: str = "asyncio") -> T:
-    """Run ``main()`` on the chosen event loop (``uvloop`` needs the ``uvloop`` package)."""
+    """Run ``main()`` on the chosen event loop (``uvloop`` needs the ``uvloop`` package).
+
+    Node processes the benchmark starts run on the same loop (``MOONWIRE_LOOP``, the
+    node's ``loop`` key), and so do Python children that start with :data:`CHILD_LOOP`, so
+    that every figure and its raw baseline share the loop."""
+    os.environ["MOONWIRE_LOOP"] = loop
     if loop == "uvloop":
         import uvloop  # noqa: PLC0415  (only when asked for)
 
@@ -71,6 +76,16 @@ def run(main: Callable[[], Coroutine[Any, Any, T]], loop: str = "asyncio") -> T:
             return uvloop.run(main())
         uvloop.install()
     return asyncio.run(main())
+
+
+CHILD_LOOP = """
+import os as _os
+if _os.environ.get("MOONWIRE_LOOP") == "uvloop":
+    import uvloop as _uvloop
+    _uvloop.install()
+"""
+"""Put in front of a ``python -c`` child script (``CHILD_LOOP + SCRIPT``): its
+``asyncio.run`` then runs on the loop :func:`run` chose for the benchmark."""
 
 
 def write(root: Path, files: dict[str, str]) -> Path:

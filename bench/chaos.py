@@ -4,6 +4,7 @@ with ``kill -9`` and restarted and process inboxes are flooded from outside.
 
     python bench/chaos.py --minutes 10 [--seed 7] [--keep] [--events node,nats,flood]
     python bench/chaos.py --analyze /tmp/moonwire-chaos-XXXX   # check a kept run again
+    (both take --json, and --loop asyncio|uvloop for this script and the nodes)
 
 What runs (all on 127.0.0.1, ports and temp dirs of its own):
 
@@ -56,6 +57,18 @@ got and what was dead-lettered, log sizes.
 Exits 1 when an invariant failed (the work dir with every log and ``run.json`` is kept
 then), 2 when the harness itself could not run, 130 when interrupted (Ctrl-C, SIGTERM);
 the whole run is bounded by ``--minutes`` plus five minutes.
+
+With ``--json`` the last line is one JSON object with these keys: ``machine``;
+``passed``; ``verdict.exactly_once``, ``verdict.losses_explained``,
+``verdict.no_false_node_down``, ``verdict.streams_flow_again``, ``verdict.memory``,
+``verdict.no_crash`` (each true when it held); ``events.node_kills``,
+``events.nats_kills``, ``events.floods``, ``events.flood_messages``;
+``detection.p50_s``, ``detection.max_s``, ``detection.count``; ``latency.p50_ms``,
+``latency.p99_ms``, ``latency.max_ms``; ``monitor.p50_s``, ``monitor.max_s``,
+``monitor.count`` (absent when nothing was observed); for each node ``N`` (c1..c3):
+``floods.N.published``, ``floods.N.delivered``, ``floods.N.dead_lettered``,
+``floods.N.unaccounted``, ``undeliverable.N``, ``log_mib.N``; ``dead_letters.stream`` and
+``dead_letters.by_node_reason`` (a list of [node, reason, count]).
 """
 
 from __future__ import annotations
@@ -89,7 +102,7 @@ from nats.aio.msg import Msg
 import moonwire.node as moonwire_node
 from moonwire.node import ServerProcess, free_port, start_nats
 
-from _support import pct, write
+from _support import Figures, parser, pct, run, write
 
 MOONWIRE = str(Path(sys.executable).parent / "moonwire")
 CLUSTER_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nats-cluster.conf"
@@ -990,7 +1003,10 @@ class RunFacts:
                    data["stop_sent"], data["shutdown_at"], data.get("unsettled", []))
 
 
-def summarize(facts: RunFacts, max_rss: int) -> bool:
+VERDICT_KEYS = ("exactly_once", "losses_explained", "no_false_node_down", "streams_flow_again", "memory", "no_crash")
+
+
+def summarize(facts: RunFacts, max_rss: int, figures: Figures) -> bool:
     """Check the invariants on a finished run, print the results; True when all held."""
     timeline, incarnations, dead_letters = facts.timeline, facts.incarnations, facts.dead_letters
     records, other_lines = collect(incarnations)
@@ -1003,26 +1019,36 @@ def summarize(facts: RunFacts, max_rss: int) -> bool:
                       not facts.unsettled, [f"no send within 30 s: {pair}" for pair in facts.unsettled])
     print("\n==== chaos run: results ====")
     kinds = Counter(kind for _, kind, _ in timeline.events)
+    figures.add("events.node_kills", kinds["kill-node"]), figures.add("events.nats_kills", kinds["kill-nats"])
+    figures.add("events.floods", kinds["flood"])
+    figures.add("events.flood_messages", sum(n for _, _, n in facts.floods))
     print(f"events: {kinds['kill-node']} node kills, {kinds['kill-nats']} NATS server kills, "
           f"{kinds['flood']} floods ({sum(n for _, _, n in facts.floods)} messages published)")
     verdicts = (alive, explained, downs, flowing, memory, crashes)
-    for verdict in verdicts:
+    for verdict, key in zip(verdicts, VERDICT_KEYS):
+        figures.add(f"verdict.{key}", verdict.ok)
         print(f"[{'PASS' if verdict.ok else 'FAIL'}] {verdict.name}")
         for line in verdict.lines[:60]:
             print(f"    {line}")
         if len(verdict.lines) > 60:
             print(f"    ... {len(verdict.lines) - 60} more lines")
     if detection:
+        figures.add("detection.p50_s", pct(detection, 0.5)), figures.add("detection.max_s", max(detection))
+        figures.add("detection.count", len(detection))
         print(f"node-down detection after kill -9 (heartbeat {HEARTBEAT[0]}, down after {HEARTBEAT[1]}): "
               f"p50 {pct(detection, 0.5):.2f} s, max {max(detection):.2f} s over {len(detection)} observations")
     if latencies:
         values = [v for v, _ in latencies]
+        figures.add("latency.p50_ms", pct(values, 0.5) * 1e3), figures.add("latency.p99_ms", pct(values, 0.99) * 1e3)
+        figures.add("latency.max_ms", max(values) * 1e3)
         print(f"stream message latency (sender's print to receiver's, ms): p50 {pct(values, 0.5) * 1e3:.1f}, "
               f"p99 {pct(values, 0.99) * 1e3:.1f}, max {max(values) * 1e3:.0f}; the slowest:")
         for value, rx in sorted(latencies, key=lambda x: -x[0])[:3]:
             events = "; ".join(timeline.around(rx.at, 10.0, 0.0)[-3:]) or "no harness event in the 10 s before"
             print(f"    {value * 1e3:.0f} ms, received at {timeline.rel(rx.at)} ({rx.where}); before it: {events}")
     if monitor_latency:
+        figures.add("monitor.p50_s", pct(monitor_latency, 0.5)), figures.add("monitor.max_s", max(monitor_latency))
+        figures.add("monitor.count", len(monitor_latency))
         print(f"kill -9 to the EXIT a Lua monitor on another node got: p50 {pct(monitor_latency, 0.5):.2f} s, "
               f"max {max(monitor_latency):.2f} s over {len(monitor_latency)} monitors")
     print("floods per node (sponge totals are the last a sponge printed: a killed sponge's last second is "
@@ -1037,25 +1063,32 @@ def summarize(facts: RunFacts, max_rss: int) -> bool:
         published = sum(n for _, node, n in facts.floods if node == name)
         delivered = sum(v for pid, v in sponge_totals.items() if pid.startswith("{" + name + "@"))
         lettered = dead_letters.floods[name]
+        figures.add(f"floods.{name}.published", published), figures.add(f"floods.{name}.delivered", delivered)
+        figures.add(f"floods.{name}.dead_lettered", lettered)
+        figures.add(f"floods.{name}.unaccounted", published - delivered - lettered)
         print(f"    {name}: published {published}, delivered to sponges {delivered}, dead-lettered {lettered}, "
               f"not accounted for {published - delivered - lettered}")
     print("dead letters seen on mw.dlq.> (node, reason: count):")
     for (node, reason), count in sorted(dead_letters.by_node_reason.items()):
         print(f"    {node}: {reason}: {count}")
     print(f"    of them stream messages (a process's, not a flood's): {len(dead_letters.stream)}")
+    figures.add("dead_letters.stream", len(dead_letters.stream))
+    figures.add("dead_letters.by_node_reason", [[n, r, c] for (n, r), c in sorted(dead_letters.by_node_reason.items())])
     undeliverable = Counter(r.inc.node for recs in records.values() for r in recs
                             if r.msg.startswith("undeliverable message"))
+    log_mib = {n: sum(i.log_path.stat().st_size for i in incarnations if i.node == n) / 2**20 for n in NODES}
+    for n in NODES:
+        figures.add(f"undeliverable.{n}", undeliverable.get(n, 0)), figures.add(f"log_mib.{n}", log_mib[n])
     print("undeliverable-message log lines per node: " + ", ".join(
         f"{n}: {undeliverable.get(n, 0)}" for n in NODES))
-    print("log size per node: " + ", ".join(
-        f"{n}: {sum(i.log_path.stat().st_size for i in incarnations if i.node == n) / 2**20:.1f} MiB"
-        for n in NODES) + f"; {other_lines} non-JSON lines")
-    return all(verdict.ok for verdict in verdicts)
+    print("log size per node: " + ", ".join(f"{n}: {log_mib[n]:.1f} MiB" for n in NODES)
+          + f"; {other_lines} non-JSON lines")
+    return figures.add("passed", all(verdict.ok for verdict in verdicts))
 
 
 # ---------------------------------------------------------------- main
 
-async def run(args: argparse.Namespace, root: Path) -> bool:
+async def run_chaos(args: argparse.Namespace, root: Path, figures: Figures) -> bool:
     rng = random.Random(args.seed)
     timeline = Timeline()
     cluster = NatsCluster(root / "nats")
@@ -1099,7 +1132,7 @@ async def run(args: argparse.Namespace, root: Path) -> bool:
         facts = RunFacts(timeline, nodes.incarnations, chaos.node_kills, chaos.floods, dead_letters,
                          stop_sent, shutdown_at, unsettled)
         facts.save(root / "run.json")
-        return summarize(facts, args.max_rss_mb * 2**20)
+        return summarize(facts, args.max_rss_mb * 2**20, figures)
     finally:
         await nodes.kill_all()
         for client in (watcher, flooder):
@@ -1137,27 +1170,31 @@ def tree_version() -> str:
     return f"{head.stdout.strip()[:70]}" + (f" + {changed} modified files" if changed else "")
 
 
+PARSER = parser(__doc__.split("\n\n")[0])
+PARSER.add_argument("--minutes", type=float, default=2.0, help="how long the chaos lasts (default 2)")
+PARSER.add_argument("--seed", type=int, default=None, help="random seed (default: chosen and printed)")
+PARSER.add_argument("--period-ms", type=int, default=100, help="each sender's pause between rounds (100)")
+PARSER.add_argument("--flood-size", type=int, default=100_000, help="messages per flood (100000)")
+PARSER.add_argument("--events", default="node,nats,flood",
+                    help="the kinds of event to draw from, comma-separated (default node,nats,flood)")
+PARSER.add_argument("--max-rss-mb", type=int, default=400, help="the memory bound per node (400 MiB)")
+PARSER.add_argument("--keep", action="store_true", help="keep the work dir (logs) even when all passed")
+PARSER.add_argument("--analyze", type=Path, metavar="WORK_DIR",
+                    help="start nothing: check the logs of a kept run again and print the results")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=2.0, help="how long the chaos lasts (default 2)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: chosen and printed)")
-    parser.add_argument("--period-ms", type=int, default=100, help="each sender's pause between rounds (100)")
-    parser.add_argument("--flood-size", type=int, default=100_000, help="messages per flood (100000)")
-    parser.add_argument("--events", default="node,nats,flood",
-                        help="the kinds of event to draw from, comma-separated (default node,nats,flood)")
-    parser.add_argument("--max-rss-mb", type=int, default=400, help="the memory bound per node (400 MiB)")
-    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs) even when all passed")
-    parser.add_argument("--analyze", type=Path, metavar="WORK_DIR",
-                        help="start nothing: check the logs of a kept run again and print the results")
-    args = parser.parse_args()
+    args = PARSER.parse_args()
+    figures = Figures(args)
     if args.analyze is not None:
         if not (args.analyze / "run.json").is_file():
-            parser.error(f"{args.analyze} has no run.json: not the work dir of a finished run")
-        ok = summarize(RunFacts.load(args.analyze), args.max_rss_mb * 2**20)
+            PARSER.error(f"{args.analyze} has no run.json: not the work dir of a finished run")
+        ok = summarize(RunFacts.load(args.analyze), args.max_rss_mb * 2**20, figures)
         print(f"chaos run {'PASSED' if ok else 'FAILED'}")
+        figures.emit()
         sys.exit(0 if ok else 1)
     if not args.events or not set(args.events.split(",")) <= {"node", "nats", "flood"}:
-        parser.error("--events takes a comma-separated subset of node,nats,flood")
+        PARSER.error("--events takes a comma-separated subset of node,nats,flood")
     if args.seed is None:
         args.seed = random.randrange(1_000_000)
     root = Path(tempfile.mkdtemp(prefix="moonwire-chaos-"))
@@ -1165,7 +1202,7 @@ def main() -> None:
     print(f"work dir {root} (logs in {root / 'logs'}), seed {args.seed}", flush=True)
     ok = False
     try:
-        ok = asyncio.run(bounded(run(args, root), args.minutes * 60 + 300))
+        ok = run(lambda: bounded(run_chaos(args, root, figures), args.minutes * 60 + 300), args.loop)
     except HarnessError as err:
         print(f"harness error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -1178,6 +1215,7 @@ def main() -> None:
         else:
             print(f"kept {root}")
     print(f"chaos run {'PASSED' if ok else 'FAILED'}")
+    figures.emit()
     sys.exit(0 if ok else 1)
 
 

@@ -7,12 +7,15 @@ request/reply measured in the same run for scale.
 (b) register on node A until the name shows in node B's replica (B's watch): p50, p99;
 (c) raw nats-py request/reply round trip to a plain responder, p50, for comparison.
 
-    python bench/cluster_names.py [--pairs 2000] [--trials 500]
+    python bench/cluster_names.py [--pairs 2000] [--trials 500] [--json] [--loop asyncio|uvloop]
+
+With ``--json`` the last line is one JSON object with these keys: ``machine``;
+``a.pairs_per_s``, ``a.round_trip_ms`` (half a pair), ``a.ratio`` (that round trip over
+(c)'s p50); ``b.p50_ms``, ``b.p99_ms``, ``b.ratio_p50`` (over (c)'s p50); ``c.raw_p50_ms``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
 import time
@@ -23,10 +26,12 @@ import nats
 from moonwire.node import free_port, start_nats
 from moonwire.node.cluster import ClusterNames, Holder
 
-from _support import pct
+from _support import Figures, parser, pct, run
 
 
-async def main(pairs: int, trials: int) -> None:
+async def main() -> None:
+    pairs, trials = ARGS.pairs, ARGS.trials
+    figures = Figures(ARGS)
     server = await start_nats(Path(tempfile.mkdtemp()), port=free_port())
     clients = [await nats.connect(server.address) for _ in range(3)]
     try:
@@ -52,6 +57,7 @@ async def main(pairs: int, trials: int) -> None:
             await a.register(f"p{i}", pid)
             await a.unregister(f"p{i}", pid)
         elapsed = time.perf_counter() - started
+        figures.add("a.pairs_per_s", pairs / elapsed), figures.add("a.round_trip_ms", elapsed / pairs / 2 * 1e3)
         print(f"(a) register+unregister: {pairs / elapsed:,.0f} pairs/s "
               f"({elapsed / pairs * 1e3:.2f} ms a pair, {elapsed / pairs / 2 * 1e3:.2f} ms a round trip)")
 
@@ -65,6 +71,7 @@ async def main(pairs: int, trials: int) -> None:
                 await arrived.wait()
                 arrived.clear()
             lags.append(seen[name] - sent)
+        figures.add("b.p50_ms", pct(lags, 0.5) * 1e3), figures.add("b.p99_ms", pct(lags, 0.99) * 1e3)
         print(f"(b) register on A -> in B's replica: p50 {pct(lags, 0.5) * 1e3:.2f} ms, "
               f"p99 {pct(lags, 0.99) * 1e3:.2f} ms over {trials}")
 
@@ -78,18 +85,23 @@ async def main(pairs: int, trials: int) -> None:
             t = time.perf_counter()
             await clients[0].request("bench.echo", b"x", timeout=2)
             rtts.append(time.perf_counter() - t)
-        print(f"(c) raw nats-py request/reply: p50 {pct(rtts, 0.5) * 1e3:.2f} ms")
+        raw = figures.add("c.raw_p50_ms", pct(rtts, 0.5) * 1e3)
+        print(f"(c) raw nats-py request/reply: p50 {raw:.2f} ms   ratios: (a) round trip "
+              f"{figures.add('a.ratio', figures.values['a.round_trip_ms'] / raw):.2f}, "
+              f"(b) p50 {figures.add('b.ratio_p50', figures.values['b.p50_ms'] / raw):.2f}")
         await a.stop()
         await b.stop()
     finally:
         for client in clients:
             await client.close()
         await server.stop()
+    figures.emit()
 
+
+PARSER = parser(__doc__)
+PARSER.add_argument("--pairs", type=int, default=2000)
+PARSER.add_argument("--trials", type=int, default=500)
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=2000)
-    parser.add_argument("--trials", type=int, default=500)
-    args = parser.parse_args()
-    asyncio.run(main(args.pairs, args.trials))
+    ARGS = PARSER.parse_args()
+    run(main, ARGS.loop)

@@ -13,11 +13,17 @@ Then the killed node is started again (a new incarnation) for the next trial. Re
 are printed beside the node-down window and the restart delay; nothing is asserted.
 
     python bench/cluster_singleton.py [--trials 10] [--interval 500ms] [--down-after 2.5s] [--delay 1s]
+                                      [--json] [--loop asyncio|uvloop]
+
+With ``--json`` the last line is one JSON object with these keys (seconds): ``machine``;
+``lock.p50_s`` (the median, the trials under ``lock.p50_s_rounds``), ``lock.max_s``,
+``lock.p90_s``, ``lock.ratio`` (p50 over the node-down window); ``running.p50_s``,
+``running.max_s``, ``running.p90_s``, ``running.ratio`` (p50 over window + delay);
+``window_s``, ``delay_s``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -32,7 +38,7 @@ from pathlib import Path
 
 from moonwire.node import free_port, start_nats
 
-from _support import pct, write
+from _support import Figures, parser, pct, run, write
 
 MOONWIRE = str(Path(sys.executable).parent / "moonwire")
 
@@ -134,12 +140,8 @@ async def first_of(nodes: list[Node], pattern: str, marks: dict[str, int]) -> tu
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--interval", default="500ms", help="heartbeat.interval (the default)")
-    parser.add_argument("--down-after", default="2.5s", help="heartbeat.down_after, the node-down window (the default)")
-    parser.add_argument("--delay", default="1s", help="the service's restart.initial_delay (the default)")
-    args = parser.parse_args()
+    args = ARGS
+    figures = Figures(args)
     liveness = ("--set", f"heartbeat.interval={args.interval}", "--set", f"heartbeat.down_after={args.down_after}")
     window = float(args.down_after.removesuffix("s"))
     delay = float(args.delay.removesuffix("ms")) / 1000 if args.delay.endswith("ms") else float(args.delay[:-1])
@@ -169,15 +171,27 @@ async def main() -> None:
             for node in nodes.values():
                 await node.kill()
             await server.stop()
+    figures.add("window_s", window), figures.add("delay_s", delay)
+    for part, values, bound in (("lock", locks, window), ("running", runs, window + delay)):
+        figures.add(f"{part}.ratio", figures.median(f"{part}.p50_s", values) / bound)
+        figures.add(f"{part}.max_s", max(values)), figures.add(f"{part}.p90_s", pct(values, 0.9))
     print(f"singleton failover after kill -9, {args.trials} trials (heartbeat {args.interval}, node-down window "
           f"{window:g} s, restart delay {delay:g} s):")
     print(f"  kill -> lock taken over       p50 {statistics.median(locks):.2f} s   max {max(locks):.2f} s   "
-          f"p90 {pct(locks, 0.9):.2f} s   (the window: {window:g} s)")
+          f"p90 {pct(locks, 0.9):.2f} s   (the window: {window:g} s; ratio {figures.values['lock.ratio']:.2f})")
     print(f"  kill -> new instance running  p50 {statistics.median(runs):.2f} s   max {max(runs):.2f} s   "
           f"p90 {pct(runs, 0.9):.2f} s   (window + delay: {window + delay:g} s; target window + 1 s: "
-          f"{window + 1:g} s)")
-    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+          f"{window + 1:g} s; ratio to window + delay {figures.values['running.ratio']:.2f})")
+    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, loop {args.loop}")
+    figures.emit()
 
+
+PARSER = parser(__doc__)
+PARSER.add_argument("--trials", type=int, default=10)
+PARSER.add_argument("--interval", default="500ms", help="heartbeat.interval (the default)")
+PARSER.add_argument("--down-after", default="2.5s", help="heartbeat.down_after, the node-down window (the default)")
+PARSER.add_argument("--delay", default="1s", help="the service's restart.initial_delay (the default)")
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ARGS = PARSER.parse_args()
+    run(main, ARGS.loop)

@@ -12,12 +12,18 @@ responder (its own OS process) in turn. Printed per trial and overall:
 * whether every flood message was delivered or dead-lettered (process count + dead
   letters == messages) and how long that took.
 
-    python bench/flood.py [--messages 200000] [--trials 10] [--calls 300]
+    python bench/flood.py [--messages 200000] [--trials 10] [--calls 300] [--json] [--loop asyncio|uvloop]
+
+With ``--json`` the last line is one JSON object with these keys (latencies in ms):
+``machine``; ``quiet.p50_ms``, ``quiet.p99_ms``, ``quiet.raw_p50_ms``, ``quiet.raw_p99_ms``,
+``quiet.ratio_p50``; over the trials (the median, the trials under ``KEY_rounds``):
+``flood.p50_ms``, ``flood.p99_ms``, ``flood.max_ms``, ``flood.raw_p50_ms``,
+``flood.raw_p99_ms``, ``flood.ratio_p50``, ``flood.published_s``, ``flood.handled_s``;
+and ``flood.p99_worst_ms``, ``flood.node_down_lines`` (total), ``flood.all_accounted``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -31,7 +37,7 @@ import nats
 
 from moonwire.node import free_port, start_nats
 
-from _support import pct, write
+from _support import CHILD_LOOP, Figures, parser, pct, run, write
 
 MOONWIRE = str(Path(sys.executable).parent / "moonwire")
 
@@ -49,7 +55,7 @@ OTHER = {
     "noop.lua": "return function(x) return x end",
 }
 
-RAW_RESPONDER = """
+RAW_RESPONDER = CHILD_LOOP + """
 import asyncio, sys, nats
 async def main():
     nc = await nats.connect(sys.argv[1])
@@ -62,7 +68,7 @@ async def main():
 asyncio.run(main())
 """
 
-COUNTER = """
+COUNTER = CHILD_LOOP + """
 import asyncio, sys, nats
 async def main():
     nc = await nats.connect(sys.argv[1])
@@ -152,8 +158,8 @@ async def trial(nc: nats.NATS, url: str, sink: str, messages: int, nodes: list[N
     ours = asyncio.create_task(sequential_calls(nc, "mw.fn.app:ping", accounted, 0))
     raw = asyncio.create_task(sequential_calls(nc, "raw.ping", accounted, 0))
     started = time.perf_counter()
-    flooder = await asyncio.create_subprocess_exec(sys.executable, "-c", FLOODER, url, f"mw.p.fa.{uid}.flood",
-                                                   str(messages))
+    flooder = await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD_LOOP + FLOODER, url,
+                                                   f"mw.p.fa.{uid}.flood", str(messages))
     await flooder.wait()
     published = time.perf_counter() - started
     received = 0
@@ -178,11 +184,8 @@ async def trial(nc: nats.NATS, url: str, sink: str, messages: int, nodes: list[N
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--calls", type=int, default=300, help="calls of each kind with no flood")
-    args = parser.parse_args()
+    args = ARGS
+    figures = Figures(args)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         server = await start_nats(root / "nats", port=free_port())
@@ -204,9 +207,14 @@ async def main() -> None:
             await sequential_calls(nc, "mw.fn.app:ping", None, 100)  # warm up
             quiet = await sequential_calls(nc, "mw.fn.app:ping", None, args.calls)
             quiet_raw = await sequential_calls(nc, "raw.ping", None, args.calls)
+            for key, value in (("p50_ms", pct(quiet, 0.5)), ("p99_ms", pct(quiet, 0.99)),
+                               ("raw_p50_ms", pct(quiet_raw, 0.5)), ("raw_p99_ms", pct(quiet_raw, 0.99))):
+                figures.add(f"quiet.{key}", value * 1e3)
+            figures.add("quiet.ratio_p50", pct(quiet, 0.5) / pct(quiet_raw, 0.5))
             print(f"no flood      funcs.call p50 {pct(quiet, 0.5) * 1e3:6.2f} ms  p99 {pct(quiet, 0.99) * 1e3:6.2f} ms"
                   f"   raw nats-py req/reply p50 {pct(quiet_raw, 0.5) * 1e3:6.2f} ms  p99 "
-                  f"{pct(quiet_raw, 0.99) * 1e3:6.2f} ms   ({args.calls} calls each, one in flight)")
+                  f"{pct(quiet_raw, 0.99) * 1e3:6.2f} ms   ratio p50 {figures.values['quiet.ratio_p50']:.2f}   "
+                  f"({args.calls} calls each, one in flight)")
             results = []
             for n in range(args.trials):
                 r = await trial(nc, server.address, sink, args.messages, [fa, fb])
@@ -217,12 +225,19 @@ async def main() -> None:
                       f" + dead-lettered {r['dead']} = {r['received'] + r['dead']}"
                       f"   published in {r['published_s']:.1f} s, handled in {r['handled_s']:.1f} s"
                       f"   dead-letter log lines {r['dead_log_lines']}")
-            all_p99 = sorted(r["p99"] for r in results)
+            for key in ("p50", "p99", "max", "raw_p50", "raw_p99"):
+                figures.median(f"flood.{key}_ms", [r[key] * 1e3 for r in results])
+            flood_ratio = figures.median("flood.ratio_p50", [r["p50"] / r["raw_p50"] for r in results])
+            figures.median("flood.published_s", [r["published_s"] for r in results])
+            figures.median("flood.handled_s", [r["handled_s"] for r in results])
+            worst = figures.add("flood.p99_worst_ms", max(r["p99"] for r in results) * 1e3)
+            downs = figures.add("flood.node_down_lines", sum(r["downs"] for r in results))
+            accounted = figures.add("flood.all_accounted",
+                                    all(r["received"] + r["dead"] == args.messages for r in results))
             print(f"over {args.trials} trials of {args.messages} messages: funcs.call p99 median "
-                  f"{all_p99[len(all_p99) // 2] * 1e3:.2f} ms, worst {all_p99[-1] * 1e3:.2f} ms; node-down lines "
-                  f"{sum(r['downs'] for r in results)}; all accounted: "
-                  f"{all(r['received'] + r['dead'] == args.messages for r in results)}")
-            print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+                  f"{figures.values['flood.p99_ms']:.2f} ms, worst {worst:.2f} ms; p50 ratio to raw (median) "
+                  f"{flood_ratio:.2f}; node-down lines {downs}; all accounted: {accounted}")
+            print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, loop {args.loop}")
         finally:
             if nc is not None:
                 await nc.close()
@@ -232,7 +247,14 @@ async def main() -> None:
             await fb.stop()
             await fa.stop()
             await server.stop()
+    figures.emit()
 
+
+PARSER = parser(__doc__)
+PARSER.add_argument("--messages", type=int, default=200_000)
+PARSER.add_argument("--trials", type=int, default=10)
+PARSER.add_argument("--calls", type=int, default=300, help="calls of each kind with no flood")
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ARGS = PARSER.parse_args()
+    run(main, ARGS.loop)

@@ -6,12 +6,15 @@ same run, on one node with no broker:
 (b) a spawn flood against a full host: refusals per second (each one a Lua
     ``nil, err`` back to the spawner), beside (a)'s rate of spawns that start.
 
-    python bench/host_limits.py [--spawns 50000] [--trials 3]
+    python bench/host_limits.py [--spawns 50000] [--trials 3] [--json] [--loop asyncio|uvloop]
+
+With ``--json`` the last line is one JSON object with these keys (each the median of the
+trials, with the trials under ``KEY_rounds``): ``machine``; ``a.limited_per_s``,
+``a.unlimited_per_s``, ``a.ratio``; ``b.refused_per_s``, ``b.ratio`` (to (a) unlimited).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
 import time
@@ -21,7 +24,7 @@ from moonwire.broker import Subjects
 from moonwire.node import load_project
 from moonwire.node._runtime import Runtime
 
-from _support import write
+from _support import Figures, parser, run, write
 
 PROJECT = {
     "_index.yaml": """
@@ -58,10 +61,10 @@ PROJECT = {
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spawns", type=int, default=50_000)
-    parser.add_argument("--trials", type=int, default=3)
-    opts = parser.parse_args()
+    opts = ARGS
+    figures = Figures(opts)
+    trials: dict[str, list[float]] = {key: [] for key in ("a.limited_per_s", "a.unlimited_per_s", "a.ratio",
+                                                          "b.refused_per_s", "b.ratio")}
 
     root = write(Path(tempfile.mkdtemp(prefix="mw-bench-")), PROJECT)
     runtime = Runtime("bench", load_project(root), Subjects())
@@ -78,12 +81,24 @@ async def main() -> None:
             limited, _ = await rate("b:spawner", "b:limited", opts.spawns)
             refusals, refused = await rate("b:flood", opts.spawns)
             assert refused == opts.spawns, refused
+            for key, value in zip(trials, (limited, free, limited / free, refusals, refusals / free)):
+                trials[key].append(value)
             print(f"trial {trial}: (a) spawn+exit  limited {limited:>9,.0f}/s   unlimited {free:>9,.0f}/s   "
                   f"ratio {limited / free:.3f}   (b) refused spawns {refusals:>9,.0f}/s   "
                   f"ratio to (a) unlimited {refusals / free:.2f}")
+        median = {key: figures.median(key, values) for key, values in trials.items()}
+        print(f"median: (a) limited {median['a.limited_per_s']:>9,.0f}/s   unlimited "
+              f"{median['a.unlimited_per_s']:>9,.0f}/s   ratio {median['a.ratio']:.3f}   (b) refused "
+              f"{median['b.refused_per_s']:>9,.0f}/s   ratio {median['b.ratio']:.2f}")
     finally:
         await runtime.stop(5.0)
+    figures.emit()
 
+
+PARSER = parser(__doc__)
+PARSER.add_argument("--spawns", type=int, default=50_000)
+PARSER.add_argument("--trials", type=int, default=3)
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ARGS = PARSER.parse_args()
+    run(main, ARGS.loop)

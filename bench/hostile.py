@@ -12,12 +12,19 @@ baseline measured in the same run.
     gmatch, gsub, format, rep, sub, table.concat and table.sort in a budgeted state,
     beside the C functions called directly in a plain lupa runtime.
 
-    python bench/hostile.py [--rounds 3] [--calls 100000]
+    python bench/hostile.py [--rounds 3] [--calls 100000] [--json] [--loop asyncio|uvloop]
+
+With ``--json`` the last line is one JSON object with these keys: ``machine``; for each
+snippet ``S`` of (a) (``spin_10M``, the baseline; ``calls_10M``; every name in
+tests/test_lua_limits.py's ``HOSTILE``): ``a.S.lag_ms`` and ``a.S.ratio`` (to the
+baseline); for each scheme ``M`` of (b) (``raw``, ``before``, ``now``): ``b.M.ms`` and
+``b.M.ratio`` (to raw); for each call ``C`` of (c) (``find_plain``, ``find_pattern``,
+``match``, ``gmatch``, ``gsub``, ``format``, ``rep``, ``sub``, ``concat``, ``sort_8``):
+``c.C.now_ns``, ``c.C.before_ns``, ``c.C.raw_ns`` and ``c.C.ratio`` (now over before).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -32,6 +39,8 @@ from support import LocalRuntime  # noqa: E402
 from test_lua_limits import HOSTILE, LagProbe, hostile_project  # noqa: E402
 
 from moonwire.lua import Limits, LuaState
+
+from _support import Figures, parser, run
 
 BASELINE = "spin_10M"
 CALLS = "calls_10M"  # plain Lua too: a loop of function calls, slower per instruction
@@ -54,7 +63,7 @@ async def lag_of(runtime: object, name: str) -> float:
     return probe.worst
 
 
-async def loop_lags(rounds: int) -> None:
+async def loop_lags(rounds: int, figures: Figures) -> None:
     print(f"(a) worst event-loop lag per snippet, ms (max of {rounds} rounds); "
           f"baseline {BASELINE}: a plain loop running out of the same budget; {CALLS}: the same with a call per "
           "iteration (plain Lua, unchanged by this work)")
@@ -74,12 +83,13 @@ async def loop_lags(rounds: int) -> None:
     base = max(worst[BASELINE])
     for name in names:
         lag = max(worst[name])
+        figures.add(f"a.{name}.lag_ms", lag * 1000), figures.add(f"a.{name}.ratio", lag / base)
         print(f"  {name:22s} {lag * 1000:7.1f} ms   x{lag / base:4.2f} of baseline")
 
 
-def hook_overhead(rounds: int) -> None:
+def hook_overhead(rounds: int, figures: Figures) -> None:
     runtime = lupa.LuaRuntime(encoding=None)
-    run = runtime.eval(b"""function(mode, tick)
+    spin = runtime.eval(b"""function(mode, tick)
       local used = 0
       local function hook() used = used + tick end
       local co = coroutine.create(function() local x = 0 for i = 1, 5000000 do x = x + i % 7 end return x end)
@@ -91,11 +101,12 @@ def hook_overhead(rounds: int) -> None:
     results: dict[str, list[float]] = {"no hook (raw)": [], "count hook at the budget (before)": [],
                                        "hook every 1000 (now)": []}
     for _ in range(rounds * 3):
-        results["no hook (raw)"].append(run(0, 0))
-        results["count hook at the budget (before)"].append(run(1, 0))
-        results["hook every 1000 (now)"].append(run(2, 1000))
+        results["no hook (raw)"].append(spin(0, 0))
+        results["count hook at the budget (before)"].append(spin(1, 0))
+        results["hook every 1000 (now)"].append(spin(2, 1000))
     raw = min(results["no hook (raw)"])
-    for label, times in results.items():
+    for (label, times), key in zip(results.items(), ("raw", "before", "now")):
+        figures.add(f"b.{key}.ms", min(times) * 1000), figures.add(f"b.{key}.ratio", min(times) / raw)
         print(f"  {label:36s} {min(times) * 1000:7.1f} ms   x{min(times) / raw:4.2f} of raw")
 
 
@@ -127,7 +138,7 @@ def parse(text: bytes) -> dict[str, float]:
     return {k: float(v) for k, v in (item.split("=") for item in text.decode().split(";"))}
 
 
-def wrapper_overhead(rounds: int, calls: int) -> None:
+def wrapper_overhead(rounds: int, calls: int, figures: Figures) -> None:
     state = LuaState(Limits(instructions=10**12))  # budgeted (metered) but never running out
     runner = state.runtime.execute(b"local core = ... return function(f, ...) "
                                    b"local id = core.spawn(f) return core.resume(id, ...) end", state.core)
@@ -156,18 +167,25 @@ def wrapper_overhead(rounds: int, calls: int) -> None:
         a = statistics.median(r[name] for r in ours)
         b = statistics.median(r[name] for r in plain)
         c = statistics.median(r[name] for r in before)
+        key = "c." + name.replace(" ", "_")
+        figures.add(f"{key}.now_ns", a), figures.add(f"{key}.before_ns", c), figures.add(f"{key}.raw_ns", b)
+        figures.add(f"{key}.ratio", a / c)
         print(f"  {name:14s} now {a:6.0f} ns   before {c:6.0f} ns   raw {b:6.0f} ns   now/before x{a / c:4.2f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--calls", type=int, default=100_000)
-    args = parser.parse_args()
-    asyncio.run(loop_lags(args.rounds))
-    hook_overhead(args.rounds)
-    wrapper_overhead(args.rounds, args.calls)
+async def main() -> None:
+    args = ARGS
+    figures = Figures(args)
+    await loop_lags(args.rounds, figures)
+    hook_overhead(args.rounds, figures)  # (b) and (c) are plain Lua: the loop plays no part
+    wrapper_overhead(args.rounds, args.calls, figures)
+    figures.emit()
 
+
+PARSER = parser(__doc__)
+PARSER.add_argument("--rounds", type=int, default=3)
+PARSER.add_argument("--calls", type=int, default=100_000)
 
 if __name__ == "__main__":
-    main()
+    ARGS = PARSER.parse_args()
+    run(main, ARGS.loop)

@@ -16,11 +16,17 @@ table of references for signs of corrupted bookkeeping.
 Prints the checks made, the mismatches, and the table's health per shard. ``--pause``
 instead times a release of dead wrappers (a full collection, lua/_core.lua) against the
 size of the heap, beside a plain full collection.
+
+With ``--json`` (and ``--loop asyncio|uvloop``, as every benchmark) the last line is one
+JSON object with these keys: ``machine``; ``probe.processes``, ``probe.rounds``,
+``probe.seconds``, ``probe.checks``, ``probe.mismatches``, ``probe.shards`` (one object per
+shard: ``userdata``, ``free``, ``holes``, ``bad_free_links``, ``size``); with ``--pause``
+instead, for each heap of ``N`` objects (100000, 1000000, 3000000): ``pause.N.heap_mib``,
+``pause.N.release_ms``, ``pause.N.plain_ms`` and ``pause.N.ratio`` (release over plain).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
 import time
@@ -32,7 +38,7 @@ from moonwire.lua import Limits, LuaState
 from moonwire.node import load_project
 from moonwire.node._runtime import Runtime
 
-from _support import write
+from _support import Figures, parser, run, write
 
 PROJECT = {
     "_index.yaml": """
@@ -167,7 +173,7 @@ async def probe(processes: int, rounds: int) -> tuple[dict[str, Any], list[dict[
             await runtime.stop(2.0)
 
 
-def pauses() -> None:
+def pauses(figures: Figures) -> None:
     state = LuaState(Limits(memory=None, instructions=None))
     for n in (100_000, 1_000_000, 3_000_000):
         state.runtime.execute(f"keep = {{}} for i = 1, {n} do keep[i] = {{i, tostring(i)}} end".encode())
@@ -178,25 +184,36 @@ def pauses() -> None:
         start = time.perf_counter()
         state.runtime.execute(b"collectgarbage('collect')")
         plain = time.perf_counter() - start
+        figures.add(f"pause.{n}.heap_mib", kib / 1024), figures.add(f"pause.{n}.release_ms", release * 1000)
+        figures.add(f"pause.{n}.plain_ms", plain * 1000), figures.add(f"pause.{n}.ratio", release / plain)
         print(f"heap {kib / 1024:5.0f} MiB: release {release * 1000:4.0f} ms, plain full collection {plain * 1000:4.0f} ms")
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--processes", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2000)
-    parser.add_argument("--pause", action="store_true", help="time releases against the heap's size instead")
-    args = parser.parse_args()
+    args = ARGS
+    figures = Figures(args)
     if args.pause:
-        pauses()
+        pauses(figures)
+        figures.emit()
         return
     start = time.perf_counter()
     verdict, health = await probe(args.processes, args.rounds)
-    print(f"{args.processes} processes x {args.rounds} rounds in one shard, {time.perf_counter() - start:.1f} s")
+    took = time.perf_counter() - start
+    figures.add("probe.processes", args.processes), figures.add("probe.rounds", args.rounds)
+    figures.add("probe.seconds", took), figures.add("probe.checks", verdict["checks"])
+    figures.add("probe.mismatches", verdict["bad"]), figures.add("probe.shards", health)
+    print(f"{args.processes} processes x {args.rounds} rounds in one shard, {took:.1f} s")
     print(f"checks {verdict['checks']:,}, mismatches {verdict['bad']:,}")
     for i, h in enumerate(health):
         print(f"shard {i}: lupa reference table {h}")
+    figures.emit()
 
+
+PARSER = parser(__doc__)
+PARSER.add_argument("--processes", type=int, default=64)
+PARSER.add_argument("--rounds", type=int, default=2000)
+PARSER.add_argument("--pause", action="store_true", help="time releases against the heap's size instead")
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ARGS = PARSER.parse_args()
+    run(main, ARGS.loop)

@@ -14,17 +14,20 @@ the window plus one second, 3.5 s.
 
 Without detection each of these would end with the call's timeout (60 s by default).
 
-    python bench/node_death.py [--trials 10] [--only abc]
+    python bench/node_death.py [--trials 10] [--only abc] [--json] [--loop asyncio|uvloop]
+
+With ``--json`` the last line is one JSON object with these keys (seconds): ``machine``;
+for each part ``P`` run (``a``, ``b``, ``c``): ``P.call_p50_s`` (the median, the trials
+under ``P.call_p50_s_rounds``), ``P.call_max_s``, ``P.floor_p50_s`` (the same for the
+monitor's EXIT), ``P.floor_max_s`` and ``P.ratio`` (call p50 over floor p50).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import re
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +37,7 @@ import nats
 
 from moonwire.node import free_port, start_nats
 
-from _support import write
+from _support import Figures, parser, run, write
 from cluster import Node
 
 SERVER = {
@@ -121,10 +124,8 @@ LABELS = {"a": "(a) function call, taken (notice)", "b": "(b) process-function c
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--only", default="abc")
-    args = parser.parse_args()
+    args = ARGS
+    figures = Figures(args)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         server = await start_nats(root / "nats", port=free_port())
@@ -138,15 +139,25 @@ async def main() -> None:
                     calls.append(call)
                     floors.append(floor)
                 since = "freeze" if path == "c" else "kill -9"
-                print(f"{LABELS[path]}  {since} -> call error: p50 {statistics.median(calls):.2f} s  "
+                call_p50 = figures.median(f"{path}.call_p50_s", calls)
+                floor_p50 = figures.median(f"{path}.floor_p50_s", floors)
+                figures.add(f"{path}.call_max_s", max(calls)), figures.add(f"{path}.floor_max_s", max(floors))
+                figures.add(f"{path}.ratio", call_p50 / floor_p50)
+                print(f"{LABELS[path]}  {since} -> call error: p50 {call_p50:.2f} s  "
                       f"max {max(calls):.2f} s   -> monitor EXIT (node-down floor): "
-                      f"p50 {statistics.median(floors):.2f} s  max {max(floors):.2f} s   ({args.trials} trials)")
+                      f"p50 {floor_p50:.2f} s  max {max(floors):.2f} s   ({args.trials} trials)")
         finally:
             await server.stop()
     print("defaults: heartbeat 500ms, down after 2.5s; target: call error within 3.5 s; "
           "without detection: the call's timeout (60 s)")
-    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, loop {args.loop}")
+    figures.emit()
 
+
+PARSER = parser(__doc__)
+PARSER.add_argument("--trials", type=int, default=10)
+PARSER.add_argument("--only", default="abc")
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ARGS = PARSER.parse_args()
+    run(main, ARGS.loop)

@@ -8,12 +8,15 @@ measured in the same run.
 (b) A plain (untyped) source of the same size: what the pass costs code that needs none
     (it is compiled first and never reaches the pass), beside the same `load`.
 
-    python bench/typed_lua.py [--rounds 5] [--blocks 200]
+    python bench/typed_lua.py [--rounds 5] [--blocks 200] [--json] [--loop asyncio|uvloop]
+
+With ``--json`` the last line is one JSON object with these keys: ``machine``;
+``a.lines``, ``a.strip_ms``, ``a.cached_us``, ``a.raw_load_ms``, ``a.ratio`` (strip over
+raw load); ``b.lines``, ``b.in_state_ms``, ``b.raw_load_ms``, ``b.ratio``.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -21,6 +24,8 @@ import lupa.lua55 as lupa
 
 from moonwire.lua import LuaCode, LuaState
 from moonwire.lua._typed import _strip, strip
+
+from _support import Figures, parser, run
 
 TYPED = """
 type Point{n} = {{x: number, y: number, label: string?}}
@@ -57,11 +62,9 @@ def median_ms(work: object, rounds: int) -> float:
     return statistics.median(samples)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--blocks", type=int, default=200)
-    opts = parser.parse_args()
+async def main() -> None:  # nothing to await: async only for the shared run()
+    opts = ARGS
+    figures = Figures(opts)
 
     typed = ("local M = {}\n" + "".join(TYPED.format(n=i) for i in range(opts.blocks)) + "return M\n").encode()
     plain = ("local M = {}\n" + "".join(PLAIN.format(n=i) for i in range(opts.blocks)) + "return M\n").encode()
@@ -78,6 +81,8 @@ def main() -> None:
     strip(typed, "big.lua")
     cached = median_ms(lambda: strip(typed, "big.lua"), opts.rounds)
     compile_stripped = median_ms(lambda: load(stripped), opts.rounds)
+    figures.add("a.lines", lines), figures.add("a.strip_ms", first), figures.add("a.cached_us", cached * 1000)
+    figures.add("a.raw_load_ms", compile_stripped), figures.add("a.ratio", first / compile_stripped)
     print(f"(a) typed source, {lines:,} lines: strip {first:.1f} ms, from the cache {cached * 1000:.1f} us   "
           f"raw Lua load of the stripped source {compile_stripped:.1f} ms   "
           f"ratio {first / compile_stripped:.1f}x")
@@ -89,9 +94,18 @@ def main() -> None:
     empty_state = median_ms(lambda: LuaState(), opts.rounds)
     compile_plain = median_ms(lambda: load(plain), opts.rounds)
     plain_lines = plain.count(b"\n")
+    figures.add("b.lines", plain_lines), figures.add("b.in_state_ms", plain_in_state - empty_state)
+    figures.add("b.raw_load_ms", compile_plain), figures.add("b.ratio", (plain_in_state - empty_state) / compile_plain)
     print(f"(b) plain source, {plain_lines:,} lines: loaded in a state "
-          f"{plain_in_state - empty_state:.1f} ms (state creation taken off)   raw Lua load {compile_plain:.1f} ms")
+          f"{plain_in_state - empty_state:.1f} ms (state creation taken off)   raw Lua load {compile_plain:.1f} ms   "
+          f"ratio {figures.values['b.ratio']:.1f}x")
+    figures.emit()
 
+
+PARSER = parser(__doc__)
+PARSER.add_argument("--rounds", type=int, default=5)
+PARSER.add_argument("--blocks", type=int, default=200)
 
 if __name__ == "__main__":
-    main()
+    ARGS = PARSER.parse_args()
+    run(main, ARGS.loop)

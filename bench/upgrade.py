@@ -9,12 +9,15 @@
 
 Runs on a real scheduler with no broker (neither touches NATS).
 
-    python bench/upgrade.py [--upgrades 20000] [--entries 200] [--rounds 20]
+    python bench/upgrade.py [--upgrades 20000] [--entries 200] [--rounds 20] [--json] [--loop asyncio|uvloop]
+
+With ``--json`` the last line is one JSON object with these keys: ``machine``;
+``a.moonwire_per_s``, ``a.raw_per_s``, ``a.ratio``; ``b.moonwire_p50_ms``,
+``b.moonwire_max_ms``, ``b.raw_p50_ms``, ``b.ratio_p50``, ``b.entries``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
 import time
@@ -25,7 +28,7 @@ from moonwire.node import load_project
 from moonwire.node._reload import CodeReload
 from moonwire.node._runtime import Runtime
 
-from _support import pct, write
+from _support import Figures, parser, pct, run, write
 
 PROJECT = {
     "_index.yaml": """
@@ -68,11 +71,8 @@ def functions_project(count: int) -> dict[str, str]:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--upgrades", type=int, default=20_000)
-    parser.add_argument("--entries", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=20)
-    opts = parser.parse_args()
+    opts = ARGS
+    figures = Figures(opts)
 
     root = write(Path(tempfile.mkdtemp(prefix="mw-bench-")), PROJECT)
     runtime = Runtime("bench", load_project(root), Subjects())
@@ -85,6 +85,7 @@ async def main() -> None:
 
         raw = opts.upgrades / await seconds("spawn", opts.upgrades)
         rate = opts.upgrades / await seconds("upgrade", opts.upgrades)
+        figures.add("a.moonwire_per_s", rate), figures.add("a.raw_per_s", raw), figures.add("a.ratio", rate / raw)
         print(f"(a) upgrades       moonwire {rate:>10,.0f} /s   raw spawn+exit of the same process "
               f"{raw:>10,.0f} /s   ratio {rate / raw:.2f}")
     finally:
@@ -106,11 +107,21 @@ async def main() -> None:
             reloads.append(time.perf_counter() - start)
         outcome = await runtime.execute("r:f0", [1])
         assert outcome.value == opts.rounds + 1000, outcome
+        figures.add("b.moonwire_p50_ms", pct(reloads, .5) * 1e3), figures.add("b.moonwire_max_ms", max(reloads) * 1e3)
+        figures.add("b.raw_p50_ms", pct(loads, .5) * 1e3), figures.add("b.entries", opts.entries)
         print(f"(b) reload         moonwire p50 {pct(reloads, .5) * 1e3:6.1f} ms  max {max(reloads) * 1e3:6.1f} ms   "
-              f"raw load_project p50 {pct(loads, .5) * 1e3:6.1f} ms   ({opts.entries} functions, one changed)")
+              f"raw load_project p50 {pct(loads, .5) * 1e3:6.1f} ms   ratio "
+              f"{figures.add('b.ratio_p50', pct(reloads, .5) / pct(loads, .5)):.2f}   ({opts.entries} functions, one changed)")
     finally:
         await runtime.stop(5.0)
+    figures.emit()
 
+
+PARSER = parser(__doc__)
+PARSER.add_argument("--upgrades", type=int, default=20_000)
+PARSER.add_argument("--entries", type=int, default=200)
+PARSER.add_argument("--rounds", type=int, default=20)
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ARGS = PARSER.parse_args()
+    run(main, ARGS.loop)
