@@ -58,6 +58,10 @@ class Spawning:
     def spawn(self, unit: Unit | None, request: SpawnRequest) -> Answer:
         return self._spawn(unit, request, wait_exit=False)
 
+    def spawns_here(self, request: SpawnRequest) -> bool:
+        return (request.host in self.hosts and request.options.get("node") in (None, self.node)
+                and (request.name is None or request.scope == "local") and not self.workflows.serves(request.host))
+
     def exec(self, unit: Unit | None, request: SpawnRequest) -> Answer:
         return self._spawn(unit, request, wait_exit=True)
 

@@ -1,0 +1,89 @@
+"""Cheap processes (issue 20): what an idle process keeps, and the spawn that needs no
+request. Each runs Lua processes on a real scheduler (Runtime.execute, as `run -x`)."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from support import LocalRuntime, process_project
+
+IDLE = """
+return { main = function(parent)
+  process.send(parent, "ready")
+  local msg = process.inbox():receive()
+  return msg:payload():data() * 2
+end }
+"""
+
+
+async def test_an_idle_process_keeps_no_queue_and_still_takes_its_message(tmp_path: Path) -> None:
+    # An empty deque is 760 bytes: three of them were most of an idle process's Python.
+    files = process_project({"idle": IDLE, "start": """
+        return { main = function()
+          local pid = process.spawn("app:idle", "app:host", process.pid())
+          process.inbox():receive()  -- "ready": the idle one waits on its inbox by now
+          return pid
+        end }""", "finish": """
+        return { main = function(pid)
+          process.monitor(pid)
+          process.send(pid, "go", 21)
+          return process.events():receive().result.value
+        end }"""})
+    async with LocalRuntime(tmp_path, files) as runtime:
+        started = await runtime.execute("app:start", [])  # type: ignore[attr-defined]
+        assert started.error is None, started.error
+        unit: Any = runtime.processes.records[started.value].unit  # type: ignore[attr-defined]
+        inbox = unit.mailbox._inbox.channel
+        assert not isinstance(unit.ready, deque) and not unit.ready
+        assert not isinstance(inbox.buffer, deque) and not inbox.buffer
+        assert not isinstance(inbox._receivers, deque) and len(inbox._receivers) == 1
+        finished = await runtime.execute("app:finish", [started.value])  # type: ignore[attr-defined]
+    assert finished.error is None and finished.value == 42
+
+
+async def test_spawn_where_a_thread_cannot_yield_and_the_exits_still_come(tmp_path: Path) -> None:
+    # A plain spawn on a host here is a direct call: it works inside a C function's
+    # callback (string.gsub), where a request (a yield) fails; monitors and links hold.
+    files = process_project({"driver": """
+        return { main = function()
+          local pids = {}
+          string.gsub("abc", "%a", function(c)
+            pids[#pids + 1] = assert(process.spawn_monitored("app:child", "app:host", c))
+          end)
+          local linked = assert(process.spawn_linked_monitored("app:child", "app:host", "d"))
+          local missing, err = process.spawn("app:nothing", "app:host")
+          local events, got = process.events(), {}
+          for _ = 1, 4 do
+            local ev = events:receive()
+            got[#got + 1] = ev.result.value
+          end
+          table.sort(got)
+          return { n = #pids, distinct = pids[1] ~= pids[2] and pids[2] ~= pids[3], got = got,
+                   linked = type(linked), missing = missing == nil and err:kind() }
+        end }""", "child": "return { main = function(c) return c .. '!' end }"})
+    async with LocalRuntime(tmp_path, files) as runtime:
+        outcome = await runtime.execute("app:driver", [])  # type: ignore[attr-defined]
+    assert outcome.error is None, outcome.error
+    assert outcome.value == {"n": 3, "distinct": True, "got": ["a!", "b!", "c!", "d!"], "linked": "string",
+                             "missing": "NotFound"}
+
+
+async def test_many_receivers_on_one_channel_are_served_in_order(tmp_path: Path) -> None:
+    # A guard for the waiters' queue: a list while few wait, a deque past eight.
+    files = process_project({"driver": """
+        return { main = function()
+          local ch, order, done = channel.new(), {}, channel.new(20)
+          for i = 1, 20 do
+            coroutine.spawn(function() local v = ch:receive() order[#order + 1] = i .. ":" .. v done:send(true) end)
+          end
+          time.sleep("1ms")  -- the coroutines, ready before it, all wait on `ch` by then
+          for v = 1, 20 do ch:send(v) end
+          for _ = 1, 20 do done:receive() end
+          return order
+        end }"""})
+    async with LocalRuntime(tmp_path, files) as runtime:
+        outcome = await runtime.execute("app:driver", [])  # type: ignore[attr-defined]
+    assert outcome.error is None, outcome.error
+    assert outcome.value == [f"{i}:{i}" for i in range(1, 21)]
