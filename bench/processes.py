@@ -28,7 +28,8 @@ With ``--json`` the last line is one JSON object with these keys: ``machine``;
 ``b.moonwire_p99_us``, ``b.raw_p50_us``, ``b.raw_p99_us``, ``b.ratio_p50``;
 ``c.moonwire_per_s``, ``c.raw_per_s``, ``c.ratio`` (medians; each with ``_rounds``);
 ``d.moonwire_kib``, ``d.lua_heap_kib``, ``d.raw_kib``, ``d.alive``, ``d.states``, ``d.start_s``
-(seconds to spawn them all until every one waits), ``d.spawn_per_s``,
+(seconds to spawn them all until every one waits), ``d.start_cpu_s`` (the CPU seconds of that,
+which a loaded machine does not stretch), ``d.spawn_per_s``,
 ``d.message_to_random_p50_us``, ``d.message_to_random_max_us``, ``d.stop_s`` (with ``--stop``).
 """
 
@@ -191,18 +192,18 @@ async def moonwire_idle(n: int, probes: int, stop: bool) -> dict[str, float]:
     request = SpawnRequest("b:idle", "b:host", [])
     gc.collect()
     before = rss_bytes()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     pids = []
     for i in range(0, n, IDLE_BATCH):
         pids.extend(table.start(request) for _ in range(min(IDLE_BATCH, n - i)))
         await asyncio.sleep(0)
     while host.queued():
         await asyncio.sleep(0.01)
-    took = time.perf_counter() - start
+    took, cpu = time.perf_counter() - start, time.process_time() - cpu
     gc.collect()
     stats = host.statistics()
     out = {"moonwire_kib": (rss_bytes() - before) / n / 1024, "lua_heap_kib": stats.memory_bytes / n / 1024,
-           "alive": n, "states": stats.states, "start_s": took, "spawn_per_s": n / took}
+           "alive": n, "states": stats.states, "start_s": took, "start_cpu_s": cpu, "spawn_per_s": n / took}
     samples = []
     for pid in random.Random(20).sample(pids, min(probes, n)):
         # An idle process returns once it has a message: its exit is the sign it took it.
@@ -287,7 +288,8 @@ async def main() -> None:
         figures.add(f"d.{key}", value)
     stop = f", stopped in {d['stop_s']:.1f}s" if "stop_s" in d else ""
     print(f"(d) idle           moonwire {d['moonwire_kib']:6.2f} KiB/process ({opts.idle:,} alive, {d['states']} Lua "
-          f"states, Lua heap {d['lua_heap_kib']:.2f} KiB each; spawned in {d['start_s']:.1f}s, "
+          f"states, Lua heap {d['lua_heap_kib']:.2f} KiB each; spawned in {d['start_s']:.1f}s "
+          f"({d['start_cpu_s']:.1f}s CPU), "
           f"{d['spawn_per_s']:,.0f}/s{stop})   raw asyncio task {d['raw_kib']:.2f} KiB   "
           f"(target <= 2.5 KiB; Erlang 2.6 KiB)\n"
           f"                   a message to a random one: p50 {d['message_to_random_p50_us']:.0f} us, "

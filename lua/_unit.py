@@ -49,6 +49,7 @@ class NoServices:
 
 
 _NO_PROCESSES = NoProcesses()
+_NO_CONTEXT: dict[str, Any] = {}  # shared by every unit without context: never written
 
 Ready = deque[tuple[int, tuple[Any, ...]]]
 _NOTHING_READY: tuple[()] = ()
@@ -83,7 +84,8 @@ class Unit(ProcessRequests):
                  trace: str | None = None) -> None:
         self.state = state
         self.label = label
-        self.context: dict[str, Any] = context if context is not None else {}
+        self.context: dict[str, Any] = context if context is not None else _NO_CONTEXT
+        """Read only: a unit's context never changes (a callee's is a merged copy)."""
         self.security = security
         """The actor and scope the unit runs as (wippy-modules §5.3): not context values
         (``ctx`` does not show them), but passed on the same way."""

@@ -277,7 +277,7 @@ class Spawning:
         shard, export = host.instantiate(code)
 
         pid = pid or self.pids.next(host.id)
-        child = Unit(shard.state, entry.id, context=dict(request.context), services=self.functions,
+        child = Unit(shard.state, entry.id, context=dict(request.context) if request.context else None, services=self.functions,
                      processes=self, loop=host.loop, security=request.security, trace=request.trace)
         child.pid = pid
         child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit, child)
