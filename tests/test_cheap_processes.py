@@ -87,3 +87,40 @@ async def test_many_receivers_on_one_channel_are_served_in_order(tmp_path: Path)
         outcome = await runtime.execute("app:driver", [])  # type: ignore[attr-defined]
     assert outcome.error is None, outcome.error
     assert outcome.value == [f"{i}:{i}" for i in range(1, 21)]
+
+
+async def test_what_idle_processes_share_while_empty_carries_nothing_between_them(tmp_path: Path) -> None:
+    # Processes that never listened, never buffered and got no context share empty
+    # placeholders (no dict, deque or queue of their own): one's listen, buffered
+    # messages and context must never show in another's.
+    files = process_project({"listener": """
+        return { main = function(parent)
+          local ch = process.listen("t")
+          process.send(parent, "ready")
+          local value = ch:receive()
+          return value
+        end }""", "plain": """
+        return { main = function(parent)
+          process.send(parent, "ready")
+          local msg = process.inbox():receive()
+          return { topic = msg:topic(), data = msg:payload():data(), ctx = ctx.all() }
+        end }""", "driver": """
+        return { main = function()
+          local me = process.pid()
+          local a = process.with_context({ secret = "a's" }):spawn_monitored("app:listener", "app:host", me)
+          local b = process.spawn_monitored("app:plain", "app:host", me)
+          local inbox = process.inbox()
+          inbox:receive() inbox:receive()
+          process.send(b, "t", "for b")
+          process.send(a, "t", "for a")
+          local results = {}
+          for _ = 1, 2 do
+            local ev = process.events():receive()
+            results[ev.from == a and "a" or "b"] = ev.result.value
+          end
+          return results
+        end }"""})
+    async with LocalRuntime(tmp_path, files) as runtime:
+        outcome = await runtime.execute("app:driver", [])  # type: ignore[attr-defined]
+    assert outcome.error is None, outcome.error
+    assert outcome.value == {"a": "for a", "b": {"topic": "t", "data": "for b", "ctx": []}}  # an empty table: an empty list
