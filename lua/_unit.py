@@ -55,6 +55,9 @@ Ready = deque[tuple[int, tuple[Any, ...]]]
 _NOTHING_READY: tuple[()] = ()
 """What an idle unit holds instead of a ready queue: an empty deque is 760 bytes, more
 than anything else an idle process keeps in Python (bench/processes.py (d))."""
+_SPARE_QUEUES: list[Ready] = []
+"""Empty ready queues given back by units that went idle (a busy unit needs one per wake)."""
+_SPARE_LIMIT = 64
 
 
 TURN = 0.02
@@ -234,7 +237,8 @@ class Unit(ProcessRequests):
     def _ready(self, tid: int, values: tuple[Any, ...]) -> None:
         ready = self.ready
         if ready is _NOTHING_READY:
-            self.ready = deque(((tid, values),))
+            self.ready = queue = _SPARE_QUEUES.pop() if _SPARE_QUEUES else deque()
+            queue.append((tid, values))
         else:
             ready.append((tid, values))  # type: ignore[union-attr]  # not the empty tuple: a deque
 
@@ -267,8 +271,11 @@ class Unit(ProcessRequests):
                         self.preempted = True
                         self.notify(self)
                     break  # a call: finish() yields the loop before stepping again
-            if not self.ready:
-                self.ready = _NOTHING_READY  # it waits: hold no queue meanwhile
+            ready = self.ready
+            if not ready:  # it waits: hold no queue meanwhile
+                if ready is not _NOTHING_READY and len(_SPARE_QUEUES) < _SPARE_LIMIT:
+                    _SPARE_QUEUES.append(ready)  # type: ignore[arg-type]  # not the tuple: a deque
+                self.ready = _NOTHING_READY
         finally:
             state.current = previous
 
