@@ -124,3 +124,30 @@ async def test_what_idle_processes_share_while_empty_carries_nothing_between_the
         outcome = await runtime.execute("app:driver", [])  # type: ignore[attr-defined]
     assert outcome.error is None, outcome.error
     assert outcome.value == {"a": "for a", "b": {"topic": "t", "data": "for b", "ctx": []}}  # an empty table: an empty list
+
+
+def test_the_lua_matchers_compact_classes_agree_with_lstrlib_for_every_letter_and_byte() -> None:
+    # A guard for the class tables every state holds (members only, complements shared,
+    # none for a letter that is no class): %x and [%x], for every letter x and byte.
+    import lupa.lua55 as lupa
+
+    from moonwire.lua import _state
+
+    runtime = lupa.LuaRuntime(encoding=None)
+    patterns = runtime.execute(_state.PATTERNS_SOURCE)
+    differing = runtime.execute(b"""
+        local C, L = ...
+        local out = {}
+        for l in ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"):gmatch(".") do
+          if l ~= "b" and l ~= "f" then
+            for c = 0, 255 do
+              for _, p in ipairs({ "^%" .. l, "^[%" .. l .. "]", "^[^%" .. l .. "]" }) do
+                local s = string.char(c)
+                if C.find(s, p) ~= L.find(s, p) then out[#out + 1] = p .. " " .. c end
+              end
+            end
+          end
+        end
+        return #out, out[1]
+    """, runtime.eval("string"), patterns.lua)
+    assert differing == (0, None)
