@@ -31,6 +31,26 @@ class Waiter:
         self.resume(values)
 
 
+class ThreadWaiter(Waiter):
+    """A :class:`Waiter` that wakes thread ``tid`` of ``unit`` (``unit.wake(tid, values)``):
+    what an idle process keeps while it waits, 230 bytes less than a Waiter around a
+    ``functools.partial``."""
+
+    __slots__ = ("unit", "tid")
+
+    def __init__(self, unit: Any, tid: int) -> None:
+        super().__init__(_never)  # ``fire`` wakes the thread itself
+        self.unit, self.tid = unit, tid
+
+    def fire(self, values: tuple[Any, ...]) -> None:
+        self.done = True
+        self.unit.wake(self.tid, values)
+
+
+def _never(values: tuple[Any, ...]) -> None:
+    raise AssertionError("a ThreadWaiter fires through its unit")
+
+
 @dataclass(slots=True, eq=False)
 class _Registration:
     waiter: Waiter
@@ -40,7 +60,24 @@ class _Registration:
 
 _NO_WAITERS: tuple[_Registration, ...] = ()
 """What a channel nobody ever waited on holds instead of a queue of waiters: most never
-see one, and an empty deque is 600 bytes (a flood of channels is Python memory too)."""
+see one, and an empty deque is 760 bytes (a flood of channels is Python memory too).
+A few waiters (an idle process's inbox has one) are a list; more, a deque."""
+_FEW_WAITERS = 8
+_NO_ITEMS: tuple[Any, ...] = ()
+"""What an empty buffer is while nothing is buffered: an idle process's inbox holds no
+deque (``bench/processes.py`` (d)); a receiver that waits drops it, since then there is
+nothing in it."""
+
+Waiters = deque[_Registration] | list[_Registration] | tuple[_Registration, ...]
+
+
+def _enqueue(queue: Waiters, registration: _Registration) -> Waiters:
+    if type(queue) is tuple:
+        return [registration]
+    if type(queue) is list and len(queue) >= _FEW_WAITERS:
+        queue = deque(queue)
+    queue.append(registration)  # type: ignore[union-attr]  # not the empty tuple
+    return queue
 
 
 class Channel:
@@ -48,10 +85,10 @@ class Channel:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.buffer: deque[Any] = deque()
+        self.buffer: deque[Any] | tuple[Any, ...] = _NO_ITEMS
         self.closed = False
-        self._receivers: deque[_Registration] | tuple[_Registration, ...] = _NO_WAITERS
-        self._senders: deque[_Registration] | tuple[_Registration, ...] = _NO_WAITERS
+        self._receivers: Waiters = _NO_WAITERS
+        self._senders: Waiters = _NO_WAITERS
 
     receive_only = False
 
@@ -68,17 +105,27 @@ class Channel:
             receiver.waiter.fire(_received(receiver.case, value, True))
             return (True,)
         if len(self.buffer) < self.capacity:
-            self.buffer.append(value)
+            self._buffer(value)
             return (True,)
         return None
+
+    def _buffer(self, item: Any) -> None:
+        if self.buffer is _NO_ITEMS:
+            self.buffer = deque((item,))
+        else:
+            self.buffer.append(item)  # type: ignore[union-attr]  # not the empty tuple: a deque
+
+    def clear(self) -> None:
+        """Drop whatever is buffered."""
+        self.buffer = _NO_ITEMS
 
     def try_receive(self) -> tuple[Any, bool] | None:
         """``(value, True)``, ``(nil, False)`` once closed and drained, None to block."""
         if self.buffer:
-            value = self.buffer.popleft()
+            value = self.buffer.popleft()  # type: ignore[union-attr]  # not empty: a deque
             sender = self._pop_live(self._senders)
             if sender is not None:  # room now: its value joins the buffer
-                self.buffer.append(sender.value)
+                self._buffer(sender.value)
                 sender.waiter.fire(_sent(sender.case))
             return (value, True)
         sender = self._pop_live(self._senders)
@@ -90,14 +137,11 @@ class Channel:
         return None
 
     def wait_send(self, waiter: Waiter, value: Any, case: int = 0) -> None:
-        if not isinstance(self._senders, deque):
-            self._senders = deque()
-        self._senders.append(_Registration(waiter, case, value))
+        self._senders = _enqueue(self._senders, _Registration(waiter, case, value))
 
     def wait_receive(self, waiter: Waiter, case: int = 0) -> None:
-        if not isinstance(self._receivers, deque):
-            self._receivers = deque()
-        self._receivers.append(_Registration(waiter, case))
+        self.buffer = _NO_ITEMS  # a receiver waits only on an empty buffer
+        self._receivers = _enqueue(self._receivers, _Registration(waiter, case))
 
     def offer(self, value: Any) -> bool:
         """Deliver without blocking (timers): False when nobody waits and the buffer is full."""
@@ -114,9 +158,10 @@ class Channel:
             sender.waiter.fire((-1, None, False) if sender.case else (False, SEND_ON_CLOSED))
 
     @staticmethod
-    def _pop_live(queue: deque[_Registration] | tuple[_Registration, ...]) -> _Registration | None:
+    def _pop_live(queue: Waiters) -> _Registration | None:
         while queue:
-            registration = queue.popleft()  # type: ignore[union-attr]  # a non-empty queue is a deque
+            registration = queue[0]
+            del queue[0]  # type: ignore[union-attr]  # a non-empty queue is a list or a deque
             if not registration.waiter.done:
                 return registration
         return None
@@ -186,11 +231,11 @@ class PostChannel(Channel):
                 values.item = item
             receiver.waiter.fire(values)
         else:
-            self.buffer.append(item)
+            self._buffer(item)
 
     def try_receive(self) -> tuple[Any, bool] | None:
         if self.buffer:
-            return (self.decode(self.buffer.popleft()), True)
+            return (self.decode(self.buffer.popleft()), True)  # type: ignore[union-attr]  # a deque
         if self.closed:
             return (None, False)
         return None
@@ -198,5 +243,5 @@ class PostChannel(Channel):
     def take_all(self) -> list[Any]:
         """Empty the buffer (unlisten moves what a topic channel held back to the inbox)."""
         items = list(self.buffer)
-        self.buffer.clear()
+        self.buffer = _NO_ITEMS
         return items

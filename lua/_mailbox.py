@@ -104,6 +104,10 @@ process has listened to a topic, ``(arrival number, Message)``: messages then wa
 several queues, and ``process.upgrade`` merges them back in arrival order."""
 
 
+_NO_TOPICS: dict[str, _Topic] = {}
+"""Shared by every mailbox that listens to no topic; never written (``listen`` makes its own)."""
+
+
 def _message(item: Held) -> Message:
     return item if type(item) is Message else item[1]
 
@@ -125,7 +129,7 @@ class Mailbox:
         self.dropped = 0
         self._inbox: _Topic | None = None
         self._events: _Topic | None = None
-        self._topics: dict[str, _Topic] = {}
+        self._topics: dict[str, _Topic] = _NO_TOPICS  # most never listen: no dict of their own
         self._group_subscriptions: list[_GroupSubscription] | None = None
         self._arrivals: int | None = None
         """Messages numbered so far, from the first ``listen()`` on (None before: one queue
@@ -223,10 +227,10 @@ class Mailbox:
         self.held = self.held_events = None
         for topic in (self._inbox, self._events, *self._topics.values(), *(self._group_subscriptions or ())):
             if topic is not None:
-                topic.channel.buffer.clear()
+                topic.channel.clear()
                 topic.channel.close()
         self._inbox = self._events = None
-        self._topics = {}
+        self._topics = _NO_TOPICS
         self._group_subscriptions = None
 
     def reset(self, handed: Iterable[Message | Event]) -> None:
@@ -288,6 +292,8 @@ class Mailbox:
         if existing is not None:
             return existing.lua
         listener = self._new_topic(as_message)
+        if self._topics is _NO_TOPICS:
+            self._topics = {}
         self._topics[topic] = listener
         if self._arrivals is None:  # several queues from now on: number what arrives, and what is held
             self._arrivals = 0
@@ -340,7 +346,7 @@ class Mailbox:
             if subscription.channel is channel:
                 subscriptions.remove(subscription)
                 if not flush:
-                    subscription.channel.buffer.clear()
+                    subscription.channel.clear()
                 subscription.channel.close()
                 return not any(other.match == subscription.match and other.prefix == subscription.prefix
                                for other in subscriptions)

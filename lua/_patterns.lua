@@ -36,19 +36,39 @@ local function fail(message)
 end
 
 -- What %x matches for every letter x, computed by the C matcher itself, so both agree
--- on the classes this build has (%z included) under any locale.
-local CLASS = {}
+-- on the classes this build has (%z included) under any locale. Kept small, as every
+-- state holds them: the members only; no table for a letter that is no class (it
+-- matches only itself); an upper-case class that is its lower-case one's complement
+-- (lstrlib's rule) shares that one's table. A table of all 256 for each letter was
+-- 110 KiB of every state.
+local CLASS, COMPLEMENT = {}, {}
 for l in ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"):gmatch(".") do
     if l ~= "b" and l ~= "f" then  -- %b and %f are not classes (inside [] they match themselves)
-        local members = {}
-        for c = 0, 255 do members[c] = cfind(char(c), "^%" .. l) ~= nil end
-        CLASS[byte(l)] = members
+        local members, own, class = {}, byte(l), false
+        for c = 0, 255 do
+            local member = cfind(char(c), "^%" .. l) ~= nil
+            if member then members[c] = true end
+            if member ~= (c == own) then class = true end
+        end
+        if class then CLASS[own] = members end
+    end
+end
+for upper = byte("A"), byte("Z") do
+    local mine, lower = CLASS[upper], CLASS[upper + 32]
+    if mine and lower then
+        local complement = true
+        for c = 0, 255 do
+            if (mine[c] == true) == (lower[c] == true) then complement = false break end
+        end
+        if complement then CLASS[upper], COMPLEMENT[upper] = nil, lower end
     end
 end
 
 local function match_class(c, cl)
     local members = CLASS[cl]
-    if members then return members[c] end
+    if members then return members[c] == true end
+    members = COMPLEMENT[cl]
+    if members then return members[c] ~= true end
     return cl == c
 end
 

@@ -128,9 +128,18 @@ function SpawnerMethods.with_message(s, topic, ...)
     return new_spawner(s._context, s._options, s._name, messages, s._scope, s._security)
 end
 
+local plain  -- the spawner of process.spawn and friends: no context, options, name, messages, actor or scope
 local function spawn(s, op, monitor, link, id, host_id, ...)
     local bad = bad_entry(id, host_id)
     if bad then return nil, bad end
+    if s == plain and op == "proc_spawn" then
+        -- A plain spawn on a host of this node never waits: a direct call, as a send,
+        -- not a request (which costs the thread a yield and a resume per spawn).
+        preempt()
+        charge_values(...)
+        local pid, err = host.proc_spawn_here(id, host_id, monitor, link, ...)
+        if pid ~= false then return pid, err end  -- false: not here; the request goes where it must
+    end
     return request(op, id, host_id, table_pack(...), monitor, link, s._context, s._options, s._name, s._messages,
                    s._scope, s._security)
 end
@@ -148,7 +157,7 @@ function SpawnerMethods.update(s, pid, name, ...)
     return request("proc_update", pid, name, s._options, table_pack(...))
 end
 
-local plain = new_spawner(nil, nil, nil, nil, nil, nil)
+plain = new_spawner(nil, nil, nil, nil, nil, nil)
 for _, name in ipairs({ "spawn", "spawn_monitored", "spawn_linked", "spawn_linked_monitored", "exec", "update" }) do
     local method = SpawnerMethods[name]
     process[name] = function(id, h, ...) return method(plain, id, h, ...) end

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._answer import Outcome
 from ._errors import Kind, MoonwireError, invalid
 from ._security_context import Security
 from ._values import LuaValues, to_lua, to_python
@@ -63,7 +64,7 @@ class ProcessFunctions:
         self.state = state
 
     def table(self) -> dict[bytes, Any]:
-        names = ["proc_pid", "proc_id", "proc_send", "proc_options", "proc_set_options", "proc_inbox",
+        names = ["proc_pid", "proc_id", "proc_send", "proc_spawn_here", "proc_options", "proc_set_options", "proc_inbox",
                  "proc_events", "proc_listen", "proc_unlisten", "proc_register", "proc_unregister",
                  "cluster_now", "pg_subscribe", "pg_unsubscribe"]
         return {name.encode(): getattr(self, name) for name in names}
@@ -99,6 +100,28 @@ class ProcessFunctions:
             return (True,)
         except MoonwireError as err:
             return self._fail(err)
+
+    def proc_spawn_here(self, entry: bytes, host: bytes, monitor: Any, link: Any, *args: Any) -> tuple[Any, ...]:
+        """``process.spawn*`` of the plain spawner (no context, options, name, messages,
+        actor or scope) when ``host`` runs on this node: started now, answered with the
+        PID or ``nil, err``, without the request's yield and resume. ``(False,)`` when the
+        spawn is not one of those (another node's host, a workflow): the Lua side then
+        makes the request."""
+        try:
+            unit = self._unit()
+            request = SpawnRequest(text(entry, "entry id"), text(host, "host"),
+                                   [to_python(self.state, a) for a in args], monitor=bool(monitor), link=bool(link),
+                                   security=unit.security)
+            if not unit.processes.spawns_here(request):
+                return (False,)
+            request.trace = unit.traceparent()
+            answer = unit.processes.spawn(unit, request)
+        except MoonwireError as err:
+            return self._fail(err)
+        assert isinstance(answer, Outcome), "spawns_here promised an answer now"
+        if answer.error is not None:
+            return self._fail(answer.error)
+        return (to_lua(self.state, answer.value),)
 
     def proc_options(self) -> Any:
         unit = self._unit()

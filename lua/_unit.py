@@ -12,14 +12,13 @@ then (spawned threads are killed, timers cancelled, pending calls cancelled).
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ._answer import BLOCKED, Answer, Outcome, Pending
-from ._channel import Channel, Handed, Waiter, select
+from ._channel import Channel, Handed, ThreadWaiter, Waiter, select
 from ._errors import Kind, MoonwireError, internal, invalid
 from ._holdings import Future, Holdings, Timer
 from ._mailbox import Mailbox
@@ -50,6 +49,15 @@ class NoServices:
 
 
 _NO_PROCESSES = NoProcesses()
+_NO_CONTEXT: dict[str, Any] = {}  # shared by every unit without context: never written
+
+Ready = deque[tuple[int, tuple[Any, ...]]]
+_NOTHING_READY: tuple[()] = ()
+"""What an idle unit holds instead of a ready queue: an empty deque is 760 bytes, more
+than anything else an idle process keeps in Python (bench/processes.py (d))."""
+_SPARE_QUEUES: list[Ready] = []
+"""Empty ready queues given back by units that went idle (a busy unit needs one per wake)."""
+_SPARE_LIMIT = 64
 
 
 TURN = 0.02
@@ -79,7 +87,8 @@ class Unit(ProcessRequests):
                  trace: str | None = None) -> None:
         self.state = state
         self.label = label
-        self.context: dict[str, Any] = context if context is not None else {}
+        self.context: dict[str, Any] = context if context is not None else _NO_CONTEXT
+        """Read only: a unit's context never changes (a callee's is a merged copy)."""
         self.security = security
         """The actor and scope the unit runs as (wippy-modules §5.3): not context values
         (``ctx`` does not show them), but passed on the same way."""
@@ -88,7 +97,8 @@ class Unit(ProcessRequests):
         self.loop = loop or asyncio.get_running_loop()
         self.main: int | None = None
         self.threads: set[int] = set()
-        self.ready: deque[tuple[int, tuple[Any, ...]]] = deque()
+        self.ready: Ready | tuple[()] = _NOTHING_READY
+        """The threads to resume, in order, with their resume values (a deque while any are)."""
         self._holdings: Holdings | None = None
         self.outcome: Outcome | None = None
         # Most calls finish inside begin() and never wait: create the event on demand.
@@ -174,7 +184,7 @@ class Unit(ProcessRequests):
     def _launch(self, fn: Any, lua_args: tuple[Any, ...]) -> None:
         self.main = self.state.spawn(fn)
         self.threads.add(self.main)
-        self.ready.append((self.main, lua_args))  # the first resume passes the arguments
+        self._ready(self.main, lua_args)  # the first resume passes the arguments
         if self.notify is not None:
             self.notify(self)
 
@@ -194,7 +204,7 @@ class Unit(ProcessRequests):
         handed = [values.item for _, values in self.ready if isinstance(values, Handed)]
         old = list(self.threads)
         self.threads.clear()
-        self.ready.clear()
+        self.ready = _NOTHING_READY
         for tid in old:
             self.state.kill(tid)
         if self._holdings is not None:
@@ -218,11 +228,19 @@ class Unit(ProcessRequests):
 
     def wake(self, tid: int, values: tuple[Any, ...]) -> None:
         if tid in self.threads:
-            self.ready.append((tid, values))
+            self._ready(tid, values)
             if self.notify is not None:
                 self.notify(self)
             elif self._wakeup is not None:
                 self._wakeup.set()
+
+    def _ready(self, tid: int, values: tuple[Any, ...]) -> None:
+        ready = self.ready
+        if ready is _NOTHING_READY:
+            self.ready = queue = _SPARE_QUEUES.pop() if _SPARE_QUEUES else deque()
+            queue.append((tid, values))
+        else:
+            ready.append((tid, values))  # type: ignore[union-attr]  # not the empty tuple: a deque
 
     def step(self) -> None:
         """Resume ready threads until none is ready or the unit ended."""
@@ -243,7 +261,7 @@ class Unit(ProcessRequests):
             # after TURN seconds, leaving the rest ready for the next turn.
             turn_ends = time.perf_counter() + TURN
             while self.ready and self.outcome is None:
-                tid, values = self.ready.popleft()
+                tid, values = self.ready.popleft()  # type: ignore[union-attr]  # not empty: a deque
                 self._handle(tid, state.resume(tid, *values))
                 if self.ready and time.perf_counter() > turn_ends:
                     if self.notify is not None:
@@ -253,6 +271,11 @@ class Unit(ProcessRequests):
                         self.preempted = True
                         self.notify(self)
                     break  # a call: finish() yields the loop before stepping again
+            ready = self.ready
+            if not ready:  # it waits: hold no queue meanwhile
+                if ready is not _NOTHING_READY and len(_SPARE_QUEUES) < _SPARE_LIMIT:
+                    _SPARE_QUEUES.append(ready)  # type: ignore[arg-type]  # not the tuple: a deque
+                self.ready = _NOTHING_READY
         finally:
             state.current = previous
 
@@ -270,7 +293,7 @@ class Unit(ProcessRequests):
                 self._thread_failed(tid, err)
                 return
             if answer is not _BLOCKED:
-                self.ready.append((tid, answer))
+                self._ready(tid, answer)
         elif tag == b"return":
             self.threads.discard(tid)
             if tid == self.main:
@@ -314,7 +337,7 @@ class Unit(ProcessRequests):
             for tid in self.threads:
                 self.state.kill(tid)
             self.threads.clear()
-        self.ready.clear()
+        self.ready = _NOTHING_READY
         if self._holdings is not None:
             self._holdings.release()
         if self.mailbox is not None:
@@ -355,7 +378,7 @@ class Unit(ProcessRequests):
     def _op_spawn(self, tid: int, fn: Any) -> tuple[Any, ...]:
         child = self.state.spawn(fn)
         self.threads.add(child)
-        self.ready.append((child, ()))
+        self._ready(child, ())
         return (True,)
 
     def _op_yield(self, tid: int) -> object:
@@ -375,7 +398,7 @@ class Unit(ProcessRequests):
         return (Timer(self, channel, int(ns), bool(periodic)),)
 
     def _waiter(self, tid: int) -> Waiter:
-        waiter = Waiter(functools.partial(self.wake, tid))
+        waiter = ThreadWaiter(self, tid)
         # No thread can appear while the only one waits: only then may a sibling upgrade
         # the process before this thread gets what a mailbox channel hands it.
         if len(self.threads) > 1:

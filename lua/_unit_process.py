@@ -38,6 +38,11 @@ class ProcessServices(Protocol):
         """Start a process; the answer's value is its PID."""
         ...
 
+    def spawns_here(self, request: SpawnRequest) -> bool:
+        """Whether :meth:`spawn` of ``request`` answers now (an Outcome): a host of this
+        node, no other node pinned, no cluster name."""
+        ...
+
     def exec(self, unit: Any | None, request: SpawnRequest) -> Answer:
         """Start a process and answer with its result when it exits."""
         ...
@@ -101,6 +106,9 @@ class NoProcesses:
     def _fail(self, *args: Any, **kwargs: Any) -> Any:
         raise MoonwireError("the process API needs a node (this unit runs without one)", Kind.UNAVAILABLE,
                             retryable=False)
+
+    def spawns_here(self, request: SpawnRequest) -> bool:
+        return False  # the request then fails, clearly
 
     pid_of = send = spawn = exec = call_process = terminate = cancel = watch = register = lookup = unregister = _fail
     cluster_call = cluster_now = upgrade = update = _fail

@@ -92,6 +92,11 @@ class ProcessHost:
         self.starting = 0
         """Reservations held (:meth:`reserve`)."""
 
+    def queued(self) -> int:
+        """Processes waiting for their turn to run (``statistics().ready``, without asking
+        every Lua state for its memory)."""
+        return len(self._run_queue)
+
     def statistics(self) -> HostStatistics:
         return HostStatistics(self.id, self.processes, len(self._shards),
                               sum(shard.state.memory_used() for shard in self._shards), len(self._run_queue),

@@ -58,6 +58,10 @@ class Spawning:
     def spawn(self, unit: Unit | None, request: SpawnRequest) -> Answer:
         return self._spawn(unit, request, wait_exit=False)
 
+    def spawns_here(self, request: SpawnRequest) -> bool:
+        return (request.host in self.hosts and request.options.get("node") in (None, self.node)
+                and (request.name is None or request.scope == "local") and not self.workflows.serves(request.host))
+
     def exec(self, unit: Unit | None, request: SpawnRequest) -> Answer:
         return self._spawn(unit, request, wait_exit=True)
 
@@ -273,7 +277,7 @@ class Spawning:
         shard, export = host.instantiate(code)
 
         pid = pid or self.pids.next(host.id)
-        child = Unit(shard.state, entry.id, context=dict(request.context), services=self.functions,
+        child = Unit(shard.state, entry.id, context=dict(request.context) if request.context else None, services=self.functions,
                      processes=self, loop=host.loop, security=request.security, trace=request.trace)
         child.pid = pid
         child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit, child)
