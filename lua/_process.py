@@ -63,7 +63,7 @@ class ProcessFunctions:
         self.state = state
 
     def table(self) -> dict[bytes, Any]:
-        names = ["proc_pid", "proc_id", "proc_send", "proc_options", "proc_set_options", "proc_inbox",
+        names = ["proc_pid", "proc_id", "proc_send", "proc_traceparent", "proc_options", "proc_set_options", "proc_inbox",
                  "proc_events", "proc_listen", "proc_unlisten", "proc_register", "proc_unregister",
                  "cluster_now", "pg_subscribe", "pg_unsubscribe"]
         return {name.encode(): getattr(self, name) for name in names}
@@ -99,6 +99,11 @@ class ProcessFunctions:
             return (True,)
         except MoonwireError as err:
             return self._fail(err)
+
+    def proc_traceparent(self) -> bytes:
+        """The running process's trace context, made now if it has none (the local path
+        sends in it, as ``send`` does)."""
+        return self._unit().traceparent().encode()
 
     def proc_options(self) -> Any:
         unit = self._unit()

@@ -172,7 +172,7 @@ class Unit(ProcessRequests):
         self._launch(fn, self._lua_args(args))
 
     def _launch(self, fn: Any, lua_args: tuple[Any, ...]) -> None:
-        self.main = self.state.spawn(fn)
+        self.main = self.state.spawn(fn, self._box())
         self.threads.add(self.main)
         self.ready.append((self.main, lua_args))  # the first resume passes the arguments
         if self.notify is not None:
@@ -352,8 +352,12 @@ class Unit(ProcessRequests):
 
     # ------------------------------------------------------------ requests
 
+    def _box(self) -> Any:
+        """The Lua box of this process's mailbox, which its threads send as (or None)."""
+        return self.mailbox.box if self.mailbox is not None else None
+
     def _op_spawn(self, tid: int, fn: Any) -> tuple[Any, ...]:
-        child = self.state.spawn(fn)
+        child = self.state.spawn(fn, self._box())
         self.threads.add(child)
         self.ready.append((child, ()))
         return (True,)

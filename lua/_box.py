@@ -1,0 +1,146 @@
+"""A mailbox's *box*: its queue in the Lua state, which the local message path fills
+(``_prelude.lua`` and ``_process.lua`` hold the Lua side; docs/architecture.md, "The
+local message path").
+
+A process on a host has a box. While its inbox is open and it listens to no topic,
+every message routed to its inbox goes into the box, as a Lua message: a sender of the
+same state appends it in Lua, without calling Python, and everything else (another
+node, shard or function call) is appended by :class:`LocalPath`, so one queue keeps the
+order. A receive takes from the box in Lua too; a thread that waits marks the box, and a
+send then has Python hand the message over (:meth:`LocalPath.hand_out`). The first
+``listen``, an upgrade and the exit close the box: its messages come back to Python,
+in order, as :class:`~moonwire.lua.Message` values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._channel import Handed, PostChannel, Waiter, _received
+from ._values import to_lua, to_python
+
+@dataclass(slots=True)
+class FromBox:
+    """A message a box handed to a thread with siblings (see :class:`Handed`): Lua's."""
+
+    message: Any
+    trace: bytes | None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
+
+
+class BoxInbox(PostChannel):
+    """The inbox channel of a mailbox with a box: while the box is open, what a thread
+    takes comes from the box, and a thread that waits marks it (a sender then has
+    Python hand the message over)."""
+
+    __slots__ = ("mailbox",)
+
+    def __init__(self, mailbox: LocalPath) -> None:
+        super().__init__(mailbox._message_to_lua)
+        self.mailbox = mailbox
+
+    def try_receive(self) -> tuple[Any, bool] | None:
+        mailbox = self.mailbox
+        if mailbox.open:
+            got = mailbox.state.box_pop(mailbox.box)
+            if got is not None:
+                message, trace = got if isinstance(got, tuple) else (got, None)
+                mailbox.took(trace)
+                return (message, True)
+        return super().try_receive()
+
+    def wait_receive(self, waiter: Waiter, case: int = 0) -> None:
+        super().wait_receive(waiter, case)
+        mailbox = self.mailbox
+        if mailbox.open:
+            mailbox.state.box_waiting(mailbox.box, True)
+
+
+class LocalPath:
+    """The box side of a :class:`~moonwire.lua.Mailbox` (its base class)."""
+
+    __slots__ = ()
+    state: Any             # a MailboxState
+    owner: Any
+    box: Any
+    open: bool
+    _inbox: Any            # the inbox's _Topic, or None
+    _message_to_lua: Callable[[Any], Any]
+    _make_message: Callable[..., Any]  # the Message class (``_mailbox.py``, which imports this module)
+
+    def hand_out(self) -> None:
+        """Hand the box's oldest messages to the threads waiting on the inbox, one each
+        (a send found one waiting). The box is marked waiting again while any waiter is
+        left, so the next send comes here too."""
+        channel = self._inbox.channel if self._inbox is not None else None
+        if channel is None or not self.open:
+            return
+        state, box = self.state, self.box
+        receivers = channel._receivers
+        while receivers and state.box_depth(box):
+            receiver = channel._pop_live(receivers)
+            if receiver is None:
+                break
+            got = state.box_pop(box)
+            message, trace = got if isinstance(got, tuple) else (got, None)
+            self.took(trace)
+            values = _received(receiver.case, message, True)
+            if receiver.waiter.keep:
+                values = Handed(values)
+                values.item = FromBox(message, trace)
+            receiver.waiter.fire(values)
+        if receivers:
+            state.box_waiting(box, True)
+
+    def _to_box(self, message: Any) -> bool:
+        """Append ``message`` to the open box; False when it is full."""
+        state, trace = self.state, message.trace
+        if not state.box_post(self.box, None if trace is None else trace.encode(), message.topic.encode(),
+                              message.sender.encode(), *[to_lua(state, p) for p in message.payloads]):
+            return False
+        if self._inbox is not None and self._inbox.channel._receivers:
+            self.hand_out()
+        return True
+
+    def took(self, trace: bytes | None) -> None:
+        """The process took a message of its box sent with ``trace``: it works in it."""
+        if self.owner is not None:
+            self.owner.trace = None if trace is None else trace.decode()
+
+    def _open_box(self) -> None:
+        assert self._inbox is not None
+        self.state.boxes[id(self)] = self
+        self.state.box_open(self.box, self._inbox.lua)
+        self.open = True
+
+    def _shut_box(self) -> list[Any]:
+        """Close the box, if open: senders take Python's path again; what it held, in order."""
+        if not self.open:
+            return []
+        self.open = False
+        self.state.boxes.pop(id(self), None)
+        assert self._inbox is not None
+        return self._from_box(self.state.box_close(self.box, self._inbox.lua))
+
+    def _from_box(self, items: Any) -> list[Any]:
+        """Lua messages as Python ones: ``box_items``' list, or a :class:`FromBox`'s."""
+        pairs = [(item.message, item.trace) for item in items] if isinstance(items, list) else \
+            [(items[i], items[i + 1] or None) for i in range(1, len(items) + 1, 2)]
+        state, out = self.state, []
+        for lua, trace in pairs:
+            payloads = [to_python(state, lua[i]) for i in range(1, (lua[b"_n"] or 0) + 1)]
+            out.append(self._make_message(_text(lua[b"_topic"]), payloads, _text(lua[b"_from"]),
+                               None if trace is None else trace.decode()))
+        return out
+
+    def _mirror(self, trace: str | None) -> None:
+        """The unit now works in ``trace``: so does its box (what the local path sends with)."""
+        if self.owner is not None:
+            self.owner.trace = trace
+        if self.box is not None:
+            self.state.box_trace(self.box, None if trace is None else trace.encode())
