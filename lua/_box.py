@@ -6,8 +6,9 @@ A process on a host has a box. While its inbox is open and it listens to no topi
 every message routed to its inbox goes into the box, as a Lua message: a sender of the
 same state appends it in Lua, without calling Python, and everything else (another
 node, shard or function call) is appended by :class:`LocalPath`, so one queue keeps the
-order. A receive takes from the box in Lua too; a thread that waits marks the box, and a
-send then has Python hand the message over (:meth:`LocalPath.hand_out`). The first
+order. A receive takes from the box in Lua too; a thread that waits marks the box
+(only an empty box is marked), and a send then has Python hand the message over
+(:meth:`LocalPath.hand`). The first
 ``listen``, an upgrade and the exit close the box: its messages come back to Python,
 in order, as :class:`~moonwire.lua.Message` values.
 """
@@ -60,6 +61,10 @@ class BoxInbox(PostChannel):
         if mailbox.open:
             mailbox.state.box_waiting(mailbox.box, True)
 
+    def wait_empty(self, waiter: Waiter) -> None:
+        """A receive in Lua found the box empty and marked it waiting: park ``waiter``."""
+        PostChannel.wait_receive(self, waiter)
+
 
 class LocalPath:
     """The box side of a :class:`~moonwire.lua.Mailbox` (its base class)."""
@@ -72,45 +77,61 @@ class LocalPath:
     _inbox: Any            # the inbox's _Topic, or None
     _message_to_lua: Callable[[Any], Any]
     _make_message: Callable[..., Any]  # the Message class (``_mailbox.py``, which imports this module)
+    _seen: bytes | None    # the box's trace as Lua has it: a change costs a call into Lua
 
-    def hand_out(self) -> None:
-        """Hand the box's oldest messages to the threads waiting on the inbox, one each
-        (a send found one waiting). The box is marked waiting again while any waiter is
-        left, so the next send comes here too."""
+    def hand(self, message: Any, trace: bytes | None) -> None:
+        """A send in Lua found the box marked waiting: hand ``message`` to a waiting
+        thread, or put it in the box when none is left (a thread that waited in a
+        ``select`` may have been woken by another channel)."""
         channel = self._inbox.channel if self._inbox is not None else None
-        if channel is None or not self.open:
-            return
-        state, box = self.state, self.box
-        receivers = channel._receivers
-        while receivers and state.box_depth(box):
-            receiver = channel._pop_live(receivers)
-            if receiver is None:
-                break
-            got = state.box_pop(box)
-            message, trace = got if isinstance(got, tuple) else (got, None)
-            self.took(trace)
-            values = _received(receiver.case, message, True)
-            if receiver.waiter.keep:
-                values = Handed(values)
-                values.item = FromBox(message, trace)
-            receiver.waiter.fire(values)
-        if receivers:
-            state.box_waiting(box, True)
+        if not self.open or channel is None:
+            return  # cannot happen: Lua sends only to an open box, and Lua is running
+        receiver = channel._pop_live(channel._receivers)
+        if receiver is None:
+            self.state.box_push(self.box, message, trace)
+        else:
+            self._give(channel, receiver, message, trace)
+
+    def _give(self, channel: Any, receiver: Any, message: Any, trace: bytes | None) -> None:
+        """Wake ``receiver`` (waiting on the inbox ``channel``, so the box is empty) with
+        ``message``. The box stays marked waiting while another waiter is left."""
+        self.took(trace)
+        values = _received(receiver.case, message, True)
+        if receiver.waiter.keep:
+            values = Handed(values)
+            values.item = FromBox(message, trace)
+        receiver.waiter.fire(values)
+        if channel._receivers:
+            self.state.box_waiting(self.box, True)
 
     def _to_box(self, message: Any) -> bool:
-        """Append ``message`` to the open box; False when it is full."""
+        """Deliver ``message`` (from Python's path) to the open box: to a thread waiting
+        on the inbox (the box is empty then), else at its end; False when it is full.
+        A box left marked waiting is put right by the next send in Lua (:meth:`hand`)."""
         state, trace = self.state, message.trace
-        if not state.box_post(self.box, None if trace is None else trace.encode(), message.topic.encode(),
-                              message.sender.encode(), *[to_lua(state, p) for p in message.payloads]):
-            return False
-        if self._inbox is not None and self._inbox.channel._receivers:
-            self.hand_out()
-        return True
+        lua_trace = None if trace is None else trace.encode()
+        channel = self._inbox.channel
+        receiver = channel._pop_live(channel._receivers) if channel._receivers else None
+        if receiver is not None:
+            lua = state.new_message(message.topic.encode(), message.sender.encode(),
+                                    *[to_lua(state, p) for p in message.payloads])
+            self._give(channel, receiver, lua, lua_trace)
+            return True
+        return bool(state.box_post(self.box, lua_trace, message.topic.encode(), message.sender.encode(),
+                                   *[to_lua(state, p) for p in message.payloads]))
 
     def took(self, trace: bytes | None) -> None:
-        """The process took a message of its box sent with ``trace``: it works in it."""
+        """The process took a message of its box sent with ``trace``: it works in it,
+        and so does its box (what a send in Lua carries)."""
         if self.owner is not None:
             self.owner.trace = None if trace is None else trace.decode()
+        if trace != self._seen:
+            self.state.box_trace(self.box, trace)
+            self._seen = trace
+
+    def mirrored(self, trace: bytes | None) -> None:
+        """Lua set the box's trace to ``trace`` (and the unit's too)."""
+        self._seen = trace
 
     def _open_box(self) -> None:
         assert self._inbox is not None
@@ -139,8 +160,10 @@ class LocalPath:
         return out
 
     def _mirror(self, trace: str | None) -> None:
-        """The unit now works in ``trace``: so does its box (what the local path sends with)."""
+        """The unit now works in ``trace`` (it took a message from Python's queues): so
+        does its box."""
         if self.owner is not None:
             self.owner.trace = trace
-        if self.box is not None:
-            self.state.box_trace(self.box, None if trace is None else trace.encode())
+        if self.box is not None and (lua := None if trace is None else trace.encode()) != self._seen:
+            self.state.box_trace(self.box, lua)
+            self._seen = lua

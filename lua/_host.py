@@ -78,7 +78,7 @@ class HostFunctions:
     def table(self) -> Any:
         names = [
             "chan_new", "chan_close", "chan_poll", "log", "uuid_new", "uuid_named", "uuid_validate", "uuid_info",
-            "ctx_get", "ctx_all", "future_state", "future_cancel", "box_wake", "box_trace",
+            "ctx_get", "ctx_all", "future_state", "future_cancel", "box_hand", "box_trace",
         ]
         table = {name.encode(): getattr(self, name) for name in names}
         return self.state.table_from(table)
@@ -96,17 +96,19 @@ class HostFunctions:
         got = channel.try_receive()
         return (False,) if got is None else (True, got[0], got[1])
 
-    def box_wake(self, box_id: int) -> None:
-        """The local path queued a message for a process that may be waiting on its inbox."""
+    def box_hand(self, box_id: int, message: Any, trace: bytes | None) -> None:
+        """The local path has a message for a process waiting on its inbox."""
         mailbox = self.state.boxes.get(box_id)
         if mailbox is not None:
-            mailbox.hand_out()
+            mailbox.hand(message, trace)
 
     def box_trace(self, trace: bytes | None) -> None:
         """The running process took a message from its box sent in ``trace``: it works in it."""
         unit = self.state.current
         if unit is not None:
             unit.trace = None if trace is None else trace.decode()
+            if unit.mailbox is not None:
+                unit.mailbox.mirrored(trace)
 
     def future_state(self, future: Any) -> tuple[Any, ...]:
         state, value, error = future.snapshot()

@@ -53,6 +53,7 @@ class MailboxState(LuaValues, Protocol):
     box_open: Callable[..., Any]
     box_post: Callable[..., Any]
     box_pop: Callable[..., Any]
+    box_push: Callable[..., Any]
     box_depth: Callable[..., Any]
     box_waiting: Callable[..., Any]
     box_trace: Callable[..., Any]
@@ -130,7 +131,7 @@ def _message(item: Held) -> Message:
 class Mailbox(LocalPath):
     _make_message = Message
     __slots__ = ("state", "limit", "owner", "held", "held_events", "dropped", "_inbox", "_events", "_topics",
-                 "_group_subscriptions", "_arrivals", "_outdated", "box", "open")
+                 "_group_subscriptions", "_arrivals", "_outdated", "box", "open", "_seen")
 
     def __init__(self, state: MailboxState, limit: int = DEFAULT_MAILBOX_LIMIT, owner: Any = None, *,
                  local: bool = False) -> None:
@@ -144,9 +145,11 @@ class Mailbox(LocalPath):
         state, which the local path delivers to (module docstring)."""
         self.open = False
         """The box is open: the inbox's messages are in it."""
+        self._seen: bytes | None = None
         if local:
             trace = owner.trace
-            self.box = state.new_box(id(self), owner.pid.encode(), limit, None if trace is None else trace.encode())
+            self._seen = None if trace is None else trace.encode()
+            self.box = state.new_box(id(self), owner.pid.encode(), limit, self._seen)
         # Most processes subscribe before anything arrives: the queues for held
         # messages and events exist only once something is held.
         self.held: deque[Held] | None = None

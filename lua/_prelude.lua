@@ -372,15 +372,18 @@ function M.box_close(box, ch)
 end
 -- A message for `box` from a process of this state (process.send's local path, in
 -- _process.lua): queued, counted, and a parked receiver woken through Python.
+-- A box is only marked waiting while it is empty: the message goes straight to Python,
+-- which hands it to the waiting thread (or, none being left, back into the box).
 function M.deliver_here(box, msg, trace)
-    local last = box.last + 1
-    box.last = last
-    box[2 * last - 1], box[2 * last] = msg, trace
     delivered_here = delivered_here + 1
     if box.waiting then
         box.waiting = false
-        host.box_wake(box.id)
+        host.box_hand(box.id, msg, trace)
+        return
     end
+    local last = box.last + 1
+    box.last = last
+    box[2 * last - 1], box[2 * last] = msg, trace
 end
 M.boxes, M.box_push, M.owner = boxes, push, owner
 function M.delivered_here() return delivered_here end
@@ -397,11 +400,12 @@ function ChannelMethods.receive(ch)
                 if trace ~= before then host.box_trace(trace) end  -- the unit works in the message's trace
                 return msg, true
             end
-        else
-            box.waiting = true  -- a sender hands the next one over through Python, which wakes this thread
+            unyielded = 0
+            return request("chan_recv", handles[ch])
         end
+        box.waiting = true  -- the next sender hands its message over through Python, which wakes this thread
         unyielded = 0
-        return request("chan_recv", handles[ch])
+        return request("box_wait", handles[ch])
     end
     local handle = handle_of(ch, "receive")
     unyielded = unyielded + CALL

@@ -103,7 +103,11 @@ class ProcessFunctions:
     def proc_traceparent(self) -> bytes:
         """The running process's trace context, made now if it has none (the local path
         sends in it, as ``send`` does)."""
-        return self._unit().traceparent().encode()
+        unit = self._unit()
+        trace = unit.traceparent().encode()
+        if unit.mailbox is not None:
+            unit.mailbox.mirrored(trace)
+        return trace
 
     def proc_options(self) -> Any:
         unit = self._unit()

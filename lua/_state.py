@@ -221,6 +221,7 @@ class LuaState:
         self.box_open = self.prelude.box_open
         self.box_post = self.prelude.box_post
         self.box_pop = self.prelude.box_pop
+        self.box_push = self.prelude.box_push
         self.box_depth = self.prelude.box_depth
         self.box_waiting = self.prelude.box_waiting
         self.box_trace = self.prelude.box_trace
@@ -228,7 +229,7 @@ class LuaState:
         self.box_close = self.prelude.box_close
         self.delivered_here = self.prelude.delivered_here
         self.boxes: dict[int, Any] = {}
-        """The mailboxes whose box is open, by the id their box carries (``box_wake``)."""
+        """The mailboxes whose box is open, by the id their box carries (``box_hand``)."""
         self._register_code = self.prelude.register_code
         self._forget_code = self.prelude.forget_code
         self._instantiate = self.prelude.instantiate

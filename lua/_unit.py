@@ -400,6 +400,11 @@ class Unit(ProcessRequests):
         channel.wait_receive(self._waiter(tid))
         return _BLOCKED
 
+    def _op_box_wait(self, tid: int, channel: Any) -> object:
+        # A receive from an inbox whose box is empty (the local path, lua/_box.py).
+        channel.wait_empty(self._waiter(tid))
+        return _BLOCKED
+
     def _op_select(self, tid: int, specs: Any, has_default: bool) -> object:
         cases = []
         for index in range(1, len(specs) + 1):
@@ -471,6 +476,7 @@ class Unit(ProcessRequests):
 _OPS: dict[bytes, Callable[..., Any]] = {
     b"spawn": Unit._op_spawn, b"yield": Unit._op_yield, b"sleep": Unit._op_sleep, b"timer": Unit._op_timer,
     b"chan_send": Unit._op_chan_send, b"chan_recv": Unit._op_chan_recv, b"select": Unit._op_select,
+    b"box_wait": Unit._op_box_wait,
     b"call": Unit._op_call, b"async": Unit._op_async, **PROCESS_OPS,
 }
 
