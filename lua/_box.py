@@ -153,9 +153,9 @@ class LocalPath:
         pairs = [(item.message, item.trace) for item in items] if isinstance(items, list) else \
             [(items[i], items[i + 1] or None) for i in range(1, len(items) + 1, 2)]
         state, out = self.state, []
-        for lua, trace in pairs:
-            payloads = [to_python(state, lua[i]) for i in range(1, (lua[b"_n"] or 0) + 1)]
-            out.append(self._make_message(_text(lua[b"_topic"]), payloads, _text(lua[b"_from"]),
+        for lua, trace in pairs:  # { topic, from, n, payloads... } (_process.lua)
+            payloads = [to_python(state, lua[3 + i]) for i in range(1, (lua[3] or 0) + 1)]
+            out.append(self._make_message(_text(lua[1]), payloads, _text(lua[2]),
                                None if trace is None else trace.decode()))
         return out
 

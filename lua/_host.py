@@ -78,7 +78,7 @@ class HostFunctions:
     def table(self) -> Any:
         names = [
             "chan_new", "chan_close", "chan_poll", "log", "uuid_new", "uuid_named", "uuid_validate", "uuid_info",
-            "ctx_get", "ctx_all", "future_state", "future_cancel", "box_hand", "box_trace",
+            "ctx_get", "ctx_all", "future_state", "future_cancel", "box_trace",
         ]
         table = {name.encode(): getattr(self, name) for name in names}
         return self.state.table_from(table)
@@ -95,12 +95,6 @@ class HostFunctions:
         """A receive that completes now: ``(True, value, ok)``, else ``(False,)``."""
         got = channel.try_receive()
         return (False,) if got is None else (True, got[0], got[1])
-
-    def box_hand(self, box_id: int, message: Any, trace: bytes | None) -> None:
-        """The local path has a message for a process waiting on its inbox."""
-        mailbox = self.state.boxes.get(box_id)
-        if mailbox is not None:
-            mailbox.hand(message, trace)
 
     def box_trace(self, trace: bytes | None) -> None:
         """The running process took a message from its box sent in ``trace``: it works in it."""

@@ -288,7 +288,7 @@ end
 -- A call that stays in Lua (the local message path below) counts LOCAL_SHARE of one:
 -- it costs a small fraction of a call into Python, and a yield costs a scheduler turn.
 local PREEMPT_EVERY = 512
-local CALL = 8         -- what a call into Python counts
+local CALL = 8        -- what a call into Python counts
 local LOCAL_SHARE = 1  -- what a send or receive that stays in Lua counts
 local unyielded = 0
 local function preempt(share)
@@ -321,7 +321,6 @@ M.LOCAL_SHARE = LOCAL_SHARE
 local boxes = {}                                    -- pid -> open box, for senders
 local inbox_box = setmetatable({}, { __mode = "k" })  -- open inbox channel table -> its box
 local owner = core.owner
-local delivered_here = 0                            -- messages the local path delivered (metrics)
 
 function M.new_box(id, pid, limit, trace)
     return { id = id, pid = pid, limit = limit, first = 1, last = 0, trace = trace, waiting = false }
@@ -370,23 +369,7 @@ function M.box_close(box, ch)
     box.first, box.last, box.waiting = 1, 0, false
     return out
 end
--- A message for `box` from a process of this state (process.send's local path, in
--- _process.lua): queued, counted, and a parked receiver woken through Python.
--- A box is only marked waiting while it is empty: the message goes straight to Python,
--- which hands it to the waiting thread (or, none being left, back into the box).
-function M.deliver_here(box, msg, trace)
-    delivered_here = delivered_here + 1
-    if box.waiting then
-        box.waiting = false
-        host.box_hand(box.id, msg, trace)
-        return
-    end
-    local last = box.last + 1
-    box.last = last
-    box[2 * last - 1], box[2 * last] = msg, trace
-end
 M.boxes, M.box_push, M.owner = boxes, push, owner
-function M.delivered_here() return delivered_here end
 
 function ChannelMethods.receive(ch)
     local box = inbox_box[ch]
@@ -394,10 +377,14 @@ function ChannelMethods.receive(ch)
         unyielded = unyielded + LOCAL_SHARE
         local first = box.first
         if first <= box.last then
-            if unyielded < PREEMPT_EVERY then
-                local before = box.trace
-                local msg, trace = pop(box)
-                if trace ~= before then host.box_trace(trace) end  -- the unit works in the message's trace
+            if unyielded < PREEMPT_EVERY then  -- pop(box), written out
+                local msg, trace = box[2 * first - 1], box[2 * first]
+                box[2 * first - 1], box[2 * first] = nil, nil
+                if first == box.last then box.first, box.last = 1, 0 else box.first = first + 1 end
+                if trace ~= box.trace then  -- the unit works in the message's trace from now on
+                    box.trace = trace
+                    host.box_trace(trace)
+                end
                 return msg, true
             end
             unyielded = 0

@@ -21,10 +21,10 @@ local SCOPES = { ["local"] = true, eventual = true, consistent = true, strong = 
 local MessageMethods = {}
 local MessageMT = { __index = MessageMethods, __name = "message", __metatable = false }
 
--- The payloads are the message's array part (one table per message: the local path
--- makes one per send).
+-- A message is one array, { topic, from, n, payload 1, ..., payload n }: one table per
+-- message, with no hash part (the local path makes one per send; lua/_box.py reads it).
 function P.new_message(topic, from, ...)
-    return setmetatable({ _topic = topic, _from = from, _n = select("#", ...), ... }, MessageMT)
+    return setmetatable({ topic, from, select("#", ...), ... }, MessageMT)
 end
 -- Python appends to a box a message that came another way (decoded here, as a receive
 -- did before): false when the box is full.
@@ -43,14 +43,15 @@ function P.new_event(kind, from, at, has_result, value, err, reason, group, sour
     return event
 end
 
-function MessageMethods.topic(m) return m._topic end
-function MessageMethods.from(m) return m._from end
+function MessageMethods.topic(m) return m[1] end
+function MessageMethods.from(m) return m[2] end
 -- None: nil; one: a Payload; several: a list of Payloads (wippy's message.go).
 function MessageMethods.payload(m)
-    if m._n == 0 then return nil end
-    if m._n == 1 then return new_payload(m[1]) end
+    local n = m[3]
+    if n == 0 then return nil end
+    if n == 1 then return new_payload(m[4]) end
     local out = {}
-    for i = 1, m._n do out[i] = new_payload(m[i]) end
+    for i = 1, n do out[i] = new_payload(m[3 + i]) end
     return out
 end
 
@@ -92,11 +93,13 @@ function process.id() return host.proc_id() end
 -- whose inbox is open is queued here, without calling Python, when nothing else needs
 -- to see it. Anything else takes Python's path: no open box for `dest` here (another
 -- shard or node, a name, a process that listens to topics), a full box (Python
--- refuses it as it refuses any), a sender that is no process of this state or has no
--- trace yet (Python makes one), a payload other than nil, a boolean, a number or a
--- string (Python's conversion copies and checks it). Both end in the same queue, so
--- the order per sender holds whichever path a message took.
-local boxes, owner, deliver_here, LOCAL_SHARE = P.boxes, P.owner, P.deliver_here, P.LOCAL_SHARE
+-- refuses it as it refuses any), a sender that is no process of this state, a payload
+-- other than nil, a boolean, a number or a string (Python's conversion copies and
+-- checks it). Both end in the same queue, so the order per sender holds whichever path
+-- a message took. A string is shared, not copied: Lua strings cannot be changed.
+local boxes, owner, LOCAL_SHARE = P.boxes, P.owner, P.LOCAL_SHARE
+local delivered_here = 0  -- messages the local path delivered (metrics: P.delivered_here)
+function P.delivered_here() return delivered_here end
 local SCALAR = { ["nil"] = true, boolean = true, number = true, string = true }
 local function scalars(n, ...)
     for i = 1, n do
@@ -121,7 +124,19 @@ function process.send(dest, topic, ...)
                 trace = host.proc_traceparent()
                 me.trace = trace
             end
-            deliver_here(box, setmetatable({ _topic = topic, _from = me.pid, _n = n, ... }, MessageMT), trace)
+            local msg = setmetatable(n == 1 and { topic, me.pid, 1, (...) } or { topic, me.pid, n, ... }, MessageMT)
+            delivered_here = delivered_here + 1
+            if box.waiting then
+                -- Only an empty box is marked waiting: the message goes straight to
+                -- Python, which hands it to the waiting thread (or, none being left,
+                -- puts it in the box).
+                box.waiting = false
+                host.box_hand(box.id, msg, trace)
+            else
+                local last = box.last + 1
+                box.last = last
+                box[2 * last - 1], box[2 * last] = msg, trace
+            end
             preempt(LOCAL_SHARE)  -- after the message is in: a yield here leaves it delivered
             return true
         end

@@ -63,7 +63,8 @@ class ProcessFunctions:
         self.state = state
 
     def table(self) -> dict[bytes, Any]:
-        names = ["proc_pid", "proc_id", "proc_send", "proc_traceparent", "proc_options", "proc_set_options", "proc_inbox",
+        names = ["proc_pid", "proc_id", "proc_send", "proc_traceparent", "box_hand", "proc_options",
+                 "proc_set_options", "proc_inbox",
                  "proc_events", "proc_listen", "proc_unlisten", "proc_register", "proc_unregister",
                  "cluster_now", "pg_subscribe", "pg_unsubscribe"]
         return {name.encode(): getattr(self, name) for name in names}
@@ -108,6 +109,12 @@ class ProcessFunctions:
         if unit.mailbox is not None:
             unit.mailbox.mirrored(trace)
         return trace
+
+    def box_hand(self, box_id: int, message: Any, trace: bytes | None) -> None:
+        """The local path has a message for a process waiting on its inbox."""
+        mailbox = self.state.boxes.get(box_id)
+        if mailbox is not None:
+            mailbox.hand(message, trace)
 
     def proc_options(self) -> Any:
         unit = self._unit()
