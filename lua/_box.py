@@ -123,6 +123,8 @@ class LocalPath:
     def took(self, trace: bytes | None) -> None:
         """The process took a message of its box sent with ``trace``: it works in it,
         and so does its box (what a send in Lua carries)."""
+        if trace is not None and trace == self._seen:
+            return  # the unit works in it already (the common case: one trace per conversation)
         if self.owner is not None:
             self.owner.trace = None if trace is None else trace.decode()
         if trace != self._seen:
