@@ -22,6 +22,7 @@ from typing import Any
 from ._channel import Handed, PostChannel, Waiter, _received
 from ._values import to_lua, to_python
 
+
 @dataclass(slots=True)
 class FromBox:
     """A message a box handed to a thread with siblings (see :class:`Handed`): Lua's."""
@@ -141,14 +142,16 @@ class LocalPath:
         self.state.box_open(self.box, self._inbox.lua)
         self.open = True
 
-    def _shut_box(self) -> list[Any]:
-        """Close the box, if open: senders take Python's path again; what it held, in order."""
+    def _shut_box(self, keep: bool = True) -> list[Any]:
+        """Close the box, if open: senders take Python's path again. What it held, in
+        order, or (not ``keep``: the process ended) nothing."""
         if not self.open:
             return []
         self.open = False
         self.state.boxes.pop(id(self), None)
         assert self._inbox is not None
-        return self._from_box(self.state.box_close(self.box, self._inbox.lua))
+        held = self.state.box_close(self.box, self._inbox.lua, keep)
+        return self._from_box(held) if keep else []
 
     def _from_box(self, items: Any) -> list[Any]:
         """Lua messages as Python ones: ``box_items``' list, or a :class:`FromBox`'s."""
@@ -158,7 +161,7 @@ class LocalPath:
         for lua, trace in pairs:  # { topic, from, n, payloads... } (_process.lua)
             payloads = [to_python(state, lua[3 + i]) for i in range(1, (lua[3] or 0) + 1)]
             out.append(self._make_message(_text(lua[1]), payloads, _text(lua[2]),
-                               None if trace is None else trace.decode()))
+                                          None if trace is None else trace.decode()))
         return out
 
     def _mirror(self, trace: str | None) -> None:

@@ -261,7 +261,8 @@ class Mailbox(LocalPath):
         Lua state holds each channel's Python object (whose decoder is this mailbox) for
         as long as Python holds the Lua side of it, a cycle through both collectors that
         neither can break (every exited process that had read its inbox stayed in memory)."""
-        self._shut_box()
+        self._shut_box(keep=False)
+        self.box = None
         self.held = self.held_events = None
         for topic in (self._inbox, self._events, *self._topics.values(), *(self._group_subscriptions or ())):
             if topic is not None:

@@ -323,7 +323,7 @@ local inbox_box = setmetatable({}, { __mode = "k" })  -- open inbox channel tabl
 local owner = core.owner
 
 function M.new_box(id, pid, limit, trace)
-    return { id = id, pid = pid, limit = limit, first = 1, last = 0, trace = trace, waiting = false }
+    return { id = id, pid = pid, limit = limit, first = 1, last = 0, trace = trace }  -- waiting: nil
 end
 -- The inbox `ch` of the process of `box` opened: messages to it go through the box.
 function M.box_open(box, ch)
@@ -360,11 +360,11 @@ local function box_items(box)
 end
 M.box_items = box_items
 -- Close `box`, the box of inbox `ch` (no sender finds it any more, and receives go to
--- Python), and hand what it held back to Python (as box_items).
-function M.box_close(box, ch)
+-- Python), and hand what it held back to Python (as box_items) when it will `keep` it.
+function M.box_close(box, ch, keep)
     if boxes[box.pid] == box then boxes[box.pid] = nil end
     inbox_box[ch] = nil
-    local out = box_items(box)
+    local out = keep and box_items(box) or nil
     for k = 2 * box.first - 1, 2 * box.last do box[k] = nil end
     box.first, box.last, box.waiting = 1, 0, false
     return out

@@ -64,9 +64,8 @@ class ProcessFunctions:
 
     def table(self) -> dict[bytes, Any]:
         names = ["proc_pid", "proc_id", "proc_send", "proc_traceparent", "box_hand", "proc_options",
-                 "proc_set_options", "proc_inbox",
-                 "proc_events", "proc_listen", "proc_unlisten", "proc_register", "proc_unregister",
-                 "cluster_now", "pg_subscribe", "pg_unsubscribe"]
+                 "proc_set_options", "proc_inbox", "proc_events", "proc_listen", "proc_unlisten", "proc_register",
+                 "proc_unregister", "cluster_now", "pg_subscribe", "pg_unsubscribe"]
         return {name.encode(): getattr(self, name) for name in names}
 
     def _unit(self) -> Running:
