@@ -79,6 +79,7 @@ class LocalPath:
     _message_to_lua: Callable[[Any], Any]
     _make_message: Callable[..., Any]  # the Message class (``_mailbox.py``, which imports this module)
     _seen: bytes | None    # the box's trace as Lua has it: a change costs a call into Lua
+    post: Callable[[Any], bool]
 
     def hand(self, message: Any, trace: bytes | None) -> None:
         """A send in Lua found the box marked waiting: hand ``message`` to a waiting
@@ -108,8 +109,15 @@ class LocalPath:
     def _to_box(self, message: Any) -> bool:
         """Deliver ``message`` (from Python's path) to the open box: to a thread waiting
         on the inbox (the box is empty then), else at its end; False when it is full.
-        A box left marked waiting is put right by the next send in Lua (:meth:`hand`)."""
+        A box left marked waiting is put right by the next send in Lua (:meth:`hand`).
+
+        No Lua code runs while Python posts, so nothing checks the state's memory limit
+        meanwhile: past half of it, the box closes (its messages come back to Python)
+        and the mailbox holds messages in Python, as it did before the local path."""
         state, trace = self.state, message.trace
+        if state.memory_used() > state.box_memory:
+            self._inbox.channel.buffer.extend(self._shut_box())
+            return self.post(message)  # the mailbox without its box
         lua_trace = None if trace is None else trace.encode()
         channel = self._inbox.channel
         receiver = channel._pop_live(channel._receivers) if channel._receivers else None

@@ -49,6 +49,10 @@ class MailboxState(LuaValues, Protocol):
     new_event: Callable[..., Any]
     new_group_event: Callable[..., Any]
     boxes: dict[int, Mailbox]
+    box_memory: int
+
+    def memory_used(self) -> int: ...
+
     new_box: Callable[..., Any]
     box_open: Callable[..., Any]
     box_post: Callable[..., Any]

@@ -230,6 +230,8 @@ class LuaState:
         self.delivered_here = self.prelude.delivered_here
         self.boxes: dict[int, Any] = {}
         """The mailboxes whose box is open, by the id their box carries (``box_hand``)."""
+        self.box_memory = (limits.memory or 0) // 2 or 1 << 62
+        """Lua memory above which a post from Python closes a box (``LocalPath._to_box``)."""
         self._register_code = self.prelude.register_code
         self._forget_code = self.prelude.forget_code
         self._instantiate = self.prelude.instantiate

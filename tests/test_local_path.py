@@ -327,3 +327,44 @@ async def test_a_sender_flooding_in_lua_cannot_hold_the_event_loop(tmp_path: Pat
     assert ticks == 200               # the other task had its turns while the flood went on
     assert alive                      # and the flooder kept within its instruction budget
     assert last > first and in_lua >= last
+
+
+# ---------------------------------------------------------------- memory
+
+# Waits for its CANCEL, then reads `n` messages and tells the driver their numbers.
+READER = """
+return { main = function(parent, n)
+  local inbox = process.inbox()
+  process.events():receive()
+  local got = {}
+  for i = 1, n do got[i] = inbox:receive():payload():data().seq end
+  process.send(parent, "got", got)
+end }"""
+
+READER_DRIVER = """
+return { main = function(n)
+  local inbox = process.inbox()
+  process.spawn("app:reader", "app:host", process.pid(), n)
+  return inbox:receive():payload():data()
+end }"""
+
+
+async def test_posts_past_half_the_memory_limit_leave_the_box_and_lose_nothing(tmp_path: Path) -> None:
+    # Messages posted from Python are Lua values in a box; no Lua code runs meanwhile to
+    # check the state's memory limit, so past half of it the box closes and the mailbox
+    # holds them in Python, as before the local path.
+    n, blob = 60, "x" * 100_000  # 6 MB of payloads for a state limited to 8 MiB
+    files = project({"driver": READER_DRIVER, "reader": READER})
+    files["_index.yaml"] = files["_index.yaml"].replace("mailbox_limit: 4096", "mailbox_limit: 4096, memory_limit: 8MiB")
+    async with LocalRuntime(tmp_path, files) as runtime:
+        driver = asyncio.ensure_future(runtime.execute("app:driver", [n]))
+        reader = await started(runtime, "app:reader")
+        uid = reader.pid[reader.pid.index("|") + 1:-1]
+        for i in range(1, n + 1):
+            runtime.processes.deliver(uid, Message("n", [{"seq": i, "blob": blob}], "{n2@elsewhere|remote1}"))
+        still_open, depth = reader.unit.mailbox.open, depth_in_ps(runtime, reader.pid)
+        runtime.processes.control("cancel", {"target": reader.pid, "by": "", "reason": "read now"})
+        outcome = await driver
+    assert still_open is False and depth == n
+    assert outcome.error is None, outcome.error
+    assert outcome.value == list(range(1, n + 1))
