@@ -119,10 +119,10 @@ return { main = function()
 end }"""
 
 FLOODER = """
-return { main = function(to, n)
+return { main = function(to, n, payload)
   local ok, first_err = 0, nil
   for i = 1, n do
-    local sent, err = process.send(to, "n", i)
+    local sent, err = process.send(to, "n", payload or i)
     if sent then ok = ok + 1 elseif first_err == nil then first_err = err end
   end
   return { ok = ok, kind = first_err and first_err:kind(), retryable = first_err and first_err:retryable(),
@@ -130,10 +130,10 @@ return { main = function(to, n)
 end }"""
 
 BOUND_DRIVER = """
-return { main = function(n)
+return { main = function(n, payload)
   local events = process.events()
   local holder = process.spawn("app:holder", "app:host")
-  process.spawn_monitored("app:flooder", "app:host", holder, n)
+  process.spawn_monitored("app:flooder", "app:host", holder, n, payload)
   local result = events:receive().result
   return { holder = holder, flooded = result.value, error = result.error and tostring(result.error) }
 end }"""
@@ -255,35 +255,31 @@ return { main = function(parent, secret)
   process.events():receive()  -- stays, so the test can see where it ran
 end }"""
 
-SECRET_SENDER = """
-return { main = function(to, secret)
-  for i = 1, 5 do process.send(to, "s", secret) end
-end }"""
-
-SNOOP_DRIVER = """
-return { main = function(secret)
+# Starts `entry` on app:host with (its own PID, `arg`) and returns what it sends first.
+ASK = """
+return { main = function(entry, arg)
   local inbox = process.inbox()
-  local holder = process.spawn("app:holder", "app:host")
-  process.spawn_monitored("app:sender", "app:host", holder, secret)
-  process.events():receive()                        -- sent: the secret waits in the holder's box
-  process.spawn("app:snoop", "app:host", process.pid(), secret)
-  return { holder = holder, found = inbox:receive():payload():data() }
+  process.spawn(entry, "app:host", process.pid(), arg)
+  return inbox:receive():payload():data()
 end }"""
 
 
 async def test_a_process_cannot_reach_the_queue_of_another_in_its_state(tmp_path: Path) -> None:
     secret = "secret-8f1c0e2d"
-    files = project({"driver": SNOOP_DRIVER, "holder": HOLDER, "sender": SECRET_SENDER, "snoop": SNOOP})
+    files = project({"driver": BOUND_DRIVER, "holder": HOLDER, "flooder": FLOODER, "snoop": SNOOP,
+                     "ask": ASK})
     async with LocalRuntime(tmp_path, files) as runtime:
-        outcome = await runtime.execute("app:driver", [secret])
+        filled = await runtime.execute("app:driver", [5, secret])  # the secret waits in the holder's box
+        assert filled.error is None, filled.error
+        outcome = await runtime.execute("app:ask", ["app:snoop", secret])
         assert outcome.error is None, outcome.error
-        holder = runtime.processes.records[outcome.value["holder"]]
+        holder = runtime.processes.records[filled.value["holder"]]
         snoop = next(r for r in runtime.processes.records.values() if r.entry == "app:snoop")
         held = depth_in_ps(runtime, holder.pid)
         in_lua = runtime.hosts["app:host"].delivered_in_lua()
     assert snoop.unit.state is holder.unit.state
-    assert held == 5 and in_lua >= 5          # the secret waits in the holder's box, in this state
-    assert outcome.value["found"] in ([], {})  # and the neighbour reached none of it (no path)
+    assert held == 5 and in_lua >= 5     # the secret waits in the holder's box, in this state
+    assert outcome.value in ([], {})     # and the neighbour reached none of it (no path)
 
 
 # ---------------------------------------------------------------- the event loop
@@ -341,23 +337,15 @@ return { main = function(parent, n)
   process.send(parent, "got", got)
 end }"""
 
-READER_DRIVER = """
-return { main = function(n)
-  local inbox = process.inbox()
-  process.spawn("app:reader", "app:host", process.pid(), n)
-  return inbox:receive():payload():data()
-end }"""
-
-
 async def test_posts_past_half_the_memory_limit_leave_the_box_and_lose_nothing(tmp_path: Path) -> None:
     # Messages posted from Python are Lua values in a box; no Lua code runs meanwhile to
     # check the state's memory limit, so past half of it the box closes and the mailbox
     # holds them in Python, as before the local path.
     n, blob = 60, "x" * 100_000  # 6 MB of payloads for a state limited to 8 MiB
-    files = project({"driver": READER_DRIVER, "reader": READER})
+    files = project({"ask": ASK, "reader": READER})
     files["_index.yaml"] = files["_index.yaml"].replace("mailbox_limit: 4096", "mailbox_limit: 4096, memory_limit: 8MiB")
     async with LocalRuntime(tmp_path, files) as runtime:
-        driver = asyncio.ensure_future(runtime.execute("app:driver", [n]))
+        driver = asyncio.ensure_future(runtime.execute("app:ask", ["app:reader", n]))
         reader = await started(runtime, "app:reader")
         uid = reader.pid[reader.pid.index("|") + 1:-1]
         for i in range(1, n + 1):
