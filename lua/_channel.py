@@ -8,7 +8,7 @@ the first channel to fire it wins (the others skip it, being ``done``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +114,12 @@ class Channel:
             self.buffer = deque((item,))
         else:
             self.buffer.append(item)  # type: ignore[union-attr]  # not the empty tuple: a deque
+
+    def extend(self, items: Iterable[Any]) -> None:
+        """Append ``items`` to the buffer in order (messages handed back to Python), past
+        its capacity if need be."""
+        for item in items:
+            self._buffer(item)
 
     def clear(self) -> None:
         """Drop whatever is buffered."""

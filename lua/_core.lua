@@ -23,6 +23,8 @@ local table_pack, table_unpack = table.pack, table.unpack
 local REQUEST = setmetatable({}, { __metatable = false })
 
 local threads = {}        -- id -> thread
+local owners = {}         -- id -> the mailbox box of the process the thread belongs to (_prelude.lua)
+local current_owner = nil -- the box of the thread being resumed (nil: a function call, no process)
 local managed = setmetatable({}, { __mode = "k" })  -- threads only the scheduler may resume
 local next_thread_id = 0
 local budget = 0          -- instructions allowed per resume; 0 = unlimited
@@ -240,14 +242,19 @@ function core.set_limits(instructions, err, memory_bytes)
 end
 
 -- Create a thread that will run fn; its first resume passes fn's arguments. Returns
--- the thread's id.
-function core.spawn(fn)
+-- the thread's id. `owner`: the box of the process it belongs to (the local message
+-- path knows the sender by it, see `core.owner`), or nil.
+function core.spawn(fn, owner)
     local co = coroutine_create(fn)
     next_thread_id = next_thread_id + 1
     threads[next_thread_id] = co
     managed[co] = true
+    owners[next_thread_id] = owner
     return next_thread_id
 end
+
+-- The box of the process whose thread is running (nil: none, or a function call).
+function core.owner() return current_owner end
 
 -- Resume thread `id` with `...`. Returns one of:
 --   "request", op, args...   the thread waits for Python to answer `op`
@@ -256,16 +263,16 @@ end
 --   "yield"                  the thread yielded outside any user coroutine (a misuse)
 function core.resume(id, ...)
     local co = threads[id]
-    local outer_used, outer_metering = used, metering  -- a resume nested in a call from Lua
-    used, metering = 0, budget > 0
+    local outer_used, outer_metering, outer_owner = used, metering, current_owner  -- a resume nested in a call from Lua
+    used, metering, current_owner = 0, budget > 0, owners[id]
     if metering then
         sethook(co, tick, "", TICK)
     end
     local result = table_pack(coroutine_resume(co, ...))
-    used, metering = outer_used, outer_metering
+    used, metering, current_owner = outer_used, outer_metering, outer_owner
     if handed > release_after then release_wrappers() end
     if coroutine_status(co) == "dead" then
-        threads[id] = nil
+        threads[id], owners[id] = nil, nil
         if result[1] then
             return "return", table_unpack(result, 2, result.n)
         end
@@ -278,7 +285,7 @@ function core.resume(id, ...)
     if result[2] == REQUEST then
         return "request", table_unpack(result, 3, result.n)
     end
-    threads[id] = nil
+    threads[id], owners[id] = nil, nil
     return "yield"
 end
 
@@ -293,7 +300,7 @@ end
 -- Stop a thread for good (its pending request is abandoned).
 function core.kill(id)
     local co = threads[id]
-    threads[id] = nil
+    threads[id], owners[id] = nil, nil
     if co ~= nil then
         pcall(coroutine_close, co)
     end

@@ -78,7 +78,7 @@ class HostFunctions:
     def table(self) -> Any:
         names = [
             "chan_new", "chan_close", "chan_poll", "log", "uuid_new", "uuid_named", "uuid_validate", "uuid_info",
-            "ctx_get", "ctx_all", "future_state", "future_cancel",
+            "ctx_get", "ctx_all", "future_state", "future_cancel", "box_trace",
         ]
         table = {name.encode(): getattr(self, name) for name in names}
         return self.state.table_from(table)
@@ -95,6 +95,14 @@ class HostFunctions:
         """A receive that completes now: ``(True, value, ok)``, else ``(False,)``."""
         got = channel.try_receive()
         return (False,) if got is None else (True, got[0], got[1])
+
+    def box_trace(self, trace: bytes | None) -> None:
+        """The running process took a message from its box sent in ``trace``: it works in it."""
+        unit = self.state.current
+        if unit is not None:
+            unit.trace = None if trace is None else trace.decode()
+            if unit.mailbox is not None:
+                unit.mailbox.mirrored(trace)
 
     def future_state(self, future: Any) -> tuple[Any, ...]:
         state, value, error = future.snapshot()

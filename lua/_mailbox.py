@@ -12,6 +12,13 @@ it, :meth:`Mailbox.post` refuses the message and the node decides what the sende
 ``process.upgrade`` keeps the mailbox and discards the old code's subscriptions
 (:meth:`Mailbox.reset`): what was not received is held again, in arrival order, for the
 new code's ``inbox()``, ``listen()`` and ``events()``.
+
+The local path: a process on a host has a *box* in its Lua state (``_prelude.lua``), a
+queue of Lua messages. While its inbox is open and it listens to no topic, every message
+routed to its inbox goes into the box: senders of the same state append to it in Lua,
+and everything else is appended here, so one queue keeps the order. ``depth`` reads its
+count; the first ``listen``, an upgrade and the exit close it, its messages coming back
+here, in order, as :class:`Message` values.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ._box import BoxInbox, FromBox, LocalPath
 from ._channel import PostChannel
 from ._errors import MoonwireError
 from ._values import LuaValues, to_lua
@@ -33,12 +41,28 @@ EXIT, LINK_DOWN, CANCEL, OUTDATED = "pid.exit", "pid.link.down", "pid.cancel", "
 
 class MailboxState(LuaValues, Protocol):
     """What a mailbox needs of its state (a :class:`~moonwire.lua.LuaState`): the
-    prelude's constructors of channels, messages and events (Lua functions)."""
+    prelude's constructors of channels, messages and events, and its boxes (Lua
+    functions; ``boxes`` finds a mailbox by the id its box carries)."""
 
     wrap_channel: Callable[..., Any]
     new_message: Callable[..., Any]
     new_event: Callable[..., Any]
     new_group_event: Callable[..., Any]
+    boxes: dict[int, Mailbox]
+    box_memory: int
+
+    def memory_used(self) -> int: ...
+
+    new_box: Callable[..., Any]
+    box_open: Callable[..., Any]
+    box_post: Callable[..., Any]
+    box_pop: Callable[..., Any]
+    box_push: Callable[..., Any]
+    box_depth: Callable[..., Any]
+    box_waiting: Callable[..., Any]
+    box_trace: Callable[..., Any]
+    box_close: Callable[..., Any]
+    box_items: Callable[..., Any]
 
 
 @dataclass(slots=True)
@@ -112,16 +136,28 @@ def _message(item: Held) -> Message:
     return item if type(item) is Message else item[1]
 
 
-class Mailbox:
+class Mailbox(LocalPath):
+    _make_message = Message
     __slots__ = ("state", "limit", "owner", "held", "held_events", "dropped", "_inbox", "_events", "_topics",
-                 "_group_subscriptions", "_arrivals", "_outdated")
+                 "_group_subscriptions", "_arrivals", "_outdated", "box", "open", "_seen")
 
-    def __init__(self, state: MailboxState, limit: int = DEFAULT_MAILBOX_LIMIT, owner: Any = None) -> None:
+    def __init__(self, state: MailboxState, limit: int = DEFAULT_MAILBOX_LIMIT, owner: Any = None, *,
+                 local: bool = False) -> None:
         self.state = state
         self.limit = limit
         self.owner = owner
         """The unit whose mailbox this is: a message it takes sets its ``trace``, as an
         OpenTelemetry consumer handles each message in the trace it came with."""
+        self.box: Any = None
+        """``local`` (a process on a host, ``owner`` with its PID): its box in the Lua
+        state, which the local path delivers to (module docstring)."""
+        self.open = False
+        """The box is open: the inbox's messages are in it."""
+        self._seen: bytes | None = None
+        if local:
+            trace = owner.trace
+            self._seen = None if trace is None else trace.encode()
+            self.box = state.new_box(id(self), owner.pid.encode(), limit, self._seen)
         # Most processes subscribe before anything arrives: the queues for held
         # messages and events exist only once something is held.
         self.held: deque[Held] | None = None
@@ -142,6 +178,8 @@ class Mailbox:
     def depth(self) -> int:
         """Messages not yet received."""
         total = len(self.held) if self.held else 0
+        if self.open:
+            total += self.state.box_depth(self.box)
         if self._inbox is not None:
             total += len(self._inbox.channel.buffer)
         if self._topics:
@@ -155,10 +193,17 @@ class Mailbox:
         for topic in (self._inbox, *self._topics.values()):
             if topic is not None:
                 out.extend(topic.channel.buffer)
+        if self.open:
+            out.extend(self._from_box(self.state.box_items(self.box)))
         return out
 
     def post(self, message: Message) -> bool:
         """Route ``message``; False (and nothing delivered) when the mailbox is full."""
+        if self.open:  # the box holds every unread message then, and checks the bound itself
+            if self._to_box(message):
+                return True
+            self.dropped += 1
+            return False
         if self.depth() >= self.limit:
             self.dropped += 1
             return False
@@ -224,6 +269,8 @@ class Mailbox:
         Lua state holds each channel's Python object (whose decoder is this mailbox) for
         as long as Python holds the Lua side of it, a cycle through both collectors that
         neither can break (every exited process that had read its inbox stayed in memory)."""
+        self._shut_box(keep=False)
+        self.box = None
         self.held = self.held_events = None
         for topic in (self._inbox, self._events, *self._topics.values(), *(self._group_subscriptions or ())):
             if topic is not None:
@@ -239,22 +286,27 @@ class Mailbox:
         again, in arrival order, with ``handed`` (items given to a thread of the old code
         that had not run since) first. Group events a ``pg`` subscription took go with
         it, and so does a pending OUTDATED: the process now runs the current code."""
-        handed = list(handed)
+        handed = [self._from_box([item])[0] if type(item) is FromBox else item for item in handed]
         first: list[Held] = []     # arrived before the first listen(), so before any numbered one
         numbered: list[Held] = []
         for item in (*(item for item in handed if type(item) is not Event), *(self.held or ()),
-                     *(self._inbox.channel.take_all() if self._inbox is not None else ()),
+                     *(self._inbox.channel.take_all() if self._inbox is not None else ()), *self._shut_box(),
                      *(item for topic in self._topics.values() for item in topic.channel.take_all())):
             (first if type(item) is Message else numbered).append(item)
         numbered.sort(key=lambda item: item[0])
         events = [*(item for item in handed if type(item) is Event and item.group is None),
                   *(self.held_events or ()), *(self._events.channel.take_all() if self._events is not None else ())]
+        box, self.box = self.box, None
         self.close()
+        self.box = box  # the new code's inbox() opens it again
         self.held = deque(first + numbered) or None
         self.held_events = deque(event for event in events if event.kind != OUTDATED) or None
         self._outdated = None
 
     def _route(self, item: Held, topic_name: str) -> None:
+        if self.open:  # held messages of a new inbox (no topic is listened to then)
+            self._to_box(_message(item))
+            return
         topic = self._topics.get(topic_name)
         if topic is not None:
             topic.channel.post(item)
@@ -270,7 +322,12 @@ class Mailbox:
     def inbox(self) -> Any:
         """The inbox channel (created on first use; held messages move into it)."""
         if self._inbox is None:
-            self._inbox = self._new_topic(True)
+            if self.box is not None and self._arrivals is None:
+                channel = BoxInbox(self)
+                self._inbox = _Topic(channel, self.state.wrap_channel(channel), True)
+                self._open_box()
+            else:
+                self._inbox = self._new_topic(True)
             held, self.held = self.held, None
             for item in held or ():
                 self._route(item, _message(item).topic)
@@ -291,6 +348,9 @@ class Mailbox:
         existing = self._topics.get(topic)
         if existing is not None:
             return existing.lua
+        if self.open:  # several queues from now on: the box's messages are the inbox's again
+            assert self._inbox is not None
+            self._inbox.channel.extend(self._shut_box())
         listener = self._new_topic(as_message)
         if self._topics is _NO_TOPICS:
             self._topics = {}
@@ -358,8 +418,7 @@ class Mailbox:
 
     def _message_to_lua(self, item: Held) -> Any:
         state, message = self.state, _message(item)
-        if self.owner is not None:
-            self.owner.trace = message.trace
+        self._mirror(message.trace)
         return state.new_message(message.topic.encode(), message.sender.encode(),
                                  *[to_lua(state, p) for p in message.payloads])
 
@@ -367,8 +426,7 @@ class Mailbox:
         # A raw listen hands over the value itself: none is nil, one is the value,
         # several are a list of them (wippy leaves several undocumented).
         message = _message(item)
-        if self.owner is not None:
-            self.owner.trace = message.trace
+        self._mirror(message.trace)
         if not message.payloads:
             return None
         if len(message.payloads) == 1:

@@ -285,20 +285,128 @@ end
 -- Calls that complete without waiting (a send to a process, a receive from a channel
 -- that holds a value) skip the scheduler; every PREEMPT_EVERY of them the thread yields
 -- anyway, so a loop of them keeps within its instruction budget and lets others run.
-local PREEMPT_EVERY = 64
+-- A call that stays in Lua (the local message path below) counts LOCAL_SHARE of one:
+-- it costs a small fraction of a call into Python, and a yield costs a scheduler turn.
+local PREEMPT_EVERY = 512
+local CALL = 8        -- what a call into Python counts
+local LOCAL_SHARE = 1  -- what a send or receive that stays in Lua counts
 local unyielded = 0
-local function preempt()
-    unyielded = unyielded + 1
+local function preempt(share)
+    unyielded = unyielded + (share or CALL)
     if unyielded >= PREEMPT_EVERY then
         unyielded = 0
         request("yield")
     end
 end
 M.preempt = preempt
+M.LOCAL_SHARE = LOCAL_SHARE
+
+-- ---------------------------------------------------------------------- the local message path
+--
+-- A process of this state whose inbox is open has a *box*: a queue of its inbox messages
+-- as Lua values, which a sender in the same state appends to without calling Python, and
+-- its inbox:receive() takes from without calling Python (docs/architecture.md, "The
+-- local message path"). Everything else that reaches that inbox (a message from
+-- another node, shard or a function call) is appended to the same queue by Python, so
+-- one queue keeps the order. Python keeps the rest of the mailbox (lua/_mailbox.py):
+-- the bound is the same (Python only sees an empty queue of its own then), and a box
+-- closes, its messages going back to Python in order, when the process first
+-- listens to a topic, upgrades or exits.
+--
+-- Box fields: id (Python's key), pid, limit, first/last (the queue is box[2k-1] the
+-- message, box[2k] its sender's traceparent, for k in first..last), trace (the
+-- traceparent Python's unit has, mirrored here), waiting (a thread of it may be
+-- parked on the inbox: a send must have Python wake it).
+-- Boxes live only here and in Python: no user value refers to one.
+local boxes = {}                                    -- pid -> open box, for senders
+local inbox_box = setmetatable({}, { __mode = "k" })  -- open inbox channel table -> its box
+local owner = core.owner
+
+function M.new_box(id, pid, limit, trace)
+    return { id = id, pid = pid, limit = limit, first = 1, last = 0, trace = trace }  -- waiting: nil
+end
+-- The inbox `ch` of the process of `box` opened: messages to it go through the box.
+function M.box_open(box, ch)
+    boxes[box.pid] = box
+    inbox_box[ch] = box
+end
+local function push(box, msg, trace)
+    local last = box.last + 1
+    box.last = last
+    box[2 * last - 1], box[2 * last] = msg, trace
+end
+-- The oldest message and its traceparent (nil when empty); the box's trace follows it.
+local function pop(box)
+    local first = box.first
+    if first > box.last then return nil end
+    local msg, trace = box[2 * first - 1], box[2 * first]
+    box[2 * first - 1], box[2 * first] = nil, nil
+    if first == box.last then box.first, box.last = 1, 0 else box.first = first + 1 end
+    box.trace = trace
+    return msg, trace
+end
+M.box_pop = pop
+function M.box_depth(box) return box.last - box.first + 1 end
+function M.box_waiting(box, waiting) box.waiting = waiting end
+function M.box_trace(box, trace) box.trace = trace end
+-- What `box` holds, in order, for Python: { message, traceparent or false, ... }.
+local function box_items(box)
+    local out = {}
+    for k = box.first, box.last do
+        out[#out + 1] = box[2 * k - 1]
+        out[#out + 1] = box[2 * k] or false
+    end
+    return out
+end
+M.box_items = box_items
+-- Close `box`, the box of inbox `ch` (no sender finds it any more, and receives go to
+-- Python), and hand what it held back to Python (as box_items) when it will `keep` it.
+function M.box_close(box, ch, keep)
+    if boxes[box.pid] == box then boxes[box.pid] = nil end
+    inbox_box[ch] = nil
+    local out = keep and box_items(box) or nil
+    for k = 2 * box.first - 1, 2 * box.last do box[k] = nil end
+    box.first, box.last, box.waiting = 1, 0, false
+    return out
+end
+M.boxes, M.box_push, M.owner = boxes, push, owner
+-- Lua memory (KiB) above which a send stops queueing in Lua (checked every 256th message
+-- a box holds): a sender flooding a neighbour that does not read would otherwise fill the
+-- state's memory, which every process of the state shares, with that backlog. Past it the
+-- message takes Python's path, whose post closes the box (lua/_box.py), so the backlog
+-- is held in Python as it was before the local path.
+local box_memory_kb, memory_kb = math.huge, collectgarbage
+function M.set_box_memory(bytes) box_memory_kb = bytes / 1024 end
+function M.box_has_room(box)
+    local depth = box.last - box.first + 1
+    return depth < box.limit and (depth % 256 ~= 255 or memory_kb("count") < box_memory_kb)
+end
 
 function ChannelMethods.receive(ch)
+    local box = inbox_box[ch]
+    if box ~= nil then
+        unyielded = unyielded + LOCAL_SHARE
+        local first = box.first
+        if first <= box.last then
+            if unyielded < PREEMPT_EVERY then  -- pop(box), written out
+                local msg, trace = box[2 * first - 1], box[2 * first]
+                box[2 * first - 1], box[2 * first] = nil, nil
+                if first == box.last then box.first, box.last = 1, 0 else box.first = first + 1 end
+                if trace ~= box.trace then  -- the unit works in the message's trace from now on
+                    box.trace = trace
+                    host.box_trace(trace)
+                end
+                return msg, true
+            end
+            unyielded = 0
+            return request("chan_recv", handles[ch])
+        end
+        box.waiting = true  -- the next sender hands its message over through Python, which wakes this thread
+        unyielded = 0
+        return request("box_wait", handles[ch])
+    end
     local handle = handle_of(ch, "receive")
-    unyielded = unyielded + 1
+    unyielded = unyielded + CALL
     if unyielded < PREEMPT_EVERY then
         local done, value, ok = host.chan_poll(handle)
         if done then return value, ok end

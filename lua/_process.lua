@@ -21,8 +21,18 @@ local SCOPES = { ["local"] = true, eventual = true, consistent = true, strong = 
 local MessageMethods = {}
 local MessageMT = { __index = MessageMethods, __name = "message", __metatable = false }
 
+-- A message is one array, { topic, from, n, payload 1, ..., payload n }: one table per
+-- message, with no hash part (the local path makes one per send; lua/_box.py reads it).
 function P.new_message(topic, from, ...)
-    return setmetatable({ _topic = topic, _from = from, _payloads = { ... }, _n = select("#", ...) }, MessageMT)
+    return setmetatable({ topic, from, select("#", ...), ... }, MessageMT)
+end
+-- Python appends to a box a message that came another way (decoded here, as a receive
+-- did before): false when the box is full.
+local box_push = P.box_push
+function P.box_post(box, trace, topic, from, ...)
+    if box.last - box.first + 1 >= box.limit then return false end
+    box_push(box, P.new_message(topic, from, ...), trace)
+    return true
 end
 function P.new_event(kind, from, at, has_result, value, err, reason, group, sources)
     local event = { kind = kind, from = from, at = at }
@@ -33,24 +43,27 @@ function P.new_event(kind, from, at, has_result, value, err, reason, group, sour
     return event
 end
 
-function MessageMethods.topic(m) return m._topic end
-function MessageMethods.from(m) return m._from end
+function MessageMethods.topic(m) return m[1] end
+function MessageMethods.from(m) return m[2] end
 -- None: nil; one: a Payload; several: a list of Payloads (wippy's message.go).
 function MessageMethods.payload(m)
-    if m._n == 0 then return nil end
-    if m._n == 1 then return new_payload(m._payloads[1]) end
+    local n = m[3]
+    if n == 0 then return nil end
+    if n == 1 then return new_payload(m[4]) end
     local out = {}
-    for i = 1, m._n do out[i] = new_payload(m._payloads[i]) end
+    for i = 1, n do out[i] = new_payload(m[3 + i]) end
     return out
 end
 
 -- ---------------------------------------------------------------- checks
 
+local byte = string.byte
+local AT = byte("@")
 local function bad_topic(topic)
     if type(topic) ~= "string" or topic == "" then
         return host_error("topic must be a non-empty string, got " .. type(topic), KINDS.INVALID, false)
     end
-    if topic:sub(1, 1) == "@" then
+    if byte(topic, 1) == AT then
         return host_error("topic '" .. topic .. "' is reserved: topics starting with @ are system topics",
                           KINDS.INVALID, false)
     end
@@ -76,9 +89,58 @@ end
 function process.pid() return host.proc_pid() end
 function process.id() return host.proc_id() end
 
+-- The local path (the boxes in _prelude.lua): a message to a process of this state
+-- whose inbox is open is queued here, without calling Python, when nothing else needs
+-- to see it. Anything else takes Python's path: no open box for `dest` here (another
+-- shard or node, a name, a process that listens to topics), a full box (Python
+-- refuses it as it refuses any), a sender that is no process of this state, a payload
+-- other than nil, a boolean, a number or a string (Python's conversion copies and
+-- checks it). Both end in the same queue, so the order per sender holds whichever path
+-- a message took. A string is shared, not copied: Lua strings cannot be changed.
+local boxes, owner, LOCAL_SHARE, box_has_room = P.boxes, P.owner, P.LOCAL_SHARE, P.box_has_room
+local delivered_here = 0  -- messages the local path delivered (metrics: P.delivered_here)
+function P.delivered_here() return delivered_here end
+local SCALAR = { ["nil"] = true, boolean = true, number = true, string = true }
+local function scalars(n, ...)
+    for i = 1, n do
+        if not SCALAR[type((select(i, ...)))] then return false end
+    end
+    return true
+end
+
+-- Written out in one function (the checks too): a local send costs about as much as
+-- the calls it would otherwise make.
 function process.send(dest, topic, ...)
-    local bad = bad_dest(dest) or bad_topic(topic)
-    if bad then return nil, bad end
+    if type(dest) ~= "string" or dest == "" or type(topic) ~= "string" or topic == "" or byte(topic, 1) == AT then
+        return nil, bad_dest(dest) or bad_topic(topic)
+    end
+    local box = boxes[dest]
+    if box ~= nil and box_has_room(box) then
+        local me = owner()
+        local n = select("#", ...)
+        if me ~= nil and (n == 0 or (n == 1 and SCALAR[type((...))]) or (n > 1 and scalars(n, ...))) then
+            local trace = me.trace
+            if trace == nil then  -- once: Python makes one, as for any send
+                trace = host.proc_traceparent()
+                me.trace = trace
+            end
+            local msg = setmetatable(n == 1 and { topic, me.pid, 1, (...) } or { topic, me.pid, n, ... }, MessageMT)
+            delivered_here = delivered_here + 1
+            if box.waiting then
+                -- Only an empty box is marked waiting: the message goes straight to
+                -- Python, which hands it to the waiting thread (or, none being left,
+                -- puts it in the box).
+                box.waiting = false
+                host.box_hand(box.id, msg, trace)
+            else
+                local last = box.last + 1
+                box.last = last
+                box[2 * last - 1], box[2 * last] = msg, trace
+            end
+            preempt(LOCAL_SHARE)  -- after the message is in: a yield here leaves it delivered
+            return true
+        end
+    end
     preempt()
     charge_values(...)  -- converting the payloads holds the event loop: paid from the budget first
     return host.proc_send(dest, topic, ...)

@@ -64,9 +64,9 @@ class ProcessFunctions:
         self.state = state
 
     def table(self) -> dict[bytes, Any]:
-        names = ["proc_pid", "proc_id", "proc_send", "proc_spawn_here", "proc_options", "proc_set_options", "proc_inbox",
-                 "proc_events", "proc_listen", "proc_unlisten", "proc_register", "proc_unregister",
-                 "cluster_now", "pg_subscribe", "pg_unsubscribe"]
+        names = ["proc_pid", "proc_id", "proc_send", "proc_spawn_here", "proc_traceparent", "box_hand",
+                 "proc_options", "proc_set_options", "proc_inbox", "proc_events", "proc_listen", "proc_unlisten",
+                 "proc_register", "proc_unregister", "cluster_now", "pg_subscribe", "pg_unsubscribe"]
         return {name.encode(): getattr(self, name) for name in names}
 
     def _unit(self) -> Running:
@@ -122,6 +122,21 @@ class ProcessFunctions:
         if answer.error is not None:
             return self._fail(answer.error)
         return (to_lua(self.state, answer.value),)
+
+    def proc_traceparent(self) -> bytes:
+        """The running process's trace context, made now if it has none (the local path
+        sends in it, as ``send`` does)."""
+        unit = self._unit()
+        trace = unit.traceparent().encode()
+        if unit.mailbox is not None:
+            unit.mailbox.mirrored(trace)
+        return trace
+
+    def box_hand(self, box_id: int, message: Any, trace: bytes | None) -> None:
+        """The local path has a message for a process waiting on its inbox."""
+        mailbox = self.state.boxes.get(box_id)
+        if mailbox is not None:
+            mailbox.hand(message, trace)
 
     def proc_options(self) -> Any:
         unit = self._unit()

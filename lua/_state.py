@@ -217,6 +217,22 @@ class LuaState:
         self.new_message = self.prelude.new_message
         self.new_event = self.prelude.new_event
         self.new_group_event = self.prelude.new_group_event
+        self.new_box = self.prelude.new_box
+        self.box_open = self.prelude.box_open
+        self.box_post = self.prelude.box_post
+        self.box_pop = self.prelude.box_pop
+        self.box_push = self.prelude.box_push
+        self.box_depth = self.prelude.box_depth
+        self.box_waiting = self.prelude.box_waiting
+        self.box_trace = self.prelude.box_trace
+        self.box_items = self.prelude.box_items
+        self.box_close = self.prelude.box_close
+        self.delivered_here = self.prelude.delivered_here
+        self.boxes: dict[int, Any] = {}
+        """The mailboxes whose box is open, by the id their box carries (``box_hand``)."""
+        self.box_memory = (limits.memory or 0) // 2 or 1 << 62
+        """Lua memory above which a post from Python closes a box (``LocalPath._to_box``)."""
+        self.prelude.set_box_memory(self.box_memory)
         self._register_code = self.prelude.register_code
         self._forget_code = self.prelude.forget_code
         self._instantiate = self.prelude.instantiate
@@ -302,9 +318,10 @@ class LuaState:
 
     # ------------------------------------------------------------ threads
 
-    def spawn(self, fn: Any) -> int:
-        """A new thread that runs ``fn``: its first :meth:`resume` passes the arguments."""
-        return int(self._spawn(fn))
+    def spawn(self, fn: Any, owner: Any = None) -> int:
+        """A new thread that runs ``fn``: its first :meth:`resume` passes the arguments.
+        ``owner``: the box of the process it belongs to (the local message path's sender)."""
+        return int(self._spawn(fn, owner))
 
     def start(self, fn: Any, *args: Any) -> tuple[int, tuple[Any, ...]]:
         """A new thread running ``fn(*args)``, resumed at once: its id and the outcome

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -22,6 +21,8 @@ from ._channel import Channel, Handed, ThreadWaiter, Waiter, select
 from ._errors import Kind, MoonwireError, internal, invalid
 from ._holdings import Future, Holdings, Timer
 from ._mailbox import Mailbox
+from ._ready import NOTHING_READY as _NOTHING_READY
+from ._ready import Ready, give_back, ready_queue
 from ._security_context import Security
 from ._state import LuaState
 from ._trace import SPANS, new_traceparent, trace_id
@@ -51,13 +52,6 @@ class NoServices:
 _NO_PROCESSES = NoProcesses()
 _NO_CONTEXT: dict[str, Any] = {}  # shared by every unit without context: never written
 
-Ready = deque[tuple[int, tuple[Any, ...]]]
-_NOTHING_READY: tuple[()] = ()
-"""What an idle unit holds instead of a ready queue: an empty deque is 760 bytes, more
-than anything else an idle process keeps in Python (bench/processes.py (d))."""
-_SPARE_QUEUES: list[Ready] = []
-"""Empty ready queues given back by units that went idle (a busy unit needs one per wake)."""
-_SPARE_LIMIT = 64
 
 
 TURN = 0.02
@@ -182,7 +176,7 @@ class Unit(ProcessRequests):
         self._launch(fn, self._lua_args(args))
 
     def _launch(self, fn: Any, lua_args: tuple[Any, ...]) -> None:
-        self.main = self.state.spawn(fn)
+        self.main = self.state.spawn(fn, self._box())
         self.threads.add(self.main)
         self._ready(self.main, lua_args)  # the first resume passes the arguments
         if self.notify is not None:
@@ -237,10 +231,8 @@ class Unit(ProcessRequests):
     def _ready(self, tid: int, values: tuple[Any, ...]) -> None:
         ready = self.ready
         if ready is _NOTHING_READY:
-            self.ready = queue = _SPARE_QUEUES.pop() if _SPARE_QUEUES else deque()
-            queue.append((tid, values))
-        else:
-            ready.append((tid, values))  # type: ignore[union-attr]  # not the empty tuple: a deque
+            self.ready = ready = ready_queue()
+        ready.append((tid, values))  # type: ignore[union-attr]  # not the empty tuple: a deque
 
     def step(self) -> None:
         """Resume ready threads until none is ready or the unit ended."""
@@ -271,10 +263,8 @@ class Unit(ProcessRequests):
                         self.preempted = True
                         self.notify(self)
                     break  # a call: finish() yields the loop before stepping again
-            ready = self.ready
-            if not ready:  # it waits: hold no queue meanwhile
-                if ready is not _NOTHING_READY and len(_SPARE_QUEUES) < _SPARE_LIMIT:
-                    _SPARE_QUEUES.append(ready)  # type: ignore[arg-type]  # not the tuple: a deque
+            if not self.ready:  # it waits: hold no queue meanwhile
+                give_back(self.ready)
                 self.ready = _NOTHING_READY
         finally:
             state.current = previous
@@ -375,8 +365,12 @@ class Unit(ProcessRequests):
 
     # ------------------------------------------------------------ requests
 
+    def _box(self) -> Any:
+        """The Lua box of this process's mailbox, which its threads send as (or None)."""
+        return self.mailbox.box if self.mailbox is not None else None
+
     def _op_spawn(self, tid: int, fn: Any) -> tuple[Any, ...]:
-        child = self.state.spawn(fn)
+        child = self.state.spawn(fn, self._box())
         self.threads.add(child)
         self._ready(child, ())
         return (True,)
@@ -417,6 +411,11 @@ class Unit(ProcessRequests):
         if got is not None:
             return got
         channel.wait_receive(self._waiter(tid))
+        return _BLOCKED
+
+    def _op_box_wait(self, tid: int, channel: Any) -> object:
+        # A receive from an inbox whose box is empty (the local path, lua/_box.py).
+        channel.wait_empty(self._waiter(tid))
         return _BLOCKED
 
     def _op_select(self, tid: int, specs: Any, has_default: bool) -> object:
@@ -490,6 +489,7 @@ class Unit(ProcessRequests):
 _OPS: dict[bytes, Callable[..., Any]] = {
     b"spawn": Unit._op_spawn, b"yield": Unit._op_yield, b"sleep": Unit._op_sleep, b"timer": Unit._op_timer,
     b"chan_send": Unit._op_chan_send, b"chan_recv": Unit._op_chan_recv, b"select": Unit._op_select,
+    b"box_wait": Unit._op_box_wait,
     b"call": Unit._op_call, b"async": Unit._op_async, **PROCESS_OPS,
 }
 

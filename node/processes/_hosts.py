@@ -91,6 +91,8 @@ class ProcessHost:
         self.processes = 0
         self.starting = 0
         """Reservations held (:meth:`reserve`)."""
+        self._delivered_dropped = 0
+        """Messages the local path delivered in shards since dropped."""
 
     def queued(self) -> int:
         """Processes waiting for their turn to run (``statistics().ready``, without asking
@@ -160,6 +162,11 @@ class ProcessHost:
         self.processes -= 1
         if shard.live == 0 and (shard.state.poisoned or shard is not self._shards[-1]):
             self._shards.remove(shard)
+            self._delivered_dropped += shard.state.delivered_here()
+
+    def delivered_in_lua(self) -> int:
+        """Messages the local path delivered inside this host's shards, never seen by Python."""
+        return self._delivered_dropped + sum(shard.state.delivered_here() for shard in self._shards)
 
     # ------------------------------------------------------------ scheduling
 

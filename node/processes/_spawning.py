@@ -280,7 +280,7 @@ class Spawning:
         child = Unit(shard.state, entry.id, context=dict(request.context) if request.context else None, services=self.functions,
                      processes=self, loop=host.loop, security=request.security, trace=request.trace)
         child.pid = pid
-        child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit, child)
+        child.mailbox = Mailbox(shard.state, host.settings.mailbox_limit, child, local=True)
         child.notify = host.ready
         record = ProcessRecord(pid, child, entry.id, host.id, shard, code=code)
         self._add(record)

@@ -78,6 +78,7 @@ class ProcessTable(Spawning, Exits, ClusterCalls, Upgrading):
         self.mailbox_limit = HostSettings().mailbox_limit
         self.started = time.monotonic()
         self.counts = ProcessCounts(node)
+        self.counts.in_lua = lambda: sum(host.delivered_in_lua() for host in self.hosts.values())
         self.metrics: Callable[[], dict[str, float]] | None = None
         """The node's metrics by name, for ``info`` and ``ps`` (``moonwire nodes``, ``top``); set by the node."""
 

@@ -19,7 +19,7 @@ import asyncio
 import time
 from time import perf_counter
 from bisect import bisect_left
-from collections.abc import Awaitable, Collection, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator
 from typing import Any
 from prometheus_client.utils import floatToGoString
 
@@ -231,7 +231,7 @@ class ProcessCounts:
     name's or group's subject, a workflow's send activity) are classified by sender;
     local is what is left."""
 
-    __slots__ = ("spawns", "exits", "delivered", "remote", "workflow", "outside", "node_downs", "_mine")
+    __slots__ = ("spawns", "exits", "delivered", "remote", "workflow", "outside", "node_downs", "_mine", "in_lua")
 
     def __init__(self, node: str) -> None:
         self.spawns: dict[str, int] = {}
@@ -239,6 +239,9 @@ class ProcessCounts:
         self.delivered = self.remote = self.workflow = self.outside = 0
         self.node_downs: dict[str, int] = {}
         self._mine = f"{{{node}@"
+        self.in_lua: Callable[[], int] | None = None
+        """Messages the local path delivered inside Lua states (never seen here one by
+        one; read when asked): local ones too."""
 
     def spawned(self, host: str) -> None:
         self.spawns[host] = self.spawns.get(host, 0) + 1
@@ -259,7 +262,8 @@ class ProcessCounts:
 
     def by_origin(self) -> dict[str, int]:
         entered = self.remote + self.workflow + self.outside
-        return {"local": self.delivered - entered, "remote": self.remote, "workflow": self.workflow,
+        in_lua = self.in_lua() if self.in_lua is not None else 0
+        return {"local": self.delivered + in_lua - entered, "remote": self.remote, "workflow": self.workflow,
                 "outside": self.outside}
 
     def node_down(self, reason: str) -> None:
