@@ -1,37 +1,47 @@
 """Membership at scale, by simulation (issue 20, item 6).
 
-Every node publishes its heartbeat on ``mw.node.<node>.hb`` and hears the others' (and
-its own echo): what that costs as the cluster grows, at 10, 100, 300 and 500 nodes by
-default (``--sizes``), all on one real nats-server started here:
+Every node publishes its heartbeat on ``mw.node.<node>.hb``; what hearing them costs as
+the cluster grows, at 10, 100, 300 and 500 nodes by default (``--sizes``), all on one
+real nats-server started here:
 
-- two real ``moonwire run`` node OS processes, A (the observer) and B (the victim);
-- N - 2 simulated nodes, spread over ``--workers`` OS processes, each with its own TCP
+- four real ``moonwire run`` node OS processes: ``a1`` and ``a2`` sort first (in a large
+  cluster the lowest-named nodes relay heartbeats in digests, ``broker/_membership.py``),
+  ``zo`` sorts last (the observer: a node like most) and ``zv`` is the victim;
+- N - 4 simulated nodes, spread over ``--workers`` OS processes, each with its own TCP
   connection to the server (a real node has its own, and the server's fan-out per
   connection is the point). A simulated node speaks the real protocol: it publishes the
   real heartbeat body (checked with ``Heartbeat.parse``) on its own subject every interval
-  and subscribes to what a real node subscribes to, and says goodbye when it stops. It
-  does not judge its peers: it reads and counts what arrives (a raw NATS protocol client,
-  so the simulator stays cheaper than what it simulates; its own CPU is reported).
+  and subscribes to what a real node of that cluster subscribes to (every heartbeat, or
+  the relays' digests when the code has relays and the cluster is large; at once, where
+  a real node first hears every heartbeat until a relay names it), and says goodbye when
+  it stops. It does not judge its peers: it reads and counts what arrives (a raw NATS
+  protocol client, so the simulator stays cheaper than what it simulates; its own CPU
+  is reported).
 
-Per size, over ``--rounds`` windows of ``--seconds`` each (medians): the CPU node A
-spends on membership (its CPU minus its CPU with B as its only peer, measured first),
-nats-server's messages in/out per second (``/varz`` deltas) and CPU (``/proc``), the
-simulator's CPU and how many of its connections the server dropped (slow consumers: the
-simulator or the server saturated). Then ``--trials`` times: ``kill -9`` of B, and the
-time until A logs B down (read from A's log as it is written); B is started again between.
+Per size, over ``--rounds`` windows of ``--seconds`` each (medians): the CPU ``zo`` and
+``a1`` spend on membership (their CPU minus their CPU with only the four real nodes, the
+baseline measured first), nats-server's messages in/out and bytes out per second
+(``/varz`` deltas) and CPU (``/proc``), the simulator's CPU, and how many of its
+connections the server dropped (slow consumers: the simulator or the server saturated).
+Then ``--trials`` times: ``kill -9`` of ``zv`` and the time until ``zo`` logs it down
+(read from its log as it is written); ``zv`` is started again between trials.
 
     python bench/membership.py [--sizes 10,100,300,500] [--workers 3] [--seconds 5]
-                               [--rounds 3] [--trials 5] [--json] [--loop asyncio|uvloop]
+                               [--rounds 3] [--trials 5]
+                               [--json] [--loop asyncio|uvloop]
 
 With ``--json`` the last line is one JSON object with these keys: ``machine``;
-``baseline.node_cpu_ms_per_s`` (A with one peer), ``baseline.server_cpu_pct``,
-``baseline.server_msgs_out_per_s``; per size N, ``nN.node_cpu_ms_per_s`` (A's CPU on
-membership: total minus the baseline), ``nN.node_total_cpu_ms_per_s``,
-``nN.server_msgs_in_per_s``, ``nN.server_msgs_out_per_s``, ``nN.server_cpu_pct``,
-``nN.server_us_per_msg_out``, ``nN.sim_cpu_pct``, ``nN.sim_dropped``,
-``nN.detect_p50_s``, ``nN.detect_max_s``; and the fits extrapolated to 1,000 nodes,
-``fit.n1000.server_msgs_out_per_s``, ``fit.n1000.server_cpu_pct``,
-``fit.n1000.node_cpu_ms_per_s``.
+``baseline.node_cpu_ms_per_s``, ``baseline.relay_cpu_ms_per_s``,
+``baseline.server_cpu_pct``, ``baseline.server_msgs_out_per_s``; per size N,
+``nN.node_cpu_ms_per_s`` (zo's CPU on membership: total minus the baseline),
+``nN.node_total_cpu_ms_per_s``, ``nN.relay_cpu_ms_per_s`` (a1's, a relay where there
+are any), ``nN.server_msgs_in_per_s``, ``nN.server_msgs_out_per_s``,
+``nN.server_mb_out_per_s``, ``nN.server_cpu_pct``, ``nN.server_us_per_msg_out``,
+``nN.sim_cpu_pct``, ``nN.sim_dropped``, ``nN.detect_p50_s``, ``nN.detect_max_s``; and
+the fits at 1,000 nodes (``a + b*N`` or ``a + b*N^2``, whichever is closer to the
+points): ``fit.n1000.server_msgs_out_per_s``, ``fit.n1000.server_mb_out_per_s``,
+``fit.n1000.server_cpu_pct``, ``fit.n1000.node_cpu_ms_per_s``,
+``fit.n1000.relay_cpu_ms_per_s``.
 """
 
 from __future__ import annotations
@@ -77,7 +87,7 @@ def cpu_seconds(pid: int) -> float:
 def varz(monitor_url: str) -> dict[str, int]:
     with urllib.request.urlopen(f"{monitor_url}/varz", timeout=5) as response:
         data = json.loads(response.read())
-    return {key: int(data[key]) for key in ("in_msgs", "out_msgs", "slow_consumers", "connections")}
+    return {key: int(data[key]) for key in ("in_msgs", "out_msgs", "out_bytes", "slow_consumers")}
 
 
 # ------------------------------------------------------------ the simulator (worker side)
@@ -240,6 +250,7 @@ async def window(seconds: float, server_pid: int, monitor: str, node: RealNode, 
             "server_pct": 100 * server_s / elapsed,
             "in": (varz1["in_msgs"] - varz0["in_msgs"]) / elapsed,
             "out": (varz1["out_msgs"] - varz0["out_msgs"]) / elapsed,
+            "out_mb": (varz1["out_bytes"] - varz0["out_bytes"]) / elapsed / 1e6,
             "slow": varz1["slow_consumers"] - varz0["slow_consumers"], "sim_pct": 100 * (sim1 - sim0) / elapsed}
 
 
@@ -261,13 +272,20 @@ async def detect(node: RealNode, victim: RealNode, root: Path, url: str) -> tupl
     return seen - killed, again
 
 
-def fit(sizes: list[int], values: list[float], at: int, power: int) -> float:
-    """Least squares ``a + b*N^power`` through the measured points, at ``at`` nodes."""
-    xs = [n ** power for n in sizes]
-    mx, my = statistics.fmean(xs), statistics.fmean(values)
-    var = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, values)) / var if var else 0.0
-    return my + b * (at ** power - mx)
+def fit(sizes: list[int], values: list[float], at: int) -> tuple[float, int]:
+    """Least squares ``a + b*N`` and ``a + b*N^2`` through the measured points: the
+    closer one's value at ``at`` nodes, and its power."""
+    best: tuple[float, float, int] | None = None
+    for power in (1, 2):
+        xs = [n ** power for n in sizes]
+        mx, my = statistics.fmean(xs), statistics.fmean(values)
+        var = sum((x - mx) ** 2 for x in xs)
+        b = sum((x - mx) * (y - my) for x, y in zip(xs, values)) / var if var else 0.0
+        error = sum((my + b * (x - mx) - y) ** 2 for x, y in zip(xs, values))
+        if best is None or error < best[0]:
+            best = (error, my + b * (at ** power - mx), power)
+    assert best is not None
+    return best[1], best[2]
 
 
 def listening(n: int) -> str:
@@ -287,6 +305,7 @@ def report(figures: Figures, n: int, got: dict[str, float], base: dict[str, floa
     figures.add(f"{key}.relay_cpu_ms_per_s", round(got["relay_ms"] - base["relay_ms"], 2))
     figures.add(f"{key}.server_msgs_in_per_s", round(got["in"], 1))
     figures.add(f"{key}.server_msgs_out_per_s", round(got["out"], 1))
+    figures.add(f"{key}.server_mb_out_per_s", round(got["out_mb"], 3))
     figures.add(f"{key}.server_cpu_pct", round(got["server_pct"], 2))
     figures.add(f"{key}.server_us_per_msg_out",
                 round(1e4 * (got["server_pct"] - base["server_pct"]) / max(got["out"], 1.0), 3))
@@ -296,7 +315,7 @@ def report(figures: Figures, n: int, got: dict[str, float], base: dict[str, floa
     figures.add(f"{key}.detect_max_s", round(got["detect_max"], 3))
     print(f"N={n:4d}: node on membership {got['node_ms'] - base['node_ms']:6.1f} ms CPU/s, lowest-named "
           f"{got['relay_ms'] - base['relay_ms']:6.1f} | nats-server {got['in']:6.0f} in/s {got['out']:8.0f} out/s "
-          f"{got['server_pct']:5.1f}% CPU | simulator {got['sim_pct']:5.1f}% CPU, {int(got['lost'] + got['slow'])} "
+          f"{got['out_mb']:6.2f} MB/s {got['server_pct']:5.1f}% CPU | simulator {got['sim_pct']:5.1f}% CPU, {int(got['lost'] + got['slow'])} "
           f"dropped | kill -9 -> down p50 {got['detect_p50']:.2f} s max {got['detect_max']:.2f} s ({trials} trials)",
           flush=True)
 
@@ -349,17 +368,18 @@ async def main(args: argparse.Namespace) -> None:
                 report(figures, n, got, base, args.trials)
             if len(curve) >= 2:
                 ns = sorted(curve)
-                # Deliveries (and so the server's work) grow as N^2 when every node hears
-                # every other; what one node reads grows as N.
-                power = 2 if args.fit == "square" else 1
-                for name, values, p in (("server_msgs_out_per_s", [curve[n]["out"] for n in ns], power),
-                                        ("server_cpu_pct", [curve[n]["server_pct"] for n in ns], power),
-                                        ("node_cpu_ms_per_s", [curve[n]["node_ms"] - base["node_ms"] for n in ns], 1),
-                                        ("relay_cpu_ms_per_s", [curve[n]["relay_ms"] - base["relay_ms"] for n in ns],
-                                         1)):
-                    figures.add(f"fit.n1000.{name}", round(fit(ns, values, 1000, p), 1))
-                print(f"fitted a + b*N^{power} (a node's CPU: a + b*N), at 1,000 nodes: " + ", ".join(
-                    f"{k.removeprefix('fit.n1000.')} {v}" for k, v in figures.values.items() if k.startswith("fit.")))
+                # Every node hearing every other: deliveries (the server's work) grow as
+                # N^2, what one node reads as N. Relays: both as N (bytes still as N^2).
+                fitted = []
+                for name, values in (("server_msgs_out_per_s", [curve[n]["out"] for n in ns]),
+                                     ("server_mb_out_per_s", [curve[n]["out_mb"] for n in ns]),
+                                     ("server_cpu_pct", [curve[n]["server_pct"] for n in ns]),
+                                     ("node_cpu_ms_per_s", [curve[n]["node_ms"] - base["node_ms"] for n in ns]),
+                                     ("relay_cpu_ms_per_s", [curve[n]["relay_ms"] - base["relay_ms"] for n in ns])):
+                    value, power = fit(ns, values, 1000)
+                    figures.add(f"fit.n1000.{name}", round(value, 1))
+                    fitted.append(f"{name} {value:.1f} (a + b*N{'^2' if power == 2 else ''})")
+                print("fitted, at 1,000 nodes: " + ", ".join(fitted))
         finally:
             for real in reals:
                 await real.stop(signal.SIGKILL)
@@ -379,7 +399,5 @@ if __name__ == "__main__":
         cli.add_argument("--seconds", type=float, default=5.0, help="length of one measuring window")
         cli.add_argument("--rounds", type=int, default=3, help="measuring windows per size (medians)")
         cli.add_argument("--trials", type=int, default=5, help="kill -9 trials per size")
-        cli.add_argument("--fit", choices=("square", "linear"), default="square",
-                         help="the server's curve to extrapolate to 1,000 nodes: a + b*N^2 or a + b*N")
         parsed = cli.parse_args()
         run(lambda: main(parsed), parsed.loop)

@@ -300,6 +300,9 @@ class Membership:
         and read digests instead of every heartbeat while it is not one and hears itself
         in a digest (back to every heartbeat at once when not)."""
         now = self.clock()
+        for key, at in list(self._byes.items()):
+            if now - at > self.down_after:
+                del self._byes[key]  # relayed for a window: enough for anyone reading
         names = sorted([self.node, *self.live()])
         first = self.node in names[:self.relays]
         self.relaying = first and len(names) > self.mesh_up_to // 2
@@ -328,9 +331,6 @@ class Membership:
                    for p in self.peers.values() if p.heard and not p.down]
         if self._heard_self is not None:
             entries.append(Entry(self.node, self.incarnation, now - self._heard_self, self.hosts, self._own_cut()))
-        for key, at in list(self._byes.items()):
-            if now - at > self.down_after:
-                del self._byes[key]
         return Digest.encode(self.node, self.incarnation, entries, list(self._byes))
 
     def heard_digest(self, digest: Digest) -> None:

@@ -137,7 +137,7 @@ async def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def
 async def member(url: str, prefix: str, node: str, downs: asyncio.Queue[tuple[str, str]]) -> AsyncIterator[Membership]:
     nats = await connect(ConnectOptions(servers=[url], name=f"{prefix}-{node}"))
     outbox = Outbox(nats)
-    m = Membership(nats, outbox, Subjects(prefix), node, "inc1", [], interval=0.1, down_after=1.0,
+    m = Membership(nats, outbox, Subjects(prefix), node, "inc1", [], interval=0.2, down_after=2.0,
                    on_down=lambda peer, incarnation, reason: downs.put_nowait((node, peer)),
                    relays=1, mesh_up_to=2)
     tasks = [asyncio.create_task(outbox.run())]
