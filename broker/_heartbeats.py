@@ -7,18 +7,24 @@ A heartbeat (``<prefix>.node.<node>.hb``)::
      "cut": {"n2": ["k2a1", 1]}}
 
 A digest (``<prefix>.node.<relay>.dg``), every interval from a relay of a large cluster:
-per live node it heard (itself included), the incarnation, how long ago (ms) its last
-heartbeat arrived, and its hosts and ``cut`` when not empty; and the goodbyes of the last
-window::
+its *roster*, every live node it heard (itself included) with its incarnation, and its
+hosts and ``cut`` when not empty; how long ago (ms) each one's last heartbeat arrived, as
+two little-endian bytes per roster node in base64 (``0xFFFF``: no news); and the
+goodbyes of the last window. The roster is sent whole only when it changed or every few
+intervals (for nodes that just started reading); otherwise only its id, so a digest costs
+about 3 bytes a node, not 30::
 
-    {"node": "n1", "incarnation": "k3x9",
-     "peers": {"n1": ["k3x9", 120, ["app:host"]], "n7": ["k3y0", 310, [], {"n2": ["k2a1", 1]}]},
+    {"node": "n1", "incarnation": "k3x9", "roster": "5f0c...", "ages": "eAA2AQ==",
+     "peers": [["n1", "k3x9", ["app:host"]], ["n7", "k3y0", [], {"n2": ["k2a1", 1]}]],
      "bye": [["n4", "k3b2"]]}
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,48 +91,72 @@ class Entry:
     cut: dict[str, tuple[str, int]]
 
 
+Member = tuple[str, str, list[str], dict[str, tuple[str, int]]]
+"""One node of a digest's roster: name, incarnation, hosts, cut."""
+
+NOT_HEARD = 0xFFFF  # an age past 65.5 s, or none: no news of that node
+_AGES = struct.Struct("<H")
+
+
+def roster_id(roster: list[Member]) -> str:
+    """What names a roster in the digests that carry only its ages."""
+    canonical = json.dumps([[n, i, h, cut_json(c)] for n, i, h, c in roster], separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Digest:
-    """One parsed digest body."""
+    """One parsed digest body: the roster (every node in it) only when the relay sends it
+    whole, else its id; one age per roster node, in its order."""
 
     node: str
     incarnation: str
-    entries: list[Entry]
+    roster_id: str
+    roster: list[Member] | None
+    ages: list[float | None]
     byes: list[tuple[str, str]]
 
     @staticmethod
-    def encode(node: str, incarnation: str, entries: list[Entry], byes: list[tuple[str, str]]) -> bytes:
-        peers: dict[str, list[Any]] = {}
-        for e in entries:
-            item: list[Any] = [e.incarnation, round(e.age * 1000)]
-            if e.hosts or e.cut:
-                item.append(e.hosts)
-            if e.cut:
-                item.append(cut_json(e.cut))
-            peers[e.node] = item
-        return json.dumps({"node": node, "incarnation": incarnation, "peers": peers,
-                           "bye": [list(b) for b in byes]}, separators=(",", ":")).encode()
+    def encode(node: str, incarnation: str, roster: list[Member], ages: list[float],
+               byes: list[tuple[str, str]], *, whole: bool, rid: str) -> bytes:
+        raw = b"".join(_AGES.pack(min(max(round(age * 1000), 0), NOT_HEARD - 1)) for age in ages)
+        body: dict[str, Any] = {"node": node, "incarnation": incarnation, "roster": rid,
+                                "ages": base64.b64encode(raw).decode(), "bye": [list(b) for b in byes]}
+        if whole:
+            body["peers"] = [[n, i, h, cut_json(c)] if c else [n, i, h] if h else [n, i] for n, i, h, c in roster]
+        return json.dumps(body, separators=(",", ":")).encode()
 
     @staticmethod
     def parse(body: bytes) -> Digest:
         """Raises: ValueError, KeyError or TypeError for a malformed body."""
         data = _load(body, MAX_DIGEST_BYTES)
-        if not isinstance(data, dict) or not isinstance(data.get("peers"), dict):
+        if not isinstance(data, dict) or not isinstance(data.get("ages"), str):
             raise TypeError("not a digest object")
-        entries = []
-        for node, item in data["peers"].items():
-            if not isinstance(item, list) or not 2 <= len(item) <= 4:
-                raise TypeError("a digest entry must be [incarnation, age_ms, hosts?, cut?]")
-            age = item[1]
-            if not isinstance(age, int) or isinstance(age, bool) or age < 0:
-                raise TypeError("a digest age must be a non-negative integer")
-            hosts = item[2] if len(item) > 2 else []
-            if not isinstance(hosts, list):
-                raise TypeError("a digest's hosts must be a list")
-            entries.append(Entry(str(node), str(item[0]), age / 1000, [str(h) for h in hosts],
-                                 _cut(item[3] if len(item) > 3 else None)))
+        raw = base64.b64decode(data["ages"], validate=True)
+        if len(raw) % 2:
+            raise ValueError("ages must be two bytes each")
+        ages = [None if age == NOT_HEARD else age / 1000 for (age,) in _AGES.iter_unpack(raw)]
+        roster: list[Member] | None = None
+        if "peers" in data:
+            roster = []
+            for item in data["peers"]:
+                if not isinstance(item, list) or not 2 <= len(item) <= 4:
+                    raise TypeError("a digest's node must be [name, incarnation, hosts?, cut?]")
+                hosts = item[2] if len(item) > 2 else []
+                if not isinstance(hosts, list):
+                    raise TypeError("a digest's hosts must be a list")
+                roster.append((str(item[0]), str(item[1]), [str(h) for h in hosts],
+                               _cut(item[3] if len(item) > 3 else None)))
+            if len(roster) != len(ages):
+                raise ValueError(f"{len(roster)} nodes but {len(ages)} ages")
         byes = []
         for bye in data.get("bye") or []:
             name, incarnation = bye
             byes.append((str(name), str(incarnation)))
-        return Digest(str(data["node"]), str(data["incarnation"]), entries, byes)
+        return Digest(str(data["node"]), str(data["incarnation"]), str(data["roster"]), roster, ages, byes)
+
+    def entries(self, roster: list[Member]) -> list[Entry]:
+        """The nodes heard, with ``roster`` (this digest's own, or the one its id names)."""
+        if len(roster) != len(self.ages):
+            raise ValueError(f"{len(roster)} nodes but {len(self.ages)} ages")
+        return [Entry(n, i, age, h, c) for (n, i, h, c), age in zip(roster, self.ages) if age is not None]

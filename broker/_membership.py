@@ -38,7 +38,9 @@ when a cluster has more than ``mesh_up_to`` nodes, only its ``relays`` lowest-na
 nodes (each node decides from its own view, every interval) hear every heartbeat; each
 sends, every interval, a *digest* on ``<prefix>.node.<relay>.dg``: every node it believes
 alive with its incarnation, hosts, ``cut`` and how long ago its last heartbeat arrived,
-and the goodbyes of the last window (``_heartbeats.py``). The other nodes read digests
+and the goodbyes of the last window (``_heartbeats.py``; the roster of nodes is sent
+whole only when it changed or every ``WHOLE_EVERY`` digests, otherwise two bytes of age a
+node). The other nodes read digests
 only, and the rules above stand, with "heard" meaning "heard by a relay" and its time
 taken back by the age the relay gave (so a beat is never younger for being relayed):
 
@@ -73,7 +75,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ._heartbeats import MAX_HEARTBEAT_BYTES, Digest, Entry, Heartbeat, cut_json
+from ._heartbeats import MAX_HEARTBEAT_BYTES, Digest, Heartbeat, Member, cut_json, roster_id
 from ._requests import Outbox
 from ._subjects import Subjects
 
@@ -86,6 +88,8 @@ RELAYS = 2
 """How many nodes (the lowest-named live ones) relay heartbeats in a large cluster."""
 MESH_UP_TO = 16
 """A node hears every heartbeat itself while it knows at most this many nodes."""
+WHOLE_EVERY = 10
+"""A relay sends its roster whole at least every this many digests (else when it changes)."""
 
 
 @dataclass(slots=True)
@@ -165,6 +169,8 @@ class Membership:
         self._digests: Subscription | None = None
         self._digest_echo: float | None = None  # when we last were in a digest (heard at, as a beat)
         self._byes: dict[tuple[str, str], float] = {}  # goodbyes heard in the last window: relayed
+        self._sent: tuple[str, int] = ("", 0)  # as a relay: the roster id last sent, digests since whole
+        self._rosters: dict[str, tuple[str, list[Member]]] = {}  # relay -> the roster it last sent whole
 
     # ------------------------------------------------------------ queries
 
@@ -327,18 +333,30 @@ class Membership:
         """What this node heard, as a relay sends it: every node it believes alive (itself
         included, as its own echo), how long ago each was last heard, and recent goodbyes."""
         now = self.clock()
-        entries = [Entry(p.node, p.incarnation, now - p.last_seen, p.hosts, p.cut)
-                   for p in self.peers.values() if p.heard and not p.down]
+        live = sorted((p for p in self.peers.values() if p.heard and not p.down), key=lambda p: p.node)
+        roster: list[Member] = [(p.node, p.incarnation, p.hosts, p.cut) for p in live]
+        ages = [now - p.last_seen for p in live]
         if self._heard_self is not None:
-            entries.append(Entry(self.node, self.incarnation, now - self._heard_self, self.hosts, self._own_cut()))
-        return Digest.encode(self.node, self.incarnation, entries, list(self._byes))
+            roster.append((self.node, self.incarnation, self.hosts, self._own_cut()))
+            ages.append(now - self._heard_self)
+        rid = roster_id(roster)
+        whole = rid != self._sent[0] or self._sent[1] >= WHOLE_EVERY - 1
+        self._sent = (rid, 0 if whole else self._sent[1] + 1)
+        return Digest.encode(self.node, self.incarnation, roster, ages, list(self._byes), whole=whole, rid=rid)
 
     def heard_digest(self, digest: Digest) -> None:
         """A relay's digest arrived. Our own entry is our echo; the others are heartbeats
         heard when the relay heard them, when this node reads digests (otherwise it hears
         them itself). Only what is newer than what this node knows counts."""
         now = self.clock()
-        for entry in digest.entries:
+        if digest.roster is not None:
+            if digest.node not in self._rosters and len(self._rosters) >= 4 * self.relays:
+                self._rosters.clear()  # relays come and go: keep those of late only
+            self._rosters[digest.node] = (digest.roster_id, digest.roster)
+        rid, roster = self._rosters.get(digest.node, ("", []))
+        # Another roster than the one we hold: no news until it comes whole.
+        entries = digest.entries(roster) if rid == digest.roster_id and len(roster) == len(digest.ages) else []
+        for entry in entries:
             if entry.node != self.node or entry.incarnation != self.incarnation:
                 continue
             at = now - entry.age
@@ -347,7 +365,7 @@ class Membership:
                 self._heard_echo(at)
         if not self.reading_digests:
             return
-        for entry in digest.entries:
+        for entry in entries:
             peer = self.peers.get(entry.node)
             at = now - entry.age
             if entry.node == self.node:

@@ -93,7 +93,7 @@ def test_a_slower_relay_naming_a_peer_later_brings_nothing_back() -> None:
     c.run(WINDOW + 0.3, beating=("me", "r1"))
     assert [d[0] for d in c.downs] == ["peer"]
     stale = Digest.parse(slow.digest())
-    assert "peer" in [e.node for e in stale.entries]
+    assert stale.roster is not None and "peer" in [e.node for e in stale.entries(stale.roster)]
     c.reader.heard_digest(stale)
     assert c.reader.known_down("peer", "p1") and [p["node"] for p in c.reader.down_view()] == ["peer"]
 
@@ -109,6 +109,26 @@ def test_a_goodbye_and_a_cut_arrive_through_the_relay() -> None:
     c.relay.heard(Heartbeat("peer", "p1", [], True))
     c.run(0.5, beating=("me", "r1"))
     assert c.downs[1:] == [("peer", "p1", "left the cluster")] and c.reader.known_down("peer", "p1")
+
+
+def test_an_unchanged_roster_travels_as_its_id_and_two_bytes_a_node() -> None:
+    """Ages only, once the reader has the roster whole; a reader without it (it missed the
+    whole one) takes no news from the ages until the next whole one."""
+    c = Relayed()
+    for i in range(200):
+        c.relay.heard(Heartbeat(f"node{i:03}", "p1", ["app:host"], False))
+    c.run(1.0)
+    compact = c.relay.digest()
+    digest = Digest.parse(compact)
+    assert digest.roster is None and len(compact) < 3 * 203 + 150  # not ~30 bytes a node
+    assert len(c.reader.live()) == 202 and c.reader.peers["node007"].hosts == ["app:host"]
+    late = c.membership("late")
+    late.reading_digests = True
+    late.heard_digest(digest)
+    assert late.peers == {}
+    for _ in range(10):  # the roster comes whole at least every ten digests
+        late.heard_digest(Digest.parse(c.relay.digest()))
+    assert len(late.live()) == 203  # the 200, r1, me and peer
 
 
 def test_a_reader_the_relay_cannot_hear_judges_no_one() -> None:
@@ -166,6 +186,8 @@ async def test_readers_subscribe_to_digests_only_and_still_see_a_node_die(nats_s
             await wait_for(lambda: all(len(m.live()) == 3 for m in everyone), "every node knows every other")
             await wait_for(lambda: all(m.reading_digests for m in everyone[1:]), "b, c and d read digests")
             assert nodes[0].relaying and not nodes[0].reading_digests  # "a" sorts first
+            for m in everyone:
+                await m.nats.flush()  # the server has had every UNSUB
             connz = monitor_json(nats_server, "connz?subs=1&limit=1000")
             subs = {c.get("name"): c.get("subscriptions_list", []) for c in connz["connections"]}
             assert f"{prefix}.node.*.hb" in subs[f"{prefix}-a"]
