@@ -51,7 +51,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -64,6 +63,7 @@ from moonwire.broker._membership import Heartbeat
 from moonwire.node import free_port, start_nats
 
 from _support import Figures, parser, run, write
+from cluster_singleton import Node, wall
 
 INTERVAL = 0.5  # the default heartbeat (the real nodes run with their defaults too)
 PROJECT = {
@@ -152,53 +152,23 @@ async def simulate(url: str, listen: str, names: list[str]) -> None:
 
 # ------------------------------------------------------------ the bench (driver side)
 
-class RealNode:
-    """A ``moonwire run`` OS process whose log lines are read as they come, each with the
-    time it arrived."""
+def real_node(root: Path, name: str, url: str) -> Node:
+    """A ``moonwire run`` node OS process (``cluster_singleton.Node``: JSON log lines kept
+    as they arrive) of the idle project, with the default liveness."""
+    return Node(write(root / name, PROJECT), name, url, ("--log-level", "info"))
 
-    def __init__(self, root: Path, name: str, url: str) -> None:
-        self.argv = [sys.executable, "-c", "import sys; from moonwire.node.cli import main; sys.exit(main())",
-                     "run", str(write(root / name, PROJECT)), "--node", name, "--nats", url, "--log-level", "info"]
-        self.name = name
-        self.lines: list[tuple[float, str]] = []
-        self.process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
 
-    async def start(self) -> RealNode:
-        self.process = await asyncio.create_subprocess_exec(*self.argv, stdout=asyncio.subprocess.PIPE,
-                                                            stderr=asyncio.subprocess.STDOUT)
-        self._reader = asyncio.create_task(self._read())
-        await self.wait_for(rf"node {self.name} running", 0)
-        return self
-
-    async def _read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        while raw := await self.process.stdout.readline():
-            self.lines.append((time.monotonic(), raw.decode().rstrip()))
-            self._changed.set()
-        self._changed.set()
-
-    async def wait_for(self, pattern: str, start: int, count: int = 1) -> float:
-        """When the ``count``-th line from ``start`` on matching ``pattern`` arrived."""
+async def lines_matching(node: Node, pattern: str, after: int, count: int) -> None:
+    """Until ``count`` lines from ``after`` on match ``pattern``."""
+    regex, seen = re.compile(pattern), 0
+    async with asyncio.timeout(300), node.changed:
         while True:
-            seen = 0
-            for at, line in self.lines[start:]:
-                seen += bool(re.search(pattern, line))
-                if seen == count:
-                    return at
-            assert self._reader is not None
-            if self._reader.done():
-                raise RuntimeError(f"{self.name} ended:\n" + "\n".join(line for _, line in self.lines[-30:]))
-            self._changed.clear()
-            await self._changed.wait()
-
-    async def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(sig)
-            await self.process.wait()
-        if self._reader is not None:
-            await self._reader
+            for line in node.lines[after:]:
+                seen += bool(regex.search(str(line.get("msg", ""))))
+            after = len(node.lines)
+            if seen >= count:
+                return
+            await node.changed.wait()
 
 
 class Simulator:
@@ -236,7 +206,7 @@ class Simulator:
         return totals
 
 
-async def window(seconds: float, server_pid: int, monitor: str, node: RealNode, relay: RealNode,
+async def window(seconds: float, server_pid: int, monitor: str, node: Node, relay: Node,
                  sim: Simulator | None) -> dict[str, float]:
     """One steady window: per-second rates of everything measured."""
     assert node.process is not None and relay.process is not None
@@ -258,18 +228,18 @@ def medians(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
 
-async def detect(node: RealNode, victim: RealNode, root: Path, url: str) -> tuple[float, RealNode]:
-    """Kill -9 ``victim``: seconds until ``node`` logs it down; the victim started again."""
+async def detect(node: Node, victim: Node) -> float:
+    """Kill -9 ``victim``: seconds until ``node`` logs it down (by their log's clock); the
+    victim started again."""
     await asyncio.sleep(INTERVAL * 2)  # A has heard its current incarnation for a while
     mark = len(node.lines)
-    assert victim.process is not None
-    killed = time.monotonic()
-    await victim.stop(signal.SIGKILL)
-    seen = await node.wait_for(rf"node {victim.name} is down", mark)
+    killed = time.time()
+    await victim.kill()
+    seen = wall(await node.wait_for(rf"node {victim.name} is down", mark, timeout=300))
     mark = len(node.lines)
-    again = await RealNode(root, victim.name, url).start()
-    await node.wait_for(rf"node {victim.name} is up", mark)
-    return seen - killed, again
+    await victim.start()
+    await node.wait_for(rf"node {victim.name} is up", mark, timeout=300)
+    return seen - killed
 
 
 def fit(sizes: list[int], values: list[float], at: int) -> tuple[float, int]:
@@ -330,10 +300,10 @@ async def main(args: argparse.Namespace) -> None:
         monitor, server_pid = server.monitor_url, server.process.pid
         # a1 and a2 sort first (the relays, where there are any), the simulated nodes next,
         # then zo (the observer: a node like most) and zv (the victim).
-        reals: list[RealNode] = []
+        reals: list[Node] = []
         try:
             for name in ("a1", "a2", "zo", "zv"):
-                reals.append(await RealNode(root, name, server.address).start())
+                reals.append(await real_node(root, name, server.address).start())
             relay, _, node, victim = reals
             await node.wait_for(r"node zv is up", 0)
             await asyncio.sleep(2)
@@ -352,13 +322,13 @@ async def main(args: argparse.Namespace) -> None:
                 mark = len(node.lines)
                 await sim.start()
                 try:
-                    await node.wait_for(r"node s\d+x\d+ is up", mark, n - len(reals))  # heard every one
+                    await lines_matching(node, r"node s\d+x\d+ is up", mark, n - len(reals))  # heard every one
                     await asyncio.sleep(4 * INTERVAL)
                     got = medians([await window(args.seconds, server_pid, monitor, node, relay, sim)
                                    for _ in range(args.rounds)])
                     times = []
                     for _ in range(args.trials):
-                        took, reals[3] = await detect(node, reals[3], root, server.address)
+                        took = await detect(node, victim)
                         times.append(took)
                 finally:
                     counts = await sim.stop()
@@ -382,7 +352,7 @@ async def main(args: argparse.Namespace) -> None:
                 print("fitted, at 1,000 nodes: " + ", ".join(fitted))
         finally:
             for real in reals:
-                await real.stop(signal.SIGKILL)
+                await real.kill()
             await server.stop()
     print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, python {sys.version.split()[0]}; "
           f"heartbeat {INTERVAL * 1000:.0f} ms, down after 2.5 s (defaults)")
