@@ -95,6 +95,8 @@ Member = tuple[str, str, list[str], dict[str, tuple[str, int]]]
 """One node of a digest's roster: name, incarnation, hosts, cut."""
 
 NOT_HEARD = 0xFFFF  # an age past 65.5 s, or none: no news of that node
+WHOLE_EVERY = 10
+"""A relay sends its roster whole at least every this many digests (else when it changes)."""
 _AGES = struct.Struct("<H")
 
 
@@ -160,3 +162,32 @@ class Digest:
         if len(roster) != len(self.ages):
             raise ValueError(f"{len(roster)} nodes but {len(self.ages)} ages")
         return [Entry(n, i, age, h, c) for (n, i, h, c), age in zip(roster, self.ages) if age is not None]
+
+
+class Rosters:
+    """As a relay, the roster last sent (an unchanged one goes as its id); as a reader,
+    the roster last sent whole by each relay (``keep`` relays at most)."""
+
+    def __init__(self, keep: int) -> None:
+        self.sent = ("", 0)  # roster id, digests since it went whole
+        self.held: dict[str, tuple[str, list[Member]]] = {}
+        self.keep = keep
+
+    def encode(self, node: str, incarnation: str, members: list[tuple[Member, float]],
+               byes: list[tuple[str, str]]) -> bytes:
+        """A digest of ``members`` (each with its age, s) from relay ``node``."""
+        roster = [member for member, _ in members]
+        rid = roster_id(roster)
+        whole = rid != self.sent[0] or self.sent[1] >= WHOLE_EVERY - 1
+        self.sent = (rid, 0 if whole else self.sent[1] + 1)
+        return Digest.encode(node, incarnation, roster, [age for _, age in members], byes, whole=whole, rid=rid)
+
+    def entries(self, digest: Digest) -> list[Entry]:
+        """The nodes ``digest`` names, by its own roster or the one held of its relay under
+        the id it gives; none (no news) while another is held, until it comes whole."""
+        if digest.roster is not None:
+            if digest.node not in self.held and len(self.held) >= self.keep:
+                self.held.clear()  # relays come and go: keep those of late only
+            self.held[digest.node] = (digest.roster_id, digest.roster)
+        rid, roster = self.held.get(digest.node, ("", []))
+        return digest.entries(roster) if rid == digest.roster_id and len(roster) == len(digest.ages) else []

@@ -75,11 +75,11 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ._heartbeats import MAX_HEARTBEAT_BYTES, Digest, Heartbeat, Member, cut_json, roster_id
+from ._heartbeats import MAX_HEARTBEAT_BYTES, WHOLE_EVERY, Digest, Heartbeat, Rosters, cut_json
 from ._requests import Outbox
 from ._subjects import Subjects
 
-__all__ = ["MAX_HEARTBEAT_BYTES", "Digest", "Heartbeat", "Membership", "Peer"]
+__all__ = ["MAX_HEARTBEAT_BYTES", "WHOLE_EVERY", "Digest", "Heartbeat", "Membership", "Peer"]
 
 log = logging.getLogger("moonwire.membership")
 
@@ -88,8 +88,6 @@ RELAYS = 2
 """How many nodes (the lowest-named live ones) relay heartbeats in a large cluster."""
 MESH_UP_TO = 16
 """A node hears every heartbeat itself while it knows at most this many nodes."""
-WHOLE_EVERY = 10
-"""A relay sends its roster whole at least every this many digests (else when it changes)."""
 
 
 @dataclass(slots=True)
@@ -169,8 +167,7 @@ class Membership:
         self._digests: Subscription | None = None
         self._digest_echo: float | None = None  # when we last were in a digest (heard at, as a beat)
         self._byes: dict[tuple[str, str], float] = {}  # goodbyes heard in the last window: relayed
-        self._sent: tuple[str, int] = ("", 0)  # as a relay: the roster id last sent, digests since whole
-        self._rosters: dict[str, tuple[str, list[Member]]] = {}  # relay -> the roster it last sent whole
+        self._rosters = Rosters(keep=4 * relays)
 
     # ------------------------------------------------------------ queries
 
@@ -334,28 +331,17 @@ class Membership:
         included, as its own echo), how long ago each was last heard, and recent goodbyes."""
         now = self.clock()
         live = sorted((p for p in self.peers.values() if p.heard and not p.down), key=lambda p: p.node)
-        roster: list[Member] = [(p.node, p.incarnation, p.hosts, p.cut) for p in live]
-        ages = [now - p.last_seen for p in live]
+        members = [((p.node, p.incarnation, p.hosts, p.cut), now - p.last_seen) for p in live]
         if self._heard_self is not None:
-            roster.append((self.node, self.incarnation, self.hosts, self._own_cut()))
-            ages.append(now - self._heard_self)
-        rid = roster_id(roster)
-        whole = rid != self._sent[0] or self._sent[1] >= WHOLE_EVERY - 1
-        self._sent = (rid, 0 if whole else self._sent[1] + 1)
-        return Digest.encode(self.node, self.incarnation, roster, ages, list(self._byes), whole=whole, rid=rid)
+            members.append(((self.node, self.incarnation, self.hosts, self._own_cut()), now - self._heard_self))
+        return self._rosters.encode(self.node, self.incarnation, members, list(self._byes))
 
     def heard_digest(self, digest: Digest) -> None:
         """A relay's digest arrived. Our own entry is our echo; the others are heartbeats
         heard when the relay heard them, when this node reads digests (otherwise it hears
         them itself). Only what is newer than what this node knows counts."""
         now = self.clock()
-        if digest.roster is not None:
-            if digest.node not in self._rosters and len(self._rosters) >= 4 * self.relays:
-                self._rosters.clear()  # relays come and go: keep those of late only
-            self._rosters[digest.node] = (digest.roster_id, digest.roster)
-        rid, roster = self._rosters.get(digest.node, ("", []))
-        # Another roster than the one we hold: no news until it comes whole.
-        entries = digest.entries(roster) if rid == digest.roster_id and len(roster) == len(digest.ages) else []
+        entries = self._rosters.entries(digest)
         for entry in entries:
             if entry.node != self.node or entry.incarnation != self.incarnation:
                 continue
