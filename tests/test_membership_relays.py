@@ -194,6 +194,24 @@ async def test_readers_subscribe_to_digests_only_and_still_see_a_node_die(nats_s
             for name in "bcd":
                 assert subs[f"{prefix}-{name}"] == [f"{prefix}.node.*.dg"], subs[f"{prefix}-{name}"]
         # d died without a goodbye: every other node, readers too, says so after the window.
-        seen = {await downs.get() for _ in range(3)}
+        seen = {await asyncio.wait_for(downs.get(), 30) for _ in range(3)}
         assert seen == {("a", "d"), ("b", "d"), ("c", "d")}
         assert all(m.known_down("d", "inc1") for m in nodes) and downs.empty()
+
+
+async def test_when_the_relay_dies_the_others_hear_every_beat_then_the_next_relays(
+        nats_server: ServerProcess) -> None:
+    """The only relay dies: its readers find themselves in no digest, hear every heartbeat
+    again, report it down, and the next lowest-named node relays for the rest."""
+    prefix = f"relays{next(prefixes)}y{id(nats_server) % 1000}"
+    downs: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    async with contextlib.AsyncExitStack() as stack:
+        async with member(nats_server.address, prefix, "a", downs) as a:
+            nodes = [await stack.enter_async_context(member(nats_server.address, prefix, name, downs))
+                     for name in ("b", "c", "d")]
+            await wait_for(lambda: a.relaying and all(m.reading_digests for m in nodes), "a relays, b-d read")
+        seen = {await asyncio.wait_for(downs.get(), 30) for _ in range(3)}
+        assert seen == {("b", "a"), ("c", "a"), ("d", "a")}
+        b, c, d = nodes
+        await wait_for(lambda: b.relaying and c.reading_digests and d.reading_digests, "b relays, c and d read")
+        assert not b.reading_digests and downs.empty()
