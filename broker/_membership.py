@@ -31,6 +31,33 @@ So the heartbeat carries ``cut``: for each peer this node declared down, its inc
 and how many times. A peer that reads a new count for its own incarnation reports this
 node down to its own listeners (``on_down``), without marking it down: both sides then
 saw the same node-down, as both ends of a broken Erlang distribution connection do.
+
+Large clusters: relays. Were every node to hear every heartbeat, the broker would carry
+N² messages an interval (500,000 a second at 500 nodes; ``bench/membership.py``). So
+when a cluster has more than ``mesh_up_to`` nodes, only its ``relays`` lowest-named live
+nodes (each node decides from its own view, every interval) hear every heartbeat; each
+sends, every interval, a *digest* on ``<prefix>.node.<relay>.dg``: every node it believes
+alive with its incarnation, hosts, ``cut`` and how long ago its last heartbeat arrived,
+and the goodbyes of the last window (``_heartbeats.py``; the roster of nodes is sent
+whole only when it changed or every ``WHOLE_EVERY`` digests, otherwise two bytes of age a
+node). The other nodes read digests
+only, and the rules above stand, with "heard" meaning "heard by a relay" and its time
+taken back by the age the relay gave (so a beat is never younger for being relayed):
+
+- a node's own entry in a digest is its echo (it travelled the same path as the peers'
+  beats), so "I can hear" is "a relay hears me and I hear the relay"; read from digests
+  the echo may be two intervals old, not one, and the lag and the gap allow for that;
+- only news counts: an entry no later than what this node knows changes nothing (two
+  relays, one slower, cannot bring a silent peer back);
+- a node that finds itself in no digest for as long as it takes to be deaf (its relays
+  stopped, or it is new) hears every heartbeat again at once, and gives every peer one
+  window, as after any deafness;
+  a node that becomes one of the lowest-named (a relay died) starts relaying.
+
+Every node subscribes to the digests and, until it reads them, to all heartbeats; a new
+node hears every heartbeat until it finds itself in a digest. Digests are sent from
+``mesh_up_to // 2`` nodes on and read from ``mesh_up_to`` (back to every heartbeat below
+three quarters of it), so views that differ by a few nodes do not flap between the two.
 """
 
 from __future__ import annotations
@@ -48,13 +75,19 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from ._heartbeats import MAX_HEARTBEAT_BYTES, WHOLE_EVERY, Digest, Heartbeat, Rosters, cut_json
 from ._requests import Outbox
 from ._subjects import Subjects
+
+__all__ = ["MAX_HEARTBEAT_BYTES", "WHOLE_EVERY", "Digest", "Heartbeat", "Membership", "Peer"]
 
 log = logging.getLogger("moonwire.membership")
 
 CHECK_EVERY = 0.1
-MAX_HEARTBEAT_BYTES = 256 * 1024  # a beat is ~100 bytes plus ~40 per peer it cut off
+RELAYS = 2
+"""How many nodes (the lowest-named live ones) relay heartbeats in a large cluster."""
+MESH_UP_TO = 16
+"""A node hears every heartbeat itself while it knows at most this many nodes."""
 
 
 @dataclass(slots=True)
@@ -73,38 +106,7 @@ class Peer:
     cuts: int = 0  # times this node declared this incarnation down (sent in our beats)
     heard: bool = True  # False while only expected (expect()): never heard, a claim
     cuts_heard: int = 0  # the highest count of its cuts of us that we have acted on
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """One parsed heartbeat body."""
-
-    node: str
-    incarnation: str
-    hosts: list[str]
-    bye: bool
-    cut: dict[str, tuple[str, int]] = field(default_factory=dict)  # node -> (incarnation, times)
-
-    @staticmethod
-    def parse(body: bytes) -> Heartbeat:
-        """Raises: ValueError (including too large or too deep), KeyError or TypeError for
-        a malformed body."""
-        if len(body) > MAX_HEARTBEAT_BYTES:
-            raise ValueError(f"{len(body)} bytes, more than {MAX_HEARTBEAT_BYTES}")
-        try:
-            data = json.loads(body)
-        except RecursionError:
-            raise ValueError("nested too deep") from None
-        if not isinstance(data, dict) or not isinstance(data.get("cut") or {}, dict):
-            raise TypeError("not a heartbeat object")
-        cut: dict[str, tuple[str, int]] = {}
-        for node, entry in (data.get("cut") or {}).items():
-            incarnation, times = entry
-            if not isinstance(times, int) or isinstance(times, bool):  # 1e400 would not even convert
-                raise TypeError("a cut count must be an integer")
-            cut[str(node)] = (str(incarnation), times)
-        return Heartbeat(str(data["node"]), str(data["incarnation"]), [str(h) for h in data.get("hosts", [])],
-                         bool(data.get("bye")), cut)
+    cut: dict[str, tuple[str, int]] = field(default_factory=dict)  # its own cut list, as last heard
 
 
 DownCallback = Callable[[str, str, str], None]
@@ -128,7 +130,8 @@ class Membership:
     def __init__(self, nats: NatsClient, outbox: Outbox, subjects: Subjects, node: str, incarnation: str,
                  hosts: list[str], *, interval: float, down_after: float, on_down: DownCallback,
                  on_gone: Callable[[str, str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, relays: int = RELAYS,
+                 mesh_up_to: int = MESH_UP_TO) -> None:
         self.nats = nats
         self.outbox = outbox
         self.subjects = subjects
@@ -146,6 +149,12 @@ class Membership:
         # Echoes come every ``interval``; a longer gap means we could not hear for a
         # while (at most half a window, so a gap always leaves the peers a real window).
         self.echo_gap = min(2 * interval, down_after / 2) + CHECK_EVERY
+        # Read from digests, our echo (our entry in one) is up to two intervals old.
+        self.digest_echo_gap = min(3 * interval, down_after / 2) + CHECK_EVERY
+        self.relays = relays
+        self.mesh_up_to = mesh_up_to
+        self.relaying = False  # one of the lowest-named nodes of a large cluster: sends digests
+        self.reading_digests = False  # judging peers by relays' digests, not hearing every beat
         self.peers: dict[str, Peer] = {}
         self.departed: set[tuple[str, str]] = set()  # (node, incarnation) that left or were replaced
         self.dropped: Counter[str] = Counter()  # sends dropped because their node was believed down
@@ -154,7 +163,11 @@ class Membership:
         self._was_deaf = False  # for logging the transitions once
         self._started = clock()
         self._warned_no_echo = False
-        self._subscription: Subscription | None = None
+        self._beats: Subscription | None = None  # every heartbeat: while not reading digests
+        self._digests: Subscription | None = None
+        self._digest_echo: float | None = None  # when we last were in a digest (heard at, as a beat)
+        self._byes: dict[tuple[str, str], float] = {}  # goodbyes heard in the last window: relayed
+        self._rosters = Rosters(keep=4 * relays)
 
     # ------------------------------------------------------------ queries
 
@@ -180,8 +193,9 @@ class Membership:
         """True while this node can judge its peers: connected, and its own heartbeats
         come back in time."""
         now = self.clock()
+        gap = self.digest_echo_gap if self.reading_digests else self.echo_gap
         return (bool(self.nats.is_connected) and self._hearing_since is not None and self._heard_self is not None
-                and now - self._heard_self <= self.echo_gap)
+                and now - self._heard_self <= gap)
 
     def hearing_for(self) -> float:
         """Seconds this node has heard itself without a gap (0 while it cannot hear)."""
@@ -225,7 +239,8 @@ class Membership:
     # ------------------------------------------------------------ running
 
     async def start(self) -> None:
-        self._subscription = await self.nats.subscribe(self.subjects.all_heartbeats(), cb=self._on_heartbeat)
+        self._digests = await self.nats.subscribe(self.subjects.all_digests(), cb=self._on_digest)
+        self._beats = await self.nats.subscribe(self.subjects.all_heartbeats(), cb=self._on_heartbeat)
         self._beat()
 
     async def run(self) -> None:
@@ -239,23 +254,28 @@ class Membership:
             if now >= next_beat:
                 self._beat()
                 next_beat = max(next_beat + self.interval, now)
+                await self._steer()
             self.check()
 
     async def stop(self) -> None:
         """Say goodbye, so others see this node down at once rather than after the window."""
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-            self._subscription = None
+        for subscription in (self._beats, self._digests):
+            if subscription is not None:
+                await subscription.unsubscribe()
+        self._beats = self._digests = None
         self.outbox.publish_nowait(self.subjects.heartbeat(self.node), self._body(bye=True))
 
     def _body(self, bye: bool = False) -> bytes:
         body: dict[str, Any] = {"node": self.node, "incarnation": self.incarnation, "hosts": self.hosts, "bye": bye}
+        cut = self._own_cut()
+        if cut:
+            body["cut"] = cut_json(cut)
+        return json.dumps(body).encode()
+
+    def _own_cut(self) -> dict[str, tuple[str, int]]:
         # Only to nodes heard: an expected one that never beat (perhaps never existed)
         # has nothing to learn, and would grow every heartbeat for good.
-        cut = {p.node: [p.incarnation, p.cuts] for p in self.peers.values() if p.cuts and p.heard}
-        if cut:
-            body["cut"] = cut
-        return json.dumps(body).encode()
+        return {p.node: (p.incarnation, p.cuts) for p in self.peers.values() if p.cuts and p.heard}
 
     def _beat(self) -> None:
         self.outbox.publish_nowait(self.subjects.heartbeat(self.node), self._body())
@@ -268,11 +288,90 @@ class Membership:
             return
         self.heard(beat)
 
+    async def _on_digest(self, msg: Msg) -> None:
+        try:
+            digest = Digest.parse(msg.data)
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("ignoring a malformed digest on %s: %s", msg.subject, err)
+            return
+        self.heard_digest(digest)
+
+    # ------------------------------------------------------------ large clusters: relays
+
+    async def _steer(self) -> None:
+        """Each interval: relay if this node is one of the lowest-named of a large cluster,
+        and read digests instead of every heartbeat while it is not one and hears itself
+        in a digest (back to every heartbeat at once when not)."""
+        now = self.clock()
+        for key, at in list(self._byes.items()):
+            if now - at > self.down_after:
+                del self._byes[key]  # relayed for a window: enough for anyone reading
+        names = sorted([self.node, *self.live()])
+        first = self.node in names[:self.relays]
+        self.relaying = first and len(names) > self.mesh_up_to // 2
+        if self.relaying and self.hearing():
+            self.outbox.publish_nowait(self.subjects.digest(self.node), self.digest())
+        in_digests = self._digest_echo is not None and now - self._digest_echo <= self.digest_echo_gap
+        large = len(names) > (self.mesh_up_to * 3 // 4 if self.reading_digests else self.mesh_up_to)
+        if not first and large and in_digests:
+            if self._beats is not None:
+                log.info("%d nodes: reading the relays' digests instead of every heartbeat", len(names))
+                self.reading_digests = True
+                beats, self._beats = self._beats, None
+                await beats.unsubscribe()
+        elif self._beats is None:
+            log.info("%d nodes%s: hearing every heartbeat again", len(names),
+                     "" if in_digests else ", no recent digest with this node in it")
+            self._beats = await self.nats.subscribe(self.subjects.all_heartbeats(), cb=self._on_heartbeat)
+            self.reading_digests = False
+            self._beat()  # our echo now comes this way: at once, not an interval from now
+
+    def digest(self) -> bytes:
+        """What this node heard, as a relay sends it: every node it believes alive (itself
+        included, as its own echo), how long ago each was last heard, and recent goodbyes."""
+        now = self.clock()
+        live = sorted((p for p in self.peers.values() if p.heard and not p.down), key=lambda p: p.node)
+        members = [((p.node, p.incarnation, p.hosts, p.cut), now - p.last_seen) for p in live]
+        if self._heard_self is not None:
+            members.append(((self.node, self.incarnation, self.hosts, self._own_cut()), now - self._heard_self))
+        return self._rosters.encode(self.node, self.incarnation, members, list(self._byes))
+
+    def heard_digest(self, digest: Digest) -> None:
+        """A relay's digest arrived. Our own entry is our echo; the others are heartbeats
+        heard when the relay heard them, when this node reads digests (otherwise it hears
+        them itself). Only what is newer than what this node knows counts."""
+        now = self.clock()
+        entries = self._rosters.entries(digest)
+        for entry in entries:
+            if entry.node != self.node or entry.incarnation != self.incarnation:
+                continue
+            at = now - entry.age
+            self._digest_echo = max(self._digest_echo or at, at)
+            if self.reading_digests:
+                self._heard_echo(at)
+        if not self.reading_digests:
+            return
+        for entry in entries:
+            peer = self.peers.get(entry.node)
+            at = now - entry.age
+            if entry.node == self.node:
+                continue
+            if peer is not None and peer.incarnation == entry.incarnation:
+                if at <= peer.last_seen:
+                    continue  # not news: we knew of a later beat (or declared it down since)
+                if peer.heard and not peer.down and peer.hosts == entry.hosts and self.node not in entry.cut:
+                    peer.last_seen, peer.cut = at, entry.cut  # the common case: only alive still
+                    continue
+            self.heard(Heartbeat(entry.node, entry.incarnation, entry.hosts, False, entry.cut), at)
+        for node, incarnation in digest.byes:
+            self.heard(Heartbeat(node, incarnation, [], True), now)
+
     # ------------------------------------------------------------ decisions
 
-    def heard(self, beat: Heartbeat) -> None:
-        """A heartbeat arrived (ours included)."""
-        now = self.clock()
+    def heard(self, beat: Heartbeat, at: float | None = None) -> None:
+        """A heartbeat arrived (ours included), now or, read from a digest, ``at``
+        (``clock()`` time: when it would have arrived had we heard it ourselves)."""
+        now = self.clock() if at is None else at
         if beat.node == self.node:
             if beat.incarnation == self.incarnation and not beat.bye:
                 self._heard_echo(now)
@@ -290,6 +389,7 @@ class Membership:
             self._replace(peer, beat, now)
             peer = self.peers.get(beat.node)
         if beat.bye:
+            self._byes[(beat.node, beat.incarnation)] = now
             if peer is not None:
                 del self.peers[peer.node]
                 if not peer.down:
@@ -306,8 +406,9 @@ class Membership:
             peer.last_flap = now
             log.warning("node %s is back (it was declared down %.1fs ago: %s); a live peer again, flap %d",
                         peer.node, now - (peer.down_since or now), peer.down_reason, peer.flaps)
-        peer.last_seen = now
+        peer.last_seen = max(peer.last_seen, now)
         peer.hosts = beat.hosts
+        peer.cut = beat.cut
         peer.heard = True
         self._heard_cut(peer, beat)
 
@@ -334,6 +435,8 @@ class Membership:
         self._notify(peer.node, peer.incarnation, f"node {peer.node} declared this node down")
 
     def _heard_echo(self, now: float) -> None:
+        if self._heard_self is not None and now <= self._heard_self:
+            return  # an older echo than one we have (read from a slower relay's digest)
         if self._heard_self is None or self._hearing_since is None or now - self._heard_self > self.echo_gap:
             if self._was_deaf:
                 log.info("hearing the broker again; peers get %.1fs to be heard before any is declared down",
@@ -366,7 +469,7 @@ class Membership:
         # about that much, and so may the peer's last beat: the window waits for it too.
         # (Waiting for an echo past the window instead added up to a whole interval to
         # every detection: kill -9 was noticed at 3.0 s instead of 2.55 s by default.)
-        lag = max(0.0, now - self._heard_self - self.interval)
+        lag = max(0.0, now - self._heard_self - (2 if self.reading_digests else 1) * self.interval)
         for peer in list(self.peers.values()):
             if peer.down:
                 continue

@@ -81,6 +81,13 @@ class Subjects:
     def all_heartbeats(self) -> str:
         return f"{self.prefix}.node.*.hb"
 
+    def digest(self, node: str) -> str:
+        """Where a relay of a large cluster sends its digest of the heartbeats (``_membership.py``)."""
+        return f"{self.prefix}.node.{node}.dg"
+
+    def all_digests(self) -> str:
+        return f"{self.prefix}.node.*.dg"
+
     def stream_acks(self, node: str) -> str:
         """Where ``node`` hears which of its process messages other nodes received (``_streams.py``)."""
         return f"{self.prefix}.ack.{node}"
