@@ -26,7 +26,8 @@ and noisy), and report the median of the repeats' figures and of their ratios.
 With ``--json`` the last line is one JSON object with these keys (each figure with a
 ``_rounds`` list beside it is the median of the repeats): ``machine``;
 ``a.moonwire_msgs_per_s``, ``a.raw_msgs_per_s``, ``a.ratio``, ``a.nats_msgs_per_msg``,
-``a.raw_headed_msgs_per_s``; ``b.moonwire_p50_us``, ``b.moonwire_p99_us``,
+``a.raw_headed_msgs_per_s``, ``a.receiver_cpu_us`` (the receiving node's CPU per message);
+``b.moonwire_p50_us``, ``b.moonwire_p99_us``,
 ``b.raw_p50_us``, ``b.raw_p99_us``, ``b.ratio_p50``; ``c.p50_s``, ``c.max_s``;
 ``d.by_pid_msgs_per_s``, ``d.by_name_msgs_per_s``, ``d.ratio``; ``e.pairs_per_s``;
 ``f.broadcasts_per_s``, ``f.deliveries_per_s``.
@@ -50,7 +51,7 @@ import nats
 
 from moonwire.node import ServerProcess, free_port, start_nats
 
-from _support import Figures, parser, pct, run, write
+from _support import Figures, cpu_seconds, parser, pct, run, write
 
 MOONWIRE = str(Path(sys.executable).parent / "moonwire")
 
@@ -301,6 +302,11 @@ class Node:
             if re.search(pattern, line):
                 return line
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     async def result(self) -> object:
         assert self.process is not None and self.process.stdout is not None
         out = await self.process.stdout.read()
@@ -322,11 +328,12 @@ def nats_messages_in(server: ServerProcess) -> int:
 
 
 async def moonwire_throughput(root: Path, server: ServerProcess, n: int,
-                              repeat: int) -> list[tuple[float, float, float]]:
+                              repeat: int) -> list[tuple[float, float, float, float]]:
     """``repeat`` rounds of (moonwire msg/s, raw msg/s, NATS messages per moonwire
-    message), each round running raw and then moonwire back to back, on one serving
-    node warmed by a first run. NATS messages per message are below 1 when sends queued
-    in a row left as batches (the count includes heartbeats and start-up)."""
+    message, the receiving node's CPU seconds per message), each round running raw and
+    then moonwire back to back, on one serving node warmed by a first run. NATS messages
+    per message are below 1 when sends queued in a row left as batches (the count
+    includes heartbeats and start-up)."""
     url = server.address
     serving = await Node(write(root / "a", SERVING), "na", url).start(r"node na running")
     try:
@@ -334,10 +341,11 @@ async def moonwire_throughput(root: Path, server: ServerProcess, n: int,
         rounds = []
         for _ in range(repeat):
             raw = await raw_throughput(url, n)
-            before = nats_messages_in(server)
+            before, cpu = nats_messages_in(server), cpu_seconds(serving.pid)
             data = await driver_run(root, url, "throughput", n)
             assert isinstance(data, dict)
-            rounds.append((data["messages"] / data["seconds"], raw, (nats_messages_in(server) - before) / n))
+            rounds.append((data["messages"] / data["seconds"], raw, (nats_messages_in(server) - before) / n,
+                           (cpu_seconds(serving.pid) - cpu) / n))
         return rounds
     finally:
         await serving.stop()
@@ -428,12 +436,14 @@ async def main() -> None:
                 raw = figures.median("a.raw_msgs_per_s", [r[1] for r in rounds])
                 ratio = figures.median("a.ratio", [r[0] / r[1] for r in rounds])
                 per_message = figures.median("a.nats_msgs_per_msg", [r[2] for r in rounds])
+                cpu_us = figures.median("a.receiver_cpu_us", [r[3] * 1e6 for r in rounds])
                 raw_headed = figures.add("a.raw_headed_msgs_per_s",
                                          await raw_throughput(server.address, args.messages, MOONWIRE_HEADERS))
                 print(f"(a) Lua process -> Lua process, two nodes {ours:>10.0f} msg/s   "
                       f"({per_message:.3f} NATS messages per message: sends queued in a row leave as one batch)")
                 print(f"    raw nats-py publish -> subscribe      {raw:>10.0f} msg/s   (baseline, two processes,"
                       " one NATS message each)")
+                print(f"    receiving node CPU per message {cpu_us:.2f} us (median; heartbeats included)")
                 print(f"    ratio per round                        {'  '.join(f'{r[0] / r[1]:.2f}' for r in rounds)}")
                 print(f"    ratio                                  {ratio:>10.2f}   (median of {args.repeat}; target 1.0)")
                 print(f"    raw nats-py with moonwire's headers   {raw_headed:>10.0f} msg/s   "

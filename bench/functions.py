@@ -44,7 +44,7 @@ from moonwire.lua import Outcome
 from moonwire.node import free_port, load_project, start_nats
 from moonwire.node.functions._functions import Functions
 
-from _support import Figures, parser, pct, run, write
+from _support import Figures, cpu_seconds, parser, pct, run, write
 
 MOONWIRE = str(Path(sys.executable).parent / "moonwire")
 
@@ -215,7 +215,7 @@ class RemotePair:
             "--log-level", "warning", *self._metrics_args(), "-x", "d:drive", str(calls), str(self.concurrency),
             stdout=asyncio.subprocess.PIPE)
         scraping = asyncio.create_task(self._scrape()) if self.metrics else None
-        cpu = _cpu_seconds(self.server.pid)
+        cpu = cpu_seconds(self.server.pid)
         try:
             out, _ = await proc.communicate()
         finally:
@@ -223,7 +223,7 @@ class RemotePair:
                 scraping.cancel()
                 await asyncio.gather(scraping, return_exceptions=True)
         data = json.loads(out)
-        self.server_cpu.append((_cpu_seconds(self.server.pid) - cpu) / data["calls"])
+        self.server_cpu.append((cpu_seconds(self.server.pid) - cpu) / data["calls"])
         return data["calls"] / data["seconds"]
 
     async def _scrape(self) -> None:
@@ -238,12 +238,6 @@ class RemotePair:
                 await asyncio.sleep(0.1)
         finally:
             await nc.close()
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def bench_remote(root: Path, url: str, calls: int, concurrency: int,

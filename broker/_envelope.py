@@ -39,6 +39,9 @@ TRACE_HEADER = "traceparent"
 MSGPACK_HEADERS = Headers({CONTENT_TYPE: MSGPACK})
 """The headers of every msgpack body that needs no others (requests, replies)."""
 
+HEADER_BLOCKS = 1024
+"""Distinct header blocks of process messages kept encoded (the cache starts over when full)."""
+
 BATCH_BYTES = 64 * 1024
 """A batch stops growing at this many body bytes (past it, the per-message costs it
 saves are negligible beside the bytes themselves)."""
@@ -58,11 +61,15 @@ class Envelope:
 
     def alone(self) -> tuple[bytes, dict[str, str]]:
         """The body and headers of this message published by itself."""
-        headers = {CONTENT_TYPE: MSGPACK, TOPIC_HEADER: self.topic}
-        if self.sender:
-            headers[FROM_HEADER] = self.sender
-        if self.trace:
-            headers[TRACE_HEADER] = self.trace
+        key = (self.topic, self.sender, self.trace)
+        headers = _blocks.get(key)
+        if headers is None:
+            headers = {CONTENT_TYPE: MSGPACK, TOPIC_HEADER: self.topic}
+            if self.sender:
+                headers[FROM_HEADER] = self.sender
+            if self.trace:
+                headers[TRACE_HEADER] = self.trace
+            headers = _encoded(key, headers)
         return self.payloads, headers
 
     def size(self) -> int:
@@ -80,14 +87,40 @@ class Envelope:
 
 def batch(envelopes: list[Envelope]) -> tuple[bytes, dict[str, str]]:
     """The body and headers of one NATS message carrying ``envelopes`` in order."""
-    headers = {CONTENT_TYPE: MSGPACK, BATCH_HEADER: str(len(envelopes))}
     trace = envelopes[0].trace
     for envelope in envelopes:
         if envelope.trace != trace:  # several senders: each item its own
-            return msgpack.packb([e.item() for e in envelopes], use_bin_type=True), headers
-    if trace:
-        headers[TRACE_HEADER] = trace
-    return msgpack.packb([e.item(False) for e in envelopes], use_bin_type=True), headers
+            return (msgpack.packb([e.item() for e in envelopes], use_bin_type=True),
+                    _batch_headers(len(envelopes), ""))
+    return msgpack.packb([e.item(False) for e in envelopes], use_bin_type=True), _batch_headers(len(envelopes), trace)
+
+
+def _batch_headers(count: int, trace: str) -> dict[str, str]:
+    key = (count, trace)
+    headers = _blocks.get(key)
+    if headers is None:
+        headers = {CONTENT_TYPE: MSGPACK, BATCH_HEADER: str(count)}
+        if trace:
+            headers[TRACE_HEADER] = trace
+        headers = _encoded(key, headers)
+    return headers
+
+
+_blocks: dict[object, dict[str, str]] = {}
+"""Header blocks of process messages by what they say: a sender's burst repeats one."""
+
+
+def _encoded(key: object, headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` encoded once (:class:`Headers`) and kept under ``key``; as they are
+    when they cannot be (a line break in a topic: nats-py's publish replaces it)."""
+    try:
+        encoded: dict[str, str] = Headers(headers)
+    except ValueError:
+        return headers
+    if len(_blocks) >= HEADER_BLOCKS:
+        _blocks.clear()
+    _blocks[key] = encoded
+    return encoded
 
 
 def batch_items(body: bytes) -> list[bytes]:

@@ -31,13 +31,20 @@ NO_RESPONDERS = "503"
 
 
 class Outbox:
-    """A FIFO of messages to publish, drained by :meth:`run` (owned by the node).
+    """A FIFO of messages to publish, in order, without the publisher waiting.
 
     Process messages (:meth:`send_nowait`) that stand in a row for the same inbox
     subject leave as one batch (``_envelope.py``); everything keeps its order.
     Other messages go on the connection's write buffer at once when nothing is queued
     before them and the client can (:meth:`broker.Client.try_publish`), with no hop
     through the task.
+
+    What is queued leaves on the event loop's next turn (:meth:`_flush`, one callback
+    for everything queued in the same turn): a batch holds what one turn queued, and
+    nothing waits for more. The flush puts it on the connection's write buffer and
+    writes that to the socket (:meth:`broker.Client.flush_now`) when the client can;
+    what it cannot take (the fast paths off, the buffer full, not connected) waits
+    here for :meth:`run` (a task owned by the node), which awaits ``publish``.
     """
 
     def __init__(self, nats: Client, streams: Streams[Any] | None = None) -> None:
@@ -46,6 +53,8 @@ class Outbox:
         self._streams = streams
         self._queue: deque[tuple[str, bytes, str, dict[str, str] | None, Envelope | None, str]] = deque()
         self._ready = asyncio.Event()
+        self._flush_soon = False  # a _flush is scheduled
+        self._draining = False  # run() is publishing from the queue
 
     def publish_nowait(self, subject: str, body: bytes, *, reply: str = "",
                        headers: dict[str, str] | None = None, stream: str = "", after: str = "") -> None:
@@ -61,7 +70,7 @@ class Outbox:
                 return
             order = ""  # stamped already
         self._queue.append((subject, body, reply, headers, None, order))
-        self._ready.set()
+        self._schedule()
 
     def _stamped(self, subject: str, body: bytes, headers: dict[str, str] | None,
                  order: str) -> dict[str, str] | None:
@@ -74,9 +83,34 @@ class Outbox:
         return self._streams.stamp(order, subject, body, headers or {})
 
     def send_nowait(self, subject: str, envelope: Envelope, stream: str = "") -> None:
-        """Queue a process message for an inbox subject (of node ``stream``)."""
+        """Queue a process message for an inbox subject (of node ``stream``); it leaves
+        on the loop's next turn, in a batch with those queued behind it meanwhile."""
         self._queue.append((subject, b"", "", None, envelope, stream))
-        self._ready.set()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Publish what is queued without awaiting, up to the first message the client
+        cannot take that way: that one and the rest wait for :meth:`run`."""
+        self._flush_soon = False
+        if self._draining:
+            return  # run() is at it and takes what was queued since, in order
+        queue, try_publish = self._queue, self._try_publish
+        while queue:
+            subject, body, reply, headers, envelope, stream = queue.popleft()
+            if envelope is not None:
+                body, headers = self._coalesce(subject, envelope, stream)
+            if stream:
+                headers = self._stamped(subject, body, headers, stream)
+            if not try_publish(subject, body, reply, headers, flush=False):
+                queue.appendleft((subject, body, reply, headers, None, ""))  # stamped already
+                self._ready.set()
+                break
+        self._nats.flush_now()
 
     async def run(self) -> None:
         """Publish queued messages until cancelled; cancelling flushes what is queued first."""
@@ -92,16 +126,20 @@ class Outbox:
     async def _drain(self) -> None:
         publish = self._nats.publish
         queue = self._queue
-        while queue:
-            subject, body, reply, headers, envelope, stream = queue.popleft()
-            if envelope is not None:
-                body, headers = self._coalesce(subject, envelope, stream)
-            if stream:
-                headers = self._stamped(subject, body, headers, stream)
-            try:
-                await publish(subject, body, reply=reply, headers=headers)
-            except Exception as err:  # noqa: BLE001 - a closed connection must not kill the outbox
-                log.warning("could not publish to %s: %s", subject, err)
+        self._draining = True
+        try:
+            while queue:
+                subject, body, reply, headers, envelope, stream = queue.popleft()
+                if envelope is not None:
+                    body, headers = self._coalesce(subject, envelope, stream)
+                if stream:
+                    headers = self._stamped(subject, body, headers, stream)
+                try:
+                    await publish(subject, body, reply=reply, headers=headers)
+                except Exception as err:  # noqa: BLE001 - a closed connection must not kill the outbox
+                    log.warning("could not publish to %s: %s", subject, err)
+        finally:
+            self._draining = False
 
     def _coalesce(self, subject: str, first: Envelope, stream: str) -> tuple[bytes, dict[str, str]]:
         """``first`` alone, or in a batch with the process messages queued right behind
