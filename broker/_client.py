@@ -142,8 +142,9 @@ class Client(NatsClient):
         self.fast_paths = fast_paths
         """Whether this client uses the fast paths."""
         self._parsed_blocks: dict[bytes, dict[str, str] | None] = {}
-        self._parsed_heads: dict[bytes, dict[str, str]] = {}
-        """Blocks parsed as the head of others that differ from it by a last line."""
+        self._parsed_heads: dict[bytes, list[Any]] = {}
+        """Blocks parsed as the head of others that differ from it by a last line: head
+        -> [its parse, the last block read from it]."""
         self._direct: dict[int, tuple[Subscription, Callable[[Msg], None]]] = {}
         """Subscription id -> the subscription and its direct callback."""
         self.after_read: Callable[[], Awaitable[None]] | None = None
@@ -233,13 +234,14 @@ class Client(NatsClient):
             if split is not None and split[0] not in self._parsed_heads:
                 head = await super()._process_headers(split[0])
                 if head:
-                    _keep(self._parsed_heads, split[0], dict(head))
+                    _keep(self._parsed_heads, split[0], [dict(head), headers])
             return parsed
 
         def _cached(self, block: bytes) -> dict[str, str] | None | object:
             """A copy of ``block`` parsed, from the caches: the block itself, or a head
             it extends by one line (a sequence number after a block that repeats,
-            ``Headers.with_header``; not cached, since it never repeats); else _NOT_CACHED."""
+            ``Headers.with_header``), else _NOT_CACHED. A block read from a head is
+            cached itself once it comes twice in a row (a sequence number never does)."""
             cached = self._parsed_blocks.get(block, _NOT_CACHED)
             if cached is not _NOT_CACHED:
                 return None if cached is None else dict(cached)  # type: ignore[call-overload]
@@ -249,8 +251,11 @@ class Client(NatsClient):
             head = self._parsed_heads.get(split[0])
             if head is None:
                 return _NOT_CACHED
-            parsed = dict(head)
+            parsed = dict(head[0])
             parsed[split[1]] = split[2]  # last, as nats-py's parse sets it
+            if head[1] == block:
+                _keep(self._parsed_blocks, block, dict(parsed))
+            head[1] = block
             return parsed
 
         def _deliver_now(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:

@@ -157,7 +157,10 @@ async def test_blocks_that_differ_by_their_last_line_read_as_nats_py_reads_them(
         mine = await plain.subscribe("t.stamped")
         await client.flush()
         for i in range(2000):
-            last = {"Mw-Seq": f"n.1.{i}.1"} if i % 3 else {"Odd": f" {i}:x ", "Mw-Topic": "again"}
+            if i >= 1990:  # a block read from a head, repeated: cached whole
+                last = {"Mw-Caller": "n.2"}
+            else:
+                last = {"Mw-Seq": f"n.1.{i}.1"} if i % 3 else {"Odd": f" {i}:x ", "Mw-Topic": "again"}
             await plain.publish("t.stamped", b"x", headers={"Content-Type": "application/msgpack",
                                                              "Mw-Topic": "t", **last})
         await asyncio.wait_for(done.wait(), 30)
@@ -167,3 +170,4 @@ async def test_blocks_that_differ_by_their_last_line_read_as_nats_py_reads_them(
     assert [m.headers for m in got] == [m.headers for m in theirs]  # as plain nats-py parsed them
     if client.fast_paths:  # the head was parsed once; blocks that never repeat are not kept
         assert len(client._parsed_blocks) < 10 and len(client._parsed_heads) < 10
+        assert any(b"Mw-Caller: n.2" in block for block in client._parsed_blocks)
