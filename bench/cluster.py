@@ -26,7 +26,8 @@ and noisy), and report the median of the repeats' figures and of their ratios.
 With ``--json`` the last line is one JSON object with these keys (each figure with a
 ``_rounds`` list beside it is the median of the repeats): ``machine``;
 ``a.moonwire_msgs_per_s``, ``a.raw_msgs_per_s``, ``a.ratio``, ``a.nats_msgs_per_msg``,
-``a.raw_headed_msgs_per_s``, ``a.receiver_cpu_us`` (the receiving node's CPU per message);
+``a.raw_headed_msgs_per_s``, ``a.receiver_cpu_us`` and ``a.raw_receiver_cpu_us`` (CPU
+per message of the receiving node and of the raw sink);
 ``b.moonwire_p50_us``, ``b.moonwire_p99_us``,
 ``b.raw_p50_us``, ``b.raw_p99_us``, ``b.ratio_p50``; ``c.p50_s``, ``c.max_s``;
 ``d.by_pid_msgs_per_s``, ``d.by_name_msgs_per_s``, ``d.ratio``; ``e.pairs_per_s``;
@@ -234,7 +235,8 @@ async def python_child(script: str, *args: str) -> asyncio.subprocess.Process:
 MOONWIRE_HEADERS = {"Content-Type": "application/msgpack", "Mw-Topic": "m", "Mw-From": "{nd@terminal|mwq3snax-1}"}
 
 
-async def raw_throughput(url: str, n: int, headers: dict[str, str] | None = None) -> float:
+async def raw_throughput(url: str, n: int, headers: dict[str, str] | None = None) -> tuple[float, float]:
+    """msg/s from this process to a raw sink process, and the sink's CPU seconds per message."""
     sink = await python_child(RAW_SINK, url, str(n))
     try:
         nc = await nats.connect(url)
@@ -246,13 +248,14 @@ async def raw_throughput(url: str, n: int, headers: dict[str, str] | None = None
 
         await nc.subscribe("raw.done", cb=on_done)
         await nc.flush()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds(sink.pid)
         for i in range(n):
             await nc.publish("raw.sink", str(i).encode(), headers=headers)
         await done
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(sink.pid) - cpu
         await nc.close()
-        return n / elapsed
+        return n / elapsed, cpu / n
     finally:
         sink.kill()
         await sink.wait()
@@ -328,9 +331,9 @@ def nats_messages_in(server: ServerProcess) -> int:
 
 
 async def moonwire_throughput(root: Path, server: ServerProcess, n: int,
-                              repeat: int) -> list[tuple[float, float, float, float]]:
+                              repeat: int) -> list[tuple[float, float, float, float, float]]:
     """``repeat`` rounds of (moonwire msg/s, raw msg/s, NATS messages per moonwire
-    message, the receiving node's CPU seconds per message), each round running raw and
+    message, the receiving node's CPU seconds per message, the raw sink's), each round running raw and
     then moonwire back to back, on one serving node warmed by a first run. NATS messages
     per message are below 1 when sends queued in a row left as batches (the count
     includes heartbeats and start-up)."""
@@ -340,12 +343,12 @@ async def moonwire_throughput(root: Path, server: ServerProcess, n: int,
         await driver_run(root, url, "throughput", n)  # warms the serving node
         rounds = []
         for _ in range(repeat):
-            raw = await raw_throughput(url, n)
+            raw, raw_cpu = await raw_throughput(url, n)
             before, cpu = nats_messages_in(server), cpu_seconds(serving.pid)
             data = await driver_run(root, url, "throughput", n)
             assert isinstance(data, dict)
             rounds.append((data["messages"] / data["seconds"], raw, (nats_messages_in(server) - before) / n,
-                           (cpu_seconds(serving.pid) - cpu) / n))
+                           (cpu_seconds(serving.pid) - cpu) / n, raw_cpu))
         return rounds
     finally:
         await serving.stop()
@@ -437,13 +440,14 @@ async def main() -> None:
                 ratio = figures.median("a.ratio", [r[0] / r[1] for r in rounds])
                 per_message = figures.median("a.nats_msgs_per_msg", [r[2] for r in rounds])
                 cpu_us = figures.median("a.receiver_cpu_us", [r[3] * 1e6 for r in rounds])
+                raw_cpu_us = figures.median("a.raw_receiver_cpu_us", [r[4] * 1e6 for r in rounds])
                 raw_headed = figures.add("a.raw_headed_msgs_per_s",
-                                         await raw_throughput(server.address, args.messages, MOONWIRE_HEADERS))
+                                         (await raw_throughput(server.address, args.messages, MOONWIRE_HEADERS))[0])
                 print(f"(a) Lua process -> Lua process, two nodes {ours:>10.0f} msg/s   "
                       f"({per_message:.3f} NATS messages per message: sends queued in a row leave as one batch)")
                 print(f"    raw nats-py publish -> subscribe      {raw:>10.0f} msg/s   (baseline, two processes,"
                       " one NATS message each)")
-                print(f"    receiving node CPU per message {cpu_us:.2f} us (median; heartbeats included)")
+                print(f"    receiving node CPU per message {cpu_us:.2f} us, raw sink {raw_cpu_us:.2f} us (medians)")
                 print(f"    ratio per round                        {'  '.join(f'{r[0] / r[1]:.2f}' for r in rounds)}")
                 print(f"    ratio                                  {ratio:>10.2f}   (median of {args.repeat}; target 1.0)")
                 print(f"    raw nats-py with moonwire's headers   {raw_headed:>10.0f} msg/s   "

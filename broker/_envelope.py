@@ -79,7 +79,12 @@ class Envelope:
     def item(self, trace: bool = True) -> bytes:
         """This message as an item of a batch (with its trace unless ``trace`` is false:
         the batch carries it)."""
-        head = msgpack.packb(self.topic) + msgpack.packb(self.sender)
+        head = _heads.get((self.topic, self.sender))
+        if head is None:
+            head = msgpack.packb(self.topic) + msgpack.packb(self.sender)
+            if len(_heads) >= HEADER_BLOCKS:
+                _heads.clear()
+            _heads[(self.topic, self.sender)] = head
         if trace and self.trace:
             return b"\x94" + head + self.payloads + msgpack.packb(self.trace)
         return b"\x93" + head + self.payloads
@@ -105,6 +110,9 @@ def _batch_headers(count: int, trace: str) -> dict[str, str]:
         headers = _encoded(key, headers)
     return headers
 
+
+_heads: dict[tuple[str, str], bytes] = {}
+"""The encoded topic and sender of batch items (a burst repeats them)."""
 
 _blocks: dict[object, dict[str, str]] = {}
 """Header blocks of process messages by what they say: a sender's burst repeats one."""
