@@ -23,6 +23,7 @@ element (``[topic, sender, [payloads...], traceparent]``), which wins over the h
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -35,6 +36,12 @@ FROM_HEADER = "Mw-From"
 BATCH_HEADER = "Mw-Batch"
 TRACE_HEADER = "traceparent"
 """W3C Trace Context, the header OpenTelemetry's propagators use (the receiver checks it)."""
+
+REPLIES_HEADER = "Mw-Replies"
+"""Header of a request from a caller that reads batched replies (value ``batch``): the
+msgpack replies a node queues in one turn for the same caller leave as one NATS message
+to ``<the caller's reply prefix>.0``, ``Mw-Batch: <n>``, the body a msgpack array of
+``[token, body]`` items (:func:`reply_batch`)."""
 
 MSGPACK_HEADERS = Headers({CONTENT_TYPE: MSGPACK})
 """The headers of every msgpack body that needs no others (requests, replies)."""
@@ -100,6 +107,25 @@ def batch(envelopes: list[Envelope]) -> tuple[bytes, dict[str, str]]:
     return msgpack.packb([e.item(False) for e in envelopes], use_bin_type=True), _batch_headers(len(envelopes), trace)
 
 
+def reply_batch(replies: list[tuple[str, bytes]]) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one NATS message carrying msgpack ``replies`` ((token,
+    body) each, in order) to one caller."""
+    return msgpack.packb([list(reply) for reply in replies], use_bin_type=True), _batch_headers(len(replies), "")
+
+
+def reply_items(body: bytes) -> list[tuple[str, bytes]]:
+    """The (token, body) items of a batch of replies.
+
+    Raises:
+        ValueError: the body is not a msgpack array of [str, bin] items, naming why.
+    """
+    items = batch_items(body, bin_items=False)
+    if not all(isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], bytes)
+               for item in items):
+        raise ValueError("a batch of replies must be a msgpack array of [token, body] items")
+    return [(item[0], item[1]) for item in items]
+
+
 def _batch_headers(count: int, trace: str) -> dict[str, str]:
     key = (count, trace)
     headers = _blocks.get(key)
@@ -131,8 +157,8 @@ def _encoded(key: object, headers: dict[str, str]) -> dict[str, str]:
     return encoded
 
 
-def batch_items(body: bytes) -> list[bytes]:
-    """The items of a batch body, each still encoded.
+def batch_items(body: bytes, bin_items: bool = True) -> list[Any]:
+    """The items of a batch body, each still encoded (``bin_items`` False: decoded, unchecked).
 
     Raises:
         ValueError: the body is not a msgpack array of bin items, naming why.
@@ -141,6 +167,8 @@ def batch_items(body: bytes) -> list[bytes]:
         items = msgpack.unpackb(body, raw=False)
     except (ValueError, msgpack.UnpackException, TypeError) as err:
         raise ValueError(f"malformed batch body: {err}") from None
-    if not isinstance(items, list) or not all(isinstance(item, bytes) for item in items):
+    if not isinstance(items, list):
+        raise ValueError("a batch body must be a msgpack array")
+    if bin_items and not all(isinstance(item, bytes) for item in items):
         raise ValueError("a batch body must be a msgpack array of bin items")
     return items

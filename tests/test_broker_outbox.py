@@ -15,8 +15,8 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from moonwire.broker import (BATCH_HEADER, FAST_PATH, TOPIC_HEADER, Client, ConnectOptions, Envelope, Headers,
-                             Outbox, Streams, batch_items, connect)
+from moonwire.broker import (BATCH_HEADER, FAST_PATH, REPLIES_HEADER, TOPIC_HEADER, Client, ConnectOptions, Envelope,
+                             Headers, Outbox, Requests, Streams, batch_items, connect)
 from moonwire.broker._streams import SEQ_HEADER
 from moonwire.node import ServerProcess
 
@@ -171,3 +171,50 @@ async def test_blocks_that_differ_by_their_last_line_read_as_nats_py_reads_them(
     if client.fast_paths:  # the head was parsed once; blocks that never repeat are not kept
         assert len(client._parsed_blocks) < 10 and len(client._parsed_heads) < 10
         assert any(b"Mw-Caller: n.2" in block for block in client._parsed_blocks)
+
+
+async def test_replies_one_turn_queues_for_a_caller_leave_as_one_batch_and_settle_each_request(
+    client: Client, outbox: Outbox, nats_server: ServerProcess
+) -> None:
+    requests = Requests(client, outbox)
+    requests.identify("caller", "1")  # asks for batched replies
+    await requests.start()
+    tap = NatsClient()
+    await tap.connect(nats_server.address)
+    try:
+        on_the_wire = await tap.subscribe(requests._prefix + ".*")
+        taken: list[Msg] = []
+
+        def serve(msg: Msg) -> None:  # answers once all five are here, in one turn
+            taken.append(msg)
+            if len(taken) == 5:
+                for request in taken:
+                    assert request.headers is not None and request.headers[REPLIES_HEADER] == "batch"
+                    outbox.reply_nowait(request.reply, msgpack.packb({"result": request.data.decode()}))
+
+        await client.subscribe_direct("t.fn", serve)
+        await tap.flush()
+        await client.flush()
+        results: dict[int, Msg | Exception] = {}
+        done = asyncio.Event()
+
+        def settle(n: int):  # type: ignore[no-untyped-def]
+            def settled(result: Msg | Exception) -> None:
+                results[n] = result
+                if len(results) == 5:
+                    done.set()
+            return settled
+
+        for n in range(5):
+            requests.request_nowait("t.fn", str(n).encode(), timeout=10, callback=settle(n),
+                                    headers=requests.headers)
+        await asyncio.wait_for(done.wait(), 10)
+        (batch,) = await next_messages(on_the_wire, 1)
+    finally:
+        await requests.stop()
+        await tap.close()
+    assert batch.subject == requests._prefix + ".0" and batch.headers is not None
+    assert batch.headers[BATCH_HEADER] == "5"
+    for n, result in results.items():
+        assert isinstance(result, Msg) and msgpack.unpackb(result.data) == {"result": str(n)}
+        assert result.headers == {"Content-Type": "application/msgpack"}
