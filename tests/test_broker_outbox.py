@@ -20,23 +20,10 @@ from moonwire.broker import (BATCH_HEADER, FAST_PATH, REPLIES_HEADER, TOPIC_HEAD
 from moonwire.broker._streams import SEQ_HEADER
 from moonwire.node import ServerProcess
 
+from test_broker_client import client  # noqa: F401 - the fixture: a client with the fast paths on, and off
+from test_broker_requests import Settled
+
 SENDER = "{n@a|b}"
-
-
-@pytest.fixture(params=[
-    pytest.param(True, id="fast", marks=pytest.mark.skipif(not FAST_PATH, reason="fast paths off in this process")),
-    pytest.param(False, id="public"),
-])
-async def client(nats_server: ServerProcess, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
-    if request.param:
-        nc = await connect(ConnectOptions(servers=[nats_server.address]))
-    else:
-        nc = Client(fast_paths=False)
-        await nc.connect(servers=[nats_server.address])
-    try:
-        yield nc
-    finally:
-        await nc.close()
 
 
 @pytest.fixture
@@ -195,26 +182,17 @@ async def test_replies_one_turn_queues_for_a_caller_leave_as_one_batch_and_settl
         await client.subscribe_direct("t.fn", serve)
         await tap.flush()
         await client.flush()
-        results: dict[int, Msg | Exception] = {}
-        done = asyncio.Event()
-
-        def settle(n: int):  # type: ignore[no-untyped-def]
-            def settled(result: Msg | Exception) -> None:
-                results[n] = result
-                if len(results) == 5:
-                    done.set()
-            return settled
-
+        settled = Settled()
         for n in range(5):
-            requests.request_nowait("t.fn", str(n).encode(), timeout=10, callback=settle(n),
+            requests.request_nowait("t.fn", str(n).encode(), timeout=10, callback=settled.callback(str(n)),
                                     headers=requests.headers)
-        await asyncio.wait_for(done.wait(), 10)
+        await settled.count(5)
         (batch,) = await next_messages(on_the_wire, 1)
     finally:
         await requests.stop()
         await tap.close()
     assert batch.subject == requests._prefix + ".0" and batch.headers is not None
     assert batch.headers[BATCH_HEADER] == "5"
-    for n, result in results.items():
-        assert isinstance(result, Msg) and msgpack.unpackb(result.data) == {"result": str(n)}
+    for n, result in settled.results:
+        assert isinstance(result, Msg) and msgpack.unpackb(result.data) == {"result": n}
         assert result.headers == {"Content-Type": "application/msgpack"}
