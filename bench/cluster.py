@@ -305,11 +305,6 @@ class Node:
             if re.search(pattern, line):
                 return line
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
     async def result(self) -> object:
         assert self.process is not None and self.process.stdout is not None
         out = await self.process.stdout.read()
@@ -332,11 +327,9 @@ def nats_messages_in(server: ServerProcess) -> int:
 
 async def moonwire_throughput(root: Path, server: ServerProcess, n: int,
                               repeat: int) -> list[tuple[float, float, float, float, float]]:
-    """``repeat`` rounds of (moonwire msg/s, raw msg/s, NATS messages per moonwire
-    message, the receiving node's CPU seconds per message, the raw sink's), each round running raw and
-    then moonwire back to back, on one serving node warmed by a first run. NATS messages
-    per message are below 1 when sends queued in a row left as batches (the count
-    includes heartbeats and start-up)."""
+    """``repeat`` rounds of (moonwire msg/s, raw msg/s, NATS messages per moonwire message
+    (below 1: batches; heartbeats included), CPU seconds per message of the receiving node
+    and of the raw sink), raw then moonwire in each, on one serving node warmed first."""
     url = server.address
     serving = await Node(write(root / "a", SERVING), "na", url).start(r"node na running")
     try:
@@ -344,11 +337,11 @@ async def moonwire_throughput(root: Path, server: ServerProcess, n: int,
         rounds = []
         for _ in range(repeat):
             raw, raw_cpu = await raw_throughput(url, n)
-            before, cpu = nats_messages_in(server), cpu_seconds(serving.pid)
+            before, cpu = nats_messages_in(server), cpu_seconds(serving.process.pid)
             data = await driver_run(root, url, "throughput", n)
             assert isinstance(data, dict)
             rounds.append((data["messages"] / data["seconds"], raw, (nats_messages_in(server) - before) / n,
-                           (cpu_seconds(serving.pid) - cpu) / n, raw_cpu))
+                           (cpu_seconds(serving.process.pid) - cpu) / n, raw_cpu))
         return rounds
     finally:
         await serving.stop()
@@ -435,38 +428,33 @@ async def main() -> None:
             raw = 0.0
             if "a" in args.only:
                 rounds = await moonwire_throughput(root, server, args.messages, args.repeat)
-                ours = figures.median("a.moonwire_msgs_per_s", [r[0] for r in rounds])
-                raw = figures.median("a.raw_msgs_per_s", [r[1] for r in rounds])
+                keys = ("moonwire_msgs_per_s", "raw_msgs_per_s", "nats_msgs_per_msg", "receiver_cpu_us",
+                        "raw_receiver_cpu_us")
+                ours, raw, per_message, cpu_us, raw_cpu_us = (figures.median(
+                    f"a.{key}", [r[i] * (1e6 if i > 2 else 1) for r in rounds]) for i, key in enumerate(keys))
                 ratio = figures.median("a.ratio", [r[0] / r[1] for r in rounds])
-                per_message = figures.median("a.nats_msgs_per_msg", [r[2] for r in rounds])
-                cpu_us = figures.median("a.receiver_cpu_us", [r[3] * 1e6 for r in rounds])
-                raw_cpu_us = figures.median("a.raw_receiver_cpu_us", [r[4] * 1e6 for r in rounds])
                 raw_headed = figures.add("a.raw_headed_msgs_per_s",
                                          (await raw_throughput(server.address, args.messages, MOONWIRE_HEADERS))[0])
                 print(f"(a) Lua process -> Lua process, two nodes {ours:>10.0f} msg/s   "
                       f"({per_message:.3f} NATS messages per message: sends queued in a row leave as one batch)")
-                print(f"    raw nats-py publish -> subscribe      {raw:>10.0f} msg/s   (baseline, two processes,"
-                      " one NATS message each)")
+                print(f"    raw nats-py publish -> subscribe      {raw:>10.0f} msg/s   (baseline, two processes)")
                 print(f"    receiving node CPU per message {cpu_us:.2f} us, raw sink {raw_cpu_us:.2f} us (medians)")
                 print(f"    ratio per round                        {'  '.join(f'{r[0] / r[1]:.2f}' for r in rounds)}")
-                print(f"    ratio                                  {ratio:>10.2f}   (median of {args.repeat}; target 1.0)")
+                print(f"    ratio {ratio:>42.2f}   (median of {args.repeat}; target 1.0)")
                 print(f"    raw nats-py with moonwire's headers   {raw_headed:>10.0f} msg/s   "
                       f"(ratio {raw_headed / raw:.2f}: what one NATS message per send would cost)")
 
             if "b" in args.only:
                 pairs = await moonwire_latency(root, server.address, args.rounds, args.repeat)
-                ours50 = figures.median("b.moonwire_p50_us", [pct(p[0], 0.5) for p in pairs])
-                ours99 = figures.median("b.moonwire_p99_us", [pct(p[0], 0.99) for p in pairs])
-                raw50 = figures.median("b.raw_p50_us", [pct(p[1], 0.5) for p in pairs])
-                raw99 = figures.median("b.raw_p99_us", [pct(p[1], 0.99) for p in pairs])
-                ratio = figures.median("b.ratio_p50", [pct(p[0], 0.5) / pct(p[1], 0.5) for p in pairs])
+                ours50, ours99, raw50, raw99 = (figures.median(f"b.{who}_p{q}_us", [pct(p[i], q / 100) for p in pairs])
+                                                for i, who in enumerate(("moonwire", "raw")) for q in (50, 99))
+                ratios = [pct(p[0], 0.5) / pct(p[1], 0.5) for p in pairs]
+                ratio = figures.median("b.ratio_p50", ratios)
                 print(f"(b) request/reply, Lua processes on two nodes  p50 {ours50:7.1f} us   p99 {ours99:7.1f} us")
                 print(f"    raw nats-py request/reply                  p50 {raw50:7.1f} us   p99 {raw99:7.1f} us"
                       "   (baseline, two processes)")
-                print(f"    p50 ratio per round                        "
-                      f"{'  '.join(f'{pct(p[0], 0.5) / pct(p[1], 0.5):.2f}' for p in pairs)}")
-                print(f"    p50 ratio                                  {ratio:7.2f}   (median of {args.repeat}; "
-                      "target at most 1.2)")
+                print(f"    p50 ratio per round                        {'  '.join(f'{r:.2f}' for r in ratios)}")
+                print(f"    p50 ratio {ratio:40.2f}   (median of {args.repeat}; target at most 1.2)")
 
             if "c" in args.only:
                 times = [await detection(root, server.address) for _ in range(args.trials)]

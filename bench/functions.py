@@ -288,7 +288,8 @@ async def main() -> None:
               "flight, two node processes)")
         print(f"    raw nats-py req/reply {raw:>10.0f} calls/s   (baseline, median of {args.rounds}; same "
               "concurrency, two processes)")
-        print(f"    ratio per round       {'  '.join(f'{r:.2f}' for r in ratios)}   (each round runs raw, then moonwire)")
+        print(f"    ratio per round       {'  '.join(f'{r:.2f}' for r in ratios)}   "
+              "(each round runs raw, then moonwire)")
         print(f"    ratio                 {ratio:>10.2f}   median of rounds   (best against best: {best:.2f};"
               " target 0.9)")
         print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f}")

@@ -9,16 +9,20 @@ On a remote function call that was about 7 µs of CPU across the two nodes, out 
 * publishing with :class:`Headers` (read-only headers that keep their encoded block)
   skips the encoding: the block is built once, by the same rules as nats-py's;
 * a received block is parsed by nats-py the first time and served from a small cache
-  after that (a copy each time, so a receiver may change its dict).
+  after that (a copy each time, so a receiver may change its dict); a block that
+  differs from a parsed one by its last line only (a stream's ``Mw-Seq``, appended by
+  :meth:`Headers.with_header`) is that one's dict plus the line, and is not cached.
 
-Three more paths skip nats-py's per-message work, for the node's busiest traffic
+Four more paths skip nats-py's per-message work, for the node's busiest traffic
 (function requests and replies):
 
 * :meth:`Client.try_publish` puts a message on the connection's write buffer at once,
   as ``publish`` does when it would not wait, without its four coroutines;
 * :meth:`Client.subscribe_direct` hands each message to a plain callback straight from
   the read loop, without the subscription's queue, task and coroutine per message;
-* received frames are read by :class:`~broker._parser.FastParser`.
+* received frames are read by :class:`~broker._parser.FastParser`;
+* :meth:`Client.flush_now` writes the write buffer to the socket at once when nothing
+  is buffered there, instead of waking nats-py's flusher task on the next turn.
 
 All of this hooks private parts of nats-py's Client, listed and checked once at import
 by ``broker/_nats_internals.py``. :data:`FAST_PATH` says whether the paths are on: the

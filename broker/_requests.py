@@ -187,7 +187,8 @@ class Outbox:
         run, size = [first], first.size()
         while queue:
             subject_, _, _, _, envelope, stream_ = queue[0]
-            if type(envelope) is not Envelope or subject_ != subject or stream_ != stream or size + envelope.size() > limit:
+            if (type(envelope) is not Envelope or subject_ != subject or stream_ != stream
+                    or size + envelope.size() > limit):
                 break
             queue.popleft()
             run.append(envelope)
