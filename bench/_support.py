@@ -96,6 +96,12 @@ def write(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float:
     """The ``p`` quantile (0..1) of ``values``."""
     ordered = sorted(values)

@@ -14,15 +14,28 @@
 (f) pg.broadcast from a third node to members spread over two nodes (1,000 by
     default): broadcasts/s and deliveries/s, beside raw nats-py publish -> subscribe (a).
 
-All on one real nats-server started here.
+All on one real nats-server started here. (a) and (b) run ``--repeat`` times, each
+repeat running the raw baseline and then moonwire back to back (the machine is shared
+and noisy), and report the median of the repeats' figures and of their ratios.
 
     python bench/cluster.py [--messages 100000] [--rounds 5000] [--trials 10] [--members 1000]
-                            [--broadcasts 200]
+                            [--broadcasts 200] [--repeat 3] [--only abcdef] [--json]
+                            [--loop asyncio|uvloop]
+
+``--loop`` is this process's loop (the raw baselines); the nodes run as ``moonwire run``.
+With ``--json`` the last line is one JSON object with these keys (each figure with a
+``_rounds`` list beside it is the median of the repeats): ``machine``;
+``a.moonwire_msgs_per_s``, ``a.raw_msgs_per_s``, ``a.ratio``, ``a.nats_msgs_per_msg``,
+``a.raw_headed_msgs_per_s``, ``a.receiver_cpu_us`` and ``a.raw_receiver_cpu_us`` (CPU
+per message of the receiving node and of the raw sink);
+``b.moonwire_p50_us``, ``b.moonwire_p99_us``,
+``b.raw_p50_us``, ``b.raw_p99_us``, ``b.ratio_p50``; ``c.p50_s``, ``c.max_s``;
+``d.by_pid_msgs_per_s``, ``d.by_name_msgs_per_s``, ``d.ratio``; ``e.pairs_per_s``;
+``f.broadcasts_per_s``, ``f.deliveries_per_s``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -39,7 +52,7 @@ import nats
 
 from moonwire.node import ServerProcess, free_port, start_nats
 
-from _support import pct, write
+from _support import Figures, cpu_seconds, parser, pct, run, write
 
 MOONWIRE = str(Path(sys.executable).parent / "moonwire")
 
@@ -222,7 +235,8 @@ async def python_child(script: str, *args: str) -> asyncio.subprocess.Process:
 MOONWIRE_HEADERS = {"Content-Type": "application/msgpack", "Mw-Topic": "m", "Mw-From": "{nd@terminal|mwq3snax-1}"}
 
 
-async def raw_throughput(url: str, n: int, headers: dict[str, str] | None = None) -> float:
+async def raw_throughput(url: str, n: int, headers: dict[str, str] | None = None) -> tuple[float, float]:
+    """msg/s from this process to a raw sink process, and the sink's CPU seconds per message."""
     sink = await python_child(RAW_SINK, url, str(n))
     try:
         nc = await nats.connect(url)
@@ -234,13 +248,14 @@ async def raw_throughput(url: str, n: int, headers: dict[str, str] | None = None
 
         await nc.subscribe("raw.done", cb=on_done)
         await nc.flush()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds(sink.pid)
         for i in range(n):
             await nc.publish("raw.sink", str(i).encode(), headers=headers)
         await done
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(sink.pid) - cpu
         await nc.close()
-        return n / elapsed
+        return n / elapsed, cpu / n
     finally:
         sink.kill()
         await sink.wait()
@@ -310,35 +325,46 @@ def nats_messages_in(server: ServerProcess) -> int:
         return int(json.loads(response.read())["in_msgs"])
 
 
-async def moonwire_throughput(root: Path, server: ServerProcess, n: int) -> tuple[float, float]:
-    """The best of two runs in msg/s, and the NATS messages per moonwire message of
-    that run (below 1 when sends queued in a row left as batches)."""
+async def moonwire_throughput(root: Path, server: ServerProcess, n: int,
+                              repeat: int) -> list[tuple[float, float, float, float, float]]:
+    """``repeat`` rounds of (moonwire msg/s, raw msg/s, NATS messages per moonwire message
+    (below 1: batches; heartbeats included), CPU seconds per message of the receiving node
+    and of the raw sink), raw then moonwire in each, on one serving node warmed first."""
     url = server.address
     serving = await Node(write(root / "a", SERVING), "na", url).start(r"node na running")
     try:
-        best, per_message = 0.0, 1.0
-        for _ in range(2):  # the first run warms both nodes
-            driver = await Node(write(root / "d", DRIVER), "nd", url, "--log-level", "warning",
-                                "-x", "d:throughput", str(n)).start(None)
-            before = nats_messages_in(server)
-            data = await driver.result()
+        await driver_run(root, url, "throughput", n)  # warms the serving node
+        rounds = []
+        for _ in range(repeat):
+            raw, raw_cpu = await raw_throughput(url, n)
+            before, cpu = nats_messages_in(server), cpu_seconds(serving.process.pid)
+            data = await driver_run(root, url, "throughput", n)
             assert isinstance(data, dict)
-            if data["messages"] / data["seconds"] > best:
-                best = data["messages"] / data["seconds"]
-                per_message = (nats_messages_in(server) - before) / n  # includes start-up and heartbeats
-        return best, per_message
+            rounds.append((data["messages"] / data["seconds"], raw, (nats_messages_in(server) - before) / n,
+                           (cpu_seconds(serving.process.pid) - cpu) / n, raw_cpu))
+        return rounds
     finally:
         await serving.stop()
 
 
-async def moonwire_latency(root: Path, url: str, rounds: int) -> list[float]:
+async def driver_run(root: Path, url: str, entry: str, *args: int) -> object:
+    """Run ``d:<entry>`` on a driver node to its end; its result."""
+    driver = await Node(write(root / "d", DRIVER), "nd", url, "--log-level", "warning",
+                        "-x", f"d:{entry}", *map(str, args)).start(None)
+    return await driver.result()
+
+
+async def moonwire_latency(root: Path, url: str, rounds: int, repeat: int) -> list[tuple[list[float], list[float]]]:
+    """``repeat`` pairs of (moonwire, raw) round-trip samples in µs, each pair run back to back."""
     serving = await Node(write(root / "a", SERVING), "na", url).start(r"node na running")
     try:
-        driver = await Node(write(root / "d", DRIVER), "nd", url, "--log-level", "warning",
-                            "-x", "d:latency", str(rounds)).start(None)
-        samples = await driver.result()
-        assert isinstance(samples, list)
-        return [float(s) for s in samples]
+        pairs = []
+        for _ in range(repeat):
+            raw = await raw_latency(url, rounds)
+            samples = await driver_run(root, url, "latency", rounds)
+            assert isinstance(samples, list)
+            pairs.append(([float(s) for s in samples], raw))
+        return pairs
     finally:
         await serving.stop()
 
@@ -363,9 +389,7 @@ async def moonwire_named(root: Path, url: str, n: int) -> tuple[float, float]:
         best = {"throughput": 0.0, "named": 0.0}
         for _ in range(2):
             for entry in best:
-                driver = await Node(write(root / "d", DRIVER), "nd", url, "--log-level", "warning",
-                                    "-x", f"d:{entry}", str(n)).start(None)
-                data = await driver.result()
+                data = await driver_run(root, url, entry, n)
                 assert isinstance(data, dict), data
                 best[entry] = max(best[entry], data["messages"] / data["seconds"])
         return best["throughput"], best["named"]
@@ -375,9 +399,7 @@ async def moonwire_named(root: Path, url: str, n: int) -> tuple[float, float]:
 
 async def moonwire_registry(root: Path, url: str, n: int) -> float:
     """(e): register + unregister pairs per second."""
-    driver = await Node(write(root / "d", DRIVER), "nd", url, "--log-level", "warning",
-                        "-x", "d:registry", str(n)).start(None)
-    data = await driver.result()
+    data = await driver_run(root, url, "registry", n)
     assert isinstance(data, dict), data
     return data["pairs"] / data["seconds"]
 
@@ -387,9 +409,7 @@ async def moonwire_broadcast(root: Path, url: str, members: int, count: int) -> 
     serving = [await Node(write(root / "a", SERVING), name, url).start(rf"node {name} running")
                for name in ("na", "nb")]
     try:
-        driver = await Node(write(root / "d", DRIVER), "nd", url, "--log-level", "warning",
-                            "-x", "d:broadcast", str(members), str(count)).start(None)
-        data = await driver.result()
+        data = await driver_run(root, url, "broadcast", members, count)
         assert isinstance(data, dict), data
         return data
     finally:
@@ -398,63 +418,83 @@ async def moonwire_broadcast(root: Path, url: str, members: int, count: int) -> 
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=5000)
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--members", type=int, default=1000)
-    parser.add_argument("--broadcasts", type=int, default=200)
-    parser.add_argument("--only", default="abcdef", help="which parts to run, e.g. def")
-    args = parser.parse_args()
+    args = ARGS
+    figures = Figures(args)
+    median = statistics.median
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         server = await start_nats(root / "nats", port=free_port(), monitor_port=free_port())
         try:
-            raw = await raw_throughput(server.address, args.messages)
+            raw = 0.0
             if "a" in args.only:
-                raw_headed = await raw_throughput(server.address, args.messages, MOONWIRE_HEADERS)
-                ours, per_message = await moonwire_throughput(root, server, args.messages)
+                rounds = await moonwire_throughput(root, server, args.messages, args.repeat)
+                keys = ("moonwire_msgs_per_s", "raw_msgs_per_s", "nats_msgs_per_msg", "receiver_cpu_us",
+                        "raw_receiver_cpu_us")
+                ours, raw, per_message, cpu_us, raw_cpu_us = (figures.median(
+                    f"a.{key}", [r[i] * (1e6 if i > 2 else 1) for r in rounds]) for i, key in enumerate(keys))
+                ratio = figures.median("a.ratio", [r[0] / r[1] for r in rounds])
+                raw_headed = figures.add("a.raw_headed_msgs_per_s",
+                                         (await raw_throughput(server.address, args.messages, MOONWIRE_HEADERS))[0])
                 print(f"(a) Lua process -> Lua process, two nodes {ours:>10.0f} msg/s   "
                       f"({per_message:.3f} NATS messages per message: sends queued in a row leave as one batch)")
-                print(f"    raw nats-py publish -> subscribe      {raw:>10.0f} msg/s   (baseline, two processes,"
-                      " one NATS message each)")
-                print(f"    ratio                                  {ours / raw:>10.2f}   (target 0.6)")
+                print(f"    raw nats-py publish -> subscribe      {raw:>10.0f} msg/s   (baseline, two processes)")
+                print(f"    receiving node CPU per message {cpu_us:.2f} us, raw sink {raw_cpu_us:.2f} us (medians)")
+                print(f"    ratio per round                        {'  '.join(f'{r[0] / r[1]:.2f}' for r in rounds)}")
+                print(f"    ratio {ratio:>42.2f}   (median of {args.repeat}; target 1.0)")
                 print(f"    raw nats-py with moonwire's headers   {raw_headed:>10.0f} msg/s   "
                       f"(ratio {raw_headed / raw:.2f}: what one NATS message per send would cost)")
 
             if "b" in args.only:
-                raw_rtt = await raw_latency(server.address, args.rounds)
-                our_rtt = await moonwire_latency(root, server.address, args.rounds)
-                print(f"(b) request/reply, Lua processes on two nodes  p50 {pct(our_rtt, 0.5):7.1f} us"
-                      f"   p99 {pct(our_rtt, 0.99):7.1f} us")
-                print(f"    raw nats-py request/reply                  p50 {pct(raw_rtt, 0.5):7.1f} us"
-                      f"   p99 {pct(raw_rtt, 0.99):7.1f} us   (baseline, two processes)")
-                print(f"    p50 ratio                                  "
-                      f"{pct(our_rtt, 0.5) / pct(raw_rtt, 0.5):7.2f}   (target at most 1.5)")
+                pairs = await moonwire_latency(root, server.address, args.rounds, args.repeat)
+                ours50, ours99, raw50, raw99 = (figures.median(f"b.{who}_p{q}_us", [pct(p[i], q / 100) for p in pairs])
+                                                for i, who in enumerate(("moonwire", "raw")) for q in (50, 99))
+                ratios = [pct(p[0], 0.5) / pct(p[1], 0.5) for p in pairs]
+                ratio = figures.median("b.ratio_p50", ratios)
+                print(f"(b) request/reply, Lua processes on two nodes  p50 {ours50:7.1f} us   p99 {ours99:7.1f} us")
+                print(f"    raw nats-py request/reply                  p50 {raw50:7.1f} us   p99 {raw99:7.1f} us"
+                      "   (baseline, two processes)")
+                print(f"    p50 ratio per round                        {'  '.join(f'{r:.2f}' for r in ratios)}")
+                print(f"    p50 ratio {ratio:40.2f}   (median of {args.repeat}; target at most 1.2)")
 
             if "c" in args.only:
                 times = [await detection(root, server.address) for _ in range(args.trials)]
+                figures.add("c.p50_s", median(times)), figures.add("c.max_s", max(times))
                 print(f"(c) node down after kill -9 (defaults: heartbeat 500ms, down after 2.5s), {args.trials} "
-                      f"trials: p50 {statistics.median(times):.2f} s   max {max(times):.2f} s   (target at most 3 s)")
+                      f"trials: p50 {median(times):.2f} s   max {max(times):.2f} s   (target at most 3 s)")
 
             if "d" in args.only:
                 by_pid, by_name = await moonwire_named(root, server.address, args.messages)
+                figures.add("d.by_pid_msgs_per_s", by_pid), figures.add("d.by_name_msgs_per_s", by_name)
+                figures.add("d.ratio", by_name / by_pid)
                 print(f"(d) send by PID, two nodes                {by_pid:>10.0f} msg/s")
                 print(f"    send by cluster name (CONSISTENT)     {by_name:>10.0f} msg/s   "
                       f"(ratio {by_name / by_pid:.2f}, target 0.9)")
             if "e" in args.only:
-                pairs = await moonwire_registry(root, server.address, 2000)
-                print(f"(e) cluster name register + unregister    {pairs:>10.0f} pairs/s   "
-                      f"({1e6 / pairs / 2:.0f} us a round trip; raw request/reply p50 above)")
+                pairs_per_s = figures.add("e.pairs_per_s", await moonwire_registry(root, server.address, 2000))
+                print(f"(e) cluster name register + unregister    {pairs_per_s:>10.0f} pairs/s   "
+                      f"({1e6 / pairs_per_s / 2:.0f} us a round trip; raw request/reply p50 above)")
             if "f" in args.only:
                 data = await moonwire_broadcast(root, server.address, args.members, args.broadcasts)
-                per_s = data["broadcasts"] / data["seconds"]
+                per_s = figures.add("f.broadcasts_per_s", data["broadcasts"] / data["seconds"])
+                figures.add("f.deliveries_per_s", per_s * data["members"])
                 print(f"(f) pg.broadcast to {args.members} members on 2 nodes, from a third: {per_s:>8.0f} broadcasts/s"
-                      f"   {per_s * data['members']:>10.0f} deliveries/s   (raw pub -> sub above: {raw:.0f} msg/s)")
+                      f"   {per_s * data['members']:>10.0f} deliveries/s"
+                      + (f"   (raw pub -> sub above: {raw:.0f} msg/s)" if raw else ""))
         finally:
             await server.stop()
-        print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+        print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f}")
+    figures.emit()
 
+
+PARSER = parser(__doc__)
+PARSER.add_argument("--messages", type=int, default=100_000)
+PARSER.add_argument("--rounds", type=int, default=5000, help="round trips per repeat of (b)")
+PARSER.add_argument("--repeat", type=int, default=3, help="raw-then-moonwire repeats of (a) and (b)")
+PARSER.add_argument("--trials", type=int, default=10)
+PARSER.add_argument("--members", type=int, default=1000)
+PARSER.add_argument("--broadcasts", type=int, default=200)
+PARSER.add_argument("--only", default="abcdef", help="which parts to run, e.g. def")
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ARGS = PARSER.parse_args()
+    run(main, ARGS.loop)

@@ -7,18 +7,26 @@
     requests in flight.
 
     python bench/functions.py [--calls 20000] [--concurrency 64] [--rounds 5] [--metrics]
+                              [--json] [--loop asyncio|uvloop]
 
     The remote figure is run in rounds, each running raw then moonwire back to back, and
-    the ratio reported is the median of the rounds' ratios.
+    the ratio reported is the median of the rounds' ratios. ``--loop`` is this process's
+    loop ((a) and the raw pair); the nodes of (b) run as ``moonwire run``.
 
     --metrics: both nodes serve Prometheus metrics (``--metrics``), and while moonwire's
     calls run this process scrapes the serving node's /metrics and asks its ``$SRV.STATS``
     every 100 ms (``nats micro`` discovery is on in every run; it answers only when asked).
+
+With ``--json`` the last line is one JSON object with these keys: ``machine``;
+``a.moonwire_calls_per_s``, ``a.moonwire_p50_us``, ``a.moonwire_p99_us``,
+``a.plain_calls_per_s``, ``a.plain_p50_us``; ``b.moonwire_calls_per_s``,
+``b.raw_calls_per_s``, ``b.ratio`` (medians of the rounds, each with a ``_rounds`` list),
+``b.best_ratio`` (best against best), ``b.server_cpu_us`` (the serving node's CPU per
+call, median of the rounds after the first), ``b.scrapes`` (with ``--metrics``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -36,7 +44,7 @@ from moonwire.lua import Outcome
 from moonwire.node import free_port, load_project, start_nats
 from moonwire.node.functions._functions import Functions
 
-from _support import pct, write
+from _support import Figures, cpu_seconds, parser, pct, run, write
 
 MOONWIRE = str(Path(sys.executable).parent / "moonwire")
 
@@ -122,7 +130,9 @@ asyncio.run(main())
 
 async def bench_local(root: Path, calls: int) -> dict[str, float]:
     functions = Functions(load_project(write(root / "local", LOCAL_PROJECT), environ={}), Subjects())
-    functions.call(None, "b:driver", [200], {}, {})  # warm up both states
+    warm = functions.call(None, "b:driver", [200], {}, {})  # warm up both states
+    if not isinstance(warm, Outcome):
+        await warm
     result = functions.call(None, "b:driver", [calls], {}, {})
     outcome = result if isinstance(result, Outcome) else await result
     assert outcome.ok, outcome.error
@@ -205,7 +215,7 @@ class RemotePair:
             "--log-level", "warning", *self._metrics_args(), "-x", "d:drive", str(calls), str(self.concurrency),
             stdout=asyncio.subprocess.PIPE)
         scraping = asyncio.create_task(self._scrape()) if self.metrics else None
-        cpu = _cpu_seconds(self.server.pid)
+        cpu = cpu_seconds(self.server.pid)
         try:
             out, _ = await proc.communicate()
         finally:
@@ -213,7 +223,7 @@ class RemotePair:
                 scraping.cancel()
                 await asyncio.gather(scraping, return_exceptions=True)
         data = json.loads(out)
-        self.server_cpu.append((_cpu_seconds(self.server.pid) - cpu) / data["calls"])
+        self.server_cpu.append((cpu_seconds(self.server.pid) - cpu) / data["calls"])
         return data["calls"] / data["seconds"]
 
     async def _scrape(self) -> None:
@@ -230,14 +240,8 @@ class RemotePair:
             await nc.close()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def bench_remote(root: Path, url: str, calls: int, concurrency: int,
-                       rounds: int, metrics: bool = False) -> list[tuple[float, float]]:
+                       rounds: int, metrics: bool = False) -> tuple[list[tuple[float, float]], RemotePair]:
     """``rounds`` pairs of (moonwire, raw) calls/s, each pair run back to back so that
     both see the same machine (the raw figure swings by a third between minutes here)."""
     pairs = []
@@ -245,43 +249,59 @@ async def bench_remote(root: Path, url: str, calls: int, concurrency: int,
         for _ in range(rounds):
             raw_rate = await raw.run(calls)
             pairs.append((await remote.run(calls), raw_rate))
-    if metrics:
-        print(f"    (scraped /metrics and $SRV.STATS {remote.scrapes} times while moonwire's calls ran)")
-    print(f"    serving node CPU per call {'  '.join(f'{c * 1e6:.1f}' for c in remote.server_cpu)} us   "
-          f"(median {statistics.median(remote.server_cpu[1:] or remote.server_cpu) * 1e6:.1f}; the first run warms up)")
-    return pairs
+    return pairs, remote
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=20000)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--metrics", action="store_true", help="nodes serve metrics, scraped while calls run")
-    args = parser.parse_args()
+    args = ARGS
+    figures = Figures(args)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         local = await bench_local(root, args.calls)
+        for key in ("calls_per_s", "p50_us", "p99_us"):
+            figures.add(f"a.moonwire_{key}", local[key])
+            if f"baseline_{key}" in local:
+                figures.add(f"a.plain_{key}", local[f"baseline_{key}"])
         print(f"(a) local funcs.call      {local['calls_per_s']:>10.0f} calls/s   p50 {local['p50_us']:.1f} us"
               f"   p99 {local['p99_us']:.1f} us")
         print(f"    plain Lua call        {local['baseline_calls_per_s']:>10.0f} calls/s   p50 {local['baseline_p50_us']:.2f} us"
               "   (baseline: same state, no funcs)")
         server = await start_nats(root / "nats", port=free_port())
         try:
-            pairs = await bench_remote(root, server.address, args.calls, args.concurrency, args.rounds, args.metrics)
+            pairs, remote = await bench_remote(root, server.address, args.calls, args.concurrency, args.rounds,
+                                               args.metrics)
         finally:
             await server.stop()
-        ours, raw = max(p[0] for p in pairs), max(p[1] for p in pairs)
+        if args.metrics:
+            figures.add("b.scrapes", remote.scrapes)
+            print(f"    (scraped /metrics and $SRV.STATS {remote.scrapes} times while moonwire's calls ran)")
+        cpu = remote.server_cpu
+        cpu_us = figures.add("b.server_cpu_us", statistics.median(cpu[1:] or cpu) * 1e6)
+        print(f"    serving node CPU per call {'  '.join(f'{c * 1e6:.1f}' for c in cpu)} us   "
+              f"(median {cpu_us:.1f}; the first run warms up)")
+        ours = figures.median("b.moonwire_calls_per_s", [p[0] for p in pairs])
+        raw = figures.median("b.raw_calls_per_s", [p[1] for p in pairs])
         ratios = [p[0] / p[1] for p in pairs]
-        print(f"(b) remote funcs.call     {ours:>10.0f} calls/s   (best of {args.rounds}; {args.concurrency} in flight, "
-              "two node processes)")
-        print(f"    raw nats-py req/reply {raw:>10.0f} calls/s   (baseline, best of {args.rounds}; same concurrency, "
-              "two processes)")
-        print(f"    ratio per round       {'  '.join(f'{r:.2f}' for r in ratios)}   (each round runs raw, then moonwire)")
-        print(f"    ratio                 {statistics.median(ratios):>10.2f}   median of rounds"
-              f"   (best against best: {ours / raw:.2f})")
-        print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+        ratio = figures.median("b.ratio", ratios)
+        best = figures.add("b.best_ratio", max(p[0] for p in pairs) / max(p[1] for p in pairs))
+        print(f"(b) remote funcs.call     {ours:>10.0f} calls/s   (median of {args.rounds}; {args.concurrency} in "
+              "flight, two node processes)")
+        print(f"    raw nats-py req/reply {raw:>10.0f} calls/s   (baseline, median of {args.rounds}; same "
+              "concurrency, two processes)")
+        print(f"    ratio per round       {'  '.join(f'{r:.2f}' for r in ratios)}   "
+              "(each round runs raw, then moonwire)")
+        print(f"    ratio                 {ratio:>10.2f}   median of rounds   (best against best: {best:.2f};"
+              " target 0.9)")
+        print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f}")
+    figures.emit()
 
+
+PARSER = parser(__doc__)
+PARSER.add_argument("--calls", type=int, default=20000)
+PARSER.add_argument("--concurrency", type=int, default=64)
+PARSER.add_argument("--rounds", type=int, default=5)
+PARSER.add_argument("--metrics", action="store_true", help="nodes serve metrics, scraped while calls run")
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ARGS = PARSER.parse_args()
+    run(main, ARGS.loop)

@@ -15,8 +15,8 @@ Environment:
 """
 
 from ._client import FAST_PATH, Client, Headers
-from ._envelope import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, MSGPACK_HEADERS, TOPIC_HEADER, TRACE_HEADER,
-                        Envelope, batch_items)
+from ._envelope import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, MSGPACK_HEADERS, REPLIES_HEADER, TOPIC_HEADER,
+                        TRACE_HEADER, Envelope, batch_items)
 from ._connection import BrokerUnavailable, ConnectOptions, connect, tls_context
 from ._membership import Membership, Peer
 from ._pid import Pid, PidAllocator
@@ -38,6 +38,7 @@ __all__ = [
     "FAST_PATH",
     "Headers",
     "MSGPACK_HEADERS",
+    "REPLIES_HEADER",
     "Envelope",
     "FROM_HEADER",
     "MSGPACK",

@@ -9,16 +9,20 @@ On a remote function call that was about 7 µs of CPU across the two nodes, out 
 * publishing with :class:`Headers` (read-only headers that keep their encoded block)
   skips the encoding: the block is built once, by the same rules as nats-py's;
 * a received block is parsed by nats-py the first time and served from a small cache
-  after that (a copy each time, so a receiver may change its dict).
+  after that (a copy each time, so a receiver may change its dict); a block that
+  differs from a parsed one by its last line only (a stream's ``Mw-Seq``, appended by
+  :meth:`Headers.with_header`) is that one's dict plus the line, and is not cached.
 
-Three more paths skip nats-py's per-message work, for the node's busiest traffic
+Four more paths skip nats-py's per-message work, for the node's busiest traffic
 (function requests and replies):
 
 * :meth:`Client.try_publish` puts a message on the connection's write buffer at once,
   as ``publish`` does when it would not wait, without its four coroutines;
 * :meth:`Client.subscribe_direct` hands each message to a plain callback straight from
   the read loop, without the subscription's queue, task and coroutine per message;
-* received frames are read by :class:`~broker._parser.FastParser`.
+* received frames are read by :class:`~broker._parser.FastParser`;
+* :meth:`Client.flush_now` writes the write buffer to the socket at once when nothing
+  is buffered there, instead of waking nats-py's flusher task on the next turn.
 
 All of this hooks private parts of nats-py's Client, listed and checked once at import
 by ``broker/_nats_internals.py``. :data:`FAST_PATH` says whether the paths are on: the
@@ -64,11 +68,15 @@ FAST_PATH = _nats_internals.decide()
 
 if FAST_PATH:  # names that need not exist otherwise
     import nats.aio.client
+    from nats.aio.transport import TcpTransport
     from nats.protocol.command import hpub_cmd, pub_cmd
 
     from ._parser import FastParser
 
     _validate_subject = nats.aio.client._validate_subject
+    _parse_email = nats.aio.client.parse_email  # None: nats-py parses header lines itself
+else:
+    _parse_email = None
 
 
 class Headers(dict[str, str]):
@@ -94,6 +102,26 @@ class Headers(dict[str, str]):
         lines.append(b"\r\n")
         self.block = b"".join(lines)
 
+    def with_header(self, name: str, value: str) -> Headers:
+        """These headers plus ``name: value``, whose block is this one plus a line: for
+        a header that differs on every message (a sequence number) after a block that
+        repeats. Checked as :class:`Headers` checks its own.
+
+        Raises:
+            ValueError: as :class:`Headers`.
+        """
+        if name in self:
+            return Headers({**self, name: value})
+        if not _HEADER_KEY.fullmatch(name):
+            raise ValueError(f"bad header name {name!r}")
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} has a line break in its value")
+        extended = Headers.__new__(Headers)
+        dict.update(extended, self)
+        dict.__setitem__(extended, name, value)
+        extended.block = self.block[:-2] + f"{name}: {value.strip()}\r\n\r\n".encode()
+        return extended
+
     def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("Headers are read-only")
 
@@ -118,6 +146,9 @@ class Client(NatsClient):
         self.fast_paths = fast_paths
         """Whether this client uses the fast paths."""
         self._parsed_blocks: dict[bytes, dict[str, str] | None] = {}
+        self._parsed_heads: dict[bytes, list[Any]] = {}
+        """Blocks parsed as the head of others that differ from it by a last line: head
+        -> [its parse, the last block read from it]."""
         self._direct: dict[int, tuple[Subscription, Callable[[Msg], None]]] = {}
         """Subscription id -> the subscription and its direct callback."""
         self.after_read: Callable[[], Awaitable[None]] | None = None
@@ -196,17 +227,40 @@ class Client(NatsClient):
         async def _process_headers(self, headers: bytes) -> dict[str, str] | None:  # type: ignore[override]
             if not headers or len(headers) > CACHE_BLOCK_BYTES or not self.fast_paths:
                 return await super()._process_headers(headers)
-            cache = self._parsed_blocks
-            if headers in cache:
-                parsed = cache[headers]
-            else:
-                # nats-py's parse skips malformed lines rather than failing, so what it
-                # returns is all there is to know about a block.
-                parsed = await super()._process_headers(headers)
-                if len(cache) >= CACHE_BLOCKS:
-                    cache.clear()
-                cache[headers] = None if parsed is None else dict(parsed)
-            return None if parsed is None else dict(parsed)
+            parsed = self._cached(headers)
+            if parsed is not _NOT_CACHED:
+                return parsed  # type: ignore[return-value]
+            # nats-py's parse skips malformed lines rather than failing, so what it
+            # returns is all there is to know about a block.
+            parsed = await super()._process_headers(headers)
+            _keep(self._parsed_blocks, headers, None if parsed is None else dict(parsed))
+            split = _split_last_line(headers)
+            if split is not None and split[0] not in self._parsed_heads:
+                head = await super()._process_headers(split[0])
+                if head:
+                    _keep(self._parsed_heads, split[0], [dict(head), headers])
+            return parsed
+
+        def _cached(self, block: bytes) -> dict[str, str] | None | object:
+            """A copy of ``block`` parsed, from the caches: the block itself, or a head
+            it extends by one line (a sequence number after a block that repeats,
+            ``Headers.with_header``), else _NOT_CACHED. A block read from a head is
+            cached itself once it comes twice in a row (a sequence number never does)."""
+            cached = self._parsed_blocks.get(block, _NOT_CACHED)
+            if cached is not _NOT_CACHED:
+                return None if cached is None else dict(cached)  # type: ignore[call-overload]
+            split = _split_last_line(block)
+            if split is None:
+                return _NOT_CACHED
+            head = self._parsed_heads.get(split[0])
+            if head is None:
+                return _NOT_CACHED
+            parsed = dict(head[0])
+            parsed[split[1]] = split[2]  # last, as nats-py's parse sets it
+            if head[1] == block:
+                _keep(self._parsed_blocks, block, dict(parsed))
+            head[1] = block
+            return parsed
 
         def _deliver_now(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
             """Deliver a frame to a direct subscription without awaiting anything. False,
@@ -217,11 +271,12 @@ class Client(NatsClient):
                 return False
             parsed = None
             if headers:
-                cached = self._parsed_blocks.get(headers, _NOT_CACHED)
-                if cached is _NOT_CACHED:
+                if len(headers) > CACHE_BLOCK_BYTES:
                     return False
-                parsed = None if cached is None else dict(cached)
-            self._deliver(sid, direct, subject, reply, data, parsed)
+                parsed = self._cached(headers)
+                if parsed is _NOT_CACHED:
+                    return False
+            self._deliver(sid, direct, subject, reply, data, parsed)  # type: ignore[arg-type]
             return True
 
         def _deliver(self, sid: int, direct: tuple[Subscription, Callable[[Msg], None]], subject: bytes, reply: bytes,
@@ -239,9 +294,10 @@ class Client(NatsClient):
                 _call(callback, msg)
 
     def try_publish(self, subject: str, payload: bytes, reply: str = "",
-                    headers: dict[str, str] | None = None) -> bool:
+                    headers: dict[str, str] | None = None, *, flush: bool = True) -> bool:
         """Publish without awaiting: put the message on the connection's write buffer
-        now and kick the flusher, as ``publish`` does when it does not have to wait.
+        now and kick the flusher, as ``publish`` does when it does not have to wait
+        (``flush`` False: the caller calls :meth:`flush_now` after a run of them).
 
         Returns False, having done nothing, when only ``publish`` can take the message:
         not connected, the write buffer full, a message nats-py refuses (``publish``
@@ -270,9 +326,57 @@ class Client(NatsClient):
         self._pending_data_size += len(command)
         self.stats["out_msgs"] += 1
         self.stats["out_bytes"] += len(payload)
-        if flush_queue.empty():
+        if flush and flush_queue.empty():
             flush_queue.put_nowait(asyncio.get_running_loop().create_future())
         return True
+
+    def flush_now(self) -> None:
+        """Write the connection's write buffer to the socket now, when the socket takes
+        it without waiting (nothing is buffered in front of it); else kick nats-py's
+        flusher, which writes it on the loop's next turn and waits for the socket.
+        Without the fast paths, nothing (``publish`` kicks the flusher itself)."""
+        if not self.fast_paths or not self._pending_data_size:
+            return
+        transport = self._transport
+        writer = getattr(transport, "_io_writer", None) if type(transport) is TcpTransport else None
+        flush_queue, flusher = self._flush_queue, self._flusher_task
+        if (writer is not None and self._status == NatsClient.CONNECTED and flusher is not None
+                and not flusher.done() and not writer.transport.get_write_buffer_size()):
+            pending = self._pending
+            self._pending = []
+            self._pending_data_size = 0
+            writer.writelines(pending)
+        elif flush_queue is not None and flush_queue.empty():
+            flush_queue.put_nowait(asyncio.get_running_loop().create_future())
+
+
+def _keep(cache: dict[bytes, Any], block: bytes, parsed: Any) -> None:
+    if len(cache) >= CACHE_BLOCKS:
+        cache.clear()
+    cache[block] = parsed
+
+
+_HEAD = b"NATS/1.0\r\n"
+
+
+def _split_last_line(block: bytes) -> tuple[bytes, str, str] | None:
+    """``block`` as its head (a block of all lines but the last) and the name and value
+    of its last line, parsed as nats-py parses a line; None when it is not a plain block
+    of two lines or more (a status line, nats-py parsing with fast_mail_parser, a last
+    line nats-py would skip)."""
+    if not block.startswith(_HEAD) or not block.endswith(b"\r\n\r\n") or _parse_email is not None:
+        return None
+    cut = block.rfind(b"\r\n", len(_HEAD), len(block) - 4)
+    if cut < 0:
+        return None
+    name, sep, value = block[cut + 2:len(block) - 4].partition(b":")
+    try:
+        key = name.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if not sep or not key or any(c.isspace() for c in key):
+        return None
+    return block[:cut + 2] + b"\r\n", key, value.strip().decode("utf-8", "replace")
 
 
 def _call(callback: Callable[[Msg], None], msg: Msg) -> None:

@@ -81,6 +81,13 @@ def _read_loop_feeds_the_parser() -> bool:
     return "self._ps.parse(" in inspect.getsource(_client()._read_loop)
 
 
+def _tcp_transport_writes_through_a_stream_writer() -> bool:
+    # flush_now writes to the StreamWriter that TcpTransport.writelines writes to.
+    transport = _attr("nats.aio.transport", "TcpTransport")
+    source = inspect.getsource(transport.writelines)
+    return "_io_writer" in inspect.getsource(transport.__init__) and "self._io_writer.writelines" in source
+
+
 def _reset_replaces_the_buffer() -> bool:
     # FastParser notices a reconnect in the middle of a read by its buffer being replaced.
     parser = _parser()(None)
@@ -126,6 +133,8 @@ INTERNALS: tuple[tuple[str, Callable[[], bool]], ...] = (
     ("Client._max_pending_size", lambda: _is(_fresh_client()["_max_pending_size"], int)),
     ("Client._flush_queue", lambda: "_flush_queue" in _fresh_client()),
     ("Client._flusher_task", lambda: "_flusher_task" in _fresh_client()),
+    ("Client._transport", lambda: "_transport" in _fresh_client()),
+    ("TcpTransport._io_writer", _tcp_transport_writes_through_a_stream_writer),
     ("Client._subs", lambda: _is(_fresh_client()["_subs"], dict)),
     ("Client.stats", lambda: _stats(_fresh_client()["stats"])),
     ("Subscription._id", lambda: _subscription()["_id"] == 7),

@@ -41,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from ._client import Headers
+
 log = logging.getLogger("moonwire.streams")
 
 SEQ_HEADER = "Mw-Seq"
@@ -166,18 +168,15 @@ class Streams(Generic[Item]):
         return self._headers(out, seq, headers)
 
     def _headers(self, out: _Outgoing, seq: int, headers: dict[str, str]) -> dict[str, str]:
-        stamped = dict(headers)
-        stamped[SEQ_HEADER] = f"{self.node}.{self.incarnation}.{seq}.{out.unacked[0].seq if out.unacked else seq}"
-        return stamped
+        return _with(headers, SEQ_HEADER,
+                     f"{self.node}.{self.incarnation}.{seq}.{out.unacked[0].seq if out.unacked else seq}")
 
     def after(self, node: str, headers: dict[str, str] | None) -> dict[str, str]:
         """``headers`` plus ``Mw-After``: the last message of the stream to ``node`` so far,
         which a control request must not overtake at the receiver (it travels on another
         connection than the stream, see :meth:`when_delivered`)."""
         out = self._out.get(node)
-        stamped = dict(headers or {})
-        stamped[AFTER_HEADER] = f"{self.node}.{self.incarnation}.{out.next_seq - 1 if out else 0}"
-        return stamped
+        return _with(headers or {}, AFTER_HEADER, f"{self.node}.{self.incarnation}.{out.next_seq - 1 if out else 0}")
 
     def acknowledged(self, is_node: Callable[[str], bool] = lambda node: False) -> bool:
         """True when everything sent has been acknowledged, on every stream whose receiver
@@ -384,6 +383,19 @@ class Streams(Generic[Item]):
         for out in self._out.values():
             if out.established and out.unacked and now - out.progress_at >= RESEND_AFTER:
                 self._resend(out)
+
+
+def _with(headers: dict[str, str], name: str, value: str) -> dict[str, str]:
+    """A copy of ``headers`` plus ``name: value``; still encoded ahead (the fast publish
+    path) when ``headers`` was (:class:`Headers`)."""
+    if type(headers) is Headers:
+        try:
+            return headers.with_header(name, value)
+        except ValueError:
+            pass  # a value nats-py's publish cleans up
+    stamped = dict(headers)
+    stamped[name] = value
+    return stamped
 
 
 def _parse(stamp: str) -> tuple[tuple[str, str], int, int]:

@@ -21,7 +21,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from moonwire.broker import Client, Outbox, Requests, Subjects, TaskSet
+from moonwire.broker import MSGPACK_HEADERS, REPLIES_HEADER, Client, Outbox, Requests, Subjects, TaskSet
 from moonwire.lua import (Answer, Kind, Limits, LuaCode, LuaState, MoonwireError, NoProcesses, Outcome, Pending,
                           ProcessServices, Registry, Security, Unit, check_portable, internal, invalid, not_found,
                           settled)
@@ -406,7 +406,10 @@ class Functions:
             return
         assert self.outbox is not None
         body, headers = encode_reply(outcome, content_type)
-        self.outbox.publish_nowait(msg.reply, body, headers=headers)
+        if headers is MSGPACK_HEADERS and msg.headers and msg.headers.get(REPLIES_HEADER) == "batch":
+            self.outbox.reply_nowait(msg.reply, body)  # with the others this turn answers to that caller
+        else:
+            self.outbox.publish_nowait(msg.reply, body, headers=headers)
 
     async def stop(self) -> None:
         for subscription in self._subscriptions.values():
