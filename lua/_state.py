@@ -164,7 +164,8 @@ class LuaState:
         self.log = log or logging.getLogger("moonwire.lua")
         # A random hash seed per state (the default) keeps crafted keys from degrading
         # tables; a workflow gives that up for an iteration order that replays.
-        seeding = {"string_hash_seed": 0} if replay is not None else {}
+        self._fixed_seed = replay is not None
+        seeding = {"string_hash_seed": 0} if self._fixed_seed else {}
         self.runtime = lupa.LuaRuntime(
             encoding=None,
             register_eval=False,
@@ -177,15 +178,14 @@ class LuaState:
             **seeding,
         )
         self.core = self.runtime.execute(CORE_SOURCE, self.runtime.execute(PATTERNS_SOURCE))
-        self.clock: Callable[[], int] = time.time_ns if replay is None else replay.now_ns
+        self.clock: Callable[[], int] = time.time_ns
         """Nanoseconds since the epoch: the machine's, or a workflow's recorded clock."""
-        self.random: random.Random | None = None if replay is None else replay.random
+        self.random: random.Random | None = None
         """A workflow's seeded random source (uuids); None: the machine's."""
         self.violation: str | None = None
         """What non-deterministic call a workflow made, once it made one."""
         if replay is not None:
-            self.core.make_deterministic(replay.random.getrandbits(62), lambda: self.clock() // 1_000_000_000,
-                                         self._refuse)
+            self.rebind(replay)
         self.core.set_token_source(_new_tokens)
         self.host = HostFunctions(self)
         self.prelude = self.runtime.execute(PRELUDE_SOURCE, self.core, self.host.table())
@@ -232,6 +232,24 @@ class LuaState:
         workflow's, supplied by the node."""
         table = self.table_from({name.encode(): fn for name, fn in functions.items()})
         self.runtime.execute(WORKFLOW_SOURCE, self.core, table, self.prelude)
+
+    def rebind(self, replay: Replay) -> None:
+        """Give this state a workflow run's clock and random source (``math.random``
+        reseeded from it, as a new state's is), and forget the last run's violation: a
+        state built with a ``replay`` serves one run after another. What a run's units
+        made lives in their own environments (as processes sharing a state), so nothing
+        else carries over."""
+        if not self._fixed_seed:
+            raise ValueError("only a workflow's state (one built with a Replay) can be rebound")
+        self.clock, self.random, self.violation, self.current = replay.now_ns, replay.random, None, None
+        self.core.make_deterministic(replay.random.getrandbits(62), lambda: self.clock() // 1_000_000_000,
+                                     self._refuse)
+
+    def collect(self) -> int:
+        """Run a full garbage collection; the KiB the state holds afterwards."""
+        collectgarbage = self.runtime.eval("collectgarbage")
+        collectgarbage(b"collect")
+        return int(collectgarbage(b"count"))
 
     def _refuse(self, what: bytes) -> None:
         self.violation = self.violation or decode_string(what)
