@@ -223,15 +223,23 @@ class LuaState:
         self._build_types = self.types.build
         self.core.set_globals(self.prelude.globals, self.types.library_views)
         self.types.adopt_string_view(self.core.new_env()[b"string"])
+        self._workflow_host: Any = None
+        """The Lua table of the ``workflow`` module's host functions, once added."""
         self._registered: dict[str, str] = {}
         """Entry id -> the key of the code registered for it (one revision at a time)."""
 
     def add_workflow_module(self, functions: dict[str, Callable[..., Any]]) -> None:
         """Make ``require("workflow")`` available, backed by ``functions`` (``info``,
         ``history_length``, ``history_size``, ``version``, ``worker``, ``attrs``): the running
-        workflow's, supplied by the node."""
+        workflow's, supplied by the node. Called again (the next run on a reused state), the
+        module stays and reads the new ``functions``."""
+        if self._workflow_host is not None:  # a reused workflow state: the new run's functions
+            for name, fn in functions.items():
+                self._workflow_host[name.encode()] = fn
+            return
         table = self.table_from({name.encode(): fn for name, fn in functions.items()})
         self.runtime.execute(WORKFLOW_SOURCE, self.core, table, self.prelude)
+        self._workflow_host = table
 
     def rebind(self, replay: Replay) -> None:
         """Give this state a workflow run's clock and random source (``math.random``
@@ -246,10 +254,9 @@ class LuaState:
                                      self._refuse)
 
     def collect(self) -> int:
-        """Run a full garbage collection; the KiB the state holds afterwards."""
-        collectgarbage = self.runtime.eval("collectgarbage")
-        collectgarbage(b"collect")
-        return int(collectgarbage(b"count"))
+        """Run a full garbage collection; the bytes the state holds afterwards."""
+        self.runtime.eval("collectgarbage")(b"collect")
+        return self.memory_used()
 
     def _refuse(self, what: bytes) -> None:
         self.violation = self.violation or decode_string(what)

@@ -100,17 +100,18 @@ PROJECT = {
           - {name: echo1, kind: function.lua, source: file://echo.lua}
           - {name: echo2, kind: function.lua, source: file://echo.lua}
           - {name: echo3, kind: function.lua, source: file://echo.lua}
-          - {name: run, kind: workflow.lua, source: file://run.lua, modules: [uuid, time, funcs]}
+          - {name: run, kind: workflow.lua, source: file://run.lua, modules: [uuid, time, funcs, workflow]}
     """,
     "echo.lua": "return function(value) return value end",
 }
-# As RUN, with activities named by its draws: a replay that drew otherwise would issue
-# other commands than its history holds, and fail.
-PROJECT["run.lua"] = RUN.replace('local time = require("time")', 'local time = require("time")\nlocal funcs = require("funcs")').replace(
-    "  return {found", """  for _, draw in ipairs({math.random(0, 3), math.random(0, 3), math.random(0, 3)}) do
+# As RUN, with activities named by its draws (a replay that drew otherwise would issue
+# other commands than its history holds, and fail), and the id `workflow.info` answers.
+PROJECT["run.lua"] = RUN.replace('local time = require("time")', """local time = require("time")
+local funcs = require("funcs")
+local workflow = require("workflow")""").replace("  return {found", """  for _, draw in ipairs({math.random(0, 3), math.random(0, 3), math.random(0, 3)}) do
     funcs.call("t:echo" .. draw, draw)
   end
-  return {found""")
+  return {id = workflow.info().workflow_id, pid = workflow.info().pid, found""")
 
 
 async def test_runs_on_one_worker_share_a_state_and_replay_on_a_new_one(tmp_path: Path,
@@ -136,6 +137,8 @@ async def test_runs_on_one_worker_share_a_state_and_replay_on_a_new_one(tmp_path
     finally:
         await workflows.stop()
     assert [r["found"] for r in results] == [{"none": True}] * 3
+    ids = [f"{queue}-{tag}" for tag in ("first", "second", "third")]
+    assert [(r["id"], r["pid"]) for r in results] == [(i, f"{{@t:worker|{i}}}") for i in ids]  # each its own
     # Each run replays on a new state, then (in the other order) on reused ones, drawing
     # what it drew on the worker's reused state.
     for history in histories:

@@ -11,8 +11,8 @@ an ended run gave back, when there is one:
   source and ``math.random`` seed are the new run's (:meth:`LuaState.rebind`), exactly
   as a new state's would be, so a run replays the same on a reused state or a new one;
 * only a run that ended whole gives its state back: its unit ended (every thread
-  killed), nothing was refused (``os.clock``), memory never ran out, and a full
-  collection leaves the state small. A run evicted mid-way drops its state;
+  killed), nothing was refused (``os.clock``), memory never ran out, and the
+  state is small (after a full collection, if it was not). A run evicted mid-way drops its state;
 * at most ``idle`` states wait at once; past that a returned state is dropped.
 
 Runs take and return states from the SDK's workflow threads (one activation at a time
@@ -27,7 +27,7 @@ from moonwire.lua import Limits, LuaState, Replay
 
 IDLE_STATES = 64
 """States kept for the next runs (each about 0.6 MiB)."""
-RETAINED_KIB = 4096
+RETAINED_BYTES = 4 * 1024 * 1024
 """A returned state holding more than this after a full collection is dropped."""
 
 
@@ -54,7 +54,11 @@ class WorkflowStates:
 
     def give(self, state: LuaState) -> None:
         """Take back the state of a run that ended whole (see the module)."""
-        if state.poisoned or state.violation is not None or state.collect() > RETAINED_KIB:
+        if state.poisoned or state.violation is not None:
+            return
+        # Garbage is the incremental collector's to free; a full collection only when
+        # the state looks big (about 0.1 ms each).
+        if state.memory_used() > RETAINED_BYTES and state.collect() > RETAINED_BYTES:
             return
         with self._lock:
             free = self._states.setdefault(state.limits, [])
