@@ -21,7 +21,8 @@ With ``--json`` the last line is one JSON object with these keys (each of a roun
 with ``_rounds``, its value in every round): ``machine``; ``a.moonwire_p50_ms``,
 ``a.moonwire_p99_ms``, ``a.raw_p50_ms``, ``a.raw_p99_ms``, ``a.ratio_p50``, ``a.ratio_paired``
 (the median of each moonwire run's time over the raw run's beside it);
-``b.moonwire_per_s``, ``b.raw_per_s``, ``b.ratio``; ``c.moonwire_p50_ms``,
+``b.moonwire_per_s``, ``b.raw_per_s``, ``b.ratio``, ``b.moonwire_cpu_ms``, ``b.raw_cpu_ms``,
+``b.cpu_ratio`` (this process's CPU time per workflow during the burst: all but the server's); ``c.moonwire_p50_ms``,
 ``c.moonwire_p99_ms``, ``c.raw_p50_ms``, ``c.raw_p99_ms``; and ``states.built`` (Lua
 states the moonwire worker built, against ``states.runs`` workflow runs: the rest reused
 one, ``node/workflows/_states.py``).
@@ -107,14 +108,17 @@ async def latency(runners: dict[str, Callable[[], Awaitable[None]]], runs: int) 
 
 
 async def throughput(runners: dict[str, Callable[[], Awaitable[None]]], burst: int, order: tuple[str, ...]
-                     ) -> dict[str, float]:
-    """(b): workflows per second of ``burst`` started at once, side by side in ``order``."""
-    rates = {}
+                     ) -> tuple[dict[str, float], dict[str, float]]:
+    """(b): workflows per second of ``burst`` started at once, side by side in ``order``;
+    and this process's CPU time per workflow meanwhile (client, worker and the SDK's core:
+    all but the server), which the machine's other load does not change."""
+    rates, cpu = {}, {}
     for side in order:
-        start = time.perf_counter()
+        start, used = time.perf_counter(), time.process_time()
         await asyncio.gather(*(runners[side]() for _ in range(burst)))
         rates[side] = burst / (time.perf_counter() - start)
-    return rates
+        cpu[side] = (time.process_time() - used) / burst * 1000
+    return rates, cpu
 
 
 async def signal_round_trip(client: Client, runs: int) -> dict[str, list[float]]:
@@ -175,10 +179,12 @@ async def main() -> None:
                     # Each moonwire run against the raw run beside it: steadier than the
                     # ratio of p50s when the machine's load drifts within a round.
                     keep("a.ratio_paired", statistics.median(m / r for m, r in zip(times["moonwire"], times["raw"])))
-                    rates = await throughput(runners, args.burst, SIDES if number % 2 else SIDES[::-1])
+                    rates, cpu = await throughput(runners, args.burst, SIDES if number % 2 else SIDES[::-1])
                     for side in SIDES:
                         keep(f"b.{side}_per_s", rates[side])
+                        keep(f"b.{side}_cpu_ms", cpu[side])
                     keep("b.ratio", rates["moonwire"] / rates["raw"])
+                    keep("b.cpu_ratio", cpu["moonwire"] / cpu["raw"])
                     signals = await signal_round_trip(client, max(args.runs // 2, 10))
                     for side in SIDES:
                         keep(f"c.{side}_p50_ms", pct(signals[side], 0.5))
@@ -206,6 +212,8 @@ async def main() -> None:
     for side in SIDES:
         print(f"    {side:<9} {median[f'b.{side}_per_s']:7.1f} workflows/s")
     print(f"    moonwire / raw: {median['b.ratio']:.2f} (target >= 1.0)")
+    print(f"    CPU of this process per workflow: moonwire {median['b.moonwire_cpu_ms']:.2f} ms, raw "
+          f"{median['b.raw_cpu_ms']:.2f} ms ({median['b.cpu_ratio']:.2f}x)")
     print("(c) signal into a waiting workflow until its result")
     for side in SIDES:
         print(f"    {side:<9} p50 {median[f'c.{side}_p50_ms']:7.1f} ms   p99 {median[f'c.{side}_p99_ms']:7.1f} ms")
