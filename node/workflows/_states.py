@@ -11,8 +11,8 @@ an ended run gave back, when there is one:
   source and ``math.random`` seed are the new run's (:meth:`LuaState.rebind`), exactly
   as a new state's would be, so a run replays the same on a reused state or a new one;
 * only a run that ended whole gives its state back: its unit ended (every thread
-  killed), nothing was refused (``os.clock``), memory never ran out, and the
-  state is small (after a full collection, if it was not). A run evicted mid-way drops its state;
+  killed), nothing was refused (``os.clock``), memory never ran out, and the state is
+  small (after a full collection, if it was not). A run evicted mid-way drops its state;
 * at most ``idle`` states wait at once; past that a returned state is dropped.
 
 Runs take and return states from the SDK's workflow threads (one activation at a time
@@ -46,8 +46,9 @@ class WorkflowStates:
         with self._lock:
             free = self._states.get(limits)
             state = free.pop() if free else None
+            if state is None:
+                self.built += 1
         if state is None:
-            self.built += 1
             return LuaState(limits, replay=replay)
         state.rebind(replay)
         return state
