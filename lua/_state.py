@@ -13,45 +13,24 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import lupa.lua55 as lupa
 
+from ._chunks import (CORE_SOURCE, MODULE_CHUNKS, PATTERNS_SOURCE, PRELUDE_SOURCE, PROCESS_SOURCE,
+                      TYPES_SOURCE, WORKFLOW_SOURCE, bytecode)
 from ._errors import Kind, MoonwireError, internal, invalid
-from ._crypto_host import CryptoFunctions
-from ._data_host import DataFunctions, payload_data
+from ._data_host import payload_data
 from ._host import HostFunctions
 from ._process import ProcessFunctions
-from ._registry_host import EMPTY_REGISTRY, Registry, RegistryFunctions
-from ._security_host import SecurityFunctions
-from ._time_host import TimeFunctions
+from ._registry_host import EMPTY_REGISTRY, Registry
 from ._typed import TypedSyntaxError, strip
 from ._values import as_text, decode_string, to_lua, to_python
 
 if TYPE_CHECKING:
     from ._protocols import Running
 
-CORE_SOURCE = resources.files(__package__).joinpath("_core.lua").read_bytes()
-PATTERNS_SOURCE = resources.files(__package__).joinpath("_patterns.lua").read_bytes()
-PRELUDE_SOURCE = resources.files(__package__).joinpath("_prelude.lua").read_bytes()
-PROCESS_SOURCE = resources.files(__package__).joinpath("_process.lua").read_bytes()
-# The module chunks, loaded in order after the prelude and before ``process``: each a
-# trusted chunk run with (core, its host functions' table, the prelude's exports), and
-# the class of those host functions.
-MODULE_CHUNKS: tuple[tuple[bytes, Callable[[Any], Any]], ...] = tuple(
-    (resources.files(__package__).joinpath(name).read_bytes(), functions)
-    for name, functions in (
-        ("_time.lua", TimeFunctions),
-        ("_data.lua", DataFunctions),
-        ("_crypto.lua", CryptoFunctions),
-        ("_registry.lua", RegistryFunctions),
-        ("_security.lua", SecurityFunctions),
-    )
-)
 TOKENS_PER_BATCH = 64
-WORKFLOW_SOURCE = resources.files(__package__).joinpath("_workflow.lua").read_bytes()
-TYPES_SOURCE = resources.files(__package__).joinpath("_types.lua").read_bytes()
 LUA_VERSION = "Lua 5.5"
 
 # Raised in Lua when a resume runs out of instructions; recognised by identity of text.
@@ -164,7 +143,8 @@ class LuaState:
         self.log = log or logging.getLogger("moonwire.lua")
         # A random hash seed per state (the default) keeps crafted keys from degrading
         # tables; a workflow gives that up for an iteration order that replays.
-        seeding = {"string_hash_seed": 0} if replay is not None else {}
+        self._fixed_seed = replay is not None
+        seeding = {"string_hash_seed": 0} if self._fixed_seed else {}
         self.runtime = lupa.LuaRuntime(
             encoding=None,
             register_eval=False,
@@ -176,23 +156,22 @@ class LuaState:
             max_memory=None if limits.memory is None else limits.memory + memory_reserve(limits.memory),
             **seeding,
         )
-        self.core = self.runtime.execute(CORE_SOURCE, self.runtime.execute(PATTERNS_SOURCE))
-        self.clock: Callable[[], int] = time.time_ns if replay is None else replay.now_ns
+        self.core = self._trusted(CORE_SOURCE, self._trusted(PATTERNS_SOURCE))
+        self.clock: Callable[[], int] = time.time_ns
         """Nanoseconds since the epoch: the machine's, or a workflow's recorded clock."""
-        self.random: random.Random | None = None if replay is None else replay.random
+        self.random: random.Random | None = None
         """A workflow's seeded random source (uuids); None: the machine's."""
         self.violation: str | None = None
         """What non-deterministic call a workflow made, once it made one."""
         if replay is not None:
-            self.core.make_deterministic(replay.random.getrandbits(62), lambda: self.clock() // 1_000_000_000,
-                                         self._refuse)
+            self.rebind(replay)
         self.core.set_token_source(_new_tokens)
         self.host = HostFunctions(self)
-        self.prelude = self.runtime.execute(PRELUDE_SOURCE, self.core, self.host.table())
+        self.prelude = self._trusted(PRELUDE_SOURCE, self.core, self.host.table())
         for source, functions in MODULE_CHUNKS:
-            self.runtime.execute(source, self.core, functions(self).table(), self.prelude)
-        self.runtime.execute(PROCESS_SOURCE, self.core, self.table_from(ProcessFunctions(self).table()), self.prelude)
-        self.types = self.runtime.execute(TYPES_SOURCE, self.core, self.prelude)
+            self._trusted(source, self.core, functions(self).table(), self.prelude)
+        self._trusted(PROCESS_SOURCE, self.core, self.table_from(ProcessFunctions(self).table()), self.prelude)
+        self.types = self._trusted(TYPES_SOURCE, self.core, self.prelude)
         self.core.set_limits(limits.instructions or 0, BUDGET_EXCEEDED, limits.memory)
         self.current: Running | None = None
         """The unit whose thread is running (a :class:`Unit`), for ``ctx`` and friends."""
@@ -239,15 +218,44 @@ class LuaState:
         self._build_types = self.types.build
         self.core.set_globals(self.prelude.globals, self.types.library_views)
         self.types.adopt_string_view(self.core.new_env()[b"string"])
+        self._workflow_host: Any = None
+        """The Lua table of the ``workflow`` module's host functions, once added."""
         self._registered: dict[str, str] = {}
         """Entry id -> the key of the code registered for it (one revision at a time)."""
 
     def add_workflow_module(self, functions: dict[str, Callable[..., Any]]) -> None:
         """Make ``require("workflow")`` available, backed by ``functions`` (``info``,
         ``history_length``, ``history_size``, ``version``, ``worker``, ``attrs``): the running
-        workflow's, supplied by the node."""
+        workflow's, supplied by the node. Called again (the next run on a reused state), the
+        module stays and reads the new ``functions``."""
+        if self._workflow_host is not None:  # a reused workflow state: the new run's functions
+            for name, fn in functions.items():
+                self._workflow_host[name.encode()] = fn
+            return
         table = self.table_from({name.encode(): fn for name, fn in functions.items()})
-        self.runtime.execute(WORKFLOW_SOURCE, self.core, table, self.prelude)
+        self._trusted(WORKFLOW_SOURCE, self.core, table, self.prelude)
+        self._workflow_host = table
+
+    def rebind(self, replay: Replay) -> None:
+        """Give this state a workflow run's clock and random source (``math.random``
+        reseeded from it, as a new state's is), and forget the last run's violation: a
+        state built with a ``replay`` serves one run after another. What a run's units
+        made lives in their own environments (as processes sharing a state), so nothing
+        else carries over."""
+        if not self._fixed_seed:
+            raise ValueError("only a workflow's state (one built with a Replay) can be rebound")
+        self.clock, self.random, self.violation, self.current = replay.now_ns, replay.random, None, None
+        self.core.make_deterministic(replay.random.getrandbits(62), lambda: self.clock() // 1_000_000_000,
+                                     self._refuse)
+
+    def collect(self) -> int:
+        """Run a full garbage collection; the bytes the state holds afterwards."""
+        self.runtime.eval("collectgarbage")(b"collect")
+        return self.memory_used()
+
+    def _trusted(self, source: bytes, *args: Any) -> Any:
+        """Run one of this package's trusted chunks with ``args``, from its bytecode."""
+        return self.runtime.execute(bytecode(source), *args, mode="b")
 
     def _refuse(self, what: bytes) -> None:
         self.violation = self.violation or decode_string(what)

@@ -17,12 +17,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
-CONVERTED_ELSEWHERE = {"workflows.py", "workflow_continue.py"}
-"""Converted to the seam by other branches of issue 20 (membership.py is new there):
-expected to fail here, strictly, so that once they are merged the XPASS says to empty
-this set."""
-
-SCRIPTS = sorted({p.name for p in BENCH.glob("*.py") if p.name != "_support.py"} | CONVERTED_ELSEWHERE)
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name != "_support.py")
 
 
 def support() -> ModuleType:
@@ -78,10 +73,7 @@ def problems(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="converted by other branches (issue 20): "
-                                               "remove it from CONVERTED_ELSEWHERE after the merge"))
-    if name in CONVERTED_ELSEWHERE else name for name in SCRIPTS])
+@pytest.mark.parametrize("name", SCRIPTS)
 def test_every_benchmark_uses_the_seam_and_documents_its_keys(name: str) -> None:
     assert problems(BENCH / name) == []
 

@@ -1,11 +1,12 @@
 """Lua inside a Temporal workflow (DESIGN §7, §11; wippy-surface §3.9).
 
 One dynamic workflow class per worker runs every ``workflow.lua`` entry registered
-with it: the workflow type is the entry id. A run builds a fresh Lua state (strings
-hashed with a fixed seed, the workflow's clock, a random source seeded from history),
-instantiates the entry and drives it as a :class:`lua.Unit` on the workflow's own
-event loop. Replay is the same run again from the start; the SDK matches the commands
-it issues against history. What makes that work:
+with it: the workflow type is the entry id. A run takes a Lua state (strings hashed
+with a fixed seed, the workflow's clock, a random source seeded from history; one an
+ended run gave back when there is one, ``_states.py``), instantiates the entry and
+drives it as a :class:`lua.Unit` on the workflow's own event loop. Replay is the same
+run again from the start; the SDK matches the commands it issues against history. What
+makes that work:
 
 * the Unit's timers are ``loop.call_later`` on the workflow loop, which the SDK turns
   into durable timers (``time.sleep``, ``after``, ``timer``, ``ticker``);
@@ -32,7 +33,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -41,12 +42,13 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 from moonwire.broker import Pid
-from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, LuaState, Mailbox, Message, MoonwireError, Outcome, Pending, Replay, Security, SpawnRequest, Unit, invalid, run_trace, to_lua, to_python)
+from moonwire.lua import (CANCEL, EXIT, Answer, Event, Kind, Limits, LuaCode, Mailbox, Message, MoonwireError, Outcome, Pending, Replay, Security, SpawnRequest, Unit, invalid, run_trace, to_lua, to_python)
 
 from ._carry import HEADER, carry
 from ._continue import Continuation, continuation
 from ._payloads import decode, encode, encode_all
 from ._search import Declared, memo, search_updates
+from ._states import WorkflowStates
 from ._updates import UpdateBook, UpdateHandlers, is_update_pid
 from ._workflow_codec import (DEFAULT_RETRY, SEND_ACTIVITY, WorkflowInput, WorkflowTypes, activity_options, decode_signal, encode_signal, from_failure, start_options, to_failure, workflow_id_option, workflow_pid)
 
@@ -74,6 +76,8 @@ class WorkerContext:
     """Temporal workflow type names (``meta.temporal.workflow.name``)."""
     declared: Callable[[str], Declared] = lambda worker: Declared()
     """The search attributes declared on a worker's client."""
+    states: WorkflowStates = field(default_factory=WorkflowStates)
+    """Lua states that ended runs gave back, for the next runs (``_states.py``)."""
 
 
 class WorkflowRun:
@@ -84,7 +88,7 @@ class WorkflowRun:
         self.context = context
         self.info = info
         self.pid = workflow_pid(context.worker, info.workflow_id)
-        self.state = LuaState(context.limits, replay=Replay(now_ns=workflow.time_ns, random=workflow.new_random()))
+        self.state = context.states.take(context.limits, Replay(now_ns=workflow.time_ns, random=workflow.new_random()))
         self.unit = Unit(self.state, context.types.entry(info.workflow_type), context=dict(started.context),
                          services=ActivityCalls(self), processes=WorkflowProcesses(self),
                          loop=asyncio.get_running_loop())
@@ -207,6 +211,9 @@ class WorkflowRun:
             raise RuntimeError(f"workflow {self.info.workflow_type} called {self.state.violation}, which is not "
                                "deterministic inside a workflow (use time.now())")
         await self._wind_down()
+        # Nothing runs Lua in this run any more (its unit ended, its handlers finished):
+        # the next run may have the state.
+        self.context.states.give(self.state)
         if self.continuing is not None:
             self.continuing.complete()
         outcome: Outcome = driver.result()
