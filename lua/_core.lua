@@ -269,7 +269,9 @@ function core.resume(id, ...)
         sethook(co, tick, "", TICK)
     end
     local result = table_pack(coroutine_resume(co, ...))
-    used, metering, current_owner = outer_used, outer_metering, outer_owner
+    -- A nested resume (a direct spawn loading the child's chunk) runs in the outer
+    -- resume's turn of the event loop: the outer one pays for it.
+    used, metering, current_owner = outer_metering and outer_used + used or outer_used, outer_metering, outer_owner
     if handed > release_after then release_wrappers() end
     if coroutine_status(co) == "dead" then
         threads[id], owners[id] = nil, nil

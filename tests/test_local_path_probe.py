@@ -27,3 +27,56 @@ async def test_sends_inside_a_c_callback_never_yield_across_it(tmp_path: Path) -
     assert outcome.error is None, outcome.error
     assert outcome.value["ok"] is True and outcome.value["ok2"] is True, outcome.value
 
+
+# Its top-level code runs about 60 000 instructions: well within the host's budget of
+# 200 000, but ten of them are three times it.
+HEAVY_LOAD = """
+local n = 0
+for i = 1, 20000 do n = n + i end
+return { main = function() end }"""
+
+
+async def test_the_children_a_direct_spawn_loads_count_to_the_spawner_s_budget(tmp_path: Path) -> None:
+    # A direct spawn loads the child's chunk inside the spawner's call: that work holds
+    # the event loop in the spawner's turn, so it is the spawner's to pay.
+    files = process_project({"heavy": HEAVY_LOAD, "spawner": """
+        return { main = function()
+          for _ = 1, 10 do assert(process.spawn("app:heavy", "app:host")) end
+          return "spawned ten"
+        end }""", "driver": """
+        return { main = function()
+          process.spawn_monitored("app:spawner", "app:host")
+          local result = process.events():receive().result
+          return result.value or tostring(result.error)
+        end }"""})
+    files["_index.yaml"] = files["_index.yaml"].replace("name: host\n    kind: process.host\n",
+                                                        "name: host\n    kind: process.host\n    host: {instruction_budget: 200000}\n")
+    async with LocalRuntime(tmp_path, files) as runtime:
+        outcome = await runtime.execute("app:driver", [])  # type: ignore[attr-defined]
+    assert outcome.error is None, outcome.error
+    assert "instruction budget exceeded" in outcome.value, outcome.value
+
+
+async def test_a_direct_spawn_leaves_the_spawner_sending_as_itself(tmp_path: Path) -> None:
+    files = process_project({"child": """
+        return { main = function() process.inbox():receive() end }""", "echo": """
+        return { main = function(parent)
+          local inbox = process.inbox()
+          process.send(parent, "ready")
+          local m = inbox:receive()
+          process.send(parent, "from", m:from())
+        end }""", "driver": """
+        return { main = function()
+          local me, inbox = process.pid(), process.inbox()
+          local echo = assert(process.spawn("app:echo", "app:host", me))
+          inbox:receive()
+          local child = assert(process.spawn("app:child", "app:host"))
+          process.send(echo, "hi")
+          local from = inbox:receive():payload():data()
+          process.send(child, "bye")
+          return { me = me, from = from, pid_after = process.pid() }
+        end }"""})
+    async with LocalRuntime(tmp_path, files) as runtime:
+        outcome = await runtime.execute("app:driver", [])  # type: ignore[attr-defined]
+    assert outcome.error is None, outcome.error
+    assert outcome.value["from"] == outcome.value["me"] == outcome.value["pid_after"]
