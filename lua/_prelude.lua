@@ -303,6 +303,9 @@ local function preempt(share)
     end
 end
 M.preempt = preempt
+-- A workflow run on a reused state starts from 0, as on a new one: where its threads
+-- yield decides how its coroutines interleave, which a replay must repeat.
+function M.reset_preempt() unyielded = 0 end
 M.LOCAL_SHARE = LOCAL_SHARE
 
 -- ---------------------------------------------------------------------- the local message path

@@ -241,10 +241,12 @@ class LuaState:
         reseeded from it, as a new state's is), and forget the last run's violation: a
         state built with a ``replay`` serves one run after another. What a run's units
         made lives in their own environments (as processes sharing a state), so nothing
-        else carries over."""
+        else carries over (the preemption count starts again too)."""
         if not self._fixed_seed:
             raise ValueError("only a workflow's state (one built with a Replay) can be rebound")
         self.clock, self.random, self.violation, self.current = replay.now_ns, replay.random, None, None
+        if hasattr(self, "prelude"):  # a reused state (a new one has none yet, nor a count)
+            self.prelude.reset_preempt()
         self.core.make_deterministic(replay.random.getrandbits(62), lambda: self.clock() // 1_000_000_000,
                                      self._refuse)
 

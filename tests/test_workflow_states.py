@@ -148,3 +148,42 @@ async def test_runs_on_one_worker_share_a_state_and_replay_on_a_new_one(tmp_path
     for history in reversed(histories):
         replayed = await replayer.replay_workflow(history, raise_on_replay_failure=False)
         assert replayed.replay_failure is None, replayed.replay_failure
+
+
+# Two coroutines take turns on a buffered channel; where each yields to the other
+# depends on the state's preemption count. `warm` receives move that count first.
+INTERLEAVE = """
+return function(warm)
+  local ch = channel.new(1000)
+  for i = 1, warm do ch:send(i) end
+  for _ = 1, warm do ch:receive() end
+  local log, done, buf = {}, channel.new(2), channel.new(1000)
+  for i = 1, 200 do buf:send(i) end
+  for _, name in ipairs({"a", "b"}) do
+    coroutine.spawn(function()
+      for _ = 1, 100 do buf:receive() log[#log + 1] = name end
+      done:send(true)
+    end)
+  end
+  done:receive() done:receive()
+  return table.concat(log)
+end
+"""
+
+
+async def interleave(state: LuaState, warm: int) -> Outcome:
+    code = LuaCode(id="t:interleave", source=textwrap.dedent(INTERLEAVE).encode(), chunkname="interleave.lua")
+    unit = Unit(state, "t:interleave")
+    return await unit.run(state.instantiate(code), [warm])
+
+
+async def test_a_rebound_state_interleaves_coroutines_as_a_new_state_would() -> None:
+    # The preemption count belongs to the state: left where the last run left it, a
+    # reused state yields at other points than a new one, and the replay diverges.
+    fresh = await interleave(LuaState(replay=replay(7, 1_700_000_000)), 0)
+    reused = LuaState(replay=replay(3, 1_600_000_000))
+    assert (await interleave(reused, 30)).ok
+    reused.rebind(replay(7, 1_700_000_000))
+    second = await interleave(reused, 0)
+    assert fresh.ok and second.ok, (fresh.error, second.error)
+    assert second.value == fresh.value
