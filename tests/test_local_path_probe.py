@@ -28,6 +28,16 @@ async def test_sends_inside_a_c_callback_never_yield_across_it(tmp_path: Path) -
     assert outcome.value["ok"] is True and outcome.value["ok2"] is True, outcome.value
 
 
+# Runs app:spawner on app:host (the terminal host, where -x runs, is another state):
+# its result, or its error as a string.
+ON_HOST = """
+return { main = function()
+  process.spawn_monitored("app:spawner", "app:host")
+  local result = process.events():receive().result
+  return result.value or tostring(result.error)
+end }"""
+
+
 # Its top-level code runs about 60 000 instructions: well within the host's budget of
 # 200 000, but ten of them are three times it.
 HEAVY_LOAD = """
@@ -43,12 +53,7 @@ async def test_the_children_a_direct_spawn_loads_count_to_the_spawner_s_budget(t
         return { main = function()
           for _ = 1, 10 do assert(process.spawn("app:heavy", "app:host")) end
           return "spawned ten"
-        end }""", "driver": """
-        return { main = function()
-          process.spawn_monitored("app:spawner", "app:host")
-          local result = process.events():receive().result
-          return result.value or tostring(result.error)
-        end }"""})
+        end }""", "driver": ON_HOST})
     files["_index.yaml"] = files["_index.yaml"].replace("name: host\n    kind: process.host\n",
                                                         "name: host\n    kind: process.host\n    host: {instruction_budget: 200000}\n")
     async with LocalRuntime(tmp_path, files) as runtime:
@@ -65,7 +70,7 @@ async def test_a_direct_spawn_leaves_the_spawner_sending_as_itself(tmp_path: Pat
           process.send(parent, "ready")
           local m = inbox:receive()
           process.send(parent, "from", m:from())
-        end }""", "driver": """
+        end }""", "driver": ON_HOST, "spawner": """
         return { main = function()
           local me, inbox = process.pid(), process.inbox()
           local echo = assert(process.spawn("app:echo", "app:host", me))
