@@ -299,6 +299,21 @@ function core.start(fn, ...)
     return id, core.resume(id, ...)
 end
 
+-- core.start for a chunk's top level (LuaState._run_chunk), which must not block: a
+-- preemption yield there would fail the load (core.preemptible), however few calls the
+-- chunk made, when the state's count happened to be near its end.
+local loading = 0
+function core.start_load(fn, ...)
+    loading = loading + 1
+    local result = table_pack(core.start(fn, ...))
+    loading = loading - 1
+    return table_unpack(result, 1, result.n)
+end
+-- Loads running, one inside another (a chunk whose top level spawns directly).
+function core.loads() return loading end
+-- May a preemption yield now: not in a load, nor where a yield cannot cross a C call.
+function core.preemptible() return loading == 0 and coroutine_isyieldable() end
+
 -- Stop a thread for good (its pending request is abandoned).
 function core.kill(id)
     local co = threads[id]

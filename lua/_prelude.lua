@@ -291,13 +291,14 @@ local PREEMPT_EVERY = 512
 local CALL = 8        -- what a call into Python counts
 local LOCAL_SHARE = 1  -- what a send or receive that stays in Lua counts
 -- The count is the state's, not a thread's: the thread that reaches it may be inside a
--- C function's callback (string.gsub, table.sort), where a yield fails; it yields at
--- its next call that can (a loop with none still ends at the instruction budget).
+-- C function's callback (string.gsub, table.sort) or loading a chunk, where a yield
+-- fails; it yields at its next call that can (a loop with none still ends at the
+-- instruction budget).
 local unyielded = 0
-local isyieldable = coroutine.isyieldable
+local preemptible = core.preemptible
 local function preempt(share)
     unyielded = unyielded + (share or CALL)
-    if unyielded >= PREEMPT_EVERY and isyieldable() then
+    if unyielded >= PREEMPT_EVERY and preemptible() then
         unyielded = 0
         request("yield")
     end
@@ -395,7 +396,7 @@ function ChannelMethods.receive(ch)
         unyielded = unyielded + LOCAL_SHARE
         local first = box.first
         if first <= box.last then
-            if unyielded < PREEMPT_EVERY or not isyieldable() then  -- pop(box), written out
+            if unyielded < PREEMPT_EVERY or not preemptible() then  -- pop(box), written out
                 local msg, trace = box[2 * first - 1], box[2 * first]
                 box[2 * first - 1], box[2 * first] = nil, nil
                 if first == box.last then box.first, box.last = 1, 0 else box.first = first + 1 end
@@ -414,7 +415,7 @@ function ChannelMethods.receive(ch)
     end
     local handle = handle_of(ch, "receive")
     unyielded = unyielded + CALL
-    if unyielded < PREEMPT_EVERY or not isyieldable() then
+    if unyielded < PREEMPT_EVERY or not preemptible() then
         local done, value, ok = host.chan_poll(handle)
         if done then return value, ok end
     end

@@ -191,10 +191,14 @@ function SpawnerMethods.with_message(s, topic, ...)
 end
 
 local plain  -- the spawner of process.spawn and friends: no context, options, name, messages, actor or scope
+-- A direct spawn loads the child's chunk inside this call: a chunk whose top level
+-- spawns itself recursed until Python's stack ran out. Deeper than this, the spawn is
+-- a request, which a load refuses ("a module cannot block while it loads").
+local MAX_NESTED_LOADS, loads = 8, core.loads
 local function spawn(s, op, monitor, link, id, host_id, ...)
     local bad = bad_entry(id, host_id)
     if bad then return nil, bad end
-    if s == plain and op == "proc_spawn" then
+    if s == plain and op == "proc_spawn" and loads() < MAX_NESTED_LOADS then
         -- A plain spawn on a host of this node never waits: a direct call, as a send,
         -- not a request (which costs the thread a yield and a resume per spawn).
         preempt()

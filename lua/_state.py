@@ -183,6 +183,7 @@ class LuaState:
         # fetched beforehand is fine.
         self._spawn = self.core.spawn
         self._start = self.core.start
+        self._start_load = self.core.start_load
         self._resume = self.core.resume
         self._kill = self.core.kill
         self._compile = self.core.compile
@@ -333,11 +334,12 @@ class LuaState:
         ``owner``: the box of the process it belongs to (the local message path's sender)."""
         return int(self._spawn(fn, owner))
 
-    def start(self, fn: Any, *args: Any) -> tuple[int, tuple[Any, ...]]:
+    def start(self, fn: Any, *args: Any, load: bool = False) -> tuple[int, tuple[Any, ...]]:
         """A new thread running ``fn(*args)``, resumed at once: its id and the outcome
-        of that first resume (as :meth:`resume`)."""
+        of that first resume (as :meth:`resume`). A ``load`` (a chunk's top level) is
+        never preempted."""
         try:
-            outcome = self._start(fn, *args)
+            outcome = (self._start_load if load else self._start)(fn, *args)
         except lupa.LuaMemoryError:
             # No id to kill: a state out of memory is retired (``poisoned``) anyway.
             return 0, (b"error", OUT_OF_MEMORY)
@@ -434,7 +436,7 @@ class LuaState:
 
     def _run_chunk(self, code: LuaCode, fn: Any, *args: Any) -> Any:
         # In a thread, so the instruction budget applies to top-level code too.
-        tid, outcome = self.start(fn, *args)
+        tid, outcome = self.start(fn, *args, load=True)
         tag = outcome[0]
         if tag == b"return":
             return outcome[1] if len(outcome) > 1 else None

@@ -85,3 +85,69 @@ async def test_a_direct_spawn_leaves_the_spawner_sending_as_itself(tmp_path: Pat
         outcome = await runtime.execute("app:driver", [])  # type: ignore[attr-defined]
     assert outcome.error is None, outcome.error
     assert outcome.value["from"] == outcome.value["me"] == outcome.value["pid_after"]
+
+
+async def test_select_over_the_inbox_and_a_timer_keeps_the_box_s_order(tmp_path: Path) -> None:
+    # The receiver's first select times out and leaves its box marked waiting; the
+    # sender's messages then arrive in Lua, one through Python's hand-over; a second
+    # select parks and wakes on a message; every one comes once, in order.
+    files = process_project({"receiver": """
+        return { main = function(parent)
+          local inbox, got = process.inbox(), {}
+          local r = channel.select({ inbox:case_receive(), time.after("1ms"):case_receive() })
+          got[#got + 1] = r.channel == inbox and "early" or "timeout"
+          local sender = process.spawn("app:sender", "app:host", process.pid(), 5)
+          for _ = 1, 2 do
+            r = channel.select({ inbox:case_receive(), time.after("10s"):case_receive() })
+            got[#got + 1] = r.channel == inbox and r.value:payload():data() or "timeout"
+          end
+          for _ = 1, 3 do got[#got + 1] = inbox:receive():payload():data() end
+          r = channel.select({ inbox:case_receive(), time.after("10s"):case_receive() })
+          got[#got + 1] = r.channel == inbox and r.value:payload():data() or "timeout"
+          return got
+        end }""", "sender": """
+        return { main = function(to, n)
+          for i = 1, n do process.send(to, "n", i) end
+          time.sleep("1ms")
+          process.send(to, "n", "last")
+        end }""", "driver": ON_HOST.replace("app:spawner", "app:receiver")})
+    async with LocalRuntime(tmp_path, files) as runtime:
+        outcome = await runtime.execute("app:driver", [])  # type: ignore[attr-defined]
+    assert outcome.error is None, outcome.error
+    assert outcome.value == ["timeout", 1, 2, 3, 4, 5, "last"]
+
+
+async def test_a_chunk_that_sends_at_its_top_level_loads_whatever_the_state_s_count(tmp_path: Path) -> None:
+    # A chunk's top level must not block, and a preemption yield there failed the load
+    # ("a module cannot block while it loads") once the state's count reached its end:
+    # a hundred sends always do.
+    files = process_project({"child": """
+        for i = 1, 100 do process.send("{t1@app:host|nobody}", "t", i) end
+        return { main = function() return "loaded" end }""", "spawner": """
+        return { main = function()
+          local pid, err = process.spawn_monitored("app:child", "app:host")
+          if not pid then return tostring(err) end
+          return process.events():receive().result.value
+        end }""", "driver": ON_HOST})
+    async with LocalRuntime(tmp_path, files) as runtime:
+        outcome = await runtime.execute("app:driver", [])  # type: ignore[attr-defined]
+    assert outcome.error is None, outcome.error
+    assert outcome.value == "loaded"
+
+
+async def test_a_chunk_that_spawns_itself_at_its_top_level_fails_cleanly(tmp_path: Path) -> None:
+    # Each direct spawn loaded the next copy inside the call: Python's stack ran out.
+    files = process_project({"bomb": """
+        local pid, err = process.spawn("app:bomb", "app:host")
+        if not pid then error(err) end
+        return { main = function() end }""", "spawner": """
+        return { main = function()
+          local pid, err = process.spawn("app:bomb", "app:host")
+          return tostring(pid) .. " " .. tostring(err)
+        end }""", "driver": ON_HOST})
+    async with LocalRuntime(tmp_path, files) as runtime:
+        outcome = await runtime.execute("app:driver", [])  # type: ignore[attr-defined]
+        left = len(runtime.processes.records)  # type: ignore[attr-defined]
+    assert outcome.error is None, outcome.error
+    assert outcome.value.startswith("nil ") and "a module cannot block while it loads" in outcome.value
+    assert "Recursion" not in outcome.value and left == 0
