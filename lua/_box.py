@@ -49,11 +49,10 @@ class BoxInbox(PostChannel):
     def try_receive(self) -> tuple[Any, bool] | None:
         mailbox = self.mailbox
         if mailbox.open:
-            got = mailbox.state.box_pop(mailbox.box)
+            got = mailbox.pop()
             if got is not None:
-                message, trace = got if isinstance(got, tuple) else (got, None)
-                mailbox.took(trace)
-                return (message, True)
+                mailbox.took(got[1])
+                return (got[0], True)
         return super().try_receive()
 
     def wait_receive(self, waiter: Waiter, case: int = 0) -> None:
@@ -81,18 +80,25 @@ class LocalPath:
     _seen: bytes | None    # the box's trace as Lua has it: a change costs a call into Lua
     post: Callable[[Any], bool]
 
-    def hand(self, message: Any, trace: bytes | None) -> None:
-        """A send in Lua found the box marked waiting: hand ``message`` to a waiting
-        thread, or put it in the box when none is left (a thread that waited in a
-        ``select`` may have been woken by another channel)."""
+    def hand(self) -> None:
+        """A send in Lua put a message in the box marked waiting: hand the box's oldest
+        to a waiting thread, if one is left (a thread that waited in a ``select`` may
+        have been woken by another channel)."""
         channel = self._inbox.channel if self._inbox is not None else None
         if not self.open or channel is None:
             return  # cannot happen: Lua sends only to an open box, and Lua is running
         receiver = channel._pop_live(channel._receivers)
-        if receiver is None:
-            self.state.box_push(self.box, message, trace)
-        else:
-            self._give(channel, receiver, message, trace)
+        if receiver is not None:
+            got = self.pop()
+            assert got is not None  # the send has just put one in
+            self._give(channel, receiver, got[0], got[1])
+
+    def pop(self) -> tuple[Any, bytes | None] | None:
+        """The box's oldest message and its trace, taken out of it (None: empty)."""
+        got = self.state.box_pop(self.box)
+        if got is None:
+            return None
+        return got if isinstance(got, tuple) else (got, None)
 
     def _give(self, channel: Any, receiver: Any, message: Any, trace: bytes | None) -> None:
         """Wake ``receiver`` (waiting on the inbox ``channel``, so the box is empty) with

@@ -57,7 +57,6 @@ class MailboxState(LuaValues, Protocol):
     box_open: Callable[..., Any]
     box_post: Callable[..., Any]
     box_pop: Callable[..., Any]
-    box_push: Callable[..., Any]
     box_depth: Callable[..., Any]
     box_waiting: Callable[..., Any]
     box_trace: Callable[..., Any]

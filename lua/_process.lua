@@ -126,16 +126,16 @@ function process.send(dest, topic, ...)
             end
             local msg = setmetatable(n == 1 and { topic, me.pid, 1, (...) } or { topic, me.pid, n, ... }, MessageMT)
             delivered_here = delivered_here + 1
+            local last = box.last + 1
+            box.last = last
+            box[2 * last - 1], box[2 * last] = msg, trace
             if box.waiting then
-                -- Only an empty box is marked waiting: the message goes straight to
-                -- Python, which hands it to the waiting thread (or, none being left,
-                -- puts it in the box).
+                -- A thread of it may wait on its inbox: Python hands it the box's oldest
+                -- message. Not `msg` as an argument: lupa would tie that wrapper to this
+                -- thread's Lua stack, which may be freed (the thread ended) before the
+                -- receiver lets the wrapper go, and the wrapper's release then crashed.
                 box.waiting = false
-                host.box_hand(box.id, msg, trace)
-            else
-                local last = box.last + 1
-                box.last = last
-                box[2 * last - 1], box[2 * last] = msg, trace
+                host.box_hand(box.id)
             end
             preempt(LOCAL_SHARE)  -- after the message is in: a yield here leaves it delivered
             return true

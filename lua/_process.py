@@ -132,11 +132,11 @@ class ProcessFunctions:
             unit.mailbox.mirrored(trace)
         return trace
 
-    def box_hand(self, box_id: int, message: Any, trace: bytes | None) -> None:
-        """The local path has a message for a process waiting on its inbox."""
+    def box_hand(self, box_id: int) -> None:
+        """The local path put a message in the box of a process that may wait on its inbox."""
         mailbox = self.state.boxes.get(box_id)
         if mailbox is not None:
-            mailbox.hand(message, trace)
+            mailbox.hand()
 
     def proc_options(self) -> Any:
         unit = self._unit()

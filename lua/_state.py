@@ -201,7 +201,6 @@ class LuaState:
         self.box_open = self.prelude.box_open
         self.box_post = self.prelude.box_post
         self.box_pop = self.prelude.box_pop
-        self.box_push = self.prelude.box_push
         self.box_depth = self.prelude.box_depth
         self.box_waiting = self.prelude.box_waiting
         self.box_trace = self.prelude.box_trace

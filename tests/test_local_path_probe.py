@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from support import LocalRuntime, process_project
@@ -151,3 +153,47 @@ async def test_a_chunk_that_spawns_itself_at_its_top_level_fails_cleanly(tmp_pat
     assert outcome.error is None, outcome.error
     assert outcome.value.startswith("nil ") and "a module cannot block while it loads" in outcome.value
     assert "Recursion" not in outcome.value and left == 0
+
+
+# Sends from a coroutine that ends at once, to a receiver parked on its inbox, while
+# making garbage: the Lua collector frees the coroutine before the receiver runs.
+HAND_FROM_A_DEAD_THREAD = {"receiver": """
+    return { main = function(parent)
+      local inbox = process.inbox()
+      process.send(parent, "ready")
+      local got = 0
+      for _ = 1, 50 do got = got + inbox:receive():payload():data() end
+      return got
+    end }""", "spawner": """
+    return { main = function()
+      local me, inbox = process.pid(), process.inbox()
+      process.spawn_monitored("app:receiver", "app:host", me)
+      local r = inbox:receive():from()
+      for _ = 1, 50 do
+        coroutine.wrap(function() process.send(r, "n", 1) end)()
+        local junk = {}
+        for k = 1, 2000 do junk[k] = string.rep("y", 100) .. k end
+        time.sleep("1ms")
+      end
+      return process.events():receive().result.value
+    end }""", "driver": ON_HOST}
+
+
+async def hand_from_a_dead_thread(root: Path) -> object:
+    """The outcome of HAND_FROM_A_DEAD_THREAD (run in a child interpreter: it crashed)."""
+    async with LocalRuntime(root, process_project(HAND_FROM_A_DEAD_THREAD)) as runtime:
+        outcome = await runtime.execute("app:driver", [])  # type: ignore[attr-defined]
+    return outcome.value if outcome.error is None else str(outcome.error)
+
+
+def test_a_message_handed_over_outlives_the_thread_that_sent_it() -> None:
+    # A send to a waiting receiver passed the message to Python as an argument, and
+    # lupa ties such a wrapper to the calling thread's Lua stack: once the sender's
+    # coroutine was collected, releasing the wrapper wrote into freed memory (SIGSEGV).
+    script = ("import asyncio, sys, tempfile; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+              "from test_local_path_probe import hand_from_a_dead_thread as run; "
+              "print(asyncio.run(run(Path(tempfile.mkdtemp()))))")
+    done = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "50"
