@@ -378,16 +378,20 @@ function M.box_close(box, ch, keep)
     return out
 end
 M.boxes, M.box_push, M.owner = boxes, push, owner
--- Lua memory (KiB) above which a send stops queueing in Lua (checked every 256th message
--- a box holds): a sender flooding a neighbour that does not read would otherwise fill the
--- state's memory, which every process of the state shares, with that backlog. Past it the
--- message takes Python's path, whose post closes the box (lua/_box.py), so the backlog
--- is held in Python as it was before the local path.
+-- Lua memory (KiB) above which a send stops queueing in Lua: a sender flooding a
+-- neighbour that does not read would otherwise fill the state's memory, which every
+-- process of the state shares, with that backlog. Past it the message takes Python's
+-- path, whose post closes the box (lua/_box.py), so the backlog is held in Python as it
+-- was before the local path. Checked every 256th local send of the state (a count per
+-- box missed a flood spread over many boxes), and on every send while past it.
 local box_memory_kb, memory_kb = math.huge, collectgarbage
+local local_sends, crowded = 0, false
 function M.set_box_memory(bytes) box_memory_kb = bytes / 1024 end
 function M.box_has_room(box)
-    local depth = box.last - box.first + 1
-    return depth < box.limit and (depth % 256 ~= 255 or memory_kb("count") < box_memory_kb)
+    if box.last - box.first + 1 >= box.limit then return false end
+    local_sends = local_sends + 1
+    if crowded or local_sends % 256 == 0 then crowded = memory_kb("count") >= box_memory_kb end
+    return not crowded
 end
 
 function ChannelMethods.receive(ch)

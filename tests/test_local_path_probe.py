@@ -155,6 +155,56 @@ async def test_a_chunk_that_spawns_itself_at_its_top_level_fails_cleanly(tmp_pat
     assert "Recursion" not in outcome.value and left == 0
 
 
+# Opens its inbox and reads nothing until cancelled; then counts what it holds.
+HOLDER = """
+return { main = function(parent)
+  local inbox = process.inbox()
+  process.send(parent, "ready")
+  process.events():receive()
+  local n = 0
+  while true do
+    local r = channel.select({ inbox:case_receive(), default = true })
+    if r.default then break end
+    n = n + 1
+  end
+  process.send(parent, "held", n)
+end }"""
+
+
+async def test_a_flood_spread_over_many_neighbours_cannot_fill_the_state(tmp_path: Path) -> None:
+    # The memory check ran when one box reached a multiple of 256 messages: 200 fresh
+    # 2 KB strings to each of 24 neighbours that do not read (9.6 MB, in a state limited
+    # to 8 MiB) never triggered it, and the state ran out of memory.
+    holders, each = 24, 200
+    files = process_project({"holder": HOLDER, "spawner": """
+        return { main = function(holders, each)
+          local me, inbox, pids = process.pid(), process.inbox(), {}
+          for i = 1, holders do pids[i] = process.spawn("app:holder", "app:host", me) end
+          for _ = 1, holders do inbox:receive() end
+          for k = 1, each do
+            for i = 1, holders do
+              local sent, err = process.send(pids[i], "n", string.rep("x", 2000) .. k)
+              if not sent then return tostring(err) end
+            end
+          end
+          for i = 1, holders do process.cancel(pids[i], "count now") end
+          local total = 0
+          for _ = 1, holders do total = total + inbox:receive():payload():data() end
+          return total
+        end }""", "driver": """
+        return { main = function(holders, each)
+          process.spawn_monitored("app:spawner", "app:host", holders, each)
+          local result = process.events():receive().result
+          return result.value or tostring(result.error)
+        end }"""})
+    files["_index.yaml"] = files["_index.yaml"].replace(
+        "name: host\n    kind: process.host\n", "name: host\n    kind: process.host\n    host: {memory_limit: 8MiB}\n")
+    async with LocalRuntime(tmp_path, files) as runtime:
+        outcome = await runtime.execute("app:driver", [holders, each])  # type: ignore[attr-defined]
+    assert outcome.error is None, outcome.error
+    assert outcome.value == holders * each
+
+
 # Sends from a coroutine that ends at once, to a receiver parked on its inbox, while
 # making garbage: the Lua collector frees the coroutine before the receiver runs.
 HAND_FROM_A_DEAD_THREAD = {"receiver": """
