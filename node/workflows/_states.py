@@ -8,8 +8,9 @@ an ended run gave back, when there is one:
 
 * what a run made lives in its own instance's environment, as for processes sharing a
   state (``lua/_state.py``), so the next run sees none of it; the state's clock, random
-  source and ``math.random`` seed are the new run's (:meth:`LuaState.rebind`), exactly
-  as a new state's would be, so a run replays the same on a reused state or a new one;
+  source and ``math.random`` seed are the new run's and its preemption count starts at
+  0 (:meth:`LuaState.rebind`), exactly as a new state's would, so a run replays the
+  same on a reused state or a new one;
 * only a run that ended whole gives its state back: its unit ended (every thread
   killed), nothing was refused (``os.clock``), memory never ran out, and the state is
   small (after a full collection, if it was not). A run evicted mid-way drops its state;
