@@ -1,19 +1,148 @@
-"""Real servers, started once per test run from the pip-installed binaries."""
+"""Real servers, started once per test run (once per xdist worker) from the pip-installed
+binaries; and the ``broker`` marker, which selects the tests CI runs a second time with
+the broker's fast paths off (``MOONWIRE_FAST_PATHS=0 pytest -m broker``)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from types import CodeType, FunctionType
 from typing import Any
 
 import pytest
 
+from moonwire.broker import Client
 from moonwire.node import ServerProcess, free_port, start_nats, start_temporal
+from moonwire.node.servers._embedded import REGISTRY_FILE
 from support import CLUSTER_CONF, NodeProcess, wait_until
+
+# --- The ``broker`` marker ------------------------------------------------------------
+# MOONWIRE_FAST_PATHS changes what a broker Client does, in this process or in a node or
+# command it starts (they inherit the variable); nothing else. So the second pass runs
+# only the tests that may create one, marked ``broker`` here at collection: those that
+# use a fixture below that starts NATS or nodes, or whose code (with the module's helpers
+# and fixtures it calls) names one of BROKER_NAMES. A test may also say
+# ``@pytest.mark.broker`` itself. What collection cannot see, the first pass checks: an
+# unmarked test that creates a broker Client or starts ``moonwire`` fails (_broker_guard).
+
+BROKER_FIXTURES = frozenset({"nats_server", "own_nats", "plain_nats", "nats_cluster", "nats_urls", "spawn_node"})
+BROKER_NAMES = frozenset({
+    "nats", "Client", "connect", "start_nats", "Node",  # a NATS connection or server in the test process
+    "run_cli", "NodeProcess", "MOONWIRE",  # a moonwire command or node (tests/support.py)
+})
+NO_CLIENT = frozenset({"--help", "-h", "--version"})
+"""Arguments with which a ``moonwire`` process only prints and exits."""
+
+
+def _code_names(code: CodeType, module: dict[str, Any], seen: set[CodeType]) -> set[str]:
+    """The global names ``code`` uses, with those of its nested functions and of the
+    module-level functions it calls, recursively."""
+    if code in seen:
+        return set()
+    seen.add(code)
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _code_names(const, module, seen)
+    for name in code.co_names:
+        helper = module.get(name)
+        if isinstance(helper, FunctionType) and helper.__module__ == module.get("__name__"):
+            names |= _code_names(helper.__code__, module, seen)
+    return names
+
+
+def _uses_broker(item: pytest.Function) -> bool:
+    if BROKER_FIXTURES & set(item.fixturenames):
+        return True
+    functions = [item.function]
+    for name in item.fixturenames:  # the fixtures' own code: one may start a node itself
+        functions += [getattr(d.func, "__wrapped__", d.func) for d in item._fixtureinfo.name2fixturedefs.get(name, ())]
+    seen: set[CodeType] = set()
+    return any(BROKER_NAMES & _code_names(f.__code__, f.__globals__, seen)
+               for f in functions if isinstance(f, FunctionType))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "broker: may create a broker Client (here or in a node or command it "
+                                       "starts); CI runs these again with MOONWIRE_FAST_PATHS=0")
+    _watch_broker_use()
+
+
+# --- xdist: which tests share a worker ------------------------------------------------
+# ``pytest -n auto`` (``--dist loadgroup``, pyproject) hands each worker whole groups: a
+# test module is one (its module-scoped fixtures are built once), except these modules,
+# whose nodes start embedded servers. Those prefer the fixed ports 4222 and 7233, so two
+# started at once on two workers could both find the port free, and the loser's node
+# would join the winner's server (start_nats waits for the port to accept, whoever
+# listens). One worker runs them all, one after another. _embedded_guard checks the list.
+EMBEDDED_MODULES = frozenset({"test_example_shop", "test_node_lifecycle", "test_test_runner"})
+EMBEDDED_GROUP = "embedded-servers"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and not item.get_closest_marker("broker") and _uses_broker(item):
+            item.add_marker(pytest.mark.broker)
+        module = item.path.stem
+        item.add_marker(pytest.mark.xdist_group(EMBEDDED_GROUP if module in EMBEDDED_MODULES else module))
+
+
+_broker_use: list[str] = []
+"""What the running test did that MOONWIRE_FAST_PATHS changes (see _watch_broker_use)."""
+
+
+def _watch_broker_use() -> None:
+    """Record each broker Client created in this process, and each ``moonwire`` process
+    started (a node or a command: it makes its own)."""
+    client_init, popen_init = Client.__init__, subprocess.Popen.__init__
+
+    def init_client(self: Client, *args: Any, **kwargs: Any) -> None:
+        _broker_use.append("created a broker Client")
+        client_init(self, *args, **kwargs)
+
+    def init_popen(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        if argv and Path(os.fsdecode(argv[0])).name == "moonwire" and not NO_CLIENT & set(map(os.fsdecode, argv)):
+            _broker_use.append(f"started {' '.join(map(os.fsdecode, argv[:3]))}")
+        popen_init(self, args, *rest, **kwargs)
+
+    Client.__init__ = init_client  # type: ignore[method-assign]
+    subprocess.Popen.__init__ = init_popen  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _broker_use.clear()  # before any fixture of the test, of whatever scope, is set up
+
+
+@pytest.fixture(autouse=True)
+def _broker_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a test that used the broker without the ``broker`` marker: the second pass
+    would leave it out."""
+    yield
+    if _broker_use and not request.node.get_closest_marker("broker"):
+        pytest.fail(f"{request.node.nodeid} {_broker_use[0]} but is not marked broker: add @pytest.mark.broker, "
+                    "or name what it used in tests/conftest.py's BROKER_NAMES", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _embedded_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a test outside EMBEDDED_MODULES whose node started embedded servers (their
+    registry, ``servers.json``, is left in the project's state folder under tmp_path)."""
+    watched = "tmp_path" in request.fixturenames and request.node.path.stem not in EMBEDDED_MODULES
+    tmp_path = request.getfixturevalue("tmp_path") if watched else None
+    yield
+    if tmp_path is not None:
+        registries = list(tmp_path.rglob(REGISTRY_FILE))
+        if registries:
+            pytest.fail(f"{request.node.nodeid} started embedded servers ({registries[0]}): add its module to "
+                        "tests/conftest.py's EMBEDDED_MODULES", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,25 @@ def pid_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _threads_stopped(pid: int) -> bool:
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except OSError:
+            continue  # a thread that just ended
+    return bool(states) and all(state in "tT" for state in states)
+
+
+async def freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and return once every one of its threads has stopped. kill()
+    returns when the signal is queued: a thread running on another core (a Go server's,
+    say) stops at its next kernel entry, and on a loaded machine may first answer a
+    request sent right after (a "frozen" server that still answered made a test flaky)."""
+    os.kill(pid, signal.SIGSTOP)
+    await wait_until(lambda: _threads_stopped(pid), 10, f"every thread of process {pid} to stop")
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> float:
     """Poll ``predicate`` until true; return the seconds it took. For the rare state
     that offers no event to await (a process disappearing, say). ``what`` may be a

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import pytest
 
 from moonwire.node import ServerProcess
 from conftest import monitor_json
-from support import NodeProcess, wait_until, write_project
+from support import NodeProcess, freeze, wait_until, write_project
 
 FAST_LIVENESS = ("--set", "heartbeat.interval=200ms", "--set", "heartbeat.down_after=1s")
 _names = itertools.count(1)
@@ -166,7 +164,7 @@ async def test_a_request_lost_in_a_dying_node_fails_with_node_down(tmp_path: Pat
     if what == "call":
         await caller.wait_for_line(rf"node {peer_name} is up")
     await caller.wait_for_line(r"driver \{")  # for a cancel, its child runs on the server by then
-    os.kill(server.pid, signal.SIGSTOP)
+    await freeze(server.pid)
     subject = "mw.fn.app:add" if what == "call" else f"mw.ctl.{server_name}."
     before = delivered_to(nats_server, server_name, subject)
     await send_go(url, caller)

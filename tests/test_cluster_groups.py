@@ -27,7 +27,7 @@ from moonwire.broker import Client
 from moonwire.lua import Kind, MoonwireError
 from moonwire.node import ServerProcess
 from moonwire.node.cluster import MAX_NAME, ClusterGroups
-from support import wait_until
+from support import freeze, wait_until
 
 
 class Nodes:
@@ -423,7 +423,7 @@ async def test_join_when_the_server_stops_answering_is_unavailable_within_the_bo
     a = await nodes.start(own_nats.address, "na", timeout=0.5, retry_interval=0.1)
     await wait_until(lambda: a.available, 10, "the bucket to open")
     await join_soon(a, "before", pid("na", 1), within=10)
-    os.kill(own_nats.process.pid, signal.SIGSTOP)  # a server that hears nothing and says nothing
+    await freeze(own_nats.process.pid)  # a server that hears nothing and says nothing
     try:
         for group in ("before", "fresh"):  # subscribed already: the write hangs; new: the flush does
             started = time.monotonic()

@@ -23,7 +23,7 @@ from moonwire.lua import Kind, MoonwireError
 from moonwire.node import ServerProcess
 from moonwire.node.cluster import MAX_NAME, ClusterNames, Holder
 from moonwire.node.cluster._replica import Replica
-from support import wait_until
+from support import freeze, wait_until
 
 
 class Nodes:
@@ -330,7 +330,7 @@ async def test_register_when_the_server_stops_answering_is_unavailable_within_th
     # A fresh server on a busy machine may take longer than 0.5 s to make the bucket.
     await wait_until(lambda: a.available, 10, "the bucket to open")
     await register_soon(a, "before", pid("na"), within=10)
-    os.kill(own_nats.process.pid, signal.SIGSTOP)  # a server that hears nothing and says nothing
+    await freeze(own_nats.process.pid)  # a server that hears nothing and says nothing
     try:
         for work in (a.register("during", pid("na")), a.unregister("before", pid("na"))):
             started = time.monotonic()
