@@ -80,7 +80,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # started at once on two workers could both find the port free, and the loser's node
 # would join the winner's server (start_nats waits for the port to accept, whoever
 # listens). One worker runs them all, one after another. _embedded_guard checks the list.
-EMBEDDED_MODULES = frozenset({"test_example_shop", "test_node_lifecycle", "test_test_runner"})
+EMBEDDED_MODULES = frozenset({"test_event_loop", "test_example_shop", "test_node_lifecycle", "test_test_runner"})
 EMBEDDED_GROUP = "embedded-servers"
 
 
