@@ -121,7 +121,10 @@ class Digest:
     @staticmethod
     def encode(node: str, incarnation: str, roster: list[Member], ages: list[float],
                byes: list[tuple[str, str]], *, whole: bool, rid: str) -> bytes:
-        raw = b"".join(_AGES.pack(min(max(round(age * 1000), 0), NOT_HEARD - 1)) for age in ages)
+        # An age two bytes cannot hold is no news, never the largest age they can: that
+        # would make a beat heard long ago look 65.5 s old, news to a reader that
+        # declared the node down since (a relay back from a long deafness names it).
+        raw = b"".join(_AGES.pack(min(max(round(age * 1000), 0), NOT_HEARD)) for age in ages)
         body: dict[str, Any] = {"node": node, "incarnation": incarnation, "roster": rid,
                                 "ages": base64.b64encode(raw).decode(), "bye": [list(b) for b in byes]}
         if whole:

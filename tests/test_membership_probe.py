@@ -1,0 +1,56 @@
+"""Fault probes of the membership relays (``broker/_membership.py``, ``_heartbeats.py``),
+on a fake clock: what a digest says of a node must never be younger than the truth."""
+
+from __future__ import annotations
+
+from moonwire.broker import Membership, Subjects
+from moonwire.broker._heartbeats import NOT_HEARD, Digest
+from moonwire.broker._membership import Heartbeat
+
+INTERVAL, WINDOW = 0.5, 2.5
+
+
+class FakeNats:
+    is_connected = True
+
+
+class FakeOutbox:
+    def publish_nowait(self, subject: str, body: bytes, **_: object) -> None:
+        pass
+
+
+def test_an_age_past_what_two_bytes_hold_is_no_news_not_65_seconds() -> None:
+    body = Digest.encode("r1", "i", [("a", "p1", [], {}), ("b", "p1", [], {})], [1.5, 100.0], [],
+                         whole=True, rid="x")
+    assert Digest.parse(body).ages == [1.5, None]
+    assert (NOT_HEARD - 1) / 1000 < 100.0
+
+
+def test_a_relay_back_from_a_long_deafness_does_not_bring_back_a_peer_long_dead() -> None:
+    """A relay that could not hear for 100 s judged no one meanwhile, so it still names a
+    peer that died then, last heard 100 s ago, for one more window. A reader that
+    declared that peer down long ago must not take it for news (a beat 65.5 s old)."""
+    now = [100.0]
+    downs: list[tuple[str, str, str]] = []
+
+    def membership(node: str) -> Membership:
+        return Membership(FakeNats(), FakeOutbox(), Subjects(), node, "inc1", [],  # type: ignore[arg-type]
+                          interval=INTERVAL, down_after=WINDOW, clock=lambda: now[0],
+                          on_down=(lambda *down: downs.append(down)) if node == "me" else (lambda *_: None))
+
+    relay, reader = membership("r1"), membership("me")
+    reader.reading_digests = True
+    for m in (relay, reader):
+        m.heard(Heartbeat("peer", "p1", [], False))
+        m.heard(Heartbeat(m.node, "inc1", [], False))
+    for _ in range(8):  # the reader hears itself (through another relay), the peer is silent
+        now[0] += INTERVAL
+        reader.heard(Heartbeat("me", "inc1", [], False))
+        reader.check()
+    assert downs == [("peer", "p1", downs[0][2])] and reader.known_down("peer", "p1")
+    now[0] = 200.0  # the relay was deaf all along (it judged no one); it hears itself again
+    relay.heard(Heartbeat("r1", "inc1", [], False))
+    reader.heard(Heartbeat("me", "inc1", [], False))
+    reader.heard_digest(Digest.parse(relay.digest()))
+    assert reader.known_down("peer", "p1") and "peer" not in reader.live()
+    assert reader.peers["peer"].flaps == 0 and len(downs) == 1
