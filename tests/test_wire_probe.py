@@ -4,12 +4,19 @@ real nats-server, with the fast paths on (unless this process has them off) and 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import msgpack
+import nats
 import pytest
 from nats.errors import MaxPayloadError
 
 from moonwire.broker import MSGPACK_HEADERS, Client, Outbox
+from moonwire.node import ServerProcess
+from support import write_project
 
 from test_broker_client import client  # noqa: F401 - the fixture: a client with the fast paths on, and off
 
@@ -42,3 +49,37 @@ async def test_a_payload_that_fits_only_without_its_headers_is_refused_not_sent(
     msg = await subscription.next_msg(timeout=10)
     assert msg.data == b"next"
     assert client.is_connected and client.stats["reconnects"] == 0
+
+
+BIG = {
+    "app.yaml": """
+        namespace: app
+        entries:
+          - {name: big, kind: function.lua, source: file://big.lua}
+    """,
+    "big.lua": "return function(n) return string.rep('x', n) end",
+}
+
+
+async def test_an_answer_too_large_for_the_server_is_an_error_the_caller_hears(
+    tmp_path: Path, nats_server: ServerProcess, spawn_node
+) -> None:
+    """A function's result over max_payload (or under it, but not with the reply's
+    headers) cannot be published: the caller gets an error saying so, not a timeout."""
+    node = await spawn_node(write_project(tmp_path / "server", BIG), f"big-{time.monotonic_ns() % 10**8}",
+                            nats_url=nats_server.address)
+    await node.wait_for_line(r"serving 1 function\(s\)")
+    nc = await nats.connect(nats_server.address)
+    try:
+        limit = nc.max_payload
+        for n in (2 * limit, limit - 30):  # the reply body is n + 13 bytes of JSON
+            reply = await nc.request("mw.fn.app:big", json.dumps([n]).encode(), timeout=20)
+            error = json.loads(reply.data)["error"]
+            assert error["kind"] == "Internal" and "more than the NATS server takes" in error["message"]
+        body = msgpack.packb({"args": [limit], "ctx": {}})
+        reply = await nc.request("mw.fn.app:big", body, timeout=20, headers={"Content-Type": "application/msgpack"})
+        assert "more than the NATS server takes" in msgpack.unpackb(reply.data)["error"]["message"]
+        reply = await nc.request("mw.fn.app:big", b"[3]", timeout=20)
+        assert json.loads(reply.data) == {"result": "xxx"}
+    finally:
+        await nc.close()
