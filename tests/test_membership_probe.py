@@ -54,3 +54,41 @@ def test_a_relay_back_from_a_long_deafness_does_not_bring_back_a_peer_long_dead(
     reader.heard_digest(Digest.parse(relay.digest()))
     assert reader.known_down("peer", "p1") and "peer" not in reader.live()
     assert reader.peers["peer"].flaps == 0 and len(downs) == 1
+
+
+def test_a_relay_thawed_from_a_freeze_does_not_relay_the_beats_it_read_late_as_fresh() -> None:
+    """A relay frozen (SIGSTOP) for a while reads, when thawed, the beats the broker kept
+    for it, before its own echo: a peer that died meanwhile looks heard just now. A
+    reader that declared that peer down (through the other relay) must not take the
+    thawed relay's digest for news: the relay vouches only for beats heard since it
+    hears itself again."""
+    now = [100.0]
+    downs: list[tuple[str, str, str]] = []
+
+    def membership(node: str) -> Membership:
+        return Membership(FakeNats(), FakeOutbox(), Subjects(), node, "inc1", [],  # type: ignore[arg-type]
+                          interval=INTERVAL, down_after=WINDOW, clock=lambda: now[0],
+                          on_down=(lambda *down: downs.append(down)) if node == "me" else (lambda *_: None))
+
+    relay, reader = membership("r1"), membership("me")
+    reader.reading_digests = True
+    for _ in range(4):  # all beat, the relay relays
+        now[0] += INTERVAL
+        for node in ("r1", "me", "peer"):
+            relay.heard(Heartbeat(node, "p1" if node == "peer" else "inc1", [], False))
+        reader.heard_digest(Digest.parse(relay.digest()))
+        reader.check()
+    assert sorted(reader.live()) == ["peer", "r1"]
+    # The relay freezes; the peer dies; the reader hears itself through another relay.
+    for _ in range(12):
+        now[0] += INTERVAL
+        reader.heard(Heartbeat("me", "inc1", [], False), now[0])
+        reader.check()
+    assert sorted(d[0] for d in downs) == ["peer", "r1"]
+    # Thawed: the broker's backlog first (the peer's last beat), then the relay's own echo.
+    relay.heard(Heartbeat("peer", "p1", [], False))
+    relay.heard(Heartbeat("me", "inc1", [], False))
+    now[0] += 0.01
+    relay.heard(Heartbeat("r1", "inc1", [], False))
+    reader.heard_digest(Digest.parse(relay.digest()))
+    assert reader.known_down("peer", "p1") and reader.peers["peer"].flaps == 0
