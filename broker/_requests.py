@@ -29,6 +29,9 @@ from ._streams import Streams
 log = logging.getLogger("moonwire.broker")
 
 NO_RESPONDERS = "503"
+BATCH_ROOM = 1024
+"""Bytes of a NATS message a batch leaves for its headers (a trace, a stream's sequence)
+and its msgpack framing, which the sizes it counts leave out."""
 _REPLY = object()
 """Marks a queued reply that may leave in a batch of replies (:meth:`Outbox.reply_nowait`)."""
 
@@ -155,6 +158,11 @@ class Outbox:
             headers = self._stamped(subject, body, headers, stream)
         return subject, body, reply, headers
 
+    def _batch_limit(self) -> int:
+        """Body bytes a batch stops short of: BATCH_BYTES, or the server's max_payload less
+        room for the headers and framing it counts too (over it, the batch is refused)."""
+        return min(BATCH_BYTES, (self._nats.max_payload or BATCH_BYTES + BATCH_ROOM) - BATCH_ROOM)
+
     def _coalesce_replies(self, subject: str, body: bytes,
                           headers: dict[str, str] | None) -> tuple[str, bytes, dict[str, str] | None]:
         """A reply alone, or in a batch with the replies queued right behind it for the
@@ -163,7 +171,7 @@ class Outbox:
         if not queue or queue[0][4] is not _REPLY:
             return subject, body, headers
         prefix, _, token = subject.rpartition(".")
-        limit = min(BATCH_BYTES, self._nats.max_payload or BATCH_BYTES)
+        limit = self._batch_limit()
         run, size = [(token, body)], len(body) + len(token) + 8
         while queue and queue[0][4] is _REPLY:
             next_prefix, _, next_token = queue[0][0].rpartition(".")
@@ -183,7 +191,7 @@ class Outbox:
         queue = self._queue
         if not queue or type(queue[0][4]) is not Envelope or queue[0][0] != subject:
             return first.alone()
-        limit = min(BATCH_BYTES, self._nats.max_payload or BATCH_BYTES)
+        limit = self._batch_limit()
         run, size = [first], first.size()
         while queue:
             subject_, _, _, _, envelope, stream_ = queue[0]

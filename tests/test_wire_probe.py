@@ -14,8 +14,8 @@ import nats
 import pytest
 from nats.errors import MaxPayloadError
 
-from moonwire.broker import MSGPACK_HEADERS, Client, Outbox
-from moonwire.node import ServerProcess
+from moonwire.broker import BATCH_HEADER, FAST_PATH, MSGPACK_HEADERS, Client, Outbox
+from moonwire.node import ServerProcess, free_port, start_nats
 from support import write_project
 
 from test_broker_client import client  # noqa: F401 - the fixture: a client with the fast paths on, and off
@@ -83,3 +83,34 @@ async def test_an_answer_too_large_for_the_server_is_an_error_the_caller_hears(
         assert json.loads(reply.data) == {"result": "xxx"}
     finally:
         await nc.close()
+
+
+@pytest.mark.parametrize("fast", [pytest.param(True, marks=pytest.mark.skipif(not FAST_PATH, reason="fast paths off")),
+                                  False], ids=["fast", "public"])
+async def test_a_batch_of_replies_fits_a_small_max_payload_with_its_headers(tmp_path: Path, fast: bool) -> None:
+    """Replies queued in one turn for one caller leave as one batch of up to the
+    server's max_payload: counting the batch's headers and framing too, or the server
+    refuses it and every reply in it is lost."""
+    config = tmp_path / "small.conf"
+    config.write_text("max_payload: 65536\n")
+    server = await start_nats(tmp_path / "nats", port=free_port(), jetstream=False, args=["-c", str(config)])
+    nc = Client(fast_paths=fast)
+    try:
+        await nc.connect(servers=[server.address])
+        assert nc.max_payload == 65536
+        outbox = Outbox(nc)
+        drain = asyncio.create_task(outbox.run())
+        replies = await nc.subscribe("_INBOX.caller.*")
+        await nc.flush()
+        for token in ("1", "2", "3"):  # 3 × 21,830 bytes: the body alone fits, not with headers
+            outbox.reply_nowait(f"_INBOX.caller.{token}", b"r" * 21_830)
+        got = 0
+        while got < 3:
+            msg = await replies.next_msg(timeout=10)
+            got += int(msg.headers[BATCH_HEADER]) if msg.headers and BATCH_HEADER in msg.headers else 1
+        assert nc.is_connected
+        drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
+    finally:
+        await nc.close()
+        await server.stop()
