@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgpack
@@ -19,17 +18,7 @@ from moonwire.node import ServerProcess, free_port, start_nats
 from support import write_project
 
 from test_broker_client import client  # noqa: F401 - the fixture: a client with the fast paths on, and off
-
-
-@pytest.fixture
-async def outbox(client: Client) -> AsyncIterator[Outbox]:  # noqa: F811 - the fixture above
-    outbox = Outbox(client)
-    drain = asyncio.create_task(outbox.run())
-    try:
-        yield outbox
-    finally:
-        drain.cancel()
-        await asyncio.gather(drain, return_exceptions=True)
+from test_broker_outbox import outbox  # noqa: F401 - the fixture: an outbox on that client, drained
 
 
 async def test_a_payload_that_fits_only_without_its_headers_is_refused_not_sent(
