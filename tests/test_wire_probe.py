@@ -103,3 +103,17 @@ async def test_a_batch_of_replies_fits_a_small_max_payload_with_its_headers(tmp_
     finally:
         await nc.close()
         await server.stop()
+
+
+async def test_large_replies_to_one_caller_in_one_turn_leave_alone_and_all_arrive(
+    client: Client, outbox: Outbox  # noqa: F811
+) -> None:
+    """Two replies of 600 KB for one caller queued in one turn would make a batch over
+    the server's max_payload (1 MiB): they leave one by one, and both arrive."""
+    replies = await client.subscribe("_INBOX.big.*")
+    await client.flush()
+    outbox.reply_nowait("_INBOX.big.1", b"a" * 600_000)
+    outbox.reply_nowait("_INBOX.big.2", b"b" * 600_000)
+    first, second = await replies.next_msg(timeout=10), await replies.next_msg(timeout=10)
+    assert (first.subject, second.subject) == ("_INBOX.big.1", "_INBOX.big.2")
+    assert first.headers is not None and BATCH_HEADER not in first.headers and client.is_connected
