@@ -75,7 +75,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._heartbeats import MAX_HEARTBEAT_BYTES, WHOLE_EVERY, Digest, Heartbeat, Rosters, cut_json
-from ._requests import Outbox
+from ._outbox import Outbox
 from ._subjects import Subjects
 
 __all__ = ["MAX_HEARTBEAT_BYTES", "WHOLE_EVERY", "Digest", "Heartbeat", "Membership", "Peer"]

@@ -13,7 +13,8 @@ import nats
 import pytest
 from nats.errors import MaxPayloadError
 
-from moonwire.broker import BATCH_HEADER, FAST_PATH, MSGPACK_HEADERS, Client, Outbox
+from moonwire.broker import BATCH_HEADER, FAST_PATH, MSGPACK_HEADERS, Client, Envelope, Outbox, Streams
+from moonwire.broker._streams import SEQ_HEADER
 from moonwire.node import ServerProcess, free_port, start_nats
 from support import write_project
 
@@ -117,3 +118,24 @@ async def test_large_replies_to_one_caller_in_one_turn_leave_alone_and_all_arriv
     first, second = await replies.next_msg(timeout=10), await replies.next_msg(timeout=10)
     assert (first.subject, second.subject) == ("_INBOX.big.1", "_INBOX.big.2")
     assert first.headers is not None and BATCH_HEADER not in first.headers and client.is_connected
+
+
+async def test_a_process_message_too_large_to_publish_takes_no_place_in_its_stream(client: Client) -> None:  # noqa: F811
+    """A process message over max_payload can never be published. Numbered in its stream
+    anyway, it left a gap the receiver waits on (GIVE_UP, 10 s) before anything sent
+    after it to that node, while every resend of it failed again. It is dropped (and
+    logged) before it takes a number: the next message is the stream's first."""
+    streams: Streams[object] = Streams("n", "1", lambda *_: None, lambda node: f"ack.{node}")
+    outbox = Outbox(client, streams)
+    drain = asyncio.create_task(outbox.run())
+    try:
+        inbox = await client.subscribe("t.stream.inbox")
+        await client.flush()
+        outbox.send_nowait("t.stream.inbox", Envelope("t", "", b"\x91\xc6" + b"x" * (client.max_payload + 10)), "m")
+        await asyncio.sleep(0)  # the next one in a turn of its own, too
+        outbox.send_nowait("t.stream.inbox", Envelope("t", "", b"\x91\x01"), "m")
+        msg = await inbox.next_msg(timeout=10)
+    finally:
+        drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
+    assert msg.data == b"\x91\x01" and msg.headers is not None and msg.headers[SEQ_HEADER] == "n.1.1.1"
