@@ -206,7 +206,7 @@ class Client(NatsClient):
         Raises:
             MaxPayloadError: as nats-py's, for a payload that fits only without its headers.
         """
-        if headers and len(payload) + _block_size(headers) > self.max_payload:
+        if headers is not None and len(payload) + _block_size(headers) > self.max_payload:
             raise MaxPayloadError
         await super().publish(subject, payload, reply, headers)
 

@@ -34,6 +34,8 @@ async def test_a_payload_that_fits_only_without_its_headers_is_refused_not_sent(
     assert client.try_publish("t.big", too_big, headers=MSGPACK_HEADERS) is False
     with pytest.raises(MaxPayloadError):
         await client.publish("t.big", too_big, headers={"Content-Type": "application/msgpack"})
+    with pytest.raises(MaxPayloadError):  # no headers is still a header block (12 bytes)
+        await client.publish("t.big", too_big, headers={})
     outbox.publish_nowait("t.big", too_big, headers=MSGPACK_HEADERS)  # logged, dropped
     outbox.publish_nowait("t.after", b"next", headers=MSGPACK_HEADERS)
     msg = await subscription.next_msg(timeout=10)
