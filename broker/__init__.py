@@ -20,7 +20,8 @@ from ._envelope import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, MSGPAC
 from ._connection import BrokerUnavailable, ConnectOptions, connect, tls_context
 from ._membership import Membership, Peer
 from ._pid import Pid, PidAllocator
-from ._requests import CALLER, TAKEN, NodeDown, NoResponders, Outbox, ReplyCallback, Requests, RequestTimeout
+from ._outbox import Outbox
+from ._requests import CALLER, TAKEN, NodeDown, NoResponders, ReplyCallback, Requests, RequestTimeout
 from ._streams import ACK_EVERY, AFTER_HEADER, SEQ_HEADER, StreamStatistics, Streams
 from ._subjects import MAX_NAME, Subjects, is_token, name_problem, to_token
 from ._tally import Tally, reason_key

@@ -46,7 +46,7 @@ from typing import Any, NoReturn
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import BadSubjectError
+from nats.errors import BadSubjectError, MaxPayloadError
 
 from . import _nats_internals
 from ._tally import Tally
@@ -195,6 +195,21 @@ class Client(NatsClient):
             self._direct[subscription._id] = (subscription, callback)
         return subscription
 
+    async def publish(self, subject: str, payload: bytes = b"", reply: str = "",
+                      headers: dict[str, str] | None = None) -> None:
+        """nats-py's ``publish``, which also refuses a message whose header block and
+        payload together exceed the server's max_payload.
+
+        nats-py counts the payload only; the server counts both, and closes the
+        connection on a message over the limit, losing everything written behind it.
+
+        Raises:
+            MaxPayloadError: as nats-py's, for a payload that fits only without its headers.
+        """
+        if headers is not None and len(payload) + _block_size(headers) > self.max_payload:
+            raise MaxPayloadError
+        await super().publish(subject, payload, reply, headers)
+
     async def _take_turn(self) -> None:
         """Await :attr:`after_read` once :attr:`read_turn` has passed since the last time."""
         if perf_counter() >= self._turn_ends and self.after_read is not None:
@@ -304,10 +319,12 @@ class Client(NatsClient):
         then raises the error), headers that are not :class:`Headers`, or the fast paths
         off (:attr:`fast_paths`).
         """
-        if not self.fast_paths or self._status != NatsClient.CONNECTED or len(payload) > self._max_payload or not subject:
+        if not self.fast_paths or self._status != NatsClient.CONNECTED or not subject:
             return False
         if headers is not None and type(headers) is not Headers:
             return False
+        if len(payload) + (0 if headers is None else len(headers.block)) > self._max_payload:
+            return False  # the server counts the headers too (see publish)
         if not self._skip_subject_validation:
             try:
                 _validate_subject(subject)
@@ -348,6 +365,13 @@ class Client(NatsClient):
             writer.writelines(pending)
         elif flush_queue is not None and flush_queue.empty():
             flush_queue.put_nowait(asyncio.get_running_loop().create_future())
+
+
+def _block_size(headers: dict[str, str]) -> int:
+    """The bytes of ``headers`` encoded as a NATS header block (at least as nats-py encodes them)."""
+    if type(headers) is Headers:
+        return len(headers.block)
+    return 12 + sum(len(str(name).encode()) + len(str(value).encode()) + 4 for name, value in headers.items())
 
 
 def _keep(cache: dict[bytes, Any], block: bytes, parsed: Any) -> None:

@@ -119,9 +119,13 @@ class Digest:
     byes: list[tuple[str, str]]
 
     @staticmethod
-    def encode(node: str, incarnation: str, roster: list[Member], ages: list[float],
+    def encode(node: str, incarnation: str, roster: list[Member], ages: list[float | None],
                byes: list[tuple[str, str]], *, whole: bool, rid: str) -> bytes:
-        raw = b"".join(_AGES.pack(min(max(round(age * 1000), 0), NOT_HEARD - 1)) for age in ages)
+        # An age two bytes cannot hold is no news, never the largest age they can: that
+        # would make a beat heard long ago look 65.5 s old, news to a reader that
+        # declared the node down since (a relay back from a long deafness names it).
+        raw = b"".join(_AGES.pack(NOT_HEARD if age is None else min(max(round(age * 1000), 0), NOT_HEARD))
+                       for age in ages)
         body: dict[str, Any] = {"node": node, "incarnation": incarnation, "roster": rid,
                                 "ages": base64.b64encode(raw).decode(), "bye": [list(b) for b in byes]}
         if whole:
@@ -173,9 +177,9 @@ class Rosters:
         self.held: dict[str, tuple[str, list[Member]]] = {}
         self.keep = keep
 
-    def encode(self, node: str, incarnation: str, members: list[tuple[Member, float]],
+    def encode(self, node: str, incarnation: str, members: list[tuple[Member, float | None]],
                byes: list[tuple[str, str]]) -> bytes:
-        """A digest of ``members`` (each with its age, s) from relay ``node``."""
+        """A digest of ``members`` (each with its age, s; None: no news) from relay ``node``."""
         roster = [member for member, _ in members]
         rid = roster_id(roster)
         whole = rid != self.sent[0] or self.sent[1] >= WHOLE_EVERY - 1

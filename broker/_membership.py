@@ -40,8 +40,7 @@ sends, every interval, a *digest* on ``<prefix>.node.<relay>.dg``: every node it
 alive with its incarnation, hosts, ``cut`` and how long ago its last heartbeat arrived,
 and the goodbyes of the last window (``_heartbeats.py``; the roster of nodes is sent
 whole only when it changed or every ``WHOLE_EVERY`` digests, otherwise two bytes of age a
-node). The other nodes read digests
-only, and the rules above stand, with "heard" meaning "heard by a relay" and its time
+node). The other nodes read digests only, and the rules above stand, with "heard" meaning "heard by a relay" and its time
 taken back by the age the relay gave (so a beat is never younger for being relayed):
 
 - a node's own entry in a digest is its echo (it travelled the same path as the peers'
@@ -76,7 +75,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._heartbeats import MAX_HEARTBEAT_BYTES, WHOLE_EVERY, Digest, Heartbeat, Rosters, cut_json
-from ._requests import Outbox
+from ._outbox import Outbox
 from ._subjects import Subjects
 
 __all__ = ["MAX_HEARTBEAT_BYTES", "WHOLE_EVERY", "Digest", "Heartbeat", "Membership", "Peer"]
@@ -129,9 +128,8 @@ class Membership:
 
     def __init__(self, nats: NatsClient, outbox: Outbox, subjects: Subjects, node: str, incarnation: str,
                  hosts: list[str], *, interval: float, down_after: float, on_down: DownCallback,
-                 on_gone: Callable[[str, str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, relays: int = RELAYS,
-                 mesh_up_to: int = MESH_UP_TO) -> None:
+                 on_gone: Callable[[str, str], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 relays: int = RELAYS, mesh_up_to: int = MESH_UP_TO) -> None:
         self.nats = nats
         self.outbox = outbox
         self.subjects = subjects
@@ -331,7 +329,10 @@ class Membership:
         included, as its own echo), how long ago each was last heard, and recent goodbyes."""
         now = self.clock()
         live = sorted((p for p in self.peers.values() if p.heard and not p.down), key=lambda p: p.node)
-        members = [((p.node, p.incarnation, p.hosts, p.cut), now - p.last_seen) for p in live]
+        # A beat read before we heard ourselves again (a freeze's backlog) came we know not when: no news.
+        since = now if self._hearing_since is None else self._hearing_since
+        members = [((p.node, p.incarnation, p.hosts, p.cut), now - p.last_seen if p.last_seen >= since else None)
+                   for p in live]
         if self._heard_self is not None:
             members.append(((self.node, self.incarnation, self.hosts, self._own_cut()), now - self._heard_self))
         return self._rosters.encode(self.node, self.incarnation, members, list(self._byes))
@@ -352,10 +353,9 @@ class Membership:
         if not self.reading_digests:
             return
         for entry in entries:
-            peer = self.peers.get(entry.node)
-            at = now - entry.age
             if entry.node == self.node:
                 continue
+            peer, at = self.peers.get(entry.node), now - entry.age
             if peer is not None and peer.incarnation == entry.incarnation:
                 if at <= peer.last_seen:
                     continue  # not news: we knew of a later beat (or declared it down since)

@@ -115,6 +115,7 @@ def test_an_unchanged_roster_travels_as_its_id_and_two_bytes_a_node() -> None:
     """Ages only, once the reader has the roster whole; a reader without it (it missed the
     whole one) takes no news from the ages until the next whole one."""
     c = Relayed()
+    c.run(0.2)  # the relay hears itself: it relays only beats heard since (test_membership_probe.py)
     for i in range(200):
         c.relay.heard(Heartbeat(f"node{i:03}", "p1", ["app:host"], False))
     c.run(1.0)

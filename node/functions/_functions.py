@@ -405,7 +405,7 @@ class Functions:
                 log.warning("%s failed (no reply subject): %s", pool.entry.id, outcome.error)
             return
         assert self.outbox is not None
-        body, headers = encode_reply(outcome, content_type)
+        body, headers = encode_reply(outcome, content_type, self.nats.max_payload if self.nats is not None else 0)
         if headers is MSGPACK_HEADERS and msg.headers and msg.headers.get(REPLIES_HEADER) == "batch":
             self.outbox.reply_nowait(msg.reply, body)  # with the others this turn answers to that caller
         else:

@@ -59,16 +59,22 @@ Describe = Callable[[Unanswered], MoonwireError]
 """The error a caller gives its request's :class:`Unanswered`."""
 
 
-def encode_reply(outcome: Outcome, content_type: str | None = MSGPACK) -> tuple[bytes, Headers]:
+def encode_reply(outcome: Outcome, content_type: str | None = MSGPACK,
+                 max_bytes: int = 0) -> tuple[bytes, Headers]:
     """The reply to a request that came with ``content_type``: msgpack for msgpack,
-    JSON for anything else. A result the wire cannot hold becomes an Internal error
-    that says why, so the asker still hears."""
+    JSON for anything else. A result the wire cannot hold (nor, with its headers, one
+    NATS message of ``max_bytes``, the server's max_payload; 0: no limit) becomes an
+    Internal error that says why, so the asker still hears."""
     as_msgpack = content_type == MSGPACK
+    headers = MSGPACK_HEADERS if as_msgpack else JSON_HEADERS
     try:
         body = _encode(outcome, as_msgpack)
     except (TypeError, ValueError, OverflowError) as err:
         body = _encode(Outcome(error=internal(f"cannot encode the answer: {type(err).__name__}: {err}")), as_msgpack)
-    return body, MSGPACK_HEADERS if as_msgpack else JSON_HEADERS
+    if max_bytes and len(body) + len(headers.block) > max_bytes:
+        body = _encode(Outcome(error=internal(f"the answer is {len(body)} bytes, more than the NATS server takes "
+                                              f"in one message ({max_bytes} with its headers)")), as_msgpack)
+    return body, headers
 
 
 def _encode(outcome: Outcome, as_msgpack: bool) -> bytes:
