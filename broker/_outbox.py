@@ -84,6 +84,12 @@ class Outbox:
         self._queue.append((subject, b"", "", None, envelope, stream))
         self._schedule()
 
+    def stream_limit(self) -> int:
+        """The largest process message (its envelope's size) that can be published: the
+        server's max_payload less BATCH_ROOM for headers (0: not connected yet, no limit)."""
+        max_payload = self._nats.max_payload
+        return max_payload - BATCH_ROOM if max_payload else 0
+
     def _too_large(self, size: int, subject: str) -> bool:
         """Whether a message of a stream, ``size`` bytes, can never be published (over the
         server's max_payload, BATCH_ROOM of it left for headers): logged, it is dropped

@@ -141,3 +141,38 @@ async def test_a_process_message_too_large_to_publish_takes_no_place_in_its_stre
         drain.cancel()
         await asyncio.gather(drain, return_exceptions=True)
     assert msg.data == b"\x91\x01" and msg.headers is not None and msg.headers[SEQ_HEADER] == "n.1.1.1"
+
+
+SENDER = {
+    "app.yaml": """
+        namespace: app
+        entries:
+          - {name: send, kind: function.lua, source: file://send.lua}
+    """,
+    "send.lua": """
+        return function(dest, n)
+          local ok, err = process.send(dest, "t", string.rep("x", n))
+          if ok then return "sent" end
+          return err:kind() .. ": " .. tostring(err)
+        end""",
+}
+
+
+async def test_a_process_message_too_large_for_the_server_is_an_error_the_sender_hears(
+    tmp_path: Path, nats_server: ServerProcess, spawn_node
+) -> None:
+    """A message to a process on another node that no NATS message can carry is refused
+    at the send, with an error saying why, rather than logged and dropped on the way."""
+    node = await spawn_node(write_project(tmp_path / "server", SENDER), f"snd-{time.monotonic_ns() % 10**8}",
+                            nats_url=nats_server.address)
+    await node.wait_for_line(r"serving 1 function\(s\)")
+    nc = await nats.connect(nats_server.address)
+    try:
+        far = "{elsewhere@app:host|mx4zicsz-1}"
+        reply = await nc.request("mw.fn.app:send", json.dumps([far, 2 * nc.max_payload]).encode(), timeout=20)
+        answer = json.loads(reply.data)["result"]
+        assert answer.startswith("Invalid: ") and "more than the NATS server takes" in answer, answer
+        reply = await nc.request("mw.fn.app:send", json.dumps([far, 10]).encode(), timeout=20)
+        assert json.loads(reply.data) == {"result": "sent"}
+    finally:
+        await nc.close()

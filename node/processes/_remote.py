@@ -80,8 +80,13 @@ class RemoteNodes:
             self.membership.note_dropped(pid.node)
             return
         # No acknowledgement across nodes (wippy-surface §3.1): in the stream to its node.
+        packed = envelope(message)
+        limit = self.outbox.stream_limit()
+        if limit and packed.size() > limit:  # never publishable: the sender hears why
+            raise MoonwireError(f"message to {pid} is {packed.size()} bytes, more than the NATS server "
+                                f"takes in one message ({limit})", Kind.INVALID, retryable=False)
         self.sent += 1
-        self.outbox.send_nowait(self.subjects.inbox(pid.node, pid.uid), envelope(message), pid.node)
+        self.outbox.send_nowait(self.subjects.inbox(pid.node, pid.uid), packed, pid.node)
 
     def end(self, pid: Pid, verb: str, by: str, reason: str) -> Answer:
         body: dict[str, Any] = {"target": str(pid), "by": by}
