@@ -150,7 +150,7 @@ class ControlPlane:
         self._reply(msg, outcome)
 
     def _reply(self, msg: Msg, outcome: Outcome) -> None:
-        answer(msg, outcome, self.outbox.publish_nowait, self.dead_letter)
+        answer(msg, outcome, self.outbox.publish_nowait, self.dead_letter, self.nats.max_payload)
 
 
 def _fitting(info: Any, max_payload: int) -> Any:

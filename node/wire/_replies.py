@@ -92,15 +92,17 @@ DLQ_SUBJECT = "Mw-Dlq-Subject"
 """The headers a dead letter gets beside its own: why, and the subject it came on."""
 
 
-def answer(msg: Msg, outcome: Outcome, publish: Callable[..., None], dead_letter: DeadLetter) -> None:
+def answer(msg: Msg, outcome: Outcome, publish: Callable[..., None], dead_letter: DeadLetter,
+           max_bytes: int = 0) -> None:
     """The one exit of a served request: ``outcome`` to its reply subject, in the
-    request's own encoding (``publish(subject, body, headers=...)``, an outbox's); with no
+    request's own encoding (``publish(subject, body, headers=...)``, an outbox's; an answer
+    over ``max_bytes``, the server's max_payload, becomes an error saying so); with no
     reply subject, an error goes to the dead-letter queue and a success to no one."""
     if not msg.reply:
         if outcome.error is not None:
             dead_letter(msg.subject, msg.data, msg.headers, outcome.error.message)
         return
-    body, headers = encode_reply(outcome, (msg.headers or {}).get(CONTENT_TYPE))
+    body, headers = encode_reply(outcome, (msg.headers or {}).get(CONTENT_TYPE), max_bytes)
     publish(msg.reply, body, headers=headers)
 
 

@@ -235,7 +235,8 @@ class Gateway:
 
     def _answer(self, msg: Msg, reply: Outcome) -> None:
         if self.outbox is not None:
-            answer(msg, reply, self.outbox.publish_nowait, self._dead_letter)
+            answer(msg, reply, self.outbox.publish_nowait, self._dead_letter,
+                   self.nats.max_payload if self.nats is not None else 0)
 
     async def running(self, worker: str, limit: int = 1000) -> dict[str, Any]:
         """The running workflows on ``worker``'s task queue, as Temporal's visibility
