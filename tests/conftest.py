@@ -12,12 +12,13 @@ import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from types import CodeType, FunctionType
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from moonwire.broker import Client
 from moonwire.node import ServerProcess, free_port, start_nats, start_temporal
+from moonwire.node.servers import EmbeddedServerError
 from moonwire.node.servers._embedded import REGISTRY_FILE
 from support import CLUSTER_CONF, NodeProcess, wait_until
 
@@ -145,10 +146,28 @@ def _embedded_guard(request: pytest.FixtureRequest) -> Iterator[None]:
                         "tests/conftest.py's EMBEDDED_MODULES", pytrace=False)
 
 
+T = TypeVar("T")
+
+
+async def on_free_ports(start: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
+    """``start()``, which picks its servers' ports with ``free_port``, again with new
+    ports when a port it picked was taken before its server bound it: ``free_port``
+    checks a port and the server binds it later, and other pytest workers, their nodes
+    and servers pick from the same range meanwhile."""
+    for attempt in range(attempts):
+        try:
+            return await start()
+        except EmbeddedServerError as err:
+            if "address already in use" not in str(err) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServerProcess]:
     """A real nats-server with JetStream on a free port."""
-    server = await start_nats(tmp_path_factory.mktemp("nats"), port=free_port(), monitor_port=free_port())
+    path = tmp_path_factory.mktemp("nats")
+    server = await on_free_ports(lambda: start_nats(path, port=free_port(), monitor_port=free_port()))
     yield server
     await server.stop()
 
@@ -158,8 +177,9 @@ async def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
     """A real Temporal dev server on a free port, tuned as the embedded one is, except
     that a workflow may continue as new more than once a second (the server's default
     spacing, against runaway loops, would make the continue-as-new tests last minutes)."""
-    server = await start_temporal(tmp_path_factory.mktemp("temporal"), port=free_port(),
-                                  extra=("--dynamic-config-value", 'history.workflowIdReuseMinimalInterval="0s"'))
+    path = tmp_path_factory.mktemp("temporal")
+    server = await on_free_ports(lambda: start_temporal(
+        path, port=free_port(), extra=("--dynamic-config-value", 'history.workflowIdReuseMinimalInterval="0s"')))
     yield server
     await server.stop()
 
@@ -167,7 +187,7 @@ async def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
 @pytest.fixture
 async def plain_nats(tmp_path: Path) -> AsyncIterator[ServerProcess]:
     """A nats-server of the test's own, without JetStream."""
-    server = await start_nats(tmp_path / "plain", port=free_port(), jetstream=False)
+    server = await on_free_ports(lambda: start_nats(tmp_path / "plain", port=free_port(), jetstream=False))
     yield server
     await server.stop()
 
@@ -176,7 +196,7 @@ async def plain_nats(tmp_path: Path) -> AsyncIterator[ServerProcess]:
 async def own_nats(tmp_path: Path) -> AsyncIterator[ServerProcess]:
     """A nats-server (with JetStream) of the test's own: one it may freeze (SIGSTOP) or
     kill, and whose buckets no other test sees."""
-    server = await start_nats(tmp_path / "own", port=free_port())
+    server = await on_free_ports(lambda: start_nats(tmp_path / "own", port=free_port()))
     yield server
     if server.process.returncode is None:
         os.kill(server.process.pid, signal.SIGCONT)
@@ -187,15 +207,25 @@ async def own_nats(tmp_path: Path) -> AsyncIterator[ServerProcess]:
 async def nats_cluster(tmp_path: Path) -> AsyncIterator[list[ServerProcess]]:
     """Three real nats-servers routed into one cluster by ``deploy/nats-cluster.conf``,
     each with its monitoring endpoint; returned once every server has both routes."""
-    ports = [(free_port(), free_port(), free_port()) for _ in range(3)]  # client, route, monitor
     servers: list[ServerProcess] = []
+
+    async def start() -> None:
+        ports = [(free_port(), free_port(), free_port()) for _ in range(3)]  # client, route, monitor
+        try:
+            for i, (client, route, monitor) in enumerate(ports):
+                routes = [f"nats://127.0.0.1:{other[1]}" for j, other in enumerate(ports) if j != i]
+                env = {"MW_NATS_NAME": f"s{i + 1}", "MW_NATS_PORT": str(client), "MW_NATS_CLUSTER_PORT": str(route),
+                       "MW_NATS_ROUTES": json.dumps(routes)}
+                servers.append(await start_nats(tmp_path / f"nats-s{i + 1}", port=client, monitor_port=monitor,
+                                                args=("-c", str(CLUSTER_CONF)), env=env))
+        except EmbeddedServerError:
+            for server in servers:  # a port was taken: all three again, on new ports
+                await server.stop()
+            servers.clear()
+            raise
+
     try:
-        for i, (client, route, monitor) in enumerate(ports):
-            routes = [f"nats://127.0.0.1:{other[1]}" for j, other in enumerate(ports) if j != i]
-            env = {"MW_NATS_NAME": f"s{i + 1}", "MW_NATS_PORT": str(client), "MW_NATS_CLUSTER_PORT": str(route),
-                   "MW_NATS_ROUTES": json.dumps(routes)}
-            servers.append(await start_nats(tmp_path / f"nats-s{i + 1}", port=client, monitor_port=monitor,
-                                            args=("-c", str(CLUSTER_CONF)), env=env))
+        await on_free_ports(start)
 
         def routed() -> bool:
             return all(len(monitor_json(s, "routez")["routes"]) >= 2 for s in servers)

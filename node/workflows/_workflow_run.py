@@ -322,6 +322,9 @@ class WorkflowProcesses:
     def spawn(self, unit: Unit | None, request: SpawnRequest) -> Answer:
         return self._child(request, wait_exit=False)
 
+    def spawns_here(self, request: SpawnRequest) -> bool:
+        return False  # a spawn is a child workflow, started by a command: never at once
+
     def exec(self, unit: Unit | None, request: SpawnRequest) -> Answer:
         return self._child(request, wait_exit=True)
 
