@@ -1,15 +1,16 @@
 """The moonwire runtime: project loading, node configuration, embedded servers, the
 node lifecycle and the CLI. Uses ``broker`` for the wire and ``lua`` for Lua.
 
-Each public name is imported on first use (``__getattr__`` below), so that a light
+Each public name is imported on first use (``moonwire._lazy``), so that a light
 ``moonwire`` command (``--version``, ``call``, ``ps``) imports the CLI without the node,
-the workflow code and ``temporalio``: about 0.6 s of CPU per command before.
+the workflow code and ``temporalio``.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ._node import Node, NodeFailed
@@ -21,26 +22,12 @@ if TYPE_CHECKING:
                           recorded_nats_url, start_nats, start_temporal)
     from .workflows import workflow_replayer
 
-_PROJECT = ("KNOWN_KINDS ConfigError Entry FunctionEntry InertEntry LibraryEntry Lifecycle LuaEntry NodeConfig Problem "
-            "ProcessEntry ProcessHostEntry ProcessServiceEntry Project ProjectInvalid ResolvedConfig RestartPolicy "
-            "TemporalClientEntry TemporalWorkerEntry WorkflowEntry load_config load_project")
-_SERVERS = ("EmbeddedServerError EmbeddedServers ServerProcess find_binary free_port read_registry recorded_nats_url "
-            "start_nats start_temporal")
-_EXPORTS: dict[str, str] = {
-    **dict.fromkeys(_PROJECT.split(), "project"),
-    **dict.fromkeys(_SERVERS.split(), "servers"),
-    "Node": "_node", "NodeFailed": "_node",
-    "workflow_replayer": "workflows",
-}
-"""Each public name and the submodule that defines it."""
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__all__, __getattr__ = lazy_exports(__name__, {
+    "project": ("KNOWN_KINDS ConfigError Entry FunctionEntry InertEntry LibraryEntry Lifecycle LuaEntry NodeConfig Problem "
+                "ProcessEntry ProcessHostEntry ProcessServiceEntry Project ProjectInvalid ResolvedConfig RestartPolicy "
+                "TemporalClientEntry TemporalWorkerEntry WorkflowEntry load_config load_project"),
+    "servers": ("EmbeddedServerError EmbeddedServers ServerProcess find_binary free_port read_registry recorded_nats_url "
+                "start_nats start_temporal"),
+    "_node": "Node NodeFailed",
+    "workflows": "workflow_replayer",
+})
