@@ -10,9 +10,11 @@ Python program embedding a node may touch; each name is imported on first use, s
 
 from __future__ import annotations
 
-import importlib
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+# Absolute: pytest imports this file as the rootdir's package, where a relative import fails.
+from moonwire._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .broker import Pid
@@ -21,20 +23,10 @@ if TYPE_CHECKING:
 
 __version__ = metadata.version("moonwire")
 
-_EXPORTS = {
-    "Node": "node", "NodeConfig": "node", "ResolvedConfig": "node", "Project": "node",
-    "load_config": "node", "load_project": "node",
-    "Pid": "broker",
-    "Kind": "lua", "MoonwireError": "lua", "Outcome": "lua",
-}
+_NAMES, __getattr__ = lazy_exports(__name__, {
+    "node": "Node NodeConfig ResolvedConfig Project load_config load_project",
+    "broker": "Pid",
+    "lua": "Kind MoonwireError Outcome",
+})
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    package = _EXPORTS.get(name)
-    if package is None:
-        raise AttributeError(f"module 'moonwire' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{package}", __name__), name)
-    globals()[name] = value
-    return value
+__all__ = [*_NAMES, "__version__"]

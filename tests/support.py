@@ -13,6 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 MOONWIRE = str(Path(sys.executable).parent / "moonwire")
+HANG = 60.0
+"""Seconds after which an operation bounded at a second or less is taken to hang: a guard
+for ``asyncio.wait_for``, not a measure (no timed assertions; the bound an operation used
+is the one its error names)."""
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 CLUSTER_CONF = DEPLOY / "nats-cluster.conf"
 """The NATS cluster configuration of ``deploy/``, which the cluster tests use."""

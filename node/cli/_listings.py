@@ -16,7 +16,6 @@ from moonwire.broker import Subjects
 from moonwire.lua import MoonwireError, Outcome
 
 from ..processes import Survey, survey
-from ..workflows import running_workflows
 from ._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, talk
 from ._watch import Frame, watching
 
@@ -76,7 +75,12 @@ async def _ps(args: argparse.Namespace, nc: NatsClient, subjects: Subjects) -> i
     # Workflows belong to no node: listed when the whole cluster is, once per worker.
     workers = sorted({w for a in nodes.answers.values() for w in a.get("workers", ())}
                      if args.target_node is None else ())
-    answers = await asyncio.gather(*(running_workflows(nc, subjects, w, args.limit) for w in workers))
+    answers: list[Outcome] = []
+    if workers:
+        # Imported here: the workflows room imports temporalio (~0.2 s of CPU), which a
+        # cluster without workflow workers never needs.
+        from ..workflows import running_workflows
+        answers = await asyncio.gather(*(running_workflows(nc, subjects, w, args.limit) for w in workers))
     workflows: dict[str, Outcome] = dict(zip(workers, answers))
     failed = {w: o.error for w, o in workflows.items() if o.error is not None}
     if args.json:

@@ -22,8 +22,6 @@ from typing import Any
 
 from moonwire import __version__
 
-from ..project import ConfigError
-
 # configuration flag (namespace attribute) -> configuration key
 _CONFIG_FLAGS = {
     "node": "node",
@@ -280,6 +278,8 @@ def config_flags(args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
     for item in getattr(args, "set", []):
         key, sep, value = item.partition("=")
         if not sep:
+            # Imported here: parsing the line (``--version``, ``--help``) needs no project code.
+            from ..project import ConfigError
             raise ConfigError([f"--set {item}: expected KEY=VALUE"])
         flags[key.strip()] = (value, f"--set {key.strip()}")
     return flags

@@ -17,7 +17,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -31,14 +30,14 @@ from ._options import timed_out, timeout_seconds as _timeout_seconds
 from ._process_functions import ProcessFunction, process_functions
 from ._served import ServedCalls
 from ..telemetry import CallCounts
-from ..wire import (CONTENT_TYPE, DeadLetter, Unanswered, Why, ask, encode_reply, pack, reply_outcome,
+from ..wire import (CONTENT_TYPE, DeadLetter, Unanswered, encode_reply, pack, reply_outcome,
                     request_trace, unpack)
+from ._calls import DEFAULT_REMOTE_TIMEOUT, call_unanswered
 from ._code import CodeLoader
 
 log = logging.getLogger("moonwire.functions")
 
 
-DEFAULT_REMOTE_TIMEOUT = 60.0
 QUEUE_GROUP = "moonwire"
 
 
@@ -432,24 +431,6 @@ class _RemoteCall(Pending):
 
     def unanswered(self, missing: Unanswered) -> MoonwireError:
         return call_unanswered(self.target, missing)
-
-
-def call_unanswered(target: str, missing: Unanswered) -> MoonwireError:
-    """What a call to ``target`` that got no reply failed with."""
-    if missing.why is Why.NO_RESPONDERS:
-        return not_found(f"function {target} not found: no node serves it")
-    if missing.why is Why.TIMEOUT:
-        return timed_out(target, missing.wait)
-    return MoonwireError(f"call to {target} abandoned: {missing}", Kind.CANCELED, retryable=True)
-
-
-async def call_function(nats: NatsClient, subjects: Subjects, target: str, args: list[Any],
-                        context: dict[str, Any], timeout: float | None) -> Outcome:
-    """Call ``target`` once from a plain connection (the CLI), through its queue group."""
-    if not is_entry_id(target):
-        return Outcome(error=invalid(f"invalid function id {target!r}: expected namespace:name"))
-    return await ask(nats, subjects.function(target), {"args": args, "ctx": context},
-                     functools.partial(call_unanswered, target), timeout or DEFAULT_REMOTE_TIMEOUT)
 
 
 def parse_request(data: Any) -> tuple[list[Any], dict[str, Any]]:

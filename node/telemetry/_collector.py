@@ -13,15 +13,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import (CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ._counts import MAILBOX_BUCKETS, ORIGINS, Buckets, CallStats, ProcessCounts
-from ._workflow_counts import OUTCOMES, WorkflowCounts
+from ._counts import MAILBOX_BUCKETS, ORIGINS, OUTCOMES, Buckets, CallStats, ProcessCounts
+
+if TYPE_CHECKING:  # it imports temporalio, which a node without workflows (and the CLI) need not load
+    from ._workflow_counts import WorkflowCounts
 
 log = logging.getLogger("moonwire.telemetry")
 

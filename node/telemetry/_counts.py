@@ -25,6 +25,9 @@ from prometheus_client.utils import floatToGoString
 
 from moonwire.lua import Kind, MoonwireError, Outcome, Pending
 
+OUTCOMES = ("completed", "failed", "canceled", "continued_as_new")
+"""How a workflow run ends, the ``outcome`` label of its counts (``_workflow_counts.py``)."""
+
 OTHER = "(other)"
 """The label value of whatever is outside a bounded set (an entry id the project does
 not define, a kind that is not one of ``lua.Kind``)."""

@@ -23,14 +23,13 @@ from temporalio.worker import (ActivityInboundInterceptor, ExecuteActivityInput,
 
 from moonwire.lua import MoonwireError, Outcome
 
-from ._counts import OTHER, Buckets, CallCounts, bounded
+from ._counts import OTHER, OUTCOMES, Buckets, CallCounts, bounded
 
 WORKFLOW_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
                                        6 * 3600.0, 86400.0, 7 * 86400.0)
 """Upper bounds (seconds) of the workflow duration histogram: a workflow lives from
 milliseconds (no timer) to weeks."""
 
-OUTCOMES = ("completed", "failed", "canceled", "continued_as_new")
 
 
 class WorkflowCounts(Interceptor):
