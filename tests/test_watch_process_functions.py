@@ -122,6 +122,8 @@ async def test_a_request_while_a_reload_changes_subscriptions_finds_the_entry_as
             request_x()
 
     class Nats:
+        max_payload = 1024 * 1024
+
         async def subscribe_direct(self, *_: Any, **__: Any) -> Subscription:
             return Subscription()
 
