@@ -25,12 +25,13 @@ from ._requests import CALLER, TAKEN, NodeDown, NoResponders, ReplyCallback, Req
 from ._streams import ACK_EVERY, AFTER_HEADER, SEQ_HEADER, StreamStatistics, Streams
 from ._subjects import MAX_NAME, Subjects, is_token, name_problem, to_token
 from ._tally import Tally, reason_key
-from ._tasks import TaskSet
+from ._tasks import TaskSet, drain_when_ready
 
 __all__ = [
     "MAX_NAME",
     "name_problem",
     "TaskSet",
+    "drain_when_ready",
     "ACK_EVERY",
     "AFTER_HEADER",
     "BATCH_HEADER",

@@ -12,6 +12,7 @@ from typing import Any
 from ._client import Client
 from ._envelope import BATCH_BYTES, MSGPACK_HEADERS, Envelope, batch, reply_batch
 from ._streams import Streams
+from ._tasks import drain_when_ready
 
 log = logging.getLogger("moonwire.broker")
 
@@ -130,14 +131,7 @@ class Outbox:
 
     async def run(self) -> None:
         """Publish queued messages until cancelled; cancelling flushes what is queued first."""
-        try:
-            while True:
-                await self._ready.wait()
-                self._ready.clear()
-                await self._drain()
-        except asyncio.CancelledError:
-            await asyncio.shield(self._drain())
-            raise
+        await drain_when_ready(self._ready, self._drain)
 
     async def _drain(self) -> None:
         publish = self._nats.publish

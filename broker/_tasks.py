@@ -12,10 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+async def drain_when_ready(ready: asyncio.Event, drain: Callable[[], Awaitable[None]]) -> None:
+    """Run ``drain()`` each time ``ready`` is set, until cancelled; cancelling runs one
+    last ``drain()`` (shielded from the cancel) so that what is queued still leaves."""
+    try:
+        while True:
+            await ready.wait()
+            ready.clear()
+            await drain()
+    except asyncio.CancelledError:
+        await asyncio.shield(drain())
+        raise
 
 
 class TaskSet:

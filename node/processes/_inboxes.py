@@ -39,7 +39,7 @@ from collections.abc import Callable
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from moonwire.broker import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Client, Envelope, Headers, Outbox, Pid, Streams, Subjects, Tally, batch_items, reason_key)
+from moonwire.broker import (BATCH_HEADER, CONTENT_TYPE, FROM_HEADER, MSGPACK, TOPIC_HEADER, Client, Envelope, Headers, Outbox, Pid, Streams, Subjects, Tally, batch_items, drain_when_ready, reason_key)
 from moonwire.lua import Event, Message, MoonwireError, check_portable, loads_json, parse_traceparent
 
 from ..cluster import MAX_NAME
@@ -420,13 +420,7 @@ class DeadLetters:
         """Publish waiting dead letters until cancelled; cancelling publishes what is
         waiting first."""
         try:
-            while True:
-                await self._ready.wait()
-                self._ready.clear()
-                await self._drain()
-        except asyncio.CancelledError:
-            await asyncio.shield(self._drain())
-            raise
+            await drain_when_ready(self._ready, self._drain)
         finally:
             self.tally.close()
 
